@@ -1,0 +1,62 @@
+// Shapes shared by every attention function, CPU and GPU.
+//
+// Vocabulary: B sequences, N packed tokens, Hq query heads, Hkv key/value heads, D head
+// dim, S block size, K top-k. Sequences are packed along one token axis:
+//   q, out, dout, dq : (N, Hq, D)      k, v, dk, dv : (N, Hkv, D)      lse : (N, Hq)
+// A fixed-length batch (B, T, H, D) is the packed case cu_seqlens = {0, T, 2T, ..., B*T},
+// so one code path serves both. Query head h reads kv head h / (Hq / Hkv) (grouped-query
+// attention); K/V are never repeated in memory.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace moba::attn {
+
+struct Layout {
+  std::vector<int64_t> cu_seqlens;  // (B + 1): 0 = c[0] < c[1] < ... < c[B] = N
+  int64_t num_q_heads = 0;          // Hq
+  int64_t num_kv_heads = 0;         // Hkv, divides Hq
+  int64_t head_dim = 0;             // D
+
+  // (B, T, Hq/Hkv, D) batch of equal-length sequences. Throws moba::Error if invalid.
+  static Layout batched(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D);
+  // Packed documents with the given boundaries. Throws moba::Error if invalid.
+  static Layout varlen(std::vector<int64_t> cu_seqlens, int64_t Hq, int64_t Hkv, int64_t D);
+
+  // Throws moba::Error naming the first problem: empty or non-increasing cu_seqlens,
+  // heads or head dim < 1, Hq not a multiple of Hkv.
+  void validate() const;
+
+  int64_t batch() const { return static_cast<int64_t>(cu_seqlens.size()) - 1; }
+  int64_t tokens() const { return cu_seqlens.empty() ? 0 : cu_seqlens.back(); }  // N
+  int64_t group() const { return num_q_heads / num_kv_heads; }  // Hq / Hkv
+  int64_t seq_begin(int64_t b) const { return cu_seqlens[b]; }
+  int64_t seq_len(int64_t b) const { return cu_seqlens[b + 1] - cu_seqlens[b]; }
+  int64_t max_seq_len() const;
+
+  size_t q_elems() const { return static_cast<size_t>(tokens() * num_q_heads * head_dim); }
+  size_t kv_elems() const { return static_cast<size_t>(tokens() * num_kv_heads * head_dim); }
+  size_t lse_elems() const { return static_cast<size_t>(tokens() * num_q_heads); }
+};
+
+// MoBA's two parameters (../shared/MOBA.md section 1).
+struct MobaConfig {
+  int64_t block_size = 512;  // S >= 1 (the paper's moba_chunk_size)
+  int64_t top_k = 3;         // K >= 1, the current block included
+
+  void validate() const;  // throws moba::Error for S < 1 or K < 1
+};
+
+struct Options {
+  double softmax_scale = 0.0;  // 0 selects 1/sqrt(D)
+
+  double scale_for(const Layout& l) const;
+};
+
+// Checks that a buffer has the number of elements the layout implies; `what` names it
+// in the message ("q", "dk", ...).
+void check_size(const char* what, size_t got, size_t want);
+
+}  // namespace moba::attn

@@ -1,0 +1,150 @@
+// moba bench attention: times dense and MoBA attention (forward, forward + backward, gate)
+// on fresh random inputs and prints a Markdown table, optionally JSON.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "attention/attention_cpu.h"
+#include "attention/stats.h"
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/random.h"
+
+namespace moba::cli {
+namespace {
+
+struct BenchAttentionOptions {
+  std::string device = "cpu";
+  std::vector<int64_t> seq_lens = {1024, 2048, 4096};
+  int64_t batch = 1;
+  int64_t heads = 4;     // Hq
+  int64_t kv_heads = 0;  // Hkv; 0 means Hq
+  int64_t head_dim = 64;
+  int64_t block_size = 256;
+  int64_t top_k = 3;
+  std::string dtype = "float";
+  int repeats = 3;
+  uint64_t seed = 1;
+  std::string json_path;
+};
+
+double median_ms(int repeats, const std::function<void()>& fn) {
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                     .count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+template <typename Real>
+nlohmann::json bench_cpu_one(const BenchAttentionOptions& o, int64_t T) {
+  using namespace moba::attn;
+  const Layout layout = Layout::batched(o.batch, T, o.heads, o.kv_heads ? o.kv_heads : o.heads,
+                                        o.head_dim);
+  const MobaConfig cfg{o.block_size, o.top_k};
+  cfg.validate();
+  const Options opt;
+  const auto q = random_normal<Real>(layout.q_elems(), o.seed);
+  const auto k = random_normal<Real>(layout.kv_elems(), o.seed + 1);
+  const auto v = random_normal<Real>(layout.kv_elems(), o.seed + 2);
+  const auto dout = random_normal<Real>(layout.q_elems(), o.seed + 3);
+  std::vector<Real> out(layout.q_elems()), lse(layout.lse_elems());
+  std::vector<Real> dq(layout.q_elems()), dk(layout.kv_elems()), dv(layout.kv_elems());
+  std::span<const Real> cq(q), ck(k), cv(v), cdo(dout), co(out), cl(lse);
+
+  Selection sel;
+  const double gate_ms = median_ms(o.repeats, [&] { sel = moba_gate<Real>(layout, cfg, cq, ck); });
+  const double dense_fwd = median_ms(o.repeats, [&] {
+    cpu::dense_forward<Real>(layout, opt, cq, ck, cv, out, lse);
+  });
+  const double dense_bwd = median_ms(o.repeats, [&] {
+    cpu::dense_backward<Real>(layout, opt, cq, ck, cv, co, cl, cdo, dq, dk, dv);
+  });
+  const double moba_fwd = median_ms(o.repeats, [&] {
+    cpu::moba_forward<Real>(layout, cfg, sel, opt, cq, ck, cv, out, lse);
+  });
+  const double moba_bwd = median_ms(o.repeats, [&] {
+    cpu::moba_backward<Real>(layout, cfg, sel, opt, cq, ck, cv, co, cl, cdo, dq, dk, dv);
+  });
+  const double dp = dense_pairs(layout) * 1.0, mp = moba_pairs(layout, cfg, sel);
+  const int64_t D = o.head_dim;
+  return {{"T", T},
+          {"dense_fwd_ms", dense_fwd},
+          {"dense_fwd_bwd_ms", dense_fwd + dense_bwd},
+          {"moba_fwd_ms", gate_ms + moba_fwd},
+          {"moba_fwd_bwd_ms", gate_ms + moba_fwd + moba_bwd},
+          {"gate_ms", gate_ms},
+          {"density", mp / dp},
+          {"dense_fwd_gflops", attention_fwd_flops(dp, D) / dense_fwd * 1e-6},
+          {"moba_attended_fwd_gflops", attention_fwd_flops(mp, D) / moba_fwd * 1e-6},
+          {"speedup_fwd_bwd", (dense_fwd + dense_bwd) / (gate_ms + moba_fwd + moba_bwd)}};
+}
+
+void run_bench_attention(const BenchAttentionOptions& o) {
+  MOBA_CHECK(o.device == "cpu", "device '", o.device,
+             "' is not available in this build; use --device cpu");
+  MOBA_CHECK(o.dtype == "float" || o.dtype == "double", "--dtype must be float or double, got '",
+             o.dtype, "'");
+  MOBA_CHECK(o.repeats >= 1, "--repeats must be >= 1, got ", o.repeats);
+  std::printf("CPU reference attention: B=%lld Hq=%lld Hkv=%lld D=%lld S=%lld K=%lld %s, "
+              "median of %d\n\n",
+              static_cast<long long>(o.batch), static_cast<long long>(o.heads),
+              static_cast<long long>(o.kv_heads ? o.kv_heads : o.heads),
+              static_cast<long long>(o.head_dim), static_cast<long long>(o.block_size),
+              static_cast<long long>(o.top_k), o.dtype.c_str(), o.repeats);
+  std::printf("| T | dense fwd ms | dense fwd+bwd ms | MoBA fwd ms | MoBA fwd+bwd ms | gate ms "
+              "| density | MoBA speed-up (fwd+bwd) |\n|---|---|---|---|---|---|---|---|\n");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t T : o.seq_lens) {
+    nlohmann::json r = o.dtype == "float" ? bench_cpu_one<float>(o, T) : bench_cpu_one<double>(o, T);
+    std::printf("| %lld | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.2fx |\n",
+                static_cast<long long>(T), r["dense_fwd_ms"].get<double>(),
+                r["dense_fwd_bwd_ms"].get<double>(), r["moba_fwd_ms"].get<double>(),
+                r["moba_fwd_bwd_ms"].get<double>(), r["gate_ms"].get<double>(),
+                r["density"].get<double>(), r["speedup_fwd_bwd"].get<double>());
+    std::fflush(stdout);
+    rows.push_back(r);
+  }
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path);
+    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
+    f << nlohmann::json{{"device", o.device}, {"dtype", o.dtype}, {"rows", rows}}.dump(2) << "\n";
+  }
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
+  bench->require_subcommand(1);
+  static BenchAttentionOptions o;  // defaults live here, CLI11 prints them in --help
+  CLI::App* cmd = bench->add_subcommand(
+      "attention", "Time dense and MoBA attention (fwd, fwd+bwd, gate) on random inputs");
+  cmd->add_option("--device", o.device, "Where to run: cpu (the reference)")->capture_default_str();
+  cmd->add_option("--seq-len,-T", o.seq_lens, "Sequence lengths T")->capture_default_str();
+  cmd->add_option("--batch,-B", o.batch, "Batch size B")->capture_default_str();
+  cmd->add_option("--heads", o.heads, "Query heads Hq")->capture_default_str();
+  cmd->add_option("--kv-heads", o.kv_heads, "Key/value heads Hkv (0: same as Hq)")
+      ->capture_default_str();
+  cmd->add_option("--head-dim,-D", o.head_dim, "Head dim D")->capture_default_str();
+  cmd->add_option("--block-size,-S", o.block_size, "MoBA block size S")->capture_default_str();
+  cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k K (current block included)")
+      ->capture_default_str();
+  cmd->add_option("--dtype", o.dtype, "float or double")->capture_default_str();
+  cmd->add_option("--repeats", o.repeats, "Timed repeats (median reported)")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Random seed of the inputs")->capture_default_str();
+  cmd->add_option("--json", o.json_path, "Also write the results as JSON to this file");
+  cmd->callback([] { run_bench_attention(o); });
+}
+
+}  // namespace moba::cli

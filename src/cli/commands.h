@@ -1,0 +1,12 @@
+// Each command lives in its own cmd_*.cpp and adds itself to the app here. A command is
+// listed only once it works.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace moba::cli {
+
+void add_info(CLI::App& app);   // moba info
+void add_bench(CLI::App& app);  // moba bench attention
+
+}  // namespace moba::cli

@@ -1,0 +1,27 @@
+// moba: one executable, one subcommand per job.
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "core/build_info.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moba: MoBA (Mixture of Block Attention) kernels, trainer and scaling study"};
+  app.set_version_flag("--version", moba::version());
+  app.require_subcommand(1);
+  moba::cli::add_info(app);
+  moba::cli::add_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const moba::Error& e) {
+    std::fprintf(stderr, "moba: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moba: internal error: %s\n", e.what());
+    return 3;
+  }
+  return 0;
+}
