@@ -11,6 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include "attention/attention_cpu.h"
+#ifdef MOBA_HAVE_CUDA_ATTENTION
+#include "cli/bench_cuda.h"
+#endif
 #include "attention/stats.h"
 #include "cli/commands.h"
 #include "core/error.h"
@@ -32,6 +35,8 @@ struct BenchAttentionOptions {
   int repeats = 3;
   uint64_t seed = 1;
   std::string json_path;
+  std::string peer_path;  // JSON from bench/peer_sdpa.py, timed in the same device call
+  bool skip_dense = false;
 };
 
 double median_ms(int repeats, const std::function<void()>& fn) {
@@ -90,9 +95,99 @@ nlohmann::json bench_cpu_one(const BenchAttentionOptions& o, int64_t T) {
           {"speedup_fwd_bwd", (dense_fwd + dense_bwd) / (gate_ms + moba_fwd + moba_bwd)}};
 }
 
+#ifdef MOBA_HAVE_CUDA_ATTENTION
+// Peer row (bench/peer_sdpa.py) for sequence length T, or null.
+nlohmann::json peer_row(const nlohmann::json& peer, int64_t T) {
+  if (peer.is_null()) return nullptr;
+  for (const auto& r : peer["rows"])
+    if (r["T"].get<int64_t>() == T) return r;
+  return nullptr;
+}
+
+void run_bench_cuda(const BenchAttentionOptions& o) {
+  MOBA_CHECK(o.dtype == "bf16", "--device cuda runs bf16 kernels: pass --dtype bf16");
+  nlohmann::json peer;
+  if (!o.peer_path.empty()) {
+    std::ifstream f(o.peer_path);
+    MOBA_CHECK(f.good(), "cannot read peer JSON '", o.peer_path, "'");
+    peer = nlohmann::json::parse(f);
+  }
+  const CudaBenchShape shape{o.batch, o.heads, o.kv_heads ? o.kv_heads : o.heads, o.head_dim,
+                             o.block_size, o.top_k, o.repeats, o.seed, o.skip_dense};
+  std::printf("CUDA attention on %s: B=%lld Hq=%lld Hkv=%lld D=%lld S=%lld K=%lld bf16, causal, "
+              "median of %d after 3 warm-ups (CUDA events)\n",
+              cuda_device_name().c_str(), static_cast<long long>(o.batch),
+              static_cast<long long>(o.heads), static_cast<long long>(shape.kv_heads),
+              static_cast<long long>(o.head_dim), static_cast<long long>(o.block_size),
+              static_cast<long long>(o.top_k), o.repeats);
+  std::printf("MoBA times include the gate. TFLOP/s: dense-equivalent = dense causal FLOPs / MoBA "
+              "time; attended = FLOPs of the selected pairs / MoBA time. Peer ratios = peer ms / "
+              "our ms (> 1: we are faster).\n\n");
+  std::printf("| T | dense fwd ms | dense fwd+bwd ms | dense TFLOP/s fwd / fwd+bwd | MoBA fwd ms "
+              "| MoBA fwd+bwd ms | gate ms (share of fwd) | density | MoBA TFLOP/s dense-equiv / "
+              "attended (fwd+bwd) | MoBA speed-up over our dense (fwd+bwd) | cuDNN fwd+bwd ms "
+              "| MoBA vs cuDNN | dense vs cuDNN | dense vs FA2 | peak MiB MoBA / dense |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t T : o.seq_lens) {
+    nlohmann::json r = bench_cuda_one(shape, T);
+    const nlohmann::json pr = peer_row(peer, T);
+    auto num = [](const nlohmann::json& j, const char* key) {
+      return j.is_object() && j.contains(key) ? j[key].get<double>() : 0.0;
+    };
+    const double cudnn = num(pr, "cudnn_fwd_bwd_ms"), fa2 = num(pr, "flash_fwd_bwd_ms");
+    const double dfb = num(r, "dense_fwd_bwd_ms"), mfb = num(r, "moba_fwd_bwd_ms");
+    if (pr.is_object()) {
+      r["peer"] = pr;
+      if (cudnn > 0) r["moba_vs_cudnn_fwd_bwd"] = cudnn / mfb;
+      if (cudnn > 0 && dfb > 0) r["dense_vs_cudnn_fwd_bwd"] = cudnn / dfb;
+      if (fa2 > 0 && dfb > 0) r["dense_vs_fa2_fwd_bwd"] = fa2 / dfb;
+    }
+    auto ratio = [&](const char* key) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, r.contains(key) ? "%.2fx" : "-",
+                    r.contains(key) ? r[key].get<double>() : 0.0);
+      return std::string(buf);
+    };
+    std::printf("| %lld | %.3f | %.3f | %.0f / %.0f | %.3f | %.3f | %.3f (%.0f%%) | %.3f | %.0f / %.0f "
+                "| %.2fx | %s | %s | %s | %s | %.0f / %.0f |\n",
+                static_cast<long long>(T), num(r, "dense_fwd_ms"), dfb, num(r, "dense_tflops_fwd"),
+                num(r, "dense_tflops_fwd_bwd"), num(r, "moba_fwd_ms"), mfb, num(r, "gate_ms"),
+                100.0 * num(r, "gate_share_of_fwd"), num(r, "density"),
+                num(r, "moba_dense_equiv_tflops_fwd_bwd"), num(r, "moba_attended_tflops_fwd_bwd"),
+                num(r, "speedup_fwd_bwd"), cudnn > 0 ? std::to_string(cudnn).substr(0, 7).c_str() : "-",
+                ratio("moba_vs_cudnn_fwd_bwd").c_str(), ratio("dense_vs_cudnn_fwd_bwd").c_str(),
+                ratio("dense_vs_fa2_fwd_bwd").c_str(), num(r, "moba_peak_mib"),
+                num(r, "dense_peak_mib"));
+    std::fflush(stdout);
+    rows.push_back(r);
+  }
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path);
+    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
+    f << nlohmann::json{{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
+                        {"heads", o.heads}, {"head_dim", o.head_dim}, {"block_size", o.block_size},
+                        {"top_k", o.top_k}, {"repeats", o.repeats}, {"rows", rows}}
+                .dump(2)
+      << "\n";
+  }
+}
+#endif
+
 void run_bench_attention(const BenchAttentionOptions& o) {
+#ifdef MOBA_HAVE_CUDA_ATTENTION
+  if (o.device == "cuda") {
+    MOBA_CHECK(o.repeats >= 1, "--repeats must be >= 1, got ", o.repeats);
+    run_bench_cuda(o);
+    return;
+  }
+#endif
   MOBA_CHECK(o.device == "cpu", "device '", o.device,
-             "' is not available in this build; use --device cpu");
+             "' is not available in this build; use --device cpu"
+#ifdef MOBA_HAVE_CUDA_ATTENTION
+             " or --device cuda"
+#endif
+  );
   MOBA_CHECK(o.dtype == "float" || o.dtype == "double", "--dtype must be float or double, got '",
              o.dtype, "'");
   MOBA_CHECK(o.repeats >= 1, "--repeats must be >= 1, got ", o.repeats);
@@ -130,7 +225,9 @@ void add_bench(CLI::App& app) {
   static BenchAttentionOptions o;  // defaults live here, CLI11 prints them in --help
   CLI::App* cmd = bench->add_subcommand(
       "attention", "Time dense and MoBA attention (fwd, fwd+bwd, gate) on random inputs");
-  cmd->add_option("--device", o.device, "Where to run: cpu (the reference)")->capture_default_str();
+  cmd->add_option("--device", o.device,
+                  "Where to run: cpu (the reference) or cuda (the kernels, --dtype bf16)")
+      ->capture_default_str();
   cmd->add_option("--seq-len,-T", o.seq_lens, "Sequence lengths T")->capture_default_str();
   cmd->add_option("--batch,-B", o.batch, "Batch size B")->capture_default_str();
   cmd->add_option("--heads", o.heads, "Query heads Hq")->capture_default_str();
@@ -140,10 +237,14 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--block-size,-S", o.block_size, "MoBA block size S")->capture_default_str();
   cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k K (current block included)")
       ->capture_default_str();
-  cmd->add_option("--dtype", o.dtype, "float or double")->capture_default_str();
+  cmd->add_option("--dtype", o.dtype, "float or double (cpu); bf16 (cuda)")->capture_default_str();
   cmd->add_option("--repeats", o.repeats, "Timed repeats (median reported)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Random seed of the inputs")->capture_default_str();
   cmd->add_option("--json", o.json_path, "Also write the results as JSON to this file");
+  cmd->add_option("--peer", o.peer_path,
+                  "cuda: JSON of bench/peer_sdpa.py (same shapes, same device call); the table "
+                  "shows our ratio to it");
+  cmd->add_flag("--skip-dense", o.skip_dense, "cuda: time MoBA only");
   cmd->callback([] { run_bench_attention(o); });
 }
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One device call: build, GPU tests, (optionally) compute-sanitizer, benchmark and peer.
+# Runs from the repository root on the GPU machine; logs go to $OUT (or ./out).
+#   STEPS="build test bench peer memcheck" bench/gpu_session.sh
+# Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest.
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+STEPS=${STEPS:-build test bench peer}
+SEQ=${SEQ:-8192 32768 131072}
+BUILD=${BUILD:-build-gpu}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+log() { echo "== $(date +%T) $*"; }
+
+if has info; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
+  which g++ cmake ninja nvcc; python3 -c 'import torch;print(torch.__version__)'
+fi
+if has build; then
+  log build
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOBA_CUDA=ON \
+    -DMOBA_EXTRA_INCLUDE="$PWD/.deps/include" -DMOBA_GTEST_SOURCE="$PWD/.deps/googletest" \
+    -DMOBA_BUILD_BENCH=OFF -DMOBA_GPU_TESTS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+  ninja -C "$BUILD" -j16 moba attention_gpu_test >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+fi
+if has peer; then
+  log peer
+  PYTHONUNBUFFERED=1 python3 bench/peer_sdpa.py -T $SEQ --json "$OUT/peer_sdpa.json" 2>&1 | tee "$OUT/peer.log"
+fi
+if has test; then
+  log test
+  OMP_NUM_THREADS=16 "$BUILD/tests/attention_gpu_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/test.log" | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err|gate:|Failure|Expected|Which|error" | head -150
+fi
+if has memcheck; then
+  log memcheck
+  compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/attention_gpu_test" \
+    --gtest_filter='*dense_varlen_d64*:*moba_varlen_odd*:*moba_k1_d64*:*moba_k_ge_blocks*' >"$OUT/memcheck.log" 2>&1
+  tail -5 "$OUT/memcheck.log"
+fi
+if has bench; then
+  log bench
+  peer=()
+  [[ -f "$OUT/peer_sdpa.json" ]] && peer=(--peer "$OUT/peer_sdpa.json")
+  "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 -T $SEQ --heads 16 -D 128 \
+    -S 512 -K 3 --repeats 10 "${peer[@]}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.md"
+fi
+log done

@@ -1,0 +1,137 @@
+// Backward launchers: delta = rowsum(dO o O), zeroed dQ accumulator, attn_bwd_kernel, and
+// the conversion of dQ to bf16.
+#include "attention/cuda/attention_cuda.h"
+#include "attention/cuda/bwd_kernel.cuh"
+#include "attention/cuda/internal.h"
+#include "core/cuda_check.cuh"
+
+namespace moba::attn::cuda {
+namespace {
+
+// One warp per (token, query head) row.
+template <int D>
+__global__ void delta_kernel(const __nv_bfloat16* __restrict__ o,
+                             const __nv_bfloat16* __restrict__ dout, int rows,
+                             float* __restrict__ delta) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  constexpr int kPer = D / 32;  // 2 or 4 elements per lane
+  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(o + static_cast<size_t>(row) * D + lane * kPer);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(dout + static_cast<size_t>(row) * D + lane * kPer);
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPer / 2; ++i) {
+    const float2 x = __bfloat1622float2(a[i]), y = __bfloat1622float2(b[i]);
+    acc += x.x * y.x + x.y * y.y;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) delta[row] = acc;
+}
+
+__global__ void dq_convert_kernel(const float2* __restrict__ acc, int64_t n2, float scale,
+                                  __nv_bfloat162* __restrict__ dq) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n2;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float2 x = acc[i];
+    dq[i] = __floats2bfloat162_rn(x.x * scale, x.y * scale);
+  }
+}
+
+template <int D, int NW, bool MOBA>
+void launch_bwd(const AttnParams& p, dim3 grid, cudaStream_t stream) {
+  constexpr int BR = 64;
+  using T = BwdTraits<D, NW, BR>;
+  auto kernel = attn_bwd_kernel<D, NW, BR, MOBA>;
+  static bool configured = false;
+  if (!configured) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    T::kSmemBytes));
+    configured = true;
+  }
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <bool MOBA>
+void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
+  const Layout& l = plan.layout();
+  const int64_t D = l.head_dim;
+  const int64_t rows = l.tokens() * l.num_q_heads;
+  p.delta = static_cast<float*>(plan.scratch(kSlotDelta, sizeof(float) * rows));
+  p.dq_acc = static_cast<float*>(plan.scratch(kSlotDqAcc, sizeof(float) * rows * D));
+  CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, sizeof(float) * rows * D, stream));
+  const int warps = 8;
+  const unsigned dblocks = static_cast<unsigned>((rows + warps - 1) / warps);
+  if (D == 64) delta_kernel<64><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta);
+  else delta_kernel<128><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta);
+  CUDA_CHECK_LAUNCH();
+
+  const int bc = 16 * nw;
+  const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc), p.Hkv,
+                  static_cast<unsigned>(l.batch()));
+  if (D == 64 && nw == 4) launch_bwd<64, 4, MOBA>(p, grid, stream);
+  else if (D == 64) launch_bwd<64, 8, MOBA>(p, grid, stream);
+  else if (nw == 4) launch_bwd<128, 4, MOBA>(p, grid, stream);
+  else launch_bwd<128, 8, MOBA>(p, grid, stream);
+
+  const int64_t n2 = rows * D / 2;
+  const unsigned cblocks = static_cast<unsigned>(std::min<int64_t>((n2 + 255) / 256, 65535));
+  dq_convert_kernel<<<cblocks, 256, 0, stream>>>(reinterpret_cast<const float2*>(p.dq_acc), n2,
+                                                 p.scale, reinterpret_cast<__nv_bfloat162*>(p.dq));
+  CUDA_CHECK_LAUNCH();
+}
+
+AttnParams bwd_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v,
+                      const bf16* out, const float* lse, const bf16* dout, bf16* dq, bf16* dk,
+                      bf16* dv) {
+  const Layout& l = plan.layout();
+  AttnParams p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.o = const_cast<bf16*>(out);
+  p.lse = const_cast<float*>(lse);
+  p.dout = dout;
+  p.dq = dq;
+  p.dk = dk;
+  p.dv = dv;
+  p.cu_seqlens = plan.dev().cu_seqlens;
+  p.block_offset = plan.dev().block_offset;
+  p.block_start = plan.dev().block_start;
+  p.N = static_cast<int>(l.tokens());
+  p.Hq = static_cast<int>(l.num_q_heads);
+  p.Hkv = static_cast<int>(l.num_kv_heads);
+  p.group = p.Hq / p.Hkv;
+  p.scale = plan.scale();
+  p.scale_log2 = plan.scale() * 1.4426950408889634f;
+  p.S = static_cast<int>(plan.config().block_size);
+  p.K = static_cast<int>(plan.config().top_k);
+  p.kp = p.K - 1;
+  return p;
+}
+
+}  // namespace
+
+void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, const bf16* out,
+                    const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
+                    cudaStream_t stream) {
+  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv), 8, stream);
+}
+
+void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
+                   const bf16* v, const bf16* out, const float* lse, const bf16* dout,
+                   bf16* dq, bf16* dk, bf16* dv, cudaStream_t stream) {
+  AttnParams p = bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv);
+  p.sel = sel;
+  // Keys per CTA (16 * warps) must not straddle a block: 128 unless S = 64.
+  const int nw = plan.config().block_size >= 128 ? 8 : 4;
+  if (p.kp > 0 && plan.full_blocks() > 0) {
+    const GatherIndex ix = build_gather_index(plan, sel, 128, stream);
+    p.entries = ix.entries;
+    p.bucket_offset = ix.offsets;
+  }
+  backward<true>(plan, p, nw, stream);
+}
+
+}  // namespace moba::attn::cuda

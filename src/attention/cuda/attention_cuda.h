@@ -1,0 +1,97 @@
+// CUDA attention for Hopper: dense causal flash attention and MoBA (gate, forward,
+// backward), bf16 inputs and outputs, fp32 accumulation. Shapes as in layout.h; every
+// pointer below is device memory:
+//   q, out, dout, dq : (N, Hq, D) bf16     k, v, dk, dv : (N, Hkv, D) bf16
+//   lse : (N, Hq) fp32, natural log         sel : (N, Hq, K) int32 (gate.h's format)
+// A Plan is built once per shape (layout, MoBA config, options): it checks the shape at the
+// API edge, uploads the sequence boundaries, and owns the scratch memory the kernels need
+// (so its size is the memory the kernels add on top of the tensors).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "attention/layout.h"
+
+namespace moba::attn::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Head dims with compiled kernels; block sizes S: powers of two >= 64 (a tile of 64 or
+// 128 queries or keys never straddles two blocks). K: 1..16.
+bool head_dim_supported(int64_t D);
+constexpr int64_t kMinBlockSize = 64;
+constexpr int64_t kMaxTopK = 16;
+
+class Plan {
+ public:
+  // cfg is used by the MoBA functions only; dense attention ignores it.
+  Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt);
+  ~Plan();
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+
+  const Layout& layout() const { return layout_; }
+  const MobaConfig& config() const { return cfg_; }
+  float scale() const { return scale_; }
+  // Bytes of device scratch this plan holds now (grows on first use of each kernel).
+  size_t workspace_bytes() const { return ws_bytes_; }
+  // Largest workspace_bytes() seen so far.
+  size_t peak_workspace_bytes() const { return ws_peak_; }
+
+  // --- internal, for the launchers ---
+  struct Device {
+    int32_t* cu_seqlens = nullptr;    // (B + 1)
+    int32_t* block_offset = nullptr;  // (B + 1): first full-block row of each sequence
+    int32_t* block_start = nullptr;   // (rows): packed token index where each full block starts
+  };
+  const Device& dev() const { return dev_; }
+  int64_t full_blocks() const { return rows_; }  // full blocks over all sequences
+  int64_t max_seq_len() const { return max_len_; }
+  // A device buffer kept for the plan's lifetime, identified by `slot`; grown on demand.
+  void* scratch(int slot, size_t bytes);
+
+ private:
+  Layout layout_;
+  MobaConfig cfg_;
+  float scale_ = 0.f;
+  int64_t rows_ = 0, max_len_ = 0;
+  Device dev_;
+  std::vector<void*> bufs_;
+  std::vector<size_t> sizes_;
+  size_t ws_bytes_ = 0, ws_peak_ = 0;
+};
+
+// Dense causal attention. out and lse are overwritten.
+void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16* out,
+                   float* lse, cudaStream_t stream = nullptr);
+// Gradients of sum(out * dout); dq, dk, dv are overwritten.
+void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, const bf16* out,
+                    const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
+                    cudaStream_t stream = nullptr);
+
+// The MoBA gate (../shared/MOBA.md steps 2-5) on the device: fp32 block means of K and
+// fp32 scores, top-(K-1) past blocks with ties to the more recent block, plus the current.
+void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel,
+               cudaStream_t stream = nullptr);
+// MoBA attention over a given selection (from moba_gate or the CPU gate).
+void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
+                  bf16* out, float* lse, cudaStream_t stream = nullptr);
+void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
+                   const bf16* v, const bf16* out, const float* lse, const bf16* dout,
+                   bf16* dq, bf16* dk, bf16* dv, cudaStream_t stream = nullptr);
+
+}  // namespace moba::attn::cuda
+
+namespace moba::attn::cuda {
+
+// Fills x with N(0, stddev^2) bf16 draws from a counter-based generator (for benchmarks:
+// no host round trip of large tensors).
+void fill_random_bf16(bf16* x, size_t n, uint64_t seed, float stddev = 1.f,
+                      cudaStream_t stream = nullptr);
+
+}  // namespace moba::attn::cuda

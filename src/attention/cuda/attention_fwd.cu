@@ -1,0 +1,107 @@
+// Forward launchers: tile choice and dispatch of attn_fwd_kernel, and the MoBA gate entry.
+#include "attention/cuda/attention_cuda.h"
+#include "attention/cuda/fwd_kernel.cuh"
+#include "attention/cuda/internal.h"
+#include "core/cuda_check.cuh"
+
+namespace moba::attn::cuda {
+namespace {
+
+AttnParams base_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v) {
+  const Layout& l = plan.layout();
+  AttnParams p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.cu_seqlens = plan.dev().cu_seqlens;
+  p.block_offset = plan.dev().block_offset;
+  p.block_start = plan.dev().block_start;
+  p.N = static_cast<int>(l.tokens());
+  p.Hq = static_cast<int>(l.num_q_heads);
+  p.Hkv = static_cast<int>(l.num_kv_heads);
+  p.group = p.Hq / p.Hkv;
+  p.scale = plan.scale();
+  p.scale_log2 = plan.scale() * 1.4426950408889634f;
+  p.S = static_cast<int>(plan.config().block_size);
+  p.K = static_cast<int>(plan.config().top_k);
+  p.kp = p.K - 1;
+  return p;
+}
+
+template <int D, int NW, FwdMode MODE>
+void launch_fwd(const AttnParams& p, dim3 grid, cudaStream_t stream) {
+  using T = FwdTraits<D, NW>;
+  auto kernel = attn_fwd_kernel<D, NW, MODE>;
+  static bool configured = false;  // raise the dynamic shared-memory limit once
+  if (!configured) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    T::kSmemBytes));
+    configured = true;
+  }
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Contiguous query tiles: grid (query tiles of the longest sequence, Hq, B).
+template <FwdMode MODE>
+void fwd_contiguous(const Plan& plan, const AttnParams& p, int nw, cudaStream_t stream) {
+  const Layout& l = plan.layout();
+  const int br = 16 * nw;
+  const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + br - 1) / br), p.Hq,
+                  static_cast<unsigned>(l.batch()));
+  const int64_t D = l.head_dim;
+  if (D == 64 && nw == 4) launch_fwd<64, 4, MODE>(p, grid, stream);
+  else if (D == 64) launch_fwd<64, 8, MODE>(p, grid, stream);
+  else if (nw == 4) launch_fwd<128, 4, MODE>(p, grid, stream);
+  else launch_fwd<128, 8, MODE>(p, grid, stream);
+}
+
+// 128 query rows (8 warps) per CTA; 64 where the block size is 64, so that a tile of
+// queries always shares one current block.
+int rows_warps(const Plan& plan) { return plan.config().block_size >= 128 ? 8 : 4; }
+
+}  // namespace
+
+void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16* out,
+                   float* lse, cudaStream_t stream) {
+  AttnParams p = base_params(plan, q, k, v);
+  p.o = out;
+  p.lse = lse;
+  fwd_contiguous<FwdMode::kDense>(plan, p, 8, stream);
+}
+
+void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream) {
+  gate_launch(plan, q, k, sel, stream);
+}
+
+void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
+                  bf16* out, float* lse, cudaStream_t stream) {
+  AttnParams p = base_params(plan, q, k, v);
+  p.o = out;
+  p.lse = lse;
+  p.sel = sel;
+  const Layout& l = plan.layout();
+  const int64_t D = l.head_dim;
+  // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
+  constexpr int kPastWarps = 8;
+  if (p.kp > 0 && plan.full_blocks() > 0) {
+    const GatherIndex ix = build_gather_index(plan, sel, 16 * kPastWarps, stream);
+    const size_t slots = static_cast<size_t>(l.tokens()) * p.Hq * p.kp;
+    p.part_o = static_cast<float*>(plan.scratch(kSlotPartO, sizeof(float) * slots * D));
+    p.part_lse = static_cast<float*>(plan.scratch(kSlotPartLse, sizeof(float) * slots));
+    p.entries = ix.entries;
+    p.bucket_offset = ix.offsets;
+    p.tiles = ix.tiles;
+    p.num_tiles = ix.num_tiles;
+    const dim3 grid(static_cast<unsigned>(ix.max_tiles));
+    if (D == 64) launch_fwd<64, kPastWarps, FwdMode::kMobaPast>(p, grid, stream);
+    else launch_fwd<128, kPastWarps, FwdMode::kMobaPast>(p, grid, stream);
+  } else {
+    // No past block anywhere: the merge reads nothing (every slot is invalid).
+    p.part_o = nullptr;
+    p.part_lse = nullptr;
+  }
+  fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, rows_warps(plan), stream);
+}
+
+}  // namespace moba::attn::cuda

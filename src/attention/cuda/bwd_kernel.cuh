@@ -1,0 +1,258 @@
+// Flash-attention backward, key-tile major (the FlashAttention-2 scheme, written here from
+// the maths): one CTA owns a tile of Bc = 16*NW keys of one kv head and keeps their dK and
+// dV in registers while it walks every query tile that attends to them; dQ is accumulated
+// with fp32 atomics (red.v2) into a buffer converted to bf16 afterwards.
+//
+// Per query tile (BR rows, each row a (token, query head) pair):
+//   S^T = K Q^T, P^T = exp2(S^T * scale*log2e - lse2), dP^T = V dO^T,
+//   dS^T = P^T o (dP^T - delta), dV += P^T dO, dK += dS^T Q, dQ += dS K.
+// Working on the transposed products keeps P^T and dS^T in the accumulator layout of the
+// key rows, which is the A operand of the dV and dK products; only dS^T goes through
+// shared memory, for dQ.
+//
+// Query tiles come from two sources: (1) causal: the queries from the key tile on, up to
+// the end of the sequence (dense) or of the current block (MoBA), for each query head of
+// the kv group; (2) MoBA only: the gathered entries that selected this key tile's block.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "attention/cuda/fwd_kernel.cuh"
+#include "attention/cuda/mma.cuh"
+#include "attention/cuda/params.h"
+
+namespace moba::attn::cuda {
+
+template <int D, int NW, int BR>
+struct BwdTraits {
+  static_assert(BR % 16 == 0 && NW % (BR / 16) == 0, "warps must tile the dQ rows");
+  static constexpr int kThreads = NW * 32;
+  static constexpr int kBc = 16 * NW;  // keys per CTA, one m16 slice per warp
+  static constexpr int kLd = D + 8;    // padded rows, see FwdTraits
+  static constexpr int kLdS = BR + 8;  // dS^T rows
+  static constexpr int kSmemBytes =
+      (2 * kBc * kLd + 4 * BR * kLd + kBc * kLdS) * 2 + 2 * BR * 4 * 4;
+};
+
+template <int D, int NW, int BR, bool MOBA>
+__global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
+  using namespace detail;
+  using T = BwdTraits<D, NW, BR>;
+  constexpr int Bc = T::kBc, LD = T::kLd, LDS = T::kLdS, THREADS = T::kThreads;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [Bc][LD]
+  __nv_bfloat16* sV = sK + Bc * LD;                                // [Bc][LD]
+  __nv_bfloat16* sQ = sV + Bc * LD;                                // [2][BR][LD]
+  __nv_bfloat16* sdO = sQ + 2 * BR * LD;                           // [2][BR][LD]
+  __nv_bfloat16* sdS = sdO + 2 * BR * LD;                          // [Bc][LDS]
+  int* sTok = reinterpret_cast<int*>(sdS + Bc * LDS);              // [2][BR] token, -1 none
+  int* sRow = sTok + 2 * BR;                                       // [2][BR] tok * Hq + h
+  float* sLse = reinterpret_cast<float*>(sRow + 2 * BR);           // [2][BR] lse * log2(e)
+  float* sDelta = sLse + 2 * BR;                                   // [2][BR]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, qd = lane % 4;
+  const int b = blockIdx.z, kvh = blockIdx.y, n = blockIdx.x;
+  const int seq_start = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - seq_start;
+  if (n * Bc >= len) return;
+  const int key0 = seq_start + n * Bc;
+  const int kcount = min(Bc, len - n * Bc);
+
+  // Source (1): causal query tiles of each head of the group.
+  const int blk = MOBA ? n * Bc / p.S : 0;
+  const int q_lo = key0;
+  const int q_hi = MOBA ? seq_start + min(len, (blk + 1) * p.S) : seq_start + len;
+  const int tiles_per_head = (q_hi - q_lo + BR - 1) / BR;
+  const int n1 = tiles_per_head * p.group;
+  // Source (2): gathered entries of this block, if it is a full block.
+  int e_lo = 0, e_hi = 0;
+  if (MOBA && p.kp > 0 && (blk + 1) * p.S <= len) {
+    const int bucket = (p.block_offset[b] + blk) * p.Hkv + kvh;
+    e_lo = p.bucket_offset[bucket];
+    e_hi = p.bucket_offset[bucket + 1];
+  }
+  const int n_tiles = n1 + (e_hi - e_lo + BR - 1) / BR;
+
+  // (token, row id) of row r of query tile i; token -1 when the row is past the tile's end.
+  auto row_of = [&](int i, int r, int& tok, int& row) {
+    if (i < n1) {
+      const int h = kvh * p.group + i / tiles_per_head;
+      const int pos = q_lo + (i % tiles_per_head) * BR + r;
+      tok = pos < q_hi ? pos : -1;
+      row = pos * p.Hq + h;
+    } else {
+      const int idx = e_lo + (i - n1) * BR + r;
+      const int e = idx < e_hi ? p.entries[idx] : -1;
+      row = e < 0 ? 0 : e / p.kp;
+      tok = e < 0 ? -1 : row / p.Hq;
+    }
+  };
+  auto load_tile = [&](int buf, int i) {
+    constexpr float kLog2e = 1.4426950408889634f;
+    for (int r = tid; r < BR; r += THREADS) {
+      int tok, row;
+      row_of(i, r, tok, row);
+      sTok[buf * BR + r] = tok;
+      sRow[buf * BR + r] = row;
+      // Rows past the end: lse = +inf makes every p = exp2(s - inf) = 0.
+      sLse[buf * BR + r] = tok >= 0 ? p.lse[row] * kLog2e : INFINITY;
+      sDelta[buf * BR + r] = tok >= 0 ? p.delta[row] : 0.f;
+    }
+    auto src = [&](const __nv_bfloat16* base) {
+      return [=](int r) -> const __nv_bfloat16* {
+        int tok, row;
+        row_of(i, r, tok, row);
+        return tok >= 0 ? base + static_cast<size_t>(row) * D : nullptr;
+      };
+    };
+    load_rows<D, LD, THREADS>(sQ + buf * BR * LD, BR, p.q, src(p.q));
+    load_rows<D, LD, THREADS>(sdO + buf * BR * LD, BR, p.dout, src(p.dout));
+  };
+
+  auto kv_src = [&](const __nv_bfloat16* base) {
+    return [=](int r) -> const __nv_bfloat16* {
+      return r < kcount ? base + (static_cast<size_t>(key0 + r) * p.Hkv + kvh) * D : nullptr;
+    };
+  };
+  load_rows<D, LD, THREADS>(sK, Bc, p.k, kv_src(p.k));
+  load_rows<D, LD, THREADS>(sV, Bc, p.v, kv_src(p.v));
+  if (n_tiles > 0) load_tile(0, 0);
+  cp_async_commit();
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dk[i][c] = dv[i][c] = 0.f;
+  const int ktok[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
+
+  // dQ tiling: BR/16 m-tiles of rows, the remaining warps split D.
+  constexpr int MT = BR / 16, WD = NW / MT, DW = D / WD;
+  static_assert(DW % 16 == 0, "dQ column slice must be a multiple of 16");
+  const int mi = warp % MT, dj = warp / MT;
+
+  for (int i = 0; i < n_tiles; ++i) {
+    const int buf = i & 1;
+    if (i + 1 < n_tiles) {
+      load_tile(buf ^ 1, i + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const __nv_bfloat16* q_s = sQ + buf * BR * LD;
+    const __nv_bfloat16* do_s = sdO + buf * BR * LD;
+    const int* tok_s = sTok + buf * BR;
+
+    float st[BR / 8][4], dpt[BR / 8][4];
+#pragma unroll
+    for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) st[j][c] = dpt[j][c] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ak[4], av[4];
+      ldmatrix_x4(ak, sK + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+      ldmatrix_x4(av, sV + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < BR / 16; ++np) {
+        const int off = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
+        uint32_t bq[4], bo[4];
+        ldmatrix_x4(bq, q_s + off);
+        ldmatrix_x4(bo, do_s + off);
+        mma_bf16(st[2 * np], ak, bq[0], bq[1]);
+        mma_bf16(st[2 * np + 1], ak, bq[2], bq[3]);
+        mma_bf16(dpt[2 * np], av, bo[0], bo[1]);
+        mma_bf16(dpt[2 * np + 1], av, bo[2], bo[3]);
+      }
+    }
+    // P^T and dS^T. A key attends a row only if key <= row token (causal; also false for
+    // rows past the end, token -1). Gathered rows come after their whole block: no-op there.
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int col = nt * 8 + 2 * qd + (c & 1);
+        float pv = exp2f(st[nt][c] * p.scale_log2 - sLse[buf * BR + col]);
+        if (ktok[c / 2] > tok_s[col]) pv = 0.f;
+        st[nt][c] = pv;
+        dpt[nt][c] = pv * (dpt[nt][c] - sDelta[buf * BR + col]);
+      }
+    // dV += P^T dO, dK += dS^T Q (k runs over the tile's rows).
+#pragma unroll
+    for (int kk = 0; kk < BR / 16; ++kk) {
+      const uint32_t ap[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]),
+                              pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                              pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                              pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+      const uint32_t ads[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]),
+                               pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
+                               pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                               pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        const int off = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8;
+        uint32_t bo[4], bq[4];
+        ldmatrix_x4_trans(bo, do_s + off);
+        ldmatrix_x4_trans(bq, q_s + off);
+        mma_bf16(dv[2 * dp], ap, bo[0], bo[1]);
+        mma_bf16(dv[2 * dp + 1], ap, bo[2], bo[3]);
+        mma_bf16(dk[2 * dp], ads, bq[0], bq[1]);
+        mma_bf16(dk[2 * dp + 1], ads, bq[2], bq[3]);
+      }
+    }
+    // dS^T -> shared memory (bf16), then dQ = dS K for the tile's rows.
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8 * h) * LDS + nt * 8 + 2 * qd) =
+            pack_bf16(dpt[nt][2 * h], dpt[nt][2 * h + 1]);
+    __syncthreads();
+    float dq[DW / 8][4];
+#pragma unroll
+    for (int j = 0; j < DW / 8; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < Bc / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4_trans(a, sdS + (kk * 16 + lane % 8 + (lane / 16) * 8) * LDS + mi * 16 +
+                               ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int dp = 0; dp < DW / 16; ++dp) {
+        uint32_t bk[4];
+        ldmatrix_x4_trans(bk, sK + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dj * DW +
+                                  dp * 16 + (lane / 16) * 8);
+        mma_bf16(dq[2 * dp], a, bk[0], bk[1]);
+        mma_bf16(dq[2 * dp + 1], a, bk[2], bk[3]);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = mi * 16 + g + 8 * h;
+      if (tok_s[r] < 0) continue;
+      float* dst = p.dq_acc + static_cast<size_t>(sRow[buf * BR + r]) * D + dj * DW + 2 * qd;
+#pragma unroll
+      for (int nt = 0; nt < DW / 8; ++nt) red_add_v2(dst + nt * 8, dq[nt][2 * h], dq[nt][2 * h + 1]);
+    }
+    __syncthreads();  // the next iteration overwrites this buffer and dS^T
+  }
+
+  // dK carries the softmax scale (S = scale * Q K^T); dV does not.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * 16 + g + 8 * h;
+    if (r >= kcount) continue;
+    const size_t off = (static_cast<size_t>(ktok[h]) * p.Hkv + kvh) * D + 2 * qd;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      *reinterpret_cast<uint32_t*>(p.dk + off + nt * 8) =
+          pack_bf16(dk[nt][2 * h] * p.scale, dk[nt][2 * h + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(p.dv + off + nt * 8) = pack_bf16(dv[nt][2 * h], dv[nt][2 * h + 1]);
+    }
+  }
+}
+
+}  // namespace moba::attn::cuda

@@ -1,0 +1,278 @@
+// Flash-attention forward over a tile of query rows and a contiguous range of keys, on
+// tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulators). One kernel serves three
+// callers, picked at compile time:
+//   kDense       rows = a tile of consecutive queries of one head; keys = sequence start
+//                up to the tile's last query (causal). Writes out and lse.
+//   kMobaCurrent the same rows; keys = the start of the rows' current block up to the last
+//                query (the causal current-block part of MoBA). Its epilogue merges the
+//                rows' past-block partials (written before by kMobaPast) by their lse and
+//                writes the final out and lse.
+//   kMobaPast    rows = a list of (token, query head, slot) entries that all selected one
+//                full past block of one kv head ("gather"); keys = that whole block, no
+//                mask. Writes a normalised fp32 partial output and lse per entry.
+// Each warp owns 16 query rows; a CTA of NW warps owns 16*NW rows and walks key tiles of
+// 64, double-buffered through cp.async.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "attention/cuda/mma.cuh"
+#include "attention/cuda/params.h"
+
+namespace moba::attn::cuda {
+
+enum class FwdMode { kDense, kMobaCurrent, kMobaPast };
+
+template <int D, int NW>
+struct FwdTraits {
+  static_assert(D % 16 == 0 && D <= 256, "head dim must be a multiple of 16");
+  static constexpr int kThreads = NW * 32;
+  static constexpr int kBr = 16 * NW;  // query rows per CTA
+  static constexpr int kBc = 64;       // keys per tile: S (>= 64, power of two) is a multiple
+  // Rows padded by 16 bytes: the 8 row addresses of one ldmatrix then fall in distinct
+  // bank groups (an unpadded 128- or 256-byte row maps every row to the same banks).
+  static constexpr int kLd = D + 8;
+  static constexpr int kSmemBytes = (kBr + 4 * kBc) * kLd * 2 + kBr * 2 * 4;
+};
+
+namespace detail {
+
+// Copies `rows` rows of D bf16 from global (row r at src_of(r), nullptr = zero-fill) into
+// shared memory with row stride LD, 16 bytes per cp.async.
+template <int D, int LD, int THREADS, typename SrcOf>
+__device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int rows, const __nv_bfloat16* zero_src,
+                                          SrcOf src_of) {
+  constexpr int kChunks = D / 8;
+  for (int i = threadIdx.x; i < rows * kChunks; i += THREADS) {
+    const int r = i / kChunks, c = i % kChunks;
+    const __nv_bfloat16* src = src_of(r);
+    cp_async_16(dst + r * LD + c * 8, src ? src + c * 8 : zero_src, src ? 16 : 0);
+  }
+}
+
+}  // namespace detail
+
+template <int D, int NW, FwdMode MODE>
+__global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
+  using namespace detail;
+  using T = FwdTraits<D, NW>;
+  constexpr int Br = T::kBr, Bc = T::kBc, LD = T::kLd, THREADS = T::kThreads;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [Br][LD]
+  __nv_bfloat16* sK = sQ + Br * LD;                                // [2][Bc][LD]
+  __nv_bfloat16* sV = sK + 2 * Bc * LD;                            // [2][Bc][LD]
+  int* sTok = reinterpret_cast<int*>(sV + 2 * Bc * LD);            // [Br] token, -1 = no row
+  int* sEnt = sTok + Br;  // [Br] kMobaPast: entry; else query head row id (tok * Hq + h)
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, qd = lane % 4;
+
+  int kvh, k_begin, k_end, first_tok = 0, head = 0, seq_start = 0;
+  if constexpr (MODE == FwdMode::kMobaPast) {
+    if (static_cast<int>(blockIdx.x) >= *p.num_tiles) return;
+    const int4 t = p.tiles[blockIdx.x];
+    k_begin = t.x;
+    k_end = t.x + p.S;
+    kvh = t.w;
+    for (int r = tid; r < Br; r += THREADS) {
+      const int e = r < t.z ? p.entries[t.y + r] : -1;
+      sEnt[r] = e;
+      sTok[r] = e < 0 ? -1 : (e / p.kp) / p.Hq;
+    }
+  } else {
+    const int b = blockIdx.z;
+    seq_start = p.cu_seqlens[b];
+    const int len = p.cu_seqlens[b + 1] - seq_start;
+    const int m = gridDim.x - 1 - blockIdx.x;  // longest rows (most keys) start first
+    if (m * Br >= len) return;
+    head = blockIdx.y;
+    kvh = head / p.group;
+    first_tok = seq_start + m * Br;
+    const int count = min(Br, len - m * Br);
+    k_end = first_tok + count;
+    k_begin = MODE == FwdMode::kDense ? seq_start : seq_start + (m * Br / p.S) * p.S;
+    for (int r = tid; r < Br; r += THREADS) {
+      sTok[r] = r < count ? first_tok + r : -1;
+      sEnt[r] = (first_tok + r) * p.Hq + head;
+    }
+  }
+  __syncthreads();
+
+  // Q rows, then the first K/V tile.
+  load_rows<D, LD, THREADS>(sQ, Br, p.q, [&](int r) -> const __nv_bfloat16* {
+    const int tok = sTok[r];
+    if (tok < 0) return nullptr;
+    const int h = MODE == FwdMode::kMobaPast ? (sEnt[r] / p.kp) % p.Hq : head;
+    return p.q + (static_cast<size_t>(tok) * p.Hq + h) * D;
+  });
+  auto load_kv = [&](int buf, int kt) {
+    auto src = [&](const __nv_bfloat16* base) {
+      return [=](int r) -> const __nv_bfloat16* {
+        const int tok = kt + r;
+        return tok < k_end ? base + (static_cast<size_t>(tok) * p.Hkv + kvh) * D : nullptr;
+      };
+    };
+    load_rows<D, LD, THREADS>(sK + buf * Bc * LD, Bc, p.k, src(p.k));
+    load_rows<D, LD, THREADS>(sV + buf * Bc * LD, Bc, p.v, src(p.v));
+  };
+  load_kv(0, k_begin);
+  cp_async_commit();
+
+  const int row0 = warp * 16 + g;  // this thread's rows: row0 and row0 + 8
+  const int rtok[2] = {sTok[row0], sTok[row0 + 8]};
+  float acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};  // running max of the log2-scaled scores
+  float row_sum[2] = {0.f, 0.f};              // this thread's share of the softmax sum
+
+  const int n_tiles = (k_end - k_begin + Bc - 1) / Bc;
+  for (int it = 0; it < n_tiles; ++it) {
+    const int kt = k_begin + it * Bc;
+    if (it + 1 < n_tiles) {
+      load_kv((it + 1) & 1, kt + Bc);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const __nv_bfloat16* k_s = sK + (it & 1) * Bc * LD;
+    const __nv_bfloat16* v_s = sV + (it & 1) * Bc * LD;
+
+    float s[Bc / 8][4];
+#pragma unroll
+    for (int i = 0; i < Bc / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, sQ + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < Bc / 16; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k_s + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
+                           ((lane / 8) % 2) * 8);
+        mma_bf16(s[2 * np], a, b[0], b[1]);
+        mma_bf16(s[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+
+    // Causal mask only where the tile reaches past the first row; past blocks need none.
+    const bool masked = MODE != FwdMode::kMobaPast && kt + Bc - 1 > first_tok;
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < Bc / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        float x = s[nt][c] * p.scale_log2;
+        if (masked && kt + nt * 8 + 2 * qd + (c & 1) > rtok[c / 2]) x = -INFINITY;
+        s[nt][c] = x;
+        tile_max[c / 2] = fmaxf(tile_max[c / 2], x);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(row_max[h], mx);
+      // A row with every key masked so far has max -inf: use 0 so that exp2(-inf - -inf)
+      // (NaN) is never computed; its probabilities are exp2(-inf) = 0 either way.
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(row_max[h] - m_use);
+      row_max[h] = m_new;
+      row_sum[h] *= alpha;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        acc[i][2 * h] *= alpha;
+        acc[i][2 * h + 1] *= alpha;
+      }
+#pragma unroll
+      for (int nt = 0; nt < Bc / 8; ++nt) {
+        s[nt][2 * h] = exp2f(s[nt][2 * h] - m_use);
+        s[nt][2 * h + 1] = exp2f(s[nt][2 * h + 1] - m_use);
+        row_sum[h] += s[nt][2 * h] + s[nt][2 * h + 1];
+      }
+    }
+
+    // O += P V, P straight from the score registers (rounded to bf16 for the MMA).
+#pragma unroll
+    for (int kk = 0; kk < Bc / 16; ++kk) {
+      const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                             pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 +
+                                 (lane / 16) * 8);
+        mma_bf16(acc[2 * dp], a, b[0], b[1]);
+        mma_bf16(acc[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // the next iteration's copy overwrites this tile's buffer
+  }
+
+  // Epilogue: normalise; write (or merge, then write) each of the thread's two rows.
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float l = row_sum[h] + __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int tok = rtok[h];
+    if (tok < 0) continue;
+    const int r = row0 + 8 * h;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float lse = l > 0.f ? (row_max[h] + log2f(l)) * kLn2 : -INFINITY;
+    if constexpr (MODE == FwdMode::kMobaPast) {
+      const int e = sEnt[r];
+      float* dst = p.part_o + static_cast<size_t>(e) * D;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+        *reinterpret_cast<float2*>(dst + nt * 8 + 2 * qd) =
+            make_float2(acc[nt][2 * h] * inv, acc[nt][2 * h + 1] * inv);
+      if (qd == 0) p.part_lse[e] = lse;
+    } else {
+      const int row = sEnt[r];  // tok * Hq + head
+      float w_cur = inv, lse_tot = lse;
+      int kp = 0;
+      float w_past[16];  // weights of the past slots (K <= 16)
+      if constexpr (MODE == FwdMode::kMobaCurrent) {
+        // Merge by log-sum-exp: out = sum_i exp(lse_i - lse) out_i over the current part
+        // and each valid past slot (slot s holds a past block iff sel[s] >= 0 and is not
+        // the current block c; the selection is ascending with c last).
+        kp = p.kp;
+        const int c = (tok - seq_start) / p.S;
+        const int32_t* sel = p.sel + static_cast<size_t>(row) * p.K;
+        float mx = lse;
+        for (int s = 0; s < kp; ++s) {
+          const bool ok = sel[s] >= 0 && sel[s] < c;
+          w_past[s] = ok ? p.part_lse[static_cast<size_t>(row) * kp + s] : -INFINITY;
+          mx = fmaxf(mx, w_past[s]);
+        }
+        float sum = expf(lse - mx);
+        for (int s = 0; s < kp; ++s) sum += expf(w_past[s] - mx);
+        lse_tot = mx + logf(sum);
+        w_cur = expf(lse - lse_tot) * inv;
+        for (int s = 0; s < kp; ++s) w_past[s] = expf(w_past[s] - lse_tot);
+      }
+      __nv_bfloat16* dst = p.o + static_cast<size_t>(row) * D;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt) {
+        float o0 = acc[nt][2 * h] * w_cur, o1 = acc[nt][2 * h + 1] * w_cur;
+        for (int s = 0; s < kp; ++s) {
+          if (w_past[s] == 0.f) continue;
+          const float2 po = *reinterpret_cast<const float2*>(
+              p.part_o + (static_cast<size_t>(row) * kp + s) * D + nt * 8 + 2 * qd);
+          o0 += w_past[s] * po.x;
+          o1 += w_past[s] * po.y;
+        }
+        *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * qd) = pack_bf16(o0, o1);
+      }
+      if (qd == 0) p.lse[row] = lse_tot;
+    }
+  }
+}
+
+}  // namespace moba::attn::cuda

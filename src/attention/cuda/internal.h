@@ -1,0 +1,41 @@
+// Shared between the launchers of this folder; not part of the API.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attention/cuda/attention_cuda.h"
+
+namespace moba::attn::cuda {
+
+// Plan::scratch slots: one device buffer each, kept for the plan's lifetime.
+enum ScratchSlot : int {
+  kSlotDqAcc,    // (N, Hq, D) fp32
+  kSlotDelta,    // (N, Hq) fp32
+  kSlotPartO,    // (N, Hq, K-1, D) fp32
+  kSlotPartLse,  // (N, Hq, K-1) fp32
+  kSlotMeans,    // (full blocks, Hkv, D) fp32
+  kSlotCounts,   // (buckets + 1) int32
+  kSlotOffsets,  // (buckets + 1) int32
+  kSlotEntries,  // (N * Hq * (K-1)) int32
+  kSlotTiles,    // (max tiles) int4
+  kSlotNumTiles, // (1) int32
+  kNumSlots
+};
+
+struct GatherIndex {
+  int32_t* counts = nullptr;
+  int32_t* offsets = nullptr;  // (buckets + 1)
+  int32_t* entries = nullptr;
+  int4* tiles = nullptr;
+  int32_t* num_tiles = nullptr;
+  int64_t max_tiles = 0;  // grid size of the forward's gather launch (extra CTAs exit)
+};
+
+void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream);
+// Counting sort of the selection's past slots into (full block, kv head) buckets.
+GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
+                               cudaStream_t stream);
+
+}  // namespace moba::attn::cuda

@@ -1,0 +1,115 @@
+// Plan: the API-edge checks, the device copies of the sequence boundaries and the scratch
+// buffers of the kernels.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attention/cuda/attention_cuda.h"
+#include "attention/cuda/internal.h"
+#include "attention/gate.h"
+#include "core/cuda_check.cuh"
+#include "core/error.h"
+
+namespace moba::attn::cuda {
+
+bool head_dim_supported(int64_t D) { return D == 64 || D == 128; }
+
+namespace {
+
+int32_t* upload(const std::vector<int32_t>& host) {
+  int32_t* dev = nullptr;
+  const size_t bytes = sizeof(int32_t) * std::max<size_t>(1, host.size());
+  CUDA_CHECK(cudaMalloc(&dev, bytes));
+  if (!host.empty())
+    CUDA_CHECK(cudaMemcpy(dev, host.data(), sizeof(int32_t) * host.size(), cudaMemcpyHostToDevice));
+  return dev;
+}
+
+}  // namespace
+
+Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt)
+    : layout_(layout), cfg_(cfg), bufs_(kNumSlots, nullptr), sizes_(kNumSlots, 0) {
+  layout_.validate();
+  cfg_.validate();
+  const int64_t D = layout_.head_dim, S = cfg_.block_size, K = cfg_.top_k;
+  MOBA_CHECK(head_dim_supported(D), "CUDA attention supports head dim 64 or 128, got ", D);
+  MOBA_CHECK(S >= kMinBlockSize && (S & (S - 1)) == 0,
+             "CUDA MoBA needs a block size S that is a power of two >= ", kMinBlockSize, ", got ", S);
+  MOBA_CHECK(K >= 1 && K <= kMaxTopK, "CUDA MoBA supports top-k K in 1..", kMaxTopK, ", got ", K);
+  // Entries of the gather lists are int32 (token * Hq + head) * (K - 1) + slot.
+  MOBA_CHECK(static_cast<double>(layout_.tokens()) * layout_.num_q_heads * std::max<int64_t>(K, D) <
+                 static_cast<double>(std::numeric_limits<int32_t>::max()),
+             "CUDA attention indexes (token, head) pairs in int32: N * Hq * max(K, D) must be "
+             "< 2^31, got N = ", layout_.tokens(), ", Hq = ", layout_.num_q_heads);
+  scale_ = static_cast<float>(opt.scale_for(layout_));
+  max_len_ = layout_.max_seq_len();
+
+  std::vector<int32_t> cu, offset, start;
+  for (int64_t c : layout_.cu_seqlens) cu.push_back(static_cast<int32_t>(c));
+  for (int64_t b = 0; b <= layout_.batch(); ++b)
+    offset.push_back(static_cast<int32_t>(full_block_offset(layout_, cfg_, b)));
+  for (int64_t b = 0; b < layout_.batch(); ++b)
+    for (int64_t j = 0; j < layout_.seq_len(b) / S; ++j)
+      start.push_back(static_cast<int32_t>(layout_.seq_begin(b) + j * S));
+  rows_ = static_cast<int64_t>(start.size());
+  dev_.cu_seqlens = upload(cu);
+  dev_.block_offset = upload(offset);
+  dev_.block_start = upload(start);
+}
+
+Plan::~Plan() {
+  cudaFree(dev_.cu_seqlens);
+  cudaFree(dev_.block_offset);
+  cudaFree(dev_.block_start);
+  for (void* p : bufs_) cudaFree(p);
+}
+
+void* Plan::scratch(int slot, size_t bytes) {
+  bytes = std::max<size_t>(bytes, 16);
+  if (sizes_[slot] < bytes) {
+    // Freed at once: the stream may still use the old buffer, so wait for the device.
+    if (bufs_[slot]) {
+      CUDA_CHECK(cudaDeviceSynchronize());
+      CUDA_CHECK(cudaFree(bufs_[slot]));
+      ws_bytes_ -= sizes_[slot];
+    }
+    CUDA_CHECK(cudaMalloc(&bufs_[slot], bytes));
+    sizes_[slot] = bytes;
+    ws_bytes_ += bytes;
+    ws_peak_ = std::max(ws_peak_, ws_bytes_);
+  }
+  return bufs_[slot];
+}
+
+}  // namespace moba::attn::cuda
+
+namespace moba::attn::cuda {
+namespace {
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+__global__ void fill_random_kernel(bf16* x, size_t n, uint64_t seed, float stddev) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t r = splitmix64(seed * 0x100000001b3ull + i);
+    // Box-Muller on two 24-bit uniforms in (0, 1].
+    const float u1 = (static_cast<float>(r >> 40) + 1.f) * (1.f / 16777216.f);
+    const float u2 = static_cast<float>((r >> 16) & 0xffffff) * (1.f / 16777216.f);
+    x[i] = __float2bfloat16(stddev * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+  }
+}
+
+}  // namespace
+
+void fill_random_bf16(bf16* x, size_t n, uint64_t seed, float stddev, cudaStream_t stream) {
+  fill_random_kernel<<<1024, 256, 0, stream>>>(x, n, seed, stddev);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moba::attn::cuda

@@ -1,0 +1,133 @@
+// moba bench attention --device cuda: times the CUDA kernels (bf16) with CUDA events,
+// median of `repeats` after 3 warm-ups, on device-generated random inputs.
+#include "cli/bench_cuda.h"
+
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "attention/cuda/attention_cuda.h"
+#include "attention/stats.h"
+#include "core/cuda_check.cuh"
+
+namespace moba::cli {
+namespace {
+
+namespace acu = attn::cuda;
+
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t bytes = 0;
+  explicit Dev(size_t n) : bytes(sizeof(T) * std::max<size_t>(1, n)) { CUDA_CHECK(cudaMalloc(&p, bytes)); }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+};
+
+double time_ms(int repeats, const std::function<void()>& fn) {
+  for (int i = 0; i < 3; ++i) fn();
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) {
+    CUDA_CHECK(cudaEventRecord(a));
+    fn();
+    CUDA_CHECK(cudaEventRecord(b));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CUDA_CHECK(cudaEventDestroy(a));
+  CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
+  using namespace moba::attn;
+  const Layout layout = Layout::batched(o.batch, T, o.heads, o.kv_heads, o.head_dim);
+  const MobaConfig cfg{o.block_size, o.top_k};
+  const Options opt;
+  const size_t nq = layout.q_elems(), nkv = layout.kv_elems(), nl = layout.lse_elems();
+  Dev<acu::bf16> q(nq), k(nkv), v(nkv), out(nq), dout(nq), dq(nq), dk(nkv), dv(nkv);
+  Dev<float> lse(nl);
+  Dev<int32_t> sel(nl * cfg.top_k);
+  acu::fill_random_bf16(q.p, nq, o.seed);
+  acu::fill_random_bf16(k.p, nkv, o.seed + 1);
+  acu::fill_random_bf16(v.p, nkv, o.seed + 2);
+  acu::fill_random_bf16(dout.p, nq, o.seed + 3);
+  const double tensors = double(q.bytes + k.bytes + v.bytes + out.bytes + dout.bytes + dq.bytes +
+                                dk.bytes + dv.bytes + lse.bytes);
+
+  double dense_fwd = 0, dense_fb = 0, dense_ws = 0;
+  if (!o.skip_dense) {
+    acu::Plan dense(layout, cfg, opt);
+    dense_fwd = time_ms(o.repeats, [&] { acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p); });
+    dense_fb = time_ms(o.repeats, [&] {
+      acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p);
+      acu::dense_backward(dense, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
+    });
+    dense_ws = double(dense.peak_workspace_bytes());
+  }
+  acu::Plan plan(layout, cfg, opt);
+  const double gate = time_ms(o.repeats, [&] { acu::moba_gate(plan, q.p, k.p, sel.p); });
+  const double attn_fwd = time_ms(o.repeats, [&] {
+    acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
+  });
+  const double moba_fwd = time_ms(o.repeats, [&] {
+    acu::moba_gate(plan, q.p, k.p, sel.p);
+    acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
+  });
+  const double moba_fb = time_ms(o.repeats, [&] {
+    acu::moba_gate(plan, q.p, k.p, sel.p);
+    acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
+    acu::moba_backward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
+  });
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+
+  Selection s{cfg.top_k, layout.num_q_heads, std::vector<int32_t>(nl * cfg.top_k)};
+  CUDA_CHECK(cudaMemcpy(s.blocks.data(), sel.p, sizeof(int32_t) * s.blocks.size(),
+                        cudaMemcpyDeviceToHost));
+  const double dp = dense_pairs(layout), mp = moba_pairs(layout, cfg, s);
+  const int64_t D = o.head_dim;
+  const double dense_fb_flops = attention_fwd_bwd_flops(dp, D);
+  nlohmann::json r = {
+      {"T", T},
+      {"gate_ms", gate},
+      {"moba_attn_fwd_ms", attn_fwd},
+      {"moba_fwd_ms", moba_fwd},
+      {"moba_fwd_bwd_ms", moba_fb},
+      {"density", mp / dp},
+      {"moba_dense_equiv_tflops_fwd", attention_fwd_flops(dp, D) / moba_fwd * 1e-9},
+      {"moba_dense_equiv_tflops_fwd_bwd", dense_fb_flops / moba_fb * 1e-9},
+      {"moba_attended_tflops_fwd", attention_fwd_flops(mp, D) / moba_fwd * 1e-9},
+      {"moba_attended_tflops_fwd_bwd", attention_fwd_bwd_flops(mp, D) / moba_fb * 1e-9},
+      {"gate_share_of_fwd", gate / moba_fwd},
+      {"moba_peak_mib", (tensors + sel.bytes + double(plan.peak_workspace_bytes())) / 1048576.0},
+      {"moba_workspace_mib", double(plan.peak_workspace_bytes()) / 1048576.0},
+      {"device_used_mib", double(total_b - free_b) / 1048576.0},
+  };
+  if (!o.skip_dense) {
+    r["dense_fwd_ms"] = dense_fwd;
+    r["dense_fwd_bwd_ms"] = dense_fb;
+    r["dense_tflops_fwd"] = attention_fwd_flops(dp, D) / dense_fwd * 1e-9;
+    r["dense_tflops_fwd_bwd"] = dense_fb_flops / dense_fb * 1e-9;
+    r["dense_peak_mib"] = (tensors + dense_ws) / 1048576.0;
+    r["speedup_fwd"] = dense_fwd / moba_fwd;
+    r["speedup_fwd_bwd"] = dense_fb / moba_fb;
+  }
+  return r;
+}
+
+std::string cuda_device_name() {
+  cudaDeviceProp p{};
+  CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  return p.name;
+}
+
+}  // namespace moba::cli

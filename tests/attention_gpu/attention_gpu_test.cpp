@@ -1,0 +1,273 @@
+// GPU attention against the CPU reference (fp64) on fresh random inputs, over awkward
+// shapes: T not a multiple of S, K = 1, K >= number of blocks (must equal dense), GQA 4:1,
+// varlen with odd lengths and a one-token sequence, head dims 64 and 128, S up to 4096.
+// Error bound, written once (bound_for): a bf16 kernel's error against fp64 is at most 2x
+// that of the naive bf16 implementation of naive_bf16.h. Attention is compared on one
+// selection (the GPU gate's), so near-ties in the gate cannot make the test flaky; the gate
+// is checked apart against the CPU gate, allowing different picks only for rounding ties.
+// Skips (passes) with a message when no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "attention/attention_cpu.h"
+#include "attention/cuda/attention_cuda.h"
+#include "attention/gate.h"
+#include "attention_gpu/naive_bf16.h"
+#include "attention/brute_force.h"
+#include "core/cuda_check.cuh"
+#include "core/random.h"
+
+namespace moba::test {
+namespace {
+
+using attn::Layout;
+using attn::MobaConfig;
+using attn::Selection;
+namespace acu = attn::cuda;
+
+bool have_device() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceBuffer(size_t count) : n(count) {
+    CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(1, n)));
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  void upload(const std::vector<T>& h) {
+    CUDA_CHECK(cudaMemcpy(ptr, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> h(n);
+    CUDA_CHECK(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
+    return h;
+  }
+  // All bits set: NaN in bf16 and fp32, -1 in int32. Anything a kernel fails to write stays
+  // NaN and fails the comparison.
+  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, sizeof(T) * std::max<size_t>(1, n))); }
+};
+
+std::vector<float> from_bf16(const std::vector<acu::bf16>& x) {
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = bf16_value(reinterpret_cast<const uint16_t&>(x[i]));
+  return y;
+}
+std::vector<acu::bf16> to_bf16(const std::vector<float>& x) {
+  std::vector<acu::bf16> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint16_t b = bf16_bits(x[i]);
+    std::memcpy(static_cast<void*>(&y[i]), &b, 2);
+  }
+  return y;
+}
+
+// The one error bound of bf16 kernels: twice the naive bf16 implementation's error, plus
+// a floor for outputs the naive version computes almost exactly (lse, in fp32).
+double bound_for(double naive_err) { return 2.0 * naive_err + 1e-5; }
+
+bool all_finite(const std::vector<float>& x) {
+  for (float e : x)
+    if (!std::isfinite(e)) return false;
+  return true;
+}
+
+void expect_close(const char* what, const std::vector<float>& gpu, const std::vector<double>& ref,
+                  const std::vector<float>& naive) {
+  ASSERT_TRUE(all_finite(gpu)) << what << ": NaN or inf (an element left unwritten?)";
+  const double eg = max_rel_err(gpu, ref), en = max_rel_err(naive, ref);
+  std::printf("    %-4s gpu err %.3e  naive bf16 err %.3e  bound %.3e\n", what, eg, en, bound_for(en));
+  EXPECT_LE(eg, bound_for(en)) << what;
+}
+
+struct Case {
+  const char* name;
+  std::vector<int64_t> cu;
+  int64_t Hq, Hkv, D;
+  int64_t S, K;  // K = 0: dense attention
+};
+
+// Gate check: a slot set may differ from the CPU gate's only where the scores tie within
+// fp32 rounding (the GPU sums the D products in another order).
+void check_gate(const Layout& l, const MobaConfig& cfg, const std::vector<float>& q,
+                const std::vector<float>& k, const Selection& gpu) {
+  const Selection cpu = attn::moba_gate<float>(l, cfg, q, k);
+  const std::vector<float> means = attn::block_means<float>(l, cfg, k);
+  const int64_t Hq = l.num_q_heads, Hkv = l.num_kv_heads, D = l.head_dim, K = cfg.top_k;
+  int64_t differ = 0, rows = 0;
+  for (int64_t b = 0; b < l.batch(); ++b) {
+    const int64_t row0 = attn::full_block_offset(l, cfg, b);
+    for (int64_t t = 0; t < l.seq_len(b); ++t)
+      for (int64_t h = 0; h < Hq; ++h) {
+        const int64_t tok = l.seq_begin(b) + t;
+        ++rows;
+        auto a = gpu.at(tok, h), c = cpu.at(tok, h);
+        if (std::equal(a.begin(), a.end(), c.begin())) continue;
+        ++differ;
+        const float* qr = &q[(tok * Hq + h) * D];
+        auto score = [&](int32_t j, double* mag) {
+          const float* m = &means[((row0 + j) * Hkv + h / (Hq / Hkv)) * D];
+          double s = 0.0, a2 = 0.0;
+          for (int64_t d = 0; d < D; ++d) {
+            s += double(qr[d]) * m[d];
+            a2 += std::abs(double(qr[d]) * m[d]);
+          }
+          if (mag) *mag = a2;
+          return s;
+        };
+        double worst_cpu = INFINITY, mag = 0.0;
+        for (int64_t i = 0; i < K - 1; ++i) worst_cpu = std::min(worst_cpu, score(c[i], &mag));
+        for (int64_t i = 0; i < K - 1; ++i) {
+          double m2 = 0.0;
+          const double s = score(a[i], &m2);
+          ASSERT_GE(s, worst_cpu - 1e-5 * std::max(mag, m2))
+              << "gate: token " << tok << " head " << h << " picked block " << a[i]
+              << " which is no tie with the CPU gate's picks";
+        }
+        ASSERT_EQ(a[K - 1], c[K - 1]) << "current block differs at token " << tok;
+      }
+  }
+  std::printf("    gate: %lld of %lld rows differ from the CPU gate, all within rounding ties\n",
+              static_cast<long long>(differ), static_cast<long long>(rows));
+}
+
+class AttentionGpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(AttentionGpu, MatchesReference) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  const Case& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  const bool moba = cs.K > 0;
+  const MobaConfig cfg{moba ? cs.S : 64, moba ? cs.K : 1};
+  const attn::Options opt;
+  const double scale = opt.scale_for(l);
+  static uint64_t seed = 1234;
+  seed += 17;
+  // bf16-valued inputs: the GPU, the naive version and the reference see the same numbers.
+  auto rnd = [&](size_t n, uint64_t s) {
+    std::vector<float> x = random_normal<float>(n, s);
+    for (float& e : x) e = round_bf16(e);
+    return x;
+  };
+  const auto q = rnd(l.q_elems(), seed), k = rnd(l.kv_elems(), seed + 1),
+             v = rnd(l.kv_elems(), seed + 2), dout = rnd(l.q_elems(), seed + 3);
+
+  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(dout.size());
+  dq_in.upload(to_bf16(q));
+  dk_in.upload(to_bf16(k));
+  dv_in.upload(to_bf16(v));
+  ddo.upload(to_bf16(dout));
+  DeviceBuffer<acu::bf16> dout_o(q.size()), ddq(q.size()), ddk(k.size()), ddv(v.size());
+  DeviceBuffer<float> dlse(l.lse_elems());
+  DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+  acu::Plan plan(l, cfg, opt);
+
+  Selection sel;
+  if (moba) {
+    dsel.poison();
+    acu::moba_gate(plan, dq_in.ptr, dk_in.ptr, dsel.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    sel.top_k = cfg.top_k;
+    sel.num_q_heads = l.num_q_heads;
+    sel.blocks = dsel.download();
+    check_gate(l, cfg, q, k, sel);
+  }
+  for (auto* b : {&dout_o, &ddq, &ddk, &ddv}) b->poison();
+  dlse.poison();
+  if (moba) {
+    acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, dout_o.ptr, dlse.ptr);
+    acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, dout_o.ptr, dlse.ptr,
+                       ddo.ptr, ddq.ptr, ddk.ptr, ddv.ptr);
+  } else {
+    acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, dout_o.ptr, dlse.ptr);
+    acu::dense_backward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, dout_o.ptr, dlse.ptr, ddo.ptr,
+                        ddq.ptr, ddk.ptr, ddv.ptr);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto g_out = from_bf16(dout_o.download()), g_dq = from_bf16(ddq.download()),
+             g_dk = from_bf16(ddk.download()), g_dv = from_bf16(ddv.download());
+  const auto g_lse = dlse.download();
+
+  // fp64 reference.
+  std::vector<double> qd(q.begin(), q.end()), kd(k.begin(), k.end()), vd(v.begin(), v.end()),
+      dod(dout.begin(), dout.end());
+  std::vector<double> out(q.size()), lse(l.lse_elems()), rdq(q.size()), rdk(k.size()), rdv(v.size());
+  if (moba) {
+    attn::cpu::moba_forward<double>(l, cfg, sel, opt, qd, kd, vd, out, lse);
+    attn::cpu::moba_backward<double>(l, cfg, sel, opt, qd, kd, vd, out, lse, dod, rdq, rdk, rdv);
+  } else {
+    attn::cpu::dense_forward<double>(l, opt, qd, kd, vd, out, lse);
+    attn::cpu::dense_backward<double>(l, opt, qd, kd, vd, out, lse, dod, rdq, rdk, rdv);
+  }
+  const NaiveResult nv = naive_bf16(l, cfg.block_size, moba ? &sel : nullptr, scale, q, k, v, dout);
+  expect_close("out", g_out, out, nv.out);
+  expect_close("lse", g_lse, lse, nv.lse);
+  expect_close("dq", g_dq, rdq, nv.dq);
+  expect_close("dk", g_dk, rdk, nv.dk);
+  expect_close("dv", g_dv, rdv, nv.dv);
+
+  // When K covers every block, MoBA is dense causal attention: the two GPU paths agree.
+  const int64_t blocks = (l.max_seq_len() + cfg.block_size - 1) / cfg.block_size;
+  if (moba && cs.K >= blocks) {
+    DeviceBuffer<acu::bf16> o2(q.size());
+    DeviceBuffer<float> lse2(l.lse_elems());
+    o2.poison();
+    acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o2.ptr, lse2.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const double diff = max_rel_err(from_bf16(o2.download()), std::vector<double>(g_out.begin(), g_out.end()));
+    std::printf("    K >= blocks: |MoBA - dense| on the GPU %.3e\n", diff);
+    EXPECT_LE(diff, bound_for(max_rel_err(nv.out, out)));
+  }
+}
+
+const Case kCases[] = {
+    {"dense_gqa4_d128", {0, 1000}, 4, 1, 128, 0, 0},
+    {"dense_varlen_d64", {0, 1, 78, 600, 1777}, 2, 2, 64, 0, 0},
+    {"dense_t1_d128", {0, 1}, 2, 1, 128, 0, 0},
+    {"moba_s64_k3_gqa4", {0, 1500}, 4, 1, 128, 64, 3},
+    {"moba_k1_d64", {0, 700}, 2, 1, 64, 128, 1},
+    {"moba_k_ge_blocks", {0, 500}, 2, 2, 128, 64, 9},
+    {"moba_varlen_odd", {0, 333, 1100, 1101, 2047}, 4, 2, 128, 128, 4},
+    {"moba_k16_s64_d64", {0, 4096}, 2, 1, 64, 64, 16},
+    {"moba_s512_k3", {0, 3000}, 2, 2, 128, 512, 3},
+    {"moba_s2048_k2", {0, 5000}, 1, 1, 128, 2048, 2},
+    {"moba_s4096_k2_d64", {0, 9000}, 1, 1, 64, 4096, 2},
+};
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGpu, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// The gate alone at a larger size (the CPU gate is cheap): many blocks, GQA, K = 8.
+TEST(GateGpu, MatchesCpuGate) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU gate test skipped";
+  const Layout l = Layout::varlen({0, 8192, 8192 + 3001}, 4, 2, 128);
+  const MobaConfig cfg{128, 8};
+  std::vector<float> q = random_normal<float>(l.q_elems(), 99), k = random_normal<float>(l.kv_elems(), 98);
+  for (float& e : q) e = round_bf16(e);
+  for (float& e : k) e = round_bf16(e);
+  DeviceBuffer<acu::bf16> dq(q.size()), dk(k.size());
+  dq.upload(to_bf16(q));
+  dk.upload(to_bf16(k));
+  DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+  dsel.poison();
+  acu::Plan plan(l, cfg, attn::Options{});
+  acu::moba_gate(plan, dq.ptr, dk.ptr, dsel.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  Selection sel{cfg.top_k, l.num_q_heads, dsel.download()};
+  check_gate(l, cfg, q, k, sel);
+}
+
+}  // namespace
+}  // namespace moba::test
