@@ -28,10 +28,10 @@ AttnParams base_params(const Plan& plan, const bf16* q, const bf16* k, const bf1
   return p;
 }
 
-template <int D, int NW, FwdMode MODE>
+template <int D, int NW, int MT, FwdMode MODE>
 void launch_fwd(const AttnParams& p, dim3 grid, cudaStream_t stream) {
-  using T = FwdTraits<D, NW>;
-  auto kernel = attn_fwd_kernel<D, NW, MODE>;
+  using T = FwdTraits<D, NW, MT>;
+  auto kernel = attn_fwd_kernel<D, NW, MT, MODE>;
   static bool configured = false;  // raise the dynamic shared-memory limit once
   if (!configured) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -42,23 +42,28 @@ void launch_fwd(const AttnParams& p, dim3 grid, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
+// Tiles: 4 warps x 2 slices of 16 rows = 128 query rows per CTA (see fwd_kernel.cuh on
+// MT); where MoBA's block is 64, 4 warps x 1 slice = 64 rows, so that a tile of queries
+// always shares one current block.
+constexpr int kWarps = 4;
+int row_slices(const Plan& plan, FwdMode mode) {
+  return mode == FwdMode::kMobaCurrent && plan.config().block_size < 128 ? 1 : 2;
+}
+
 // Contiguous query tiles: grid (query tiles of the longest sequence, Hq, B).
 template <FwdMode MODE>
-void fwd_contiguous(const Plan& plan, const AttnParams& p, int nw, cudaStream_t stream) {
+void fwd_contiguous(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   const Layout& l = plan.layout();
-  const int br = 16 * nw;
+  const int mt = row_slices(plan, MODE);
+  const int br = 16 * kWarps * mt;
   const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + br - 1) / br), p.Hq,
                   static_cast<unsigned>(l.batch()));
   const int64_t D = l.head_dim;
-  if (D == 64 && nw == 4) launch_fwd<64, 4, MODE>(p, grid, stream);
-  else if (D == 64) launch_fwd<64, 8, MODE>(p, grid, stream);
-  else if (nw == 4) launch_fwd<128, 4, MODE>(p, grid, stream);
-  else launch_fwd<128, 8, MODE>(p, grid, stream);
+  if (D == 64 && mt == 1) launch_fwd<64, kWarps, 1, MODE>(p, grid, stream);
+  else if (D == 64) launch_fwd<64, kWarps, 2, MODE>(p, grid, stream);
+  else if (mt == 1) launch_fwd<128, kWarps, 1, MODE>(p, grid, stream);
+  else launch_fwd<128, kWarps, 2, MODE>(p, grid, stream);
 }
-
-// 128 query rows (8 warps) per CTA; 64 where the block size is 64, so that a tile of
-// queries always shares one current block.
-int rows_warps(const Plan& plan) { return plan.config().block_size >= 128 ? 8 : 4; }
 
 }  // namespace
 
@@ -67,7 +72,7 @@ void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16
   AttnParams p = base_params(plan, q, k, v);
   p.o = out;
   p.lse = lse;
-  fwd_contiguous<FwdMode::kDense>(plan, p, 8, stream);
+  fwd_contiguous<FwdMode::kDense>(plan, p, stream);
 }
 
 void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream) {
@@ -83,9 +88,8 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
   const Layout& l = plan.layout();
   const int64_t D = l.head_dim;
   // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
-  constexpr int kPastWarps = 8;
   if (p.kp > 0 && plan.full_blocks() > 0) {
-    const GatherIndex ix = build_gather_index(plan, sel, 16 * kPastWarps, stream);
+    const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream);
     const size_t slots = static_cast<size_t>(l.tokens()) * p.Hq * p.kp;
     p.part_o = static_cast<float*>(plan.scratch(kSlotPartO, sizeof(float) * slots * D));
     p.part_lse = static_cast<float*>(plan.scratch(kSlotPartLse, sizeof(float) * slots));
@@ -94,14 +98,14 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
     p.tiles = ix.tiles;
     p.num_tiles = ix.num_tiles;
     const dim3 grid(static_cast<unsigned>(ix.max_tiles));
-    if (D == 64) launch_fwd<64, kPastWarps, FwdMode::kMobaPast>(p, grid, stream);
-    else launch_fwd<128, kPastWarps, FwdMode::kMobaPast>(p, grid, stream);
+    if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
+    else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
   } else {
     // No past block anywhere: the merge reads nothing (every slot is invalid).
     p.part_o = nullptr;
     p.part_lse = nullptr;
   }
-  fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, rows_warps(plan), stream);
+  fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, stream);
 }
 
 }  // namespace moba::attn::cuda

@@ -10,8 +10,9 @@
 //   kMobaPast    rows = a list of (token, query head, slot) entries that all selected one
 //                full past block of one kv head ("gather"); keys = that whole block, no
 //                mask. Writes a normalised fp32 partial output and lse per entry.
-// Each warp owns 16 query rows; a CTA of NW warps owns 16*NW rows and walks key tiles of
-// 64, double-buffered through cp.async.
+// Each warp owns MT slices of 16 query rows (MT = 2: every K/V fragment loaded from shared
+// memory feeds twice the MMAs, which is what bounds mma.sync attention); a CTA of NW warps
+// owns 16*NW*MT rows and walks key tiles of 64, double-buffered through cp.async.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,11 +26,11 @@ namespace moba::attn::cuda {
 
 enum class FwdMode { kDense, kMobaCurrent, kMobaPast };
 
-template <int D, int NW>
+template <int D, int NW, int MT>
 struct FwdTraits {
   static_assert(D % 16 == 0 && D <= 256, "head dim must be a multiple of 16");
   static constexpr int kThreads = NW * 32;
-  static constexpr int kBr = 16 * NW;  // query rows per CTA
+  static constexpr int kBr = 16 * NW * MT;  // query rows per CTA
   static constexpr int kBc = 64;       // keys per tile: S (>= 64, power of two) is a multiple
   // Rows padded by 16 bytes: the 8 row addresses of one ldmatrix then fall in distinct
   // bank groups (an unpadded 128- or 256-byte row maps every row to the same banks).
@@ -54,10 +55,10 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int rows, const __
 
 }  // namespace detail
 
-template <int D, int NW, FwdMode MODE>
+template <int D, int NW, int MT, FwdMode MODE>
 __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
   using namespace detail;
-  using T = FwdTraits<D, NW>;
+  using T = FwdTraits<D, NW, MT>;
   constexpr int Br = T::kBr, Bc = T::kBc, LD = T::kLd, THREADS = T::kThreads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [Br][LD]
@@ -120,13 +121,22 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
   load_kv(0, k_begin);
   cp_async_commit();
 
-  const int row0 = warp * 16 + g;  // this thread's rows: row0 and row0 + 8
-  const int rtok[2] = {sTok[row0], sTok[row0 + 8]};
-  float acc[D / 8][4];
+  // This thread's rows: rbase + mt*16 + 8*half for mt < MT, half < 2 (x = 2*mt + half).
+  const int rbase = warp * 16 * MT + g;
+  int rtok[2 * MT];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};  // running max of the log2-scaled scores
-  float row_sum[2] = {0.f, 0.f};              // this thread's share of the softmax sum
+  for (int x = 0; x < 2 * MT; ++x) rtok[x] = sTok[rbase + (x / 2) * 16 + 8 * (x % 2)];
+  float acc[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+  float row_max[2 * MT], row_sum[2 * MT];  // running max (log2-scaled) and this thread's sum
+#pragma unroll
+  for (int x = 0; x < 2 * MT; ++x) {
+    row_max[x] = -INFINITY;
+    row_sum[x] = 0.f;
+  }
 
   const int n_tiles = (k_end - k_begin + Bc - 1) / Bc;
   for (int it = 0; it < n_tiles; ++it) {
@@ -142,96 +152,115 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
     const __nv_bfloat16* k_s = sK + (it & 1) * Bc * LD;
     const __nv_bfloat16* v_s = sV + (it & 1) * Bc * LD;
 
-    float s[Bc / 8][4];
+    float s[MT][Bc / 8][4];
 #pragma unroll
-    for (int i = 0; i < Bc / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < Bc / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, sQ + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldmatrix_x4(a[mt], sQ + (warp * 16 * MT + mt * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
 #pragma unroll
       for (int np = 0; np < Bc / 16; ++np) {
         uint32_t b[4];
         ldmatrix_x4(b, k_s + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
                            ((lane / 8) % 2) * 8);
-        mma_bf16(s[2 * np], a, b[0], b[1]);
-        mma_bf16(s[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(s[mt][2 * np], a[mt], b[0], b[1]);
+          mma_bf16(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
       }
     }
 
     // Causal mask only where the tile reaches past the first row; past blocks need none.
     const bool masked = MODE != FwdMode::kMobaPast && kt + Bc - 1 > first_tok;
-    float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int nt = 0; nt < Bc / 8; ++nt)
+    for (int mt = 0; mt < MT; ++mt) {
+      float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        float x = s[nt][c] * p.scale_log2;
-        if (masked && kt + nt * 8 + 2 * qd + (c & 1) > rtok[c / 2]) x = -INFINITY;
-        s[nt][c] = x;
-        tile_max[c / 2] = fmaxf(tile_max[c / 2], x);
-      }
+      for (int nt = 0; nt < Bc / 8; ++nt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(row_max[h], mx);
-      // A row with every key masked so far has max -inf: use 0 so that exp2(-inf - -inf)
-      // (NaN) is never computed; its probabilities are exp2(-inf) = 0 either way.
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(row_max[h] - m_use);
-      row_max[h] = m_new;
-      row_sum[h] *= alpha;
+        for (int c = 0; c < 4; ++c) {
+          float x = s[mt][nt][c] * p.scale_log2;
+          if (masked && kt + nt * 8 + 2 * qd + (c & 1) > rtok[2 * mt + c / 2]) x = -INFINITY;
+          s[mt][nt][c] = x;
+          tile_max[c / 2] = fmaxf(tile_max[c / 2], x);
+        }
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        acc[i][2 * h] *= alpha;
-        acc[i][2 * h + 1] *= alpha;
-      }
+      for (int h = 0; h < 2; ++h) {
+        const int x = 2 * mt + h;
+        float mx = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(row_max[x], mx);
+        // A row with every key masked so far has max -inf: use 0 so that exp2(-inf - -inf)
+        // (NaN) is never computed; its probabilities are exp2(-inf) = 0 either way.
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = exp2f(row_max[x] - m_use);
+        row_max[x] = m_new;
+        row_sum[x] *= alpha;
 #pragma unroll
-      for (int nt = 0; nt < Bc / 8; ++nt) {
-        s[nt][2 * h] = exp2f(s[nt][2 * h] - m_use);
-        s[nt][2 * h + 1] = exp2f(s[nt][2 * h + 1] - m_use);
-        row_sum[h] += s[nt][2 * h] + s[nt][2 * h + 1];
+        for (int i = 0; i < D / 8; ++i) {
+          acc[mt][i][2 * h] *= alpha;
+          acc[mt][i][2 * h + 1] *= alpha;
+        }
+#pragma unroll
+        for (int nt = 0; nt < Bc / 8; ++nt) {
+          s[mt][nt][2 * h] = exp2f(s[mt][nt][2 * h] - m_use);
+          s[mt][nt][2 * h + 1] = exp2f(s[mt][nt][2 * h + 1] - m_use);
+          row_sum[x] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+        }
       }
     }
 
     // O += P V, P straight from the score registers (rounded to bf16 for the MMA).
 #pragma unroll
     for (int kk = 0; kk < Bc / 16; ++kk) {
-      const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                             pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 +
                                  (lane / 16) * 8);
-        mma_bf16(acc[2 * dp], a, b[0], b[1]);
-        mma_bf16(acc[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(acc[mt][2 * dp], a[mt], b[0], b[1]);
+          mma_bf16(acc[mt][2 * dp + 1], a[mt], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // the next iteration's copy overwrites this tile's buffer
   }
 
-  // Epilogue: normalise; write (or merge, then write) each of the thread's two rows.
+  // Epilogue: normalise; write (or merge, then write) each of the thread's rows.
   constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float l = row_sum[h] + __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+  for (int x = 0; x < 2 * MT; ++x) {
+    const int mt = x / 2, h = x % 2;
+    float l = row_sum[x] + __shfl_xor_sync(0xffffffffu, row_sum[x], 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int tok = rtok[h];
+    const int tok = rtok[x];
     if (tok < 0) continue;
-    const int r = row0 + 8 * h;
+    const int r = rbase + mt * 16 + 8 * h;
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    const float lse = l > 0.f ? (row_max[h] + log2f(l)) * kLn2 : -INFINITY;
+    const float lse = l > 0.f ? (row_max[x] + log2f(l)) * kLn2 : -INFINITY;
     if constexpr (MODE == FwdMode::kMobaPast) {
       const int e = sEnt[r];
       float* dst = p.part_o + static_cast<size_t>(e) * D;
 #pragma unroll
       for (int nt = 0; nt < D / 8; ++nt)
         *reinterpret_cast<float2*>(dst + nt * 8 + 2 * qd) =
-            make_float2(acc[nt][2 * h] * inv, acc[nt][2 * h + 1] * inv);
+            make_float2(acc[mt][nt][2 * h] * inv, acc[mt][nt][2 * h + 1] * inv);
       if (qd == 0) p.part_lse[e] = lse;
     } else {
       const int row = sEnt[r];  // tok * Hq + head
@@ -246,27 +275,27 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
         const int c = (tok - seq_start) / p.S;
         const int32_t* sel = p.sel + static_cast<size_t>(row) * p.K;
         float mx = lse;
-        for (int s = 0; s < kp; ++s) {
-          const bool ok = sel[s] >= 0 && sel[s] < c;
-          w_past[s] = ok ? p.part_lse[static_cast<size_t>(row) * kp + s] : -INFINITY;
-          mx = fmaxf(mx, w_past[s]);
+        for (int sl = 0; sl < kp; ++sl) {
+          const bool ok = sel[sl] >= 0 && sel[sl] < c;
+          w_past[sl] = ok ? p.part_lse[static_cast<size_t>(row) * kp + sl] : -INFINITY;
+          mx = fmaxf(mx, w_past[sl]);
         }
         float sum = expf(lse - mx);
-        for (int s = 0; s < kp; ++s) sum += expf(w_past[s] - mx);
+        for (int sl = 0; sl < kp; ++sl) sum += expf(w_past[sl] - mx);
         lse_tot = mx + logf(sum);
         w_cur = expf(lse - lse_tot) * inv;
-        for (int s = 0; s < kp; ++s) w_past[s] = expf(w_past[s] - lse_tot);
+        for (int sl = 0; sl < kp; ++sl) w_past[sl] = expf(w_past[sl] - lse_tot);
       }
       __nv_bfloat16* dst = p.o + static_cast<size_t>(row) * D;
 #pragma unroll
       for (int nt = 0; nt < D / 8; ++nt) {
-        float o0 = acc[nt][2 * h] * w_cur, o1 = acc[nt][2 * h + 1] * w_cur;
-        for (int s = 0; s < kp; ++s) {
-          if (w_past[s] == 0.f) continue;
+        float o0 = acc[mt][nt][2 * h] * w_cur, o1 = acc[mt][nt][2 * h + 1] * w_cur;
+        for (int sl = 0; sl < kp; ++sl) {
+          if (w_past[sl] == 0.f) continue;
           const float2 po = *reinterpret_cast<const float2*>(
-              p.part_o + (static_cast<size_t>(row) * kp + s) * D + nt * 8 + 2 * qd);
-          o0 += w_past[s] * po.x;
-          o1 += w_past[s] * po.y;
+              p.part_o + (static_cast<size_t>(row) * kp + sl) * D + nt * 8 + 2 * qd);
+          o0 += w_past[sl] * po.x;
+          o1 += w_past[sl] * po.y;
         }
         *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * qd) = pack_bf16(o0, o1);
       }

@@ -1,10 +1,8 @@
 // The MoBA gate and the gather lists on the device.
 //
-// Gate: block means of K in fp32 (accumulated in double, as the CPU gate does, so both
-// round the same value), then per (token, query head) the score of every past full block
-// in fp32 and a running top-(K-1) with ties to the more recent block. The (T, T/S) score
-// matrix is never stored: each thread scores a quarter of the blocks of one token and
-// keeps its best K-1 in registers; the four lists are merged through shared memory.
+// Gate: block means of K (fp32, split into three bf16 terms), then per (token, query head)
+// the fp32 score of every past full block on tensor cores and a running top-(K-1) with
+// ties to the more recent block, in registers. The (T, T/S) score matrix is never stored.
 //
 // Gather lists: from a selection, the entries (token, query head, slot) that chose each
 // (full block, kv head) bucket, by a counting sort (count, scan, fill), plus the forward's
@@ -16,27 +14,47 @@
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
+#include "attention/cuda/fwd_kernel.cuh"
+#include "attention/cuda/mma.cuh"
 #include "core/cuda_check.cuh"
 
 namespace moba::attn::cuda {
 namespace {
 
-constexpr int kGateRows = 64;    // tokens per gate CTA (S >= 64: one current block)
-constexpr int kGateSplit = 4;    // threads per token, each scoring every 4th block
+constexpr int kGateRows = 128;   // query tokens per gate CTA (8 warps x 16 rows)
+constexpr int kGateBlocks = 64;  // past blocks scored per chunk (8 n-tiles per warp)
+constexpr int kGateThreads = 256;
 constexpr int kMaxPast = kMaxTopK - 1;
 
-// means (rows, Hkv, D) = mean over the S keys of each full block.
+// Block means of K, kept as three bf16 terms hi + mid + lo (rows, Hkv, 3, D): the fp32
+// mean to within ~2^-24 relative. q is bf16, so q . mean = q . hi + q . mid + q . lo are
+// three bf16 tensor-core products with fp32 accumulation: fp32 scores at MMA speed.
+// The mean is accumulated in double, as the CPU gate does, so both round the same value.
 __global__ void block_means_kernel(const __nv_bfloat16* __restrict__ k,
                                    const int32_t* __restrict__ block_start, int S, int Hkv,
-                                   int D, float* __restrict__ means) {
+                                   int D, __nv_bfloat16* __restrict__ msplit) {
   const int row = blockIdx.x, kvh = blockIdx.y;
   const __nv_bfloat16* base = k + (static_cast<size_t>(block_start[row]) * Hkv + kvh) * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    double acc = 0.0;
+  __shared__ double part[4][128];  // 4 slices of the block's S keys, D <= 128 columns
+  const int d = threadIdx.x, slice = threadIdx.y;
+  double acc = 0.0;
+  if (d < D) {
 #pragma unroll 8
-    for (int s = 0; s < S; ++s) acc += static_cast<double>(__bfloat162float(base[static_cast<size_t>(s) * Hkv * D + d]));
-    means[(static_cast<size_t>(row) * Hkv + kvh) * D + d] = static_cast<float>(acc / S);
+    for (int s = slice; s < S; s += 4)
+      acc += static_cast<double>(__bfloat162float(base[static_cast<size_t>(s) * Hkv * D + d]));
+    part[slice][d] = acc;
   }
+  __syncthreads();
+  if (slice != 0 || d >= D) return;
+  const float m = static_cast<float>((part[0][d] + part[1][d] + part[2][d] + part[3][d]) / S);
+  const __nv_bfloat16 hi = __float2bfloat16_rn(m);
+  const float r1 = m - __bfloat162float(hi);
+  const __nv_bfloat16 mid = __float2bfloat16_rn(r1);
+  const __nv_bfloat16 lo = __float2bfloat16_rn(r1 - __bfloat162float(mid));
+  __nv_bfloat16* dst = msplit + (static_cast<size_t>(row) * Hkv + kvh) * 3 * D + d;
+  dst[0] = hi;
+  dst[D] = mid;
+  dst[2 * D] = lo;
 }
 
 // Is (s, j) ranked before (t, i)? Higher score first; equal scores: the more recent block.
@@ -44,11 +62,13 @@ __device__ __forceinline__ bool ranks_before(float s, int j, float t, int i) {
   return s > t || (s == t && j > i);
 }
 
-// Inserts (s, j) into a list sorted best first; fully unrolled so the list stays in registers.
-__device__ __forceinline__ void topk_insert(float (&val)[kMaxPast], int (&idx)[kMaxPast], int kp,
-                                            float s, int j) {
+// Inserts (s, j) into a list sorted best first; fully unrolled so the list stays in
+// registers. KM is the compiled list length (>= kp, the length in use).
+template <int KM>
+__device__ __forceinline__ void topk_insert(float (&val)[KM], int (&idx)[KM], int kp, float s,
+                                            int j) {
 #pragma unroll
-  for (int i = 0; i < kMaxPast; ++i) {
+  for (int i = 0; i < KM; ++i) {
     if (i < kp && ranks_before(s, j, val[i], idx[i])) {
       const float ts = val[i];
       const int tj = idx[i];
@@ -60,89 +80,165 @@ __device__ __forceinline__ void topk_insert(float (&val)[kMaxPast], int (&idx)[k
   }
 }
 
-template <int D>
-__global__ void __launch_bounds__(kGateRows * kGateSplit) gate_select_kernel(
-    const __nv_bfloat16* __restrict__ q, const float* __restrict__ means,
+// One CTA scores 128 query tokens of one head against every past block of their sequence
+// (tensor cores, the means in chunks of 64 blocks through shared memory), keeping per row
+// a top-(K-1) list in registers: each thread sees two rows and a quarter of the columns;
+// the four lists of a row are merged by warp shuffles at the end. The (T, T/S) score matrix
+// never exists in memory.
+template <int D, int KM>
+__global__ void __launch_bounds__(kGateThreads) gate_mma_kernel(
+    const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ msplit,
     const int32_t* __restrict__ cu_seqlens, const int32_t* __restrict__ block_offset, int Hq,
     int Hkv, int S, int K, int32_t* __restrict__ sel) {
-  __shared__ float s_val[kGateRows][kGateSplit][kMaxPast];
-  __shared__ int s_idx[kGateRows][kGateSplit][kMaxPast];
+  using namespace detail;
+  constexpr int LD = D + 8;  // padded rows: conflict-free ldmatrix
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [128][LD]
+  __nv_bfloat16* sM = sQ + kGateRows * LD;                          // [3][64][LD]
   const int b = blockIdx.z, h = blockIdx.y, m = blockIdx.x;
   const int seq_start = cu_seqlens[b], len = cu_seqlens[b + 1] - seq_start;
   if (m * kGateRows >= len) return;
-  const int r = threadIdx.x / kGateSplit, sub = threadIdx.x % kGateSplit;
-  const int pos = m * kGateRows + r;
-  const bool valid = pos < len;
-  const int c = m * kGateRows / S;  // the tile's current block
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, qd = lane % 4;
   const int kp = K - 1;
-  int32_t* out = sel + (static_cast<size_t>(seq_start + pos) * Hq + h) * K;
-  if (c <= kp) {  // every past block is selected: MoBA equals dense causal here
-    if (valid && sub == 0)
-      for (int i = 0; i < K; ++i) out[i] = i <= c ? i : -1;
-    return;
+  const int last = min(len, (m + 1) * kGateRows) - 1;
+  const int cmax = last / S;  // the largest current block among the CTA's rows
+  int pos[2], cur[2];
+  for (int x = 0; x < 2; ++x) {
+    pos[x] = m * kGateRows + warp * 16 + g + 8 * x;
+    cur[x] = pos[x] / S;
   }
+  // Rows whose current block is <= K-1 select every block up to it (MoBA = dense there);
+  // with K = 1 every row selects its current block alone.
+  if (qd < 2) {
+    const int x = qd;
+    if (pos[x] < len && (cur[x] <= kp || kp == 0)) {
+      int32_t* out = sel + (static_cast<size_t>(seq_start + pos[x]) * Hq + h) * K;
+      if (kp == 0) out[0] = cur[x];
+      else
+        for (int i = 0; i < K; ++i) out[i] = i <= cur[x] ? i : -1;
+    }
+  }
+  if (cmax <= kp || kp == 0) return;  // no row of the CTA needs scores
+
   const int kvh = h / (Hq / Hkv);
-  float qr[D];
-  {
-    const uint4* src = reinterpret_cast<const uint4*>(q + (static_cast<size_t>(seq_start + (valid ? pos : 0)) * Hq + h) * D);
+  load_rows<D, LD, kGateThreads>(sQ, kGateRows, q, [&](int r) -> const __nv_bfloat16* {
+    const int p = m * kGateRows + r;
+    return p < len ? q + (static_cast<size_t>(seq_start + p) * Hq + h) * D : nullptr;
+  });
+  cp_async_commit();
+
+  float val[2][KM];
+  int idx[2][KM];
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      const uint4 u = src[i];
-      const __nv_bfloat162* v2 = reinterpret_cast<const __nv_bfloat162*>(&u);
+  for (int x = 0; x < 2; ++x)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(v2[e]);
-        qr[8 * i + 2 * e] = f.x;
-        qr[8 * i + 2 * e + 1] = f.y;
+    for (int i = 0; i < KM; ++i) {
+      val[x][i] = -INFINITY;
+      idx[x][i] = -1;
+    }
+  uint32_t qa[D / 16][4];
+  const size_t mrow0 = static_cast<size_t>(block_offset[b]) * Hkv + kvh;
+  for (int j0 = 0; j0 < cmax; j0 += kGateBlocks) {
+    // 3 terms x 64 blocks; blocks past cmax are zero-filled (and never inserted).
+    load_rows<D, LD, kGateThreads>(sM, 3 * kGateBlocks, msplit, [&](int r) -> const __nv_bfloat16* {
+      const int part = r / kGateBlocks, j = j0 + r % kGateBlocks;
+      return j < cmax ? msplit + ((mrow0 + static_cast<size_t>(j) * Hkv) * 3 + part) * D : nullptr;
+    });
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    if (j0 == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        ldmatrix_x4(qa[kk], sQ + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+    }
+    float acc[kGateBlocks / 8][4];
+#pragma unroll
+    for (int i = 0; i < kGateBlocks / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+#pragma unroll
+    for (int part = 2; part >= 0; --part)  // smallest term first
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+        for (int np = 0; np < kGateBlocks / 16; ++np) {
+          uint32_t bm[4];
+          ldmatrix_x4(bm, sM + (part * kGateBlocks + np * 16 + lane % 8 + (lane / 16) * 8) * LD +
+                              kk * 16 + ((lane / 8) % 2) * 8);
+          mma_bf16(acc[2 * np], qa[kk], bm[0], bm[1]);
+          mma_bf16(acc[2 * np + 1], qa[kk], bm[2], bm[3]);
+        }
+#pragma unroll
+    for (int nt = 0; nt < kGateBlocks / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int j = j0 + nt * 8 + 2 * qd + (c & 1), x = c / 2;
+        if (j < cur[x] && cur[x] > kp) topk_insert<KM>(val[x], idx[x], kp, acc[nt][c], j);
       }
+    __syncthreads();  // the next chunk overwrites sM
+  }
+  // Merge the quad's four lists of each row: after the xor-1 and xor-2 exchanges every
+  // thread of the quad holds the row's top-(K-1).
+#pragma unroll
+  for (int x = 0; x < 2; ++x)
+#pragma unroll
+    for (int step = 1; step <= 2; step *= 2) {
+      float ov[KM];
+      int oi[KM];
+#pragma unroll
+      for (int i = 0; i < KM; ++i) {
+        ov[i] = __shfl_xor_sync(0xffffffffu, val[x][i], step);
+        oi[i] = __shfl_xor_sync(0xffffffffu, idx[x][i], step);
+      }
+#pragma unroll
+      for (int i = 0; i < KM; ++i) topk_insert<KM>(val[x], idx[x], kp, ov[i], oi[i]);
     }
-  }
-  float val[kMaxPast];
-  int idx[kMaxPast];
+  if (qd >= 2) return;
+  const int x = qd;  // thread qd = 0 writes row g, qd = 1 row g + 8
+  if (pos[x] >= len || cur[x] <= kp) return;
+  int ids[KM];
 #pragma unroll
-  for (int i = 0; i < kMaxPast; ++i) {
-    val[i] = -INFINITY;
-    idx[i] = -1;
-  }
-  const float* mbase = means + (static_cast<size_t>(block_offset[b]) * Hkv + kvh) * D;
-  for (int j = sub; j < c; j += kGateSplit) {
-    const float4* mrow = reinterpret_cast<const float4*>(mbase + static_cast<size_t>(j) * Hkv * D);
-    float acc0 = 0.f, acc1 = 0.f;  // two chains: more FMAs in flight
-#pragma unroll
-    for (int d4 = 0; d4 < D / 4; d4 += 2) {
-      const float4 a = __ldg(mrow + d4), bb = __ldg(mrow + d4 + 1);
-      acc0 = fmaf(qr[4 * d4], a.x, acc0);
-      acc0 = fmaf(qr[4 * d4 + 1], a.y, acc0);
-      acc0 = fmaf(qr[4 * d4 + 2], a.z, acc0);
-      acc0 = fmaf(qr[4 * d4 + 3], a.w, acc0);
-      acc1 = fmaf(qr[4 * d4 + 4], bb.x, acc1);
-      acc1 = fmaf(qr[4 * d4 + 5], bb.y, acc1);
-      acc1 = fmaf(qr[4 * d4 + 6], bb.z, acc1);
-      acc1 = fmaf(qr[4 * d4 + 7], bb.w, acc1);
-    }
-    topk_insert(val, idx, kp, acc0 + acc1, j);
-  }
-#pragma unroll
-  for (int i = 0; i < kMaxPast; ++i) {
-    s_val[r][sub][i] = val[i];
-    s_idx[r][sub][i] = idx[i];
-  }
-  __syncthreads();
-  if (!valid || sub != 0) return;
-  for (int o = 1; o < kGateSplit; ++o)
-    for (int i = 0; i < kp; ++i) topk_insert(val, idx, kp, s_val[r][o][i], s_idx[r][o][i]);
+  for (int i = 0; i < KM; ++i) ids[i] = x == 0 ? idx[0][i] : idx[1][i];
   // Slots: the K-1 winners in ascending block order, then the current block.
-  int ids[kMaxPast];
 #pragma unroll
-  for (int i = 0; i < kMaxPast; ++i) ids[i] = idx[i];
-  for (int i = 1; i < kp; ++i)
-    for (int j2 = i; j2 > 0 && ids[j2 - 1] > ids[j2]; --j2) {
-      const int t = ids[j2];
-      ids[j2] = ids[j2 - 1];
-      ids[j2 - 1] = t;
-    }
-  for (int i = 0; i < kp; ++i) out[i] = ids[i];
-  out[kp] = c;
+  for (int i = 1; i < KM; ++i)
+#pragma unroll
+    for (int j2 = i; j2 > 0; --j2)
+      if (j2 < kp && ids[j2 - 1] > ids[j2]) {
+        const int t = ids[j2];
+        ids[j2] = ids[j2 - 1];
+        ids[j2 - 1] = t;
+      }
+  int32_t* out = sel + (static_cast<size_t>(seq_start + pos[x]) * Hq + h) * K;
+#pragma unroll
+  for (int i = 0; i < KM; ++i)
+    if (i < kp) out[i] = ids[i];
+  out[kp] = cur[x];
+}
+
+template <int D, int KM>
+void launch_gate(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* msplit, const Plan& plan,
+                 int Hq, int Hkv, int S, int K, int32_t* sel) {
+  constexpr int smem = (kGateRows + 3 * kGateBlocks) * (D + 8) * 2;
+  auto kernel = gate_mma_kernel<D, KM>;
+  static bool configured = false;
+  if (!configured) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  kernel<<<grid, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
+                                               plan.dev().block_offset, Hq, Hkv, S, K, sel);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int D>
+void launch_gate_d(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* msplit,
+                   const Plan& plan, int Hq, int Hkv, int S, int K, int32_t* sel) {
+  // The list length is compiled in buckets so that K = 3 keeps two registers per row.
+  const int kp = K - 1;
+  if (kp <= 2) launch_gate<D, 2>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
+  else if (kp <= 4) launch_gate<D, 4>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
+  else if (kp <= 8) launch_gate<D, 8>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
+  else launch_gate<D, kMaxPast>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
 }
 
 // Sequence of a packed token (binary search over cu_seqlens).
@@ -225,21 +321,16 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
   const int Hq = static_cast<int>(l.num_q_heads), Hkv = static_cast<int>(l.num_kv_heads);
   const int D = static_cast<int>(l.head_dim), B = static_cast<int>(l.batch());
   const int rows = static_cast<int>(plan.full_blocks());
-  float* means = static_cast<float*>(
-      plan.scratch(kSlotMeans, sizeof(float) * std::max<int64_t>(1, rows) * Hkv * D));
-  if (rows > 0) {
-    block_means_kernel<<<dim3(rows, Hkv), D, 0, stream>>>(k, plan.dev().block_start, S, Hkv, D, means);
+  bf16* msplit = static_cast<bf16*>(
+      plan.scratch(kSlotMeans, sizeof(bf16) * 3 * std::max<int64_t>(1, rows) * Hkv * D));
+  if (rows > 0 && K > 1) {
+    block_means_kernel<<<dim3(rows, Hkv), dim3(128, 4), 0, stream>>>(k, plan.dev().block_start, S,
+                                                                     Hkv, D, msplit);
     CUDA_CHECK_LAUNCH();
   }
   const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + kGateRows - 1) / kGateRows), Hq, B);
-  const int threads = kGateRows * kGateSplit;
-  if (D == 64)
-    gate_select_kernel<64><<<grid, threads, 0, stream>>>(q, means, plan.dev().cu_seqlens,
-                                                         plan.dev().block_offset, Hq, Hkv, S, K, sel);
-  else
-    gate_select_kernel<128><<<grid, threads, 0, stream>>>(q, means, plan.dev().cu_seqlens,
-                                                          plan.dev().block_offset, Hq, Hkv, S, K, sel);
-  CUDA_CHECK_LAUNCH();
+  if (D == 64) launch_gate_d<64>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
+  else launch_gate_d<128>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
 }
 
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream) {

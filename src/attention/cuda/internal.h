@@ -15,7 +15,7 @@ enum ScratchSlot : int {
   kSlotDelta,    // (N, Hq) fp32
   kSlotPartO,    // (N, Hq, K-1, D) fp32
   kSlotPartLse,  // (N, Hq, K-1) fp32
-  kSlotMeans,    // (full blocks, Hkv, D) fp32
+  kSlotMeans,    // (full blocks, Hkv, 3, D) bf16: hi, mid, lo terms of the fp32 means
   kSlotCounts,   // (buckets + 1) int32
   kSlotOffsets,  // (buckets + 1) int32
   kSlotEntries,  // (N * Hq * (K-1)) int32
