@@ -87,6 +87,16 @@ int64_t Dataset::documents_reaching(Split s, int64_t len) const {
   return n;
 }
 
+std::vector<int32_t> Dataset::document(Split s, int64_t i) const {
+  const auto& docs = docs_[int(s)];
+  MOBA_CHECK(i >= 0 && i < static_cast<int64_t>(docs.size()), "document ", i, " of the ",
+             split_name(s), " split does not exist (", docs.size(), " documents)");
+  const Doc& d = docs[static_cast<size_t>(i)];
+  std::vector<int32_t> ids(static_cast<size_t>(d.end - d.begin));
+  shards_[d.shard].read(d.begin, ids);
+  return ids;
+}
+
 void Dataset::read_stream(Split s, int64_t pos, std::span<int32_t> out,
                           std::span<int64_t> doc_of) const {
   const auto& docs = docs_[int(s)];

@@ -70,6 +70,9 @@ class Dataset {
   // Training documents with at least `len` tokens.
   int64_t documents_reaching(Split s, int64_t len) const;
 
+  // The tokens of document i of split s (in the manifest's order of that split).
+  std::vector<int32_t> document(Split s, int64_t i) const;
+
   // Throws moba::Error naming the manifest when the data's vocabulary exceeds model_vocab.
   void check_vocab(int64_t model_vocab) const;
 
