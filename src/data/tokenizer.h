@@ -39,7 +39,10 @@ std::unique_ptr<Tokenizer> byte_tokenizer();
 bool have_sentencepiece();
 
 // A SentencePiece model from its serialized form (the bytes of a .model file).
-std::unique_ptr<Tokenizer> bpe_tokenizer(const std::string& serialized_model);
+// `word_cache` encodes word by word through a per-thread cache (same ids, faster);
+// false calls SentencePiece on whole lines (the reference the tests compare against).
+std::unique_ptr<Tokenizer> bpe_tokenizer(const std::string& serialized_model,
+                                         bool word_cache = true);
 std::unique_ptr<Tokenizer> bpe_tokenizer_from_file(const std::string& model_path);
 
 struct BpeTrainOptions {

@@ -12,7 +12,7 @@ namespace {
 }  // namespace
 
 bool have_sentencepiece() { return false; }
-std::unique_ptr<Tokenizer> bpe_tokenizer(const std::string&) { no_sentencepiece(); }
+std::unique_ptr<Tokenizer> bpe_tokenizer(const std::string&, bool) { no_sentencepiece(); }
 std::unique_ptr<Tokenizer> bpe_tokenizer_from_file(const std::string&) { no_sentencepiece(); }
 std::string train_bpe(const std::function<bool(std::string&)>&, const BpeTrainOptions&) {
   no_sentencepiece();

@@ -112,6 +112,24 @@ TEST_F(BpeTokenizerTest, RoundTripOnUnseenCharactersAndWhiteSpace) {
     EXPECT_EQ(tok->decode(tok->encode(s)), s) << "'" << s << "'";
 }
 
+TEST_F(BpeTokenizerTest, WordCacheGivesTheIdsOfWholeLines) {
+  if (!have_sentencepiece()) GTEST_SKIP() << "built without SentencePiece";
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 g(seed);
+  const auto cached = bpe_tokenizer(model_, true), plain = bpe_tokenizer(model_, false);
+  for (int rep = 0; rep < 30; ++rep) {
+    // Training-like text with runs of spaces put in, and text the model never saw.
+    std::string s = test::random_text(g, 2000);
+    for (size_t i = 0; i < s.size(); i += 1 + g() % 40)
+      if (s[i] == ' ') s.insert(i, std::string(g() % 4, ' '));
+    EXPECT_EQ(cached->encode(s), plain->encode(s));
+    const std::string u = random_utf8(g, 300);
+    EXPECT_EQ(cached->encode(u), plain->encode(u));
+    EXPECT_EQ(cached->encode(s), plain->encode(s));  // again, now from the cache
+  }
+}
+
 TEST_F(BpeTokenizerTest, SavedModelLoadsFromFile) {
   if (!have_sentencepiece()) GTEST_SKIP() << "built without SentencePiece";
   test::TempDir dir;
