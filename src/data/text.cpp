@@ -64,7 +64,10 @@ bool is_footer_line(std::string_view line) {
   const std::string u = upper_trimmed(line);
   if (starts_with(u, "***") && contains(u, "END OF") && contains(u, "PROJECT GUTENBERG"))
     return true;
-  return starts_with(u, "END OF THE PROJECT GUTENBERG") || starts_with(u, "END OF PROJECT GUTENBERG");
+  for (std::string_view p : {"END OF THE PROJECT GUTENBERG", "END OF THIS PROJECT GUTENBERG",
+                             "END OF PROJECT GUTENBERG", "END PROJECT GUTENBERG"})
+    if (starts_with(u, p)) return true;
+  return false;
 }
 
 }  // namespace

@@ -39,8 +39,8 @@ int64_t normalize_line_ends(std::string& text);
 // marker is missing. Header: the first line starting with "***" that holds "START OF"
 // and "PROJECT GUTENBERG", or the old "*END*THE SMALL PRINT!...*END*" line; the text
 // starts after it. Footer: the first later line starting with "*** END OF ... PROJECT
-// GUTENBERG" or "End of [the] Project Gutenberg"; the text stops before it. Case is
-// ignored; `text` must have '\n' line ends.
+// GUTENBERG", "End of [the|this] Project Gutenberg" or "End Project Gutenberg"; the text
+// stops before it. Case is ignored; `text` must have '\n' line ends.
 std::string_view strip_gutenberg(std::string_view text, bool* header_found, bool* footer_found);
 
 // The whole cleaning of one file: binary test, UTF-8 repair (a leading byte-order mark is

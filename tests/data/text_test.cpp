@@ -82,7 +82,11 @@ TEST(Gutenberg, OldSmallPrintHeaderAndMissingMarkers) {
   EXPECT_EQ(strip_gutenberg(old, &h, &f), "Text\n");
   EXPECT_TRUE(h);
   EXPECT_FALSE(f);
-  const std::string none = "Just a text\nwith no markers\n";
+  const std::string old_footer = "Text\nmore\nEnd Project Gutenberg's Treasury\nlicence\n";
+  EXPECT_EQ(strip_gutenberg(old_footer, &h, &f), "Text\nmore\n");
+  EXPECT_FALSE(h);
+  EXPECT_TRUE(f);
+  const std::string none = "Just a text\nwith no markers\nThe end of Project Gutenberg is near\n";
   EXPECT_EQ(strip_gutenberg(none, &h, &f), none);
   EXPECT_FALSE(h);
   EXPECT_FALSE(f);
