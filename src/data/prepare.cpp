@@ -183,6 +183,8 @@ void PrepareConfig::validate() const {
              tokenizer, "'");
   MOBA_CHECK(tokenizer != "bpe" || !tokenizer_model.empty() || vocab_size >= 260,
              "--vocab-size must be >= 260 for BPE, got ", vocab_size);
+  MOBA_CHECK(tokenizer_model.empty() || tokenizer == "bpe",
+             "--tokenizer-model is a SentencePiece model: use it with --tokenizer bpe");
   MOBA_CHECK(vocab_size <= INT32_MAX, "--vocab-size too large: ", vocab_size);
   MOBA_CHECK(val_fraction >= 0 && val_fraction < 1, "--val-fraction must be in [0, 1), got ",
              val_fraction);
