@@ -50,6 +50,7 @@ struct OpenOptions {
   int64_t model_vocab = 0;  // > 0: error unless the data's vocabulary is at most this
 };
 
+// Immutable once open: every const method may be called from several threads at once.
 class Dataset {
  public:
   // Reads dir/manifest.json and maps every shard it lists. Throws moba::Error naming the

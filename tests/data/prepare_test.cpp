@@ -164,6 +164,46 @@ TEST(Prepare, RefusesToWriteIntoAForeignFolder) {
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "out" / "precious.txt"));
 }
 
+TEST(Prepare, ShardsRespectTheLimitAndARerunReplacesThem) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 g(seed);
+  test::TempDir dir;
+  for (int i = 0; i < 25; ++i)
+    test::write_file(dir.path() / "in" / ("d" + std::to_string(i)), test::random_text(g, 100 + g() % 4000));
+  test::write_file(dir.path() / "single.txt", test::random_text(g, 9000));  // a file input
+  PrepareConfig c = byte_config(dir, 0.2);
+  c.inputs.push_back(dir.str("single.txt"));
+  c.shard_tokens = 5000;
+  const nlohmann::json a = prepare(c, nullptr);
+  ASSERT_GT(a["shards"].size(), 4u);
+  int64_t docs = 0;
+  for (const auto& sh : a["shards"]) {
+    // Full shards stay under the limit, except one holding a single longer document.
+    if (sh["documents"].get<int64_t>() > 1) {
+      EXPECT_LE(sh["tokens"].get<int64_t>(), 5000);
+    }
+    docs += sh["documents"].get<int64_t>();
+  }
+  EXPECT_EQ(docs, 26);
+  bool found_single = false;
+  for (const auto& d : a["documents"]) found_single |= d["name"] == "single.txt";
+  EXPECT_TRUE(found_single);
+  // Again into the same folder with one shard per split: the old shards are gone.
+  c.shard_tokens = int64_t{1} << 30;
+  const nlohmann::json b = prepare(c, nullptr);
+  EXPECT_LE(b["shards"].size(), 2u);
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path() / "out")) {
+    (void)e;
+    ++files;
+  }
+  EXPECT_EQ(files, 1 + 2 * static_cast<int>(b["shards"].size()));  // manifest + bin/idx
+  EXPECT_EQ(Dataset::open(dir.str("out")).tokens(Split::train) +
+                Dataset::open(dir.str("out")).tokens(Split::val),
+            a["stats"]["all"]["tokens"].get<int64_t>());
+}
+
 TEST(Prepare, BpeShardsDecodeToTheCleanedText) {
   if (!have_sentencepiece()) GTEST_SKIP() << "built without SentencePiece";
   const uint64_t seed = test::fresh_seed();
