@@ -62,7 +62,7 @@ class Progress {
     if (tty_ ? (s - last_ < 0.25 && !done) : (decile == last_decile_ && !done)) return;
     last_ = s;
     last_decile_ = decile;
-    std::fprintf(log_, "%s%s: %lld/%lld documents, %.1f/%.1f MB, %.1f MB/s%s", tty_ ? "\r" : "",
+    std::fprintf(log_, "%s%s: %lld/%lld documents, %.1f/%.1f MB, %.1f MB/s%s", tty_ ? "\r\033[K" : "",
                  what_.c_str(), static_cast<long long>(docs), static_cast<long long>(total_docs_),
                  bytes / 1e6, total_bytes_ / 1e6, s > 0 ? bytes / 1e6 / s : 0.0,
                  tty_ && !done ? "" : "\n");
