@@ -12,6 +12,7 @@ packages=(
   libopenblas-dev                             # CPU matmuls of the trainer
   libsentencepiece-dev sentencepiece          # BPE tokenizer
   libeigen3-dev                               # least squares of the scaling fits
+  python3.11-doc                              # default training text (docs/data.md)
 )
 
 sudo_cmd=()
