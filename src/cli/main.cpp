@@ -12,6 +12,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   moba::cli::add_info(app);
   moba::cli::add_bench(app);
+  moba::cli::add_fit(app);
+#ifdef MOBA_WITH_CAIRO
+  moba::cli::add_plot(app);
+#endif
+  moba::cli::add_report(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
