@@ -54,7 +54,7 @@ std::string positions_label(int64_t n) {
 std::string Metric::label(int64_t bucket_size) const {
   switch (kind) {
     case kLm: return "LM loss";
-    case kTrailing: return "trailing loss";
+    case kTrailing: return "Trailing loss";
     default:
       if (bucket_size <= 0) return "LM loss bucket " + std::to_string(bucket);
       return "LM loss " + positions_label(bucket * bucket_size) + "-" +

@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr double kW = 900, kH = 600;
-constexpr double kLeft = 92, kRight = 24, kTop = 52, kBottom = 84;
+constexpr double kLeft = 92, kRight = 24, kTop = 52, kBottom = 92;
 constexpr const char* kFont = "DejaVu Sans";
 
 struct Frame {
@@ -135,8 +135,17 @@ void draw_axes(cairo_t* cr, const Figure& fig, const Frame& fr) {
   if (!fig.footnote.empty()) {
     font(cr, 9.5);
     cairo_set_source_rgb(cr, 0.35, 0.35, 0.35);
-    cairo_move_to(cr, 10, kH - 10);
-    cairo_show_text(cr, fig.footnote.c_str());
+    // One line per '\n', the last at the bottom edge.
+    std::vector<std::string> lines;
+    for (size_t a = 0, b; a <= fig.footnote.size(); a = b + 1) {
+      b = fig.footnote.find('\n', a);
+      if (b == std::string::npos) b = fig.footnote.size();
+      lines.push_back(fig.footnote.substr(a, b - a));
+    }
+    for (size_t i = 0; i < lines.size(); ++i) {
+      cairo_move_to(cr, 10, kH - 8 - 12.0 * (lines.size() - 1 - i));
+      cairo_show_text(cr, lines[i].c_str());
+    }
   }
 }
 
