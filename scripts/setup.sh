@@ -12,6 +12,7 @@ packages=(
   libopenblas-dev                             # CPU matmuls of the trainer
   libsentencepiece-dev sentencepiece          # BPE tokenizer
   libeigen3-dev                               # least squares of the scaling fits
+  libcairo2-dev                               # figures of moba plot / moba report (PNG, SVG)
 )
 
 sudo_cmd=()

@@ -16,6 +16,7 @@ struct PlotOptions {
   bool irreducible = false;
   bool include_failed = false;
   int points_per_decade = 16;
+  double png_scale = 2.0;
   std::string fit_from = "first-finish";
 };
 
@@ -31,6 +32,8 @@ void add_plot(CLI::App& app) {
   cmd->add_option("--metric", o.metrics, "lm, trailing or bucket:I (repeatable)")
       ->capture_default_str();
   cmd->add_option("--compute", o.compute, "Compute convention: 6nd (the paper's), exec or both")
+      ->capture_default_str();
+  cmd->add_option("--png-scale", o.png_scale, "PNG pixels per point of the 900 x 600 canvas")
       ->capture_default_str();
   cmd->add_flag("--irreducible", o.irreducible, "Project L = E + A x C^-alpha");
   cmd->add_option("--grid", o.points_per_decade, "Frontier grid points per decade of compute")
@@ -52,7 +55,7 @@ void add_plot(CLI::App& app) {
     for (const std::string& n : s.notes) std::printf("note: %s\n", n.c_str());
     for (const scaling::Metric& m : so.metrics)
       for (scaling::Compute c : so.computes)
-        for (const auto& p : scaling::write_figures(s, m, c, o.out_dir))
+        for (const auto& p : scaling::write_figures(s, m, c, o.out_dir, o.png_scale))
           std::printf("wrote %s\n", p.string().c_str());
   });
 }

@@ -271,8 +271,8 @@ void check_cairo(cairo_status_t st, const fs::path& file) {
              "': ", cairo_status_to_string(st));
 }
 
-void write_png(const Figure& fig, const fs::path& file) {
-  const double scale = 2.0;
+void write_png(const Figure& fig, const fs::path& file, double scale) {
+  MOBA_CHECK(scale > 0 && scale <= 8, "PNG scale must be in (0, 8], got ", scale);
   cairo_surface_t* surface = cairo_image_surface_create(
       CAIRO_FORMAT_ARGB32, static_cast<int>(kW * scale), static_cast<int>(kH * scale));
   cairo_t* cr = cairo_create(surface);
@@ -298,14 +298,15 @@ void write_svg(const Figure& fig, const fs::path& file) {
 
 }  // namespace
 
-std::vector<fs::path> write_figures(const Study& s, const Metric& m, Compute c, const fs::path& dir) {
+std::vector<fs::path> write_figures(const Study& s, const Metric& m, Compute c, const fs::path& dir,
+                                    double png_scale) {
   fs::create_directories(dir);
   std::vector<fs::path> out;
   for (bool with_runs : {false, true}) {
     const Figure fig = make_figure(s, m, c, with_runs);
     const std::string stem = m.slug() + "_" + compute_id(c) + (with_runs ? "_runs" : "_frontier");
     out.push_back(dir / (stem + ".png"));
-    write_png(fig, out.back());
+    write_png(fig, out.back(), png_scale);
     out.push_back(dir / (stem + ".svg"));
     write_svg(fig, out.back());
   }

@@ -37,9 +37,11 @@ struct Figure {
 Figure make_figure(const Study& s, const Metric& m, Compute c, bool with_runs);
 
 // Writes both figures as PNG and SVG into dir (created): <slug>_<compute>_frontier.* and
-// <slug>_<compute>_runs.*, e.g. lm_6nd_frontier.png. Returns the paths written.
+// <slug>_<compute>_runs.*, e.g. lm_6nd_frontier.png. The 900 x 600 point canvas is
+// rendered at png_scale pixels per point in the PNG. Returns the paths written.
 std::vector<std::filesystem::path> write_figures(const Study& s, const Metric& m, Compute c,
-                                                 const std::filesystem::path& dir);
+                                                 const std::filesystem::path& dir,
+                                                 double png_scale = 2.0);
 
 // The colour of an attention type: MoBA blue, full red, hybrid green (RGB in [0, 1]).
 std::array<double, 3> attention_color(const std::string& attention);

@@ -7,7 +7,7 @@ namespace moba::scaling {
 bool plotting_available() { return false; }
 
 std::vector<std::filesystem::path> write_figures(const Study&, const Metric&, Compute,
-                                                 const std::filesystem::path&) {
+                                                 const std::filesystem::path&, double) {
   throw Error("this moba was built without cairo, so it cannot draw figures "
               "(apt-get install libcairo2-dev, then rebuild)");
 }
