@@ -84,7 +84,7 @@ std::vector<SizePair> pair_by_size(const std::vector<Run>& runs) {
 }
 
 std::string report_markdown(const Study& s, const std::string& runs_dir,
-                            const std::vector<std::string>& figures) {
+                            const std::vector<ReportFigure>& figures) {
   std::ostringstream md;
   const bool synthetic = std::all_of(s.runs.begin(), s.runs.end(), [](const Run& r) {
     return r.info.name.rfind("synthetic-", 0) == 0;
@@ -183,8 +183,10 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
        << "that length inside one document. Fits (6ND):\n\n- `" << formula(s, *tm) << "`\n- `"
        << formula(s, *tf) << "`\n\nProjected MoBA / full trailing-loss ratio:\n\n"
        << "| C (PFLOP/s-days) | full | MoBA | MoBA / full |\n|---|---|---|---|\n";
-    const double c_lo = std::min(tf->frontier.front().c, tm->frontier.front().c);
-    const double c_hi = std::max(tf->frontier.back().c, tm->frontier.back().c);
+    // The fitted range of compute, where both fits rest on data.
+    const double c_lo = std::max({tf->fit_c_min, tm->fit_c_min, tf->frontier.front().c,
+                                  tm->frontier.front().c});
+    const double c_hi = std::min(tf->frontier.back().c, tm->frontier.back().c);
     for (double c : {c_lo, std::sqrt(c_lo * c_hi), c_hi, 10 * c_hi, 100 * c_hi}) {
       const double lf = tf->fit->law(c), lm = tm->fit->law(c);
       char cbuf[32];
@@ -194,7 +196,7 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
     }
     const double r_lo = tm->fit->law(c_lo) / tf->fit->law(c_lo);
     const double r_hi = tm->fit->law(c_hi) / tf->fit->law(c_hi);
-    md << "\nOver the measured range the ratio goes from " << num(r_lo, 4) << " to "
+    md << "\nOver the fitted range of compute the ratio goes from " << num(r_lo, 4) << " to "
        << num(r_hi, 4) << ": the gap "
        << (std::fabs(r_hi - 1) < std::fabs(r_lo - 1) ? "narrows" : "does not narrow")
        << " with compute.\n";
@@ -207,7 +209,8 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
   md << "\n## Figures\n\n";
   if (figures.empty())
     md << "No figures: " << (plotting_available() ? "nothing to draw." : "this moba was built without cairo.") << "\n";
-  for (const std::string& f : figures) md << "![" << f << "](" << f << ")\n\n";
+  for (const ReportFigure& f : figures)
+    md << "**" << f.caption << "**\n\n![" << f.caption << "](" << f.path << ")\n\n";
 
   if (!s.notes.empty()) {
     md << "\n## Notes\n\n";
@@ -219,7 +222,7 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
 fs::path write_report(const fs::path& runs_dir, const fs::path& out_dir, const ReportOptions& o) {
   Study s = run_study(read_runs(runs_dir), o.study);
   fs::create_directories(out_dir);
-  std::vector<std::string> figures;
+  std::vector<ReportFigure> figures;
   if (plotting_available()) {
     std::vector<std::pair<Metric, Compute>> drawn = {{Metric::lm(), Compute::k6nd}};
     const auto has = [&](const Metric& m) {
@@ -242,7 +245,12 @@ fs::path write_report(const fs::path& runs_dir, const fs::path& out_dir, const R
       drawn.push_back({Metric::lm(), Compute::kExec});
     for (const auto& [m, c] : drawn)
       for (const fs::path& p : write_figures(s, m, c, out_dir / "figures"))
-        if (p.extension() == ".png") figures.push_back("figures/" + p.filename().string());
+        if (p.extension() == ".png")
+          figures.push_back({s.label(m) + ", " + compute_label(c) +
+                                 (p.stem().string().ends_with("_runs")
+                                      ? ": every run under the fitted projections"
+                                      : ": frontier and fitted projections"),
+                             "figures/" + p.filename().string()});
   }
   {
     std::ofstream f(out_dir / "fits.json");

@@ -28,9 +28,14 @@ struct SizePair {
 };
 std::vector<SizePair> pair_by_size(const std::vector<Run>& runs);
 
-// The Markdown text. `figures` are paths relative to the report's folder.
+// A figure of the report: its caption and its path relative to the report's folder.
+struct ReportFigure {
+  std::string caption, path;
+};
+
+// The Markdown text.
 std::string report_markdown(const Study& s, const std::string& runs_dir,
-                            const std::vector<std::string>& figures);
+                            const std::vector<ReportFigure>& figures);
 
 // Reads the runs, fits, draws the figures (when cairo is built in) and writes
 // out_dir/report.md, out_dir/fits.json and out_dir/figures/. Returns report.md's path.

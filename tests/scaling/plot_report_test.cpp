@@ -130,7 +130,7 @@ TEST(Report, MentionsEveryRunAndTheFits) {
     EXPECT_NE(md.find(needle), std::string::npos) << needle;
   EXPECT_TRUE(std::filesystem::exists(tmp.path() / "out" / "fits.json"));
   if (plotting_available()) {
-    EXPECT_NE(md.find("![figures/lm_6nd_frontier.png](figures/lm_6nd_frontier.png)"),
+    EXPECT_NE(md.find("![LM loss, 6ND: frontier and fitted projections](figures/lm_6nd_frontier.png)"),
               std::string::npos);
     EXPECT_NE(md.find("figures/bucket2_6nd_runs.png"), std::string::npos);
     EXPECT_TRUE(std::filesystem::exists(tmp.path() / "out" / "figures" / "lm_exec_runs.svg"));
