@@ -23,13 +23,27 @@ std::string where(const fs::path& file, int64_t line) {
   return file.string() + ":" + std::to_string(line);
 }
 
-// Line number (1-based) of byte offset `byte` in text.
-int64_t line_of_byte(const std::string& text, size_t byte) {
-  byte = std::min(byte, text.size());
-  return 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(byte), '\n');
+std::string type_of(const json& v) { return v.type_name(); }
+
+// nlohmann's parse error without its "[json.exception...] parse error at line 1, column 9"
+// prefix, which would contradict our FILE:LINE:COLUMN.
+std::string parse_message(const json::parse_error& e) {
+  const std::string w = e.what();
+  const size_t at = w.find("parse error");
+  const size_t colon = at == std::string::npos ? std::string::npos : w.find(": ", at);
+  return colon == std::string::npos ? w : w.substr(colon + 2);
 }
 
-std::string type_of(const json& v) { return v.type_name(); }
+// "FILE:LINE:COLUMN" of byte offset `byte` (nlohmann's 1-based count of bytes read).
+std::string where_byte(const fs::path& file, const std::string& text, size_t byte,
+                       int64_t first_line = 1) {
+  byte = std::min(byte == 0 ? 0 : byte - 1, text.size());
+  const auto begin = text.begin(), pos = text.begin() + static_cast<std::ptrdiff_t>(byte);
+  const int64_t line = first_line + std::count(begin, pos, '\n');
+  const size_t line_start = text.rfind('\n', byte == 0 ? 0 : byte - 1);
+  const size_t column = line_start == std::string::npos || byte == 0 ? byte + 1 : byte - line_start;
+  return where(file, line) + ":" + std::to_string(column);
+}
 
 // Field readers: `at` is "FILE:LINE" of the object being read.
 const json* find(const json& obj, const char* key) {
@@ -79,8 +93,7 @@ RunInfo parse_run_json(const fs::path& file) {
   try {
     j = json::parse(text);
   } catch (const json::parse_error& e) {
-    throw Error(where(file, line_of_byte(text, e.byte == 0 ? 0 : e.byte - 1)) +
-                ": malformed JSON: " + e.what());
+    throw Error(where_byte(file, text, e.byte) + ": malformed JSON: " + parse_message(e));
   }
   const std::string at = file.string();
   MOBA_CHECK(j.is_object(), at, ": expected one JSON object, got ", type_of(j));
@@ -185,7 +198,7 @@ void parse_metrics(const fs::path& file, Run& run) {
         run.warnings.push_back(at + ": incomplete last line skipped (the run is still writing)");
         break;
       }
-      throw Error(at + ": malformed JSON: " + e.what());
+      throw Error(where_byte(file, line, e.byte, line_no) + ": malformed JSON: " + parse_message(e));
     }
     MOBA_CHECK(j.is_object(), at, ": expected a JSON object, got ", type_of(j));
     const std::string kind = get_string(j, "kind", at);
