@@ -25,8 +25,14 @@ struct FitOptions {
   std::string json_path;
 };
 
-void print_study(const scaling::Study& s) {
+void print_study(const scaling::Study& s, const std::string& runs_dir) {
   using namespace moba::scaling;
+  const StudyOptions& o = s.options;
+  std::printf("moba fit %s: L = %sA x C^-alpha, bootstrap %d (seed %llu), grid %d/decade, "
+              "fit from %s%s\n",
+              runs_dir.c_str(), o.irreducible ? "E + " : "", o.bootstrap,
+              static_cast<unsigned long long>(o.seed), o.points_per_decade,
+              fit_from_id(o.fit_from).c_str(), o.include_failed ? ", failed runs kept" : "");
   int flagged = 0;
   for (const Run& r : s.runs) flagged += !run_flag(r).empty();
   std::printf("%zu runs (%d flagged)", s.runs.size(), flagged);
@@ -96,7 +102,7 @@ void add_fit(CLI::App& app) {
     so.include_failed = o.include_failed;
     so.fit_from = scaling::parse_fit_from(o.fit_from);
     const scaling::Study s = scaling::run_study(scaling::read_runs(o.runs_dir), so);
-    print_study(s);
+    print_study(s, o.runs_dir);
     if (!o.json_path.empty()) {
       std::ofstream f(o.json_path);
       MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
