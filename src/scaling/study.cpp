@@ -1,6 +1,7 @@
 #include "scaling/study.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <set>
 
@@ -60,6 +61,23 @@ Study run_study(std::vector<Run> runs, const StudyOptions& o) {
         }
         f.frontier = lower_envelope(f.curves, o.points_per_decade);
         f.fit_c_min = fit_start(f.curves, o.fit_from);
+        // A frontier that rises means a run ended while the next size was still early in
+        // its training: sizes too far apart or token budgets too small for a clean fit.
+        double best = INFINITY, worst_rise = 0, rise_c = 0;
+        for (const FrontierPoint& p : f.frontier) {
+          const bool fitted = p.c >= f.fit_c_min * (1 - 1e-9);
+          if (fitted && p.loss / best - 1 > worst_rise) worst_rise = p.loss / best - 1, rise_c = p.c;
+          best = std::min(best, p.loss);
+        }
+        if (worst_rise > 0.02) {
+          char buf[256];
+          std::snprintf(buf, sizeof buf,
+                        "frontier of %s (%s, %s) rises by %.0f%% at C = %.3g PFLOP/s-days: a run "
+                        "ended while the next size was early in training",
+                        m.label(s.bucket_size).c_str(), attention_label(a).c_str(),
+                        compute_id(c).c_str(), 100 * worst_rise, rise_c);
+          s.notes.push_back(buf);
+        }
         try {
           f.fit = fit_frontier(f.frontier, o.irreducible, f.fit_c_min);
         } catch (const Error& e) {

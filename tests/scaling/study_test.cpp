@@ -190,5 +190,44 @@ TEST(Study, TooFewPointsGiveANoteNotACrash) {
   EXPECT_TRUE(run_study(read_runs(tmp.path()), o).fits[0].fit.has_value());
 }
 
+// Two hand-made runs: the small one ends at C = 1e-3 with loss 2.0, the big one is at 2.5
+// there and reaches 1.5 at 1e-2. Just past 1e-3 the frontier is the big run at about 2.42, a 21% rise: noted.
+TEST(Study, ARisingFrontierIsNoted) {
+  TempDir tmp;
+  for (int r = 0; r < 2; ++r) {
+    RunInfo info;
+    info.name = r == 0 ? "small" : "big";
+    info.attention = "full";
+    info.status = "finished";
+    info.layers = info.heads = 2 + r;
+    info.width = 64;
+    info.seq_len = 256;
+    info.params_non_embedding = 1000 * (r + 1);
+    info.tokens_planned = 1e6;
+    write_run_json(tmp.path() / info.name, info);
+    const std::vector<std::pair<double, double>> pts =
+        r == 0 ? std::vector<std::pair<double, double>>{{1e-4, 3.0}, {1e-3, 2.0}}
+               : std::vector<std::pair<double, double>>{{5e-4, 2.6}, {1e-3, 2.5}, {1e-2, 1.5}};
+    std::string lines;
+    int step = 0;
+    for (const auto& [c, l] : pts) {
+      ValPoint p;
+      p.step = ++step;
+      p.tokens = step * 1000.0;
+      p.flops_6nd = p.flops_exec = c * kFlopsPerPflopsDay;
+      p.loss = l;
+      lines += val_line(p) + "\n";
+    }
+    write_file(tmp.path() / info.name / "metrics.jsonl", lines);
+  }
+  StudyOptions o;
+  o.bootstrap = 0;
+  o.computes = {Compute::k6nd};
+  const Study s = run_study(read_runs(tmp.path()), o);
+  bool noted = false;
+  for (const std::string& n : s.notes) noted |= n.find("rises by 21% at C = 0.00115") != std::string::npos;
+  EXPECT_TRUE(noted);
+}
+
 }  // namespace
 }  // namespace moba::scaling
