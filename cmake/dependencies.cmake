@@ -44,3 +44,29 @@ if(MOBA_BUILD_TESTS)
     endif()
   endif()
 endif()
+
+# Eigen (header-only): least squares of the scaling fits, Levenberg-Marquardt from its
+# unsupported modules.
+find_package(Eigen3 3.3 CONFIG QUIET)
+if(NOT TARGET Eigen3::Eigen)
+  find_path(MOBA_EIGEN_INCLUDE Eigen/Core HINTS ${MOBA_EXTRA_INCLUDE} PATH_SUFFIXES eigen3)
+  if(NOT MOBA_EIGEN_INCLUDE)
+    message(FATAL_ERROR "Eigen not found: apt-get install libeigen3-dev "
+                        "(or pass -DMOBA_EXTRA_INCLUDE=DIR holding eigen3/Eigen/Core)")
+  endif()
+  add_library(Eigen3::Eigen INTERFACE IMPORTED)
+  target_include_directories(Eigen3::Eigen INTERFACE ${MOBA_EIGEN_INCLUDE})
+endif()
+
+# cairo (optional): the PNG and SVG figures of `moba plot` and `moba report`. Without it
+# (the GPU machine has no apt) `moba plot` is not built and reports carry no figures.
+find_package(PkgConfig QUIET)
+if(PKG_CONFIG_FOUND)
+  pkg_check_modules(CAIRO QUIET IMPORTED_TARGET cairo cairo-png cairo-svg)
+endif()
+if(CAIRO_FOUND)
+  set(MOBA_WITH_CAIRO ON)
+else()
+  set(MOBA_WITH_CAIRO OFF)
+endif()
+message(STATUS "moba: figures (cairo) ${MOBA_WITH_CAIRO}")

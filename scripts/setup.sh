@@ -13,6 +13,7 @@ packages=(
   libsentencepiece-dev sentencepiece          # BPE tokenizer
   libeigen3-dev                               # least squares of the scaling fits
   python3.11-doc                              # default training text (docs/data.md)
+  libcairo2-dev                               # figures of moba plot / moba report (PNG, SVG)
 )
 
 sudo_cmd=()

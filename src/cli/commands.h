@@ -4,10 +4,21 @@
 
 #include <CLI/CLI.hpp>
 
+#include <string>
+#include <vector>
+
+#include "scaling/curves.h"
+
 namespace moba::cli {
 
 void add_info(CLI::App& app);   // moba info
 void add_bench(CLI::App& app);  // moba bench attention
 void add_prepare(CLI::App& app);  // moba prepare
+void add_fit(CLI::App& app);     // moba fit
+void add_plot(CLI::App& app);    // moba plot (only in builds with cairo)
+void add_report(CLI::App& app);  // moba report
+
+// --compute of the scaling commands: "6nd", "exec" or "both".
+std::vector<scaling::Compute> parse_computes(const std::string& s);
 
 }  // namespace moba::cli

@@ -13,6 +13,11 @@ int main(int argc, char** argv) {
   moba::cli::add_info(app);
   moba::cli::add_bench(app);
   moba::cli::add_prepare(app);
+  moba::cli::add_fit(app);
+#ifdef MOBA_WITH_CAIRO
+  moba::cli::add_plot(app);
+#endif
+  moba::cli::add_report(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

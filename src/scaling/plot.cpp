@@ -1,0 +1,316 @@
+// Drawing of a Figure with cairo: one routine, drawn once on an image surface (PNG) and
+// once on an SVG surface. Sizes are in points of a 900 x 600 canvas; the PNG is rendered
+// at twice that for sharp text.
+#include <cairo-svg.h>
+#include <cairo.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "scaling/plot.h"
+#include "scaling/plot_axes.h"
+
+namespace moba::scaling {
+
+bool plotting_available() { return true; }
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr double kW = 900, kH = 600;
+constexpr double kLeft = 92, kRight = 24, kTop = 52, kBottom = 92;
+constexpr const char* kFont = "DejaVu Sans";
+
+struct Frame {
+  double x0 = kLeft, y0 = kTop, w = kW - kLeft - kRight, h = kH - kTop - kBottom;
+  double lx0, lx1, ly0, ly1;  // log10 of the axis ranges
+  explicit Frame(const Figure& f)
+      : lx0(std::log10(f.x_lo)), lx1(std::log10(f.x_hi)), ly0(std::log10(f.y_lo)),
+        ly1(std::log10(f.y_hi)) {}
+  double px(double c) const { return x0 + (std::log10(c) - lx0) / (lx1 - lx0) * w; }
+  double py(double l) const { return y0 + h - (std::log10(l) - ly0) / (ly1 - ly0) * h; }
+};
+
+void set_rgb(cairo_t* cr, const std::array<double, 3>& c, double alpha = 1.0) {
+  cairo_set_source_rgba(cr, c[0], c[1], c[2], alpha);
+}
+
+void font(cairo_t* cr, double size, bool bold = false) {
+  cairo_select_font_face(cr, kFont, CAIRO_FONT_SLANT_NORMAL,
+                         bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr, size);
+}
+
+double advance(cairo_t* cr, const std::string& s) {
+  cairo_text_extents_t e;
+  cairo_text_extents(cr, s.c_str(), &e);
+  return e.x_advance;
+}
+
+// Width of base followed by a raised exponent at 70% size.
+double sup_width(cairo_t* cr, double size, const std::string& base, const std::string& exp) {
+  font(cr, size);
+  double w = advance(cr, base);
+  if (!exp.empty()) {
+    font(cr, size * 0.7);
+    w += 1 + advance(cr, exp);
+    font(cr, size);
+  }
+  return w;
+}
+
+// Draws base^exp with its baseline at y, starting at x.
+void show_sup(cairo_t* cr, double x, double y, double size, const std::string& base,
+              const std::string& exp) {
+  font(cr, size);
+  cairo_move_to(cr, x, y);
+  cairo_show_text(cr, base.c_str());
+  if (exp.empty()) return;
+  const double w = advance(cr, base);
+  font(cr, size * 0.7);
+  cairo_move_to(cr, x + w + 1, y - size * 0.42);
+  cairo_show_text(cr, exp.c_str());
+  font(cr, size);
+}
+
+void draw_axes(cairo_t* cr, const Figure& fig, const Frame& fr) {
+  const std::vector<Tick> xt = log_ticks(fig.x_lo, fig.x_hi), yt = log_ticks(fig.y_lo, fig.y_hi);
+  // Light grid at the labelled ticks.
+  cairo_set_line_width(cr, 0.6);
+  cairo_set_source_rgb(cr, 0.88, 0.88, 0.88);
+  for (const Tick& t : xt)
+    if (t.major) {
+      cairo_move_to(cr, fr.px(t.value), fr.y0);
+      cairo_line_to(cr, fr.px(t.value), fr.y0 + fr.h);
+    }
+  for (const Tick& t : yt)
+    if (t.major) {
+      cairo_move_to(cr, fr.x0, fr.py(t.value));
+      cairo_line_to(cr, fr.x0 + fr.w, fr.py(t.value));
+    }
+  cairo_stroke(cr);
+  // Frame and outward ticks.
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_set_line_width(cr, 1.0);
+  cairo_rectangle(cr, fr.x0, fr.y0, fr.w, fr.h);
+  cairo_stroke(cr);
+  const double size = 13;
+  for (const Tick& t : xt) {
+    const double x = fr.px(t.value), len = t.major ? 6 : 3;
+    cairo_move_to(cr, x, fr.y0 + fr.h);
+    cairo_line_to(cr, x, fr.y0 + fr.h + len);
+    cairo_stroke(cr);
+    if (t.major) {
+      const double w = sup_width(cr, size, t.base, t.exponent);
+      show_sup(cr, x - w / 2, fr.y0 + fr.h + 24, size, t.base, t.exponent);
+    }
+  }
+  for (const Tick& t : yt) {
+    const double y = fr.py(t.value), len = t.major ? 6 : 3;
+    cairo_move_to(cr, fr.x0, y);
+    cairo_line_to(cr, fr.x0 - len, y);
+    cairo_stroke(cr);
+    if (t.major) {
+      const double w = sup_width(cr, size, t.base, t.exponent);
+      show_sup(cr, fr.x0 - 10 - w, y + size * 0.36, size, t.base, t.exponent);
+    }
+  }
+  // Axis labels and title.
+  font(cr, 14);
+  double w = advance(cr, fig.x_label);
+  cairo_move_to(cr, fr.x0 + (fr.w - w) / 2, fr.y0 + fr.h + 50);
+  cairo_show_text(cr, fig.x_label.c_str());
+  w = advance(cr, fig.y_label);
+  cairo_save(cr);
+  cairo_move_to(cr, 26, fr.y0 + (fr.h + w) / 2);
+  cairo_rotate(cr, -M_PI / 2);
+  cairo_show_text(cr, fig.y_label.c_str());
+  cairo_restore(cr);
+  font(cr, 15, true);
+  w = advance(cr, fig.title);
+  cairo_move_to(cr, std::max(8.0, (kW - w) / 2), 30);
+  cairo_show_text(cr, fig.title.c_str());
+  if (!fig.footnote.empty()) {
+    font(cr, 9.5);
+    cairo_set_source_rgb(cr, 0.35, 0.35, 0.35);
+    // One line per '\n', the last at the bottom edge.
+    std::vector<std::string> lines;
+    for (size_t a = 0, b; a <= fig.footnote.size(); a = b + 1) {
+      b = fig.footnote.find('\n', a);
+      if (b == std::string::npos) b = fig.footnote.size();
+      lines.push_back(fig.footnote.substr(a, b - a));
+    }
+    for (size_t i = 0; i < lines.size(); ++i) {
+      cairo_move_to(cr, 10, kH - 8 - 12.0 * (lines.size() - 1 - i));
+      cairo_show_text(cr, lines[i].c_str());
+    }
+  }
+}
+
+void stroke_style(cairo_t* cr, const Series& s) {
+  const auto color = attention_color(s.attention);
+  if (s.kind == Series::kProjection) {
+    const double dash[] = {9.0, 5.0};
+    cairo_set_dash(cr, dash, 2, 0);
+    cairo_set_line_width(cr, 2.6);
+    set_rgb(cr, color);
+  } else {
+    cairo_set_dash(cr, nullptr, 0, 0);
+    cairo_set_line_width(cr, 1.4);
+    set_rgb(cr, color, 0.55);
+  }
+}
+
+void draw_marker(cairo_t* cr, const Series& s, double x, double y) {
+  cairo_set_dash(cr, nullptr, 0, 0);
+  cairo_new_sub_path(cr);
+  cairo_arc(cr, x, y, 3.2, 0, 2 * M_PI);
+  if (s.hollow) {
+    cairo_set_source_rgb(cr, 1, 1, 1);
+    cairo_fill_preserve(cr);
+    set_rgb(cr, attention_color(s.attention), 0.85);
+    cairo_set_line_width(cr, 1.2);
+  } else {
+    set_rgb(cr, attention_color(s.attention), 0.85);
+    cairo_fill_preserve(cr);
+    cairo_set_line_width(cr, 0.8);
+    cairo_set_source_rgb(cr, 1, 1, 1);
+  }
+  cairo_stroke(cr);
+}
+
+void draw_series(cairo_t* cr, const Figure& fig, const Frame& fr) {
+  cairo_save(cr);
+  cairo_rectangle(cr, fr.x0, fr.y0, fr.w, fr.h);
+  cairo_clip(cr);
+  cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
+  for (const Series& s : fig.series) {
+    if (s.kind == Series::kFrontier) {
+      for (size_t i = 0; i < s.c.size(); ++i) draw_marker(cr, s, fr.px(s.c[i]), fr.py(s.loss[i]));
+      continue;
+    }
+    stroke_style(cr, s);
+    for (size_t i = 0; i < s.c.size(); ++i)
+      (i == 0 ? cairo_move_to : cairo_line_to)(cr, fr.px(s.c[i]), fr.py(s.loss[i]));
+    cairo_stroke(cr);
+  }
+  cairo_restore(cr);
+}
+
+// The legend goes into the corner of the plot area that covers the fewest data points
+// (for falling curves, usually the lower left, which the frontier leaves empty).
+void draw_legend(cairo_t* cr, const Figure& fig, const Frame& fr) {
+  std::vector<const Series*> entries;
+  for (const Series& s : fig.series)
+    if (!s.legend.empty()) entries.push_back(&s);
+  if (entries.empty()) return;
+  const double size = 13, row = 22, sample = 34, pad = 10;
+  double text_w = 0;
+  for (const Series* s : entries) {
+    const std::string base = s->legend + (s->formula_base.empty() ? "" : ":  " + s->formula_base);
+    text_w = std::max(text_w, sup_width(cr, size, base, s->formula_exponent));
+  }
+  const double bw = pad * 2 + sample + 8 + text_w, bh = pad * 2 + row * entries.size() - 6;
+  const double m = 10;
+  const double corners[4][2] = {{fr.x0 + m, fr.y0 + fr.h - m - bh},
+                                {fr.x0 + fr.w - m - bw, fr.y0 + m},
+                                {fr.x0 + fr.w - m - bw, fr.y0 + fr.h - m - bh},
+                                {fr.x0 + m, fr.y0 + m}};
+  int best = 0;
+  size_t best_count = SIZE_MAX;
+  for (int k = 0; k < 4; ++k) {
+    size_t count = 0;
+    for (const Series& s : fig.series)
+      for (size_t i = 0; i < s.c.size(); ++i) {
+        const double x = fr.px(s.c[i]), y = fr.py(s.loss[i]);
+        count += x >= corners[k][0] && x <= corners[k][0] + bw && y >= corners[k][1] &&
+                 y <= corners[k][1] + bh;
+      }
+    if (count < best_count) best = k, best_count = count;
+  }
+  const double bx = corners[best][0], by = corners[best][1];
+  cairo_set_dash(cr, nullptr, 0, 0);
+  cairo_rectangle(cr, bx, by, bw, bh);
+  cairo_set_source_rgba(cr, 1, 1, 1, 0.92);
+  cairo_fill_preserve(cr);
+  cairo_set_source_rgb(cr, 0.7, 0.7, 0.7);
+  cairo_set_line_width(cr, 0.8);
+  cairo_stroke(cr);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const Series& s = *entries[i];
+    const double y = by + pad + row * i + 8;
+    const double x = bx + pad;
+    if (s.kind == Series::kFrontier) {
+      for (double dx : {6.0, 17.0, 28.0}) draw_marker(cr, s, x + dx, y);
+    } else {
+      stroke_style(cr, s);
+      cairo_move_to(cr, x, y);
+      cairo_line_to(cr, x + sample, y);
+      cairo_stroke(cr);
+    }
+    cairo_set_source_rgb(cr, 0, 0, 0);
+    const std::string base = s.legend + (s.formula_base.empty() ? "" : ":  " + s.formula_base);
+    show_sup(cr, x + sample + 8, y + size * 0.36, size, base, s.formula_exponent);
+  }
+  cairo_set_dash(cr, nullptr, 0, 0);
+}
+
+void draw(cairo_t* cr, const Figure& fig) {
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  const Frame fr(fig);
+  draw_axes(cr, fig, fr);
+  draw_series(cr, fig, fr);
+  draw_legend(cr, fig, fr);
+}
+
+void check_cairo(cairo_status_t st, const fs::path& file) {
+  MOBA_CHECK(st == CAIRO_STATUS_SUCCESS, "cannot write '", file.string(),
+             "': ", cairo_status_to_string(st));
+}
+
+void write_png(const Figure& fig, const fs::path& file, double scale) {
+  MOBA_CHECK(scale > 0 && scale <= 8, "PNG scale must be in (0, 8], got ", scale);
+  cairo_surface_t* surface = cairo_image_surface_create(
+      CAIRO_FORMAT_ARGB32, static_cast<int>(kW * scale), static_cast<int>(kH * scale));
+  cairo_t* cr = cairo_create(surface);
+  cairo_scale(cr, scale, scale);
+  draw(cr, fig);
+  cairo_destroy(cr);
+  const cairo_status_t st = cairo_surface_write_to_png(surface, file.c_str());
+  cairo_surface_destroy(surface);
+  check_cairo(st, file);
+}
+
+void write_svg(const Figure& fig, const fs::path& file) {
+  cairo_surface_t* surface = cairo_svg_surface_create(file.c_str(), kW, kH);
+  check_cairo(cairo_surface_status(surface), file);
+  cairo_t* cr = cairo_create(surface);
+  draw(cr, fig);
+  cairo_destroy(cr);
+  cairo_surface_finish(surface);
+  const cairo_status_t st = cairo_surface_status(surface);
+  cairo_surface_destroy(surface);
+  check_cairo(st, file);
+}
+
+}  // namespace
+
+std::vector<fs::path> write_figures(const Study& s, const Metric& m, Compute c, const fs::path& dir,
+                                    double png_scale) {
+  fs::create_directories(dir);
+  std::vector<fs::path> out;
+  for (bool with_runs : {false, true}) {
+    const Figure fig = make_figure(s, m, c, with_runs);
+    const std::string stem = m.slug() + "_" + compute_id(c) + (with_runs ? "_runs" : "_frontier");
+    out.push_back(dir / (stem + ".png"));
+    write_png(fig, out.back(), png_scale);
+    out.push_back(dir / (stem + ".svg"));
+    write_svg(fig, out.back());
+  }
+  return out;
+}
+
+}  // namespace moba::scaling

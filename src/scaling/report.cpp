@@ -1,0 +1,267 @@
+#include "scaling/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <tuple>
+
+#include "core/build_info.h"
+#include "core/error.h"
+#include "scaling/plot.h"
+
+namespace moba::scaling {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string num(double x, int decimals = 3) {
+  if (!std::isfinite(x)) return "n/a";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, x);
+  return buf;
+}
+
+// 3.1M, 25.2M, 1.1B, 520K.
+std::string si(double x) {
+  char buf[64];
+  if (x >= 1e9) std::snprintf(buf, sizeof buf, "%.2fB", x / 1e9);
+  else if (x >= 1e6) std::snprintf(buf, sizeof buf, "%.1fM", x / 1e6);
+  else if (x >= 1e3) std::snprintf(buf, sizeof buf, "%.1fK", x / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", x);
+  return buf;
+}
+
+double bits_per_byte(double nats_per_token, double bytes_per_token) {
+  return nats_per_token / std::log(2.0) / bytes_per_token;
+}
+
+std::string interval(const std::optional<Bootstrap>& b, Interval Bootstrap::*which) {
+  if (!b || b->replicas_ok == 0) return "";
+  const Interval& i = (*b).*which;
+  return " [" + num(i.lo) + ", " + num(i.hi) + "]";
+}
+
+using SizeKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
+SizeKey size_key(const Run& r) {
+  return {r.info.params_non_embedding, r.info.layers, r.info.heads, r.info.width, r.info.seq_len};
+}
+
+std::string size_label(const Run& r) {
+  return std::to_string(r.info.layers) + "L x " + std::to_string(r.info.heads) + "H x " +
+         std::to_string(r.info.width) + " (" + si(static_cast<double>(r.info.params_non_embedding)) + ")";
+}
+
+}  // namespace
+
+std::vector<SizePair> pair_by_size(const std::vector<Run>& runs) {
+  std::map<SizeKey, std::pair<std::vector<const Run*>, std::vector<const Run*>>> by;
+  for (const Run& r : runs) {
+    if (r.info.attention == "full") by[size_key(r)].first.push_back(&r);
+    if (r.info.attention == "moba") by[size_key(r)].second.push_back(&r);
+  }
+  std::vector<SizePair> out;
+  for (auto& [key, lists] : by)
+    for (const Run* f : lists.first)
+      for (const Run* m : lists.second) {
+        SizePair p{f, m};
+        // The largest token count both evaluated with a finite LM loss.
+        for (auto it = f->val.rbegin(); it != f->val.rend() && !p.full_point; ++it) {
+          if (!std::isfinite(it->loss)) continue;
+          for (const ValPoint& q : m->val)
+            if (q.tokens == it->tokens && std::isfinite(q.loss)) p.full_point = &*it, p.moba_point = &q;
+        }
+        if (!p.full_point) {
+          p.same_tokens = false;
+          p.full_point = f->last_val();
+          p.moba_point = m->last_val();
+        }
+        out.push_back(p);
+      }
+  return out;
+}
+
+std::string report_markdown(const Study& s, const std::string& runs_dir,
+                            const std::vector<ReportFigure>& figures) {
+  std::ostringstream md;
+  const bool synthetic = std::all_of(s.runs.begin(), s.runs.end(), [](const Run& r) {
+    return r.info.name.rfind("synthetic-", 0) == 0;
+  });
+  md << "# Scaling study: MoBA against full attention\n\n";
+  md << "Runs from `" << runs_dir << "` (" << s.runs.size() << " runs), report by `moba report` "
+     << version() << ". Definitions (frontier, fits, intervals, compute conventions): "
+     << "docs/scaling.md.\n\n";
+  if (synthetic)
+    md << "> **Synthetic runs.** Every run here was generated from a known scaling law with "
+          "noise (src/scaling/synthetic.h), not trained. The numbers show the pipeline, not "
+          "MoBA.\n\n";
+  std::vector<std::string> flagged;
+  for (const Run& r : s.runs)
+    if (!run_flag(r).empty()) flagged.push_back("`" + r.info.name + "` (" + run_flag(r) + ")");
+  if (!flagged.empty()) {
+    md << "> **Flagged runs**: ";
+    for (size_t i = 0; i < flagged.size(); ++i) md << (i ? ", " : "") << flagged[i];
+    md << ". Their points so far are used; their final losses are not final.\n\n";
+  }
+
+  // Runs.
+  md << "## Runs\n\nLosses at each run's last validation point, in nats per token and bits "
+        "per byte (nats / ln 2 / bytes_per_token).\n\n";
+  md << "| run | attention | layers x heads x width | non-emb. params | tokens seen / planned "
+        "| status | LM loss (nats/tok) | LM loss (bits/byte) | trailing loss (nats/tok) |\n"
+        "|---|---|---|---|---|---|---|---|---|\n";
+  for (const Run& r : s.runs) {
+    const ValPoint* v = r.last_val();
+    md << "| " << r.info.name << " | " << attention_label(r.info.attention) << " | "
+       << r.info.layers << " x " << r.info.heads << " x " << r.info.width << " | "
+       << si(static_cast<double>(r.info.params_non_embedding)) << " | "
+       << (v ? si(v->tokens) : "0") << " / " << si(r.info.tokens_planned) << " | "
+       << (run_flag(r).empty() ? "finished" : "**" + r.info.status + "**") << " | "
+       << (v ? num(v->loss) : "n/a") << " | "
+       << (v ? num(bits_per_byte(v->loss, r.info.bytes_per_token)) : "n/a") << " | "
+       << (v ? num(v->trailing_loss) : "n/a") << " |\n";
+  }
+
+  // Fits.
+  md << "\n## Fits\n\nL = " << (s.options.irreducible ? "E + " : "") << "A x C^-alpha on "
+     << "each attention type's compute-optimal frontier, C in PFLOP/s-days (FLOPs / 8.64e19)";
+  if (s.options.bootstrap > 0)
+    md << "; in brackets the 95% bootstrap interval over runs (" << s.options.bootstrap
+       << " replicas, seed " << s.options.seed << ")";
+  md << ".\n";
+  for (Compute c : s.options.computes) {
+    md << "\n### Compute: " << compute_label(c) << (c == Compute::k6nd ? " (the paper's)" : "")
+       << "\n\n| metric | attention | fit | A | alpha |" << (s.options.irreducible ? " E |" : "")
+       << " frontier points | rms log residual |\n|---|---|---|---|---|"
+       << (s.options.irreducible ? "---|" : "") << "---|---|\n";
+    for (const FitResult& f : s.fits) {
+      if (f.compute != c) continue;
+      md << "| " << s.label(f.metric) << " | " << attention_label(f.attention) << " | ";
+      if (!f.fit) {
+        md << "no fit: " << f.why_no_fit << " | | |" << (s.options.irreducible ? " |" : "")
+           << " " << f.frontier.size() << " | |\n";
+        continue;
+      }
+      md << "`" << formula(s, f) << "` | " << num(f.fit->law.A)
+         << interval(f.bootstrap, &Bootstrap::A) << " | " << num(f.fit->law.alpha)
+         << interval(f.bootstrap, &Bootstrap::alpha) << " | ";
+      if (s.options.irreducible)
+        md << num(f.fit->law.E) << interval(f.bootstrap, &Bootstrap::E) << " | ";
+      md << f.fit->points << " | " << num(f.fit->rms_log_residual, 4) << " |\n";
+    }
+  }
+
+  // MoBA / full per size.
+  const std::vector<SizePair> pairs = pair_by_size(s.runs);
+  md << "\n## MoBA / full attention, per model size\n\n";
+  if (pairs.empty()) {
+    md << "No size has both a full-attention and a MoBA run.\n";
+  } else {
+    md << "Each pair compared at the largest token count both runs evaluated.\n\n"
+          "| size | tokens | LM loss full | LM loss MoBA | MoBA / full | trailing full | "
+          "trailing MoBA | MoBA / full (trailing) |\n|---|---|---|---|---|---|---|---|\n";
+    for (const SizePair& p : pairs) {
+      if (!p.full_point || !p.moba_point) continue;
+      md << "| " << size_label(*p.full) << " | " << si(p.full_point->tokens)
+         << (p.same_tokens ? "" : " / " + si(p.moba_point->tokens) + " (unequal)") << " | "
+         << num(p.full_point->loss) << " | " << num(p.moba_point->loss) << " | "
+         << num(p.moba_point->loss / p.full_point->loss, 4) << " | "
+         << num(p.full_point->trailing_loss) << " | " << num(p.moba_point->trailing_loss) << " | "
+         << num(p.moba_point->trailing_loss / p.full_point->trailing_loss, 4) << " |\n";
+    }
+  }
+
+  // Trailing loss.
+  md << "\n## Trailing loss\n\n";
+  const FitResult* tf = s.find(Metric::trailing(), "full", Compute::k6nd);
+  const FitResult* tm = s.find(Metric::trailing(), "moba", Compute::k6nd);
+  if (tf && tm && tf->fit && tm->fit) {
+    md << "The last " << positions_label(s.bucket_size) << " positions of each "
+       << positions_label(s.runs.front().info.seq_len) << "-token window, on windows that reach "
+       << "that length inside one document. Fits (6ND):\n\n- `" << formula(s, *tm) << "`\n- `"
+       << formula(s, *tf) << "`\n\nProjected MoBA / full trailing-loss ratio:\n\n"
+       << "| C (PFLOP/s-days) | full | MoBA | MoBA / full |\n|---|---|---|---|\n";
+    // The fitted range of compute, where both fits rest on data.
+    const double c_lo = std::max({tf->fit_c_min, tm->fit_c_min, tf->frontier.front().c,
+                                  tm->frontier.front().c});
+    const double c_hi = std::min(tf->frontier.back().c, tm->frontier.back().c);
+    for (double c : {c_lo, std::sqrt(c_lo * c_hi), c_hi, 10 * c_hi, 100 * c_hi}) {
+      const double lf = tf->fit->law(c), lm = tm->fit->law(c);
+      char cbuf[32];
+      std::snprintf(cbuf, sizeof cbuf, "%.3g", c);
+      md << "| " << cbuf << (c > c_hi * 1.001 ? " (extrapolated)" : "") << " | " << num(lf)
+         << " | " << num(lm) << " | " << num(lm / lf, 4) << " |\n";
+    }
+    const double r_lo = tm->fit->law(c_lo) / tf->fit->law(c_lo);
+    const double r_hi = tm->fit->law(c_hi) / tf->fit->law(c_hi);
+    md << "\nOver the fitted range of compute the ratio goes from " << num(r_lo, 4) << " to "
+       << num(r_hi, 4) << ": the gap "
+       << (std::fabs(r_hi - 1) < std::fabs(r_lo - 1) ? "narrows" : "does not narrow")
+       << " with compute.\n";
+  } else {
+    md << "No trailing-loss fit for both attention types (the runs carry no trailing loss, or "
+          "too few points).\n";
+  }
+
+  // Figures.
+  md << "\n## Figures\n\n";
+  if (figures.empty())
+    md << "No figures: " << (plotting_available() ? "nothing to draw." : "this moba was built without cairo.") << "\n";
+  for (const ReportFigure& f : figures)
+    md << "**" << f.caption << "**\n\n![" << f.caption << "](" << f.path << ")\n\n";
+
+  if (!s.notes.empty()) {
+    md << "\n## Notes\n\n";
+    for (const std::string& n : s.notes) md << "- " << n << "\n";
+  }
+  return md.str();
+}
+
+fs::path write_report(const fs::path& runs_dir, const fs::path& out_dir, const ReportOptions& o) {
+  Study s = run_study(read_runs(runs_dir), o.study);
+  fs::create_directories(out_dir);
+  std::vector<ReportFigure> figures;
+  if (plotting_available()) {
+    std::vector<std::pair<Metric, Compute>> drawn = {{Metric::lm(), Compute::k6nd}};
+    const auto has = [&](const Metric& m) {
+      return std::any_of(s.fits.begin(), s.fits.end(), [&](const FitResult& f) { return f.metric == m; });
+    };
+    int bucket = o.bucket;
+    if (bucket < 0) {
+      bucket = has(Metric::position_bucket(2)) ? 2 : -1;
+      for (int i = 0; bucket < 0 && has(Metric::position_bucket(i)); ++i)
+        if (!has(Metric::position_bucket(i + 1))) bucket = i;
+    }
+    if (bucket >= 0) {
+      MOBA_CHECK(has(Metric::position_bucket(bucket)), "--bucket ", bucket,
+                 " is not a bucket of these runs");
+      drawn.push_back({Metric::position_bucket(bucket), Compute::k6nd});
+    }
+    if (has(Metric::trailing())) drawn.push_back({Metric::trailing(), Compute::k6nd});
+    if (std::find(s.options.computes.begin(), s.options.computes.end(), Compute::kExec) !=
+        s.options.computes.end())
+      drawn.push_back({Metric::lm(), Compute::kExec});
+    for (const auto& [m, c] : drawn)
+      for (const fs::path& p : write_figures(s, m, c, out_dir / "figures"))
+        if (p.extension() == ".png")
+          figures.push_back({s.label(m) + ", " + compute_label(c) +
+                                 (p.stem().string().ends_with("_runs")
+                                      ? ": every run under the fitted projections"
+                                      : ": frontier and fitted projections"),
+                             "figures/" + p.filename().string()});
+  }
+  {
+    std::ofstream f(out_dir / "fits.json");
+    MOBA_CHECK(f.good(), "cannot write '", (out_dir / "fits.json").string(), "'");
+    f << to_json(s).dump(2) << "\n";
+  }
+  const fs::path report = out_dir / "report.md";
+  std::ofstream f(report);
+  MOBA_CHECK(f.good(), "cannot write '", report.string(), "'");
+  f << report_markdown(s, runs_dir.string(), figures);
+  return report;
+}
+
+}  // namespace moba::scaling

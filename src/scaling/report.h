@@ -1,0 +1,46 @@
+// `moba report`: the Markdown report of a scaling study, with its figures and fits.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "scaling/study.h"
+
+namespace moba::scaling {
+
+struct ReportOptions {
+  int bucket = -1;  // position bucket drawn besides LM and trailing loss; -1: bucket 2
+                    // (the paper's 4K-6K with 2K buckets) if present, else the last one
+  StudyOptions study;
+};
+
+// Pairs of runs of one size (same layers, heads, width, non-embedding parameters and
+// sequence length), full against MoBA, compared at the largest token count both have
+// evaluated.
+struct SizePair {
+  const Run* full = nullptr;
+  const Run* moba = nullptr;
+  const ValPoint* full_point = nullptr;  // the compared validation points
+  const ValPoint* moba_point = nullptr;
+  bool same_tokens = true;  // false: no common token count, the last points are compared
+};
+std::vector<SizePair> pair_by_size(const std::vector<Run>& runs);
+
+// A figure of the report: its caption and its path relative to the report's folder.
+struct ReportFigure {
+  std::string caption, path;
+};
+
+// The Markdown text.
+std::string report_markdown(const Study& s, const std::string& runs_dir,
+                            const std::vector<ReportFigure>& figures);
+
+// Reads the runs, fits, draws the figures (when cairo is built in) and writes
+// out_dir/report.md, out_dir/fits.json and out_dir/figures/. Returns report.md's path.
+std::filesystem::path write_report(const std::filesystem::path& runs_dir,
+                                   const std::filesystem::path& out_dir,
+                                   const ReportOptions& options);
+
+}  // namespace moba::scaling

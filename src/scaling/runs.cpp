@@ -1,0 +1,310 @@
+// Parsing of run folders. Every error names the file and line, and the field when one is
+// at fault, because these files come from long runs that users cannot simply redo.
+#include "scaling/runs.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace moba::scaling {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// "FILE:LINE" for messages.
+std::string where(const fs::path& file, int64_t line) {
+  return file.string() + ":" + std::to_string(line);
+}
+
+std::string type_of(const json& v) { return v.type_name(); }
+
+// nlohmann's parse error without its "[json.exception...] parse error at line 1, column 9"
+// prefix, which would contradict our FILE:LINE:COLUMN.
+std::string parse_message(const json::parse_error& e) {
+  const std::string w = e.what();
+  const size_t at = w.find("parse error");
+  const size_t colon = at == std::string::npos ? std::string::npos : w.find(": ", at);
+  return colon == std::string::npos ? w : w.substr(colon + 2);
+}
+
+// "FILE:LINE:COLUMN" of byte offset `byte` (nlohmann's 1-based count of bytes read).
+std::string where_byte(const fs::path& file, const std::string& text, size_t byte,
+                       int64_t first_line = 1) {
+  byte = std::min(byte == 0 ? 0 : byte - 1, text.size());
+  const auto begin = text.begin(), pos = text.begin() + static_cast<std::ptrdiff_t>(byte);
+  const int64_t line = first_line + std::count(begin, pos, '\n');
+  const size_t line_start = text.rfind('\n', byte == 0 ? 0 : byte - 1);
+  const size_t column = line_start == std::string::npos || byte == 0 ? byte + 1 : byte - line_start;
+  return where(file, line) + ":" + std::to_string(column);
+}
+
+// Field readers: `at` is "FILE:LINE" of the object being read.
+const json* find(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  return it == obj.end() ? nullptr : &*it;
+}
+
+double get_number(const json& obj, const char* key, const std::string& at, bool required,
+                  double fallback, bool null_is_nan = false) {
+  const json* v = find(obj, key);
+  if (!v) {
+    MOBA_CHECK(!required, at, ": missing field '", key, "'");
+    return fallback;
+  }
+  if (v->is_null() && null_is_nan) return kNaN;
+  MOBA_CHECK(v->is_number(), at, ": field '", key, "' must be a number, got ", type_of(*v),
+             " ", v->dump());
+  return v->get<double>();
+}
+
+int64_t get_int(const json& obj, const char* key, const std::string& at, bool required) {
+  const double x = get_number(obj, key, at, required, 0.0);
+  MOBA_CHECK(std::isfinite(x) && x == std::floor(x), at, ": field '", key,
+             "' must be an integer, got ", x);
+  return static_cast<int64_t>(x);
+}
+
+std::string get_string(const json& obj, const char* key, const std::string& at) {
+  const json* v = find(obj, key);
+  MOBA_CHECK(v, at, ": missing field '", key, "'");
+  MOBA_CHECK(v->is_string(), at, ": field '", key, "' must be a string, got ", type_of(*v), " ",
+             v->dump());
+  return v->get<std::string>();
+}
+
+std::string read_text(const fs::path& file) {
+  std::ifstream f(file, std::ios::binary);
+  MOBA_CHECK(f.good(), "cannot read '", file.string(), "'");
+  std::ostringstream os;
+  os << f.rdbuf();
+  return os.str();
+}
+
+RunInfo parse_run_json(const fs::path& file) {
+  const std::string text = read_text(file);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error(where_byte(file, text, e.byte) + ": malformed JSON: " + parse_message(e));
+  }
+  const std::string at = file.string();
+  MOBA_CHECK(j.is_object(), at, ": expected one JSON object, got ", type_of(j));
+  RunInfo r;
+  r.name = get_string(j, "name", at);
+  r.attention = get_string(j, "attention", at);
+  MOBA_CHECK(r.attention == "full" || r.attention == "moba" || r.attention == "hybrid", at,
+             ": field 'attention' must be \"full\", \"moba\" or \"hybrid\", got \"", r.attention,
+             "\"");
+  r.status = get_string(j, "status", at);
+  MOBA_CHECK(r.status == "running" || r.status == "finished" || r.status == "failed", at,
+             ": field 'status' must be \"running\", \"finished\" or \"failed\", got \"", r.status,
+             "\"");
+  // What the study needs is required; the rest of the contract is read when present.
+  r.layers = get_int(j, "layers", at, true);
+  r.heads = get_int(j, "heads", at, true);
+  r.width = get_int(j, "width", at, true);
+  r.seq_len = get_int(j, "seq_len", at, true);
+  r.params_non_embedding = get_int(j, "params_non_embedding", at, true);
+  r.tokens_planned = get_number(j, "tokens_planned", at, true, 0.0);
+  r.bytes_per_token = get_number(j, "bytes_per_token", at, true, 1.0);
+  MOBA_CHECK(r.bytes_per_token > 0, at, ": field 'bytes_per_token' must be > 0, got ",
+             r.bytes_per_token);
+  r.block_size = get_int(j, "block_size", at, false);
+  r.top_k = get_int(j, "top_k", at, false);
+  r.kv_heads = get_int(j, "kv_heads", at, false);
+  r.head_dim = get_int(j, "head_dim", at, false);
+  r.vocab_size = get_int(j, "vocab_size", at, false);
+  r.params_total = get_int(j, "params_total", at, false);
+  return r;
+}
+
+ValPoint parse_val(const json& j, const std::string& at) {
+  ValPoint p;
+  p.step = get_int(j, "step", at, true);
+  p.tokens = get_number(j, "tokens", at, true, 0.0);
+  p.flops_6nd = get_number(j, "flops_6nd", at, true, 0.0);
+  p.flops_exec = get_number(j, "flops_exec", at, true, 0.0);
+  p.loss = get_number(j, "loss", at, true, kNaN, true);
+  p.bucket_size = get_int(j, "bucket_size", at, false);
+  if (const json* b = find(j, "bucket_losses"); b && !b->is_null()) {
+    MOBA_CHECK(b->is_array(), at, ": field 'bucket_losses' must be an array, got ", type_of(*b));
+    for (size_t i = 0; i < b->size(); ++i) {
+      const json& e = (*b)[i];
+      MOBA_CHECK(e.is_number() || e.is_null(), at, ": bucket_losses[", i,
+                 "] must be a number or null, got ", type_of(e));
+      p.bucket_losses.push_back(e.is_null() ? kNaN : e.get<double>());
+    }
+    MOBA_CHECK(p.bucket_losses.empty() || p.bucket_size > 0, at,
+               ": 'bucket_losses' given without a positive 'bucket_size'");
+  }
+  p.trailing_loss = get_number(j, "trailing_loss", at, false, kNaN, true);
+  p.windows = get_int(j, "windows", at, false);
+  return p;
+}
+
+TrainPoint parse_train(const json& j, const std::string& at) {
+  TrainPoint p;
+  p.step = get_int(j, "step", at, true);
+  p.tokens = get_number(j, "tokens", at, true, 0.0);
+  p.loss = get_number(j, "loss", at, true, kNaN, true);
+  p.flops_6nd = get_number(j, "flops_6nd", at, false, 0.0);
+  p.flops_exec = get_number(j, "flops_exec", at, false, 0.0);
+  p.elapsed_s = get_number(j, "elapsed_s", at, false, 0.0);
+  return p;
+}
+
+// Keeps one point per step (the later line wins) in ascending step order.
+template <typename Point>
+void dedupe_by_step(std::vector<Point>& v, const char* kind, const fs::path& file,
+                    std::vector<std::string>& warnings) {
+  std::map<int64_t, Point> by_step;
+  for (const Point& p : v) {
+    if (by_step.count(p.step))
+      warnings.push_back(file.string() + ": " + kind + " step " + std::to_string(p.step) +
+                         " appears more than once; the later line is kept");
+    by_step[p.step] = p;
+  }
+  v.clear();
+  for (auto& [step, p] : by_step) v.push_back(p);
+}
+
+void parse_metrics(const fs::path& file, Run& run) {
+  const std::string text = read_text(file);
+  size_t pos = 0;
+  int64_t line_no = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    const bool complete = end != std::string::npos;
+    if (!complete) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string at = where(file, line_no);
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::parse_error& e) {
+      // A line still being written by a live run: no newline yet.
+      if (!complete && run.running()) {
+        run.warnings.push_back(at + ": incomplete last line skipped (the run is still writing)");
+        break;
+      }
+      throw Error(where_byte(file, line, e.byte, line_no) + ": malformed JSON: " + parse_message(e));
+    }
+    MOBA_CHECK(j.is_object(), at, ": expected a JSON object, got ", type_of(j));
+    const std::string kind = get_string(j, "kind", at);
+    if (kind == "val") run.val.push_back(parse_val(j, at));
+    else if (kind == "train") run.train.push_back(parse_train(j, at));
+    // Other kinds (future additions to the contract) are not the study's business.
+  }
+  dedupe_by_step(run.val, "val", file, run.warnings);
+  dedupe_by_step(run.train, "train", file, run.warnings);
+}
+
+}  // namespace
+
+Run read_run(const fs::path& dir) {
+  Run run;
+  run.dir = dir;
+  MOBA_CHECK(fs::is_regular_file(dir / "run.json"), "'", dir.string(),
+             "' is not a run folder: no run.json");
+  run.info = parse_run_json(dir / "run.json");
+  const fs::path metrics = dir / "metrics.jsonl";
+  if (fs::is_regular_file(metrics)) parse_metrics(metrics, run);
+  else run.warnings.push_back(dir.string() + ": no metrics.jsonl yet");
+  if (run.val.empty()) run.warnings.push_back(dir.string() + ": no validation points");
+  return run;
+}
+
+std::vector<Run> read_runs(const fs::path& runs_dir) {
+  MOBA_CHECK(fs::is_directory(runs_dir), "runs folder '", runs_dir.string(),
+             "' does not exist or is not a folder");
+  std::vector<fs::path> dirs;
+  if (fs::is_regular_file(runs_dir / "run.json")) {
+    dirs.push_back(runs_dir);
+  } else {
+    for (auto it = fs::recursive_directory_iterator(runs_dir);
+         it != fs::recursive_directory_iterator(); ++it) {
+      if (!it->is_directory()) continue;
+      if (it->path().filename() == "checkpoint" || it.depth() >= 2) it.disable_recursion_pending();
+      if (it->path().filename() == "checkpoint") continue;
+      if (fs::is_regular_file(it->path() / "run.json")) {
+        dirs.push_back(it->path());
+        it.disable_recursion_pending();  // a run folder does not hold runs
+      }
+    }
+  }
+  MOBA_CHECK(!dirs.empty(), "no run folders (with run.json) under '", runs_dir.string(), "'");
+  std::vector<Run> runs;
+  for (const fs::path& d : dirs) runs.push_back(read_run(d));
+  std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) {
+    if (a.info.attention != b.info.attention) return a.info.attention < b.info.attention;
+    if (a.info.params_non_embedding != b.info.params_non_embedding)
+      return a.info.params_non_embedding < b.info.params_non_embedding;
+    return a.info.name < b.info.name;
+  });
+  return runs;
+}
+
+void write_run_json(const fs::path& dir, const RunInfo& r) {
+  fs::create_directories(dir);
+  const json j = {{"name", r.name},
+                  {"attention", r.attention},
+                  {"block_size", r.block_size},
+                  {"top_k", r.top_k},
+                  {"layers", r.layers},
+                  {"heads", r.heads},
+                  {"kv_heads", r.kv_heads},
+                  {"width", r.width},
+                  {"head_dim", r.head_dim},
+                  {"seq_len", r.seq_len},
+                  {"vocab_size", r.vocab_size},
+                  {"params_non_embedding", r.params_non_embedding},
+                  {"params_total", r.params_total},
+                  {"tokens_planned", r.tokens_planned},
+                  {"status", r.status},
+                  {"bytes_per_token", r.bytes_per_token}};
+  std::ofstream f(dir / "run.json");
+  MOBA_CHECK(f.good(), "cannot write '", (dir / "run.json").string(), "'");
+  f << j.dump(2) << "\n";
+}
+
+namespace {
+json number_or_null(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
+}  // namespace
+
+std::string val_line(const ValPoint& p) {
+  json buckets = json::array();
+  for (double b : p.bucket_losses) buckets.push_back(number_or_null(b));
+  return json{{"kind", "val"},
+              {"step", p.step},
+              {"tokens", p.tokens},
+              {"flops_6nd", p.flops_6nd},
+              {"flops_exec", p.flops_exec},
+              {"loss", number_or_null(p.loss)},
+              {"bucket_size", p.bucket_size},
+              {"bucket_losses", buckets},
+              {"trailing_loss", number_or_null(p.trailing_loss)},
+              {"windows", p.windows}}
+      .dump();
+}
+
+std::string train_line(const TrainPoint& p) {
+  return json{{"kind", "train"},       {"step", p.step},
+              {"tokens", p.tokens},     {"loss", number_or_null(p.loss)},
+              {"lr", 0.0},              {"grad_norm", 0.0},
+              {"tokens_per_s", 0.0},    {"flops_6nd", p.flops_6nd},
+              {"flops_exec", p.flops_exec}, {"elapsed_s", p.elapsed_s}}
+      .dump();
+}
+
+}  // namespace moba::scaling

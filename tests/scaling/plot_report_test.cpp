@@ -1,0 +1,158 @@
+// Figures and report: log ticks, figure contents, PNG/SVG files that are what they claim,
+// a report that mentions every run.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "scaling/plot.h"
+#include "scaling/plot_axes.h"
+#include "scaling/report.h"
+#include "scaling/synthetic.h"
+#include "scaling/temp_dir.h"
+
+namespace moba::scaling {
+namespace {
+
+using testing::read_file;
+using testing::TempDir;
+
+const std::string kMinus = "\u2212";
+
+TEST(Ticks, DecadesOnAWideAxis) {
+  const auto ticks = log_ticks(2e-4, 3e-1);
+  std::vector<std::string> labels;
+  for (const Tick& t : ticks)
+    if (t.major) labels.push_back(t.base + "^" + t.exponent);
+  // 3.2 decades: decades only.
+  EXPECT_EQ(labels, (std::vector<std::string>{"10^" + kMinus + "3", "10^" + kMinus + "2",
+                                              "10^" + kMinus + "1"}));
+  for (const Tick& t : ticks) {
+    EXPECT_GE(t.value, 2e-4 * (1 - 1e-9));
+    EXPECT_LE(t.value, 3e-1 * (1 + 1e-9));
+  }
+  EXPECT_EQ(ticks.size(), 8u + 9u + 9u + 3u);  // 2..9e-4, 1..9e-3, 1..9e-2, 1..3e-1
+}
+
+TEST(Ticks, TwoAndFiveLabelledOnAShortDecadeSpan) {
+  std::vector<std::string> labels;
+  for (const Tick& t : log_ticks(0.03, 2.0))
+    if (t.major) labels.push_back(t.base + "^" + t.exponent);
+  EXPECT_EQ(labels.front(), "5\u00d710^" + kMinus + "2");
+  EXPECT_EQ(labels.back(), "2\u00d710^0");
+}
+
+TEST(Ticks, NiceStepsOnALossAxis) {
+  std::vector<std::string> labels;
+  for (const Tick& t : log_ticks(1.8, 3.5))
+    if (t.major) labels.push_back(t.base);
+  EXPECT_EQ(labels, (std::vector<std::string>{"2.00", "2.25", "2.50", "2.75", "3.00", "3.25", "3.50"}));
+  labels.clear();
+  for (const Tick& t : log_ticks(2.31, 2.62))
+    if (t.major) labels.push_back(t.base);
+  EXPECT_EQ(labels, (std::vector<std::string>{"2.35", "2.40", "2.45", "2.50", "2.55", "2.60"}));
+  EXPECT_TRUE(log_ticks(2, 1).empty());
+  EXPECT_EQ(signed_number(-0.063, 3), kMinus + "0.063");
+  EXPECT_EQ(signed_number(-0.0001, 3), "0.000");
+  EXPECT_EQ(signed_number(2, 0), "2");
+}
+
+Study synthetic_study(const std::filesystem::path& dir, int bootstrap = 0) {
+  SyntheticSpec spec;
+  spec.running_runs = 1;
+  write_synthetic_runs(dir, spec);
+  StudyOptions o;
+  o.bootstrap = bootstrap;
+  return run_study(read_runs(dir), o);
+}
+
+TEST(Figure, ContentsOfBothFigures) {
+  TempDir tmp;
+  const Study s = synthetic_study(tmp.path() / "runs");
+  const Figure f1 = make_figure(s, Metric::position_bucket(2), Compute::k6nd, false);
+  EXPECT_NE(f1.title.find("LM loss 4K-6K"), std::string::npos);
+  EXPECT_NE(f1.title.find("6ND"), std::string::npos);
+  EXPECT_NE(f1.x_label.find("PFLOP/s-days"), std::string::npos);
+  EXPECT_NE(f1.footnote.find("SYNTHETIC"), std::string::npos);
+  int projections = 0, runs = 0;
+  for (const Series& x : f1.series) {
+    if (x.kind == Series::kProjection) {
+      ++projections;
+      EXPECT_NE(x.legend.find("projection"), std::string::npos);
+      EXPECT_EQ(x.formula_exponent.rfind(kMinus, 0), 0u);
+      for (double c : x.c) EXPECT_TRUE(c >= f1.x_lo * 0.999 && c <= f1.x_hi * 1.001);
+    }
+    runs += x.kind == Series::kRun;
+  }
+  EXPECT_EQ(projections, 2);
+  EXPECT_EQ(runs, 0);
+  EXPECT_LT(f1.y_lo, f1.y_hi);
+  const Figure f2 = make_figure(s, Metric::lm(), Compute::kExec, true);
+  EXPECT_NE(f2.title.find("executed FLOPs"), std::string::npos);
+  runs = 0;
+  for (const Series& x : f2.series) runs += x.kind == Series::kRun;
+  EXPECT_EQ(runs, 10);
+  // The projections come last: drawn over the runs.
+  EXPECT_EQ(f2.series.back().kind, Series::kProjection);
+}
+
+TEST(Figure, FilesAreWrittenAndValid) {
+  if (!plotting_available()) GTEST_SKIP() << "built without cairo";
+  TempDir tmp;
+  const Study s = synthetic_study(tmp.path() / "runs");
+  const auto files = write_figures(s, Metric::lm(), Compute::k6nd, tmp.path() / "fig");
+  ASSERT_EQ(files.size(), 4u);
+  for (const auto& p : files) {
+    ASSERT_TRUE(std::filesystem::exists(p)) << p;
+    EXPECT_GT(std::filesystem::file_size(p), 10000u) << p;
+    const std::string head = read_file(p).substr(0, 400);
+    if (p.extension() == ".png") EXPECT_EQ(head.substr(0, 8), "\x89PNG\r\n\x1a\n") << p;
+    else EXPECT_NE(head.find("<svg"), std::string::npos) << p;
+  }
+  EXPECT_EQ(files[0].filename(), "lm_6nd_frontier.png");
+  EXPECT_EQ(files[3].filename(), "lm_6nd_runs.svg");
+}
+
+TEST(Report, MentionsEveryRunAndTheFits) {
+  TempDir tmp;
+  SyntheticSpec spec;
+  spec.running_runs = 1;
+  write_synthetic_runs(tmp.path() / "runs", spec);
+  ReportOptions o;
+  o.study.bootstrap = 50;
+  const auto path = write_report(tmp.path() / "runs", tmp.path() / "out", o);
+  const std::string md = read_file(path);
+  for (const auto& r : read_runs(tmp.path() / "runs"))
+    EXPECT_NE(md.find("| " + r.info.name + " |"), std::string::npos) << r.info.name;
+  for (const char* needle :
+       {"## Runs", "## Fits", "LM loss (MoBA) = ", "LM loss (Full) = ", "Trailing loss (MoBA) = ",
+        "MoBA / full", "## Trailing loss", "**running**", "Synthetic runs", "bits/byte",
+        "executed FLOPs"})
+    EXPECT_NE(md.find(needle), std::string::npos) << needle;
+  EXPECT_TRUE(std::filesystem::exists(tmp.path() / "out" / "fits.json"));
+  if (plotting_available()) {
+    EXPECT_NE(md.find("![LM loss, 6ND: frontier and fitted projections](figures/lm_6nd_frontier.png)"),
+              std::string::npos);
+    EXPECT_NE(md.find("figures/bucket2_6nd_runs.png"), std::string::npos);
+    EXPECT_TRUE(std::filesystem::exists(tmp.path() / "out" / "figures" / "lm_exec_runs.svg"));
+  }
+}
+
+TEST(Report, PairsRunsBySizeAtEqualTokens) {
+  TempDir tmp;
+  SyntheticSpec spec;
+  spec.running_runs = 1;  // the largest MoBA run stopped at two thirds
+  write_synthetic_runs(tmp.path(), spec);
+  const auto runs = read_runs(tmp.path());
+  const auto pairs = pair_by_size(runs);
+  ASSERT_EQ(pairs.size(), 5u);
+  for (const SizePair& p : pairs) {
+    EXPECT_EQ(p.full->info.params_non_embedding, p.moba->info.params_non_embedding);
+    EXPECT_TRUE(p.same_tokens);
+    EXPECT_EQ(p.full_point->tokens, p.moba_point->tokens);
+  }
+  // The running pair is compared where both have points, not at the full run's end.
+  EXPECT_LT(pairs.back().full_point->tokens, pairs.back().full->info.tokens_planned * 0.9);
+}
+
+}  // namespace
+}  // namespace moba::scaling
