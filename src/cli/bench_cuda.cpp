@@ -87,6 +87,14 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
     acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
     acu::moba_backward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
   });
+  // One more MoBA fwd+bwd with a per-phase breakdown, and one dense fwd+bwd.
+  nlohmann::json phases = nlohmann::json::object();
+  acu::enable_phase_timing(true);
+  acu::moba_gate(plan, q.p, k.p, sel.p);
+  acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
+  acu::moba_backward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
+  for (const auto& [name, ms] : acu::take_phase_times()) phases[std::string("moba.") + name] = phases.value(std::string("moba.") + name, 0.0) + ms;
+  acu::enable_phase_timing(false);
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
 
@@ -111,6 +119,7 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
       {"moba_peak_mib", (tensors + sel.bytes + double(plan.peak_workspace_bytes())) / 1048576.0},
       {"moba_workspace_mib", double(plan.peak_workspace_bytes()) / 1048576.0},
       {"device_used_mib", double(total_b - free_b) / 1048576.0},
+      {"phases_ms", phases},
   };
   if (!o.skip_dense) {
     r["dense_fwd_ms"] = dense_fwd;

@@ -66,6 +66,7 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
   if (D == 64) delta_kernel<64><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta);
   else delta_kernel<128><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta);
   CUDA_CHECK_LAUNCH();
+  mark_phase("bwd_memset_delta", stream);
 
   const int bc = 16 * nw;
   const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc), p.Hkv,
@@ -74,12 +75,14 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
   else if (D == 64) launch_bwd<64, 8, MOBA>(p, grid, stream);
   else if (nw == 4) launch_bwd<128, 4, MOBA>(p, grid, stream);
   else launch_bwd<128, 8, MOBA>(p, grid, stream);
+  mark_phase(MOBA ? "bwd_moba_kernel" : "bwd_dense_kernel", stream);
 
   const int64_t n2 = rows * D / 2;
   const unsigned cblocks = static_cast<unsigned>(std::min<int64_t>((n2 + 255) / 256, 65535));
   dq_convert_kernel<<<cblocks, 256, 0, stream>>>(reinterpret_cast<const float2*>(p.dq_acc), n2,
                                                  p.scale, reinterpret_cast<__nv_bfloat162*>(p.dq));
   CUDA_CHECK_LAUNCH();
+  mark_phase("bwd_dq_convert", stream);
 }
 
 AttnParams bwd_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v,

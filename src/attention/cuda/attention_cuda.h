@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "attention/layout.h"
@@ -93,5 +94,16 @@ namespace moba::attn::cuda {
 // no host round trip of large tensors).
 void fill_random_bf16(bf16* x, size_t n, uint64_t seed, float stddev = 1.f,
                       cudaStream_t stream = nullptr);
+
+}  // namespace moba::attn::cuda
+
+namespace moba::attn::cuda {
+
+// Per-phase timing, for the benchmark's breakdown: while enabled, every launcher records a
+// CUDA event after each of its phases (gate, index, past, current, delta, bwd, ...).
+// take_phase_times() synchronizes and returns (phase, ms since the previous mark) pairs,
+// the first measured from the call to enable, and clears the log.
+void enable_phase_timing(bool on, cudaStream_t stream = nullptr);
+std::vector<std::pair<const char*, float>> take_phase_times();
 
 }  // namespace moba::attn::cuda

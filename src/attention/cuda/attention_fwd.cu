@@ -73,6 +73,7 @@ void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16
   p.o = out;
   p.lse = lse;
   fwd_contiguous<FwdMode::kDense>(plan, p, stream);
+  mark_phase("fwd_dense", stream);
 }
 
 void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream) {
@@ -100,12 +101,14 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
     const dim3 grid(static_cast<unsigned>(ix.max_tiles));
     if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
     else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
+    mark_phase("fwd_past_blocks", stream);
   } else {
     // No past block anywhere: the merge reads nothing (every slot is invalid).
     p.part_o = nullptr;
     p.part_lse = nullptr;
   }
   fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, stream);
+  mark_phase("fwd_current_block_merge", stream);
 }
 
 }  // namespace moba::attn::cuda

@@ -33,7 +33,7 @@ struct BwdTraits {
   static constexpr int kLd = D + 8;    // padded rows, see FwdTraits
   static constexpr int kLdS = BR + 8;  // dS^T rows
   static constexpr int kSmemBytes =
-      (2 * kBc * kLd + 4 * BR * kLd + kBc * kLdS) * 2 + 2 * BR * 4 * 4;
+      (2 * kBc * kLd + 4 * BR * kLd + kBc * kLdS) * 2 + 2 * BR * 4 * 4 + 3 * BR * 4;
 };
 
 template <int D, int NW, int BR, bool MOBA>
@@ -49,8 +49,9 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   __nv_bfloat16* sdS = sdO + 2 * BR * LD;                          // [Bc][LDS]
   int* sTok = reinterpret_cast<int*>(sdS + Bc * LDS);              // [2][BR] token, -1 none
   int* sRow = sTok + 2 * BR;                                       // [2][BR] tok * Hq + h
-  float* sLse = reinterpret_cast<float*>(sRow + 2 * BR);           // [2][BR] lse * log2(e)
+  float* sLse = reinterpret_cast<float*>(sRow + 2 * BR);           // [2][BR] lse (natural)
   float* sDelta = sLse + 2 * BR;                                   // [2][BR]
+  int* sEnt = reinterpret_cast<int*>(sDelta + 2 * BR);             // [3][BR] gather entries
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, qd = lane % 4;
@@ -75,6 +76,16 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   }
   const int n_tiles = n1 + (e_hi - e_lo + BR - 1) / BR;
 
+  // Every global read of a query tile is a cp.async issued one tile ahead (entries of
+  // gathered tiles two ahead, into a ring of three): no warp waits on a plain load at the
+  // top of an iteration.
+  auto prefetch_entries = [&](int i) {
+    if (i < n1 || i >= n_tiles) return;
+    for (int r = tid; r < BR; r += THREADS) {
+      const int idx = e_lo + (i - n1) * BR + r;
+      if (idx < e_hi) cp_async_4(sEnt + (i % 3) * BR + r, p.entries + idx, 4);
+    }
+  };
   // (token, row id) of row r of query tile i; token -1 when the row is past the tile's end.
   auto row_of = [&](int i, int r, int& tok, int& row) {
     if (i < n1) {
@@ -84,21 +95,20 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
       row = pos * p.Hq + h;
     } else {
       const int idx = e_lo + (i - n1) * BR + r;
-      const int e = idx < e_hi ? p.entries[idx] : -1;
+      const int e = idx < e_hi ? sEnt[(i % 3) * BR + r] : -1;
       row = e < 0 ? 0 : e / p.kp;
       tok = e < 0 ? -1 : row / p.Hq;
     }
   };
   auto load_tile = [&](int buf, int i) {
-    constexpr float kLog2e = 1.4426950408889634f;
     for (int r = tid; r < BR; r += THREADS) {
       int tok, row;
       row_of(i, r, tok, row);
       sTok[buf * BR + r] = tok;
       sRow[buf * BR + r] = row;
-      // Rows past the end: lse = +inf makes every p = exp2(s - inf) = 0.
-      sLse[buf * BR + r] = tok >= 0 ? p.lse[row] * kLog2e : INFINITY;
-      sDelta[buf * BR + r] = tok >= 0 ? p.delta[row] : 0.f;
+      // Rows past the end read 0; their probabilities are masked to 0 (token -1).
+      cp_async_4(sLse + buf * BR + r, p.lse + row, tok >= 0 ? 4 : 0);
+      cp_async_4(sDelta + buf * BR + r, p.delta + row, tok >= 0 ? 4 : 0);
     }
     auto src = [&](const __nv_bfloat16* base) {
       return [=](int r) -> const __nv_bfloat16* {
@@ -116,10 +126,18 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
       return r < kcount ? base + (static_cast<size_t>(key0 + r) * p.Hkv + kvh) * D : nullptr;
     };
   };
+  // Prologue: entries of tiles 0 and 1, then K, V and tile 0.
+  prefetch_entries(0);
+  prefetch_entries(1);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
   load_rows<D, LD, THREADS>(sK, Bc, p.k, kv_src(p.k));
   load_rows<D, LD, THREADS>(sV, Bc, p.v, kv_src(p.v));
   if (n_tiles > 0) load_tile(0, 0);
   cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
 
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
@@ -135,14 +153,11 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
 
   for (int i = 0; i < n_tiles; ++i) {
     const int buf = i & 1;
-    if (i + 1 < n_tiles) {
+    if (i + 1 < n_tiles) {  // tile i + 1 and the entries of tile i + 2, while tile i computes
+      prefetch_entries(i + 2);
       load_tile(buf ^ 1, i + 1);
       cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
     }
-    __syncthreads();
     const __nv_bfloat16* q_s = sQ + buf * BR * LD;
     const __nv_bfloat16* do_s = sdO + buf * BR * LD;
     const int* tok_s = sTok + buf * BR;
@@ -169,6 +184,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
         mma_bf16(dpt[2 * np + 1], av, bo[2], bo[3]);
       }
     }
+    constexpr float kLog2e = 1.4426950408889634f;
     // P^T and dS^T. A key attends a row only if key <= row token (causal; also false for
     // rows past the end, token -1). Gathered rows come after their whole block: no-op there.
 #pragma unroll
@@ -176,7 +192,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int col = nt * 8 + 2 * qd + (c & 1);
-        float pv = exp2f(st[nt][c] * p.scale_log2 - sLse[buf * BR + col]);
+        float pv = exp2f(st[nt][c] * p.scale_log2 - sLse[buf * BR + col] * kLog2e);
         if (ktok[c / 2] > tok_s[col]) pv = 0.f;
         st[nt][c] = pv;
         dpt[nt][c] = pv * (dpt[nt][c] - sDelta[buf * BR + col]);
@@ -237,7 +253,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
 #pragma unroll
       for (int nt = 0; nt < DW / 8; ++nt) red_add_v2(dst + nt * 8, dq[nt][2 * h], dq[nt][2 * h + 1]);
     }
-    __syncthreads();  // the next iteration overwrites this buffer and dS^T
+    cp_async_wait<0>();  // tile i + 1 has landed (it had the whole iteration to)
+    __syncthreads();     // the next iteration overwrites this buffer and dS^T
   }
 
   // dK carries the softmax scale (S = scale * Q K^T); dV does not.

@@ -264,41 +264,55 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
       if (qd == 0) p.part_lse[e] = lse;
     } else {
       const int row = sEnt[r];  // tok * Hq + head
-      float w_cur = inv, lse_tot = lse;
-      int kp = 0;
-      float w_past[16];  // weights of the past slots (K <= 16)
+      float lse_tot = lse;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt) {
+        acc[mt][nt][2 * h] *= inv;
+        acc[mt][nt][2 * h + 1] *= inv;
+      }
       if constexpr (MODE == FwdMode::kMobaCurrent) {
         // Merge by log-sum-exp: out = sum_i exp(lse_i - lse) out_i over the current part
         // and each valid past slot (slot s holds a past block iff sel[s] >= 0 and is not
-        // the current block c; the selection is ascending with c last).
-        kp = p.kp;
+        // the current block c; the selection is ascending with c last). Two passes over
+        // the slots' lse (max, then sum), then one pass over the slots' outputs whose D/8
+        // loads are independent (issued together; the slot loop is not unrolled).
+        const int kp = p.kp;
         const int c = (tok - seq_start) / p.S;
         const int32_t* sel = p.sel + static_cast<size_t>(row) * p.K;
+        const float* plse = p.part_lse + static_cast<size_t>(row) * kp;
         float mx = lse;
-        for (int sl = 0; sl < kp; ++sl) {
-          const bool ok = sel[sl] >= 0 && sel[sl] < c;
-          w_past[sl] = ok ? p.part_lse[static_cast<size_t>(row) * kp + sl] : -INFINITY;
-          mx = fmaxf(mx, w_past[sl]);
-        }
+        for (int sl = 0; sl < kp; ++sl)
+          if (sel[sl] >= 0 && sel[sl] < c) mx = fmaxf(mx, __ldg(plse + sl));
         float sum = expf(lse - mx);
-        for (int sl = 0; sl < kp; ++sl) sum += expf(w_past[sl] - mx);
+        for (int sl = 0; sl < kp; ++sl)
+          if (sel[sl] >= 0 && sel[sl] < c) sum += expf(__ldg(plse + sl) - mx);
         lse_tot = mx + logf(sum);
-        w_cur = expf(lse - lse_tot) * inv;
-        for (int sl = 0; sl < kp; ++sl) w_past[sl] = expf(w_past[sl] - lse_tot);
+        const float w_cur = expf(lse - lse_tot);
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt) {
+          acc[mt][nt][2 * h] *= w_cur;
+          acc[mt][nt][2 * h + 1] *= w_cur;
+        }
+        for (int sl = 0; sl < kp; ++sl) {
+          if (!(sel[sl] >= 0 && sel[sl] < c)) continue;
+          const float w = expf(__ldg(plse + sl) - lse_tot);
+          const float2* po = reinterpret_cast<const float2*>(
+              p.part_o + (static_cast<size_t>(row) * kp + sl) * D + 2 * qd);
+          float2 v[D / 8];
+#pragma unroll
+          for (int nt = 0; nt < D / 8; ++nt) v[nt] = __ldg(po + nt * 4);
+#pragma unroll
+          for (int nt = 0; nt < D / 8; ++nt) {
+            acc[mt][nt][2 * h] += w * v[nt].x;
+            acc[mt][nt][2 * h + 1] += w * v[nt].y;
+          }
+        }
       }
       __nv_bfloat16* dst = p.o + static_cast<size_t>(row) * D;
 #pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt) {
-        float o0 = acc[mt][nt][2 * h] * w_cur, o1 = acc[mt][nt][2 * h + 1] * w_cur;
-        for (int sl = 0; sl < kp; ++sl) {
-          if (w_past[sl] == 0.f) continue;
-          const float2 po = *reinterpret_cast<const float2*>(
-              p.part_o + (static_cast<size_t>(row) * kp + sl) * D + nt * 8 + 2 * qd);
-          o0 += w_past[sl] * po.x;
-          o1 += w_past[sl] * po.y;
-        }
-        *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * qd) = pack_bf16(o0, o1);
-      }
+      for (int nt = 0; nt < D / 8; ++nt)
+        *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * qd) =
+            pack_bf16(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
       if (qd == 0) p.lse[row] = lse_tot;
     }
   }

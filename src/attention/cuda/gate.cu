@@ -329,8 +329,10 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
     CUDA_CHECK_LAUNCH();
   }
   const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + kGateRows - 1) / kGateRows), Hq, B);
+  mark_phase("gate_means", stream);
   if (D == 64) launch_gate_d<64>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
   else launch_gate_d<128>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
+  mark_phase("gate_scores_topk", stream);
 }
 
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream) {
@@ -369,6 +371,7 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
                                                       plan.dev().block_offset, B, N, Hq, Hkv, S,
                                                       K, ix.counts, ix.entries);
   CUDA_CHECK_LAUNCH();
+  mark_phase("gather_index", stream);
   return ix;
 }
 

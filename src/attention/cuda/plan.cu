@@ -113,3 +113,41 @@ void fill_random_bf16(bf16* x, size_t n, uint64_t seed, float stddev, cudaStream
 }
 
 }  // namespace moba::attn::cuda
+
+namespace moba::attn::cuda {
+namespace {
+bool g_timing = false;
+std::vector<std::pair<const char*, cudaEvent_t>> g_marks;
+}  // namespace
+
+void mark_phase(const char* name, cudaStream_t stream) {
+  if (!g_timing) return;
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreate(&e));
+  CUDA_CHECK(cudaEventRecord(e, stream));
+  g_marks.emplace_back(name, e);
+}
+
+void enable_phase_timing(bool on, cudaStream_t stream) {
+  g_timing = on;
+  if (on) {
+    g_marks.clear();
+    mark_phase("start", stream);
+  }
+}
+
+std::vector<std::pair<const char*, float>> take_phase_times() {
+  std::vector<std::pair<const char*, float>> out;
+  if (g_marks.empty()) return out;
+  CUDA_CHECK(cudaEventSynchronize(g_marks.back().second));
+  for (size_t i = 1; i < g_marks.size(); ++i) {
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, g_marks[i - 1].second, g_marks[i].second));
+    out.emplace_back(g_marks[i].first, ms);
+  }
+  for (auto& m : g_marks) CUDA_CHECK(cudaEventDestroy(m.second));
+  g_marks.clear();
+  return out;
+}
+
+}  // namespace moba::attn::cuda
