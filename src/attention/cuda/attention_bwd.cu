@@ -1,5 +1,8 @@
 // Backward launchers: delta = rowsum(dO o O), zeroed dQ accumulator, attn_bwd_kernel, and
 // the conversion of dQ to bf16.
+#include <algorithm>
+#include <cstdlib>
+
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/bwd_kernel.cuh"
 #include "attention/cuda/internal.h"
@@ -119,7 +122,13 @@ AttnParams bwd_params(const Plan& plan, const bf16* q, const bf16* k, const bf16
 void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, const bf16* out,
                     const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                     cudaStream_t stream) {
-  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv), 8, stream);
+  // 128 keys per CTA (8 warps). MOBA_BWD_WARPS=4 (64 keys, two CTAs per SM) is kept as an
+  // experiment knob for the benchmark.
+  static const int warps = [] {
+    const char* e = std::getenv("MOBA_BWD_WARPS");
+    return e && std::atoi(e) == 4 ? 4 : 8;
+  }();
+  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv), warps, stream);
 }
 
 void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
@@ -130,9 +139,17 @@ void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
   // Keys per CTA (16 * warps) must not straddle a block: 128 unless S = 64.
   const int nw = plan.config().block_size >= 128 ? 8 : 4;
   if (p.kp > 0 && plan.full_blocks() > 0) {
-    const GatherIndex ix = build_gather_index(plan, sel, 128, stream);
-    p.entries = ix.entries;
-    p.bucket_offset = ix.offsets;
+    if (plan.indexed_selection() == sel) {  // built by moba_forward for this selection
+      const size_t buckets = static_cast<size_t>(plan.full_blocks()) * p.Hkv;
+      p.bucket_offset = static_cast<int32_t*>(plan.scratch(kSlotOffsets, sizeof(int32_t) * (buckets + 1)));
+      p.entries = static_cast<int32_t*>(plan.scratch(
+          kSlotEntries, sizeof(int32_t) * std::max<size_t>(1, static_cast<size_t>(p.N) * p.Hq * p.kp)));
+    } else {
+      const GatherIndex ix = build_gather_index(plan, sel, 128, stream);
+      plan.set_indexed_selection(sel);
+      p.entries = ix.entries;
+      p.bucket_offset = ix.offsets;
+    }
   }
   backward<true>(plan, p, nw, stream);
 }

@@ -55,6 +55,10 @@ class Plan {
   int64_t max_seq_len() const { return max_len_; }
   // A device buffer kept for the plan's lifetime, identified by `slot`; grown on demand.
   void* scratch(int slot, size_t bytes);
+  // The selection whose gather lists the scratch holds (set by moba_forward, cleared by
+  // moba_gate), so that moba_backward can reuse them.
+  const int32_t* indexed_selection() const { return indexed_sel_; }
+  void set_indexed_selection(const int32_t* sel) { indexed_sel_ = sel; }
 
  private:
   Layout layout_;
@@ -65,6 +69,7 @@ class Plan {
   std::vector<void*> bufs_;
   std::vector<size_t> sizes_;
   size_t ws_bytes_ = 0, ws_peak_ = 0;
+  const int32_t* indexed_sel_ = nullptr;
 };
 
 // Dense causal attention. out and lse are overwritten.
@@ -82,6 +87,9 @@ void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel,
 // MoBA attention over a given selection (from moba_gate or the CPU gate).
 void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
                   bf16* out, float* lse, cudaStream_t stream = nullptr);
+// moba_backward reuses the gather lists that moba_forward built for the same `sel` pointer
+// on this plan (as in training: gate, forward, backward); do not change the selection's
+// contents between the two without calling moba_forward again.
 void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
                    const bf16* v, const bf16* out, const float* lse, const bf16* dout,
                    bf16* dq, bf16* dk, bf16* dv, cudaStream_t stream = nullptr);

@@ -77,6 +77,7 @@ void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16
 }
 
 void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream) {
+  plan.set_indexed_selection(nullptr);  // the selection's contents change
   gate_launch(plan, q, k, sel, stream);
 }
 
@@ -91,6 +92,7 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
   // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
   if (p.kp > 0 && plan.full_blocks() > 0) {
     const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream);
+    plan.set_indexed_selection(sel);
     const size_t slots = static_cast<size_t>(l.tokens()) * p.Hq * p.kp;
     p.part_o = static_cast<float*>(plan.scratch(kSlotPartO, sizeof(float) * slots * D));
     p.part_lse = static_cast<float*>(plan.scratch(kSlotPartLse, sizeof(float) * slots));

@@ -3,10 +3,7 @@
 // Gate: block means of K (fp32, split into three bf16 terms), then per (token, query head)
 // the fp32 score of every past full block on tensor cores and a running top-(K-1) with
 // ties to the more recent block, in registers. The (T, T/S) score matrix is never stored.
-//
-// Gather lists: from a selection, the entries (token, query head, slot) that chose each
-// (full block, kv head) bucket, by a counting sort (count, scan, fill), plus the forward's
-// work list of tiles of at most `tile_rows` entries of one bucket.
+
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -241,78 +238,6 @@ void launch_gate_d(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* ms
   else launch_gate<D, kMaxPast>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
 }
 
-// Sequence of a packed token (binary search over cu_seqlens).
-__device__ __forceinline__ int seq_of(const int32_t* cu, int B, int tok) {
-  int lo = 0, hi = B - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (cu[mid] <= tok) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
-// FILL = false: count entries per bucket; true: place each entry at its bucket's cursor.
-template <bool FILL>
-__global__ void bucket_kernel(const int32_t* __restrict__ sel, const int32_t* __restrict__ cu,
-                              const int32_t* __restrict__ block_offset, int B, int N, int Hq,
-                              int Hkv, int S, int K, int32_t* __restrict__ counts,
-                              int32_t* __restrict__ entries) {
-  const int kp = K - 1;
-  const int64_t total = static_cast<int64_t>(N) * Hq * kp;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int row = static_cast<int>(e / kp), slot = static_cast<int>(e % kp);
-    const int j = sel[static_cast<size_t>(row) * K + slot];
-    if (j < 0) continue;
-    const int tok = row / Hq, h = row % Hq;
-    const int b = seq_of(cu, B, tok);
-    if (j >= (tok - cu[b]) / S) continue;  // the current block, not a past one
-    const int bucket = (block_offset[b] + j) * Hkv + h / (Hq / Hkv);
-    const int at = atomicAdd(&counts[bucket], 1);
-    if (FILL) entries[at] = static_cast<int32_t>(e);
-  }
-}
-
-// One CTA: offsets = exclusive scan of counts, cursors = offsets, and the tile list.
-__global__ void __launch_bounds__(1024) bucket_scan_kernel(
-    int32_t* __restrict__ counts, int num_buckets, int Hkv, int tile_rows,
-    const int32_t* __restrict__ block_start, int32_t* __restrict__ offsets,
-    int4* __restrict__ tiles, int32_t* __restrict__ num_tiles) {
-  __shared__ int s_e[1024], s_t[1024];
-  const int tid = threadIdx.x;
-  const int per = (num_buckets + 1023) / 1024;
-  const int lo = min(num_buckets, tid * per), hi = min(num_buckets, lo + per);
-  int e = 0, t = 0;
-  for (int i = lo; i < hi; ++i) {
-    e += counts[i];
-    t += (counts[i] + tile_rows - 1) / tile_rows;
-  }
-  s_e[tid] = e;
-  s_t[tid] = t;
-  __syncthreads();
-  for (int step = 1; step < 1024; step *= 2) {  // inclusive Hillis-Steele scan
-    const int ae = tid >= step ? s_e[tid - step] : 0, at = tid >= step ? s_t[tid - step] : 0;
-    __syncthreads();
-    s_e[tid] += ae;
-    s_t[tid] += at;
-    __syncthreads();
-  }
-  e = s_e[tid] - e;
-  t = s_t[tid] - t;
-  for (int i = lo; i < hi; ++i) {
-    const int cnt = counts[i];
-    offsets[i] = e;
-    for (int x = 0; x < cnt; x += tile_rows)
-      tiles[t++] = make_int4(block_start[i / Hkv], e + x, min(tile_rows, cnt - x), i % Hkv);
-    counts[i] = e;  // becomes the fill cursor
-    e += cnt;
-  }
-  if (tid == 1023) {
-    offsets[num_buckets] = s_e[1023];
-    *num_tiles = s_t[1023];
-  }
-}
-
 }  // namespace
 
 void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream) {
@@ -333,46 +258,6 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
   if (D == 64) launch_gate_d<64>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
   else launch_gate_d<128>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
   mark_phase("gate_scores_topk", stream);
-}
-
-GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream) {
-  const Layout& l = plan.layout();
-  const int S = static_cast<int>(plan.config().block_size), K = static_cast<int>(plan.config().top_k);
-  const int Hq = static_cast<int>(l.num_q_heads), Hkv = static_cast<int>(l.num_kv_heads);
-  const int N = static_cast<int>(l.tokens()), B = static_cast<int>(l.batch());
-  const int kp = K - 1;
-  const int buckets = static_cast<int>(plan.full_blocks()) * Hkv;
-  GatherIndex ix;
-  const int64_t max_entries = static_cast<int64_t>(N) * Hq * kp;
-  ix.max_tiles = max_entries / tile_rows + buckets + 1;
-  ix.counts = static_cast<int32_t*>(plan.scratch(kSlotCounts, sizeof(int32_t) * (buckets + 1)));
-  ix.offsets = static_cast<int32_t*>(plan.scratch(kSlotOffsets, sizeof(int32_t) * (buckets + 1)));
-  ix.entries = static_cast<int32_t*>(
-      plan.scratch(kSlotEntries, sizeof(int32_t) * std::max<int64_t>(1, max_entries)));
-  ix.tiles = static_cast<int4*>(plan.scratch(kSlotTiles, sizeof(int4) * ix.max_tiles));
-  ix.num_tiles = static_cast<int32_t*>(plan.scratch(kSlotNumTiles, sizeof(int32_t)));
-  CUDA_CHECK(cudaMemsetAsync(ix.counts, 0, sizeof(int32_t) * (buckets + 1), stream));
-  CUDA_CHECK(cudaMemsetAsync(ix.num_tiles, 0, sizeof(int32_t), stream));
-  if (kp == 0 || buckets == 0) {
-    CUDA_CHECK(cudaMemsetAsync(ix.offsets, 0, sizeof(int32_t) * (buckets + 1), stream));
-    return ix;
-  }
-  const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((max_entries + threads - 1) / threads, 4096));
-  bucket_kernel<false><<<blocks, threads, 0, stream>>>(sel, plan.dev().cu_seqlens,
-                                                       plan.dev().block_offset, B, N, Hq, Hkv, S,
-                                                       K, ix.counts, nullptr);
-  CUDA_CHECK_LAUNCH();
-  bucket_scan_kernel<<<1, 1024, 0, stream>>>(ix.counts, buckets, Hkv, tile_rows,
-                                             plan.dev().block_start, ix.offsets, ix.tiles,
-                                             ix.num_tiles);
-  CUDA_CHECK_LAUNCH();
-  bucket_kernel<true><<<blocks, threads, 0, stream>>>(sel, plan.dev().cu_seqlens,
-                                                      plan.dev().block_offset, B, N, Hq, Hkv, S,
-                                                      K, ix.counts, ix.entries);
-  CUDA_CHECK_LAUNCH();
-  mark_phase("gather_index", stream);
-  return ix;
 }
 
 }  // namespace moba::attn::cuda
