@@ -3,12 +3,15 @@
 // dV in registers while it walks every query tile that attends to them; dQ is accumulated
 // with fp32 atomics (red.v2) into a buffer converted to bf16 afterwards.
 //
-// Per query tile (BR rows, each row a (token, query head) pair):
-//   S^T = K Q^T, P^T = exp2(S^T * scale*log2e - lse2), dP^T = V dO^T,
-//   dS^T = P^T o (dP^T - delta), dV += P^T dO, dK += dS^T Q, dQ += dS K.
-// Working on the transposed products keeps P^T and dS^T in the accumulator layout of the
-// key rows, which is the A operand of the dV and dK products; only dS^T goes through
-// shared memory, for dQ.
+// Per query tile (BR = 64 rows, each row a (token, query head) pair), three phases with
+// three warp layouts, each warp owning a 32 x 32 (or 32 x 64) block of its product so that
+// every fragment loaded from shared memory feeds two or more MMAs (mma.sync attention is
+// bound by shared-memory traffic):
+//   1. S^T = K Q^T, dP^T = V dO^T       warps (Bc/32 key groups) x (2 query halves);
+//      P^T = exp2(S^T*scale*log2e - lse*log2e), dS^T = P^T o (dP^T - delta), both stored
+//      to shared memory as bf16.
+//   2. dV += P^T dO, dK += dS^T Q        warps (Bc/32 key groups) x (2 halves of D).
+//   3. dQ += dS K                         warps (2 query halves) x (NW/2 slices of D).
 //
 // Query tiles come from two sources: (1) causal: the queries from the key tile on, up to
 // the end of the sequence (dense) or of the current block (MoBA), for each query head of
@@ -27,13 +30,13 @@ namespace moba::attn::cuda {
 
 template <int D, int NW, int BR>
 struct BwdTraits {
-  static_assert(BR % 16 == 0 && NW % (BR / 16) == 0, "warps must tile the dQ rows");
+  static_assert(BR == 64 && (NW == 4 || NW == 8), "layouts below assume 64 rows, 4 or 8 warps");
   static constexpr int kThreads = NW * 32;
-  static constexpr int kBc = 16 * NW;  // keys per CTA, one m16 slice per warp
+  static constexpr int kBc = 16 * NW;  // keys per CTA
   static constexpr int kLd = D + 8;    // padded rows, see FwdTraits
-  static constexpr int kLdS = BR + 8;  // dS^T rows
+  static constexpr int kLdS = BR + 8;  // P^T and dS^T rows
   static constexpr int kSmemBytes =
-      (2 * kBc * kLd + 4 * BR * kLd + kBc * kLdS) * 2 + 2 * BR * 4 * 4 + 3 * BR * 4;
+      (2 * kBc * kLd + 4 * BR * kLd + 2 * kBc * kLdS) * 2 + 2 * BR * 4 * 4 + 3 * BR * 4;
 };
 
 template <int D, int NW, int BR, bool MOBA>
@@ -46,7 +49,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   __nv_bfloat16* sV = sK + Bc * LD;                                // [Bc][LD]
   __nv_bfloat16* sQ = sV + Bc * LD;                                // [2][BR][LD]
   __nv_bfloat16* sdO = sQ + 2 * BR * LD;                           // [2][BR][LD]
-  __nv_bfloat16* sdS = sdO + 2 * BR * LD;                          // [Bc][LDS]
+  __nv_bfloat16* sP = sdO + 2 * BR * LD;                           // [Bc][LDS] P^T
+  __nv_bfloat16* sdS = sP + Bc * LDS;                              // [Bc][LDS] dS^T
   int* sTok = reinterpret_cast<int*>(sdS + Bc * LDS);              // [2][BR] token, -1 none
   int* sRow = sTok + 2 * BR;                                       // [2][BR] tok * Hq + h
   float* sLse = reinterpret_cast<float*>(sRow + 2 * BR);           // [2][BR] lse (natural)
@@ -139,17 +143,22 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   cp_async_wait<0>();
   __syncthreads();
 
-  float dk[D / 8][4], dv[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) dk[i][c] = dv[i][c] = 0.f;
-  const int ktok[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
+  // Warp layouts (see the top of the file).
+  constexpr int KG = NW / 2;        // key groups of 32
+  constexpr int DW2 = D / 2;        // phase 2: columns of dK/dV per warp
+  constexpr int DW3 = D / (NW / 2); // phase 3: columns of dQ per warp
+  static_assert(DW3 % 16 == 0, "dQ column slice must be a multiple of 16");
+  const int wk = warp % KG, wh = warp / KG;  // phases 1-2: key group, query / D half
+  const int wq3 = warp % 2, wd3 = warp / 2;  // phase 3: query half, D slice
 
-  // dQ tiling: BR/16 m-tiles of rows, the remaining warps split D.
-  constexpr int MT = BR / 16, WD = NW / MT, DW = D / WD;
-  static_assert(DW % 16 == 0, "dQ column slice must be a multiple of 16");
-  const int mi = warp % MT, dj = warp / MT;
+  float dk[2][DW2 / 8][4], dv[2][DW2 / 8][4];  // 32 keys x D/2 of this warp
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < DW2 / 8; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) dk[mt][i][c] = dv[mt][i][c] = 0.f;
+  constexpr float kLog2e = 1.4426950408889634f;
 
   for (int i = 0; i < n_tiles; ++i) {
     const int buf = i & 1;
@@ -162,114 +171,156 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
     const __nv_bfloat16* do_s = sdO + buf * BR * LD;
     const int* tok_s = sTok + buf * BR;
 
-    float st[BR / 8][4], dpt[BR / 8][4];
+    // Phase 1: S^T and dP^T for keys wk*32.. and queries wh*32.. .
+    {
+      float st[2][4][4], dpt[2][4][4];
 #pragma unroll
-    for (int j = 0; j < BR / 8; ++j)
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) st[j][c] = dpt[j][c] = 0.f;
+        for (int j = 0; j < 4; ++j)
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ak[4], av[4];
-      ldmatrix_x4(ak, sK + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-      ldmatrix_x4(av, sV + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+          for (int c = 0; c < 4; ++c) st[mt][j][c] = dpt[mt][j][c] = 0.f;
 #pragma unroll
-      for (int np = 0; np < BR / 16; ++np) {
-        const int off = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
-        uint32_t bq[4], bo[4];
-        ldmatrix_x4(bq, q_s + off);
-        ldmatrix_x4(bo, do_s + off);
-        mma_bf16(st[2 * np], ak, bq[0], bq[1]);
-        mma_bf16(st[2 * np + 1], ak, bq[2], bq[3]);
-        mma_bf16(dpt[2 * np], av, bo[0], bo[1]);
-        mma_bf16(dpt[2 * np + 1], av, bo[2], bo[3]);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ak[2][4], av[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const int off = (wk * 32 + mt * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8;
+          ldmatrix_x4(ak[mt], sK + off);
+          ldmatrix_x4(av[mt], sV + off);
+        }
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          const int off = (wh * 32 + np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
+                          ((lane / 8) % 2) * 8;
+          uint32_t bq[4], bo[4];
+          ldmatrix_x4(bq, q_s + off);
+          ldmatrix_x4(bo, do_s + off);
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            mma_bf16(st[mt][2 * np], ak[mt], bq[0], bq[1]);
+            mma_bf16(st[mt][2 * np + 1], ak[mt], bq[2], bq[3]);
+            mma_bf16(dpt[mt][2 * np], av[mt], bo[0], bo[1]);
+            mma_bf16(dpt[mt][2 * np + 1], av[mt], bo[2], bo[3]);
+          }
+        }
+      }
+      // A key attends a row only if key <= row token (causal; also false for rows past the
+      // end, token -1). Gathered rows come after their whole block: a no-op there.
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int col = wh * 32 + nt * 8 + 2 * qd;
+        const float2 lse2 = *reinterpret_cast<const float2*>(sLse + buf * BR + col);
+        const float2 dl2 = *reinterpret_cast<const float2*>(sDelta + buf * BR + col);
+        const int t0 = tok_s[col], t1 = tok_s[col + 1];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int ktok = key0 + wk * 32 + mt * 16 + g + 8 * (c / 2);
+            const float lse = (c & 1) ? lse2.y : lse2.x, dl = (c & 1) ? dl2.y : dl2.x;
+            float pv = exp2f(st[mt][nt][c] * p.scale_log2 - lse * kLog2e);
+            if (ktok > ((c & 1) ? t1 : t0)) pv = 0.f;
+            st[mt][nt][c] = pv;
+            dpt[mt][nt][c] = pv * (dpt[mt][nt][c] - dl);
+          }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int off = (wk * 32 + mt * 16 + g + 8 * h) * LDS + col;
+            *reinterpret_cast<uint32_t*>(sP + off) = pack_bf16(st[mt][nt][2 * h], st[mt][nt][2 * h + 1]);
+            *reinterpret_cast<uint32_t*>(sdS + off) = pack_bf16(dpt[mt][nt][2 * h], dpt[mt][nt][2 * h + 1]);
+          }
       }
     }
-    constexpr float kLog2e = 1.4426950408889634f;
-    // P^T and dS^T. A key attends a row only if key <= row token (causal; also false for
-    // rows past the end, token -1). Gathered rows come after their whole block: no-op there.
-#pragma unroll
-    for (int nt = 0; nt < BR / 8; ++nt)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int col = nt * 8 + 2 * qd + (c & 1);
-        float pv = exp2f(st[nt][c] * p.scale_log2 - sLse[buf * BR + col] * kLog2e);
-        if (ktok[c / 2] > tok_s[col]) pv = 0.f;
-        st[nt][c] = pv;
-        dpt[nt][c] = pv * (dpt[nt][c] - sDelta[buf * BR + col]);
-      }
-    // dV += P^T dO, dK += dS^T Q (k runs over the tile's rows).
+    __syncthreads();
+
+    // Phase 2: dV += P^T dO, dK += dS^T Q for keys wk*32.. and columns wh*DW2.. .
 #pragma unroll
     for (int kk = 0; kk < BR / 16; ++kk) {
-      const uint32_t ap[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]),
-                              pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                              pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                              pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-      const uint32_t ads[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]),
-                               pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
-                               pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                               pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+      uint32_t ap[2][4], ads[2][4];
 #pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        const int off = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8;
+      for (int mt = 0; mt < 2; ++mt) {
+        const int off = (wk * 32 + mt * 16 + lane % 16) * LDS + kk * 16 + (lane / 16) * 8;
+        ldmatrix_x4(ap[mt], sP + off);
+        ldmatrix_x4(ads[mt], sdS + off);
+      }
+#pragma unroll
+      for (int dp = 0; dp < DW2 / 16; ++dp) {
+        const int off = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + wh * DW2 + dp * 16 +
+                        (lane / 16) * 8;
         uint32_t bo[4], bq[4];
         ldmatrix_x4_trans(bo, do_s + off);
         ldmatrix_x4_trans(bq, q_s + off);
-        mma_bf16(dv[2 * dp], ap, bo[0], bo[1]);
-        mma_bf16(dv[2 * dp + 1], ap, bo[2], bo[3]);
-        mma_bf16(dk[2 * dp], ads, bq[0], bq[1]);
-        mma_bf16(dk[2 * dp + 1], ads, bq[2], bq[3]);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma_bf16(dv[mt][2 * dp], ap[mt], bo[0], bo[1]);
+          mma_bf16(dv[mt][2 * dp + 1], ap[mt], bo[2], bo[3]);
+          mma_bf16(dk[mt][2 * dp], ads[mt], bq[0], bq[1]);
+          mma_bf16(dk[mt][2 * dp + 1], ads[mt], bq[2], bq[3]);
+        }
       }
     }
-    // dS^T -> shared memory (bf16), then dQ = dS K for the tile's rows.
+
+    // Phase 3: dQ = dS K for rows wq3*32.. and columns wd3*DW3.., added to dq_acc.
+    {
+      float dq[2][DW3 / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < BR / 8; ++nt)
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8 * h) * LDS + nt * 8 + 2 * qd) =
-            pack_bf16(dpt[nt][2 * h], dpt[nt][2 * h + 1]);
-    __syncthreads();
-    float dq[DW / 8][4];
+        for (int j = 0; j < DW3 / 8; ++j) dq[mt][j][0] = dq[mt][j][1] = dq[mt][j][2] = dq[mt][j][3] = 0.f;
 #pragma unroll
-    for (int j = 0; j < DW / 8; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+      for (int kk = 0; kk < Bc / 16; ++kk) {
+        uint32_t a[2][4];
 #pragma unroll
-    for (int kk = 0; kk < Bc / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4_trans(a, sdS + (kk * 16 + lane % 8 + (lane / 16) * 8) * LDS + mi * 16 +
-                               ((lane / 8) % 2) * 8);
+        for (int mt = 0; mt < 2; ++mt)
+          ldmatrix_x4_trans(a[mt], sdS + (kk * 16 + lane % 8 + (lane / 16) * 8) * LDS + wq3 * 32 +
+                                       mt * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
-      for (int dp = 0; dp < DW / 16; ++dp) {
-        uint32_t bk[4];
-        ldmatrix_x4_trans(bk, sK + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dj * DW +
-                                  dp * 16 + (lane / 16) * 8);
-        mma_bf16(dq[2 * dp], a, bk[0], bk[1]);
-        mma_bf16(dq[2 * dp + 1], a, bk[2], bk[3]);
+        for (int dp = 0; dp < DW3 / 16; ++dp) {
+          uint32_t bk[4];
+          ldmatrix_x4_trans(bk, sK + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + wd3 * DW3 +
+                                    dp * 16 + (lane / 16) * 8);
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            mma_bf16(dq[mt][2 * dp], a[mt], bk[0], bk[1]);
+            mma_bf16(dq[mt][2 * dp + 1], a[mt], bk[2], bk[3]);
+          }
+        }
       }
-    }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = mi * 16 + g + 8 * h;
-      if (tok_s[r] < 0) continue;
-      float* dst = p.dq_acc + static_cast<size_t>(sRow[buf * BR + r]) * D + dj * DW + 2 * qd;
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < DW / 8; ++nt) red_add_v2(dst + nt * 8, dq[nt][2 * h], dq[nt][2 * h + 1]);
+        for (int h = 0; h < 2; ++h) {
+          const int r = wq3 * 32 + mt * 16 + g + 8 * h;
+          if (tok_s[r] < 0) continue;
+          float* dst = p.dq_acc + static_cast<size_t>(sRow[buf * BR + r]) * D + wd3 * DW3 + 2 * qd;
+#pragma unroll
+          for (int nt = 0; nt < DW3 / 8; ++nt)
+            red_add_v2(dst + nt * 8, dq[mt][nt][2 * h], dq[mt][nt][2 * h + 1]);
+        }
     }
     cp_async_wait<0>();  // tile i + 1 has landed (it had the whole iteration to)
-    __syncthreads();     // the next iteration overwrites this buffer and dS^T
+    __syncthreads();     // the next iteration overwrites this buffer, P^T and dS^T
   }
 
   // dK carries the softmax scale (S = scale * Q K^T); dV does not.
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = warp * 16 + g + 8 * h;
-    if (r >= kcount) continue;
-    const size_t off = (static_cast<size_t>(ktok[h]) * p.Hkv + kvh) * D + 2 * qd;
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      *reinterpret_cast<uint32_t*>(p.dk + off + nt * 8) =
-          pack_bf16(dk[nt][2 * h] * p.scale, dk[nt][2 * h + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(p.dv + off + nt * 8) = pack_bf16(dv[nt][2 * h], dv[nt][2 * h + 1]);
+    for (int h = 0; h < 2; ++h) {
+      const int r = wk * 32 + mt * 16 + g + 8 * h;
+      if (r >= kcount) continue;
+      const size_t off = (static_cast<size_t>(key0 + r) * p.Hkv + kvh) * D + wh * DW2 + 2 * qd;
+#pragma unroll
+      for (int nt = 0; nt < DW2 / 8; ++nt) {
+        *reinterpret_cast<uint32_t*>(p.dk + off + nt * 8) =
+            pack_bf16(dk[mt][nt][2 * h] * p.scale, dk[mt][nt][2 * h + 1] * p.scale);
+        *reinterpret_cast<uint32_t*>(p.dv + off + nt * 8) =
+            pack_bf16(dv[mt][nt][2 * h], dv[mt][nt][2 * h + 1]);
+      }
     }
-  }
 }
 
 }  // namespace moba::attn::cuda
