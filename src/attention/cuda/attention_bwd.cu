@@ -72,7 +72,7 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
   mark_phase("bwd_memset_delta", stream);
 
   const int bc = 16 * nw;
-  const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc), p.Hkv,
+  const dim3 grid(p.Hkv, static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc),
                   static_cast<unsigned>(l.batch()));
   if (D == 64 && nw == 4) launch_bwd<64, 4, MOBA>(p, grid, stream);
   else if (D == 64) launch_bwd<64, 8, MOBA>(p, grid, stream);

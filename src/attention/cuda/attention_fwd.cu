@@ -50,13 +50,13 @@ int row_slices(const Plan& plan, FwdMode mode) {
   return mode == FwdMode::kMobaCurrent && plan.config().block_size < 128 ? 1 : 2;
 }
 
-// Contiguous query tiles: grid (query tiles of the longest sequence, Hq, B).
+// Contiguous query tiles: grid (Hq, query tiles of the longest sequence, B).
 template <FwdMode MODE>
 void fwd_contiguous(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   const Layout& l = plan.layout();
   const int mt = row_slices(plan, MODE);
   const int br = 16 * kWarps * mt;
-  const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + br - 1) / br), p.Hq,
+  const dim3 grid(p.Hq, static_cast<unsigned>((plan.max_seq_len() + br - 1) / br),
                   static_cast<unsigned>(l.batch()));
   const int64_t D = l.head_dim;
   if (D == 64 && mt == 1) launch_fwd<64, kWarps, 1, MODE>(p, grid, stream);

@@ -59,7 +59,9 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, qd = lane % 4;
-  const int b = blockIdx.z, kvh = blockIdx.y, n = blockIdx.x;
+  // Grid (Hkv, key tiles, B), heads fastest: the first key tiles (most queries) of every
+  // head start first, so no long CTA is left for the end of the launch.
+  const int b = blockIdx.z, kvh = blockIdx.x, n = blockIdx.y;
   const int seq_start = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - seq_start;
   if (n * Bc >= len) return;
   const int key0 = seq_start + n * Bc;

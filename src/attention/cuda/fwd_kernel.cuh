@@ -86,9 +86,11 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
     const int b = blockIdx.z;
     seq_start = p.cu_seqlens[b];
     const int len = p.cu_seqlens[b + 1] - seq_start;
-    const int m = gridDim.x - 1 - blockIdx.x;  // longest rows (most keys) start first
+    // Grid (Hq, query tiles, B), heads fastest and the last tiles (most keys) first: the
+    // longest CTAs of every head start in the first wave instead of ending the launch.
+    const int m = gridDim.y - 1 - blockIdx.y;
     if (m * Br >= len) return;
-    head = blockIdx.y;
+    head = blockIdx.x;
     kvh = head / p.group;
     first_tok = seq_start + m * Br;
     const int count = min(Br, len - m * Br);

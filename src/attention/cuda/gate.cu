@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(kGateThreads) gate_mma_kernel(
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [128][LD]
   __nv_bfloat16* sM = sQ + kGateRows * LD;                          // [3][64][LD]
-  const int b = blockIdx.z, h = blockIdx.y, m = blockIdx.x;
+  // Grid (Hq, row tiles, B): heads fastest, last tiles (most past blocks) first.
+  const int b = blockIdx.z, h = blockIdx.x, m = gridDim.y - 1 - blockIdx.y;
   const int seq_start = cu_seqlens[b], len = cu_seqlens[b + 1] - seq_start;
   if (m * kGateRows >= len) return;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, qd = lane % 4;
@@ -253,7 +254,7 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
                                                                      Hkv, D, msplit);
     CUDA_CHECK_LAUNCH();
   }
-  const dim3 grid(static_cast<unsigned>((plan.max_seq_len() + kGateRows - 1) / kGateRows), Hq, B);
+  const dim3 grid(Hq, static_cast<unsigned>((plan.max_seq_len() + kGateRows - 1) / kGateRows), B);
   mark_phase("gate_means", stream);
   if (D == 64) launch_gate_d<64>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
   else launch_gate_d<128>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
