@@ -72,8 +72,9 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
   mark_phase("bwd_memset_delta", stream);
 
   const int bc = 16 * nw;
-  const dim3 grid(p.Hkv, static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc),
-                  static_cast<unsigned>(l.batch()));
+  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc);
+  const dim3 grid = p.heads_fastest ? dim3(p.Hkv, tiles, static_cast<unsigned>(l.batch()))
+                                    : dim3(tiles, p.Hkv, static_cast<unsigned>(l.batch()));
   if (D == 64 && nw == 4) launch_bwd<64, 4, MOBA>(p, grid, stream);
   else if (D == 64) launch_bwd<64, 8, MOBA>(p, grid, stream);
   else if (nw == 4) launch_bwd<128, 4, MOBA>(p, grid, stream);
@@ -114,6 +115,7 @@ AttnParams bwd_params(const Plan& plan, const bf16* q, const bf16* k, const bf16
   p.S = static_cast<int>(plan.config().block_size);
   p.K = static_cast<int>(plan.config().top_k);
   p.kp = p.K - 1;
+  p.heads_fastest = plan.max_seq_len() < 65536;  // see kLongSequence in attention_fwd.cu
   return p;
 }
 

@@ -35,8 +35,13 @@ struct BwdTraits {
   static constexpr int kBc = 16 * NW;  // keys per CTA
   static constexpr int kLd = D + 8;    // padded rows, see FwdTraits
   static constexpr int kLdS = BR + 8;  // P^T and dS^T rows
+  // Query tiles are loaded two ahead (three buffers): gathered rows are random rows of
+  // q and dout, and one tile of compute does not always cover their latency.
+  static constexpr int kStages = 3;
+  static constexpr int kEntRing = 4;  // gather entries are loaded four tiles ahead
   static constexpr int kSmemBytes =
-      (2 * kBc * kLd + 4 * BR * kLd + 2 * kBc * kLdS) * 2 + 2 * BR * 4 * 4 + 3 * BR * 4;
+      (2 * kBc * kLd + 2 * kStages * BR * kLd + 2 * kBc * kLdS) * 2 + kStages * BR * 4 * 4 +
+      kEntRing * BR * 4;
 };
 
 template <int D, int NW, int BR, bool MOBA>
@@ -44,24 +49,28 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   using namespace detail;
   using T = BwdTraits<D, NW, BR>;
   constexpr int Bc = T::kBc, LD = T::kLd, LDS = T::kLdS, THREADS = T::kThreads;
+  constexpr int NS = T::kStages, NE = T::kEntRing;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [Bc][LD]
   __nv_bfloat16* sV = sK + Bc * LD;                                // [Bc][LD]
-  __nv_bfloat16* sQ = sV + Bc * LD;                                // [2][BR][LD]
-  __nv_bfloat16* sdO = sQ + 2 * BR * LD;                           // [2][BR][LD]
-  __nv_bfloat16* sP = sdO + 2 * BR * LD;                           // [Bc][LDS] P^T
+  __nv_bfloat16* sQ = sV + Bc * LD;                                // [NS][BR][LD]
+  __nv_bfloat16* sdO = sQ + NS * BR * LD;                          // [NS][BR][LD]
+  __nv_bfloat16* sP = sdO + NS * BR * LD;                          // [Bc][LDS] P^T
   __nv_bfloat16* sdS = sP + Bc * LDS;                              // [Bc][LDS] dS^T
-  int* sTok = reinterpret_cast<int*>(sdS + Bc * LDS);              // [2][BR] token, -1 none
-  int* sRow = sTok + 2 * BR;                                       // [2][BR] tok * Hq + h
-  float* sLse = reinterpret_cast<float*>(sRow + 2 * BR);           // [2][BR] lse (natural)
-  float* sDelta = sLse + 2 * BR;                                   // [2][BR]
-  int* sEnt = reinterpret_cast<int*>(sDelta + 2 * BR);             // [3][BR] gather entries
+  int* sTok = reinterpret_cast<int*>(sdS + Bc * LDS);              // [NS][BR] token, -1 none
+  int* sRow = sTok + NS * BR;                                      // [NS][BR] tok * Hq + h
+  float* sLse = reinterpret_cast<float*>(sRow + NS * BR);          // [NS][BR] lse (natural)
+  float* sDelta = sLse + NS * BR;                                  // [NS][BR]
+  int* sEnt = reinterpret_cast<int*>(sDelta + NS * BR);            // [NE][BR] gather entries
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, qd = lane % 4;
-  // Grid (Hkv, key tiles, B), heads fastest: the first key tiles (most queries) of every
-  // head start first, so no long CTA is left for the end of the launch.
-  const int b = blockIdx.z, kvh = blockIdx.x, n = blockIdx.y;
+  // Grid (Hkv, key tiles, B) with heads fastest: the first key tiles (most queries) of
+  // every head start first, so that no long CTA ends the launch (short sequences); or
+  // (key tiles, Hkv, B): CTAs running together share one head's q/dout in L2 (long ones).
+  const int b = blockIdx.z;
+  const int kvh = p.heads_fastest ? blockIdx.x : blockIdx.y;
+  const int n = p.heads_fastest ? blockIdx.y : blockIdx.x;
   const int seq_start = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - seq_start;
   if (n * Bc >= len) return;
   const int key0 = seq_start + n * Bc;
@@ -82,14 +91,13 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   }
   const int n_tiles = n1 + (e_hi - e_lo + BR - 1) / BR;
 
-  // Every global read of a query tile is a cp.async issued one tile ahead (entries of
-  // gathered tiles two ahead, into a ring of three): no warp waits on a plain load at the
-  // top of an iteration.
+  // Every global read of a query tile is a cp.async issued two tiles ahead (entries of
+  // gathered tiles four ahead): no warp waits on a plain load at the top of an iteration.
   auto prefetch_entries = [&](int i) {
     if (i < n1 || i >= n_tiles) return;
     for (int r = tid; r < BR; r += THREADS) {
       const int idx = e_lo + (i - n1) * BR + r;
-      if (idx < e_hi) cp_async_4(sEnt + (i % 3) * BR + r, p.entries + idx, 4);
+      if (idx < e_hi) cp_async_4(sEnt + (i % NE) * BR + r, p.entries + idx, 4);
     }
   };
   // (token, row id) of row r of query tile i; token -1 when the row is past the tile's end.
@@ -101,7 +109,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
       row = pos * p.Hq + h;
     } else {
       const int idx = e_lo + (i - n1) * BR + r;
-      const int e = idx < e_hi ? sEnt[(i % 3) * BR + r] : -1;
+      const int e = idx < e_hi ? sEnt[(i % NE) * BR + r] : -1;
       row = e < 0 ? 0 : e / p.kp;
       tok = e < 0 ? -1 : row / p.Hq;
     }
@@ -132,9 +140,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
       return r < kcount ? base + (static_cast<size_t>(key0 + r) * p.Hkv + kvh) * D : nullptr;
     };
   };
-  // Prologue: entries of tiles 0 and 1, then K, V and tile 0.
-  prefetch_entries(0);
-  prefetch_entries(1);
+  // Prologue: entries of tiles 0..3; then K, V and tile 0 (one group), tile 1 (another).
+  for (int t = 0; t < NE; ++t) prefetch_entries(t);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -142,7 +149,9 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   load_rows<D, LD, THREADS>(sV, Bc, p.v, kv_src(p.v));
   if (n_tiles > 0) load_tile(0, 0);
   cp_async_commit();
-  cp_async_wait<0>();
+  if (n_tiles > 1) load_tile(1, 1);
+  cp_async_commit();
+  cp_async_wait<1>();
   __syncthreads();
 
   // Warp layouts (see the top of the file).
@@ -163,12 +172,12 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
 
   for (int i = 0; i < n_tiles; ++i) {
-    const int buf = i & 1;
-    if (i + 1 < n_tiles) {  // tile i + 1 and the entries of tile i + 2, while tile i computes
-      prefetch_entries(i + 2);
-      load_tile(buf ^ 1, i + 1);
-      cp_async_commit();
+    const int buf = i % NS;
+    if (i + 2 < n_tiles) {  // tile i + 2 and the entries of tile i + 4, while tile i computes
+      prefetch_entries(i + 4);
+      load_tile((i + 2) % NS, i + 2);
     }
+    cp_async_commit();  // possibly empty: one group per iteration keeps wait<1> exact
     const __nv_bfloat16* q_s = sQ + buf * BR * LD;
     const __nv_bfloat16* do_s = sdO + buf * BR * LD;
     const int* tok_s = sTok + buf * BR;
@@ -303,8 +312,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const AttnParams p) {
             red_add_v2(dst + nt * 8, dq[mt][nt][2 * h], dq[mt][nt][2 * h + 1]);
         }
     }
-    cp_async_wait<0>();  // tile i + 1 has landed (it had the whole iteration to)
-    __syncthreads();     // the next iteration overwrites this buffer, P^T and dS^T
+    cp_async_wait<1>();  // tile i + 1 has landed (issued an iteration ago)
+    __syncthreads();     // later iterations overwrite this buffer, P^T and dS^T
   }
 
   // dK carries the softmax scale (S = scale * Q K^T); dV does not.

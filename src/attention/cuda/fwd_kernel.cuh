@@ -86,11 +86,13 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
     const int b = blockIdx.z;
     seq_start = p.cu_seqlens[b];
     const int len = p.cu_seqlens[b + 1] - seq_start;
-    // Grid (Hq, query tiles, B), heads fastest and the last tiles (most keys) first: the
-    // longest CTAs of every head start in the first wave instead of ending the launch.
-    const int m = gridDim.y - 1 - blockIdx.y;
+    // The last tiles (most keys) first. Heads fastest (grid (Hq, tiles, B)): the longest
+    // CTAs of every head start in the first wave instead of ending the launch (short
+    // sequences); else grid (tiles, Hq, B): CTAs running together share one head's K/V in
+    // L2 (long sequences, where the tail is a small part).
+    const int m = p.heads_fastest ? gridDim.y - 1 - blockIdx.y : gridDim.x - 1 - blockIdx.x;
     if (m * Br >= len) return;
-    head = blockIdx.x;
+    head = p.heads_fastest ? blockIdx.x : blockIdx.y;
     kvh = head / p.group;
     first_tok = seq_start + m * Br;
     const int count = min(Br, len - m * Br);

@@ -30,6 +30,7 @@ struct AttnParams {
   int N, Hq, Hkv, group;  // group = Hq / Hkv
   float scale;            // softmax scale
   float scale_log2;       // scale * log2(e): the kernels work with exp2
+  int heads_fastest;      // grid order of the contiguous kernels (see fwd_kernel.cuh)
 
   // MoBA only.
   int S, K, kp;          // block size, top-k, kp = K - 1 past slots per (token, head)
