@@ -50,4 +50,13 @@ if has bwd4; then
   MOBA_BWD_WARPS=4 "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 -T 32768 \
     --heads 16 -D 128 -S 512 -K 3 --repeats 5 2>&1 | tail -1 | tee "$OUT/bwd4.md"
 fi
+if has ncu; then
+  log "ncu: backward kernels at T=32768 (MoBA, then dense)"
+  sec=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy)
+  ncu --kernel-name regex:attn_bwd_kernel --launch-count 1 "${sec[@]}" "$BUILD/src/cli/moba" bench attention \
+    --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 --repeats 1 --skip-dense >"$OUT/ncu_moba_bwd.txt" 2>&1
+  ncu --kernel-name regex:attn_bwd_kernel --launch-count 1 "${sec[@]}" "$BUILD/src/cli/moba" bench attention \
+    --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 --repeats 1 >"$OUT/ncu_dense_bwd.txt" 2>&1
+  grep -E "DRAM Throughput|Memory Throughput|L2 Hit|Compute \(SM\)|Duration|Warp Cycles Per Issued|Achieved Occupancy|dram__bytes|Mem Busy|Max Bandwidth|L1/TEX Hit" "$OUT"/ncu_*.txt
+fi
 log done
