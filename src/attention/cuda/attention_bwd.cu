@@ -11,11 +11,12 @@
 namespace moba::attn::cuda {
 namespace {
 
-// One warp per (token, query head) row.
+// One warp per (token, query head) row: delta = rowsum(dO o O), and the row of the fp32
+// dQ accumulator zeroed (instead of a separate memset pass).
 template <int D>
 __global__ void delta_kernel(const __nv_bfloat16* __restrict__ o,
                              const __nv_bfloat16* __restrict__ dout, int rows,
-                             float* __restrict__ delta) {
+                             float* __restrict__ delta, float* __restrict__ dq_acc) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
   constexpr int kPer = D / 32;  // 2 or 4 elements per lane
@@ -30,6 +31,9 @@ __global__ void delta_kernel(const __nv_bfloat16* __restrict__ o,
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) delta[row] = acc;
+  float* z = dq_acc + static_cast<size_t>(row) * D + lane * kPer;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) z[i] = 0.f;
 }
 
 __global__ void dq_convert_kernel(const float2* __restrict__ acc, int64_t n2, float scale,
@@ -63,13 +67,12 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
   const int64_t rows = l.tokens() * l.num_q_heads;
   p.delta = static_cast<float*>(plan.scratch(kSlotDelta, sizeof(float) * rows));
   p.dq_acc = static_cast<float*>(plan.scratch(kSlotDqAcc, sizeof(float) * rows * D));
-  CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, sizeof(float) * rows * D, stream));
   const int warps = 8;
   const unsigned dblocks = static_cast<unsigned>((rows + warps - 1) / warps);
-  if (D == 64) delta_kernel<64><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta);
-  else delta_kernel<128><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta);
+  if (D == 64) delta_kernel<64><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta, p.dq_acc);
+  else delta_kernel<128><<<dblocks, warps * 32, 0, stream>>>(p.o, p.dout, static_cast<int>(rows), p.delta, p.dq_acc);
   CUDA_CHECK_LAUNCH();
-  mark_phase("bwd_memset_delta", stream);
+  mark_phase("bwd_delta_zero_dq", stream);
 
   const int bc = 16 * nw;
   const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc);

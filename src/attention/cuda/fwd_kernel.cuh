@@ -135,7 +135,9 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
-  float row_max[2 * MT], row_sum[2 * MT];  // running max (log2-scaled) and this thread's sum
+  // Running max of the raw scores q.k and this thread's share of the softmax sum. The
+  // scale goes into the exponent as one FMA: p = exp2(s * scale*log2e - max * scale*log2e).
+  float row_max[2 * MT], row_sum[2 * MT];
 #pragma unroll
   for (int x = 0; x < 2 * MT; ++x) {
     row_max[x] = -INFINITY;
@@ -189,10 +191,8 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
       for (int nt = 0; nt < Bc / 8; ++nt)
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-          float x = s[mt][nt][c] * p.scale_log2;
-          if (masked && kt + nt * 8 + 2 * qd + (c & 1) > rtok[2 * mt + c / 2]) x = -INFINITY;
-          s[mt][nt][c] = x;
-          tile_max[c / 2] = fmaxf(tile_max[c / 2], x);
+          if (masked && kt + nt * 8 + 2 * qd + (c & 1) > rtok[2 * mt + c / 2]) s[mt][nt][c] = -INFINITY;
+          tile_max[c / 2] = fmaxf(tile_max[c / 2], s[mt][nt][c]);
         }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -202,8 +202,8 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
         const float m_new = fmaxf(row_max[x], mx);
         // A row with every key masked so far has max -inf: use 0 so that exp2(-inf - -inf)
         // (NaN) is never computed; its probabilities are exp2(-inf) = 0 either way.
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = exp2f(row_max[x] - m_use);
+        const float m_use = (m_new == -INFINITY ? 0.f : m_new) * p.scale_log2;
+        const float alpha = exp2f(fmaf(row_max[x], p.scale_log2, -m_use));
         row_max[x] = m_new;
         row_sum[x] *= alpha;
 #pragma unroll
@@ -213,8 +213,8 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
         }
 #pragma unroll
         for (int nt = 0; nt < Bc / 8; ++nt) {
-          s[mt][nt][2 * h] = exp2f(s[mt][nt][2 * h] - m_use);
-          s[mt][nt][2 * h + 1] = exp2f(s[mt][nt][2 * h + 1] - m_use);
+          s[mt][nt][2 * h] = exp2f(fmaf(s[mt][nt][2 * h], p.scale_log2, -m_use));
+          s[mt][nt][2 * h + 1] = exp2f(fmaf(s[mt][nt][2 * h + 1], p.scale_log2, -m_use));
           row_sum[x] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
         }
       }
@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
     if (tok < 0) continue;
     const int r = rbase + mt * 16 + 8 * h;
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    const float lse = l > 0.f ? (row_max[x] + log2f(l)) * kLn2 : -INFINITY;
+    const float lse = l > 0.f ? fmaf(row_max[x], p.scale_log2, log2f(l)) * kLn2 : -INFINITY;
     if constexpr (MODE == FwdMode::kMobaPast) {
       const int e = sEnt[r];
       float* dst = p.part_o + static_cast<size_t>(e) * D;
