@@ -8,5 +8,6 @@ namespace moba::cli {
 
 void add_info(CLI::App& app);   // moba info
 void add_bench(CLI::App& app);  // moba bench attention
+void add_train(CLI::App& app);  // moba train
 
 }  // namespace moba::cli
