@@ -1,6 +1,8 @@
 // Softmax cross-entropy of the LM head's logits against the next tokens, in nats.
 #pragma once
 
+#include "model/parallel.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,7 +15,7 @@ namespace moba::model {
 template <typename Real>
 void cross_entropy_forward(int64_t M, int64_t V, Real* logits, const int32_t* targets,
                            Real* losses) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * V >= kParallelMinWork)
   for (int64_t m = 0; m < M; ++m) {
     Real* z = logits + m * V;
     double mx = -std::numeric_limits<double>::infinity();
@@ -30,7 +32,7 @@ void cross_entropy_forward(int64_t M, int64_t V, Real* logits, const int32_t* ta
 template <typename Real>
 void cross_entropy_backward(int64_t M, int64_t V, Real* probs, const int32_t* targets,
                             double scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * V >= kParallelMinWork)
   for (int64_t m = 0; m < M; ++m) {
     Real* p = probs + m * V;
     for (int64_t v = 0; v < V; ++v) p[v] = static_cast<Real>(p[v] * scale);

@@ -3,6 +3,8 @@
 // over rows in a fixed order, so results do not depend on the thread count.
 #pragma once
 
+#include "model/parallel.h"
+
 #include <cmath>
 #include <cstdint>
 
@@ -12,7 +14,7 @@ namespace moba::model {
 template <typename Real>
 void rmsnorm_forward(int64_t M, int64_t C, double eps, const Real* x, const Real* w, Real* y,
                      Real* rstd) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * C >= kParallelMinWork)
   for (int64_t m = 0; m < M; ++m) {
     const Real* xr = x + m * C;
     double ss = 0.0;
@@ -28,7 +30,7 @@ void rmsnorm_forward(int64_t M, int64_t C, double eps, const Real* x, const Real
 template <typename Real>
 void rmsnorm_backward(int64_t M, int64_t C, const Real* x, const Real* w, const Real* rstd,
                       const Real* dy, Real* dx, Real* dw, bool accumulate_dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * C >= kParallelMinWork)
   for (int64_t m = 0; m < M; ++m) {
     const Real* xr = x + m * C;
     const Real* dyr = dy + m * C;
@@ -41,7 +43,7 @@ void rmsnorm_backward(int64_t M, int64_t C, const Real* x, const Real* w, const 
       dx[m * C + c] = static_cast<Real>(accumulate_dx ? dx[m * C + c] + g : g);
     }
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * C >= kParallelMinWork)
   for (int64_t c = 0; c < C; ++c) {
     double acc = 0.0;
     for (int64_t m = 0; m < M; ++m)

@@ -4,6 +4,8 @@
 // packed documents look alike to the model. Angles are computed once per model in double.
 #pragma once
 
+#include "model/parallel.h"
+
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -35,7 +37,7 @@ void rope_apply(const RopeTable& rt, int64_t M, int64_t H, const int32_t* pos, R
                 bool inverse) {
   const int64_t half = rt.half, D = 2 * half;
   const double sign = inverse ? -1.0 : 1.0;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * H * D >= kParallelMinWork)
   for (int64_t m = 0; m < M; ++m) {
     const double* c = &rt.cos[static_cast<size_t>(pos[m]) * half];
     const double* s = &rt.sin[static_cast<size_t>(pos[m]) * half];

@@ -2,6 +2,8 @@
 // b = x W_up^T are the two halves of the MLP's input projection (Llama).
 #pragma once
 
+#include "model/parallel.h"
+
 #include <cmath>
 #include <cstdint>
 
@@ -10,7 +12,7 @@ namespace moba::model {
 // a, b, h (n): elementwise.
 template <typename Real>
 void swiglu_forward(int64_t n, const Real* a, const Real* b, Real* h) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (int64_t i = 0; i < n; ++i) {
     const double x = a[i], sg = 1.0 / (1.0 + std::exp(-x));
     h[i] = static_cast<Real>(x * sg * b[i]);
@@ -21,7 +23,7 @@ void swiglu_forward(int64_t n, const Real* a, const Real* b, Real* h) {
 template <typename Real>
 void swiglu_backward(int64_t n, const Real* a, const Real* b, const Real* dh, Real* da,
                      Real* db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (int64_t i = 0; i < n; ++i) {
     const double x = a[i], sg = 1.0 / (1.0 + std::exp(-x));
     da[i] = static_cast<Real>(dh[i] * b[i] * sg * (1.0 + x * (1.0 - sg)));

@@ -33,7 +33,7 @@ inline std::string format_count(double x) {
 struct StepLine {
   int64_t step, steps;
   double loss, lr, grad_norm, tokens_per_s, gflops_per_s, elapsed_s, eta_s;
-  bool moba;
+  const char* attention;  // what this step ran: "full", "moba" or "hybrid"
 };
 
 inline void print_step(std::FILE* f, const StepLine& s) {
@@ -43,7 +43,7 @@ inline void print_step(std::FILE* f, const StepLine& s) {
                "%s | elapsed %s | ETA %s\n",
                static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.lr,
                s.grad_norm, format_count(s.tokens_per_s).c_str(), s.gflops_per_s,
-               s.moba ? "moba" : "full", format_duration(s.elapsed_s).c_str(),
+               s.attention, format_duration(s.elapsed_s).c_str(),
                format_duration(s.eta_s).c_str());
   std::fflush(f);
 }

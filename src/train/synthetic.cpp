@@ -26,38 +26,42 @@ constexpr uint64_t kValidationStream = 1ULL << 62;
 AssocRecallSource::AssocRecallSource(int64_t V, int64_t T, int64_t B, int64_t windows,
                                      uint64_t seed)
     : V_(V), T_(T), B_(B), windows_(windows), seed_(seed) {
-  MOBA_CHECK(V >= 4, "synthetic:assoc_recall needs model.vocab_size >= 4, got ", V);
-  MOBA_CHECK(T >= 3, "synthetic:assoc_recall needs model.seq_len >= 3, got ", T);
-  pairs_ = std::max<int64_t>(1, std::min(V / 2, (T + 1) / 4));
+  n_ = 0;
+  while (2 * (n_ + 1) + (n_ + 1) * (n_ + 1) < V) ++n_;
+  MOBA_CHECK(n_ >= 2, "synthetic:assoc_recall needs model.vocab_size >= 9 (2 keys, 2 values, "
+             "4 pair tokens, a filler), got ", V);
+  MOBA_CHECK((T + 1) / 2 >= n_ && T >= 4, "synthetic:assoc_recall with ", n_,
+             " keys needs model.seq_len >= ", std::max<int64_t>(4, 2 * n_), ", got ", T);
 }
 
 std::vector<int32_t> AssocRecallSource::window(uint64_t stream) const {
   std::mt19937_64 gen(mix(seed_ ^ mix(stream)));
-  const int64_t nk = V_ / 2, nv = V_ - nk;
-  std::vector<int32_t> keys(static_cast<size_t>(nk));
-  std::iota(keys.begin(), keys.end(), 0);
-  for (int64_t i = 0; i < pairs_; ++i)  // partial Fisher-Yates: pairs_ distinct keys
-    std::swap(keys[i], keys[i + static_cast<int64_t>(gen() % static_cast<uint64_t>(nk - i))]);
-  std::vector<int32_t> values(static_cast<size_t>(pairs_));
-  for (auto& v : values) v = static_cast<int32_t>(nk + static_cast<int64_t>(gen() % nv));
-  std::vector<int32_t> w;
-  w.reserve(static_cast<size_t>(T_ + 1));
-  for (int64_t i = 0; i < pairs_ && static_cast<int64_t>(w.size()) < T_ + 1; ++i) {
-    w.push_back(keys[i]);
-    if (static_cast<int64_t>(w.size()) < T_ + 1) w.push_back(values[i]);
+  auto uniform = [&](int64_t n) { return static_cast<int64_t>(gen() % static_cast<uint64_t>(n)); };
+  const int64_t n = n_, first_filler = 2 * n + n * n, fillers = V_ - first_filler;
+  const int64_t L = T_ + 1, context = L / 2;
+  std::vector<int32_t> w(static_cast<size_t>(L));
+  for (int64_t p = 0; p < context; ++p) w[p] = static_cast<int32_t>(first_filler + uniform(fillers));
+  // Each key's pair token at a distinct random context position (partial Fisher-Yates).
+  std::vector<int64_t> pos(static_cast<size_t>(context));
+  std::iota(pos.begin(), pos.end(), 0);
+  std::vector<int64_t> value(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) {
+    std::swap(pos[k], pos[k + uniform(context - k)]);
+    value[k] = uniform(n);
+    w[pos[k]] = static_cast<int32_t>(2 * n + k * n + value[k]);
   }
-  while (static_cast<int64_t>(w.size()) < T_ + 1) {
-    const int64_t i = static_cast<int64_t>(gen() % static_cast<uint64_t>(pairs_));
-    w.push_back(keys[i]);
-    if (static_cast<int64_t>(w.size()) < T_ + 1) w.push_back(values[i]);
+  for (int64_t p = context; p < L; p += 2) {
+    const int64_t k = uniform(n);
+    w[p] = static_cast<int32_t>(k);
+    if (p + 1 < L) w[p + 1] = static_cast<int32_t>(n + value[k]);
   }
   return w;
 }
 
 std::vector<uint8_t> AssocRecallSource::recall_mask() const {
   std::vector<uint8_t> mask(static_cast<size_t>(T_), 0);
-  for (int64_t p = 2 * pairs_; p <= T_; ++p)  // token p is predicted at input position p-1
-    if ((p - 2 * pairs_) % 2 == 1) mask[p - 1] = 1;
+  const int64_t context = (T_ + 1) / 2;
+  for (int64_t p = context + 1; p <= T_; p += 2) mask[p - 1] = 1;  // token p at input p-1
   return mask;
 }
 
@@ -80,8 +84,9 @@ std::vector<Window> AssocRecallSource::validation() {
 }
 
 std::string AssocRecallSource::describe() const {
-  return "synthetic:assoc_recall (V = " + std::to_string(V_) + ", " + std::to_string(pairs_) +
-         " key-value pairs per window, then queries)";
+  return "synthetic:assoc_recall (V = " + std::to_string(V_) + ": " + std::to_string(n_) +
+         " keys, " + std::to_string(V_ - 2 * n_ - n_ * n_) + " fillers; pairs in the first half, "
+         "queries in the second)";
 }
 
 std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const std::string& data_dir) {

@@ -1,12 +1,18 @@
 // Synthetic tasks for tests and quick runs: no files, deterministic from the seed.
 //
-// assoc_recall, a long-range task (associative recall across blocks). Keys are the
-// tokens [0, V/2), values [V/2, V). A window of T+1 tokens is
-//   k_1 v_1 k_2 v_2 ... k_n v_n   (n distinct keys, random values: the "pairs")
-//   k_a v_a k_b v_b ...           (queries: keys drawn again from the pairs, up to T+1)
-// with n = min(V/2, (T+1)/4). Predicting a query's value needs the pair written earlier,
-// up to T positions back, so in another MoBA block; everything else is noise. The best
-// possible loss on query values is 0; a model without recall cannot beat log(V/2) there.
+// assoc_recall: associative recall across blocks. With n = the largest integer such that
+// 2n + n^2 < V, the vocabulary holds n keys [0, n), n values [n, 2n), n^2 pair tokens
+// [2n, 2n + n^2) (pair (k, v) is token 2n + k*n + v) and filler tokens (the rest). A
+// window of T+1 tokens is
+//   context (positions [0, (T+1)/2)): fillers, with each key's pair token (k, v_k) at a
+//                                      random position (v_k random per window)
+//   queries (the rest):               k_a v_a k_b v_b ... (keys drawn at random)
+// Predicting a query's value v_a needs the pair token of k_a written earlier, up to T
+// positions back, in another MoBA block: its loss is 0 for a model that retrieves it and
+// log(n) for one that does not. One attention layer can learn it (the pair token carries
+// both halves; the usual two-token "k v" pairs need an induction circuit, which tiny
+// models take thousands of steps to form), so the CPU tests can show recall, with full
+// attention and with MoBA (whose gate must then find the block of the pair), in seconds.
 #pragma once
 
 #include <cstdint>
@@ -29,10 +35,10 @@ class AssocRecallSource : public BatchSource {
   std::vector<int32_t> window(uint64_t stream) const;
   // (T) 1 where the target of input position t (token t+1) is a query's value.
   std::vector<uint8_t> recall_mask() const;
-  int64_t pairs() const { return pairs_; }
+  int64_t keys() const { return n_; }
 
  private:
-  int64_t V_, T_, B_, windows_, pairs_;
+  int64_t V_, T_, B_, windows_, n_;
   uint64_t seed_;
 };
 

@@ -71,6 +71,7 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
     state_.seed = cfg_.train.seed;
   }
   session_start_elapsed_ = state_.elapsed_s;
+  attention_label_ = model::attention_label(cfg_.model);
   val_windows_ = data_->validation();
   write_run_json("running");
 }
@@ -110,7 +111,13 @@ double Trainer::train_step(double lr, bool moba) {
   double loss = 0.0, flops = 0.0;
   for (int64_t micro = 0; micro < accum; ++micro) {
     const model::Batch batch = data_->train_batch(state_.next_batch);
-    const double l = model_.forward(params_, batch, moba);
+    double l = 0.0;
+    try {
+      l = model_.forward(params_, batch, moba);
+    } catch (const Error& e) {  // e.g. the MoBA gate meeting NaN in q or k
+      MOBA_CHECK(false, "step ", step, ": ", e.what(), "; the run stopped, the last checkpoint "
+                 "is intact");
+    }
     MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
                std::isnan(l) ? "NaN" : "inf", " (micro-batch ", state_.next_batch,
                "); the run stopped, the last checkpoint is intact");
@@ -191,7 +198,8 @@ void Trainer::run(int64_t stop_after) {
         print_step(opt_.progress,
                    {s, steps, losses_.back(), lr, gnorm,
                     tokens_per_step / per_step, (state_.flops_exec - flops_before) / dt * 1e-9,
-                    state_.elapsed_s, per_step * static_cast<double>(steps - s), moba});
+                    state_.elapsed_s, per_step * static_cast<double>(steps - s),
+                    moba ? attention_label_.c_str() : "full"});
       }
       if (due(cfg_.eval.every)) {
         validate_now();

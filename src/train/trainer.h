@@ -64,6 +64,7 @@ class Trainer {
   std::vector<Window> val_windows_;
   std::vector<double> losses_;
   EvalResult last_eval_;
+  std::string attention_label_;
   double session_start_elapsed_ = 0.0;  // state_.elapsed_s when this session began
   double session_train_s_ = 0.0;        // time spent in train steps this session
   int64_t session_steps_ = 0;
