@@ -50,6 +50,7 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
       adam_(model_.layout(), cfg_.train) {
   const fs::path run(opt_.run_dir);
   MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
+  if (!opt_.data_dir.empty()) cfg_.data = opt_.data_dir;  // config.toml records what ran
   const std::string config_text = to_toml(cfg_);
   if (opt_.resume) {
     MOBA_CHECK(has_checkpoint(opt_.run_dir), "--resume: '", opt_.run_dir,
@@ -229,10 +230,12 @@ void Trainer::run(int64_t stop_after) {
   if (state_.step == steps) {
     write_run_json("finished");
     if (opt_.progress)
-      std::fprintf(opt_.progress, "finished: %lld steps, %s tokens in %s; val loss %.4f\n",
+      std::fprintf(opt_.progress, "finished: %lld steps, %s tokens in %s%s\n",
                    static_cast<long long>(steps),
                    format_count(static_cast<double>(state_.tokens)).c_str(),
-                   format_duration(state_.elapsed_s).c_str(), last_eval_.loss);
+                   format_duration(state_.elapsed_s).c_str(),
+                   last_eval_.windows ? (("; val loss " + std::to_string(last_eval_.loss)).c_str())
+                                      : "");
   }
 }
 
