@@ -70,3 +70,39 @@ else()
   set(MOBA_WITH_CAIRO OFF)
 endif()
 message(STATUS "moba: figures (cairo) ${MOBA_WITH_CAIRO}")
+# toml++ (header-only mode): the trainer's configuration files. Debian's package also
+# ships a shared library, but the header-only mode needs nothing on the GPU machine but
+# the headers (collect-headers libtomlplusplus-dev). Only src/train/config.cpp includes it.
+find_path(MOBA_TOML_INCLUDE toml++/toml.h HINTS ${MOBA_EXTRA_INCLUDE})
+if(NOT MOBA_TOML_INCLUDE)
+  message(FATAL_ERROR "toml++ not found: apt-get install libtomlplusplus-dev "
+                      "(or pass -DMOBA_EXTRA_INCLUDE=DIR holding toml++/toml.h)")
+endif()
+add_library(moba_tomlplusplus INTERFACE)
+target_include_directories(moba_tomlplusplus SYSTEM INTERFACE ${MOBA_TOML_INCLUDE})
+target_compile_definitions(moba_tomlplusplus INTERFACE TOML_HEADER_ONLY=1 TOML_EXCEPTIONS=1)
+
+# A CBLAS (OpenBLAS from Debian's libopenblas-dev): the CPU trainer's matmuls. Without one
+# (MOBA_BLAS=OFF, or none found with AUTO) src/model/gemm.cpp falls back to plain loops,
+# correct but slow: fine for a GPU machine that only runs the CUDA path.
+set(MOBA_BLAS AUTO CACHE STRING "CPU matmuls through OpenBLAS: AUTO, ON or OFF")
+set_property(CACHE MOBA_BLAS PROPERTY STRINGS AUTO ON OFF)
+set(MOBA_WITH_BLAS OFF)
+if(NOT MOBA_BLAS STREQUAL "OFF")
+  find_package(PkgConfig QUIET)
+  if(PKG_CONFIG_FOUND)
+    pkg_check_modules(MOBA_OPENBLAS QUIET IMPORTED_TARGET openblas)
+  endif()
+  if(MOBA_OPENBLAS_FOUND)
+    add_library(moba_blas INTERFACE)
+    target_link_libraries(moba_blas INTERFACE PkgConfig::MOBA_OPENBLAS)
+    target_compile_definitions(moba_blas INTERFACE MOBA_WITH_BLAS=1)
+    set(MOBA_WITH_BLAS ON)
+  elseif(MOBA_BLAS STREQUAL "ON")
+    message(FATAL_ERROR "MOBA_BLAS=ON but OpenBLAS was not found: apt-get install libopenblas-dev")
+  endif()
+endif()
+if(NOT MOBA_WITH_BLAS)
+  add_library(moba_blas INTERFACE)
+endif()
+message(STATUS "moba: CPU matmuls through OpenBLAS ${MOBA_WITH_BLAS}")

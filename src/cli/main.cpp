@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   moba::cli::add_plot(app);
 #endif
   moba::cli::add_report(app);
+  moba::cli::add_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

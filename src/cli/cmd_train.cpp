@@ -1,0 +1,44 @@
+// moba train: trains a model from a TOML configuration into a run folder
+// (docs/trainer.md; the folder's format is docs/run_format.md).
+#include <filesystem>
+#include <string>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace moba::cli {
+namespace {
+
+struct TrainOptions {
+  std::string config;
+  std::string out;
+  std::string data;
+  bool resume = false;
+};
+
+void run_train(const TrainOptions& o) {
+  MOBA_CHECK(!o.config.empty() || o.resume,
+             "--config X.toml is required (with --resume it defaults to RUN_DIR/config.toml)");
+  const std::string config_path =
+      o.config.empty() ? (std::filesystem::path(o.out) / "config.toml").string() : o.config;
+  const train::RunConfig cfg = train::load_config(config_path);
+  train::Trainer trainer(cfg, {o.out, o.data, o.resume, stdout});
+  trainer.run();
+}
+
+}  // namespace
+
+void add_train(CLI::App& app) {
+  static TrainOptions o;
+  CLI::App* cmd = app.add_subcommand("train", "Train a model (CPU) from a TOML configuration");
+  cmd->add_option("--config,-c", o.config, "Run configuration (TOML; see configs/)");
+  cmd->add_option("--out,-o", o.out, "Run folder: config.toml, run.json, metrics.jsonl, "
+                  "checkpoint/")->required();
+  cmd->add_option("--data", o.data, "Token shards folder (overrides the config's data)");
+  cmd->add_flag("--resume", o.resume, "Continue the run in --out from its checkpoint");
+  cmd->callback([] { run_train(o); });
+}
+
+}  // namespace moba::cli

@@ -1,0 +1,82 @@
+#include "model/attention_layer.h"
+
+#include <span>
+
+#include "attention/attention_cpu.h"
+#include "attention/stats.h"
+#include "model/linear.h"
+
+namespace moba::model {
+
+template <typename Real>
+void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
+                       const RopeTable& rope, const int32_t* pos, int64_t C, const Real* params,
+                       AttentionWeights w, const Real* xn, Real* y, AttentionCache<Real>& cache) {
+  const int64_t M = layout.tokens(), Hq = layout.num_q_heads, Hkv = layout.num_kv_heads;
+  const int64_t D = layout.head_dim;
+  cache.q.resize(layout.q_elems());
+  cache.k.resize(layout.kv_elems());
+  cache.v.resize(layout.kv_elems());
+  cache.out.resize(layout.q_elems());
+  cache.lse.resize(layout.lse_elems());
+  linear_forward(M, C, Hq * D, xn, params + w.wq, cache.q.data());
+  linear_forward(M, C, Hkv * D, xn, params + w.wk, cache.k.data());
+  linear_forward(M, C, Hkv * D, xn, params + w.wv, cache.v.data());
+  rope_apply(rope, M, Hq, pos, cache.q.data(), false);
+  rope_apply(rope, M, Hkv, pos, cache.k.data(), false);
+  const std::span<const Real> q(cache.q), k(cache.k), v(cache.v);
+  const attn::Options opt;  // scale 1/sqrt(D)
+  cache.moba = moba != nullptr;
+  if (moba) {
+    cache.sel = attn::moba_gate<Real>(layout, *moba, q, k);
+    attn::cpu::moba_forward<Real>(layout, *moba, cache.sel, opt, q, k, v, cache.out, cache.lse);
+    cache.pairs = attn::moba_pairs(layout, *moba, cache.sel);
+  } else {
+    attn::cpu::dense_forward<Real>(layout, opt, q, k, v, cache.out, cache.lse);
+    cache.pairs = attn::dense_pairs(layout);
+  }
+  linear_forward(M, Hq * D, C, cache.out.data(), params + w.wo, y);
+}
+
+template <typename Real>
+void attention_backward(const attn::Layout& layout, const attn::MobaConfig* moba,
+                        const RopeTable& rope, const int32_t* pos, int64_t C,
+                        const Real* params, AttentionWeights w, const Real* xn,
+                        const AttentionCache<Real>& cache, const Real* dy, Real* dxn,
+                        Real* grads) {
+  const int64_t M = layout.tokens(), Hq = layout.num_q_heads, Hkv = layout.num_kv_heads;
+  const int64_t D = layout.head_dim;
+  std::vector<Real> dout(layout.q_elems());                       // (M, Hq, D)
+  std::vector<Real> dq(layout.q_elems());                         // (M, Hq, D)
+  std::vector<Real> dk(layout.kv_elems()), dv(layout.kv_elems());  // (M, Hkv, D)
+  linear_backward(M, Hq * D, C, cache.out.data(), params + w.wo, dy, dout.data(),
+                  grads + w.wo);
+  const attn::Options opt;
+  const std::span<const Real> q(cache.q), k(cache.k), v(cache.v), o(cache.out), l(cache.lse);
+  if (moba)
+    attn::cpu::moba_backward<Real>(layout, *moba, cache.sel, opt, q, k, v, o, l, dout, dq, dk,
+                                   dv);
+  else
+    attn::cpu::dense_backward<Real>(layout, opt, q, k, v, o, l, dout, dq, dk, dv);
+  // RoPE is a rotation: its backward rotates the gradient back.
+  rope_apply(rope, M, Hq, pos, dq.data(), true);
+  rope_apply(rope, M, Hkv, pos, dk.data(), true);
+  linear_backward(M, C, Hq * D, xn, params + w.wq, dq.data(), dxn, grads + w.wq, false);
+  linear_backward(M, C, Hkv * D, xn, params + w.wk, dk.data(), dxn, grads + w.wk, true);
+  linear_backward(M, C, Hkv * D, xn, params + w.wv, dv.data(), dxn, grads + w.wv, true);
+}
+
+#define MOBA_INSTANTIATE(Real)                                                                \
+  template void attention_forward<Real>(const attn::Layout&, const attn::MobaConfig*,          \
+                                        const RopeTable&, const int32_t*, int64_t, const Real*, \
+                                        AttentionWeights, const Real*, Real*,                  \
+                                        AttentionCache<Real>&);                                \
+  template void attention_backward<Real>(const attn::Layout&, const attn::MobaConfig*,         \
+                                         const RopeTable&, const int32_t*, int64_t,            \
+                                         const Real*, AttentionWeights, const Real*,           \
+                                         const AttentionCache<Real>&, const Real*, Real*, Real*);
+MOBA_INSTANTIATE(float)
+MOBA_INSTANTIATE(double)
+#undef MOBA_INSTANTIATE
+
+}  // namespace moba::model

@@ -1,0 +1,47 @@
+// The attention sub-layer of a block: q, k, v projections (GQA: Hkv <= Hq heads of k, v),
+// RoPE on q and k, dense causal or MoBA attention (the CPU reference of src/attention),
+// output projection. MoBA's gate selects blocks from the rotated q and k, as the
+// reference implementation does; it has no gradient.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "attention/gate.h"
+#include "attention/layout.h"
+#include "model/rope.h"
+
+namespace moba::model {
+
+// What the backward needs from the forward.
+template <typename Real>
+struct AttentionCache {
+  std::vector<Real> q;    // (M, Hq, D) after RoPE
+  std::vector<Real> k;    // (M, Hkv, D) after RoPE
+  std::vector<Real> v;    // (M, Hkv, D)
+  std::vector<Real> out;  // (M, Hq, D) attention output, before W_o
+  std::vector<Real> lse;  // (M, Hq)
+  bool moba = false;
+  attn::Selection sel;  // MoBA only
+  double pairs = 0.0;   // (query, key) pairs attended, all heads
+};
+
+struct AttentionWeights {
+  size_t wq, wk, wv, wo;  // offsets in the flat parameter array (see params.h)
+};
+
+// xn (M, C) -> y (M, C). `moba` null means dense causal attention. pos (M) = RoPE positions.
+template <typename Real>
+void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
+                       const RopeTable& rope, const int32_t* pos, int64_t C, const Real* params,
+                       AttentionWeights w, const Real* xn, Real* y, AttentionCache<Real>& cache);
+
+// dy (M, C) -> dxn (M, C) (overwritten); weight gradients added into grads (flat array).
+template <typename Real>
+void attention_backward(const attn::Layout& layout, const attn::MobaConfig* moba,
+                        const RopeTable& rope, const int32_t* pos, int64_t C,
+                        const Real* params, AttentionWeights w, const Real* xn,
+                        const AttentionCache<Real>& cache, const Real* dy, Real* dxn,
+                        Real* grads);
+
+}  // namespace moba::model

@@ -1,0 +1,150 @@
+#include "model/model.h"
+
+#include <algorithm>
+
+#include "attention/stats.h"
+#include "core/error.h"
+#include "model/cross_entropy.h"
+#include "model/linear.h"
+#include "model/rmsnorm.h"
+#include "model/swiglu.h"
+
+namespace moba::model {
+
+template <typename Real>
+Model<Real>::Model(const ModelConfig& cfg)
+    : cfg_(cfg.resolved()),
+      layout_(make_param_layout(cfg_)),
+      rope_(cfg_.seq_len, cfg_.head_dim, cfg_.rope_theta) {}
+
+template <typename Real>
+double Model<Real>::forward(std::span<const Real> params_span, const Batch& batch,
+                            bool moba_phase) {
+  const ModelConfig& c = cfg_;
+  MOBA_CHECK(params_span.size() == layout_.total, "parameter array has ", params_span.size(),
+             " elements, the model needs ", layout_.total);
+  MOBA_CHECK(batch.T <= c.seq_len, "batch rows hold T = ", batch.T,
+             " tokens, more than model.seq_len = ", c.seq_len);
+  batch.validate(c.vocab_size);
+  const Real* P = params_span.data();
+  const int64_t B = batch.B, T = batch.T, M = B * T, C = c.width, V = c.vocab_size;
+  const int64_t F = c.mlp_hidden;
+  M_ = M;
+
+  // Inputs, targets, and RoPE positions counted from each document's start.
+  inputs_.resize(M);
+  targets_.resize(M);
+  pos_.resize(M);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      inputs_[b * T + t] = batch.tokens[b * (T + 1) + t];
+      targets_[b * T + t] = batch.tokens[b * (T + 1) + t + 1];
+    }
+  const std::vector<int64_t> cu = batch.boundaries();
+  for (size_t d = 0; d + 1 < cu.size(); ++d)
+    for (int64_t m = cu[d]; m < cu[d + 1]; ++m) pos_[m] = static_cast<int32_t>(m - cu[d]);
+  attn_layout_ = attn::Layout::varlen(cu, c.heads, c.kv_heads, c.head_dim);
+  const attn::MobaConfig moba{c.attention.block_size, c.attention.top_k};
+
+  // x = embed[inputs]
+  std::vector<Real> x(static_cast<size_t>(M * C));  // (M, C) residual stream
+  for (int64_t m = 0; m < M; ++m)
+    std::copy_n(P + layout_.embed + static_cast<size_t>(inputs_[m]) * C, C, &x[m * C]);
+
+  caches_.resize(c.layers);
+  layer_moba_.assign(c.layers, false);
+  double attn_flops = 0.0;
+  std::vector<Real> y(static_cast<size_t>(M * C));  // (M, C) sub-layer output
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const LayerOffsets& o = layout_.layers[l];
+    LayerCache& lc = caches_[l];
+    layer_moba_[l] = layer_uses_moba(c, l, moba_phase);
+    lc.x_in = x;
+    lc.xn1.resize(M * C);
+    lc.rstd1.resize(M);
+    rmsnorm_forward(M, C, c.norm_eps, x.data(), P + o.attn_norm, lc.xn1.data(), lc.rstd1.data());
+    attention_forward(attn_layout_, layer_moba_[l] ? &moba : nullptr, rope_, pos_.data(), C, P,
+                      AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), y.data(), lc.attn);
+    attn_flops += attn::attention_fwd_bwd_flops(lc.attn.pairs, c.head_dim);
+    for (int64_t i = 0; i < M * C; ++i) x[i] += y[i];
+    lc.x_mid = x;
+    lc.xn2.resize(M * C);
+    lc.rstd2.resize(M);
+    rmsnorm_forward(M, C, c.norm_eps, x.data(), P + o.mlp_norm, lc.xn2.data(), lc.rstd2.data());
+    lc.a.resize(M * F);
+    lc.b.resize(M * F);
+    lc.h.resize(M * F);
+    linear_forward(M, C, F, lc.xn2.data(), P + o.w_gate, lc.a.data());
+    linear_forward(M, C, F, lc.xn2.data(), P + o.w_up, lc.b.data());
+    swiglu_forward(M * F, lc.a.data(), lc.b.data(), lc.h.data());
+    linear_forward(M, F, C, lc.h.data(), P + o.w_down, y.data());
+    for (int64_t i = 0; i < M * C; ++i) x[i] += y[i];
+  }
+
+  x_final_ = std::move(x);
+  xn_final_.resize(M * C);
+  rstd_final_.resize(M);
+  rmsnorm_forward(M, C, c.norm_eps, x_final_.data(), P + layout_.final_norm, xn_final_.data(),
+                  rstd_final_.data());
+  probs_.resize(M * V);
+  linear_forward(M, C, V, xn_final_.data(), P + layout_.lm_head, probs_.data());
+  losses_.resize(M);
+  cross_entropy_forward(M, V, probs_.data(), targets_.data(), losses_.data());
+  double sum = 0.0;
+  for (Real l : losses_) sum += static_cast<double>(l);
+  last_flops_ = matmul_flops_per_token(c) * static_cast<double>(M) + attn_flops;
+  return sum / static_cast<double>(M);
+}
+
+template <typename Real>
+void Model<Real>::backward(std::span<const Real> params_span, std::span<Real> grads_span,
+                           double loss_scale) {
+  const ModelConfig& c = cfg_;
+  MOBA_CHECK(M_ > 0 && !probs_.empty(), "Model::backward needs a forward first");
+  MOBA_CHECK(grads_span.size() == layout_.total, "gradient array has ", grads_span.size(),
+             " elements, the model needs ", layout_.total);
+  const Real* P = params_span.data();
+  Real* G = grads_span.data();
+  const int64_t M = M_, C = c.width, V = c.vocab_size, F = c.mlp_hidden;
+  const attn::MobaConfig moba{c.attention.block_size, c.attention.top_k};
+
+  // Loss -> logits (in place over the probabilities: forward state is spent once).
+  cross_entropy_backward(M, V, probs_.data(), targets_.data(), loss_scale / static_cast<double>(M));
+  std::vector<Real> dxn(static_cast<size_t>(M * C));  // (M, C) gradient of a norm's output
+  std::vector<Real> dx(static_cast<size_t>(M * C));   // (M, C) gradient of the residual stream
+  linear_backward(M, C, V, xn_final_.data(), P + layout_.lm_head, probs_.data(), dxn.data(),
+                  G + layout_.lm_head);
+  rmsnorm_backward(M, C, x_final_.data(), P + layout_.final_norm, rstd_final_.data(),
+                   dxn.data(), dx.data(), G + layout_.final_norm, false);
+  probs_.clear();  // the forward state is spent
+
+  std::vector<Real> dh(static_cast<size_t>(M * F)), da(dh.size()), db(dh.size());  // (M, F)
+  for (int64_t l = c.layers - 1; l >= 0; --l) {
+    const LayerOffsets& o = layout_.layers[l];
+    LayerCache& lc = caches_[l];
+    // x_out = x_mid + w_down(swiglu(...)): dx flows on unchanged and into the MLP.
+    linear_backward(M, F, C, lc.h.data(), P + o.w_down, dx.data(), dh.data(), G + o.w_down);
+    swiglu_backward(M * F, lc.a.data(), lc.b.data(), dh.data(), da.data(), db.data());
+    linear_backward(M, C, F, lc.xn2.data(), P + o.w_gate, da.data(), dxn.data(), G + o.w_gate,
+                    false);
+    linear_backward(M, C, F, lc.xn2.data(), P + o.w_up, db.data(), dxn.data(), G + o.w_up, true);
+    rmsnorm_backward(M, C, lc.x_mid.data(), P + o.mlp_norm, lc.rstd2.data(), dxn.data(),
+                     dx.data(), G + o.mlp_norm, true);
+    // x_mid = x_in + attn(rmsnorm(x_in)).
+    attention_backward(attn_layout_, layer_moba_[l] ? &moba : nullptr, rope_, pos_.data(), C, P,
+                       AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), lc.attn,
+                       dx.data(), dxn.data(), G);
+    rmsnorm_backward(M, C, lc.x_in.data(), P + o.attn_norm, lc.rstd1.data(), dxn.data(),
+                     dx.data(), G + o.attn_norm, true);
+  }
+  // Embedding rows gather their tokens' gradients, in token order (deterministic).
+  for (int64_t m = 0; m < M; ++m) {
+    Real* g = G + layout_.embed + static_cast<size_t>(inputs_[m]) * C;
+    for (int64_t i = 0; i < C; ++i) g[i] += dx[m * C + i];
+  }
+}
+
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace moba::model

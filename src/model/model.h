@@ -1,0 +1,76 @@
+// The decoder, forward and backward, on the CPU, in float (training) or double (gradient
+// checks). The model owns its activations, not its parameters: params and grads are flat
+// arrays laid out by layout() (params.h), so the optimizer and checkpoints see one array.
+//
+//   x = embed[inputs]                                   (M, C), M = B*T
+//   for each layer:  x += attn(rmsnorm(x))               full or MoBA, per layer
+//                    x += w_down(swiglu(w_gate(n), w_up(n))),  n = rmsnorm(x)
+//   logits = rmsnorm(x) lm_head^T                       (M, V)
+//   loss = mean over M of cross_entropy(logits, targets)
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "attention/layout.h"
+#include "model/attention_layer.h"
+#include "model/batch.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "model/rope.h"
+
+namespace moba::model {
+
+template <typename Real>
+class Model {
+ public:
+  explicit Model(const ModelConfig& cfg);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+
+  // Mean cross-entropy over the batch's B*T targets. moba_phase = false makes every
+  // layer use full attention (the MoBA-to-full switch). Keeps what backward() needs.
+  double forward(std::span<const Real> params, const Batch& batch, bool moba_phase);
+  // Per-token losses of the last forward: (B*T), nats.
+  std::span<const Real> token_losses() const { return losses_; }
+  // Adds loss_scale * d(mean loss)/d(params) of the last forward into grads.
+  void backward(std::span<const Real> params, std::span<Real> grads, double loss_scale);
+
+  // FLOPs of the last forward's batch, forward + backward: matmuls (6 per weight and
+  // token, LM head included) plus attention over the pairs actually attended.
+  double last_flops() const { return last_flops_; }
+
+ private:
+  struct LayerCache {
+    std::vector<Real> x_in;   // (M, C) residual stream entering the block
+    std::vector<Real> xn1;    // (M, C) rmsnorm(x_in)
+    std::vector<Real> rstd1;  // (M)
+    AttentionCache<Real> attn;
+    std::vector<Real> x_mid;  // (M, C) x_in + attention
+    std::vector<Real> xn2;    // (M, C)
+    std::vector<Real> rstd2;  // (M)
+    std::vector<Real> a, b;   // (M, F) gate and up projections
+    std::vector<Real> h;      // (M, F) silu(a) * b
+  };
+
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  RopeTable rope_;
+  // State of the last forward.
+  int64_t M_ = 0;
+  std::vector<int32_t> inputs_, targets_, pos_;  // (M) each
+  attn::Layout attn_layout_;
+  std::vector<bool> layer_moba_;  // (L)
+  std::vector<LayerCache> caches_;
+  std::vector<Real> x_final_, xn_final_, rstd_final_;  // (M, C), (M, C), (M)
+  std::vector<Real> probs_;                            // (M, V) softmax of the logits
+  std::vector<Real> losses_;                           // (M)
+  double last_flops_ = 0.0;
+};
+
+extern template class Model<float>;
+extern template class Model<double>;
+
+}  // namespace moba::model

@@ -1,0 +1,45 @@
+// A run's checkpoint: RUN_DIR/checkpoint/ holds
+//   model.safetensors      the weights, named as in model/params.h ("layers.0.attn.wq", ...)
+//   optimizer.safetensors  AdamW moments "adam_m.<name>", "adam_v.<name>"
+//   state.json             step, tokens, FLOPs, elapsed time, data position, seed
+// Saving writes a fresh RUN_DIR/checkpoint.tmp/, then swaps it in by renames
+// (checkpoint -> checkpoint.old, checkpoint.tmp -> checkpoint, remove checkpoint.old):
+// at every instant one complete checkpoint exists, and loading falls back to
+// checkpoint.old when a crash fell between the two renames.
+//
+// RNG: training draws no random numbers after initialisation (no dropout; the data is a
+// pure function of the micro-batch index), so the state to restore is the seed and the
+// data position.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "model/params.h"
+#include "train/adamw.h"
+
+namespace moba::train {
+
+struct TrainState {
+  int64_t step = 0;          // optimizer steps done
+  int64_t tokens = 0;        // training tokens seen
+  double flops_6nd = 0.0;    // cumulative, see docs/run_format.md
+  double flops_exec = 0.0;   // cumulative
+  double elapsed_s = 0.0;    // training wall time, summed over resumed sessions
+  uint64_t next_batch = 0;   // index of the next training micro-batch (data position)
+  uint64_t seed = 0;
+};
+
+void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,
+                     std::span<const float> params, AdamW& adam, const TrainState& state);
+
+// True when RUN_DIR holds a checkpoint (or the fallback of an interrupted swap).
+bool has_checkpoint(const std::string& run_dir);
+
+// Restores params, the optimizer and the state. Tensors must match the layout by name and
+// shape; any missing, extra, misshaped or corrupt piece is a moba::Error naming the file.
+TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,
+                           std::span<float> params, AdamW& adam);
+
+}  // namespace moba::train

@@ -1,0 +1,67 @@
+// A training run's configuration: the TOML file `moba train --config` reads. Every key,
+// its default and its meaning are in docs/trainer.md; configs/ holds examples.
+//
+//   name = "..."  data = "synthetic:assoc_recall"
+//   [model] [attention] [train] [eval] [checkpoint] [log]
+//
+// Reading validates everything once, with errors that name the file and the key:
+// unknown keys, wrong types and out-of-range values all stop the run before it starts.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "model/config.h"
+
+namespace moba::train {
+
+struct OptimConfig {
+  int64_t batch_size = 8;  // B rows of T tokens per micro-batch
+  int64_t grad_accum = 1;  // micro-batches per optimizer step
+  int64_t steps = 0;       // optimizer steps; 0 = from `tokens`
+  int64_t tokens = 0;      // planned training tokens (rounded up to whole steps); 0 = from steps
+  double lr = 1e-3;        // peak learning rate
+  double min_lr_ratio = 0.1;  // the cosine decays to lr * min_lr_ratio at the last step
+  int64_t warmup_steps = 0;   // linear warm-up from lr / warmup_steps to lr
+  double weight_decay = 0.1;  // decoupled (AdamW), on matrices only
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double grad_clip = 1.0;  // clip the global gradient norm to this; 0 = no clipping
+  uint64_t seed = 1;       // initialisation and synthetic data
+
+  int64_t tokens_per_step(int64_t T) const { return batch_size * grad_accum * T; }
+};
+
+struct EvalConfig {
+  int64_t every = 0;        // validate every N steps (and at the end); 0 = at the end only
+  int64_t windows = 16;     // validation windows (synthetic data: how many to make)
+  int64_t batch_size = 8;   // windows per forward
+  int64_t bucket_size = 0;  // positions per bucket loss; 0 = seq_len / 8 (at least 1)
+};
+
+struct RunConfig {
+  std::string name = "run";
+  // Where tokens come from: "synthetic:assoc_recall", or a folder of token shards
+  // (not yet plugged in). `moba train --data DIR` overrides it.
+  std::string data = "synthetic:assoc_recall";
+  model::ModelConfig model;
+  OptimConfig train;
+  EvalConfig eval;
+  int64_t checkpoint_every = 0;  // [checkpoint] every: steps; 0 = at the end only
+  int64_t log_every = 1;         // [log] every: progress line every N steps
+
+  // Fills every automatic value (head_dim, kv_heads, mlp_hidden, steps/tokens,
+  // bucket_size). validate() must pass first.
+  RunConfig resolved() const;
+  void validate() const;  // throws moba::Error naming the key
+  int64_t tokens_planned() const { return train.steps * train.tokens_per_step(model.seq_len); }
+};
+
+// Reads and validates a TOML file; errors name `path`, the key and the problem.
+RunConfig load_config(const std::string& path);
+// Same, from text (tests); `origin` names it in messages.
+RunConfig parse_config(const std::string& toml_text, const std::string& origin);
+// The resolved configuration as TOML, every key written: what config.toml holds and what
+// the run prints at start. parse_config(to_toml(c)) gives c back.
+std::string to_toml(const RunConfig& resolved);
+
+}  // namespace moba::train

@@ -1,0 +1,54 @@
+#include "train/metrics.h"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace moba::train {
+
+MetricsLog::MetricsLog(const std::string& path) : path_(path) {
+  f_ = std::fopen(path.c_str(), "a");
+  MOBA_CHECK(f_, "cannot open '", path, "' for appending: ", std::strerror(errno));
+}
+
+MetricsLog::~MetricsLog() {
+  if (f_) std::fclose(f_);
+}
+
+void MetricsLog::write(const nlohmann::json& line) {
+  const std::string s = line.dump() + "\n";
+  MOBA_CHECK(std::fwrite(s.data(), 1, s.size(), f_) == s.size() && std::fflush(f_) == 0,
+             "writing '", path_, "' failed");
+}
+
+void truncate_metrics(const std::string& path, int64_t last_step) {
+  std::ifstream in(path);
+  if (!in.good()) return;
+  std::ostringstream kept;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("step")) continue;
+    if (j["step"].get<int64_t>() <= last_step) kept << line << "\n";
+  }
+  in.close();
+  write_file_atomic(path, kept.str());
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << text;
+    f.flush();
+    MOBA_CHECK(f.good(), "writing '", tmp, "' failed");
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace moba::train

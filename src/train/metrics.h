@@ -1,0 +1,34 @@
+// What a run writes for tools (docs/run_format.md): run.json, and metrics.jsonl with one
+// JSON object per line, flushed per line so that a crash loses at most the line in flight.
+#pragma once
+
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace moba::train {
+
+class MetricsLog {
+ public:
+  // Opens `path` for appending (creating it).
+  explicit MetricsLog(const std::string& path);
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+
+  void write(const nlohmann::json& line);  // one line, flushed
+
+ private:
+  std::string path_;
+  std::FILE* f_ = nullptr;
+};
+
+// On resume: keeps the lines whose "step" is <= last_step (every step then appears once),
+// rewriting the file atomically. A torn last line (a crash mid-write) is dropped too.
+void truncate_metrics(const std::string& path, int64_t last_step);
+
+// Writes `text` to `path` through a temporary file and a rename.
+void write_file_atomic(const std::string& path, const std::string& text);
+
+}  // namespace moba::train

@@ -1,0 +1,131 @@
+#include "train/safetensors.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace moba::train {
+namespace {
+
+static_assert(sizeof(float) == 4, "safetensors F32 is 4 bytes");
+
+void put_u64_le(char* p, uint64_t x) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((x >> (8 * i)) & 0xff);
+}
+uint64_t get_u64_le(const unsigned char* p) {
+  uint64_t x = 0;
+  for (int i = 7; i >= 0; --i) x = (x << 8) | p[i];
+  return x;
+}
+
+bool little_endian() {
+  const uint16_t one = 1;
+  unsigned char b;
+  std::memcpy(&b, &one, 1);
+  return b == 1;
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  MOBA_CHECK(little_endian(), "safetensors writer: this machine is not little-endian");
+  nlohmann::json header = nlohmann::json::object();
+  uint64_t offset = 0;
+  for (const TensorView& t : tensors) {
+    size_t n = 1;
+    for (int64_t s : t.shape) n *= static_cast<size_t>(s);
+    MOBA_CHECK(n == t.data.size(), "safetensors: tensor ", t.name, " has ", t.data.size(),
+               " elements, its shape needs ", n);
+    const uint64_t bytes = t.data.size() * sizeof(float);
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  MOBA_CHECK(f, "cannot write '", path, "': ", std::strerror(errno));
+  char len[8];
+  put_u64_le(len, text.size());
+  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  for (const TensorView& t : tensors)
+    ok = ok && std::fwrite(t.data.data(), sizeof(float), t.data.size(), f) == t.data.size();
+  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
+  ok = std::fclose(f) == 0 && ok;
+  MOBA_CHECK(ok, "writing '", path, "' failed (disk full?)");
+}
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  MOBA_CHECK(f.good(), "cannot read checkpoint file '", path, "'");
+  f.seekg(0, std::ios::end);
+  const uint64_t size = static_cast<uint64_t>(f.tellg());
+  f.seekg(0);
+  MOBA_CHECK(size >= 8, "checkpoint file '", path, "' is truncated (", size, " bytes)");
+  unsigned char len[8];
+  f.read(reinterpret_cast<char*>(len), 8);
+  const uint64_t n = get_u64_le(len);
+  MOBA_CHECK(n >= 2 && n <= size - 8 && n < (100ULL << 20), "checkpoint file '", path,
+             "' is corrupt or truncated: header length ", n, " in a file of ", size, " bytes");
+  std::string text(n, '\0');
+  f.read(text.data(), static_cast<std::streamsize>(n));
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    MOBA_CHECK(false, "checkpoint file '", path, "' is corrupt: its header is not JSON (",
+               e.what(), ")");
+  }
+  MOBA_CHECK(header.is_object(), "checkpoint file '", path, "' is corrupt: header is not an object");
+  const uint64_t data_bytes = size - 8 - n;
+  SafetensorsFile out;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  try {
+    for (auto& [name, desc] : header.items()) {
+      if (name == "__metadata__") {
+        for (auto& [k, v] : desc.items()) out.metadata[k] = v.get<std::string>();
+        continue;
+      }
+      MOBA_CHECK(desc.at("dtype").get<std::string>() == "F32", "checkpoint file '", path,
+                 "': tensor ", name, " has dtype ", desc.at("dtype").dump(), ", only F32 is read");
+      LoadedTensor t;
+      t.shape = desc.at("shape").get<std::vector<int64_t>>();
+      const auto off = desc.at("data_offsets").get<std::vector<uint64_t>>();
+      uint64_t elems = 1;
+      for (int64_t s : t.shape) {
+        MOBA_CHECK(s >= 0, "checkpoint file '", path, "': tensor ", name, " has a negative dim");
+        elems *= static_cast<uint64_t>(s);
+      }
+      MOBA_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= data_bytes &&
+                     off[1] - off[0] == elems * sizeof(float),
+                 "checkpoint file '", path, "' is corrupt or truncated: tensor ", name,
+                 " claims bytes [", off.size() == 2 ? off[0] : 0, ", ",
+                 off.size() == 2 ? off[1] : 0, ") of ", data_bytes, " for ", elems, " floats");
+      t.data.resize(elems);
+      f.seekg(static_cast<std::streamoff>(8 + n + off[0]));
+      f.read(reinterpret_cast<char*>(t.data.data()), static_cast<std::streamsize>(off[1] - off[0]));
+      MOBA_CHECK(f.good(), "checkpoint file '", path, "': reading tensor ", name, " failed");
+      ranges.emplace_back(off[0], off[1]);
+      out.tensors.emplace(name, std::move(t));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    MOBA_CHECK(false, "checkpoint file '", path, "' is corrupt: bad header entry (", e.what(), ")");
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    MOBA_CHECK(ranges[i].first >= ranges[i - 1].second, "checkpoint file '", path,
+               "' is corrupt: tensor byte ranges overlap");
+  return out;
+}
+
+}  // namespace moba::train

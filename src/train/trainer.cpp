@@ -1,0 +1,239 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "train/metrics.h"
+#include "train/progress.h"
+#include "train/schedule.h"
+
+namespace moba::train {
+namespace fs = std::filesystem;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+void check_finite_gradients(const model::ParamLayout& layout, std::span<const float> grads,
+                            int64_t step) {
+  for (const model::TensorInfo& t : layout.tensors)
+    for (size_t i = 0; i < t.size; ++i) {
+      const float g = grads[t.offset + i];
+      MOBA_CHECK(std::isfinite(g), "step ", step, ": the gradient of ", t.name, " holds ",
+                 std::isnan(g) ? "NaN" : "inf", " (element ", i, "); the run stopped, the last "
+                 "checkpoint is intact");
+    }
+}
+
+Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<BatchSource> data)
+    : cfg_((cfg.validate(), cfg.resolved())),
+      opt_(std::move(opt)),
+      data_(data ? std::move(data) : make_batch_source(cfg_, opt_.data_dir)),
+      model_(cfg_.model),
+      params_(model_.layout().total),
+      grads_(model_.layout().total),
+      adam_(model_.layout(), cfg_.train) {
+  const fs::path run(opt_.run_dir);
+  MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
+  const std::string config_text = to_toml(cfg_);
+  if (opt_.resume) {
+    MOBA_CHECK(has_checkpoint(opt_.run_dir), "--resume: '", opt_.run_dir,
+               "' holds no checkpoint to resume from");
+    MOBA_CHECK(read_text(run / "config.toml") == config_text, "--resume: the configuration "
+               "differs from the one the run started with ('", (run / "config.toml").string(),
+               "'); resume with that file (or without --config)");
+    state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
+    MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
+               " differs from train.seed ", cfg_.train.seed);
+    truncate_metrics((run / "metrics.jsonl").string(), state_.step);
+  } else {
+    MOBA_CHECK(!fs::exists(run / "metrics.jsonl") && !has_checkpoint(opt_.run_dir), "'",
+               opt_.run_dir, "' already holds a run; pass --resume to continue it, or choose "
+               "another --out");
+    fs::create_directories(run);
+    write_file_atomic((run / "config.toml").string(), config_text);
+    model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
+    state_.seed = cfg_.train.seed;
+  }
+  session_start_elapsed_ = state_.elapsed_s;
+  attention_label_ = model::attention_label(cfg_.model);
+  val_windows_ = data_->validation();
+  write_run_json("running");
+}
+
+bool Trainer::moba_phase() const {
+  const double switch_at = cfg_.model.attention.moba_to_full_at *
+                           static_cast<double>(cfg_.tokens_planned());
+  return static_cast<double>(state_.tokens) < switch_at;
+}
+
+void Trainer::write_run_json(const char* status) const {
+  const model::ModelConfig& m = cfg_.model;
+  const model::ParamCounts pc = model::param_counts(m);
+  const nlohmann::json j = {{"name", cfg_.name},
+                            {"attention", model::attention_label(m)},
+                            {"block_size", m.attention.block_size},
+                            {"top_k", m.attention.top_k},
+                            {"layers", m.layers},
+                            {"heads", m.heads},
+                            {"kv_heads", m.kv_heads},
+                            {"width", m.width},
+                            {"head_dim", m.head_dim},
+                            {"seq_len", m.seq_len},
+                            {"vocab_size", m.vocab_size},
+                            {"params_non_embedding", pc.non_embedding},
+                            {"params_total", pc.total},
+                            {"tokens_planned", cfg_.tokens_planned()},
+                            {"status", status},
+                            {"bytes_per_token", data_->bytes_per_token()}};
+  write_file_atomic((fs::path(opt_.run_dir) / "run.json").string(), j.dump(2) + "\n");
+}
+
+double Trainer::train_step(double lr, bool moba) {
+  const int64_t step = state_.step + 1;  // 1-based number of this update
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  const int64_t accum = cfg_.train.grad_accum;
+  double loss = 0.0, flops = 0.0;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    const model::Batch batch = data_->train_batch(state_.next_batch);
+    double l = 0.0;
+    try {
+      l = model_.forward(params_, batch, moba);
+    } catch (const Error& e) {  // e.g. the MoBA gate meeting NaN in q or k
+      MOBA_CHECK(false, "step ", step, ": ", e.what(), "; the run stopped, the last checkpoint "
+                 "is intact");
+    }
+    MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
+               std::isnan(l) ? "NaN" : "inf", " (micro-batch ", state_.next_batch,
+               "); the run stopped, the last checkpoint is intact");
+    model_.backward(params_, grads_, 1.0 / static_cast<double>(accum));
+    loss += l / static_cast<double>(accum);
+    flops += model_.last_flops();
+    ++state_.next_batch;
+  }
+  check_finite_gradients(model_.layout(), grads_, step);
+  const double gnorm = grad_norm(grads_);
+  clip_grads(grads_, gnorm, cfg_.train.grad_clip);
+  adam_.step(params_, grads_, lr);
+
+  const int64_t tokens = cfg_.train.tokens_per_step(cfg_.model.seq_len);
+  state_.step = step;
+  state_.tokens += tokens;
+  state_.flops_6nd = 6.0 * static_cast<double>(model::param_counts(cfg_.model).non_embedding) *
+                     static_cast<double>(state_.tokens);
+  state_.flops_exec += flops;
+  losses_.push_back(loss);
+  return gnorm;
+}
+
+void Trainer::validate_now() {
+  last_eval_ = evaluate(model_, params_, val_windows_, cfg_.eval.batch_size,
+                        cfg_.eval.bucket_size, moba_phase());
+}
+
+void Trainer::run(int64_t stop_after) {
+  const fs::path run(opt_.run_dir);
+  MetricsLog log((run / "metrics.jsonl").string());
+  const auto session_t0 = Clock::now();
+  const int64_t steps = cfg_.train.steps;
+  const double tokens_per_step =
+      static_cast<double>(cfg_.train.tokens_per_step(cfg_.model.seq_len));
+  if (opt_.progress) {
+    const model::ParamCounts pc = model::param_counts(cfg_.model);
+    std::fprintf(opt_.progress, "%s\n", to_toml(cfg_).c_str());
+    std::fprintf(opt_.progress,
+                 "model: %s non-embedding parameters, %s in total; attention %s\n"
+                 "data: %s\nrun: %s, %lld steps of %lld tokens%s\n\n",
+                 format_count(static_cast<double>(pc.non_embedding)).c_str(),
+                 format_count(static_cast<double>(pc.total)).c_str(),
+                 model::attention_label(cfg_.model).c_str(), data_->describe().c_str(),
+                 opt_.run_dir.c_str(), static_cast<long long>(steps),
+                 static_cast<long long>(tokens_per_step),
+                 opt_.resume ? (", resumed after step " + std::to_string(state_.step)).c_str()
+                             : "");
+    std::fflush(opt_.progress);
+  }
+  auto due = [&](int64_t every) {
+    return state_.step == steps || (every > 0 && state_.step % every == 0);
+  };
+  try {
+    while (state_.step < steps && (stop_after < 0 || state_.step < stop_after)) {
+      const double lr = learning_rate(cfg_.train, state_.step);
+      const bool moba = moba_phase();
+      const double flops_before = state_.flops_exec;
+      const auto t0 = Clock::now();
+      const double gnorm = train_step(lr, moba);
+      const double dt = seconds_since(t0);
+      session_train_s_ += dt;
+      ++session_steps_;
+      state_.elapsed_s = session_start_elapsed_ + seconds_since(session_t0);
+      const int64_t s = state_.step;
+      log.write({{"kind", "train"},
+                 {"step", s},
+                 {"tokens", state_.tokens},
+                 {"loss", losses_.back()},
+                 {"lr", lr},
+                 {"grad_norm", gnorm},
+                 {"tokens_per_s", tokens_per_step / dt},
+                 {"flops_6nd", state_.flops_6nd},
+                 {"flops_exec", state_.flops_exec},
+                 {"elapsed_s", state_.elapsed_s}});
+      if (s % cfg_.log_every == 0 || s == steps || s == 1) {
+        const double per_step = session_train_s_ / static_cast<double>(session_steps_);
+        print_step(opt_.progress,
+                   {s, steps, losses_.back(), lr, gnorm,
+                    tokens_per_step / per_step, (state_.flops_exec - flops_before) / dt * 1e-9,
+                    state_.elapsed_s, per_step * static_cast<double>(steps - s),
+                    moba ? attention_label_.c_str() : "full"});
+      }
+      if (due(cfg_.eval.every)) {
+        validate_now();
+        nlohmann::json v = {{"kind", "val"},
+                            {"step", s},
+                            {"tokens", state_.tokens},
+                            {"flops_6nd", state_.flops_6nd},
+                            {"flops_exec", state_.flops_exec},
+                            {"loss", last_eval_.loss},
+                            {"bucket_size", last_eval_.bucket_size},
+                            {"bucket_losses", last_eval_.bucket_losses},
+                            {"trailing_loss", nullptr},
+                            {"windows", last_eval_.windows}};
+        if (last_eval_.trailing_loss) v["trailing_loss"] = *last_eval_.trailing_loss;
+        log.write(v);
+        print_eval(opt_.progress, s, last_eval_);
+      }
+      if (due(cfg_.checkpoint_every)) {
+        state_.elapsed_s = session_start_elapsed_ + seconds_since(session_t0);
+        save_checkpoint(opt_.run_dir, model_.layout(), params_, adam_, state_);
+      }
+    }
+  } catch (...) {
+    write_run_json("failed");
+    throw;
+  }
+  if (state_.step == steps) {
+    write_run_json("finished");
+    if (opt_.progress)
+      std::fprintf(opt_.progress, "finished: %lld steps, %s tokens in %s; val loss %.4f\n",
+                   static_cast<long long>(steps),
+                   format_count(static_cast<double>(state_.tokens)).c_str(),
+                   format_duration(state_.elapsed_s).c_str(), last_eval_.loss);
+  }
+}
+
+}  // namespace moba::train

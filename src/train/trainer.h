@@ -1,0 +1,78 @@
+// The training loop of `moba train`, as a class so that tests can drive it: build, run
+// (optionally stopping early to simulate an interruption), read the state.
+//
+// One step: for each of grad_accum micro-batches, forward + backward (gradients summed,
+// scaled by 1/grad_accum); stop on NaN/inf naming the step and the tensor; clip the
+// global norm; AdamW with the scheduled learning rate; log; validate and checkpoint when
+// due. The run folder follows docs/run_format.md.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "train/adamw.h"
+#include "train/batch_source.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/evaluate.h"
+
+namespace moba::train {
+
+struct TrainerOptions {
+  std::string run_dir;           // RUN_DIR, created if needed
+  std::string data_dir;          // overrides config.data when not empty
+  bool resume = false;           // continue RUN_DIR from its checkpoint
+  std::FILE* progress = stdout;  // progress lines; nullptr = silent
+};
+
+class Trainer {
+ public:
+  // Validates the configuration, prepares RUN_DIR (config.toml, run.json), initialises or
+  // (resume) restores the model, the optimizer and the data position. `data` overrides the
+  // configured source (tests).
+  Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<BatchSource> data = nullptr);
+
+  // Trains to train.steps; with stop_after >= 0 stops once that many steps are done,
+  // writing nothing more (as if killed): tests of resume use it.
+  void run(int64_t stop_after = -1);
+
+  const RunConfig& config() const { return cfg_; }
+  const TrainState& state() const { return state_; }
+  std::span<float> params() { return params_; }
+  model::Model<float>& model() { return model_; }
+  const std::vector<double>& step_losses() const { return losses_; }  // this session's
+  const EvalResult& last_eval() const { return last_eval_; }
+
+ private:
+  bool moba_phase() const;
+  double train_step(double lr, bool moba);  // returns the gradient norm before clipping
+  void validate_now();
+  void write_run_json(const char* status) const;
+
+  RunConfig cfg_;
+  TrainerOptions opt_;
+  std::unique_ptr<BatchSource> data_;
+  model::Model<float> model_;
+  std::vector<float> params_, grads_;
+  AdamW adam_;
+  TrainState state_;
+  std::vector<Window> val_windows_;
+  std::vector<double> losses_;
+  EvalResult last_eval_;
+  std::string attention_label_;
+  double session_start_elapsed_ = 0.0;  // state_.elapsed_s when this session began
+  double session_train_s_ = 0.0;        // time spent in train steps this session
+  int64_t session_steps_ = 0;
+};
+
+// Throws moba::Error "step N: gradient of <tensor> holds NaN/inf ..." for the first
+// tensor of `grads` with a non-finite element.
+void check_finite_gradients(const model::ParamLayout& layout, std::span<const float> grads,
+                            int64_t step);
+
+}  // namespace moba::train
