@@ -276,14 +276,11 @@ void print_plan(std::FILE* f, const Plan& p) {
   if (t >= 0) std::fprintf(f, ", estimated time %s", train::format_duration(t).c_str());
   std::fprintf(f, "\n");
   if (s.estimate.known())
-    std::fprintf(f, "estimate: %s per token + executed FLOPs at %.3g FLOP/s%s%s\n",
-                 s.estimate.seconds_per_token > 0
-                     ? (std::to_string(s.estimate.seconds_per_token * 1e6) + " us").c_str()
-                     : "0",
-                 s.estimate.flops_per_s, s.estimate.note.empty() ? "" : "; ",
-                 s.estimate.note.c_str());
-  std::fprintf(f, "memory: GPU bf16 training of one micro-batch of %lld sequences (16 bytes per "
-               "parameter + activations), an estimate\n",
+    std::fprintf(f, "estimate: %.3g us per token + executed FLOPs at %.3g FLOP/s%s%s\n",
+                 s.estimate.seconds_per_token * 1e6, s.estimate.flops_per_s,
+                 s.estimate.note.empty() ? "" : "; ", s.estimate.note.c_str());
+  std::fprintf(f, "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (16 bytes "
+               "per parameter + activations)\n",
                static_cast<long long>(s.train.batch_size));
   std::fflush(f);
 }

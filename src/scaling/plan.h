@@ -39,7 +39,7 @@ struct LadderConfig {
 struct LrRule {
   double coefficient = 0.3118;
   double exponent = 0.125;
-  double max = 1e-2;
+  double max = 0.05;
 };
 
 // How long a run takes: seconds = tokens x (seconds_per_token + executed FLOPs per token /
