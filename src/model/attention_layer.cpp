@@ -2,8 +2,8 @@
 
 #include <span>
 
-#include "attention/attention_cpu.h"
 #include "attention/stats.h"
+#include "model/attention_blas.h"
 #include "model/linear.h"
 
 namespace moba::model {
@@ -25,16 +25,17 @@ void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
   rope_apply(rope, M, Hq, pos, cache.q.data(), false);
   rope_apply(rope, M, Hkv, pos, cache.k.data(), false);
   const std::span<const Real> q(cache.q), k(cache.k), v(cache.v);
-  const attn::Options opt;  // scale 1/sqrt(D)
+  const double scale = attn::Options{}.scale_for(layout);  // 1/sqrt(D)
   cache.moba = moba != nullptr;
   if (moba) {
     cache.sel = attn::moba_gate<Real>(layout, *moba, q, k);
-    attn::cpu::moba_forward<Real>(layout, *moba, cache.sel, opt, q, k, v, cache.out, cache.lse);
     cache.pairs = attn::moba_pairs(layout, *moba, cache.sel);
   } else {
-    attn::cpu::dense_forward<Real>(layout, opt, q, k, v, cache.out, cache.lse);
     cache.pairs = attn::dense_pairs(layout);
   }
+  attention_blas_forward<Real>(layout, moba ? &cache.sel : nullptr,
+                               moba ? moba->block_size : 0, scale, q.data(), k.data(), v.data(),
+                               cache.out.data(), cache.lse.data());
   linear_forward(M, Hq * D, C, cache.out.data(), params + w.wo, y);
 }
 
@@ -51,13 +52,10 @@ void attention_backward(const attn::Layout& layout, const attn::MobaConfig* moba
   std::vector<Real> dk(layout.kv_elems()), dv(layout.kv_elems());  // (M, Hkv, D)
   linear_backward(M, Hq * D, C, cache.out.data(), params + w.wo, dy, dout.data(),
                   grads + w.wo);
-  const attn::Options opt;
-  const std::span<const Real> q(cache.q), k(cache.k), v(cache.v), o(cache.out), l(cache.lse);
-  if (moba)
-    attn::cpu::moba_backward<Real>(layout, *moba, cache.sel, opt, q, k, v, o, l, dout, dq, dk,
-                                   dv);
-  else
-    attn::cpu::dense_backward<Real>(layout, opt, q, k, v, o, l, dout, dq, dk, dv);
+  attention_blas_backward<Real>(layout, moba ? &cache.sel : nullptr,
+                                moba ? moba->block_size : 0, attn::Options{}.scale_for(layout),
+                                cache.q.data(), cache.k.data(), cache.v.data(), cache.out.data(),
+                                cache.lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
   // RoPE is a rotation: its backward rotates the gradient back.
   rope_apply(rope, M, Hq, pos, dq.data(), true);
   rope_apply(rope, M, Hkv, pos, dk.data(), true);

@@ -1,6 +1,6 @@
 // The attention sub-layer of a block: q, k, v projections (GQA: Hkv <= Hq heads of k, v),
-// RoPE on q and k, dense causal or MoBA attention (the CPU reference of src/attention),
-// output projection. MoBA's gate selects blocks from the rotated q and k, as the
+// RoPE on q and k, dense causal or MoBA attention (attention_blas.h, checked against the
+// reference of src/attention), output projection. MoBA's gate selects blocks from the rotated q and k, as the
 // reference implementation does; it has no gradient.
 #pragma once
 

@@ -50,6 +50,7 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
       adam_(model_.layout(), cfg_.train) {
   const fs::path run(opt_.run_dir);
   MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
+  if (!opt_.data_dir.empty()) cfg_.data = opt_.data_dir;  // config.toml records what ran
   const std::string config_text = to_toml(cfg_);
   if (opt_.resume) {
     MOBA_CHECK(has_checkpoint(opt_.run_dir), "--resume: '", opt_.run_dir,
@@ -171,6 +172,8 @@ void Trainer::run(int64_t stop_after) {
   auto due = [&](int64_t every) {
     return state_.step == steps || (every > 0 && state_.step % every == 0);
   };
+  double window_s = 0.0, window_flops = 0.0;  // since the last progress line
+  int64_t window_steps = 0;
   try {
     while (state_.step < steps && (stop_after < 0 || state_.step < stop_after)) {
       const double lr = learning_rate(cfg_.train, state_.step);
@@ -193,13 +196,20 @@ void Trainer::run(int64_t stop_after) {
                  {"flops_6nd", state_.flops_6nd},
                  {"flops_exec", state_.flops_exec},
                  {"elapsed_s", state_.elapsed_s}});
+      window_s += dt;
+      window_steps += 1;
+      window_flops += state_.flops_exec - flops_before;
       if (s % cfg_.log_every == 0 || s == steps || s == 1) {
+        // Speeds over the steps since the last line; the ETA from the session's average.
         const double per_step = session_train_s_ / static_cast<double>(session_steps_);
         print_step(opt_.progress,
                    {s, steps, losses_.back(), lr, gnorm,
-                    tokens_per_step / per_step, (state_.flops_exec - flops_before) / dt * 1e-9,
-                    state_.elapsed_s, per_step * static_cast<double>(steps - s),
+                    tokens_per_step * static_cast<double>(window_steps) / window_s,
+                    window_flops / window_s * 1e-9, state_.elapsed_s,
+                    per_step * static_cast<double>(steps - s),
                     moba ? attention_label_.c_str() : "full"});
+        window_s = window_flops = 0.0;
+        window_steps = 0;
       }
       if (due(cfg_.eval.every)) {
         validate_now();
@@ -229,10 +239,12 @@ void Trainer::run(int64_t stop_after) {
   if (state_.step == steps) {
     write_run_json("finished");
     if (opt_.progress)
-      std::fprintf(opt_.progress, "finished: %lld steps, %s tokens in %s; val loss %.4f\n",
+      std::fprintf(opt_.progress, "finished: %lld steps, %s tokens in %s%s\n",
                    static_cast<long long>(steps),
                    format_count(static_cast<double>(state_.tokens)).c_str(),
-                   format_duration(state_.elapsed_s).c_str(), last_eval_.loss);
+                   format_duration(state_.elapsed_s).c_str(),
+                   last_eval_.windows ? (("; val loss " + std::to_string(last_eval_.loss)).c_str())
+                                      : "");
   }
 }
 

@@ -22,10 +22,10 @@ name = "recall"
 data = "synthetic:assoc_recall"
 [model]
 vocab_size = 32        # 4 keys, 4 values, 16 pair tokens, 8 fillers
-width = 64
-layers = 2
-heads = 4
-kv_heads = 2
+width = 128            # 8 heads: with 4 (width 64) the recall circuit appears
+layers = 2             # after a plateau whose length varies from seed to seed
+heads = 8
+kv_heads = 4
 mlp_multiple_of = 32
 seq_len = 64
 [attention]
@@ -72,8 +72,8 @@ void learns(const std::string& kind, int64_t steps, double threshold) {
   EXPECT_LT(loss, threshold);
 }
 
-TEST(Learning, FullAttentionRecallsAcrossBlocks) { learns("full", 700, 0.4); }
-TEST(Learning, MobaRecallsAcrossBlocks) { learns("moba", 1200, 0.5); }
+TEST(Learning, FullAttentionRecallsAcrossBlocks) { learns("full", 500, 0.3); }
+TEST(Learning, MobaRecallsAcrossBlocks) { learns("moba", 1000, 0.3); }
 
 }  // namespace
 }  // namespace moba::train

@@ -102,8 +102,9 @@ TEST(Trainer, ResumeIsBitExact) {
     // Bit for bit: the doubles, not approximately.
     EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "line " << i;
     EXPECT_EQ(a[i]["flops_exec"].get<double>(), b[i]["flops_exec"].get<double>()) << "line " << i;
-    if (a[i]["kind"] == "train")
+    if (a[i]["kind"] == "train") {
       EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>()) << "line " << i;
+    }
   }
   const auto pa = whole.params(), pb = rest.params();
   ASSERT_EQ(pa.size(), pb.size());
