@@ -105,6 +105,10 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     return sum;
   }
   check_data_reuse(plan, o.force_reuse);
+  const std::string& data = plan.sweep.data;
+  MOBA_CHECK(data.rfind("synthetic:", 0) == 0 || fs::exists(fs::path(data) / "manifest.json"),
+             "data '", data, "' is not a folder made by `moba prepare` (no manifest.json); "
+             "prepare it first (docs/data.md) or pass --data DIR");
 
   const fs::path runs_dir(sweep.runs_dir);
   fs::create_directories(runs_dir);

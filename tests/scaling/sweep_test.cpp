@@ -157,6 +157,10 @@ TEST(Sweep, RefusesHeavyDataReuseUnlessForced) {
   SweepOptions plan_only = quiet(dir.path() / "runs");
   plan_only.plan_only = true;
   run_sweep(s, plan_only);  // prints the plan and the refusal, does not throw
+  SweepOptions forced = quiet(dir.path() / "runs");
+  forced.force_reuse = true;
+  expect_error([&] { run_sweep(micro((dir.path() / "absent").string()), forced); },
+               "no manifest.json");
 }
 
 TEST(Sweep, TrainsOnTokenShards) {
