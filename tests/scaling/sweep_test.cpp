@@ -98,6 +98,13 @@ TEST(Sweep, TrainsSkipsResumes) {
   for (const scaling::Run& r : runs) {
     EXPECT_EQ(r.info.status, "finished") << r.dir;
     EXPECT_GE(r.val.size(), 3u) << r.dir;
+    // The planner's FLOPs are the trainer's, in both conventions.
+    for (const PlannedRun& p : plan.runs)
+      if (p.config.name == r.info.name) {
+        EXPECT_NEAR(r.val.back().flops_exec, p.flops_exec, 1e-9 * p.flops_exec) << r.dir;
+        EXPECT_NEAR(r.val.back().flops_6nd, p.flops_6nd, 1e-9 * p.flops_6nd) << r.dir;
+        EXPECT_EQ(r.val.back().tokens, p.tokens) << r.dir;
+      }
   }
 
   // 2. Again: everything is skipped, nothing is rewritten.
