@@ -34,8 +34,10 @@ void add_train(CLI::App& app) {
   static TrainOptions o;
   CLI::App* cmd = app.add_subcommand("train", "Train a model (CPU) from a TOML configuration");
   cmd->add_option("--config,-c", o.config, "Run configuration (TOML; see configs/)");
-  cmd->add_option("--out,-o", o.out, "Run folder: config.toml, run.json, metrics.jsonl, "
-                  "checkpoint/")->required();
+  cmd->add_option("--out,-o", o.out,
+                  "Run folder: config.toml, run.json, metrics.jsonl, "
+                  "checkpoint/")
+      ->required();
   cmd->add_option("--data", o.data, "Token shards folder (overrides the config's data)");
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its checkpoint");
   cmd->callback([] { run_train(o); });

@@ -20,7 +20,11 @@ struct Geometry {
 };
 
 Geometry geometry(const attn::Layout& l) {
-  return {l.num_q_heads, l.num_kv_heads, l.head_dim, l.group(), l.num_q_heads * l.head_dim,
+  return {l.num_q_heads,
+          l.num_kv_heads,
+          l.head_dim,
+          l.group(),
+          l.num_q_heads * l.head_dim,
           l.num_kv_heads * l.head_dim};
 }
 
@@ -93,8 +97,8 @@ void attention_blas_forward(const attn::Layout& layout, const attn::Selection* s
           s.resize(static_cast<size_t>(rows * keys));
           const Real* qt = q + (base + r0) * g.ldq + h * g.D;
           // S (rows, keys) = Q_tile K[0:keys]^T
-          gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0),
-                     s.data(), keys);
+          gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0), s.data(),
+                     keys);
           tile_softmax<Real>(sel, block_size, base + r0, h, r0, rows, keys, scale, s.data(),
                              lse + (base + r0) * g.Hq + h, nullptr, g.Hq, allowed);
           // O_tile (rows, D) = P V[0:keys]
@@ -136,8 +140,8 @@ void attention_blas_backward(const attn::Layout& layout, const attn::Selection* 
           p.resize(static_cast<size_t>(rows * keys));
           dp.resize(p.size());
           // P: recomputed from the scores and the forward's lse.
-          gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0),
-                     p.data(), keys);
+          gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0), p.data(),
+                     keys);
           tile_softmax<Real>(sel, block_size, base + r0, h, r0, rows, keys, scale, p.data(),
                              nullptr, lse + (base + r0) * g.Hq + h, g.Hq, allowed);
           // dV[0:keys] += P^T dO_tile;  dP (rows, keys) = dO_tile V[0:keys]^T
@@ -164,14 +168,13 @@ void attention_blas_backward(const attn::Layout& layout, const attn::Selection* 
   }
 }
 
-#define MOBA_INSTANTIATE(Real)                                                                 \
-  template void attention_blas_forward<Real>(const attn::Layout&, const attn::Selection*,      \
-                                             int64_t, double, const Real*, const Real*,         \
-                                             const Real*, Real*, Real*);                        \
-  template void attention_blas_backward<Real>(const attn::Layout&, const attn::Selection*,     \
-                                              int64_t, double, const Real*, const Real*,        \
-                                              const Real*, const Real*, const Real*,            \
-                                              const Real*, Real*, Real*, Real*);
+#define MOBA_INSTANTIATE(Real)                                                                     \
+  template void attention_blas_forward<Real>(const attn::Layout&, const attn::Selection*, int64_t, \
+                                             double, const Real*, const Real*, const Real*, Real*, \
+                                             Real*);                                               \
+  template void attention_blas_backward<Real>(                                                     \
+      const attn::Layout&, const attn::Selection*, int64_t, double, const Real*, const Real*,      \
+      const Real*, const Real*, const Real*, const Real*, Real*, Real*, Real*);
 MOBA_INSTANTIATE(float)
 MOBA_INSTANTIATE(double)
 #undef MOBA_INSTANTIATE

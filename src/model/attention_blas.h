@@ -1,8 +1,8 @@
 // Dense causal and MoBA attention through matrix products: the trainer's CPU path. It
 // computes what the plain-loop reference of src/attention computes (tests/model/
-// attention_blas_test.cpp checks it against that reference), 5-20x faster: per sequence,
-// kv head and tile of R query rows, S = Q K^T and O = P V are BLAS calls, the mask and the
-// softmax plain loops over the tile.
+// attention_blas_test.cpp checks it against that reference), several times faster: per
+// sequence, kv head and tile of R query rows, S = Q K^T and O = P V are BLAS calls, the
+// mask and the softmax plain loops over the tile.
 //
 // MoBA is computed as masked dense attention over keys [0, t]: the keys outside the
 // selected blocks are set to -inf before the softmax. It does the work of dense

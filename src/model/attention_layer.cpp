@@ -33,29 +33,27 @@ void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
   } else {
     cache.pairs = attn::dense_pairs(layout);
   }
-  attention_blas_forward<Real>(layout, moba ? &cache.sel : nullptr,
-                               moba ? moba->block_size : 0, scale, q.data(), k.data(), v.data(),
-                               cache.out.data(), cache.lse.data());
+  attention_blas_forward<Real>(layout, moba ? &cache.sel : nullptr, moba ? moba->block_size : 0,
+                               scale, q.data(), k.data(), v.data(), cache.out.data(),
+                               cache.lse.data());
   linear_forward(M, Hq * D, C, cache.out.data(), params + w.wo, y);
 }
 
 template <typename Real>
 void attention_backward(const attn::Layout& layout, const attn::MobaConfig* moba,
-                        const RopeTable& rope, const int32_t* pos, int64_t C,
-                        const Real* params, AttentionWeights w, const Real* xn,
-                        const AttentionCache<Real>& cache, const Real* dy, Real* dxn,
-                        Real* grads) {
+                        const RopeTable& rope, const int32_t* pos, int64_t C, const Real* params,
+                        AttentionWeights w, const Real* xn, const AttentionCache<Real>& cache,
+                        const Real* dy, Real* dxn, Real* grads) {
   const int64_t M = layout.tokens(), Hq = layout.num_q_heads, Hkv = layout.num_kv_heads;
   const int64_t D = layout.head_dim;
-  std::vector<Real> dout(layout.q_elems());                       // (M, Hq, D)
-  std::vector<Real> dq(layout.q_elems());                         // (M, Hq, D)
+  std::vector<Real> dout(layout.q_elems());                        // (M, Hq, D)
+  std::vector<Real> dq(layout.q_elems());                          // (M, Hq, D)
   std::vector<Real> dk(layout.kv_elems()), dv(layout.kv_elems());  // (M, Hkv, D)
-  linear_backward(M, Hq * D, C, cache.out.data(), params + w.wo, dy, dout.data(),
-                  grads + w.wo);
-  attention_blas_backward<Real>(layout, moba ? &cache.sel : nullptr,
-                                moba ? moba->block_size : 0, attn::Options{}.scale_for(layout),
-                                cache.q.data(), cache.k.data(), cache.v.data(), cache.out.data(),
-                                cache.lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
+  linear_backward(M, Hq * D, C, cache.out.data(), params + w.wo, dy, dout.data(), grads + w.wo);
+  attention_blas_backward<Real>(layout, moba ? &cache.sel : nullptr, moba ? moba->block_size : 0,
+                                attn::Options{}.scale_for(layout), cache.q.data(), cache.k.data(),
+                                cache.v.data(), cache.out.data(), cache.lse.data(), dout.data(),
+                                dq.data(), dk.data(), dv.data());
   // RoPE is a rotation: its backward rotates the gradient back.
   rope_apply(rope, M, Hq, pos, dq.data(), true);
   rope_apply(rope, M, Hkv, pos, dk.data(), true);
@@ -64,14 +62,13 @@ void attention_backward(const attn::Layout& layout, const attn::MobaConfig* moba
   linear_backward(M, C, Hkv * D, xn, params + w.wv, dv.data(), dxn, grads + w.wv, true);
 }
 
-#define MOBA_INSTANTIATE(Real)                                                                \
-  template void attention_forward<Real>(const attn::Layout&, const attn::MobaConfig*,          \
-                                        const RopeTable&, const int32_t*, int64_t, const Real*, \
-                                        AttentionWeights, const Real*, Real*,                  \
-                                        AttentionCache<Real>&);                                \
-  template void attention_backward<Real>(const attn::Layout&, const attn::MobaConfig*,         \
-                                         const RopeTable&, const int32_t*, int64_t,            \
-                                         const Real*, AttentionWeights, const Real*,           \
+#define MOBA_INSTANTIATE(Real)                                                                   \
+  template void attention_forward<Real>(                                                         \
+      const attn::Layout&, const attn::MobaConfig*, const RopeTable&, const int32_t*, int64_t,   \
+      const Real*, AttentionWeights, const Real*, Real*, AttentionCache<Real>&);                 \
+  template void attention_backward<Real>(const attn::Layout&, const attn::MobaConfig*,           \
+                                         const RopeTable&, const int32_t*, int64_t, const Real*, \
+                                         AttentionWeights, const Real*,                          \
                                          const AttentionCache<Real>&, const Real*, Real*, Real*);
 MOBA_INSTANTIATE(float)
 MOBA_INSTANTIATE(double)

@@ -1,7 +1,7 @@
 // The attention sub-layer of a block: q, k, v projections (GQA: Hkv <= Hq heads of k, v),
 // RoPE on q and k, dense causal or MoBA attention (attention_blas.h, checked against the
-// reference of src/attention), output projection. MoBA's gate selects blocks from the rotated q and k, as the
-// reference implementation does; it has no gradient.
+// reference of src/attention), output projection. MoBA's gate selects blocks from the
+// rotated q and k, as the reference implementation does; it has no gradient.
 #pragma once
 
 #include <cstdint>
@@ -39,9 +39,8 @@ void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
 // dy (M, C) -> dxn (M, C) (overwritten); weight gradients added into grads (flat array).
 template <typename Real>
 void attention_backward(const attn::Layout& layout, const attn::MobaConfig* moba,
-                        const RopeTable& rope, const int32_t* pos, int64_t C,
-                        const Real* params, AttentionWeights w, const Real* xn,
-                        const AttentionCache<Real>& cache, const Real* dy, Real* dxn,
-                        Real* grads);
+                        const RopeTable& rope, const int32_t* pos, int64_t C, const Real* params,
+                        AttentionWeights w, const Real* xn, const AttentionCache<Real>& cache,
+                        const Real* dy, Real* dxn, Real* grads);
 
 }  // namespace moba::model

@@ -31,12 +31,12 @@ void ModelConfig::validate() const {
   MOBA_CHECK(kv_heads >= 0, "model.kv_heads must be >= 1 (or 0 for heads), got ", kv_heads);
   MOBA_CHECK(heads % kv() == 0, "model.heads (", heads, ") must be a multiple of model.kv_heads (",
              kv(), ")");
-  MOBA_CHECK(head_dim >= 0, "model.head_dim must be >= 2 (or 0 for width / heads), got ",
-             head_dim);
+  MOBA_CHECK(head_dim >= 0, "model.head_dim must be >= 2 (or 0 for width / heads), got ", head_dim);
   MOBA_CHECK(head_dim != 0 || width % heads == 0, "model.width (", width,
              ") is not a multiple of model.heads (", heads, "); set model.head_dim");
-  MOBA_CHECK(hd() >= 2 && hd() % 2 == 0, "model.head_dim must be even and >= 2 (RoPE rotates "
-             "pairs), got ", hd());
+  MOBA_CHECK(hd() >= 2 && hd() % 2 == 0,
+             "model.head_dim must be even and >= 2 (RoPE rotates pairs), got ",
+             hd());
   MOBA_CHECK(mlp_hidden >= 0, "model.mlp_hidden must be >= 1 (or 0 for automatic), got ",
              mlp_hidden);
   MOBA_CHECK(mlp_multiple_of >= 1, "model.mlp_multiple_of must be >= 1, got ", mlp_multiple_of);
@@ -54,9 +54,9 @@ void ModelConfig::validate() const {
   MOBA_CHECK(a.full_attention_last_layers >= 0 && a.full_attention_last_layers <= layers,
              "attention.full_attention_last_layers must be in [0, model.layers = ", layers,
              "], got ", a.full_attention_last_layers);
-  MOBA_CHECK(std::isfinite(a.moba_to_full_at) && a.moba_to_full_at >= 0.0 &&
-                 a.moba_to_full_at <= 1.0,
-             "attention.moba_to_full_at must be in [0, 1], got ", a.moba_to_full_at);
+  MOBA_CHECK(
+      std::isfinite(a.moba_to_full_at) && a.moba_to_full_at >= 0.0 && a.moba_to_full_at <= 1.0,
+      "attention.moba_to_full_at must be in [0, 1], got ", a.moba_to_full_at);
 }
 
 bool layer_uses_moba(const ModelConfig& cfg, int64_t layer, bool moba_phase) {

@@ -1,12 +1,12 @@
 // Softmax cross-entropy of the LM head's logits against the next tokens, in nats.
 #pragma once
 
-#include "model/parallel.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+
+#include "model/parallel.h"
 
 namespace moba::model {
 

@@ -1,11 +1,10 @@
 #include "model/gemm.h"
 
-#include "model/parallel.h"
-
-#include <vector>
-
 #include <algorithm>
 #include <mutex>
+#include <vector>
+
+#include "model/parallel.h"
 
 #if MOBA_WITH_BLAS
 #include <cblas.h>
@@ -32,7 +31,8 @@ void single_threaded_blas() {
 }
 
 template <typename Real, typename Fn>
-void split_rows(bool ta, int64_t M, int64_t work, const Real* A, int64_t lda, Real* C, int64_t ldc, Fn&& call) {
+void split_rows(bool ta, int64_t M, int64_t work, const Real* A, int64_t lda, Real* C, int64_t ldc,
+                Fn&& call) {
   single_threaded_blas();
   int threads = 1;
 #ifdef _OPENMP
@@ -46,7 +46,7 @@ void split_rows(bool ta, int64_t M, int64_t work, const Real* A, int64_t lda, Re
     return;
   }
   const int64_t per = (M + chunks - 1) / chunks;
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(chunks))
+#pragma omp parallel for schedule(static) num_threads(static_cast <int>(chunks))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t i0 = c * per, rows = std::min(M, i0 + per) - i0;
     if (rows > 0) call(rows, ta ? A + i0 : A + i0 * lda, C + i0 * ldc);
@@ -65,9 +65,8 @@ void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
   });
 }
 template <>
-void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
-                  const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
-                  double* C, int64_t ldc) {
+void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   split_rows(ta, M, M * N * K, A, lda, C, ldc, [&](int64_t rows, const double* a, double* c) {
     cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a,
@@ -77,8 +76,8 @@ void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alph
 #else
 // Fallback without a BLAS: one output row per iteration, accumulated in double.
 template <typename Real>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, Real alpha, const Real* A,
-          int64_t lda, const Real* B, int64_t ldb, Real beta, Real* C, int64_t ldc) {
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, Real alpha, const Real* A, int64_t lda,
+          const Real* B, int64_t ldb, Real beta, Real* C, int64_t ldc) {
 #pragma omp parallel for schedule(static) if (M * N * K >= 16 * kParallelMinWork)
   for (int64_t i = 0; i < M; ++i) {
     for (int64_t j = 0; j < N; ++j) {
@@ -95,8 +94,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, Real alpha, const R
 }
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                           const float*, int64_t, float, float*, int64_t);
-template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
-                           int64_t, const double*, int64_t, double, double*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t);
 #endif
 
 }  // namespace moba::model

@@ -15,10 +15,9 @@ void linear_forward(int64_t M, int64_t K, int64_t N, const Real* x, const Real* 
 
 // dx (M, K) = dy W (overwritten, or added to when accumulate_dx); dW (N, K) += dy^T x.
 template <typename Real>
-void linear_backward(int64_t M, int64_t K, int64_t N, const Real* x, const Real* W,
-                     const Real* dy, Real* dx, Real* dW, bool accumulate_dx = false) {
-  gemm<Real>(false, false, M, K, N, Real(1), dy, N, W, K, accumulate_dx ? Real(1) : Real(0), dx,
-             K);
+void linear_backward(int64_t M, int64_t K, int64_t N, const Real* x, const Real* W, const Real* dy,
+                     Real* dx, Real* dW, bool accumulate_dx = false) {
+  gemm<Real>(false, false, M, K, N, Real(1), dy, N, W, K, accumulate_dx ? Real(1) : Real(0), dx, K);
   gemm<Real>(true, false, N, K, M, Real(1), dy, N, x, K, Real(1), dW, K);
 }
 

@@ -114,8 +114,8 @@ void Model<Real>::backward(std::span<const Real> params_span, std::span<Real> gr
   std::vector<Real> dx(static_cast<size_t>(M * C));   // (M, C) gradient of the residual stream
   linear_backward(M, C, V, xn_final_.data(), P + layout_.lm_head, probs_.data(), dxn.data(),
                   G + layout_.lm_head);
-  rmsnorm_backward(M, C, x_final_.data(), P + layout_.final_norm, rstd_final_.data(),
-                   dxn.data(), dx.data(), G + layout_.final_norm, false);
+  rmsnorm_backward(M, C, x_final_.data(), P + layout_.final_norm, rstd_final_.data(), dxn.data(),
+                   dx.data(), G + layout_.final_norm, false);
   probs_.clear();  // the forward state is spent
 
   std::vector<Real> dh(static_cast<size_t>(M * F)), da(dh.size()), db(dh.size());  // (M, F)
@@ -128,14 +128,14 @@ void Model<Real>::backward(std::span<const Real> params_span, std::span<Real> gr
     linear_backward(M, C, F, lc.xn2.data(), P + o.w_gate, da.data(), dxn.data(), G + o.w_gate,
                     false);
     linear_backward(M, C, F, lc.xn2.data(), P + o.w_up, db.data(), dxn.data(), G + o.w_up, true);
-    rmsnorm_backward(M, C, lc.x_mid.data(), P + o.mlp_norm, lc.rstd2.data(), dxn.data(),
-                     dx.data(), G + o.mlp_norm, true);
+    rmsnorm_backward(M, C, lc.x_mid.data(), P + o.mlp_norm, lc.rstd2.data(), dxn.data(), dx.data(),
+                     G + o.mlp_norm, true);
     // x_mid = x_in + attn(rmsnorm(x_in)).
     attention_backward(attn_layout_, layer_moba_[l] ? &moba : nullptr, rope_, pos_.data(), C, P,
-                       AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), lc.attn,
-                       dx.data(), dxn.data(), G);
-    rmsnorm_backward(M, C, lc.x_in.data(), P + o.attn_norm, lc.rstd1.data(), dxn.data(),
-                     dx.data(), G + o.attn_norm, true);
+                       AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), lc.attn, dx.data(),
+                       dxn.data(), G);
+    rmsnorm_backward(M, C, lc.x_in.data(), P + o.attn_norm, lc.rstd1.data(), dxn.data(), dx.data(),
+                     G + o.attn_norm, true);
   }
   // Embedding rows gather their tokens' gradients, in token order (deterministic).
   for (int64_t m = 0; m < M; ++m) {

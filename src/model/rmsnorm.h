@@ -3,10 +3,10 @@
 // over rows in a fixed order, so results do not depend on the thread count.
 #pragma once
 
-#include "model/parallel.h"
-
 #include <cmath>
 #include <cstdint>
+
+#include "model/parallel.h"
 
 namespace moba::model {
 

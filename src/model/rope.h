@@ -4,11 +4,11 @@
 // packed documents look alike to the model. Angles are computed once per model in double.
 #pragma once
 
-#include "model/parallel.h"
-
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include "model/parallel.h"
 
 namespace moba::model {
 

@@ -2,10 +2,10 @@
 // b = x W_up^T are the two halves of the MLP's input projection (Llama).
 #pragma once
 
-#include "model/parallel.h"
-
 #include <cmath>
 #include <cstdint>
+
+#include "model/parallel.h"
 
 namespace moba::model {
 
@@ -21,8 +21,7 @@ void swiglu_forward(int64_t n, const Real* a, const Real* b, Real* h) {
 
 // da = dh * b * silu'(a), silu'(a) = sg * (1 + a * (1 - sg)); db = dh * silu(a).
 template <typename Real>
-void swiglu_backward(int64_t n, const Real* a, const Real* b, const Real* dh, Real* da,
-                     Real* db) {
+void swiglu_backward(int64_t n, const Real* a, const Real* b, const Real* dh, Real* da, Real* db) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (int64_t i = 0; i < n; ++i) {
     const double x = a[i], sg = 1.0 / (1.0 + std::exp(-x));

@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "core/error.h"
 #include "train/safetensors.h"
@@ -24,8 +23,8 @@ std::vector<TensorView> views(const model::ParamLayout& layout, std::span<const 
   return v;
 }
 
-void restore(const SafetensorsFile& file, const std::string& path,
-             const model::ParamLayout& layout, const std::string& prefix, std::span<float> flat) {
+void restore(const SafetensorsFile& file, const std::string& path, const model::ParamLayout& layout,
+             const std::string& prefix, std::span<float> flat) {
   for (const model::TensorInfo& t : layout.tensors) {
     const auto it = file.tensors.find(prefix + t.name);
     MOBA_CHECK(it != file.tensors.end(), "checkpoint file '", path, "' lacks tensor ",
@@ -68,10 +67,14 @@ void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layou
   for (TensorView& v : views(layout, adam.v(), "adam_v.")) opt.push_back(std::move(v));
   write_safetensors((tmp / "optimizer.safetensors").string(), opt,
                     {{"adam_steps", std::to_string(adam.steps_done())}});
-  const nlohmann::json state = {{"format", kFormat},       {"step", s.step},
-                                {"tokens", s.tokens},       {"flops_6nd", s.flops_6nd},
-                                {"flops_exec", s.flops_exec}, {"elapsed_s", s.elapsed_s},
-                                {"next_batch", s.next_batch}, {"seed", s.seed},
+  const nlohmann::json state = {{"format", kFormat},
+                                {"step", s.step},
+                                {"tokens", s.tokens},
+                                {"flops_6nd", s.flops_6nd},
+                                {"flops_exec", s.flops_exec},
+                                {"elapsed_s", s.elapsed_s},
+                                {"next_batch", s.next_batch},
+                                {"seed", s.seed},
                                 {"adam_steps", adam.steps_done()}};
   write_text(tmp / "state.json", state.dump(2) + "\n");
   // The swap: state.json is written last, so a folder with it is complete.
@@ -118,9 +121,12 @@ TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout&
   const SafetensorsFile opt = read_safetensors(opt_path);
   SafetensorsFile m, v;
   for (const auto& [name, t] : opt.tensors) {
-    if (name.rfind("adam_m.", 0) == 0) m.tensors.emplace(name, t);
-    else if (name.rfind("adam_v.", 0) == 0) v.tensors.emplace(name, t);
-    else MOBA_CHECK(false, "checkpoint file '", opt_path, "' holds an unknown tensor ", name);
+    if (name.rfind("adam_m.", 0) == 0)
+      m.tensors.emplace(name, t);
+    else if (name.rfind("adam_v.", 0) == 0)
+      v.tensors.emplace(name, t);
+    else
+      MOBA_CHECK(false, "checkpoint file '", opt_path, "' holds an unknown tensor ", name);
   }
   restore(m, opt_path, layout, "adam_m.", adam.m());
   restore(v, opt_path, layout, "adam_v.", adam.v());

@@ -22,12 +22,12 @@
 namespace moba::train {
 
 struct TrainState {
-  int64_t step = 0;          // optimizer steps done
-  int64_t tokens = 0;        // training tokens seen
-  double flops_6nd = 0.0;    // cumulative, see docs/run_format.md
-  double flops_exec = 0.0;   // cumulative
-  double elapsed_s = 0.0;    // training wall time, summed over resumed sessions
-  uint64_t next_batch = 0;   // index of the next training micro-batch (data position)
+  int64_t step = 0;         // optimizer steps done
+  int64_t tokens = 0;       // training tokens seen
+  double flops_6nd = 0.0;   // cumulative, see docs/run_format.md
+  double flops_exec = 0.0;  // cumulative
+  double elapsed_s = 0.0;   // training wall time, summed over resumed sessions
+  uint64_t next_batch = 0;  // index of the next training micro-batch (data position)
   uint64_t seed = 0;
 };
 

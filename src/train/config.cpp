@@ -1,13 +1,13 @@
 #include "train/config.h"
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <charconv>
-#include <fstream>
 #include <cmath>
+#include <fstream>
 #include <set>
 #include <sstream>
-
-#include <toml++/toml.h>
 
 #include "core/error.h"
 
@@ -23,8 +23,10 @@ class TableReader {
 
   void get(const char* key, int64_t& out) {
     if (const toml::node* n = find(key)) {
-      if (auto v = n->value_exact<int64_t>()) out = *v;
-      else fail_type(key, "an integer", *n);
+      if (auto v = n->value_exact<int64_t>())
+        out = *v;
+      else
+        fail_type(key, "an integer", *n);
     }
   }
   void get(const char* key, uint64_t& out) {
@@ -35,21 +37,28 @@ class TableReader {
   }
   void get(const char* key, double& out) {
     if (const toml::node* n = find(key)) {
-      if (n->is_floating_point()) out = *n->value<double>();
-      else if (n->is_integer()) out = static_cast<double>(*n->value<int64_t>());
-      else fail_type(key, "a number", *n);
+      if (n->is_floating_point())
+        out = *n->value<double>();
+      else if (n->is_integer())
+        out = static_cast<double>(*n->value<int64_t>());
+      else
+        fail_type(key, "a number", *n);
     }
   }
   void get(const char* key, bool& out) {
     if (const toml::node* n = find(key)) {
-      if (auto v = n->value_exact<bool>()) out = *v;
-      else fail_type(key, "true or false", *n);
+      if (auto v = n->value_exact<bool>())
+        out = *v;
+      else
+        fail_type(key, "true or false", *n);
     }
   }
   void get(const char* key, std::string& out) {
     if (const toml::node* n = find(key)) {
-      if (auto v = n->value_exact<std::string>()) out = *v;
-      else fail_type(key, "a string", *n);
+      if (auto v = n->value_exact<std::string>())
+        out = *v;
+      else
+        fail_type(key, "a string", *n);
     }
   }
   // Keys that are tables are read by their own TableReader; name them here.
@@ -110,8 +119,8 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
   try {
     root = toml::parse(text, origin);
   } catch (const toml::parse_error& e) {
-    MOBA_CHECK(false, origin, ": TOML syntax error at line ", e.source().begin.line,
-               ", column ", e.source().begin.column, ": ", e.description());
+    MOBA_CHECK(false, origin, ": TOML syntax error at line ", e.source().begin.line, ", column ",
+               e.source().begin.column, ": ", e.description());
   }
   RunConfig c;
   model::ModelConfig& m = c.model;

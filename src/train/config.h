@@ -16,11 +16,11 @@
 namespace moba::train {
 
 struct OptimConfig {
-  int64_t batch_size = 8;  // B rows of T tokens per micro-batch
-  int64_t grad_accum = 1;  // micro-batches per optimizer step
-  int64_t steps = 0;       // optimizer steps; 0 = from `tokens`
-  int64_t tokens = 0;      // planned training tokens (rounded up to whole steps); 0 = from steps
-  double lr = 1e-3;        // peak learning rate
+  int64_t batch_size = 8;     // B rows of T tokens per micro-batch
+  int64_t grad_accum = 1;     // micro-batches per optimizer step
+  int64_t steps = 0;          // optimizer steps; 0 = from `tokens`
+  int64_t tokens = 0;         // planned training tokens (rounded up to whole steps); 0 = from steps
+  double lr = 1e-3;           // peak learning rate
   double min_lr_ratio = 0.1;  // the cosine decays to lr * min_lr_ratio at the last step
   int64_t warmup_steps = 0;   // linear warm-up from lr / warmup_steps to lr
   double weight_decay = 0.1;  // decoupled (AdamW), on matrices only

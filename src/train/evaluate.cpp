@@ -7,8 +7,8 @@
 namespace moba::train {
 
 EvalResult evaluate(model::Model<float>& model, std::span<const float> params,
-                    const std::vector<Window>& windows, int64_t eval_batch,
-                    int64_t bucket_size, bool moba_phase) {
+                    const std::vector<Window>& windows, int64_t eval_batch, int64_t bucket_size,
+                    bool moba_phase) {
   MOBA_CHECK(!windows.empty(), "validation has no windows");
   MOBA_CHECK(bucket_size >= 1, "eval.bucket_size must be >= 1, got ", bucket_size);
   const int64_t T = static_cast<int64_t>(windows[0].tokens.size()) - 1;
@@ -22,9 +22,8 @@ EvalResult evaluate(model::Model<float>& model, std::span<const float> params,
     b.B = static_cast<int64_t>(w1 - w0);
     b.T = T;
     for (size_t w = w0; w < w1; ++w) {
-      MOBA_CHECK(static_cast<int64_t>(windows[w].tokens.size()) == T + 1,
-                 "validation window ", w, " holds ", windows[w].tokens.size(),
-                 " tokens, the others ", T + 1);
+      MOBA_CHECK(static_cast<int64_t>(windows[w].tokens.size()) == T + 1, "validation window ", w,
+                 " holds ", windows[w].tokens.size(), " tokens, the others ", T + 1);
       b.tokens.insert(b.tokens.end(), windows[w].tokens.begin(), windows[w].tokens.end());
     }
     model.forward(params, b, moba_phase);

@@ -25,7 +25,7 @@ struct EvalResult {
 // Runs the model (no gradient) over the windows, eval_batch at a time. moba_phase as in
 // training at this point (a MoBA model switched to full attention evaluates as full).
 EvalResult evaluate(model::Model<float>& model, std::span<const float> params,
-                    const std::vector<Window>& windows, int64_t eval_batch,
-                    int64_t bucket_size, bool moba_phase);
+                    const std::vector<Window>& windows, int64_t eval_batch, int64_t bucket_size,
+                    bool moba_phase);
 
 }  // namespace moba::train

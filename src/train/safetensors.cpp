@@ -1,13 +1,12 @@
 #include "train/safetensors.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -46,7 +45,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
     MOBA_CHECK(n == t.data.size(), "safetensors: tensor ", t.name, " has ", t.data.size(),
                " elements, its shape needs ", n);
     const uint64_t bytes = t.data.size() * sizeof(float);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    header[t.name] = {
+        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -57,7 +57,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   MOBA_CHECK(f, "cannot write '", path, "': ", std::strerror(errno));
   char len[8];
   put_u64_le(len, text.size());
-  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  bool ok =
+      std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
   for (const TensorView& t : tensors)
     ok = ok && std::fwrite(t.data.data(), sizeof(float), t.data.size(), f) == t.data.size();
   ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
@@ -83,10 +84,11 @@ SafetensorsFile read_safetensors(const std::string& path) {
   try {
     header = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    MOBA_CHECK(false, "checkpoint file '", path, "' is corrupt: its header is not JSON (",
-               e.what(), ")");
+    MOBA_CHECK(false, "checkpoint file '", path, "' is corrupt: its header is not JSON (", e.what(),
+               ")");
   }
-  MOBA_CHECK(header.is_object(), "checkpoint file '", path, "' is corrupt: header is not an object");
+  MOBA_CHECK(header.is_object(), "checkpoint file '", path,
+             "' is corrupt: header is not an object");
   const uint64_t data_bytes = size - 8 - n;
   SafetensorsFile out;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;

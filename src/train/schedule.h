@@ -16,8 +16,8 @@ inline double learning_rate(const OptimConfig& t, int64_t step) {
     return peak * static_cast<double>(step + 1) / static_cast<double>(t.warmup_steps);
   const int64_t decay_steps = t.steps - t.warmup_steps;
   if (decay_steps <= 1) return peak;
-  const double progress =
-      std::min(1.0, static_cast<double>(step - t.warmup_steps) / static_cast<double>(decay_steps - 1));
+  const double progress = std::min(
+      1.0, static_cast<double>(step - t.warmup_steps) / static_cast<double>(decay_steps - 1));
   return low + 0.5 * (peak - low) * (1.0 + std::cos(std::numbers::pi * progress));
 }
 

@@ -29,8 +29,10 @@ AssocRecallSource::AssocRecallSource(int64_t V, int64_t T, int64_t B, int64_t wi
     : V_(V), T_(T), B_(B), windows_(windows), seed_(seed) {
   n_ = 0;
   while (2 * (n_ + 1) + (n_ + 1) * (n_ + 1) < V) ++n_;
-  MOBA_CHECK(n_ >= 2, "synthetic:assoc_recall needs model.vocab_size >= 9 (2 keys, 2 values, "
-             "4 pair tokens, a filler), got ", V);
+  MOBA_CHECK(n_ >= 2,
+             "synthetic:assoc_recall needs model.vocab_size >= 9 (2 keys, 2 values, "
+             "4 pair tokens, a filler), got ",
+             V);
   MOBA_CHECK((T + 1) / 2 >= n_ && T >= 4, "synthetic:assoc_recall with ", n_,
              " keys needs model.seq_len >= ", std::max<int64_t>(4, 2 * n_), ", got ", T);
 }
@@ -41,7 +43,8 @@ std::vector<int32_t> AssocRecallSource::window(uint64_t stream) const {
   const int64_t n = n_, first_filler = 2 * n + n * n, fillers = V_ - first_filler;
   const int64_t L = T_ + 1, context = L / 2;
   std::vector<int32_t> w(static_cast<size_t>(L));
-  for (int64_t p = 0; p < context; ++p) w[p] = static_cast<int32_t>(first_filler + uniform(fillers));
+  for (int64_t p = 0; p < context; ++p)
+    w[p] = static_cast<int32_t>(first_filler + uniform(fillers));
   // Each key's pair token at a distinct random context position (partial Fisher-Yates).
   std::vector<int64_t> pos(static_cast<size_t>(context));
   std::iota(pos.begin(), pos.end(), 0);
@@ -86,8 +89,8 @@ std::vector<Window> AssocRecallSource::validation() {
 
 std::string AssocRecallSource::describe() const {
   return "synthetic:assoc_recall (V = " + std::to_string(V_) + ": " + std::to_string(n_) +
-         " keys, " + std::to_string(V_ - 2 * n_ - n_ * n_) + " fillers; pairs in the first half, "
-         "queries in the second)";
+         " keys, " + std::to_string(V_ - 2 * n_ - n_ * n_) +
+         " fillers; pairs in the first half, queries in the second)";
 }
 
 std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const std::string& data_dir) {

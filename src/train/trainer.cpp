@@ -35,8 +35,8 @@ void check_finite_gradients(const model::ParamLayout& layout, std::span<const fl
     for (size_t i = 0; i < t.size; ++i) {
       const float g = grads[t.offset + i];
       MOBA_CHECK(std::isfinite(g), "step ", step, ": the gradient of ", t.name, " holds ",
-                 std::isnan(g) ? "NaN" : "inf", " (element ", i, "); the run stopped, the last "
-                 "checkpoint is intact");
+                 std::isnan(g) ? "NaN" : "inf", " (element ", i,
+                 "); the run stopped, the last checkpoint is intact");
     }
 }
 
@@ -55,17 +55,17 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
   if (opt_.resume) {
     MOBA_CHECK(has_checkpoint(opt_.run_dir), "--resume: '", opt_.run_dir,
                "' holds no checkpoint to resume from");
-    MOBA_CHECK(read_text(run / "config.toml") == config_text, "--resume: the configuration "
-               "differs from the one the run started with ('", (run / "config.toml").string(),
-               "'); resume with that file (or without --config)");
+    MOBA_CHECK(read_text(run / "config.toml") == config_text,
+               "--resume: the configuration differs from the one the run started with ('",
+               (run / "config.toml").string(), "'); resume with that file (or without --config)");
     state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
     MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
                " differs from train.seed ", cfg_.train.seed);
     truncate_metrics((run / "metrics.jsonl").string(), state_.step);
   } else {
     MOBA_CHECK(!fs::exists(run / "metrics.jsonl") && !has_checkpoint(opt_.run_dir), "'",
-               opt_.run_dir, "' already holds a run; pass --resume to continue it, or choose "
-               "another --out");
+               opt_.run_dir,
+               "' already holds a run; pass --resume to continue it, or choose another --out");
     fs::create_directories(run);
     write_file_atomic((run / "config.toml").string(), config_text);
     model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
@@ -78,8 +78,8 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
 }
 
 bool Trainer::moba_phase() const {
-  const double switch_at = cfg_.model.attention.moba_to_full_at *
-                           static_cast<double>(cfg_.tokens_planned());
+  const double switch_at =
+      cfg_.model.attention.moba_to_full_at * static_cast<double>(cfg_.tokens_planned());
   return static_cast<double>(state_.tokens) < switch_at;
 }
 
@@ -116,8 +116,8 @@ double Trainer::train_step(double lr, bool moba) {
     try {
       l = model_.forward(params_, batch, moba);
     } catch (const Error& e) {  // e.g. the MoBA gate meeting NaN in q or k
-      MOBA_CHECK(false, "step ", step, ": ", e.what(), "; the run stopped, the last checkpoint "
-                 "is intact");
+      MOBA_CHECK(false, "step ", step, ": ", e.what(),
+                 "; the run stopped, the last checkpoint is intact");
     }
     MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
                std::isnan(l) ? "NaN" : "inf", " (micro-batch ", state_.next_batch,
@@ -143,8 +143,8 @@ double Trainer::train_step(double lr, bool moba) {
 }
 
 void Trainer::validate_now() {
-  last_eval_ = evaluate(model_, params_, val_windows_, cfg_.eval.batch_size,
-                        cfg_.eval.bucket_size, moba_phase());
+  last_eval_ = evaluate(model_, params_, val_windows_, cfg_.eval.batch_size, cfg_.eval.bucket_size,
+                        moba_phase());
 }
 
 void Trainer::run(int64_t stop_after) {
@@ -157,16 +157,15 @@ void Trainer::run(int64_t stop_after) {
   if (opt_.progress) {
     const model::ParamCounts pc = model::param_counts(cfg_.model);
     std::fprintf(opt_.progress, "%s\n", to_toml(cfg_).c_str());
-    std::fprintf(opt_.progress,
-                 "model: %s non-embedding parameters, %s in total; attention %s\n"
-                 "data: %s\nrun: %s, %lld steps of %lld tokens%s\n\n",
-                 format_count(static_cast<double>(pc.non_embedding)).c_str(),
-                 format_count(static_cast<double>(pc.total)).c_str(),
-                 model::attention_label(cfg_.model).c_str(), data_->describe().c_str(),
-                 opt_.run_dir.c_str(), static_cast<long long>(steps),
-                 static_cast<long long>(tokens_per_step),
-                 opt_.resume ? (", resumed after step " + std::to_string(state_.step)).c_str()
-                             : "");
+    std::fprintf(
+        opt_.progress,
+        "model: %s non-embedding parameters, %s in total; attention %s\n"
+        "data: %s\nrun: %s, %lld steps of %lld tokens%s\n\n",
+        format_count(static_cast<double>(pc.non_embedding)).c_str(),
+        format_count(static_cast<double>(pc.total)).c_str(),
+        model::attention_label(cfg_.model).c_str(), data_->describe().c_str(), opt_.run_dir.c_str(),
+        static_cast<long long>(steps), static_cast<long long>(tokens_per_step),
+        opt_.resume ? (", resumed after step " + std::to_string(state_.step)).c_str() : "");
     std::fflush(opt_.progress);
   }
   auto due = [&](int64_t every) {
@@ -202,12 +201,11 @@ void Trainer::run(int64_t stop_after) {
       if (s % cfg_.log_every == 0 || s == steps || s == 1) {
         // Speeds over the steps since the last line; the ETA from the session's average.
         const double per_step = session_train_s_ / static_cast<double>(session_steps_);
-        print_step(opt_.progress,
-                   {s, steps, losses_.back(), lr, gnorm,
-                    tokens_per_step * static_cast<double>(window_steps) / window_s,
-                    window_flops / window_s * 1e-9, state_.elapsed_s,
-                    per_step * static_cast<double>(steps - s),
-                    moba ? attention_label_.c_str() : "full"});
+        print_step(opt_.progress, {s, steps, losses_.back(), lr, gnorm,
+                                   tokens_per_step * static_cast<double>(window_steps) / window_s,
+                                   window_flops / window_s * 1e-9, state_.elapsed_s,
+                                   per_step * static_cast<double>(steps - s),
+                                   moba ? attention_label_.c_str() : "full"});
         window_s = window_flops = 0.0;
         window_steps = 0;
       }
@@ -239,12 +237,11 @@ void Trainer::run(int64_t stop_after) {
   if (state_.step == steps) {
     write_run_json("finished");
     if (opt_.progress)
-      std::fprintf(opt_.progress, "finished: %lld steps, %s tokens in %s%s\n",
-                   static_cast<long long>(steps),
-                   format_count(static_cast<double>(state_.tokens)).c_str(),
-                   format_duration(state_.elapsed_s).c_str(),
-                   last_eval_.windows ? (("; val loss " + std::to_string(last_eval_.loss)).c_str())
-                                      : "");
+      std::fprintf(
+          opt_.progress, "finished: %lld steps, %s tokens in %s%s\n", static_cast<long long>(steps),
+          format_count(static_cast<double>(state_.tokens)).c_str(),
+          format_duration(state_.elapsed_s).c_str(),
+          last_eval_.windows ? ("; val loss " + std::to_string(last_eval_.loss)).c_str() : "");
   }
 }
 

@@ -1,6 +1,8 @@
 // The trainer's BLAS attention against the plain-loop reference of src/attention, forward
 // and backward, dense and MoBA, at awkward sizes: a 1-token sequence, lengths that are not
 // multiples of the tile (64 rows) or of the block, top-k beyond the number of blocks, GQA.
+#include "model/attention_blas.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,7 +12,6 @@
 
 #include "attention/attention_cpu.h"
 #include "core/random.h"
-#include "model/attention_blas.h"
 
 namespace moba::model {
 namespace {
@@ -56,7 +57,8 @@ void check(const Case& c, double tol) {
   std::vector<Real> o(l.q_elems(), nan), lse(l.lse_elems(), nan), dq(l.q_elems(), nan),
       dk(l.kv_elems(), nan), dv(l.kv_elems(), nan);
   const attn::Selection* s = c.moba ? &sel : nullptr;
-  attention_blas_forward<Real>(l, s, c.S, scale, q.data(), k.data(), v.data(), o.data(), lse.data());
+  attention_blas_forward<Real>(l, s, c.S, scale, q.data(), k.data(), v.data(), o.data(),
+                               lse.data());
   attention_blas_backward<Real>(l, s, c.S, scale, q.data(), k.data(), v.data(), o.data(),
                                 lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
   EXPECT_LT(rel_err(o, o_ref), tol) << "out";
@@ -67,9 +69,8 @@ void check(const Case& c, double tol) {
 }
 
 const std::vector<Case> kCases = {
-    {{0, 1, 71, 200}, 4, 2, 8, 16, 3, false},
-    {{0, 1, 71, 200}, 4, 2, 8, 16, 3, true},
-    {{0, 130}, 2, 2, 6, 5, 10, true},   // top-k beyond the number of blocks: dense
+    {{0, 1, 71, 200}, 4, 2, 8, 16, 3, false}, {{0, 1, 71, 200}, 4, 2, 8, 16, 3, true},
+    {{0, 130}, 2, 2, 6, 5, 10, true},     // top-k beyond the number of blocks: dense
     {{0, 64, 193}, 6, 2, 4, 7, 2, true},  // GQA 3, blocks not dividing the tile
     {{0, 300}, 1, 1, 16, 32, 3, true},
 };

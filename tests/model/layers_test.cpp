@@ -7,11 +7,11 @@
 #include "core/random.h"
 #include "model/attention_layer.h"
 #include "model/cross_entropy.h"
+#include "model/gradcheck.h"
 #include "model/linear.h"
 #include "model/rmsnorm.h"
 #include "model/rope.h"
 #include "model/swiglu.h"
-#include "model/gradcheck.h"
 
 namespace moba::model {
 namespace {
@@ -134,8 +134,8 @@ void check_attention(bool moba) {
   if (moba) {  // the test must exercise a real choice: some query skips a past block
     EXPECT_LT(cache.pairs, attn::dense_pairs(layout));
   }
-  attention_backward(layout, moba ? &mc : nullptr, rt, pos.data(), C, P.data(), aw, x.data(),
-                     cache, w.data(), dx.data(), dP.data());
+  attention_backward(layout, moba ? &mc : nullptr, rt, pos.data(), C, P.data(), aw, x.data(), cache,
+                     w.data(), dx.data(), dP.data());
   expect_close("dx", dx, numeric_grad(loss, x));
   expect_close("dW (q, k, v, o)", dP, numeric_grad(loss, P));
 }

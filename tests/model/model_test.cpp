@@ -1,6 +1,8 @@
 // The whole model: gradients against float64 central differences (tied and untied head,
 // full, MoBA and layer-wise hybrid attention, packed documents), parameter counts, and
 // float against double.
+#include "model/model.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 
 #include "core/random.h"
 #include "model/gradcheck.h"
-#include "model/model.h"
 
 namespace moba::model {
 namespace {

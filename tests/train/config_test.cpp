@@ -1,10 +1,11 @@
 // The run configuration: defaults, resolution, round trip, and errors that name the key.
+#include "train/config.h"
+
 #include <gtest/gtest.h>
 
 #include <string>
 
 #include "core/error.h"
-#include "train/config.h"
 
 namespace moba::train {
 namespace {
@@ -33,7 +34,8 @@ TEST(Config, DefaultsAreResolved) {
 }
 
 TEST(Config, ResolvedTomlRoundTrips) {
-  std::string text = std::string(kMinimal) + "[attention]\nmoba_to_full_at = 0.9\n"
+  std::string text = std::string(kMinimal) +
+                     "[attention]\nmoba_to_full_at = 0.9\n"
                      "full_attention_last_layers = 1\n";
   const RunConfig c = parse_config(text, "test.toml");
   const std::string once = to_toml(c);
@@ -63,10 +65,13 @@ TEST(Config, Errors) {
 width = "wide"
 [train]
 steps = 3
-)", "model.width must be an integer, got a string");
+)",
+               "model.width must be an integer, got a string");
   expect_error(m + "[attention]\ntop_k = 0\n", "attention.top_k must be >= 1");
-  expect_error(m + "[attention]\nkind = \"sparse\"\n", "attention.kind must be \"full\" or \"moba\"");
-  expect_error(m + "[attention]\nmoba_to_full_at = 1.5\n", "attention.moba_to_full_at must be in [0, 1]");
+  expect_error(m + "[attention]\nkind = \"sparse\"\n",
+               "attention.kind must be \"full\" or \"moba\"");
+  expect_error(m + "[attention]\nmoba_to_full_at = 1.5\n",
+               "attention.moba_to_full_at must be in [0, 1]");
   expect_error(m + "[attention]\nfull_attention_last_layers = 9\n",
                "attention.full_attention_last_layers must be in [0, model.layers = 4]");
   expect_error("[train]\nsteps = 3\n[model]\nheads = 3\nwidth = 64\n",
@@ -75,7 +80,8 @@ steps = 3
                "model.heads (4) must be a multiple of model.kv_heads (3)");
   expect_error("[train]\nsteps = 3\nlr = -0.1\n", "train.lr must be in (0, 10)");
   expect_error("[train]\nsteps = 3\nlr = true\n", "train.lr must be a number, got a boolean");
-  expect_error("[train]\nsteps = 3\ntokens = 100\n", "set exactly one of train.steps and train.tokens");
+  expect_error("[train]\nsteps = 3\ntokens = 100\n",
+               "set exactly one of train.steps and train.tokens");
   expect_error("[model]\nwidth = 64\n", "set exactly one of train.steps and train.tokens");
   expect_error("[train]\nsteps = 3\nbatch_size = 0\n", "train.batch_size must be >= 1");
   expect_error("[train]\nsteps = 3\n[eval]\nbucket_size = 5000\n", "eval.bucket_size must be in");
@@ -83,9 +89,7 @@ steps = 3
   expect_error("model = 3\n[train]\nsteps = 3\n", "'model' must be a table");
 }
 
-TEST(Config, MissingFileIsAnError) {
-  EXPECT_THROW(load_config("/nonexistent/x.toml"), Error);
-}
+TEST(Config, MissingFileIsAnError) { EXPECT_THROW(load_config("/nonexistent/x.toml"), Error); }
 
 }  // namespace
 }  // namespace moba::train

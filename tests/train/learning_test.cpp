@@ -34,7 +34,8 @@ block_size = 8         # 8 blocks: pairs in blocks 0-3, queries in 4-7
 top_k = 3              # a query sees its block and 2 of the past ones
 [train]
 batch_size = 16
-steps = )" + std::to_string(steps) + R"(
+steps = )" + std::to_string(steps) +
+                          R"(
 lr = 3e-3
 warmup_steps = 100
 [eval]
@@ -65,10 +66,10 @@ void learns(const std::string& kind, int64_t steps, double threshold) {
   Trainer t(recall_config(kind, steps), {dir / "run", "", false, nullptr});
   t.run();
   const double loss = recall_loss(t);
-  std::printf("%s attention, %lld steps: loss on the recalled values %.3f nats (no recall: "
-              ">= %.3f), validation loss %.3f\n",
-              kind.c_str(), static_cast<long long>(steps), loss, std::log(4.0),
-              t.last_eval().loss);
+  std::printf(
+      "%s attention, %lld steps: loss on the recalled values %.3f nats (no recall: "
+      ">= %.3f), validation loss %.3f\n",
+      kind.c_str(), static_cast<long long>(steps), loss, std::log(4.0), t.last_eval().loss);
   EXPECT_LT(loss, threshold);
 }
 

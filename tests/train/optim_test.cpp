@@ -36,7 +36,7 @@ TEST(AdamW, MatchesTheFormulaAndDecaysOnlyMatrices) {
   for (int i = 0; i < 2; ++i) expect = expect - lr * 0.5 * expect - lr * (0.2 / (0.2 + 1e-8));
   EXPECT_NEAR(p[wq], expect, 1e-6);
   EXPECT_NEAR(p[norm], 1.0 - 2 * lr * (0.2 / (0.2 + 1e-8)), 1e-6);
-  EXPECT_EQ(p[emb], 1.0f);                                   // no gradient, no decay
+  EXPECT_EQ(p[emb], 1.0f);                                       // no gradient, no decay
   EXPECT_LT(p[layout.find("layers.0.mlp.w_up")->offset], 1.0f);  // decay only
   EXPECT_FALSE(layout.find("embed")->decay);
   EXPECT_FALSE(layout.find("final_norm")->decay);

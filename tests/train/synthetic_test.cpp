@@ -1,9 +1,9 @@
 // The synthetic associative-recall source: structure, determinism, recall mask.
+#include "train/synthetic.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
-
-#include "train/synthetic.h"
 
 namespace moba::train {
 namespace {

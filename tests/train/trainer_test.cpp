@@ -1,21 +1,21 @@
 // The training loop: resume continues bit for bit, NaN/inf stops the run naming the step
 // and the tensor while the last checkpoint stays intact, the run folder's files.
+#include "train/trainer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "run_dir.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/metrics.h"
-#include "train/trainer.h"
 
 namespace moba::train {
 namespace {
@@ -54,7 +54,8 @@ windows = 3
 batch_size = 2
 [checkpoint]
 every = 4
-)", "tiny.toml");
+)",
+                      "tiny.toml");
 }
 
 std::vector<nlohmann::json> read_lines(const std::string& path) {
@@ -94,7 +95,8 @@ TEST(Trainer, ResumeIsBitExact) {
   EXPECT_EQ(rest.state().step, 8);
   rest.run();
 
-  const auto a = read_lines(dir / "whole/metrics.jsonl"), b = read_lines(dir / "split/metrics.jsonl");
+  const auto a = read_lines(dir / "whole/metrics.jsonl"),
+             b = read_lines(dir / "split/metrics.jsonl");
   ASSERT_EQ(a.size(), b.size()) << "a resumed run lists every step once";
   for (size_t i = 0; i < a.size(); ++i) {
     ASSERT_EQ(a[i]["kind"], b[i]["kind"]) << "line " << i;
@@ -150,13 +152,15 @@ TEST(Trainer, RunFolderFollowsTheContract) {
   // The resolved configuration reads back to itself.
   EXPECT_EQ(to_toml(load_config(dir / "run/config.toml")), to_toml(cfg));
   // A second run into the same folder needs --resume; a finished run resumes to nothing.
-  EXPECT_NE(message_of([&] { Trainer(cfg, {dir / "run", "", false, nullptr}); })
-                .find("already holds a run; pass --resume"),
+  EXPECT_NE(message_of([&] {
+              Trainer(cfg, {dir / "run", "", false, nullptr});
+            }).find("already holds a run; pass --resume"),
             std::string::npos);
   RunConfig other = cfg;
   other.train.lr = 0.5;
-  EXPECT_NE(message_of([&] { Trainer(other, {dir / "run", "", true, nullptr}); })
-                .find("the configuration differs"),
+  EXPECT_NE(message_of([&] {
+              Trainer(other, {dir / "run", "", true, nullptr});
+            }).find("the configuration differs"),
             std::string::npos);
 }
 
@@ -213,11 +217,14 @@ TEST(Trainer, CorruptCheckpointIsAClearError) {
     std::ofstream f(model_file, std::ios::binary | std::ios::trunc);
     f << "garbage";
   }
-  EXPECT_NE(message_of([&] { Trainer(cfg, {dir / "run", "", true, nullptr}); }).find(model_file),
+  EXPECT_NE(message_of([&] {
+              Trainer(cfg, {dir / "run", "", true, nullptr});
+            }).find(model_file),
             std::string::npos);
   std::filesystem::remove_all(dir / "run/checkpoint");
-  EXPECT_NE(message_of([&] { Trainer(cfg, {dir / "run", "", true, nullptr}); })
-                .find("holds no checkpoint"),
+  EXPECT_NE(message_of([&] {
+              Trainer(cfg, {dir / "run", "", true, nullptr});
+            }).find("holds no checkpoint"),
             std::string::npos);
 }
 
@@ -226,10 +233,14 @@ TEST(Metrics, TruncateKeepsStepsUpToTheCheckpoint) {
   const std::string path = dir / "metrics.jsonl";
   {
     std::ofstream f(path);
-    f << R"({"kind":"train","step":1})" << "\n"
-      << R"({"kind":"train","step":2})" << "\n"
-      << R"({"kind":"val","step":2})" << "\n"
-      << R"({"kind":"train","step":3})" << "\n"
+    f << R"({"kind":"train","step":1})"
+      << "\n"
+      << R"({"kind":"train","step":2})"
+      << "\n"
+      << R"({"kind":"val","step":2})"
+      << "\n"
+      << R"({"kind":"train","step":3})"
+      << "\n"
       << R"({"kind":"tra)";  // torn by a crash
   }
   truncate_metrics(path, 2);
