@@ -26,8 +26,10 @@ std::string si(double x) {
 
 std::string bytes(double b) {
   char buf[32];
-  if (b < 1024.0 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.0f MiB", b / (1024.0 * 1024));
-  else std::snprintf(buf, sizeof buf, "%.1f GiB", b / (1024.0 * 1024 * 1024));
+  if (b < 1024.0 * 1024 * 1024)
+    std::snprintf(buf, sizeof buf, "%.0f MiB", b / (1024.0 * 1024));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f GiB", b / (1024.0 * 1024 * 1024));
   return buf;
 }
 
@@ -62,7 +64,8 @@ DataFacts data_facts(const SweepConfig& s, const std::string& data) {
     d.note = data + " (not prepared here): " + si(static_cast<double>(d.train_tokens)) +
              " training tokens, the preset's data_train_tokens";
   } else {
-    d.note = data + " (not prepared here, and the preset gives no data_train_tokens): data "
+    d.note = data +
+             " (not prepared here, and the preset gives no data_train_tokens): data "
              "reads unknown";
   }
   return d;
@@ -91,10 +94,10 @@ double exec_flops_per_token(const model::ModelConfig& cfg0) {
   const double T = static_cast<double>(c.seq_len);
   double attention = 0.0;
   for (int64_t layer = 0; layer < c.layers; ++layer) {
-    const double pairs = model::layer_uses_moba(c, layer, true)
-                             ? moba_pairs_per_sequence(c.seq_len, c.heads,
-                                                       c.attention.block_size, c.attention.top_k)
-                             : dense_pairs_per_sequence(c.seq_len, c.heads);
+    const double pairs =
+        model::layer_uses_moba(c, layer, true)
+            ? moba_pairs_per_sequence(c.seq_len, c.heads, c.attention.block_size, c.attention.top_k)
+            : dense_pairs_per_sequence(c.seq_len, c.heads);
     attention += attn::attention_fwd_bwd_flops(pairs, c.head_dim) / T;
   }
   return model::matmul_flops_per_token(c) + attention;
@@ -137,9 +140,9 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override) {
   const DataFacts facts = data_facts(s, data);
   plan.data_note = facts.note;
   plan.data_train_tokens = facts.train_tokens;
-  MOBA_CHECK(facts.vocab_size <= s.model.vocab_size, s.origin, ": model.vocab_size = ",
-             s.model.vocab_size, " is smaller than the data's vocabulary (", facts.vocab_size,
-             ", ", data, ")");
+  MOBA_CHECK(facts.vocab_size <= s.model.vocab_size, s.origin,
+             ": model.vocab_size = ", s.model.vocab_size,
+             " is smaller than the data's vocabulary (", facts.vocab_size, ", ", data, ")");
   const bool synthetic = data.rfind("synthetic:", 0) == 0;
   const LadderConfig& l = s.ladder;
   for (size_t i = 0; i < l.layers.size(); ++i) {
@@ -155,8 +158,8 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override) {
       c.model.head_dim = l.head_dim;
       c.model.width = l.head_dim * L;
       c.model.mlp_hidden = 0;
-      c.model.attention.kind = kind == "full" ? model::AttentionKind::full
-                                              : model::AttentionKind::moba;
+      c.model.attention.kind =
+          kind == "full" ? model::AttentionKind::full : model::AttentionKind::moba;
       c.train = s.train;
       const model::ParamCounts pc = model::param_counts(c.model);
       const double target = l.tokens.empty()
@@ -167,8 +170,7 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override) {
       c.train.tokens = 0;
       const double tokens = static_cast<double>(c.train.steps) * per_step;
       c.train.lr = planned_lr(s.lr, static_cast<double>(pc.non_embedding), tokens);
-      c.train.warmup_steps =
-          std::llround(s.warmup_fraction * static_cast<double>(c.train.steps));
+      c.train.warmup_steps = std::llround(s.warmup_fraction * static_cast<double>(c.train.steps));
       c.eval = s.eval;
       c.eval.every = std::max<int64_t>(1, c.train.steps / s.eval_points);
       c.checkpoint_every = c.eval.every;
@@ -189,10 +191,10 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override) {
       r.flops_exec = r.exec_per_token * tokens;
       const model::ModelConfig& m = r.config.model;
       r.attention_density =
-          kind == "full" ? 1.0
-                         : moba_pairs_per_sequence(m.seq_len, 1, m.attention.block_size,
-                                                   m.attention.top_k) /
-                               dense_pairs_per_sequence(m.seq_len, 1);
+          kind == "full"
+              ? 1.0
+              : moba_pairs_per_sequence(m.seq_len, 1, m.attention.block_size, m.attention.top_k) /
+                    dense_pairs_per_sequence(m.seq_len, 1);
       if (s.estimate.known()) {
         const int64_t every = r.config.eval.every, steps = r.config.train.steps;
         const double evals = static_cast<double>(steps / every + (steps % every != 0));
@@ -203,8 +205,10 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override) {
             (s.estimate.flops_per_s > 0 ? r.exec_per_token / s.estimate.flops_per_s : 0.0);
         r.seconds = (tokens + eval_tokens) * per_token;
       }
-      if (synthetic) r.data_reads = 0;
-      else if (facts.train_tokens > 0) r.data_reads = tokens / static_cast<double>(facts.train_tokens);
+      if (synthetic)
+        r.data_reads = 0;
+      else if (facts.train_tokens > 0)
+        r.data_reads = tokens / static_cast<double>(facts.train_tokens);
       r.memory_bytes = memory_estimate(m, r.config.train.batch_size);
       plan.runs.push_back(std::move(r));
     }
@@ -248,30 +252,35 @@ void print_plan(std::FILE* f, const Plan& p) {
                  static_cast<long long>(s.train.tokens_per_step(m0.seq_len)));
   std::fprintf(f, "lr = min(%g, %g x (6ND)^-%g)\ndata: %s\n\n", s.lr.max, s.lr.coefficient,
                s.lr.exponent, p.data_note.c_str());
-  std::fprintf(f, "| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | "
-                  "6ND FLOPs | exec FLOPs | attn density | est. time | data reads | memory |\n"
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::fprintf(f,
+               "| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | "
+               "6ND FLOPs | exec FLOPs | attn density | est. time | data reads | memory |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   double f6 = 0, fe = 0;
   for (size_t i = 0; i < p.runs.size(); ++i) {
     const PlannedRun& r = p.runs[i];
     const model::ModelConfig& m = r.config.model;
     char reads[32] = "n/a";
-    if (r.data_reads >= 0) std::snprintf(reads, sizeof reads, "%.2f%s", r.data_reads,
-                                         r.data_reads > s.max_data_reads ? " (!)" : "");
-    std::fprintf(f, "| %zu | %s | %lld | %lld | %s / %s | %s | %lld | %.2e | %.3e | %.3e | %.2f | "
-                 "%s | %s | %s |\n",
-                 i + 1, r.config.name.c_str(), static_cast<long long>(m.layers),
-                 static_cast<long long>(m.width), si(static_cast<double>(r.params.non_embedding)).c_str(),
-                 si(static_cast<double>(r.params.total)).c_str(), si(r.tokens).c_str(),
-                 static_cast<long long>(r.config.train.steps), r.config.train.lr, r.flops_6nd,
-                 r.flops_exec, r.attention_density,
-                 r.seconds >= 0 ? train::format_duration(r.seconds).c_str() : "-", reads,
-                 bytes(r.memory_bytes).c_str());
+    if (r.data_reads >= 0)
+      std::snprintf(reads, sizeof reads, "%.2f%s", r.data_reads,
+                    r.data_reads > s.max_data_reads ? " (!)" : "");
+    std::fprintf(
+        f,
+        "| %zu | %s | %lld | %lld | %s / %s | %s | %lld | %.2e | %.3e | %.3e | %.2f | "
+        "%s | %s | %s |\n",
+        i + 1, r.config.name.c_str(), static_cast<long long>(m.layers),
+        static_cast<long long>(m.width), si(static_cast<double>(r.params.non_embedding)).c_str(),
+        si(static_cast<double>(r.params.total)).c_str(), si(r.tokens).c_str(),
+        static_cast<long long>(r.config.train.steps), r.config.train.lr, r.flops_6nd, r.flops_exec,
+        r.attention_density, r.seconds >= 0 ? train::format_duration(r.seconds).c_str() : "-",
+        reads, bytes(r.memory_bytes).c_str());
     f6 += r.flops_6nd;
     fe += r.flops_exec;
   }
-  std::fprintf(f, "\ntotal: 6ND %.3e FLOPs (%.3g PFLOP/s-days), executed %.3e FLOPs (%.3g "
-               "PFLOP/s-days)", f6, f6 / kPflopsDay, fe, fe / kPflopsDay);
+  std::fprintf(f,
+               "\ntotal: 6ND %.3e FLOPs (%.3g PFLOP/s-days), executed %.3e FLOPs (%.3g "
+               "PFLOP/s-days)",
+               f6, f6 / kPflopsDay, fe, fe / kPflopsDay);
   const double t = p.total_seconds();
   if (t >= 0) std::fprintf(f, ", estimated time %s", train::format_duration(t).c_str());
   std::fprintf(f, "\n");
@@ -279,7 +288,8 @@ void print_plan(std::FILE* f, const Plan& p) {
     std::fprintf(f, "estimate: %.3g us per token + executed FLOPs at %.3g FLOP/s%s%s\n",
                  s.estimate.seconds_per_token * 1e6, s.estimate.flops_per_s,
                  s.estimate.note.empty() ? "" : "; ", s.estimate.note.c_str());
-  std::fprintf(f, "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (16 bytes "
+  std::fprintf(f,
+               "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (16 bytes "
                "per parameter + activations)\n",
                static_cast<long long>(s.train.batch_size));
   std::fflush(f);
@@ -312,9 +322,10 @@ nlohmann::json plan_json(const Plan& p) {
           {"data", p.sweep.data},
           {"data_train_tokens", p.data_train_tokens},
           {"tokens_per_param", p.sweep.ladder.tokens_per_param},
-          {"lr_rule", {{"coefficient", p.sweep.lr.coefficient},
-                       {"exponent", p.sweep.lr.exponent},
-                       {"max", p.sweep.lr.max}}},
+          {"lr_rule",
+           {{"coefficient", p.sweep.lr.coefficient},
+            {"exponent", p.sweep.lr.exponent},
+            {"max", p.sweep.lr.max}}},
           {"runs", runs}};
 }
 

@@ -17,10 +17,9 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "model/config.h"
 #include "train/config.h"
@@ -28,11 +27,11 @@
 namespace moba::scaling {
 
 struct LadderConfig {
-  std::vector<int64_t> layers;  // one size per entry: layers = heads = L
-  int64_t head_dim = 64;        // D; width = D x L
-  int64_t kv_heads = 0;         // 0: = heads (no grouping)
+  std::vector<int64_t> layers;     // one size per entry: layers = heads = L
+  int64_t head_dim = 64;           // D; width = D x L
+  int64_t kv_heads = 0;            // 0: = heads (no grouping)
   double tokens_per_param = 20.0;  // r
-  std::vector<double> tokens;   // explicit budgets per size (same length as layers), or empty
+  std::vector<double> tokens;      // explicit budgets per size (same length as layers), or empty
 };
 
 // The learning-rate rule: lr = coefficient x C^-exponent (C = 6ND FLOPs), at most `max`.
@@ -61,16 +60,16 @@ struct SweepConfig {
   // Training tokens of the data when its folder is absent (planning on another machine);
   // 0: unknown. The folder's manifest, when present, wins.
   int64_t data_train_tokens = 0;
-  std::string runs_dir;                           // where the run folders go
+  std::string runs_dir;  // where the run folders go
   std::vector<std::string> attention = {"full", "moba"};
   LadderConfig ladder;
   model::ModelConfig model;  // all but width, layers, heads (from the ladder) and kind
   LrRule lr;
-  train::OptimConfig train;     // all but steps, tokens and lr (from the rules)
+  train::OptimConfig train;       // all but steps, tokens and lr (from the rules)
   double warmup_fraction = 0.05;  // warm-up steps = round(fraction x steps)
-  int64_t eval_points = 8;      // validations per run, evenly spaced (and at the end)
-  train::EvalConfig eval;       // windows, batch_size, bucket_size (every: from eval_points)
-  int64_t log_every = 0;        // progress lines; 0: about 10 per run
+  int64_t eval_points = 8;        // validations per run, evenly spaced (and at the end)
+  train::EvalConfig eval;         // windows, batch_size, bucket_size (every: from eval_points)
+  int64_t log_every = 0;          // progress lines; 0: about 10 per run
   ThroughputModel estimate;
   double max_data_reads = 4.0;  // a run reading its data more often is refused
 };
@@ -85,21 +84,21 @@ struct PlannedRun {
   std::string attention;    // "full" or "moba"
   int64_t size = 0;         // index in the ladder
   model::ParamCounts params;
-  double tokens = 0;        // planned (whole steps)
-  double flops_6nd = 0;     // 6 x non-embedding params x tokens
-  double flops_exec = 0;    // executed, forward + backward (docs/run_format.md)
+  double tokens = 0;      // planned (whole steps)
+  double flops_6nd = 0;   // 6 x non-embedding params x tokens
+  double flops_exec = 0;  // executed, forward + backward (docs/run_format.md)
   double exec_per_token = 0;
   double attention_density = 1;  // attended pairs / dense causal pairs
-  double seconds = -1;      // estimated; < 0 when the preset gives no throughput
-  double data_reads = -1;   // tokens / training tokens; < 0 when unknown (synthetic: 0)
-  double memory_bytes = 0;  // estimate for one micro-batch, see memory_estimate()
+  double seconds = -1;           // estimated; < 0 when the preset gives no throughput
+  double data_reads = -1;        // tokens / training tokens; < 0 when unknown (synthetic: 0)
+  double memory_bytes = 0;       // estimate for one micro-batch, see memory_estimate()
 };
 
 struct Plan {
   SweepConfig sweep;
-  std::string data_note;       // where the data figures come from
+  std::string data_note;          // where the data figures come from
   int64_t data_train_tokens = 0;  // 0: unknown or synthetic
-  std::vector<PlannedRun> runs;  // by size, then attention in the preset's order
+  std::vector<PlannedRun> runs;   // by size, then attention in the preset's order
   double max_data_reads() const;
   double total_seconds() const;  // < 0 when unknown
 };

@@ -1,10 +1,10 @@
 // Reading a sweep preset (sweeps/NAME.toml): every key, its default and its meaning are in
 // docs/sweep.md; the defaults themselves are the ones of SweepConfig (plan.h).
+#include <toml++/toml.h>
+
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <toml++/toml.h>
 
 #include "core/error.h"
 #include "scaling/plan.h"
@@ -33,9 +33,12 @@ class Keys {
   }
   void get(const char* key, double& out) {
     if (const toml::node* n = find(key)) {
-      if (n->is_floating_point()) out = *n->value<double>();
-      else if (n->is_integer()) out = static_cast<double>(*n->value<int64_t>());
-      else fail(key, "a number", *n);
+      if (n->is_floating_point())
+        out = *n->value<double>();
+      else if (n->is_integer())
+        out = static_cast<double>(*n->value<int64_t>());
+      else
+        fail(key, "a number", *n);
     }
   }
   void get(const char* key, bool& out) {
@@ -79,8 +82,8 @@ class Keys {
   void finish() const {
     if (!t_) return;
     for (const auto& [k, v] : *t_)
-      MOBA_CHECK(known_.count(std::string(k.str())), origin_, ": unknown key '", prefix_,
-                 k.str(), "' (line ", k.source().begin.line, "); see docs/sweep.md for the keys");
+      MOBA_CHECK(known_.count(std::string(k.str())), origin_, ": unknown key '", prefix_, k.str(),
+                 "' (line ", k.source().begin.line, "); see docs/sweep.md for the keys");
   }
 
  private:
@@ -110,7 +113,8 @@ const toml::table* table(const toml::table& root, const char* name, const std::s
 void validate(const SweepConfig& s) {
   const std::string& o = s.origin;
   MOBA_CHECK(!s.name.empty(), o, ": name must not be empty");
-  MOBA_CHECK(!s.data.empty(), o, ": data must name a folder of token shards or a synthetic "
+  MOBA_CHECK(!s.data.empty(), o,
+             ": data must name a folder of token shards or a synthetic "
              "source");
   MOBA_CHECK(!s.attention.empty(), o, ": attention must list at least one of \"full\", \"moba\"");
   for (size_t i = 0; i < s.attention.size(); ++i) {
@@ -125,8 +129,8 @@ void validate(const SweepConfig& s) {
   for (size_t i = 0; i < l.layers.size(); ++i) {
     MOBA_CHECK(l.layers[i] >= 1, o, ": ladder.layers entries must be >= 1, got ", l.layers[i]);
     MOBA_CHECK(i == 0 || l.layers[i] > l.layers[i - 1], o,
-               ": ladder.layers must increase (one run per size), got ", l.layers[i - 1],
-               " then ", l.layers[i]);
+               ": ladder.layers must increase (one run per size), got ", l.layers[i - 1], " then ",
+               l.layers[i]);
   }
   MOBA_CHECK(l.head_dim >= 2 && l.head_dim % 2 == 0, o,
              ": ladder.head_dim must be even and >= 2, got ", l.head_dim);
@@ -138,7 +142,8 @@ void validate(const SweepConfig& s) {
              ": ladder.tokens_per_param must be in (0, 1e6), got ", l.tokens_per_param);
   MOBA_CHECK(l.tokens.empty() || l.tokens.size() == l.layers.size(), o, ": ladder.tokens has ",
              l.tokens.size(), " entries, ladder.layers ", l.layers.size(), "; give one per size");
-  for (double t : l.tokens) MOBA_CHECK(t >= 1.0, o, ": ladder.tokens entries must be >= 1, got ", t);
+  for (double t : l.tokens)
+    MOBA_CHECK(t >= 1.0, o, ": ladder.tokens entries must be >= 1, got ", t);
   MOBA_CHECK(s.lr.coefficient > 0.0 && s.lr.exponent >= 0.0 && s.lr.max > 0.0, o,
              ": lr.coefficient and lr.max must be > 0 and lr.exponent >= 0");
   MOBA_CHECK(s.warmup_fraction >= 0.0 && s.warmup_fraction < 1.0, o,
@@ -158,12 +163,12 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
   try {
     root = toml::parse(text, origin);
   } catch (const toml::parse_error& e) {
-    MOBA_CHECK(false, origin, ": TOML syntax error at line ", e.source().begin.line,
-               ", column ", e.source().begin.column, ": ", e.description());
+    MOBA_CHECK(false, origin, ": TOML syntax error at line ", e.source().begin.line, ", column ",
+               e.source().begin.column, ": ", e.description());
   }
   SweepConfig s;
   s.origin = origin;
-  s.runs_dir = "runs/" ;
+  s.runs_dir = "runs/";
   {
     Keys k(&root, origin, "");
     k.get("name", s.name);

@@ -24,10 +24,14 @@ enum class State { fresh, restart, resume, finished };
 
 const char* state_name(State s) {
   switch (s) {
-    case State::fresh: return "train";
-    case State::restart: return "train anew (started, no checkpoint yet)";
-    case State::resume: return "resume from its checkpoint";
-    case State::finished: return "finished: skip";
+    case State::fresh:
+      return "train";
+    case State::restart:
+      return "train anew (started, no checkpoint yet)";
+    case State::resume:
+      return "resume from its checkpoint";
+    case State::finished:
+      return "finished: skip";
   }
   return "?";
 }
@@ -107,7 +111,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   check_data_reuse(plan, o.force_reuse);
   const std::string& data = plan.sweep.data;
   MOBA_CHECK(data.rfind("synthetic:", 0) == 0 || fs::exists(fs::path(data) / "manifest.json"),
-             "data '", data, "' is not a folder made by `moba prepare` (no manifest.json); "
+             "data '", data,
+             "' is not a folder made by `moba prepare` (no manifest.json); "
              "prepare it first (docs/data.md) or pass --data DIR");
 
   const fs::path runs_dir(sweep.runs_dir);
@@ -123,8 +128,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     states[i] = classify(dir, r.config);
     if (states[i] == State::finished) fraction_left[i] = 0;
     if (states[i] == State::resume)
-      fraction_left[i] = 1.0 - static_cast<double>(steps_done(dir)) /
-                                   static_cast<double>(r.config.train.steps);
+      fraction_left[i] =
+          1.0 - static_cast<double>(steps_done(dir)) / static_cast<double>(r.config.train.steps);
   }
   if (o.out) {
     std::fprintf(o.out, "\nruns in %s:\n", runs_dir.string().c_str());
@@ -152,16 +157,18 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     }
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
     if (o.out) {
-      std::fprintf(o.out,
-                   "\n=== sweep %s: run %zu/%zu %s (%s non-embedding parameters, %s tokens, %s; "
-                   "%s) | sweep elapsed %s, ETA %s ===\n",
-                   sweep.name.c_str(), i + 1, n, r.config.name.c_str(),
-                   train::format_count(static_cast<double>(r.params.non_embedding)).c_str(),
-                   train::format_count(r.tokens).c_str(), state_name(states[i]),
-                   r.seconds >= 0 ? ("estimated " + train::format_duration(r.seconds * fraction_left[i])).c_str()
-                                  : "no estimate",
-                   train::format_duration(elapsed).c_str(),
-                   train::format_duration(eta.eta(est_left, flops_left)).c_str());
+      std::fprintf(
+          o.out,
+          "\n=== sweep %s: run %zu/%zu %s (%s non-embedding parameters, %s tokens, %s; "
+          "%s) | sweep elapsed %s, ETA %s ===\n",
+          sweep.name.c_str(), i + 1, n, r.config.name.c_str(),
+          train::format_count(static_cast<double>(r.params.non_embedding)).c_str(),
+          train::format_count(r.tokens).c_str(), state_name(states[i]),
+          r.seconds >= 0
+              ? ("estimated " + train::format_duration(r.seconds * fraction_left[i])).c_str()
+              : "no estimate",
+          train::format_duration(elapsed).c_str(),
+          train::format_duration(eta.eta(est_left, flops_left)).c_str());
       std::fflush(o.out);
     }
     if (states[i] == State::restart)
@@ -169,14 +176,14 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     const bool resume = states[i] == State::resume;
     const auto run_t0 = Clock::now();
     try {
-      train::Trainer trainer(r.config, {dir.string(), "", resume,
-                                        o.trainer_progress ? o.out : nullptr});
+      train::Trainer trainer(r.config,
+                             {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr});
       if (o.interrupt_after_steps >= 0) {
         trainer.run(o.interrupt_after_steps);
         sum.interrupted = true;
-        if (o.out) std::fprintf(o.out, "sweep interrupted after step %lld of %s (test)\n",
-                                static_cast<long long>(trainer.state().step),
-                                r.config.name.c_str());
+        if (o.out)
+          std::fprintf(o.out, "sweep interrupted after step %lld of %s (test)\n",
+                       static_cast<long long>(trainer.state().step), r.config.name.c_str());
         break;
       }
       trainer.run();
@@ -184,8 +191,9 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     } catch (const Error& e) {
       ++sum.failed;
       failures.push_back(r.config.name + ": " + e.what());
-      if (o.out) std::fprintf(o.out, "run %s failed: %s\n(the sweep goes on)\n",
-                              r.config.name.c_str(), e.what());
+      if (o.out)
+        std::fprintf(o.out, "run %s failed: %s\n(the sweep goes on)\n", r.config.name.c_str(),
+                     e.what());
     }
     eta.seconds_done += std::chrono::duration<double>(Clock::now() - run_t0).count();
     eta.est_done += r.seconds * fraction_left[i];
@@ -193,7 +201,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   }
   sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (o.out) {
-    std::fprintf(o.out, "\nsweep %s: %d trained, %d resumed, %d skipped (finished before), %d "
+    std::fprintf(o.out,
+                 "\nsweep %s: %d trained, %d resumed, %d skipped (finished before), %d "
                  "failed in %s; runs in %s\n",
                  sweep.name.c_str(), sum.trained, sum.resumed, sum.skipped, sum.failed,
                  train::format_duration(sum.seconds).c_str(), runs_dir.string().c_str());

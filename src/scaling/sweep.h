@@ -21,12 +21,12 @@
 namespace moba::scaling {
 
 struct SweepOptions {
-  std::string config;        // --config: the preset (sweeps/NAME.toml)
-  std::string runs_dir;      // --runs-dir: overrides the preset's runs_dir
-  std::string data;          // --data: overrides the preset's data
-  bool plan_only = false;    // --plan-only: print the plan, train nothing
-  bool force_reuse = false;  // --force-reuse: allow reading the data more than 4 times
-  std::FILE* out = stdout;   // the plan and the sweep's progress; nullptr = silent
+  std::string config;            // --config: the preset (sweeps/NAME.toml)
+  std::string runs_dir;          // --runs-dir: overrides the preset's runs_dir
+  std::string data;              // --data: overrides the preset's data
+  bool plan_only = false;        // --plan-only: print the plan, train nothing
+  bool force_reuse = false;      // --force-reuse: allow reading the data more than 4 times
+  std::FILE* out = stdout;       // the plan and the sweep's progress; nullptr = silent
   bool trainer_progress = true;  // the trainer's own step lines (to `out`)
   // Tests: the first run that trains stops after this many steps (as if killed) and the
   // sweep returns. -1: off.

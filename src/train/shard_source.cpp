@@ -10,7 +10,8 @@ namespace moba::train {
 namespace {
 
 data::Dataset open_dataset(const std::string& dir, int64_t vocab_size) {
-  MOBA_CHECK(std::filesystem::is_directory(dir), "data '", dir, "' is neither a synthetic "
+  MOBA_CHECK(std::filesystem::is_directory(dir), "data '", dir,
+             "' is neither a synthetic "
              "source nor a folder (make one with `moba prepare`, see docs/data.md)");
   return data::Dataset::open(dir, {true, vocab_size});
 }
@@ -19,16 +20,15 @@ data::Dataset open_dataset(const std::string& dir, int64_t vocab_size) {
 
 ShardSource::ShardSource(const std::string& dir, int64_t vocab_size, int64_t T, int64_t B,
                          int64_t windows, uint64_t seed)
-    : ds_(open_dataset(dir, vocab_size)),
-      T_(T), B_(B), windows_(windows), seed_(seed) {
+    : ds_(open_dataset(dir, vocab_size)), T_(T), B_(B), windows_(windows), seed_(seed) {
   const int64_t longest = ds_.longest_document(data::Split::train);
   MOBA_CHECK(longest >= T + 1, dir, ": no training document holds T + 1 = ", T + 1,
              " tokens (the longest has ", longest, "); use a shorter model.seq_len");
 }
 
 model::Batch ShardSource::train_batch(uint64_t index) {
-  data::Batch d = ds_.train_batch(seed_, static_cast<int64_t>(index), B_, T_,
-                                  data::Packing::document);
+  data::Batch d =
+      ds_.train_batch(seed_, static_cast<int64_t>(index), B_, T_, data::Packing::document);
   model::Batch b;
   b.B = d.B;
   b.T = d.T;

@@ -1,5 +1,7 @@
 // The sweep planner on hand-made inputs: parameters, tokens, FLOPs in both conventions,
 // the learning-rate rule, data reads and their refusal; every preset parses and plans.
+#include "scaling/plan.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,7 +9,6 @@
 
 #include "attention/gate.h"
 #include "attention/stats.h"
-#include "scaling/plan.h"
 #include "scaling/temp_dir.h"
 
 namespace moba::scaling {
@@ -43,8 +44,12 @@ windows = 4
 TEST(Plan, MobaPairsMatchTheGateOnRandomInputs) {
   std::mt19937_64 g(7);
   std::normal_distribution<float> n;
-  for (auto [T, S, K] : {std::tuple<int64_t, int64_t, int64_t>{100, 16, 3}, {64, 16, 3},
-                         {37, 8, 1}, {50, 16, 9}, {1, 4, 2}, {129, 32, 2}}) {
+  for (auto [T, S, K] : {std::tuple<int64_t, int64_t, int64_t>{100, 16, 3},
+                         {64, 16, 3},
+                         {37, 8, 1},
+                         {50, 16, 9},
+                         {1, 4, 2},
+                         {129, 32, 2}}) {
     const int64_t H = 2, D = 4;
     const attn::Layout layout = attn::Layout::batched(2, T, H, H, D);
     std::vector<float> q(layout.q_elems()), k(layout.kv_elems());
@@ -163,17 +168,24 @@ TEST(Plan, PresetErrorsNameTheKey) {
   expect_error([&] { parse_sweep_config(base + "[extra]\n", "p.toml"); }, "unknown key 'extra'");
   expect_error([&] { parse_sweep_config(base + "[estimate]\nflops = 1\n", "p.toml"); },
                "estimate.flops");
-  expect_error([&] {
-    parse_sweep_config("name = \"x\"\ndata = \"d\"\nattention = [\"sparse\"]\n[ladder]\nlayers = [1]\n",
-                       "p.toml");
-  }, "\"full\" or \"moba\"");
-  expect_error([&] {
-    parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [3, 2]\n", "p.toml");
-  }, "ladder.layers must increase");
-  expect_error([&] {
-    parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [2]\ntokens = [1, 2]\n",
-                       "p.toml");
-  }, "one per size");
+  expect_error(
+      [&] {
+        parse_sweep_config(
+            "name = \"x\"\ndata = \"d\"\nattention = [\"sparse\"]\n[ladder]\nlayers = [1]\n",
+            "p.toml");
+      },
+      "\"full\" or \"moba\"");
+  expect_error(
+      [&] {
+        parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [3, 2]\n", "p.toml");
+      },
+      "ladder.layers must increase");
+  expect_error(
+      [&] {
+        parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [2]\ntokens = [1, 2]\n",
+                           "p.toml");
+      },
+      "one per size");
   expect_error([&] { load_sweep_config("/nonexistent/x.toml"); }, "cannot read");
 }
 

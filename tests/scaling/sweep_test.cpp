@@ -1,6 +1,8 @@
 // `moba sweep` end to end on micro models: a sweep trains every run, a second invocation
 // skips them, an interrupted run resumes from its checkpoint bit for bit, a changed preset
 // is refused; and the token-shard source gives deterministic batches.
+#include "scaling/sweep.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -9,7 +11,6 @@
 
 #include "data/prepare.h"
 #include "scaling/runs.h"
-#include "scaling/sweep.h"
 #include "scaling/temp_dir.h"
 #include "train/shard_source.h"
 
@@ -44,7 +45,8 @@ batch_size = 2
 points = 3
 windows = 4
 bucket_size = 8
-)", "micro.toml");
+)",
+                                     "micro.toml");
   return s;
 }
 
@@ -200,7 +202,8 @@ TEST(ShardSource, DeterministicBatchesFromTheShards) {
     EXPECT_NE(x.tokens, a.train_batch(i + 1).tokens);
     EXPECT_NE(x.tokens, other_seed.train_batch(i).tokens);
     // Rows are text of one document: no NUL, only the bytes of the words.
-    for (int32_t t : x.tokens) EXPECT_TRUE(t == '\n' || t == ' ' || t == '.' || (t >= 'a' && t <= 'z'));
+    for (int32_t t : x.tokens)
+      EXPECT_TRUE(t == '\n' || t == ' ' || t == '.' || (t >= 'a' && t <= 'z'));
   }
   // Reading in another order gives the same batch (no hidden cursor).
   const model::Batch later = a.train_batch(5);
