@@ -21,5 +21,6 @@ void add_report(CLI::App& app);  // moba report
 // --compute of the scaling commands: "6nd", "exec" or "both".
 std::vector<scaling::Compute> parse_computes(const std::string& s);
 void add_train(CLI::App& app);  // moba train
+void add_sweep(CLI::App& app);  // moba sweep
 
 }  // namespace moba::cli

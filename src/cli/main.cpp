@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
 #endif
   moba::cli::add_report(app);
   moba::cli::add_train(app);
+  moba::cli::add_sweep(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "train/config.h"
+#include "train/shard_source.h"
 #include "train/synthetic.h"
 
 namespace moba::train {
@@ -15,9 +16,7 @@ std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const std::
                                                cfg.train.seed);
   MOBA_CHECK(data.rfind("synthetic:", 0) != 0, "unknown synthetic data source '", data,
              "'; the synthetic sources are: synthetic:assoc_recall");
-  MOBA_CHECK(false, "data '", data,
-             "': reading token shards is not plugged into the trainer "
-             "yet (src/data); use data = \"synthetic:assoc_recall\" for now");
+  return make_shard_source(cfg, data);  // a folder made by `moba prepare`
 }
 
 }  // namespace moba::train

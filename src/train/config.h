@@ -40,8 +40,8 @@ struct EvalConfig {
 
 struct RunConfig {
   std::string name = "run";
-  // Where tokens come from: "synthetic:assoc_recall", or a folder of token shards
-  // (not yet plugged in). `moba train --data DIR` overrides it.
+  // Where tokens come from: "synthetic:assoc_recall", or a folder of token shards made by
+  // `moba prepare` (src/train/shard_source.h). `moba train --data DIR` overrides it.
   std::string data = "synthetic:assoc_recall";
   model::ModelConfig model;
   OptimConfig train;

@@ -1,0 +1,30 @@
+// moba sweep --config sweeps/NAME.toml: plans a ladder of model sizes x attention types and
+// trains them one after another into RUNS_DIR (docs/sweep.md).
+#include <string>
+
+#include "cli/commands.h"
+#include "scaling/sweep.h"
+
+namespace moba::cli {
+
+void add_sweep(CLI::App& app) {
+  static scaling::SweepOptions o;
+  CLI::App* cmd = app.add_subcommand(
+      "sweep",
+      "Train a scaling ladder (sizes x {full, MoBA}) from a preset; skips finished "
+      "runs, resumes interrupted ones");
+  cmd->add_option("--config,-c", o.config, "Sweep preset (TOML, see sweeps/)")->required();
+  cmd->add_option("--runs-dir", o.runs_dir,
+                  "Folder of the run folders (default: the preset's "
+                  "runs_dir, runs/NAME)");
+  cmd->add_option("--data", o.data, "Token shards folder (overrides the preset's data)");
+  cmd->add_flag("--plan-only", o.plan_only,
+                "Print the plan (parameters, tokens, FLOPs, time, "
+                "data reads) and stop");
+  cmd->add_flag("--force-reuse", o.force_reuse,
+                "Train even if a run would read its training "
+                "data more than 4 times");
+  cmd->callback([] { scaling::run_sweep(scaling::load_sweep_config(o.config), o); });
+}
+
+}  // namespace moba::cli

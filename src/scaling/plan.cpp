@@ -1,0 +1,332 @@
+// The planner: run configurations, parameter and FLOP counts, estimates (plan.h).
+#include "scaling/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "attention/stats.h"
+#include "core/error.h"
+#include "train/progress.h"
+
+namespace moba::scaling {
+namespace fs = std::filesystem;
+namespace {
+
+// "812", "12.3k", "4.56M", "7.89B", "1.20T".
+std::string si(double x) {
+  char buf[32];
+  const char* unit[] = {"", "k", "M", "B", "T", "P"};
+  int u = 0;
+  while (std::fabs(x) >= 1000.0 && u < 5) x /= 1000.0, ++u;
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f%s" : (x < 10 ? "%.2f%s" : "%.1f%s"), x, unit[u]);
+  return buf;
+}
+
+std::string bytes(double b) {
+  char buf[32];
+  if (b < 1024.0 * 1024 * 1024)
+    std::snprintf(buf, sizeof buf, "%.0f MiB", b / (1024.0 * 1024));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f GiB", b / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
+constexpr double kPflopsDay = 1e15 * 86400.0;
+
+// The data's training tokens and vocabulary from its manifest, without opening shards.
+struct DataFacts {
+  int64_t train_tokens = 0, vocab_size = 0;
+  std::string note;
+};
+
+DataFacts data_facts(const SweepConfig& s, const std::string& data) {
+  DataFacts d;
+  if (data.rfind("synthetic:", 0) == 0) {
+    d.note = data + ": generated on the fly, never re-read";
+    return d;
+  }
+  const fs::path manifest = fs::path(data) / "manifest.json";
+  if (fs::exists(manifest)) {
+    std::ifstream f(manifest);
+    try {
+      const nlohmann::json m = nlohmann::json::parse(f);
+      d.train_tokens = m.at("stats").at("train").at("tokens").get<int64_t>();
+      d.vocab_size = m.at("vocab_size").get<int64_t>();
+    } catch (const nlohmann::json::exception& e) {
+      MOBA_CHECK(false, manifest.string(), ": not a valid manifest (", e.what(), ")");
+    }
+    d.note = data + ": " + si(static_cast<double>(d.train_tokens)) + " training tokens (" +
+             manifest.string() + ")";
+  } else if (s.data_train_tokens > 0) {
+    d.train_tokens = s.data_train_tokens;
+    d.note = data + " (not prepared here): " + si(static_cast<double>(d.train_tokens)) +
+             " training tokens, the preset's data_train_tokens";
+  } else {
+    d.note = data +
+             " (not prepared here, and the preset gives no data_train_tokens): data "
+             "reads unknown";
+  }
+  return d;
+}
+
+}  // namespace
+
+double dense_pairs_per_sequence(int64_t T, int64_t heads) {
+  const double t = static_cast<double>(T);
+  return t * (t + 1.0) / 2.0 * static_cast<double>(heads);
+}
+
+double moba_pairs_per_sequence(int64_t T, int64_t heads, int64_t S, int64_t K) {
+  double pairs = 0.0;
+  for (int64_t c = 0; c * S < T; ++c) {
+    const int64_t begin = c * S, n = std::min(S, T - begin);  // queries of block c
+    const double own = static_cast<double>(n) * static_cast<double>(n + 1) / 2.0;
+    // Block c's queries see min(c, K - 1) whole past blocks (all of them while c < K).
+    pairs += own + static_cast<double>(n) * static_cast<double>(std::min(c, K - 1) * S);
+  }
+  return pairs * static_cast<double>(heads);
+}
+
+double exec_flops_per_token(const model::ModelConfig& cfg0) {
+  const model::ModelConfig c = cfg0.resolved();
+  const double T = static_cast<double>(c.seq_len);
+  double attention = 0.0;
+  for (int64_t layer = 0; layer < c.layers; ++layer) {
+    const double pairs =
+        model::layer_uses_moba(c, layer, true)
+            ? moba_pairs_per_sequence(c.seq_len, c.heads, c.attention.block_size, c.attention.top_k)
+            : dense_pairs_per_sequence(c.seq_len, c.heads);
+    attention += attn::attention_fwd_bwd_flops(pairs, c.head_dim) / T;
+  }
+  return model::matmul_flops_per_token(c) + attention;
+}
+
+double planned_lr(const LrRule& rule, double params, double tokens) {
+  const double c = 6.0 * params * tokens;
+  return std::min(rule.max, rule.coefficient * std::pow(c, -rule.exponent));
+}
+
+double memory_estimate(const model::ModelConfig& cfg0, int64_t batch_size) {
+  const model::ModelConfig c = cfg0.resolved();
+  const double states = 16.0 * static_cast<double>(model::param_counts(c).total);
+  const double tokens = static_cast<double>(batch_size * c.seq_len);
+  const double activations = tokens * (34.0 * static_cast<double>(c.layers * c.width) +
+                                       8.0 * static_cast<double>(c.vocab_size));
+  return states + activations;
+}
+
+double Plan::max_data_reads() const {
+  double m = -1;
+  for (const PlannedRun& r : runs) m = std::max(m, r.data_reads);
+  return m;
+}
+
+double Plan::total_seconds() const {
+  double t = 0;
+  for (const PlannedRun& r : runs) {
+    if (r.seconds < 0) return -1;
+    t += r.seconds;
+  }
+  return t;
+}
+
+Plan make_plan(const SweepConfig& s, const std::string& data_override) {
+  Plan plan;
+  plan.sweep = s;
+  if (!data_override.empty()) plan.sweep.data = data_override;
+  const std::string& data = plan.sweep.data;
+  const DataFacts facts = data_facts(s, data);
+  plan.data_note = facts.note;
+  plan.data_train_tokens = facts.train_tokens;
+  MOBA_CHECK(facts.vocab_size <= s.model.vocab_size, s.origin,
+             ": model.vocab_size = ", s.model.vocab_size,
+             " is smaller than the data's vocabulary (", facts.vocab_size, ", ", data, ")");
+  const bool synthetic = data.rfind("synthetic:", 0) == 0;
+  const LadderConfig& l = s.ladder;
+  for (size_t i = 0; i < l.layers.size(); ++i) {
+    const int64_t L = l.layers[i];
+    for (const std::string& kind : s.attention) {
+      train::RunConfig c;
+      c.name = s.name + "-L" + std::to_string(L) + "-" + kind;
+      c.data = data;
+      c.model = s.model;
+      c.model.layers = L;
+      c.model.heads = L;
+      c.model.kv_heads = l.kv_heads;
+      c.model.head_dim = l.head_dim;
+      c.model.width = l.head_dim * L;
+      c.model.mlp_hidden = 0;
+      c.model.attention.kind =
+          kind == "full" ? model::AttentionKind::full : model::AttentionKind::moba;
+      c.train = s.train;
+      const model::ParamCounts pc = model::param_counts(c.model);
+      const double target = l.tokens.empty()
+                                ? l.tokens_per_param * static_cast<double>(pc.non_embedding)
+                                : l.tokens[i];
+      const double per_step = static_cast<double>(c.train.tokens_per_step(c.model.seq_len));
+      c.train.steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(target / per_step)));
+      c.train.tokens = 0;
+      const double tokens = static_cast<double>(c.train.steps) * per_step;
+      c.train.lr = planned_lr(s.lr, static_cast<double>(pc.non_embedding), tokens);
+      c.train.warmup_steps = std::llround(s.warmup_fraction * static_cast<double>(c.train.steps));
+      c.eval = s.eval;
+      c.eval.every = std::max<int64_t>(1, c.train.steps / s.eval_points);
+      c.checkpoint_every = c.eval.every;
+      c.log_every = s.log_every > 0 ? s.log_every : std::max<int64_t>(1, c.train.steps / 10);
+      try {
+        c.validate();
+      } catch (const Error& e) {
+        MOBA_CHECK(false, s.origin, ": size L = ", L, " (", kind, "): ", e.what());
+      }
+      PlannedRun r;
+      r.config = c.resolved();
+      r.attention = kind;
+      r.size = static_cast<int64_t>(i);
+      r.params = pc;
+      r.tokens = tokens;
+      r.flops_6nd = 6.0 * static_cast<double>(pc.non_embedding) * tokens;
+      r.exec_per_token = exec_flops_per_token(r.config.model);
+      r.flops_exec = r.exec_per_token * tokens;
+      const model::ModelConfig& m = r.config.model;
+      r.attention_density =
+          kind == "full"
+              ? 1.0
+              : moba_pairs_per_sequence(m.seq_len, 1, m.attention.block_size, m.attention.top_k) /
+                    dense_pairs_per_sequence(m.seq_len, 1);
+      if (s.estimate.known()) {
+        const int64_t every = r.config.eval.every, steps = r.config.train.steps;
+        const double evals = static_cast<double>(steps / every + (steps % every != 0));
+        const double eval_tokens =
+            evals * static_cast<double>(r.config.eval.windows * m.seq_len) / 3.0;
+        const double per_token =
+            s.estimate.seconds_per_token +
+            (s.estimate.flops_per_s > 0 ? r.exec_per_token / s.estimate.flops_per_s : 0.0);
+        r.seconds = (tokens + eval_tokens) * per_token;
+      }
+      if (synthetic)
+        r.data_reads = 0;
+      else if (facts.train_tokens > 0)
+        r.data_reads = tokens / static_cast<double>(facts.train_tokens);
+      r.memory_bytes = memory_estimate(m, r.config.train.batch_size);
+      plan.runs.push_back(std::move(r));
+    }
+  }
+  return plan;
+}
+
+void check_data_reuse(const Plan& plan, bool force_reuse) {
+  if (force_reuse) return;
+  std::string over;
+  for (const PlannedRun& r : plan.runs)
+    if (r.data_reads > plan.sweep.max_data_reads) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, " %.2f", r.data_reads);
+      over += "\n  " + r.config.name + ":" + buf + " times";
+    }
+  MOBA_CHECK(over.empty(), "the sweep would read its training data more than ",
+             plan.sweep.max_data_reads, " times in these runs (", plan.data_note, "):", over,
+             "\nuse more data, fewer tokens per parameter or smaller sizes, or pass --force-reuse "
+             "to train on repeated data anyway");
+}
+
+void print_plan(std::FILE* f, const Plan& p) {
+  if (!f) return;
+  const SweepConfig& s = p.sweep;
+  const model::ModelConfig& m0 = p.runs.front().config.model;
+  std::fprintf(f, "sweep %s (%s): %zu runs = %zu sizes x {", s.name.c_str(), s.origin.c_str(),
+               p.runs.size(), s.ladder.layers.size());
+  for (size_t i = 0; i < s.attention.size(); ++i)
+    std::fprintf(f, "%s%s", i ? ", " : "", s.attention[i].c_str());
+  std::fprintf(f, "}; T = %lld, MoBA S = %lld, K = %lld, vocabulary %lld, head dim %lld\n",
+               static_cast<long long>(m0.seq_len), static_cast<long long>(m0.attention.block_size),
+               static_cast<long long>(m0.attention.top_k), static_cast<long long>(m0.vocab_size),
+               static_cast<long long>(m0.head_dim));
+  if (s.ladder.tokens.empty())
+    std::fprintf(f, "tokens = %g x non-embedding parameters (whole steps of %lld tokens); ",
+                 s.ladder.tokens_per_param,
+                 static_cast<long long>(s.train.tokens_per_step(m0.seq_len)));
+  else
+    std::fprintf(f, "tokens: the preset's ladder.tokens (whole steps of %lld tokens); ",
+                 static_cast<long long>(s.train.tokens_per_step(m0.seq_len)));
+  std::fprintf(f, "lr = min(%g, %g x (6ND)^-%g)\ndata: %s\n\n", s.lr.max, s.lr.coefficient,
+               s.lr.exponent, p.data_note.c_str());
+  std::fprintf(f,
+               "| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | "
+               "6ND FLOPs | exec FLOPs | attn density | est. time | data reads | memory |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  double f6 = 0, fe = 0;
+  for (size_t i = 0; i < p.runs.size(); ++i) {
+    const PlannedRun& r = p.runs[i];
+    const model::ModelConfig& m = r.config.model;
+    char reads[32] = "n/a";
+    if (r.data_reads >= 0)
+      std::snprintf(reads, sizeof reads, "%.2f%s", r.data_reads,
+                    r.data_reads > s.max_data_reads ? " (!)" : "");
+    std::fprintf(
+        f,
+        "| %zu | %s | %lld | %lld | %s / %s | %s | %lld | %.2e | %.3e | %.3e | %.2f | "
+        "%s | %s | %s |\n",
+        i + 1, r.config.name.c_str(), static_cast<long long>(m.layers),
+        static_cast<long long>(m.width), si(static_cast<double>(r.params.non_embedding)).c_str(),
+        si(static_cast<double>(r.params.total)).c_str(), si(r.tokens).c_str(),
+        static_cast<long long>(r.config.train.steps), r.config.train.lr, r.flops_6nd, r.flops_exec,
+        r.attention_density, r.seconds >= 0 ? train::format_duration(r.seconds).c_str() : "-",
+        reads, bytes(r.memory_bytes).c_str());
+    f6 += r.flops_6nd;
+    fe += r.flops_exec;
+  }
+  std::fprintf(f,
+               "\ntotal: 6ND %.3e FLOPs (%.3g PFLOP/s-days), executed %.3e FLOPs (%.3g "
+               "PFLOP/s-days)",
+               f6, f6 / kPflopsDay, fe, fe / kPflopsDay);
+  const double t = p.total_seconds();
+  if (t >= 0) std::fprintf(f, ", estimated time %s", train::format_duration(t).c_str());
+  std::fprintf(f, "\n");
+  if (s.estimate.known())
+    std::fprintf(f, "estimate: %.3g us per token + executed FLOPs at %.3g FLOP/s%s%s\n",
+                 s.estimate.seconds_per_token * 1e6, s.estimate.flops_per_s,
+                 s.estimate.note.empty() ? "" : "; ", s.estimate.note.c_str());
+  std::fprintf(f,
+               "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (16 bytes "
+               "per parameter + activations)\n",
+               static_cast<long long>(s.train.batch_size));
+  std::fflush(f);
+}
+
+nlohmann::json plan_json(const Plan& p) {
+  nlohmann::json runs = nlohmann::json::array();
+  for (const PlannedRun& r : p.runs) {
+    const model::ModelConfig& m = r.config.model;
+    runs.push_back({{"name", r.config.name},
+                    {"attention", r.attention},
+                    {"layers", m.layers},
+                    {"heads", m.heads},
+                    {"width", m.width},
+                    {"head_dim", m.head_dim},
+                    {"params_non_embedding", r.params.non_embedding},
+                    {"params_total", r.params.total},
+                    {"tokens", r.tokens},
+                    {"steps", r.config.train.steps},
+                    {"lr", r.config.train.lr},
+                    {"flops_6nd", r.flops_6nd},
+                    {"flops_exec", r.flops_exec},
+                    {"attention_density", r.attention_density},
+                    {"seconds_estimated", r.seconds >= 0 ? nlohmann::json(r.seconds) : nullptr},
+                    {"data_reads", r.data_reads >= 0 ? nlohmann::json(r.data_reads) : nullptr},
+                    {"memory_bytes", r.memory_bytes}});
+  }
+  return {{"sweep", p.sweep.name},
+          {"preset", p.sweep.origin},
+          {"data", p.sweep.data},
+          {"data_train_tokens", p.data_train_tokens},
+          {"tokens_per_param", p.sweep.ladder.tokens_per_param},
+          {"lr_rule",
+           {{"coefficient", p.sweep.lr.coefficient},
+            {"exponent", p.sweep.lr.exponent},
+            {"max", p.sweep.lr.max}}},
+          {"runs", runs}};
+}
+
+}  // namespace moba::scaling

@@ -1,0 +1,137 @@
+// The sweep's preset and its plan: what `moba sweep` reads (sweeps/NAME.toml, every key in
+// docs/sweep.md) and what its planner prints before anything trains.
+//
+// A preset is a ladder of model sizes in the MoBA paper's pattern (layers = heads = L,
+// width = head_dim x L), each trained once per attention type. Per size:
+//   tokens = r x non-embedding parameters (r = ladder.tokens_per_param, Chinchilla's 20),
+//            or the ladder's explicit `tokens` list (the paper's Table 1), rounded up to
+//            whole optimizer steps by the trainer;
+//   lr     = lr.coefficient x C^-lr.exponent, C = 6ND in FLOPs, capped at lr.max
+//            (DeepSeek LLM's fitted rule, eta_opt = 0.3118 C^-0.125; with tokens = rN it
+//            is lr proportional to N^-0.25).
+// The plan gives every run's parameters, tokens, FLOPs in both conventions (6ND, and
+// executed: matmuls plus attention over dense causal pairs or MoBA's selected pairs,
+// counted as the trainer counts them), an estimated time, a memory estimate and how many
+// times the run reads its training data.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "train/config.h"
+
+namespace moba::scaling {
+
+struct LadderConfig {
+  std::vector<int64_t> layers;     // one size per entry: layers = heads = L
+  int64_t head_dim = 64;           // D; width = D x L
+  int64_t kv_heads = 0;            // 0: = heads (no grouping)
+  double tokens_per_param = 20.0;  // r
+  std::vector<double> tokens;      // explicit budgets per size (same length as layers), or empty
+};
+
+// The learning-rate rule: lr = coefficient x C^-exponent (C = 6ND FLOPs), at most `max`.
+struct LrRule {
+  double coefficient = 0.3118;
+  double exponent = 0.125;
+  double max = 0.05;
+};
+
+// How long a run takes: seconds = tokens x (seconds_per_token + executed FLOPs per token /
+// flops_per_s), plus validation forwards at a third of a training token's cost. Both 0:
+// no estimate.
+struct ThroughputModel {
+  double flops_per_s = 0.0;        // executed FLOP/s once the per-token overhead is paid
+  double seconds_per_token = 0.0;  // per-token overhead (small models are not FLOP-bound)
+  std::string note;                // where the figures come from (printed with the plan)
+  bool known() const { return flops_per_s > 0.0 || seconds_per_token > 0.0; }
+};
+
+struct SweepConfig {
+  std::string name = "sweep";
+  std::string origin;  // the file it was read from (messages)
+  // A folder of token shards (`moba prepare`) or "synthetic:assoc_recall". A relative
+  // folder is taken from the current directory.
+  std::string data;
+  // Training tokens of the data when its folder is absent (planning on another machine);
+  // 0: unknown. The folder's manifest, when present, wins.
+  int64_t data_train_tokens = 0;
+  std::string runs_dir;  // where the run folders go
+  std::vector<std::string> attention = {"full", "moba"};
+  LadderConfig ladder;
+  model::ModelConfig model;  // all but width, layers, heads (from the ladder) and kind
+  LrRule lr;
+  train::OptimConfig train;       // all but steps, tokens and lr (from the rules)
+  double warmup_fraction = 0.05;  // warm-up steps = round(fraction x steps)
+  int64_t eval_points = 8;        // validations per run, evenly spaced (and at the end)
+  train::EvalConfig eval;         // windows, batch_size, bucket_size (every: from eval_points)
+  int64_t log_every = 0;          // progress lines; 0: about 10 per run
+  ThroughputModel estimate;
+  double max_data_reads = 4.0;  // a run reading its data more often is refused
+};
+
+// Reads and validates a preset; errors name the file and the key. Unknown keys are errors.
+SweepConfig load_sweep_config(const std::string& path);
+SweepConfig parse_sweep_config(const std::string& toml_text, const std::string& origin);
+
+// One planned run.
+struct PlannedRun {
+  train::RunConfig config;  // resolved: what the trainer gets
+  std::string attention;    // "full" or "moba"
+  int64_t size = 0;         // index in the ladder
+  model::ParamCounts params;
+  double tokens = 0;      // planned (whole steps)
+  double flops_6nd = 0;   // 6 x non-embedding params x tokens
+  double flops_exec = 0;  // executed, forward + backward (docs/run_format.md)
+  double exec_per_token = 0;
+  double attention_density = 1;  // attended pairs / dense causal pairs
+  double seconds = -1;           // estimated; < 0 when the preset gives no throughput
+  double data_reads = -1;        // tokens / training tokens; < 0 when unknown (synthetic: 0)
+  double memory_bytes = 0;       // estimate for one micro-batch, see memory_estimate()
+};
+
+struct Plan {
+  SweepConfig sweep;
+  std::string data_note;          // where the data figures come from
+  int64_t data_train_tokens = 0;  // 0: unknown or synthetic
+  std::vector<PlannedRun> runs;   // by size, then attention in the preset's order
+  double max_data_reads() const;
+  double total_seconds() const;  // < 0 when unknown
+};
+
+// (query, key) pairs one sequence of T tokens attends to, summed over `heads` query heads,
+// as attn::dense_pairs / attn::moba_pairs count them (MoBA: the first K blocks are dense;
+// later queries see K - 1 whole past blocks and their own block up to themselves).
+double dense_pairs_per_sequence(int64_t T, int64_t heads);
+double moba_pairs_per_sequence(int64_t T, int64_t heads, int64_t S, int64_t K);
+
+// Executed training FLOPs per token of a model (forward + backward): matmuls as the
+// trainer counts them plus attention, for the phase where MoBA layers use MoBA.
+double exec_flops_per_token(const model::ModelConfig& cfg);
+
+// Learning rate of a run of `params` non-embedding parameters trained on `tokens`.
+double planned_lr(const LrRule& rule, double params, double tokens);
+
+// Memory of training one micro-batch on a GPU in bf16 with fp32 master weights and AdamW
+// (16 bytes per parameter) plus activations of B sequences (34 x C bytes per token and
+// layer with flash attention, Korthikanti et al. 2022, and fp32 logits and their gradient).
+double memory_estimate(const model::ModelConfig& cfg, int64_t batch_size);
+
+// Builds the plan: the run configurations, counts, estimates. `data_override` replaces the
+// preset's data when not empty. Reads the data's manifest when the folder exists (for its
+// training tokens and vocabulary) but no shard.
+Plan make_plan(const SweepConfig& sweep, const std::string& data_override = "");
+
+// Throws moba::Error listing the runs that would read their data more than
+// sweep.max_data_reads times, unless force_reuse.
+void check_data_reuse(const Plan& plan, bool force_reuse);
+
+// The table people read, and the plan as JSON (written to RUNS_DIR/plan.json).
+void print_plan(std::FILE* f, const Plan& plan);
+nlohmann::json plan_json(const Plan& plan);
+
+}  // namespace moba::scaling

@@ -1,0 +1,269 @@
+// Reading a sweep preset (sweeps/NAME.toml): every key, its default and its meaning are in
+// docs/sweep.md; the defaults themselves are the ones of SweepConfig (plan.h).
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+#include "scaling/plan.h"
+
+namespace moba::scaling {
+namespace {
+
+// Reads the keys of one table and rejects the ones it was not asked for.
+class Keys {
+ public:
+  Keys(const toml::table* t, std::string origin, std::string prefix)
+      : t_(t), origin_(std::move(origin)), prefix_(std::move(prefix)) {}
+
+  void get(const char* key, int64_t& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value_exact<int64_t>();
+      if (!v) fail(key, "an integer", *n);
+      out = *v;
+    }
+  }
+  void get(const char* key, uint64_t& out) {
+    int64_t v = static_cast<int64_t>(out);
+    get(key, v);
+    MOBA_CHECK(v >= 0, origin_, ": ", prefix_, key, " must be >= 0, got ", v);
+    out = static_cast<uint64_t>(v);
+  }
+  void get(const char* key, double& out) {
+    if (const toml::node* n = find(key)) {
+      if (n->is_floating_point())
+        out = *n->value<double>();
+      else if (n->is_integer())
+        out = static_cast<double>(*n->value<int64_t>());
+      else
+        fail(key, "a number", *n);
+    }
+  }
+  void get(const char* key, bool& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value_exact<bool>();
+      if (!v) fail(key, "true or false", *n);
+      out = *v;
+    }
+  }
+  void get(const char* key, std::string& out) {
+    if (const toml::node* n = find(key)) {
+      auto v = n->value_exact<std::string>();
+      if (!v) fail(key, "a string", *n);
+      out = *v;
+    }
+  }
+  template <typename T>
+  void get_list(const char* key, std::vector<T>& out) {
+    const toml::node* n = find(key);
+    if (!n) return;
+    const toml::array* a = n->as_array();
+    if (!a) fail(key, "an array", *n);
+    out.clear();
+    for (const toml::node& e : *a) {
+      if constexpr (std::is_same_v<T, std::string>) {
+        auto v = e.value_exact<std::string>();
+        if (!v) fail(key, "an array of strings", e);
+        out.push_back(*v);
+      } else if constexpr (std::is_same_v<T, int64_t>) {
+        auto v = e.value_exact<int64_t>();
+        if (!v) fail(key, "an array of integers", e);
+        out.push_back(*v);
+      } else {
+        auto v = e.value<double>();
+        if (!v || !(e.is_integer() || e.is_floating_point())) fail(key, "an array of numbers", e);
+        out.push_back(*v);
+      }
+    }
+  }
+  void allow(const char* key) { known_.insert(key); }
+  void finish() const {
+    if (!t_) return;
+    for (const auto& [k, v] : *t_)
+      MOBA_CHECK(known_.count(std::string(k.str())), origin_, ": unknown key '", prefix_, k.str(),
+                 "' (line ", k.source().begin.line, "); see docs/sweep.md for the keys");
+  }
+
+ private:
+  const toml::node* find(const char* key) {
+    known_.insert(key);
+    return t_ ? t_->get(key) : nullptr;
+  }
+  [[noreturn]] void fail(const char* key, const char* want, const toml::node& n) const {
+    std::ostringstream got;
+    got << n.type();
+    MOBA_CHECK(false, origin_, ": ", prefix_, key, " must be ", want, ", got a ", got.str(),
+               " (line ", n.source().begin.line, ")");
+  }
+
+  const toml::table* t_;
+  std::string origin_, prefix_;
+  std::set<std::string> known_;
+};
+
+const toml::table* table(const toml::table& root, const char* name, const std::string& origin) {
+  const toml::node* n = root.get(name);
+  if (!n) return nullptr;
+  MOBA_CHECK(n->is_table(), origin, ": '", name, "' must be a table ([", name, "])");
+  return n->as_table();
+}
+
+void validate(const SweepConfig& s) {
+  const std::string& o = s.origin;
+  MOBA_CHECK(!s.name.empty(), o, ": name must not be empty");
+  MOBA_CHECK(!s.data.empty(), o,
+             ": data must name a folder of token shards or a synthetic "
+             "source");
+  MOBA_CHECK(!s.attention.empty(), o, ": attention must list at least one of \"full\", \"moba\"");
+  for (size_t i = 0; i < s.attention.size(); ++i) {
+    MOBA_CHECK(s.attention[i] == "full" || s.attention[i] == "moba", o,
+               ": attention entries must be \"full\" or \"moba\", got \"", s.attention[i], "\"");
+    for (size_t j = 0; j < i; ++j)
+      MOBA_CHECK(s.attention[i] != s.attention[j], o, ": attention lists \"", s.attention[i],
+                 "\" twice");
+  }
+  const LadderConfig& l = s.ladder;
+  MOBA_CHECK(!l.layers.empty(), o, ": ladder.layers must list at least one size");
+  for (size_t i = 0; i < l.layers.size(); ++i) {
+    MOBA_CHECK(l.layers[i] >= 1, o, ": ladder.layers entries must be >= 1, got ", l.layers[i]);
+    MOBA_CHECK(i == 0 || l.layers[i] > l.layers[i - 1], o,
+               ": ladder.layers must increase (one run per size), got ", l.layers[i - 1], " then ",
+               l.layers[i]);
+  }
+  MOBA_CHECK(l.head_dim >= 2 && l.head_dim % 2 == 0, o,
+             ": ladder.head_dim must be even and >= 2, got ", l.head_dim);
+  MOBA_CHECK(l.kv_heads >= 0, o, ": ladder.kv_heads must be >= 0 (0: = heads), got ", l.kv_heads);
+  for (int64_t L : l.layers)
+    MOBA_CHECK(l.kv_heads == 0 || L % l.kv_heads == 0, o, ": ladder.kv_heads (", l.kv_heads,
+               ") must divide every size's heads, not ", L);
+  MOBA_CHECK(l.tokens_per_param > 0.0 && l.tokens_per_param < 1e6, o,
+             ": ladder.tokens_per_param must be in (0, 1e6), got ", l.tokens_per_param);
+  MOBA_CHECK(l.tokens.empty() || l.tokens.size() == l.layers.size(), o, ": ladder.tokens has ",
+             l.tokens.size(), " entries, ladder.layers ", l.layers.size(), "; give one per size");
+  for (double t : l.tokens)
+    MOBA_CHECK(t >= 1.0, o, ": ladder.tokens entries must be >= 1, got ", t);
+  MOBA_CHECK(s.lr.coefficient > 0.0 && s.lr.exponent >= 0.0 && s.lr.max > 0.0, o,
+             ": lr.coefficient and lr.max must be > 0 and lr.exponent >= 0");
+  MOBA_CHECK(s.warmup_fraction >= 0.0 && s.warmup_fraction < 1.0, o,
+             ": train.warmup_fraction must be in [0, 1), got ", s.warmup_fraction);
+  MOBA_CHECK(s.eval_points >= 1, o, ": eval.points must be >= 1, got ", s.eval_points);
+  MOBA_CHECK(s.log_every >= 0, o, ": log.every must be >= 0, got ", s.log_every);
+  MOBA_CHECK(s.estimate.flops_per_s >= 0.0 && s.estimate.seconds_per_token >= 0.0, o,
+             ": estimate.flops_per_s and estimate.seconds_per_token must be >= 0");
+  MOBA_CHECK(s.max_data_reads > 0.0, o, ": data_reads_max must be > 0, got ", s.max_data_reads);
+  MOBA_CHECK(s.data_train_tokens >= 0, o, ": data_train_tokens must be >= 0");
+}
+
+}  // namespace
+
+SweepConfig parse_sweep_config(const std::string& text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    MOBA_CHECK(false, origin, ": TOML syntax error at line ", e.source().begin.line, ", column ",
+               e.source().begin.column, ": ", e.description());
+  }
+  SweepConfig s;
+  s.origin = origin;
+  s.runs_dir = "runs/";
+  {
+    Keys k(&root, origin, "");
+    k.get("name", s.name);
+    k.get("data", s.data);
+    k.get("data_train_tokens", s.data_train_tokens);
+    k.get("data_reads_max", s.max_data_reads);
+    std::string runs_dir;
+    k.get("runs_dir", runs_dir);
+    s.runs_dir = runs_dir.empty() ? "runs/" + s.name : runs_dir;
+    k.get_list("attention", s.attention);
+    for (const char* t : {"ladder", "model", "moba", "lr", "train", "eval", "log", "estimate"})
+      k.allow(t);
+    k.finish();
+  }
+  {
+    LadderConfig& l = s.ladder;
+    Keys k(table(root, "ladder", origin), origin, "ladder.");
+    k.get_list("layers", l.layers);
+    k.get("head_dim", l.head_dim);
+    k.get("kv_heads", l.kv_heads);
+    k.get("tokens_per_param", l.tokens_per_param);
+    k.get_list("tokens", l.tokens);
+    k.finish();
+  }
+  {
+    model::ModelConfig& m = s.model;
+    Keys k(table(root, "model", origin), origin, "model.");
+    k.get("vocab_size", m.vocab_size);
+    k.get("mlp_multiple_of", m.mlp_multiple_of);
+    k.get("seq_len", m.seq_len);
+    k.get("tied_embeddings", m.tied_embeddings);
+    k.get("rope_theta", m.rope_theta);
+    k.get("norm_eps", m.norm_eps);
+    k.get("init_std", m.init_std);
+    k.finish();
+  }
+  {
+    model::AttentionConfig& a = s.model.attention;
+    Keys k(table(root, "moba", origin), origin, "moba.");
+    k.get("block_size", a.block_size);
+    k.get("top_k", a.top_k);
+    k.finish();
+  }
+  {
+    Keys k(table(root, "lr", origin), origin, "lr.");
+    k.get("coefficient", s.lr.coefficient);
+    k.get("exponent", s.lr.exponent);
+    k.get("max", s.lr.max);
+    k.finish();
+  }
+  {
+    train::OptimConfig& t = s.train;
+    Keys k(table(root, "train", origin), origin, "train.");
+    k.get("batch_size", t.batch_size);
+    k.get("grad_accum", t.grad_accum);
+    k.get("warmup_fraction", s.warmup_fraction);
+    k.get("min_lr_ratio", t.min_lr_ratio);
+    k.get("weight_decay", t.weight_decay);
+    k.get("beta1", t.beta1);
+    k.get("beta2", t.beta2);
+    k.get("eps", t.eps);
+    k.get("grad_clip", t.grad_clip);
+    k.get("seed", t.seed);
+    k.finish();
+  }
+  {
+    Keys k(table(root, "eval", origin), origin, "eval.");
+    k.get("points", s.eval_points);
+    k.get("windows", s.eval.windows);
+    k.get("batch_size", s.eval.batch_size);
+    k.get("bucket_size", s.eval.bucket_size);
+    k.finish();
+  }
+  {
+    Keys k(table(root, "log", origin), origin, "log.");
+    k.get("every", s.log_every);
+    k.finish();
+  }
+  {
+    Keys k(table(root, "estimate", origin), origin, "estimate.");
+    k.get("flops_per_s", s.estimate.flops_per_s);
+    k.get("seconds_per_token", s.estimate.seconds_per_token);
+    k.get("note", s.estimate.note);
+    k.finish();
+  }
+  validate(s);
+  return s;
+}
+
+SweepConfig load_sweep_config(const std::string& path) {
+  std::ifstream f(path);
+  MOBA_CHECK(f.good(), "cannot read the sweep preset '", path, "' (presets are in sweeps/)");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_sweep_config(ss.str(), path);
+}
+
+}  // namespace moba::scaling

@@ -1,0 +1,220 @@
+// The sweep runner (sweep.h): classify each planned run by what its folder holds, then
+// train, resume or skip it, printing the sweep's progress between runs.
+#include "scaling/sweep.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "core/error.h"
+#include "train/checkpoint.h"
+#include "train/metrics.h"
+#include "train/progress.h"
+#include "train/trainer.h"
+
+namespace moba::scaling {
+namespace fs = std::filesystem;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+enum class State { fresh, restart, resume, finished };
+
+const char* state_name(State s) {
+  switch (s) {
+    case State::fresh:
+      return "train";
+    case State::restart:
+      return "train anew (started, no checkpoint yet)";
+    case State::resume:
+      return "resume from its checkpoint";
+    case State::finished:
+      return "finished: skip";
+  }
+  return "?";
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string run_status(const fs::path& dir) {
+  const fs::path p = dir / "run.json";
+  if (!fs::exists(p)) return "";
+  try {
+    return nlohmann::json::parse(read_text(p)).value("status", "");
+  } catch (const nlohmann::json::exception&) {
+    return "";  // torn or foreign: treated as started, not finished
+  }
+}
+
+// What the run folder holds, checked against the planned configuration.
+State classify(const fs::path& dir, const train::RunConfig& cfg) {
+  const bool started = fs::exists(dir / "config.toml") || fs::exists(dir / "run.json") ||
+                       fs::exists(dir / "metrics.jsonl");
+  if (!started) return State::fresh;
+  const fs::path config = dir / "config.toml";
+  MOBA_CHECK(fs::exists(config) && read_text(config) == train::to_toml(cfg), "'", dir.string(),
+             "' holds a run whose configuration differs from the plan's (",
+             fs::exists(config) ? "config.toml differs" : "no config.toml",
+             "): the preset or its data changed since; remove the folder or use another "
+             "--runs-dir");
+  if (run_status(dir) == "finished") return State::finished;
+  return train::has_checkpoint(dir.string()) ? State::resume : State::restart;
+}
+
+// Steps a run has done, from its checkpoint (0 when none).
+int64_t steps_done(const fs::path& dir) {
+  const fs::path state = dir / "checkpoint" / "state.json";
+  if (!fs::exists(state)) return 0;
+  try {
+    return nlohmann::json::parse(read_text(state)).value("step", int64_t{0});
+  } catch (const nlohmann::json::exception&) {
+    return 0;
+  }
+}
+
+// The overall ETA: the plan's estimate of what is left, scaled by how the runs done in
+// this invocation compared with their estimates; without an estimate, the executed FLOPs
+// left at the FLOP rate seen so far.
+struct EtaModel {
+  double est_done = 0, flops_done = 0, seconds_done = 0;
+  double eta(double est_left, double flops_left) const {
+    if (seconds_done <= 0) return est_left >= 0 ? est_left : -1;
+    if (est_left >= 0 && est_done > 0) return est_left * seconds_done / est_done;
+    return flops_done > 0 ? flops_left * seconds_done / flops_done : -1;
+  }
+};
+
+}  // namespace
+
+SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
+  const auto t0 = Clock::now();
+  SweepConfig sweep = sweep0;
+  if (!o.runs_dir.empty()) sweep.runs_dir = o.runs_dir;
+  const Plan plan = make_plan(sweep, o.data);
+  print_plan(o.out, plan);
+  SweepSummary sum;
+  if (o.plan_only) {
+    try {
+      check_data_reuse(plan, o.force_reuse);
+    } catch (const Error& e) {
+      if (o.out) std::fprintf(o.out, "\nrefused as it stands: %s\n", e.what());
+    }
+    return sum;
+  }
+  check_data_reuse(plan, o.force_reuse);
+  const std::string& data = plan.sweep.data;
+  MOBA_CHECK(data.rfind("synthetic:", 0) == 0 || fs::exists(fs::path(data) / "manifest.json"),
+             "data '", data,
+             "' is not a folder made by `moba prepare` (no manifest.json); "
+             "prepare it first (docs/data.md) or pass --data DIR");
+
+  const fs::path runs_dir(sweep.runs_dir);
+  fs::create_directories(runs_dir);
+  train::write_file_atomic((runs_dir / "plan.json").string(), plan_json(plan).dump(2) + "\n");
+
+  const size_t n = plan.runs.size();
+  std::vector<State> states(n);
+  std::vector<double> fraction_left(n, 1.0);  // of each run's steps
+  for (size_t i = 0; i < n; ++i) {
+    const PlannedRun& r = plan.runs[i];
+    const fs::path dir = runs_dir / r.config.name;
+    states[i] = classify(dir, r.config);
+    if (states[i] == State::finished) fraction_left[i] = 0;
+    if (states[i] == State::resume)
+      fraction_left[i] =
+          1.0 - static_cast<double>(steps_done(dir)) / static_cast<double>(r.config.train.steps);
+  }
+  if (o.out) {
+    std::fprintf(o.out, "\nruns in %s:\n", runs_dir.string().c_str());
+    for (size_t i = 0; i < n; ++i)
+      std::fprintf(o.out, "  %zu/%zu %s: %s\n", i + 1, n, plan.runs[i].config.name.c_str(),
+                   state_name(states[i]));
+    std::fflush(o.out);
+  }
+
+  EtaModel eta;
+  std::vector<std::string> failures;
+  for (size_t i = 0; i < n; ++i) {
+    const PlannedRun& r = plan.runs[i];
+    const fs::path dir = runs_dir / r.config.name;
+    if (states[i] == State::finished) {
+      ++sum.skipped;
+      continue;
+    }
+    double est_left = 0, flops_left = 0;
+    for (size_t j = i; j < n; ++j) {
+      est_left = est_left < 0 || plan.runs[j].seconds < 0
+                     ? -1
+                     : est_left + plan.runs[j].seconds * fraction_left[j];
+      flops_left += plan.runs[j].flops_exec * fraction_left[j];
+    }
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (o.out) {
+      std::fprintf(
+          o.out,
+          "\n=== sweep %s: run %zu/%zu %s (%s non-embedding parameters, %s tokens, %s; "
+          "%s) | sweep elapsed %s, ETA %s ===\n",
+          sweep.name.c_str(), i + 1, n, r.config.name.c_str(),
+          train::format_count(static_cast<double>(r.params.non_embedding)).c_str(),
+          train::format_count(r.tokens).c_str(), state_name(states[i]),
+          r.seconds >= 0
+              ? ("estimated " + train::format_duration(r.seconds * fraction_left[i])).c_str()
+              : "no estimate",
+          train::format_duration(elapsed).c_str(),
+          train::format_duration(eta.eta(est_left, flops_left)).c_str());
+      std::fflush(o.out);
+    }
+    if (states[i] == State::restart)
+      for (const char* f : {"metrics.jsonl", "run.json", "config.toml"}) fs::remove(dir / f);
+    const bool resume = states[i] == State::resume;
+    const auto run_t0 = Clock::now();
+    try {
+      train::Trainer trainer(r.config,
+                             {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr});
+      if (o.interrupt_after_steps >= 0) {
+        trainer.run(o.interrupt_after_steps);
+        sum.interrupted = true;
+        if (o.out)
+          std::fprintf(o.out, "sweep interrupted after step %lld of %s (test)\n",
+                       static_cast<long long>(trainer.state().step), r.config.name.c_str());
+        break;
+      }
+      trainer.run();
+      resume ? ++sum.resumed : ++sum.trained;
+    } catch (const Error& e) {
+      ++sum.failed;
+      failures.push_back(r.config.name + ": " + e.what());
+      if (o.out)
+        std::fprintf(o.out, "run %s failed: %s\n(the sweep goes on)\n", r.config.name.c_str(),
+                     e.what());
+    }
+    eta.seconds_done += std::chrono::duration<double>(Clock::now() - run_t0).count();
+    eta.est_done += r.seconds * fraction_left[i];
+    eta.flops_done += r.flops_exec * fraction_left[i];
+  }
+  sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (o.out) {
+    std::fprintf(o.out,
+                 "\nsweep %s: %d trained, %d resumed, %d skipped (finished before), %d "
+                 "failed in %s; runs in %s\n",
+                 sweep.name.c_str(), sum.trained, sum.resumed, sum.skipped, sum.failed,
+                 train::format_duration(sum.seconds).c_str(), runs_dir.string().c_str());
+    std::fflush(o.out);
+  }
+  if (!failures.empty()) {
+    std::string list;
+    for (const std::string& f : failures) list += "\n  " + f;
+    MOBA_CHECK(false, sum.failed, " run(s) of sweep ", sweep.name, " failed:", list,
+               "\nrerun the same command to retry them (finished runs are skipped)");
+  }
+  return sum;
+}
+
+}  // namespace moba::scaling

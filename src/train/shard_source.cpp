@@ -1,0 +1,64 @@
+#include "train/shard_source.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "train/config.h"
+#include "train/progress.h"
+
+namespace moba::train {
+namespace {
+
+data::Dataset open_dataset(const std::string& dir, int64_t vocab_size) {
+  MOBA_CHECK(std::filesystem::is_directory(dir), "data '", dir,
+             "' is neither a synthetic "
+             "source nor a folder (make one with `moba prepare`, see docs/data.md)");
+  return data::Dataset::open(dir, {true, vocab_size});
+}
+
+}  // namespace
+
+ShardSource::ShardSource(const std::string& dir, int64_t vocab_size, int64_t T, int64_t B,
+                         int64_t windows, uint64_t seed)
+    : ds_(open_dataset(dir, vocab_size)), T_(T), B_(B), windows_(windows), seed_(seed) {
+  const int64_t longest = ds_.longest_document(data::Split::train);
+  MOBA_CHECK(longest >= T + 1, dir, ": no training document holds T + 1 = ", T + 1,
+             " tokens (the longest has ", longest, "); use a shorter model.seq_len");
+}
+
+model::Batch ShardSource::train_batch(uint64_t index) {
+  data::Batch d =
+      ds_.train_batch(seed_, static_cast<int64_t>(index), B_, T_, data::Packing::document);
+  model::Batch b;
+  b.B = d.B;
+  b.T = d.T;
+  b.tokens = std::move(d.tokens);  // document rows: one document per row, no cu_seqlens
+  return b;
+}
+
+std::vector<Window> ShardSource::validation() {
+  const data::Batch v = ds_.validation_windows(T_, windows_);
+  std::vector<Window> out;
+  out.reserve(static_cast<size_t>(v.B));
+  for (int64_t r = 0; r < v.B; ++r)
+    out.push_back({std::vector<int32_t>(v.row(r), v.row(r) + T_ + 1), v.single_document[r] != 0});
+  return out;
+}
+
+std::string ShardSource::describe() const {
+  using data::Split;
+  return "shards " + ds_.dir() + " (" + ds_.tokenizer_kind() + ", vocabulary " +
+         std::to_string(ds_.vocab_size()) + "; " +
+         format_count(static_cast<double>(ds_.tokens(Split::train))) + " training tokens in " +
+         std::to_string(ds_.documents(Split::train)) + " documents, " +
+         std::to_string(ds_.documents_reaching(Split::train, T_ + 1)) +
+         " reach T + 1; document windows, validation " + std::to_string(windows_) +
+         " windows from " + std::to_string(ds_.documents(Split::val)) + " documents)";
+}
+
+std::unique_ptr<BatchSource> make_shard_source(const RunConfig& cfg, const std::string& dir) {
+  return std::make_unique<ShardSource>(dir, cfg.model.vocab_size, cfg.model.seq_len,
+                                       cfg.train.batch_size, cfg.eval.windows, cfg.train.seed);
+}
+
+}  // namespace moba::train

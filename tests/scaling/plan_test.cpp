@@ -1,0 +1,224 @@
+// The sweep planner on hand-made inputs: parameters, tokens, FLOPs in both conventions,
+// the learning-rate rule, data reads and their refusal; every preset parses and plans.
+#include "scaling/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "attention/gate.h"
+#include "attention/stats.h"
+#include "scaling/temp_dir.h"
+
+namespace moba::scaling {
+namespace {
+
+using testing::expect_error;
+using testing::TempDir;
+using testing::write_file;
+
+const char* kTiny = R"(
+name = "t"
+data = "synthetic:assoc_recall"
+attention = ["full", "moba"]
+[ladder]
+layers = [2, 3]
+head_dim = 8
+tokens_per_param = 20
+[model]
+vocab_size = 256
+seq_len = 100
+mlp_multiple_of = 8
+[moba]
+block_size = 16
+top_k = 3
+[train]
+batch_size = 2
+warmup_fraction = 0.1
+[eval]
+points = 4
+windows = 4
+)";
+
+TEST(Plan, MobaPairsMatchTheGateOnRandomInputs) {
+  std::mt19937_64 g(7);
+  std::normal_distribution<float> n;
+  for (auto [T, S, K] : {std::tuple<int64_t, int64_t, int64_t>{100, 16, 3},
+                         {64, 16, 3},
+                         {37, 8, 1},
+                         {50, 16, 9},
+                         {1, 4, 2},
+                         {129, 32, 2}}) {
+    const int64_t H = 2, D = 4;
+    const attn::Layout layout = attn::Layout::batched(2, T, H, H, D);
+    std::vector<float> q(layout.q_elems()), k(layout.kv_elems());
+    for (float& x : q) x = n(g);
+    for (float& x : k) x = n(g);
+    const attn::MobaConfig cfg{S, K};
+    const attn::Selection sel = attn::moba_gate<float>(layout, cfg, q, k);
+    EXPECT_DOUBLE_EQ(moba_pairs_per_sequence(T, H, S, K) * 2, attn::moba_pairs(layout, cfg, sel))
+        << "T=" << T << " S=" << S << " K=" << K;
+    EXPECT_DOUBLE_EQ(dense_pairs_per_sequence(T, H) * 2, attn::dense_pairs(layout));
+  }
+  // T <= K*S: MoBA is dense causal attention.
+  EXPECT_DOUBLE_EQ(moba_pairs_per_sequence(48, 1, 16, 3), dense_pairs_per_sequence(48, 1));
+}
+
+TEST(Plan, CountsTokensFlopsAndLearningRateByHand) {
+  const Plan p = make_plan(parse_sweep_config(kTiny, "tiny"));
+  ASSERT_EQ(p.runs.size(), 4u);
+  EXPECT_EQ(p.runs[0].config.name, "t-L2-full");
+  EXPECT_EQ(p.runs[3].config.name, "t-L3-moba");
+  // L = 2: C = 16, F = 8*16/3 = 42 -> 48 (multiple of 8), D = 8.
+  const PlannedRun& r = p.runs[0];
+  const double C = 16, F = 48, L = 2, V = 256, T = 100;
+  const double per_layer = 4 * C * C + 3 * C * F + 2 * C;
+  const double N = L * per_layer + C;
+  EXPECT_EQ(r.params.non_embedding, static_cast<int64_t>(N));
+  EXPECT_EQ(r.params.total, static_cast<int64_t>(N + V * C));  // tied embeddings
+  EXPECT_EQ(r.config.model.width, 16);
+  EXPECT_EQ(r.config.model.heads, 2);
+  // tokens = 20 N rounded up to whole steps of B*T = 200 tokens.
+  const double steps = std::ceil(20 * N / 200);
+  EXPECT_EQ(r.config.train.steps, static_cast<int64_t>(steps));
+  EXPECT_DOUBLE_EQ(r.tokens, steps * 200);
+  EXPECT_DOUBLE_EQ(r.flops_6nd, 6 * N * r.tokens);
+  // Executed: 6 x matmul weights (LM head included) + 3.5 x 4 x D per attended pair.
+  const double matmul = L * (4 * C * C + 3 * C * F) + V * C;
+  const double dense = L * 3.5 * 4 * 8 * (2 * T * (T + 1) / 2) / T;
+  EXPECT_NEAR(r.flops_exec, (6 * matmul + dense) * r.tokens, 1e-9 * r.flops_exec);
+  // MoBA, S = 16, K = 3, T = 100: blocks 0..2 dense; blocks 3..6 (the last one 4 queries)
+  // see 2 whole past blocks each.
+  double moba_pairs = 48.0 * 49 / 2;
+  for (int64_t c = 3; c * 16 < 100; ++c) {
+    const double n = std::min<int64_t>(16, 100 - c * 16);
+    moba_pairs += n * (n + 1) / 2 + n * 32;
+  }
+  const PlannedRun& m = p.runs[1];
+  EXPECT_EQ(m.params.non_embedding, r.params.non_embedding);
+  EXPECT_DOUBLE_EQ(m.flops_6nd, r.flops_6nd);
+  EXPECT_NEAR(m.flops_exec, (6 * matmul + L * 14 * 8 * 2 * moba_pairs / T) * m.tokens,
+              1e-9 * m.flops_exec);
+  EXPECT_NEAR(m.attention_density, moba_pairs / (T * (T + 1) / 2), 1e-12);
+  EXPECT_LT(m.flops_exec, r.flops_exec);
+  // lr = min(0.05, 0.3118 x (6ND)^-0.125); the cap binds when lowered.
+  EXPECT_DOUBLE_EQ(r.config.train.lr, 0.3118 * std::pow(6 * N * r.tokens, -0.125));
+  EXPECT_DOUBLE_EQ(planned_lr({0.3118, 0.125, 0.01}, N, r.tokens), 0.01);
+  EXPECT_DOUBLE_EQ(planned_lr({0.3118, 0.125, 1.0}, 545e6, 10.8e9),
+                   0.3118 * std::pow(6 * 545e6 * 10.8e9, -0.125));
+  EXPECT_EQ(r.config.train.warmup_steps, std::llround(0.1 * steps));
+  EXPECT_EQ(r.config.eval.every, static_cast<int64_t>(steps) / 4);
+  EXPECT_EQ(r.data_reads, 0);  // synthetic
+  EXPECT_LT(r.seconds, 0);     // no [estimate]
+}
+
+TEST(Plan, EstimatesTimeFromTheThroughputModel) {
+  SweepConfig s = parse_sweep_config(kTiny, "tiny");
+  s.estimate.flops_per_s = 1e10;
+  s.estimate.seconds_per_token = 1e-5;
+  const Plan p = make_plan(s);
+  const PlannedRun& r = p.runs[0];
+  const int64_t every = r.config.eval.every, steps = r.config.train.steps;
+  const double evals = static_cast<double>(steps / every + (steps % every != 0));
+  const double tokens = r.tokens + evals * 4 * 100 / 3.0;
+  EXPECT_NEAR(r.seconds, tokens * (1e-5 + r.exec_per_token / 1e10), 1e-9);
+  EXPECT_NEAR(p.total_seconds(),
+              p.runs[0].seconds + p.runs[1].seconds + p.runs[2].seconds + p.runs[3].seconds, 1e-9);
+}
+
+TEST(Plan, ExplicitTokenBudgets) {
+  SweepConfig s = parse_sweep_config(kTiny, "tiny");
+  s.ladder.tokens = {1000, 5000};
+  const Plan p = make_plan(s);
+  EXPECT_EQ(p.runs[0].tokens, 1000);  // 5 steps of 200
+  EXPECT_EQ(p.runs[2].tokens, 5000);
+}
+
+TEST(Plan, CountsDataReadsAndRefusesHeavyReuse) {
+  TempDir dir;
+  // A manifest is all the planner reads.
+  write_file(dir.path() / "d" / "manifest.json",
+             R"({"vocab_size": 256, "stats": {"train": {"tokens": 20000}}})");
+  SweepConfig s = parse_sweep_config(kTiny, "tiny");
+  const Plan p = make_plan(s, (dir.path() / "d").string());
+  EXPECT_EQ(p.data_train_tokens, 20000);
+  for (const PlannedRun& r : p.runs) EXPECT_DOUBLE_EQ(r.data_reads, r.tokens / 20000);
+  // L = 2 reads 6.8 times, L = 3 more: all four are refused, and named.
+  expect_error([&] { check_data_reuse(p, false); }, "t-L2-full");
+  expect_error([&] { check_data_reuse(p, false); }, "--force-reuse");
+  check_data_reuse(p, true);
+  // Enough data: accepted.
+  write_file(dir.path() / "big" / "manifest.json",
+             R"({"vocab_size": 256, "stats": {"train": {"tokens": 10000000}}})");
+  check_data_reuse(make_plan(s, (dir.path() / "big").string()), false);
+  // A folder that is not here: the preset's figure, else unknown.
+  s.data = (dir.path() / "absent").string();
+  EXPECT_LT(make_plan(s).runs[0].data_reads, 0);
+  s.data_train_tokens = 1000;
+  expect_error([&] { check_data_reuse(make_plan(s), false); }, "more than 4 times");
+  // A data vocabulary larger than the model's.
+  write_file(dir.path() / "bpe" / "manifest.json",
+             R"({"vocab_size": 8192, "stats": {"train": {"tokens": 10000000}}})");
+  expect_error([&] { make_plan(s, (dir.path() / "bpe").string()); }, "vocab_size");
+}
+
+TEST(Plan, PresetErrorsNameTheKey) {
+  const std::string base = kTiny;
+  expect_error([&] { parse_sweep_config(base + "[extra]\n", "p.toml"); }, "unknown key 'extra'");
+  expect_error([&] { parse_sweep_config(base + "[estimate]\nflops = 1\n", "p.toml"); },
+               "estimate.flops");
+  expect_error(
+      [&] {
+        parse_sweep_config(
+            "name = \"x\"\ndata = \"d\"\nattention = [\"sparse\"]\n[ladder]\nlayers = [1]\n",
+            "p.toml");
+      },
+      "\"full\" or \"moba\"");
+  expect_error(
+      [&] {
+        parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [3, 2]\n", "p.toml");
+      },
+      "ladder.layers must increase");
+  expect_error(
+      [&] {
+        parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [2]\ntokens = [1, 2]\n",
+                           "p.toml");
+      },
+      "one per size");
+  expect_error([&] { load_sweep_config("/nonexistent/x.toml"); }, "cannot read");
+}
+
+// Every preset in sweeps/ parses and plans (data need not be prepared here).
+TEST(Plan, PresetsParseAndPlan) {
+  const std::filesystem::path sweeps = std::filesystem::path(MOBA_SOURCE_DIR) / "sweeps";
+  for (const char* name : {"cpu-tiny", "h100-small", "paper"}) {
+    SCOPED_TRACE(name);
+    const SweepConfig s = load_sweep_config((sweeps / (std::string(name) + ".toml")).string());
+    const Plan p = make_plan(s);
+    EXPECT_EQ(p.runs.size(), s.ladder.layers.size() * 2);
+    for (const PlannedRun& r : p.runs) {
+      EXPECT_GT(r.flops_exec, 0);
+      EXPECT_EQ(r.config.model.layers, r.config.model.heads);
+      EXPECT_EQ(r.config.model.width, r.config.model.heads * s.ladder.head_dim);
+      if (r.attention == "moba") {
+        EXPECT_LT(r.attention_density, 0.9);
+      }
+    }
+    EXPECT_GT(p.total_seconds(), 0);
+    std::FILE* f = std::tmpfile();
+    print_plan(f, p);
+    EXPECT_GT(std::ftell(f), 1000);
+    std::fclose(f);
+  }
+  // The paper's Table 1: 545M ... 2.1B non-embedding parameters, tokens as listed.
+  const Plan paper = make_plan(load_sweep_config((sweeps / "paper.toml").string()));
+  const double want[] = {545e6, 822e6, 1.1e9, 1.5e9, 2.1e9};
+  for (int i = 0; i < 5; ++i)
+    EXPECT_NEAR(static_cast<double>(paper.runs[2 * i].params.non_embedding) / want[i], 1.0, 0.06)
+        << "size " << i;
+  EXPECT_NEAR(paper.runs[0].tokens / 10.8e9, 1.0, 1e-3);
+}
+
+}  // namespace
+}  // namespace moba::scaling
