@@ -7,107 +7,15 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/toml_table.h"
 #include "scaling/plan.h"
 
 namespace moba::scaling {
 namespace {
 
-// Reads the keys of one table and rejects the ones it was not asked for.
-class Keys {
- public:
-  Keys(const toml::table* t, std::string origin, std::string prefix)
-      : t_(t), origin_(std::move(origin)), prefix_(std::move(prefix)) {}
-
-  void get(const char* key, int64_t& out) {
-    if (const toml::node* n = find(key)) {
-      auto v = n->value_exact<int64_t>();
-      if (!v) fail(key, "an integer", *n);
-      out = *v;
-    }
-  }
-  void get(const char* key, uint64_t& out) {
-    int64_t v = static_cast<int64_t>(out);
-    get(key, v);
-    MOBA_CHECK(v >= 0, origin_, ": ", prefix_, key, " must be >= 0, got ", v);
-    out = static_cast<uint64_t>(v);
-  }
-  void get(const char* key, double& out) {
-    if (const toml::node* n = find(key)) {
-      if (n->is_floating_point())
-        out = *n->value<double>();
-      else if (n->is_integer())
-        out = static_cast<double>(*n->value<int64_t>());
-      else
-        fail(key, "a number", *n);
-    }
-  }
-  void get(const char* key, bool& out) {
-    if (const toml::node* n = find(key)) {
-      auto v = n->value_exact<bool>();
-      if (!v) fail(key, "true or false", *n);
-      out = *v;
-    }
-  }
-  void get(const char* key, std::string& out) {
-    if (const toml::node* n = find(key)) {
-      auto v = n->value_exact<std::string>();
-      if (!v) fail(key, "a string", *n);
-      out = *v;
-    }
-  }
-  template <typename T>
-  void get_list(const char* key, std::vector<T>& out) {
-    const toml::node* n = find(key);
-    if (!n) return;
-    const toml::array* a = n->as_array();
-    if (!a) fail(key, "an array", *n);
-    out.clear();
-    for (const toml::node& e : *a) {
-      if constexpr (std::is_same_v<T, std::string>) {
-        auto v = e.value_exact<std::string>();
-        if (!v) fail(key, "an array of strings", e);
-        out.push_back(*v);
-      } else if constexpr (std::is_same_v<T, int64_t>) {
-        auto v = e.value_exact<int64_t>();
-        if (!v) fail(key, "an array of integers", e);
-        out.push_back(*v);
-      } else {
-        auto v = e.value<double>();
-        if (!v || !(e.is_integer() || e.is_floating_point())) fail(key, "an array of numbers", e);
-        out.push_back(*v);
-      }
-    }
-  }
-  void allow(const char* key) { known_.insert(key); }
-  void finish() const {
-    if (!t_) return;
-    for (const auto& [k, v] : *t_)
-      MOBA_CHECK(known_.count(std::string(k.str())), origin_, ": unknown key '", prefix_, k.str(),
-                 "' (line ", k.source().begin.line, "); see docs/sweep.md for the keys");
-  }
-
- private:
-  const toml::node* find(const char* key) {
-    known_.insert(key);
-    return t_ ? t_->get(key) : nullptr;
-  }
-  [[noreturn]] void fail(const char* key, const char* want, const toml::node& n) const {
-    std::ostringstream got;
-    got << n.type();
-    MOBA_CHECK(false, origin_, ": ", prefix_, key, " must be ", want, ", got a ", got.str(),
-               " (line ", n.source().begin.line, ")");
-  }
-
-  const toml::table* t_;
-  std::string origin_, prefix_;
-  std::set<std::string> known_;
-};
-
-const toml::table* table(const toml::table& root, const char* name, const std::string& origin) {
-  const toml::node* n = root.get(name);
-  if (!n) return nullptr;
-  MOBA_CHECK(n->is_table(), origin, ": '", name, "' must be a table ([", name, "])");
-  return n->as_table();
+// Every table of a preset is read by a TomlTable whose unknown-key message points here.
+TomlTable table_reader(const toml::table* t, const std::string& origin, const char* prefix) {
+  return TomlTable(t, origin, prefix, "docs/sweep.md");
 }
 
 void validate(const SweepConfig& s) {
@@ -159,18 +67,12 @@ void validate(const SweepConfig& s) {
 }  // namespace
 
 SweepConfig parse_sweep_config(const std::string& text, const std::string& origin) {
-  toml::table root;
-  try {
-    root = toml::parse(text, origin);
-  } catch (const toml::parse_error& e) {
-    MOBA_CHECK(false, origin, ": TOML syntax error at line ", e.source().begin.line, ", column ",
-               e.source().begin.column, ": ", e.description());
-  }
+  const toml::table root = parse_toml(text, origin);
   SweepConfig s;
   s.origin = origin;
   s.runs_dir = "runs/";
   {
-    Keys k(&root, origin, "");
+    TomlTable k = table_reader(&root, origin, "");
     k.get("name", s.name);
     k.get("data", s.data);
     k.get("data_train_tokens", s.data_train_tokens);
@@ -185,7 +87,7 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
   }
   {
     LadderConfig& l = s.ladder;
-    Keys k(table(root, "ladder", origin), origin, "ladder.");
+    TomlTable k = table_reader(toml_subtable(root, "ladder", origin), origin, "ladder.");
     k.get_list("layers", l.layers);
     k.get("head_dim", l.head_dim);
     k.get("kv_heads", l.kv_heads);
@@ -195,7 +97,7 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
   }
   {
     model::ModelConfig& m = s.model;
-    Keys k(table(root, "model", origin), origin, "model.");
+    TomlTable k = table_reader(toml_subtable(root, "model", origin), origin, "model.");
     k.get("vocab_size", m.vocab_size);
     k.get("mlp_multiple_of", m.mlp_multiple_of);
     k.get("seq_len", m.seq_len);
@@ -207,13 +109,13 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
   }
   {
     model::AttentionConfig& a = s.model.attention;
-    Keys k(table(root, "moba", origin), origin, "moba.");
+    TomlTable k = table_reader(toml_subtable(root, "moba", origin), origin, "moba.");
     k.get("block_size", a.block_size);
     k.get("top_k", a.top_k);
     k.finish();
   }
   {
-    Keys k(table(root, "lr", origin), origin, "lr.");
+    TomlTable k = table_reader(toml_subtable(root, "lr", origin), origin, "lr.");
     k.get("coefficient", s.lr.coefficient);
     k.get("exponent", s.lr.exponent);
     k.get("max", s.lr.max);
@@ -221,7 +123,7 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
   }
   {
     train::OptimConfig& t = s.train;
-    Keys k(table(root, "train", origin), origin, "train.");
+    TomlTable k = table_reader(toml_subtable(root, "train", origin), origin, "train.");
     k.get("batch_size", t.batch_size);
     k.get("grad_accum", t.grad_accum);
     k.get("warmup_fraction", s.warmup_fraction);
@@ -235,7 +137,7 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
     k.finish();
   }
   {
-    Keys k(table(root, "eval", origin), origin, "eval.");
+    TomlTable k = table_reader(toml_subtable(root, "eval", origin), origin, "eval.");
     k.get("points", s.eval_points);
     k.get("windows", s.eval.windows);
     k.get("batch_size", s.eval.batch_size);
@@ -243,12 +145,12 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
     k.finish();
   }
   {
-    Keys k(table(root, "log", origin), origin, "log.");
+    TomlTable k = table_reader(toml_subtable(root, "log", origin), origin, "log.");
     k.get("every", s.log_every);
     k.finish();
   }
   {
-    Keys k(table(root, "estimate", origin), origin, "estimate.");
+    TomlTable k = table_reader(toml_subtable(root, "estimate", origin), origin, "estimate.");
     k.get("flops_per_s", s.estimate.flops_per_s);
     k.get("seconds_per_token", s.estimate.seconds_per_token);
     k.get("note", s.estimate.note);

@@ -10,91 +10,14 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/toml_table.h"
 
 namespace moba::train {
 namespace {
 
-// Reads the keys of one table, remembering which it knows, so that finish() can reject
-// the rest. `prefix` is the table's name as the user writes it ("model.").
-class TableReader {
- public:
-  TableReader(const toml::table* t, std::string origin, std::string prefix)
-      : t_(t), origin_(std::move(origin)), prefix_(std::move(prefix)) {}
-
-  void get(const char* key, int64_t& out) {
-    if (const toml::node* n = find(key)) {
-      if (auto v = n->value_exact<int64_t>())
-        out = *v;
-      else
-        fail_type(key, "an integer", *n);
-    }
-  }
-  void get(const char* key, uint64_t& out) {
-    int64_t v = static_cast<int64_t>(out);
-    get(key, v);
-    MOBA_CHECK(v >= 0, origin_, ": ", prefix_, key, " must be >= 0, got ", v);
-    out = static_cast<uint64_t>(v);
-  }
-  void get(const char* key, double& out) {
-    if (const toml::node* n = find(key)) {
-      if (n->is_floating_point())
-        out = *n->value<double>();
-      else if (n->is_integer())
-        out = static_cast<double>(*n->value<int64_t>());
-      else
-        fail_type(key, "a number", *n);
-    }
-  }
-  void get(const char* key, bool& out) {
-    if (const toml::node* n = find(key)) {
-      if (auto v = n->value_exact<bool>())
-        out = *v;
-      else
-        fail_type(key, "true or false", *n);
-    }
-  }
-  void get(const char* key, std::string& out) {
-    if (const toml::node* n = find(key)) {
-      if (auto v = n->value_exact<std::string>())
-        out = *v;
-      else
-        fail_type(key, "a string", *n);
-    }
-  }
-  // Keys that are tables are read by their own TableReader; name them here.
-  void allow_table(const char* key) { known_.insert(key); }
-
-  void finish() const {
-    if (!t_) return;
-    for (const auto& [k, v] : *t_) {
-      const std::string key(k.str());
-      MOBA_CHECK(known_.count(key), origin_, ": unknown key '", prefix_, key, "' (line ",
-                 k.source().begin.line, "); see docs/trainer.md for the keys");
-    }
-  }
-
- private:
-  const toml::node* find(const char* key) {
-    known_.insert(key);
-    return t_ ? t_->get(key) : nullptr;
-  }
-  [[noreturn]] void fail_type(const char* key, const char* want, const toml::node& n) const {
-    std::ostringstream got;
-    got << n.type();
-    MOBA_CHECK(false, origin_, ": ", prefix_, key, " must be ", want, ", got a ", got.str(),
-               " (line ", n.source().begin.line, ")");
-  }
-
-  const toml::table* t_;
-  std::string origin_, prefix_;
-  std::set<std::string> known_;
-};
-
-const toml::table* subtable(const toml::table& root, const char* name, const std::string& origin) {
-  const toml::node* n = root.get(name);
-  if (!n) return nullptr;
-  MOBA_CHECK(n->is_table(), origin, ": '", name, "' must be a table ([", name, "])");
-  return n->as_table();
+// Every table of a run config is read by a TomlTable whose unknown-key message points here.
+TomlTable table_reader(const toml::table* t, const std::string& origin, const char* prefix) {
+  return TomlTable(t, origin, prefix, "docs/trainer.md");
 }
 
 // Shortest text that reads back as the same double, and as a TOML float.
@@ -115,25 +38,19 @@ std::string quoted(const std::string& s) {
 }  // namespace
 
 RunConfig parse_config(const std::string& text, const std::string& origin) {
-  toml::table root;
-  try {
-    root = toml::parse(text, origin);
-  } catch (const toml::parse_error& e) {
-    MOBA_CHECK(false, origin, ": TOML syntax error at line ", e.source().begin.line, ", column ",
-               e.source().begin.column, ": ", e.description());
-  }
+  const toml::table root = parse_toml(text, origin);
   RunConfig c;
   model::ModelConfig& m = c.model;
   {
-    TableReader r(&root, origin, "");
+    TomlTable r = table_reader(&root, origin, "");
     r.get("name", c.name);
     r.get("data", c.data);
     for (const char* t : {"model", "attention", "train", "eval", "checkpoint", "log"})
-      r.allow_table(t);
+      r.allow(t);
     r.finish();
   }
   {
-    TableReader r(subtable(root, "model", origin), origin, "model.");
+    TomlTable r = table_reader(toml_subtable(root, "model", origin), origin, "model.");
     r.get("vocab_size", m.vocab_size);
     r.get("width", m.width);
     r.get("layers", m.layers);
@@ -151,7 +68,7 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
   }
   {
     model::AttentionConfig& a = m.attention;
-    TableReader r(subtable(root, "attention", origin), origin, "attention.");
+    TomlTable r = table_reader(toml_subtable(root, "attention", origin), origin, "attention.");
     std::string kind = a.kind == model::AttentionKind::full ? "full" : "moba";
     r.get("kind", kind);
     MOBA_CHECK(kind == "full" || kind == "moba", origin,
@@ -165,7 +82,7 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
   }
   {
     OptimConfig& t = c.train;
-    TableReader r(subtable(root, "train", origin), origin, "train.");
+    TomlTable r = table_reader(toml_subtable(root, "train", origin), origin, "train.");
     r.get("batch_size", t.batch_size);
     r.get("grad_accum", t.grad_accum);
     r.get("steps", t.steps);
@@ -182,7 +99,7 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
     r.finish();
   }
   {
-    TableReader r(subtable(root, "eval", origin), origin, "eval.");
+    TomlTable r = table_reader(toml_subtable(root, "eval", origin), origin, "eval.");
     r.get("every", c.eval.every);
     r.get("windows", c.eval.windows);
     r.get("batch_size", c.eval.batch_size);
@@ -190,12 +107,12 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
     r.finish();
   }
   {
-    TableReader r(subtable(root, "checkpoint", origin), origin, "checkpoint.");
+    TomlTable r = table_reader(toml_subtable(root, "checkpoint", origin), origin, "checkpoint.");
     r.get("every", c.checkpoint_every);
     r.finish();
   }
   {
-    TableReader r(subtable(root, "log", origin), origin, "log.");
+    TomlTable r = table_reader(toml_subtable(root, "log", origin), origin, "log.");
     r.get("every", c.log_every);
     r.finish();
   }
