@@ -2,13 +2,16 @@
 # One device call: build, GPU tests, (optionally) compute-sanitizer, benchmark and peer.
 # Runs from the repository root on the GPU machine; logs go to $OUT (or ./out).
 #   STEPS="build test bench peer memcheck" bench/gpu_session.sh
+#   STEPS="build modeltest modelmemcheck" TARGETS=model_gpu_test bench/gpu_session.sh
+#     (the GPU trainer's layer kernels only: builds in about a minute, no attention kernels)
 # Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-STEPS=${STEPS:-build test bench peer}
+STEPS=${STEPS:-build test modeltest bench peer}
 SEQ=${SEQ:-8192 32768 131072}
 BUILD=${BUILD:-build-gpu}
+TARGETS=${TARGETS:-moba attention_gpu_test model_gpu_test}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 log() { echo "== $(date +%T) $*"; }
 
@@ -21,7 +24,7 @@ if has build; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOBA_CUDA=ON \
     -DMOBA_EXTRA_INCLUDE="$PWD/.deps/include" -DMOBA_GTEST_SOURCE="$PWD/.deps/googletest" \
     -DMOBA_BUILD_BENCH=OFF -DMOBA_GPU_TESTS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
-  ninja -C "$BUILD" -j16 moba attention_gpu_test >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+  ninja -C "$BUILD" -j16 $TARGETS >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
   grep -E "Compiling entry|registers|spill" "$OUT/build.log" > "$OUT/ptxas.txt"; rm -f "$OUT/build.log" "$OUT/cmake.log"
 fi
 if has peer; then
@@ -31,6 +34,16 @@ fi
 if has test; then
   log test
   OMP_NUM_THREADS=16 "$BUILD/tests/attention_gpu_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/test.log" | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err|gate:|Failure|Expected|Which|error" | head -150
+fi
+if has modeltest; then
+  log "modeltest: GPU layer kernels (src/model/cuda) against the CPU layers"
+  "$BUILD/tests/model_gpu_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/model_test.log" | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err |ulp|GB/s|Failure|Expected|Which|error" | head -150
+fi
+if has modelmemcheck; then
+  log "modelmemcheck: layer kernels under compute-sanitizer (timing test left out)"
+  timeout 150 compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/model_gpu_test" \
+    --gtest_filter='-*Timing*' >"$OUT/model_memcheck.log" 2>&1
+  tail -3 "$OUT/model_memcheck.log"
 fi
 if has memcheck; then
   log memcheck

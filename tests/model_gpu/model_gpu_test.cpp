@@ -1,0 +1,525 @@
+// The GPU trainer's layer kernels (src/model/cuda) against the CPU layers they mirror, in
+// fp64, on fresh random inputs at awkward sizes: one row, rows not a multiple of a block's,
+// widths and vocabularies not a multiple of 8, odd RoPE half-widths, repeated tokens.
+// Outputs are poisoned (NaN) before each kernel. Error bounds: gpu_compare.h (bound()).
+// AdamW follows the CPU optimizer in double, so it is held to one fp32 ulp instead.
+// Skips (passes) with a message when no CUDA device is present; the API-edge checks run
+// without one.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "model/cross_entropy.h"
+#include "model/params.h"
+#include "model/rmsnorm.h"
+#include "model/rope.h"
+#include "model/swiglu.h"
+#include "model_gpu/gpu_compare.h"
+#include "train/adamw.h"
+
+namespace moba::test {
+namespace {
+
+namespace mc = model::cuda;
+
+#define SKIP_WITHOUT_DEVICE() \
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU layer tests skipped"
+
+uint64_t next_seed() {
+  static uint64_t seed = 4242;
+  return seed += 101;
+}
+
+// ---- RMSNorm ---------------------------------------------------------------------------
+struct NormCase {
+  int64_t M, C;
+  bool accumulate;  // dx += (the residual stream's gradient) rather than dx =
+};
+class RmsNormGpu : public ::testing::TestWithParam<NormCase> {};
+
+TEST_P(RmsNormGpu, MatchesCpu) {
+  SKIP_WITHOUT_DEVICE();
+  const auto [M, C, acc] = GetParam();
+  const float eps = 1e-5f;
+  const uint64_t s = next_seed();
+  const size_t n = static_cast<size_t>(M * C);
+  const auto x = random_bf16(n, s, 2.0), dy = random_bf16(n, s + 1), dx0 = random_bf16(n, s + 2);
+  const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
+  const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
+
+  // fp64 reference and the naive version (the CPU layer in float, bf16 stores).
+  std::vector<double> yd(n), rd(M), dxd = acc ? to_double(dx0) : std::vector<double>(n),
+                                    dwd = to_double(dw0);
+  const auto xd = to_double(x), wd = to_double(w), dyd = to_double(dy);
+  model::rmsnorm_forward<double>(M, C, eps, xd.data(), wd.data(), yd.data(), rd.data());
+  model::rmsnorm_backward<double>(M, C, xd.data(), wd.data(), rd.data(), dyd.data(), dxd.data(),
+                                  dwd.data(), acc);
+  std::vector<float> yf(n), rf(M), dxf = acc ? dx0 : std::vector<float>(n), dwf = dw0;
+  model::rmsnorm_forward<float>(M, C, eps, x.data(), w.data(), yf.data(), rf.data());
+  model::rmsnorm_backward<float>(M, C, x.data(), w.data(), rf.data(), dy.data(), dxf.data(),
+                                 dwf.data(), acc);
+
+  const mc::RmsNormParams p{M, C, eps};
+  DeviceBuffer<bf16> gx(to_bf16(x)), gdy(to_bf16(dy)), gy(n), gdx(n);
+  DeviceBuffer<float> gw(w), gdw(dw0), grstd(M);
+  DeviceBuffer<char> ws(mc::rmsnorm_backward_workspace(p));
+  gy.poison();
+  grstd.poison();
+  ws.poison();
+  if (acc)
+    gdx.upload(to_bf16(dx0));
+  else
+    gdx.poison();
+  mc::rmsnorm_forward(p, gx.ptr, gw.ptr, gy.ptr, grstd.ptr);
+  mc::rmsnorm_backward(p, gx.ptr, gw.ptr, grstd.ptr, gdy.ptr, gdx.ptr, gdw.ptr, acc, ws.ptr);
+  compare("y", Out::kBf16, from_bf16(gy.download()), yd, rounded(yf));
+  compare("rstd", Out::kFp32, grstd.download(), rd, rf);
+  compare("dx", Out::kBf16, from_bf16(gdx.download()), dxd, rounded(dxf));
+  compare("dw", Out::kFp32, gdw.download(), dwd, dwf);
+
+  // The dw reduction is deterministic: a second backward adds the very same bits again.
+  const auto dw1 = gdw.download();
+  gdw.upload(dw0);
+  mc::rmsnorm_backward(p, gx.ptr, gw.ptr, grstd.ptr, gdy.ptr, gdx.ptr, gdw.ptr, acc, ws.ptr);
+  EXPECT_EQ(gdw.download(), dw1) << "dw differs between two identical backward passes";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, RmsNormGpu,
+                         ::testing::Values(NormCase{1, 3, false}, NormCase{1, 7, true},
+                                           NormCase{37, 100, false}, NormCase{65, 768, true},
+                                           NormCase{300, 1023, false}, NormCase{1029, 2049, true}),
+                         [](const auto& i) {
+                           return "M" + std::to_string(i.param.M) + "_C" + std::to_string(i.param.C) +
+                                  (i.param.accumulate ? "_acc" : "");
+                         });
+
+// ---- Cross-entropy ---------------------------------------------------------------------
+struct CeCase {
+  int64_t M, V;
+  bool fp32;      // logits in fp32 (else bf16)
+  bool masked;    // a loss mask drops every third row
+  bool in_place;  // dlogits written over the logits
+};
+class CrossEntropyGpu : public ::testing::TestWithParam<CeCase> {};
+
+template <typename T>
+void run_ce_gpu(const CeCase& c, const std::vector<float>& logits, const std::vector<int32_t>& tg,
+                const std::vector<uint8_t>& mask, float scale, std::vector<float>& loss,
+                std::vector<float>& lse, std::vector<float>& dlogits) {
+  const size_t n = logits.size();
+  DeviceBuffer<T> gz(n), gdz(n);
+  if constexpr (std::is_same_v<T, float>)
+    gz.upload(logits);
+  else
+    gz.upload(to_bf16(logits));
+  gdz.poison();
+  DeviceBuffer<int32_t> gt(tg);
+  DeviceBuffer<uint8_t> gm(mask);
+  DeviceBuffer<float> gloss(c.M), glse(c.M);
+  gloss.poison();
+  glse.poison();
+  const mc::CrossEntropyParams p{c.M, c.V, c.fp32 ? mc::LogitsType::kFp32 : mc::LogitsType::kBf16};
+  const uint8_t* m = c.masked ? gm.ptr : nullptr;
+  T* out = c.in_place ? gz.ptr : gdz.ptr;
+  mc::cross_entropy_forward(p, gz.ptr, gt.ptr, m, gloss.ptr, glse.ptr);
+  mc::cross_entropy_backward(p, gz.ptr, glse.ptr, gt.ptr, m, scale, out);
+  loss = gloss.download();
+  lse = glse.download();
+  const DeviceBuffer<T>& res = c.in_place ? gz : gdz;
+  if constexpr (std::is_same_v<T, float>)
+    dlogits = res.download();
+  else
+    dlogits = from_bf16(res.download());
+}
+
+TEST_P(CrossEntropyGpu, MatchesCpu) {
+  SKIP_WITHOUT_DEVICE();
+  const CeCase c = GetParam();
+  const uint64_t s = next_seed();
+  const size_t n = static_cast<size_t>(c.M * c.V);
+  // Logits spread like a trained head's (std 3): the softmax is far from uniform.
+  const auto z = c.fp32 ? random_normal<float>(n, s, 3.0) : random_bf16(n, s, 3.0);
+  std::vector<int32_t> tg(c.M);
+  std::vector<uint8_t> mask(c.M, 1);
+  std::mt19937_64 gen(s + 1);
+  int64_t counted = 0;
+  for (int64_t m = 0; m < c.M; ++m) {
+    tg[m] = static_cast<int32_t>(gen() % static_cast<uint64_t>(c.V));
+    if (c.masked && m % 3 == 1) mask[m] = 0;
+    counted += mask[m];
+  }
+  const float scale = 2.5f / static_cast<float>(std::max<int64_t>(1, counted));
+
+  std::vector<double> zd = to_double(z), lossd(c.M), lsed(c.M);
+  model::cross_entropy_forward<double>(c.M, c.V, zd.data(), tg.data(), lossd.data());
+  for (int64_t m = 0; m < c.M; ++m) lsed[m] = lossd[m] + z[m * c.V + tg[m]];
+  model::cross_entropy_backward<double>(c.M, c.V, zd.data(), tg.data(), scale);
+  std::vector<float> zf = z, lossf(c.M), lsef(c.M);
+  model::cross_entropy_forward<float>(c.M, c.V, zf.data(), tg.data(), lossf.data());
+  for (int64_t m = 0; m < c.M; ++m) lsef[m] = lossf[m] + z[m * c.V + tg[m]];
+  model::cross_entropy_backward<float>(c.M, c.V, zf.data(), tg.data(), scale);
+  for (int64_t m = 0; m < c.M; ++m)
+    if (!mask[m]) {  // the CPU layer has no mask: a masked row has no loss and no gradient
+      lossd[m] = lossf[m] = 0.0;
+      std::fill_n(zd.begin() + m * c.V, c.V, 0.0);
+      std::fill_n(zf.begin() + m * c.V, c.V, 0.0f);
+    }
+
+  std::vector<float> loss, lse, dz;
+  if (c.fp32)
+    run_ce_gpu<float>(c, z, tg, mask, scale, loss, lse, dz);
+  else
+    run_ce_gpu<bf16>(c, z, tg, mask, scale, loss, lse, dz);
+  compare("loss", Out::kFp32, loss, lossd, lossf);
+  compare("lse", Out::kFp32, lse, lsed, lsef);
+  compare("dlogits", c.fp32 ? Out::kFp32 : Out::kBf16, dz, zd, c.fp32 ? zf : rounded(zf));
+  for (int64_t m = 0; m < c.M; ++m)
+    if (!mask[m]) {
+      ASSERT_EQ(loss[m], 0.0f) << "masked row " << m << " has a loss";
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CrossEntropyGpu,
+    ::testing::Values(CeCase{1, 1000, false, false, false}, CeCase{3, 5, true, false, false},
+                      CeCase{37, 1000, false, true, false},
+                      CeCase{37, 1000, true, false, true}, CeCase{67, 32007, false, false, true},
+                      CeCase{67, 32007, true, true, false}, CeCase{5, 65536, false, true, false},
+                      CeCase{3, 65536, true, false, false}),
+    [](const auto& i) {
+      const CeCase& c = i.param;
+      return "M" + std::to_string(c.M) + "_V" + std::to_string(c.V) + (c.fp32 ? "_fp32" : "_bf16") +
+             (c.masked ? "_mask" : "") + (c.in_place ? "_inplace" : "");
+    });
+
+TEST(CrossEntropyGpuEdge, TargetOutsideVocabGivesNaN) {
+  SKIP_WITHOUT_DEVICE();
+  const mc::CrossEntropyParams p{2, 10, mc::LogitsType::kFp32};
+  DeviceBuffer<float> z(random_normal<float>(20, 7)), loss(2), lse(2);
+  DeviceBuffer<int32_t> tg(std::vector<int32_t>{3, 10});
+  mc::cross_entropy_forward(p, z.ptr, tg.ptr, nullptr, loss.ptr, lse.ptr);
+  const auto l = loss.download();
+  EXPECT_TRUE(std::isfinite(l[0]));
+  EXPECT_TRUE(std::isnan(l[1]));
+}
+
+// ---- SwiGLU ----------------------------------------------------------------------------
+class SwigluGpu : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(SwigluGpu, MatchesCpu) {
+  SKIP_WITHOUT_DEVICE();
+  const int64_t n = GetParam();
+  const uint64_t s = next_seed();
+  // a spread wide (std 4) so that silu's saturated tails on both sides are exercised.
+  const auto a = random_bf16(n, s, 4.0), b = random_bf16(n, s + 1), dh = random_bf16(n, s + 2);
+  const auto ad = to_double(a), bd = to_double(b), dhd = to_double(dh);
+  std::vector<double> hd(n), dad(n), dbd(n);
+  model::swiglu_forward<double>(n, ad.data(), bd.data(), hd.data());
+  model::swiglu_backward<double>(n, ad.data(), bd.data(), dhd.data(), dad.data(), dbd.data());
+  std::vector<float> hf(n), daf(n), dbf(n);
+  model::swiglu_forward<float>(n, a.data(), b.data(), hf.data());
+  model::swiglu_backward<float>(n, a.data(), b.data(), dh.data(), daf.data(), dbf.data());
+
+  DeviceBuffer<bf16> ga(to_bf16(a)), gb(to_bf16(b)), gdh(to_bf16(dh)), gh(n), gda(n), gdb(n);
+  gh.poison();
+  gda.poison();
+  gdb.poison();
+  mc::swiglu_forward(n, ga.ptr, gb.ptr, gh.ptr);
+  mc::swiglu_backward(n, ga.ptr, gb.ptr, gdh.ptr, gda.ptr, gdb.ptr);
+  compare("h", Out::kBf16, from_bf16(gh.download()), hd, rounded(hf));
+  compare("da", Out::kBf16, from_bf16(gda.download()), dad, rounded(daf));
+  compare("db", Out::kBf16, from_bf16(gdb.download()), dbd, rounded(dbf));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, SwigluGpu, ::testing::Values(1, 4097, 1000003),
+                         [](const auto& i) { return "n" + std::to_string(i.param); });
+
+// ---- RoPE ------------------------------------------------------------------------------
+struct RopeCase {
+  std::vector<int64_t> docs;  // document lengths, packed: positions restart at each one
+  int64_t H, D;
+};
+class RopeGpu : public ::testing::TestWithParam<RopeCase> {};
+
+TEST_P(RopeGpu, MatchesCpu) {
+  SKIP_WITHOUT_DEVICE();
+  const RopeCase& c = GetParam();
+  std::vector<int32_t> pos;
+  int64_t T = 0;
+  for (int64_t len : c.docs) {
+    for (int64_t t = 0; t < len; ++t) pos.push_back(static_cast<int32_t>(t));
+    T = std::max(T, len);
+  }
+  const int64_t M = static_cast<int64_t>(pos.size());
+  const model::RopeTable table(T, c.D, 10000.0);
+  const mc::RopeTableCuda gtable(table);
+  DeviceBuffer<int32_t> gpos(pos);
+  const uint64_t s = next_seed();
+  for (bool inverse : {false, true}) {  // forward, then the backward's rotation
+    const auto x = random_bf16(static_cast<size_t>(M * c.H * c.D), s + inverse, 3.0);
+    std::vector<double> xd = to_double(x);
+    model::rope_apply<double>(table, M, c.H, pos.data(), xd.data(), inverse);
+    std::vector<float> xf = x;
+    model::rope_apply<float>(table, M, c.H, pos.data(), xf.data(), inverse);
+    // In place, so no poison: the input itself differs from the rotated output wherever
+    // the position is not 0, and that is most of them.
+    DeviceBuffer<bf16> gx(to_bf16(x));
+    mc::rope_apply({M, c.H, inverse}, gtable, gpos.ptr, gx.ptr);
+    compare(inverse ? "dx" : "y", Out::kBf16, from_bf16(gx.download()), xd, rounded(xf));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, RopeGpu,
+                         ::testing::Values(RopeCase{{1}, 1, 2}, RopeCase{{33}, 2, 6},
+                                           RopeCase{{5, 1, 70, 23}, 3, 64},
+                                           RopeCase{{129, 64, 700}, 4, 128}),
+                         [](const auto& i) {
+                           return "docs" + std::to_string(i.param.docs.size()) + "_H" +
+                                  std::to_string(i.param.H) + "_D" + std::to_string(i.param.D);
+                         });
+
+TEST(RopeGpuEdge, PositionOutsideTableGivesNaN) {
+  SKIP_WITHOUT_DEVICE();
+  const model::RopeTable table(4, 8, 10000.0);
+  const mc::RopeTableCuda gtable(table);
+  DeviceBuffer<int32_t> pos(std::vector<int32_t>{3, 4});
+  DeviceBuffer<bf16> x(to_bf16(random_bf16(16, 3)));
+  mc::rope_apply({2, 1, false}, gtable, pos.ptr, x.ptr);
+  const auto y = from_bf16(x.download());
+  EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[7]));
+  EXPECT_TRUE(std::isnan(y[8]) && std::isnan(y[15]));
+}
+
+// ---- AdamW -----------------------------------------------------------------------------
+// Three tensors, decay on the first and third (the flags the CPU optimizer reads from the
+// layout), n not a multiple of the block; step 7 with clipping's scale fused.
+TEST(AdamWGpu, MatchesCpuOptimizer) {
+  SKIP_WITHOUT_DEVICE();
+  const size_t sizes[3] = {40000, 129, 59874};
+  const bool decays[3] = {true, false, true};
+  model::ParamLayout layout;
+  for (int i = 0; i < 3; ++i) {
+    model::TensorInfo t;
+    t.name = "t" + std::to_string(i);
+    t.shape = {static_cast<int64_t>(sizes[i])};
+    t.offset = layout.total;
+    t.size = sizes[i];
+    t.decay = decays[i];
+    layout.total += sizes[i];
+    layout.tensors.push_back(t);
+  }
+  const size_t n = layout.total;
+  std::vector<uint8_t> decay(n, 0);
+  for (const auto& t : layout.tensors) std::fill_n(decay.begin() + t.offset, t.size, t.decay);
+  train::OptimConfig cfg;
+  cfg.weight_decay = 0.1;
+  cfg.beta1 = 0.9;
+  cfg.beta2 = 0.95;
+  cfg.eps = 1e-8;
+  const double lr = 3e-3;
+  const float grad_scale = 0.37f;
+  const uint64_t s = next_seed();
+  const auto p0 = random_normal<float>(n, s, 0.02), g = random_normal<float>(n, s + 1, 1e-2),
+             m0 = random_normal<float>(n, s + 2, 1e-3);
+  auto v0 = random_normal<float>(n, s + 3, 1e-4);
+  for (float& e : v0) e = e * e;  // second moments are >= 0
+
+  train::AdamW opt(layout, cfg);
+  opt.m() = m0;
+  opt.v() = v0;
+  opt.set_steps_done(6);
+  std::vector<float> p_cpu = p0, g_cpu = g;
+  for (float& e : g_cpu) e *= grad_scale;  // what clip_grads does before the step
+  opt.step(p_cpu, g_cpu, lr);
+
+  DeviceBuffer<float> gp(p0), gg(g), gm(m0), gv(v0);
+  DeviceBuffer<uint8_t> gd(decay);
+  DeviceBuffer<bf16> gb(n);
+  gb.poison();
+  mc::AdamWParams p;
+  p.n = static_cast<int64_t>(n);
+  p.t = 7;
+  p.lr = lr;
+  p.beta1 = cfg.beta1;
+  p.beta2 = cfg.beta2;
+  p.eps = cfg.eps;
+  p.weight_decay = cfg.weight_decay;
+  p.grad_scale = grad_scale;
+  mc::adamw_step(p, gp.ptr, gg.ptr, gm.ptr, gv.ptr, gd.ptr, gb.ptr);
+  const auto p_gpu = gp.download(), m_gpu = gm.download(), v_gpu = gv.download();
+  const auto b_gpu = from_bf16(gb.download());
+  // The same double arithmetic; only the compiler's choice of fused multiply-adds may
+  // differ, which moves a float result by at most one ulp.
+  auto ulps = [](float a, float b) {
+    const double u = std::max(std::abs(double(b)) * 1.2e-7, 1e-45);
+    return std::abs(double(a) - double(b)) / u;
+  };
+  double worst[3] = {0, 0, 0};
+  int64_t bad_copy = 0;
+  for (size_t i = 0; i < n; ++i) {
+    worst[0] = std::max(worst[0], ulps(p_gpu[i], p_cpu[i]));
+    worst[1] = std::max(worst[1], ulps(m_gpu[i], opt.m()[i]));
+    worst[2] = std::max(worst[2], ulps(v_gpu[i], opt.v()[i]));
+    bad_copy += b_gpu[i] != round_bf16(p_gpu[i]);
+  }
+  std::printf("    params %.2f ulp, m %.2f ulp, v %.2f ulp (worst); bf16 copy mismatches %lld\n",
+              worst[0], worst[1], worst[2], static_cast<long long>(bad_copy));
+  EXPECT_LE(worst[0], 1.01);
+  EXPECT_LE(worst[1], 1.01);
+  EXPECT_LE(worst[2], 1.01);
+  EXPECT_EQ(bad_copy, 0);
+}
+
+// ---- Embedding ---------------------------------------------------------------------------
+TEST(EmbeddingGpu, MatchesGatherAndScatterAdd) {
+  SKIP_WITHOUT_DEVICE();
+  const int64_t V = 1000, C = 77, M = 513;
+  const uint64_t s = next_seed();
+  std::vector<int32_t> tok(M);
+  std::mt19937_64 gen(s);
+  // Mostly 50 ids, so rows repeat and the scatter's atomics collide; the last is V - 1.
+  for (int64_t m = 0; m < M; ++m) tok[m] = static_cast<int32_t>(gen() % 50);
+  tok[M - 1] = static_cast<int32_t>(V - 1);
+  const auto table = random_bf16(static_cast<size_t>(V * C), s + 1),
+             dout = random_bf16(static_cast<size_t>(M * C), s + 2);
+  const auto dt0 = random_normal<float>(static_cast<size_t>(V * C), s + 3);
+
+  const mc::EmbeddingParams p{M, V, C};
+  DeviceBuffer<int32_t> gt(tok);
+  DeviceBuffer<bf16> gtab(to_bf16(table)), gout(static_cast<size_t>(M * C)), gdo(to_bf16(dout));
+  DeviceBuffer<float> gdt(dt0);
+  gout.poison();
+  mc::embedding_forward(p, gt.ptr, gtab.ptr, gout.ptr);
+  mc::embedding_backward(p, gt.ptr, gdo.ptr, gdt.ptr);
+  const auto out = from_bf16(gout.download());
+  int64_t wrong = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c) wrong += out[m * C + c] != table[tok[m] * C + c];
+  EXPECT_EQ(wrong, 0) << "the gather is a copy: every element must match bit for bit";
+
+  std::vector<double> dtd = to_double(dt0);
+  std::vector<float> dtf = dt0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c) {
+      dtd[tok[m] * C + c] += dout[m * C + c];
+      dtf[tok[m] * C + c] += dout[m * C + c];
+    }
+  compare("dtable", Out::kFp32, gdt.download(), dtd, dtf);
+}
+
+TEST(EmbeddingGpuEdge, TokenOutsideVocab) {
+  SKIP_WITHOUT_DEVICE();
+  const mc::EmbeddingParams p{2, 4, 3};
+  DeviceBuffer<int32_t> tok(std::vector<int32_t>{1, 4});
+  DeviceBuffer<bf16> table(to_bf16(random_bf16(12, 5))), out(6), dout(to_bf16(random_bf16(6, 6)));
+  DeviceBuffer<float> dt(std::vector<float>(12, 0.0f));
+  mc::embedding_forward(p, tok.ptr, table.ptr, out.ptr);
+  mc::embedding_backward(p, tok.ptr, dout.ptr, dt.ptr);
+  const auto y = from_bf16(out.download());
+  EXPECT_TRUE(std::isfinite(y[0]) && std::isnan(y[3]) && std::isnan(y[5]));
+  const auto g = dt.download();
+  for (int i = 0; i < 12; ++i)
+    if (i < 3 || i >= 6) {
+      EXPECT_EQ(g[i], 0.0f) << "only token 1's row gets a gradient";
+    }
+}
+
+// ---- API edge (no device needed: the checks come before any CUDA call) -------------------
+TEST(LayersCudaApi, RejectsBadShapes) {
+  EXPECT_THROW(mc::rmsnorm_forward({4, 0, 1e-5f}, nullptr, nullptr, nullptr, nullptr), Error);
+  EXPECT_THROW(mc::cross_entropy_forward({4, 0}, nullptr, nullptr, nullptr, nullptr, nullptr), Error);
+  EXPECT_THROW(mc::cross_entropy_forward({4, mc::kMaxVocab + 1}, nullptr, nullptr, nullptr, nullptr,
+                                         nullptr),
+               Error);
+  EXPECT_THROW(mc::swiglu_forward(-1, nullptr, nullptr, nullptr), Error);
+  mc::AdamWParams a;
+  a.n = 10;
+  a.t = 0;
+  EXPECT_THROW(mc::adamw_step(a, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr), Error);
+  EXPECT_THROW(mc::embedding_forward({3, 0, 8}, nullptr, nullptr, nullptr), Error);
+  EXPECT_THROW(mc::rmsnorm_forward({4, 8, 1e-5f}, nullptr, nullptr, nullptr, nullptr), Error);
+}
+
+// ---- Timing at a trainer's sizes (printed, not asserted) ---------------------------------
+// B*T = 16384 tokens of width 768 (F = 2048, V = 32000 logits in bf16): what one micro-batch
+// of the 12-layer bar model moves through these kernels. GB/s counts each kernel's
+// compulsory reads and writes once.
+TEST(LayersCudaTiming, TrainerSizes) {
+  SKIP_WITHOUT_DEVICE();
+  const int64_t M = 16384, C = 768, F = 2048, V = 32000;
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  auto time = [&](const char* what, double bytes, auto&& fn) {
+    fn();  // warm-up
+    CUDA_CHECK(cudaEventRecord(e0));
+    const int reps = 10;
+    for (int r = 0; r < reps; ++r) fn();
+    CUDA_CHECK(cudaEventRecord(e1));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    ms /= reps;
+    std::printf("    %-22s %8.3f ms  %7.1f GB/s\n", what, ms, bytes / (ms * 1e6));
+  };
+  DeviceBuffer<bf16> x(to_bf16(random_bf16(M * C, 1))), y(M * C), dx(M * C);
+  DeviceBuffer<float> w(random_normal<float>(C, 2)), dw(C), rstd(M);
+  const mc::RmsNormParams rp{M, C, 1e-5f};
+  DeviceBuffer<char> ws(mc::rmsnorm_backward_workspace(rp));
+  time("rmsnorm fwd", 4.0 * M * C, [&] { mc::rmsnorm_forward(rp, x.ptr, w.ptr, y.ptr, rstd.ptr); });
+  time("rmsnorm bwd", 8.0 * M * C, [&] {
+    mc::rmsnorm_backward(rp, x.ptr, w.ptr, rstd.ptr, y.ptr, dx.ptr, dw.ptr, true, ws.ptr);
+  });
+  {
+    DeviceBuffer<bf16> a(to_bf16(random_bf16(M * F, 3))), b(to_bf16(random_bf16(M * F, 4))),
+        h(M * F), da(M * F);
+    time("swiglu fwd", 6.0 * M * F, [&] { mc::swiglu_forward(M * F, a.ptr, b.ptr, h.ptr); });
+    time("swiglu bwd", 10.0 * M * F,
+         [&] { mc::swiglu_backward(M * F, a.ptr, b.ptr, h.ptr, da.ptr, h.ptr); });
+  }
+  {
+    DeviceBuffer<bf16> z(to_bf16(random_bf16(M * V, 5, 3.0)));
+    std::vector<int32_t> tg(M);
+    for (int64_t m = 0; m < M; ++m) tg[m] = static_cast<int32_t>((m * 7919) % V);
+    DeviceBuffer<int32_t> gt(tg);
+    DeviceBuffer<float> loss(M), lse(M);
+    const mc::CrossEntropyParams cp{M, V, mc::LogitsType::kBf16};
+    time("cross-entropy fwd", 2.0 * M * V,
+         [&] { mc::cross_entropy_forward(cp, z.ptr, gt.ptr, nullptr, loss.ptr, lse.ptr); });
+    time("cross-entropy bwd", 4.0 * M * V, [&] {
+      mc::cross_entropy_backward(cp, z.ptr, lse.ptr, gt.ptr, nullptr, 1.0f / M, z.ptr);
+    });
+  }
+  {
+    const model::RopeTable table(8192, 64, 10000.0);
+    const mc::RopeTableCuda gtable(table);
+    std::vector<int32_t> pos(M);
+    for (int64_t m = 0; m < M; ++m) pos[m] = static_cast<int32_t>(m % 8192);
+    DeviceBuffer<int32_t> gpos(pos);
+    time("rope (12 heads, D 64)", 4.0 * M * C,
+         [&] { mc::rope_apply({M, 12, false}, gtable, gpos.ptr, x.ptr); });
+  }
+  {
+    const int64_t n = 85'000'000;  // the bar model's parameters, embeddings included
+    DeviceBuffer<float> p(n), g(n), m(n), v(n);
+    DeviceBuffer<uint8_t> d(n);
+    DeviceBuffer<bf16> b(n);
+    CUDA_CHECK(cudaMemset(p.ptr, 0, n * 4));
+    CUDA_CHECK(cudaMemset(g.ptr, 0, n * 4));
+    CUDA_CHECK(cudaMemset(m.ptr, 0, n * 4));
+    CUDA_CHECK(cudaMemset(v.ptr, 0, n * 4));
+    CUDA_CHECK(cudaMemset(d.ptr, 1, n));
+    mc::AdamWParams ap;
+    ap.n = n;
+    ap.lr = 1e-3;
+    time("adamw (85M params)", 31.0 * n,
+         [&] { mc::adamw_step(ap, p.ptr, g.ptr, m.ptr, v.ptr, d.ptr, b.ptr); });
+  }
+  CUDA_CHECK(cudaEventDestroy(e0));
+  CUDA_CHECK(cudaEventDestroy(e1));
+}
+
+}  // namespace
+}  // namespace moba::test
