@@ -29,12 +29,17 @@ void cross_entropy_forward(int64_t M, int64_t V, Real* logits, const int32_t* ta
 }
 
 // dlogits (M, V) = scale * (softmax - onehot(target)), in place over the probabilities.
+// mask (M) or nullptr: rows with mask 0 are not in the loss, their dlogits are 0.
 template <typename Real>
 void cross_entropy_backward(int64_t M, int64_t V, Real* probs, const int32_t* targets,
-                            double scale) {
+                            double scale, const uint8_t* mask = nullptr) {
 #pragma omp parallel for schedule(static) if (M * V >= kParallelMinWork)
   for (int64_t m = 0; m < M; ++m) {
     Real* p = probs + m * V;
+    if (mask && !mask[m]) {
+      std::fill(p, p + V, Real(0));
+      continue;
+    }
     for (int64_t v = 0; v < V; ++v) p[v] = static_cast<Real>(p[v] * scale);
     p[targets[m]] = static_cast<Real>(p[targets[m]] - scale);
   }

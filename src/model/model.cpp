@@ -26,6 +26,10 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
   MOBA_CHECK(batch.T <= c.seq_len, "batch rows hold T = ", batch.T,
              " tokens, more than model.seq_len = ", c.seq_len);
   batch.validate(c.vocab_size);
+  counted_ = batch.counted_positions();
+  MOBA_CHECK(counted_ > 0, "the batch's loss_mask is all zeros (every target starts another "
+             "document): no position to average the loss over");
+  loss_mask_ = batch.loss_mask;
   const Real* P = params_span.data();
   const int64_t B = batch.B, T = batch.T, M = B * T, C = c.width, V = c.vocab_size;
   const int64_t F = c.mlp_hidden;
@@ -91,9 +95,14 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
   losses_.resize(M);
   cross_entropy_forward(M, V, probs_.data(), targets_.data(), losses_.data());
   double sum = 0.0;
-  for (Real l : losses_) sum += static_cast<double>(l);
+  if (loss_mask_.empty()) {
+    for (Real l : losses_) sum += static_cast<double>(l);
+  } else {
+    for (int64_t m = 0; m < M; ++m)
+      if (loss_mask_[m]) sum += static_cast<double>(losses_[m]);
+  }
   last_flops_ = matmul_flops_per_token(c) * static_cast<double>(M) + attn_flops;
-  return sum / static_cast<double>(M);
+  return sum / static_cast<double>(counted_);
 }
 
 template <typename Real>
@@ -109,7 +118,9 @@ void Model<Real>::backward(std::span<const Real> params_span, std::span<Real> gr
   const attn::MobaConfig moba{c.attention.block_size, c.attention.top_k};
 
   // Loss -> logits (in place over the probabilities: forward state is spent once).
-  cross_entropy_backward(M, V, probs_.data(), targets_.data(), loss_scale / static_cast<double>(M));
+  cross_entropy_backward(M, V, probs_.data(), targets_.data(),
+                         loss_scale / static_cast<double>(counted_),
+                         loss_mask_.empty() ? nullptr : loss_mask_.data());
   std::vector<Real> dxn(static_cast<size_t>(M * C));  // (M, C) gradient of a norm's output
   std::vector<Real> dx(static_cast<size_t>(M * C));   // (M, C) gradient of the residual stream
   linear_backward(M, C, V, xn_final_.data(), P + layout_.lm_head, probs_.data(), dxn.data(),

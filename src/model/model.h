@@ -6,7 +6,8 @@
 //   for each layer:  x += attn(rmsnorm(x))               full or MoBA, per layer
 //                    x += w_down(swiglu(w_gate(n), w_up(n))),  n = rmsnorm(x)
 //   logits = rmsnorm(x) lm_head^T                       (M, V)
-//   loss = mean over M of cross_entropy(logits, targets)
+//   loss = mean of cross_entropy(logits, targets) over the M positions, or over those
+//          the batch's loss_mask keeps
 #pragma once
 
 #include <cstdint>
@@ -30,10 +31,12 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
 
-  // Mean cross-entropy over the batch's B*T targets. moba_phase = false makes every
-  // layer use full attention (the MoBA-to-full switch). Keeps what backward() needs.
+  // Mean cross-entropy over the batch's B*T targets, or over those with loss_mask 1 when
+  // the batch has a mask (a mask with no 1 is a moba::Error: there is no loss to average).
+  // moba_phase = false makes every layer use full attention (the MoBA-to-full switch).
+  // Keeps what backward() needs.
   double forward(std::span<const Real> params, const Batch& batch, bool moba_phase);
-  // Per-token losses of the last forward: (B*T), nats.
+  // Per-token losses of the last forward: (B*T), nats; every position, masked or not.
   std::span<const Real> token_losses() const { return losses_; }
   // Adds loss_scale * d(mean loss)/d(params) of the last forward into grads.
   void backward(std::span<const Real> params, std::span<Real> grads, double loss_scale);
@@ -61,6 +64,8 @@ class Model {
   // State of the last forward.
   int64_t M_ = 0;
   std::vector<int32_t> inputs_, targets_, pos_;  // (M) each
+  std::vector<uint8_t> loss_mask_;                // (M), or empty: every position counts
+  int64_t counted_ = 0;                           // positions in the loss
   attn::Layout attn_layout_;
   std::vector<bool> layer_moba_;  // (L)
   std::vector<LayerCache> caches_;

@@ -151,6 +151,7 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override) {
       train::RunConfig c;
       c.name = s.name + "-L" + std::to_string(L) + "-" + kind;
       c.data = data;
+      c.data_packing = s.data_packing;
       c.model = s.model;
       c.model.layers = L;
       c.model.heads = L;
@@ -250,8 +251,8 @@ void print_plan(std::FILE* f, const Plan& p) {
   else
     std::fprintf(f, "tokens: the preset's ladder.tokens (whole steps of %lld tokens); ",
                  static_cast<long long>(s.train.tokens_per_step(m0.seq_len)));
-  std::fprintf(f, "lr = min(%g, %g x (6ND)^-%g)\ndata: %s\n\n", s.lr.max, s.lr.coefficient,
-               s.lr.exponent, p.data_note.c_str());
+  std::fprintf(f, "lr = min(%g, %g x (6ND)^-%g)\ndata: %s; %s rows\n\n", s.lr.max,
+               s.lr.coefficient, s.lr.exponent, p.data_note.c_str(), s.data_packing.c_str());
   std::fprintf(f,
                "| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | "
                "6ND FLOPs | exec FLOPs | attn density | est. time | data reads | memory |\n"
@@ -320,6 +321,7 @@ nlohmann::json plan_json(const Plan& p) {
   return {{"sweep", p.sweep.name},
           {"preset", p.sweep.origin},
           {"data", p.sweep.data},
+          {"data_packing", p.sweep.data_packing},
           {"data_train_tokens", p.data_train_tokens},
           {"tokens_per_param", p.sweep.ladder.tokens_per_param},
           {"lr_rule",

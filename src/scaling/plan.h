@@ -60,6 +60,8 @@ struct SweepConfig {
   // Training tokens of the data when its folder is absent (planning on another machine);
   // 0: unknown. The folder's manifest, when present, wins.
   int64_t data_train_tokens = 0;
+  // How the runs cut token-shard rows: "document" or "packed" (RunConfig::data_packing).
+  std::string data_packing = "document";
   std::string runs_dir;  // where the run folders go
   std::vector<std::string> attention = {"full", "moba"};
   LadderConfig ladder;

@@ -24,6 +24,11 @@ void validate(const SweepConfig& s) {
   MOBA_CHECK(!s.data.empty(), o,
              ": data must name a folder of token shards or a synthetic "
              "source");
+  try {
+    train::check_data_packing(s.data, s.data_packing);
+  } catch (const Error& e) {
+    throw Error(o + ": " + e.what());
+  }
   MOBA_CHECK(!s.attention.empty(), o, ": attention must list at least one of \"full\", \"moba\"");
   for (size_t i = 0; i < s.attention.size(); ++i) {
     MOBA_CHECK(s.attention[i] == "full" || s.attention[i] == "moba", o,
@@ -76,6 +81,7 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
     k.get("name", s.name);
     k.get("data", s.data);
     k.get("data_train_tokens", s.data_train_tokens);
+    k.get("data_packing", s.data_packing);
     k.get("data_reads_max", s.max_data_reads);
     std::string runs_dir;
     k.get("runs_dir", runs_dir);

@@ -10,6 +10,7 @@ namespace moba::train {
 
 std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const std::string& data_dir) {
   const std::string data = data_dir.empty() ? cfg.data : data_dir;
+  check_data_packing(data, cfg.data_packing);  // --data may name a synthetic source
   if (data == "synthetic:assoc_recall")
     return std::make_unique<AssocRecallSource>(cfg.model.vocab_size, cfg.model.seq_len,
                                                cfg.train.batch_size, cfg.eval.windows,

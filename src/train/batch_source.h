@@ -30,7 +30,7 @@ class BatchSource {
  public:
   virtual ~BatchSource() = default;
   // The index-th training micro-batch: (B, T+1) tokens, B = train.batch_size, T =
-  // model.seq_len, with cu_seqlens when rows pack several documents.
+  // model.seq_len, with cu_seqlens and loss_mask when rows pack several documents.
   virtual model::Batch train_batch(uint64_t index) = 0;
   // The validation windows, the same ones at every call.
   virtual std::vector<Window> validation() = 0;

@@ -37,6 +37,16 @@ std::string quoted(const std::string& s) {
 
 }  // namespace
 
+void check_data_packing(const std::string& data, const std::string& packing) {
+  MOBA_CHECK(packing == "document" || packing == "packed",
+             "data_packing must be \"document\" (one document per row) or \"packed\" "
+             "(documents packed into rows, cross-document targets masked), got \"",
+             packing, "\"");
+  MOBA_CHECK(packing == "document" || data.rfind("synthetic:", 0) != 0,
+             "data_packing = \"packed\" applies to token shards; the synthetic source '", data,
+             "' makes its own rows (use \"document\")");
+}
+
 RunConfig parse_config(const std::string& text, const std::string& origin) {
   const toml::table root = parse_toml(text, origin);
   RunConfig c;
@@ -45,6 +55,7 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
     TomlTable r = table_reader(&root, origin, "");
     r.get("name", c.name);
     r.get("data", c.data);
+    r.get("data_packing", c.data_packing);
     for (const char* t : {"model", "attention", "train", "eval", "checkpoint", "log"})
       r.allow(t);
     r.finish();
@@ -135,6 +146,7 @@ RunConfig load_config(const std::string& path) {
 void RunConfig::validate() const {
   MOBA_CHECK(!name.empty(), "name must not be empty");
   MOBA_CHECK(!data.empty(), "data must not be empty");
+  check_data_packing(data, data_packing);
   model.validate();
   const OptimConfig& t = train;
   MOBA_CHECK(t.batch_size >= 1, "train.batch_size must be >= 1, got ", t.batch_size);
@@ -183,7 +195,9 @@ std::string to_toml(const RunConfig& c) {
   std::ostringstream os;
   os << "# moba train: resolved configuration (every default filled in)\n"
      << "name = " << quoted(c.name) << "\n"
-     << "data = " << quoted(c.data) << "\n\n"
+     << "data = " << quoted(c.data) << "\n"
+     << (c.data_packing == "document" ? "" : "data_packing = " + quoted(c.data_packing) + "\n")
+     << "\n"
      << "[model]\n"
      << "vocab_size = " << m.vocab_size << "\n"
      << "width = " << m.width << "\n"

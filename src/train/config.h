@@ -1,7 +1,7 @@
 // A training run's configuration: the TOML file `moba train --config` reads. Every key,
 // its default and its meaning are in docs/trainer.md; configs/ holds examples.
 //
-//   name = "..."  data = "synthetic:assoc_recall"
+//   name = "..."  data = "synthetic:assoc_recall"  data_packing = "document"
 //   [model] [attention] [train] [eval] [checkpoint] [log]
 //
 // Reading validates everything once, with errors that name the file and the key:
@@ -43,6 +43,11 @@ struct RunConfig {
   // Where tokens come from: "synthetic:assoc_recall", or a folder of token shards made by
   // `moba prepare` (src/train/shard_source.h). `moba train --data DIR` overrides it.
   std::string data = "synthetic:assoc_recall";
+  // How token-shard rows are cut (src/train/shard_source.h): "document" (a window inside
+  // one document long enough) or "packed" (consecutive documents of the training stream,
+  // cut at document ends, targets that start the next document masked out of the loss).
+  // Synthetic sources make their own rows: they take "document" only.
+  std::string data_packing = "document";
   model::ModelConfig model;
   OptimConfig train;
   EvalConfig eval;
@@ -56,12 +61,18 @@ struct RunConfig {
   int64_t tokens_planned() const { return train.steps * train.tokens_per_step(model.seq_len); }
 };
 
+// Throws moba::Error unless `packing` is "document" or "packed", and "document" for a
+// synthetic `data` source.
+void check_data_packing(const std::string& data, const std::string& packing);
+
 // Reads and validates a TOML file; errors name `path`, the key and the problem.
 RunConfig load_config(const std::string& path);
 // Same, from text (tests); `origin` names it in messages.
 RunConfig parse_config(const std::string& toml_text, const std::string& origin);
 // The resolved configuration as TOML, every key written: what config.toml holds and what
-// the run prints at start. parse_config(to_toml(c)) gives c back.
+// the run prints at start. parse_config(to_toml(c)) gives c back. One exception to "every
+// key": data_packing is written only when it is not "document", so that run folders made
+// before the key existed still resume (their config.toml is compared as text).
 std::string to_toml(const RunConfig& resolved);
 
 }  // namespace moba::train

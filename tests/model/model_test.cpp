@@ -1,6 +1,6 @@
 // The whole model: gradients against float64 central differences (tied and untied head,
-// full, MoBA and layer-wise hybrid attention, packed documents), parameter counts, and
-// float against double.
+// full, MoBA and layer-wise hybrid attention, packed documents, a loss mask), the masked
+// loss, parameter counts, and float against double.
 #include "model/model.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "core/error.h"
 #include "core/random.h"
 #include "model/gradcheck.h"
 
@@ -44,11 +45,21 @@ Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed, bool packed) 
   return b;
 }
 
-void check_model(const ModelConfig& cfg, bool packed) {
+// The mask a packed loader gives random_batch(2, 14, ..., packed): row 0 holds documents
+// [0, 5) and [5, 14), so target 5 (input 4) starts the second one; plus a few other zeros
+// so that the test does not depend on where they fall.
+std::vector<uint8_t> packed_mask() {
+  std::vector<uint8_t> m(2 * 14, 1);
+  for (int i : {4, 9, 14, 27}) m[i] = 0;
+  return m;
+}
+
+void check_model(const ModelConfig& cfg, bool packed, bool masked = false) {
   Model<double> model(cfg);
   std::vector<double> P(model.layout().total);
   init_params<double>(model.layout(), 7, P);
-  const Batch batch = random_batch(2, 14, cfg.vocab_size, 3, packed);
+  Batch batch = random_batch(2, 14, cfg.vocab_size, 3, packed);
+  if (masked) batch.loss_mask = packed_mask();
   auto loss = [&] { return model.forward(P, batch, true); };
   std::vector<double> G(P.size(), 0.0);
   loss();
@@ -64,6 +75,10 @@ void check_model(const ModelConfig& cfg, bool packed) {
 
 TEST(ModelGrad, FullTied) { check_model(tiny(AttentionKind::full, true), false); }
 TEST(ModelGrad, MobaUntiedPacked) { check_model(tiny(AttentionKind::moba, false), true); }
+TEST(ModelGrad, MobaPackedWithLossMask) {
+  check_model(tiny(AttentionKind::moba, false), true, true);
+}
+TEST(ModelGrad, FullTiedWithLossMask) { check_model(tiny(AttentionKind::full, true), true, true); }
 TEST(ModelGrad, HybridLastLayerFull) {
   ModelConfig c = tiny(AttentionKind::moba, true);
   c.attention.full_attention_last_layers = 1;
@@ -85,6 +100,88 @@ TEST(ModelGrad, LossScaleAndAccumulation) {
     model.backward(P, g2, 0.5);
   }
   for (size_t i = 0; i < P.size(); ++i) ASSERT_NEAR(g1[i], g2[i], 1e-12 + 1e-12 * std::abs(g1[i]));
+}
+
+TEST(ModelLoss, MaskAveragesOnlyTheMaskedInPositions) {
+  const ModelConfig cfg = tiny(AttentionKind::moba, true);
+  Model<double> model(cfg);
+  std::vector<double> P(model.layout().total);
+  init_params<double>(model.layout(), 6, P);
+  Batch batch = random_batch(2, 14, cfg.vocab_size, 8, true);
+  const double unmasked = model.forward(P, batch, true);
+  const std::vector<double> per_token(model.token_losses().begin(), model.token_losses().end());
+  double all = 0.0;
+  for (double l : per_token) all += l;
+  EXPECT_EQ(unmasked, all / 28.0);
+
+  batch.loss_mask = packed_mask();
+  const double masked = model.forward(P, batch, true);
+  double sum = 0.0;
+  int n = 0;
+  for (size_t m = 0; m < per_token.size(); ++m)
+    if (batch.loss_mask[m]) sum += per_token[m], ++n;
+  ASSERT_EQ(n, 24);
+  EXPECT_EQ(masked, sum / n) << "the mean over the 24 positions with mask 1, in order";
+  EXPECT_NE(masked, unmasked);
+  // The mask changes what is averaged, never the per-token losses themselves.
+  for (size_t m = 0; m < per_token.size(); ++m) EXPECT_EQ(model.token_losses()[m], per_token[m]);
+
+  // An all-ones mask is the unmasked loss, bit for bit; so are the gradients.
+  std::vector<double> g_none(P.size(), 0.0), g_ones(P.size(), 0.0);
+  batch.loss_mask.clear();
+  model.forward(P, batch, true);
+  model.backward(P, g_none, 1.0);
+  batch.loss_mask.assign(28, 1);
+  EXPECT_EQ(model.forward(P, batch, true), unmasked);
+  model.backward(P, g_ones, 1.0);
+  EXPECT_EQ(g_none, g_ones);
+}
+
+TEST(ModelLoss, MaskedOutTargetsDoNotMatter) {
+  // Changing the token a masked-out position predicts (and nothing else) changes neither
+  // the loss nor the gradient. Target of position 4 is token 5 of row 0, the first token
+  // of row 0's second document, so it is an input too: mask position 27 instead, the
+  // last target of row 1 (token 14 of row 1, read by no input).
+  const ModelConfig cfg = tiny(AttentionKind::moba, false);
+  Model<double> model(cfg);
+  std::vector<double> P(model.layout().total);
+  init_params<double>(model.layout(), 12, P);
+  Batch a = random_batch(2, 14, cfg.vocab_size, 13, true);
+  a.loss_mask = packed_mask();
+  Batch b = a;
+  b.tokens[1 * 15 + 14] = (a.tokens[1 * 15 + 14] + 1) % cfg.vocab_size;
+  std::vector<double> ga(P.size(), 0.0), gb(P.size(), 0.0);
+  const double la = model.forward(P, a, true);
+  model.backward(P, ga, 1.0);
+  const double lb = model.forward(P, b, true);
+  model.backward(P, gb, 1.0);
+  EXPECT_EQ(la, lb);
+  EXPECT_EQ(ga, gb);
+}
+
+TEST(ModelLoss, MaskErrors) {
+  const ModelConfig cfg = tiny(AttentionKind::full, true);
+  Model<double> model(cfg);
+  std::vector<double> P(model.layout().total);
+  init_params<double>(model.layout(), 1, P);
+  Batch batch = random_batch(2, 14, cfg.vocab_size, 2, false);
+  auto message = [&] {
+    try {
+      model.forward(P, batch, true);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  batch.loss_mask.assign(27, 1);
+  EXPECT_NE(message().find("loss_mask holds 27 entries, (B, T) = (2, 14) needs 28"),
+            std::string::npos)
+      << message();
+  batch.loss_mask.assign(28, 2);
+  EXPECT_NE(message().find("loss_mask must hold 0 or 1"), std::string::npos) << message();
+  // No position left: an error (the trainer adds the step), not a silent zero loss.
+  batch.loss_mask.assign(28, 0);
+  EXPECT_NE(message().find("loss_mask is all zeros"), std::string::npos) << message();
 }
 
 TEST(ModelForward, FloatMatchesDouble) {

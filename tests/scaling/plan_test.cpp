@@ -189,6 +189,22 @@ TEST(Plan, PresetErrorsNameTheKey) {
   expect_error([&] { load_sweep_config("/nonexistent/x.toml"); }, "cannot read");
 }
 
+TEST(Plan, DataPackingReachesEveryRunConfig) {
+  std::string shards = kTiny;
+  shards.replace(shards.find("synthetic:assoc_recall"), 22, "no/such/folder");
+  for (const PlannedRun& r : make_plan(parse_sweep_config(shards, "p.toml")).runs)
+    EXPECT_EQ(r.config.data_packing, "document");
+  const Plan p = make_plan(parse_sweep_config("data_packing = \"packed\"\n" + shards, "p.toml"));
+  ASSERT_EQ(p.runs.size(), 4u);
+  for (const PlannedRun& r : p.runs) EXPECT_EQ(r.config.data_packing, "packed") << r.config.name;
+  EXPECT_EQ(plan_json(p)["data_packing"], "packed");
+  expect_error([&] { parse_sweep_config("data_packing = \"rows\"\n" + shards, "p.toml"); },
+               "p.toml: data_packing must be \"document\"");
+  expect_error(
+      [&] { parse_sweep_config("data_packing = \"packed\"\n" + std::string(kTiny), "p.toml"); },
+      "applies to token shards");
+}
+
 // Every preset in sweeps/ parses and plans (data need not be prepared here).
 TEST(Plan, PresetsParseAndPlan) {
   const std::filesystem::path sweeps = std::filesystem::path(MOBA_SOURCE_DIR) / "sweeps";

@@ -89,6 +89,31 @@ steps = 3
   expect_error("model = 3\n[train]\nsteps = 3\n", "'model' must be a table");
 }
 
+TEST(Config, DataPacking) {
+  const std::string shards = "data = \"data/pydoc\"\n";
+  const RunConfig d = parse_config(shards + kMinimal, "test.toml");
+  EXPECT_EQ(d.data_packing, "document");
+  // The default is not written, so that config.toml of runs made before the key still
+  // matches (resume and sweeps compare it as text).
+  EXPECT_EQ(to_toml(d).find("data_packing"), std::string::npos) << to_toml(d);
+  const RunConfig p =
+      parse_config(shards + "data_packing = \"packed\"\n" + kMinimal, "test.toml");
+  EXPECT_EQ(p.data_packing, "packed");
+  const std::string text = to_toml(p);
+  EXPECT_NE(text.find("data_packing = 'packed'\n"), std::string::npos) << text;
+  EXPECT_EQ(parse_config(text, "config.toml").data_packing, "packed");
+  EXPECT_EQ(to_toml(parse_config(text, "config.toml")), text);
+
+  expect_error(shards + "data_packing = \"pack\"\n" + kMinimal,
+               "data_packing must be \"document\" (one document per row) or \"packed\"");
+  expect_error(shards + "data_packing = \"pack\"\n" + kMinimal, "got \"pack\"");
+  expect_error(shards + "data_packing = true\n" + kMinimal,
+               "data_packing must be a string, got a boolean");
+  // Synthetic sources make their own rows.
+  expect_error("data_packing = \"packed\"\n" + std::string(kMinimal),
+               "data_packing = \"packed\" applies to token shards");
+}
+
 TEST(Config, MissingFileIsAnError) { EXPECT_THROW(load_config("/nonexistent/x.toml"), Error); }
 
 }  // namespace
