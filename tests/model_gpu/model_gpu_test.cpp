@@ -155,17 +155,16 @@ TEST_P(CrossEntropyGpu, MatchesCpu) {
   std::vector<double> zd = to_double(z), lossd(c.M), lsed(c.M);
   model::cross_entropy_forward<double>(c.M, c.V, zd.data(), tg.data(), lossd.data());
   for (int64_t m = 0; m < c.M; ++m) lsed[m] = lossd[m] + z[m * c.V + tg[m]];
-  model::cross_entropy_backward<double>(c.M, c.V, zd.data(), tg.data(), scale);
+  const uint8_t* cpu_mask = c.masked ? mask.data() : nullptr;
+  model::cross_entropy_backward<double>(c.M, c.V, zd.data(), tg.data(), scale, cpu_mask);
   std::vector<float> zf = z, lossf(c.M), lsef(c.M);
   model::cross_entropy_forward<float>(c.M, c.V, zf.data(), tg.data(), lossf.data());
   for (int64_t m = 0; m < c.M; ++m) lsef[m] = lossf[m] + z[m * c.V + tg[m]];
-  model::cross_entropy_backward<float>(c.M, c.V, zf.data(), tg.data(), scale);
+  model::cross_entropy_backward<float>(c.M, c.V, zf.data(), tg.data(), scale, cpu_mask);
+  // The CPU forward computes every row's loss and the model sums the kept ones; the GPU
+  // writes 0 for a masked row, so that a plain sum of the losses is the masked total.
   for (int64_t m = 0; m < c.M; ++m)
-    if (!mask[m]) {  // the CPU layer has no mask: a masked row has no loss and no gradient
-      lossd[m] = lossf[m] = 0.0;
-      std::fill_n(zd.begin() + m * c.V, c.V, 0.0);
-      std::fill_n(zf.begin() + m * c.V, c.V, 0.0f);
-    }
+    if (!mask[m]) lossd[m] = lossf[m] = 0.0;
 
   std::vector<float> loss, lse, dz;
   if (c.fp32)
