@@ -127,11 +127,32 @@ void run_ce_gpu(const CeCase& c, const std::vector<float>& logits, const std::ve
   mc::cross_entropy_backward(p, gz.ptr, glse.ptr, gt.ptr, m, scale, out);
   loss = gloss.download();
   lse = glse.download();
-  const DeviceBuffer<T>& res = c.in_place ? gz : gdz;
+  auto as_float = [](const DeviceBuffer<T>& b) {
+    if constexpr (std::is_same_v<T, float>)
+      return b.download();
+    else
+      return from_bf16(b.download());
+  };
+  dlogits = as_float(c.in_place ? gz : gdz);
+
+  // The fused launch (the training step's) must give forward + backward's very bits.
+  DeviceBuffer<T> fz(n), fdz(n);
   if constexpr (std::is_same_v<T, float>)
-    dlogits = res.download();
+    fz.upload(logits);
   else
-    dlogits = from_bf16(res.download());
+    fz.upload(to_bf16(logits));
+  fdz.poison();
+  gloss.poison();
+  glse.poison();
+  mc::cross_entropy_fused(p, fz.ptr, gt.ptr, m, scale, gloss.ptr, glse.ptr,
+                          c.in_place ? fz.ptr : fdz.ptr);
+  const auto floss = gloss.download(), flse = glse.download();
+  const auto fd = as_float(c.in_place ? fz : fdz);
+  int64_t differ = 0;
+  for (size_t i = 0; i < n; ++i) differ += !(fd[i] == dlogits[i]);  // NaN counts as differing
+  EXPECT_EQ(floss, loss) << "fused losses differ from the forward's";
+  EXPECT_EQ(flse, lse) << "fused lse differs from the forward's";
+  EXPECT_EQ(differ, 0) << "fused dlogits differ from the backward's";
 }
 
 TEST_P(CrossEntropyGpu, MatchesCpu) {
@@ -493,6 +514,9 @@ TEST(LayersCudaTiming, TrainerSizes) {
          [&] { mc::cross_entropy_forward(cp, z.ptr, gt.ptr, nullptr, loss.ptr, lse.ptr); });
     time("cross-entropy bwd", 4.0 * M * V, [&] {
       mc::cross_entropy_backward(cp, z.ptr, lse.ptr, gt.ptr, nullptr, 1.0f / M, z.ptr);
+    });
+    time("cross-entropy fused", 4.0 * M * V, [&] {
+      mc::cross_entropy_fused(cp, z.ptr, gt.ptr, nullptr, 1.0f / M, loss.ptr, lse.ptr, z.ptr);
     });
   }
   {

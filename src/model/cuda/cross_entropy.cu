@@ -28,13 +28,18 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   m = mx;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) ce_fwd_kernel(CrossEntropyParams p,
-                                                          const T* __restrict__ logits,
+// kFused: also write dlogits (as ce_bwd_kernel) in a second sweep over the row, which a
+// block of this row just read: it comes from L2 rather than HBM, saving one of the
+// backward's two passes over the (M, V) logits. No __restrict__ on logits: dlogits may
+// alias them (each element is read, then written, by one thread; z[target] is read before
+// the barrier that precedes the writes).
+template <typename T, bool kFused>
+__global__ void __launch_bounds__(kThreads) ce_fwd_kernel(CrossEntropyParams p, const T* logits,
                                                           const int32_t* __restrict__ targets,
                                                           const uint8_t* __restrict__ mask,
                                                           float* __restrict__ losses,
-                                                          float* __restrict__ lse) {
+                                                          float* __restrict__ lse, float scale,
+                                                          T* dlogits) {
   const int64_t row = blockIdx.x;
   const T* z = logits + row * p.V;
   float m = -INFINITY, s = 0.f;
@@ -51,29 +56,41 @@ __global__ void __launch_bounds__(kThreads) ce_fwd_kernel(CrossEntropyParams p,
     const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
     merge(m, s, m2, s2);
   }
-  __shared__ float sm[kThreads / 32], ss[kThreads / 32];
+  __shared__ float sm[kThreads / 32], ss[kThreads / 32], s_lse;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) {
     sm[warp] = m;
     ss[warp] = s;
   }
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  m = sm[0];
-  s = ss[0];
-  for (int w = 1; w < kThreads / 32; ++w) merge(m, s, sm[w], ss[w]);
-  const float log_s = logf(s);
-  lse[row] = m + log_s;
   const int32_t t = targets[row];
-  // (max - z[t]) + log(s) rather than lse - z[t]: when the target is (near) the max, the
-  // loss is small and lse - z[t] would cancel away its low digits (an ulp of lse ~ 10 is
-  // 1e-6, a loss of 0.01 then has 1e-4 relative error); this way it keeps fp32 accuracy.
-  if (mask && !mask[row])
-    losses[row] = 0.f;
-  else if (t < 0 || t >= p.V)
-    losses[row] = NAN;
-  else
-    losses[row] = (m - detail::to_float(z[t])) + log_s;
+  const bool off = mask && !mask[row];
+  if (threadIdx.x == 0) {
+    m = sm[0];
+    s = ss[0];
+    for (int w = 1; w < kThreads / 32; ++w) merge(m, s, sm[w], ss[w]);
+    const float log_s = logf(s);
+    s_lse = lse[row] = m + log_s;
+    // (max - z[t]) + log(s) rather than lse - z[t]: when the target is (near) the max, the
+    // loss is small and lse - z[t] would cancel away its low digits (an ulp of lse ~ 10 is
+    // 1e-6, a loss of 0.01 then has 1e-4 relative error); this way it keeps fp32 accuracy.
+    if (off)
+      losses[row] = 0.f;
+    else if (t < 0 || t >= p.V)
+      losses[row] = NAN;
+    else
+      losses[row] = (m - detail::to_float(z[t])) + log_s;
+  }
+  if constexpr (kFused) {
+    __syncthreads();
+    const float l = s_lse;
+    T* dz = dlogits + row * p.V;
+    for (int64_t v = threadIdx.x; v < p.V; v += kThreads) {
+      float g = 0.f;
+      if (!off) g = scale * (__expf(detail::to_float(z[v]) - l) - (v == t ? 1.f : 0.f));
+      dz[v] = detail::from_float<T>(g);
+    }
+  }
 }
 
 // dz = scale * (exp(z - lse) - [v == target]); 0 on masked rows.
@@ -113,11 +130,29 @@ void cross_entropy_forward(const CrossEntropyParams& p, const void* logits, cons
   MOBA_CHECK(logits && targets && losses && lse, "cross_entropy_forward: null pointer");
   const unsigned grid = static_cast<unsigned>(p.M);
   if (p.dtype == LogitsType::kBf16)
-    ce_fwd_kernel<bf16><<<grid, kThreads, 0, stream>>>(p, static_cast<const bf16*>(logits),
-                                                       targets, mask, losses, lse);
+    ce_fwd_kernel<bf16, false><<<grid, kThreads, 0, stream>>>(
+        p, static_cast<const bf16*>(logits), targets, mask, losses, lse, 0.f, nullptr);
   else
-    ce_fwd_kernel<float><<<grid, kThreads, 0, stream>>>(p, static_cast<const float*>(logits),
-                                                        targets, mask, losses, lse);
+    ce_fwd_kernel<float, false><<<grid, kThreads, 0, stream>>>(
+        p, static_cast<const float*>(logits), targets, mask, losses, lse, 0.f, nullptr);
+  CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_fused(const CrossEntropyParams& p, const void* logits, const int32_t* targets,
+                         const uint8_t* mask, float scale, float* losses, float* lse,
+                         void* dlogits, cudaStream_t stream) {
+  check(p);
+  if (p.M == 0) return;
+  MOBA_CHECK(logits && targets && losses && lse && dlogits, "cross_entropy_fused: null pointer");
+  const unsigned grid = static_cast<unsigned>(p.M);
+  if (p.dtype == LogitsType::kBf16)
+    ce_fwd_kernel<bf16, true><<<grid, kThreads, 0, stream>>>(
+        p, static_cast<const bf16*>(logits), targets, mask, losses, lse, scale,
+        static_cast<bf16*>(dlogits));
+  else
+    ce_fwd_kernel<float, true><<<grid, kThreads, 0, stream>>>(
+        p, static_cast<const float*>(logits), targets, mask, losses, lse, scale,
+        static_cast<float*>(dlogits));
   CUDA_CHECK_LAUNCH();
 }
 

@@ -57,6 +57,12 @@ void cross_entropy_backward(const CrossEntropyParams& p, const void* logits, con
                             const int32_t* targets, const uint8_t* mask, float scale,
                             void* dlogits, cudaStream_t stream = nullptr);
 
+// forward and backward in one launch (the training step's): the same outputs, bit for bit,
+// with one pass less over the logits in device memory. dlogits may alias logits.
+void cross_entropy_fused(const CrossEntropyParams& p, const void* logits, const int32_t* targets,
+                         const uint8_t* mask, float scale, float* losses, float* lse,
+                         void* dlogits, cudaStream_t stream = nullptr);
+
 // ---- SwiGLU (swiglu.h) -----------------------------------------------------------------
 // a, b, h (n) bf16: h = silu(a) * b.
 void swiglu_forward(int64_t n, const bf16* a, const bf16* b, bf16* h, cudaStream_t stream = nullptr);
