@@ -58,11 +58,6 @@ if has bench; then
   "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 -T $SEQ --heads 16 -D 128 \
     -S 512 -K 3 --repeats 10 "${peer[@]}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.md"
 fi
-if has bwd4; then
-  log "experiment: dense backward with 4 warps (64 keys per CTA)"
-  MOBA_BWD_WARPS=4 "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 -T 32768 \
-    --heads 16 -D 128 -S 512 -K 3 --repeats 5 2>&1 | tail -1 | tee "$OUT/bwd4.md"
-fi
 if has ncu; then
   log "ncu: backward kernels at T=32768 (MoBA, then dense)"
   sec=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy)

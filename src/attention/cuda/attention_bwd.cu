@@ -1,7 +1,6 @@
 // Backward launchers: delta = rowsum(dO o O), zeroed dQ accumulator, attn_bwd_kernel, and
 // the conversion of dQ to bf16.
 #include <algorithm>
-#include <cstdlib>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/bwd_kernel.cuh"
@@ -127,13 +126,9 @@ AttnParams bwd_params(const Plan& plan, const bf16* q, const bf16* k, const bf16
 void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, const bf16* out,
                     const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                     cudaStream_t stream) {
-  // 128 keys per CTA (8 warps). MOBA_BWD_WARPS=4 (64 keys, two CTAs per SM) is kept as an
-  // experiment knob for the benchmark.
-  static const int warps = [] {
-    const char* e = std::getenv("MOBA_BWD_WARPS");
-    return e && std::atoi(e) == 4 ? 4 : 8;
-  }();
-  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv), warps, stream);
+  // 128 keys per CTA (8 warps): 64 keys with two CTAs per SM measured slower (v4 notes,
+  // results/attention/v4_bwd4.md).
+  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv), 8, stream);
 }
 
 void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
