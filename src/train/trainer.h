@@ -28,6 +28,9 @@ struct TrainerOptions {
   std::string data_dir;          // overrides config.data when not empty
   bool resume = false;           // continue RUN_DIR from its checkpoint
   std::FILE* progress = stdout;  // progress lines; nullptr = silent
+  // "cpu" (float32, OpenBLAS) or "cuda" (bf16 mixed precision on the GPU, docs/trainer_gpu.md;
+  // needs a build with the CUDA kernels and a device).
+  std::string device = "cpu";
 };
 
 class Trainer {

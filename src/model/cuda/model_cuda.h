@@ -1,0 +1,87 @@
+// The decoder of model/model.h on the GPU, in bf16 mixed precision (docs/trainer_gpu.md):
+// fp32 master weights, fp32 gradients and AdamW moments; a bf16 copy of the weights that
+// the forward reads (rewritten by every AdamW step); bf16 activations and activation
+// gradients; matmuls through cuBLASLt (matmul.h), our attention kernels
+// (attention/cuda/attention_cuda.h), the layer kernels of layers_cuda.h. The parameter,
+// gradient and moment arrays use the CPU model's flat ParamLayout, so checkpoints are the
+// CPU trainer's files.
+//
+// Work is enqueued on the model's stream; the calls that return host values (take_losses,
+// grad_norm, download) wait for it.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/batch.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace moba::model::cuda {
+
+using bf16 = __nv_bfloat16;
+
+struct AdamWStep {
+  int64_t t = 1;  // step number after this update
+  double lr = 0.0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  float grad_scale = 1.0f;  // clipping's factor, applied to each gradient first
+};
+
+class ModelCuda {
+ public:
+  // Throws moba::Error when the GPU kernels cannot run this configuration (head_dim not 64
+  // or 128, a MoBA block size not a power of two >= 64, top_k > 16) or no device is there.
+  explicit ModelCuda(const ModelConfig& cfg);
+  ~ModelCuda();
+  ModelCuda(const ModelCuda&) = delete;
+  ModelCuda& operator=(const ModelCuda&) = delete;
+
+  const ModelConfig& config() const;
+  const ParamLayout& layout() const;
+
+  // Host <-> device copies of the fp32 arrays (layout().total elements each). Uploading the
+  // parameters also writes their bf16 copy.
+  void upload_params(std::span<const float> params);
+  void download_params(std::span<float> params) const;
+  void download_grads(std::span<float> grads) const;
+  void upload_moments(std::span<const float> m, std::span<const float> v);
+  void download_moments(std::span<float> m, std::span<float> v) const;
+
+  void zero_grads();
+  // One micro-batch, forward and backward: grads += loss_scale * d(mean loss)/d(params).
+  // The mean loss (over the batch's counted positions, model.h's definition) is queued for
+  // take_losses(). A mask with no 1 and tokens outside the vocabulary are moba::Error.
+  void train_micro_batch(const Batch& batch, bool moba_phase, double loss_scale);
+  // Forward only (validation): queues the mean loss and keeps the per-token losses.
+  void forward(const Batch& batch, bool moba_phase);
+  // Waits, then returns the mean losses of the micro-batches run since the last call, in
+  // order (NaN or inf where the forward produced one).
+  std::vector<double> take_losses();
+  // Waits, then returns the per-token losses (B*T, nats, every position) of the last forward
+  // or micro-batch.
+  std::vector<float> token_losses();
+  // Global L2 norm of the gradients (a deterministic reduction in double); NaN or inf when
+  // an element is not finite. Waits.
+  double grad_norm();
+  // AdamW over all parameters (decay per model/params.h), then the bf16 copy.
+  void adamw_step(const AdamWStep& s);
+  // FLOPs of the last micro-batch's forward + backward, executed (matmuls + attended pairs),
+  // as Model::last_flops counts them.
+  double last_flops() const;
+  // The MoBA selection layer `layer` used in the last forward, (B*T, Hq, K) int32, as
+  // attn::Selection::blocks; empty when that layer ran full attention. Waits.
+  std::vector<int32_t> selection(int64_t layer) const;
+  // Device memory this model holds now (parameters, state, activations, scratch), bytes.
+  size_t device_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moba::model::cuda
