@@ -248,6 +248,7 @@ void add_bench(CLI::App& app) {
                   "shows our ratio to it");
   cmd->add_flag("--skip-dense", o.skip_dense, "cuda: time MoBA only");
   cmd->callback([] { run_bench_attention(o); });
+  add_bench_train(bench);
 }
 
 }  // namespace moba::cli

@@ -16,6 +16,7 @@ struct TrainOptions {
   std::string out;
   std::string data;
   bool resume = false;
+  std::string device = "cpu";
 };
 
 void run_train(const TrainOptions& o) {
@@ -24,7 +25,7 @@ void run_train(const TrainOptions& o) {
   const std::string config_path =
       o.config.empty() ? (std::filesystem::path(o.out) / "config.toml").string() : o.config;
   const train::RunConfig cfg = train::load_config(config_path);
-  train::Trainer trainer(cfg, {o.out, o.data, o.resume, stdout});
+  train::Trainer trainer(cfg, {o.out, o.data, o.resume, stdout, o.device});
   trainer.run();
 }
 
@@ -32,7 +33,7 @@ void run_train(const TrainOptions& o) {
 
 void add_train(CLI::App& app) {
   static TrainOptions o;
-  CLI::App* cmd = app.add_subcommand("train", "Train a model (CPU) from a TOML configuration");
+  CLI::App* cmd = app.add_subcommand("train", "Train a model (CPU, or GPU with --device cuda) from a TOML configuration");
   cmd->add_option("--config,-c", o.config, "Run configuration (TOML; see configs/)");
   cmd->add_option("--out,-o", o.out,
                   "Run folder: config.toml, run.json, metrics.jsonl, "
@@ -40,6 +41,10 @@ void add_train(CLI::App& app) {
       ->required();
   cmd->add_option("--data", o.data, "Token shards folder (overrides the config's data)");
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its checkpoint");
+  cmd->add_option("--device", o.device,
+                  "cpu (float32, OpenBLAS) or cuda (bf16 mixed precision on the GPU; "
+                  "docs/trainer_gpu.md)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->callback([] { run_train(o); });
 }
 

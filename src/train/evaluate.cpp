@@ -9,6 +9,17 @@ namespace moba::train {
 EvalResult evaluate(model::Model<float>& model, std::span<const float> params,
                     const std::vector<Window>& windows, int64_t eval_batch, int64_t bucket_size,
                     bool moba_phase) {
+  return evaluate(
+      [&](const model::Batch& b) {
+        model.forward(params, b, moba_phase);
+        const std::span<const float> l = model.token_losses();
+        return std::vector<float>(l.begin(), l.end());
+      },
+      windows, eval_batch, bucket_size);
+}
+
+EvalResult evaluate(const TokenLossFn& forward, const std::vector<Window>& windows,
+                    int64_t eval_batch, int64_t bucket_size) {
   MOBA_CHECK(!windows.empty(), "validation has no windows");
   MOBA_CHECK(bucket_size >= 1, "eval.bucket_size must be >= 1, got ", bucket_size);
   const int64_t T = static_cast<int64_t>(windows[0].tokens.size()) - 1;
@@ -26,8 +37,9 @@ EvalResult evaluate(model::Model<float>& model, std::span<const float> params,
                  " holds ", windows[w].tokens.size(), " tokens, the others ", T + 1);
       b.tokens.insert(b.tokens.end(), windows[w].tokens.begin(), windows[w].tokens.end());
     }
-    model.forward(params, b, moba_phase);
-    const std::span<const float> losses = model.token_losses();  // (B*T)
+    const std::vector<float> losses = forward(b);  // (B*T)
+    MOBA_CHECK(losses.size() == static_cast<size_t>(b.B * T), "evaluation forward returned ",
+               losses.size(), " losses for ", b.B * T, " positions");
     for (size_t w = w0; w < w1; ++w) {
       const float* l = losses.data() + (w - w0) * static_cast<size_t>(T);
       for (int64_t t = 0; t < T; ++t) pos_sum[t] += l[t];

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -24,6 +25,12 @@ struct EvalResult {
 
 // Runs the model (no gradient) over the windows, eval_batch at a time. moba_phase as in
 // training at this point (a MoBA model switched to full attention evaluates as full).
+// The same over any model: `forward` runs a batch and returns its (B*T) per-token losses
+// (the GPU trainer passes its ModelCuda's).
+using TokenLossFn = std::function<std::vector<float>(const model::Batch&)>;
+EvalResult evaluate(const TokenLossFn& forward, const std::vector<Window>& windows,
+                    int64_t eval_batch, int64_t bucket_size);
+
 EvalResult evaluate(model::Model<float>& model, std::span<const float> params,
                     const std::vector<Window>& windows, int64_t eval_batch, int64_t bucket_size,
                     bool moba_phase);

@@ -7,6 +7,9 @@
 #include <sstream>
 
 #include "core/error.h"
+#ifdef MOBA_WITH_CUDA
+#include "model/cuda/model_cuda.h"
+#endif
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/schedule.h"
@@ -50,6 +53,17 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
       adam_(model_.layout(), cfg_.train) {
   const fs::path run(opt_.run_dir);
   MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
+  // The device first: a configuration the GPU kernels cannot run fails before RUN_DIR is touched.
+  MOBA_CHECK(opt_.device == "cpu" || opt_.device == "cuda", "--device must be cpu or cuda, got '",
+             opt_.device, "'");
+  if (opt_.device == "cuda") {
+#ifdef MOBA_WITH_CUDA
+    gpu_ = std::make_unique<model::cuda::ModelCuda>(cfg_.model);
+#else
+    MOBA_CHECK(false, "--device cuda: this build of moba has no CUDA kernels (configure with "
+               "-DMOBA_CUDA=ON on a machine with the CUDA toolkit)");
+#endif
+  }
   if (!opt_.data_dir.empty()) cfg_.data = opt_.data_dir;  // config.toml records what ran
   const std::string config_text = to_toml(cfg_);
   if (opt_.resume) {
@@ -71,10 +85,26 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
     model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
     state_.seed = cfg_.train.seed;
   }
+#ifdef MOBA_WITH_CUDA
+  if (gpu_) {
+    gpu_->upload_params(params_);
+    gpu_->upload_moments(adam_.m(), adam_.v());  // zeros on a fresh run
+  }
+#endif
   session_start_elapsed_ = state_.elapsed_s;
   attention_label_ = model::attention_label(cfg_.model);
   val_windows_ = data_->validation();
   write_run_json("running");
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::sync_from_device() {
+#ifdef MOBA_WITH_CUDA
+  if (!gpu_) return;
+  gpu_->download_params(params_);
+  gpu_->download_moments(adam_.m(), adam_.v());
+#endif
 }
 
 bool Trainer::moba_phase() const {
@@ -105,8 +135,70 @@ void Trainer::write_run_json(const char* status) const {
   write_file_atomic((fs::path(opt_.run_dir) / "run.json").string(), j.dump(2) + "\n");
 }
 
+// The CUDA path of train_step: the same sequence, on the device (docs/trainer_gpu.md). The
+// gradients stay on the GPU; they come to the host only to name a non-finite tensor.
+double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& flops) {
+#ifdef MOBA_WITH_CUDA
+  const int64_t accum = cfg_.train.grad_accum;
+  gpu_->zero_grads();
+  const int64_t first_batch = state_.next_batch;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    const model::Batch batch = data_->train_batch(state_.next_batch);
+    try {
+      gpu_->train_micro_batch(batch, moba, 1.0 / static_cast<double>(accum));
+    } catch (const Error& e) {
+      MOBA_CHECK(false, "step ", step, ": ", e.what(),
+                 "; the run stopped, the last checkpoint is intact");
+    }
+    flops += gpu_->last_flops();
+    ++state_.next_batch;
+  }
+  const std::vector<double> losses = gpu_->take_losses();
+  MOBA_CHECK(static_cast<int64_t>(losses.size()) == accum, "internal: ", losses.size(),
+             " losses for ", accum, " micro-batches");
+  double loss = 0.0;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    const double l = losses[micro];
+    MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
+               std::isnan(l) ? "NaN" : "inf", " (micro-batch ", first_batch + micro,
+               "); the run stopped, the last checkpoint is intact");
+    loss += l / static_cast<double>(accum);
+  }
+  const double gnorm = gpu_->grad_norm();
+  if (!std::isfinite(gnorm)) {  // find and name the tensor
+    gpu_->download_grads(grads_);
+    check_finite_gradients(model_.layout(), grads_, step);
+  }
+  // clip_grads' factor, applied inside the AdamW kernel.
+  const double max_norm = cfg_.train.grad_clip;
+  const float scale = (max_norm > 0.0 && gnorm > max_norm)
+                          ? static_cast<float>(max_norm / (gnorm + 1e-6))
+                          : 1.0f;
+  const int64_t t = adam_.steps_done() + 1;
+  const OptimConfig& oc = cfg_.train;
+  gpu_->adamw_step({t, lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, scale});
+  adam_.set_steps_done(t);
+  losses_.push_back(loss);
+  return gnorm;
+#else
+  (void)step, (void)lr, (void)moba, (void)flops;
+  return 0.0;
+#endif
+}
+
 double Trainer::train_step(double lr, bool moba) {
   const int64_t step = state_.step + 1;  // 1-based number of this update
+  if (gpu_) {
+    double flops = 0.0;
+    const double gnorm = gpu_train_step(step, lr, moba, flops);
+    const int64_t tokens = cfg_.train.tokens_per_step(cfg_.model.seq_len);
+    state_.step = step;
+    state_.tokens += tokens;
+    state_.flops_6nd = 6.0 * static_cast<double>(model::param_counts(cfg_.model).non_embedding) *
+                       static_cast<double>(state_.tokens);
+    state_.flops_exec += flops;
+    return gnorm;
+  }
   std::fill(grads_.begin(), grads_.end(), 0.0f);
   const int64_t accum = cfg_.train.grad_accum;
   double loss = 0.0, flops = 0.0;
@@ -143,6 +235,19 @@ double Trainer::train_step(double lr, bool moba) {
 }
 
 void Trainer::validate_now() {
+#ifdef MOBA_WITH_CUDA
+  if (gpu_) {
+    const bool moba = moba_phase();
+    last_eval_ = evaluate(
+        [&](const model::Batch& b) {
+          gpu_->forward(b, moba);
+          gpu_->take_losses();  // validation reads the per-token losses
+          return gpu_->token_losses();
+        },
+        val_windows_, cfg_.eval.batch_size, cfg_.eval.bucket_size);
+    return;
+  }
+#endif
   last_eval_ = evaluate(model_, params_, val_windows_, cfg_.eval.batch_size, cfg_.eval.bucket_size,
                         moba_phase());
 }
@@ -227,6 +332,7 @@ void Trainer::run(int64_t stop_after) {
       }
       if (due(cfg_.checkpoint_every)) {
         state_.elapsed_s = session_start_elapsed_ + seconds_since(session_t0);
+        sync_from_device();
         save_checkpoint(opt_.run_dir, model_.layout(), params_, adam_, state_);
       }
     }
@@ -234,6 +340,7 @@ void Trainer::run(int64_t stop_after) {
     write_run_json("failed");
     throw;
   }
+  sync_from_device();  // params() reflects the device's weights after a run
   if (state_.step == steps) {
     write_run_json("finished");
     if (opt_.progress)

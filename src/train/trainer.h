@@ -21,6 +21,10 @@
 #include "train/config.h"
 #include "train/evaluate.h"
 
+namespace moba::model::cuda {
+class ModelCuda;
+}
+
 namespace moba::train {
 
 struct TrainerOptions {
@@ -39,6 +43,7 @@ class Trainer {
   // (resume) restores the model, the optimizer and the data position. `data` overrides the
   // configured source (tests).
   Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<BatchSource> data = nullptr);
+  ~Trainer();
 
   // Trains to train.steps; with stop_after >= 0 stops once that many steps are done,
   // writing nothing more (as if killed): tests of resume use it.
@@ -46,7 +51,12 @@ class Trainer {
 
   const RunConfig& config() const { return cfg_; }
   const TrainState& state() const { return state_; }
+  // The parameters (on the GPU path: as of the last checkpoint or sync_from_device()).
   std::span<float> params() { return params_; }
+  // GPU path: copies the parameters and AdamW moments from the device into params() and
+  // the optimizer (done before every checkpoint). No-op on the CPU.
+  void sync_from_device();
+  bool on_gpu() const { return gpu_ != nullptr; }
   model::Model<float>& model() { return model_; }
   const std::vector<double>& step_losses() const { return losses_; }  // this session's
   const EvalResult& last_eval() const { return last_eval_; }
@@ -56,11 +66,13 @@ class Trainer {
   double train_step(double lr, bool moba);  // returns the gradient norm before clipping
   void validate_now();
   void write_run_json(const char* status) const;
+  double gpu_train_step(int64_t step, double lr, bool moba, double& flops);
 
   RunConfig cfg_;
   TrainerOptions opt_;
   std::unique_ptr<BatchSource> data_;
   model::Model<float> model_;
+  std::unique_ptr<model::cuda::ModelCuda> gpu_;  // the CUDA path (TrainerOptions::device)
   std::vector<float> params_, grads_;
   AdamW adam_;
   TrainState state_;

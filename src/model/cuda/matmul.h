@@ -44,13 +44,14 @@ class Matmul {
     int op;  // 0 forward, 1 forward_f32, 2 backward_data, 3 backward_weight
     int64_t m, n, k;
     bool beta;
+    int align = 256;  // the smallest alignment (bytes, up to 256) of the four pointers
     bool operator<(const Key& o) const {
-      return std::tie(op, m, n, k, beta) < std::tie(o.op, o.m, o.n, o.k, o.beta);
+      return std::tie(op, m, n, k, beta, align) < std::tie(o.op, o.m, o.n, o.k, o.beta, o.align);
     }
   };
   struct Entry;
   // D (col-major m x n) = op(A) op(B) (+ C): the column-major view of the row-major calls.
-  void gemm(const Key& key, bool trans_a, bool trans_b, const void* a, int64_t lda,
+  void gemm(Key key, bool trans_a, bool trans_b, const void* a, int64_t lda,
             const void* b, int64_t ldb, const void* c, void* d, int64_t ldd, bool out_f32);
 
   cudaStream_t stream_ = nullptr;

@@ -1,0 +1,584 @@
+#include "model/cuda/model_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "attention/cuda/attention_cuda.h"
+#include "attention/stats.h"
+#include "core/cuda_check.cuh"
+#include "core/error.h"
+#include "model/cuda/layers_cuda.h"
+#include "model/cuda/matmul.h"
+#include "model/cuda/model_kernels.h"
+#include "model/rope.h"
+
+namespace moba::model::cuda {
+namespace {
+
+// A device allocation freed with its owner.
+struct DevBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  DevBuf() = default;
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  DevBuf(DevBuf&& o) noexcept : p(o.p), bytes(o.bytes) { o.p = nullptr, o.bytes = 0; }
+  ~DevBuf() { release(); }
+  void release() {
+    if (p) cudaFree(p);
+    p = nullptr;
+    bytes = 0;
+  }
+  void resize(size_t b) {  // contents are not kept
+    if (b == bytes) return;
+    release();
+    if (b) CUDA_CHECK(cudaMalloc(&p, b));
+    bytes = b;
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+// Pinned host memory (page-locked, for asynchronous copies).
+struct HostBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  HostBuf() = default;
+  HostBuf(const HostBuf&) = delete;
+  HostBuf& operator=(const HostBuf&) = delete;
+  ~HostBuf() {
+    if (p) cudaFreeHost(p);
+  }
+  void reserve(size_t b) {
+    if (b <= bytes) return;
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+    p = nullptr;
+    CUDA_CHECK(cudaMallocHost(&p, b));
+    bytes = b;
+  }
+};
+
+// (query, key) pairs MoBA attends for one query head over documents `cu`: for the query at
+// position t of its document, the keys of its own block up to t, plus min(K-1, t/S) past
+// blocks of S keys each (the gate always fills its K-1 past slots when that many exist).
+double moba_pairs_per_head(const std::vector<int64_t>& cu, int64_t S, int64_t K) {
+  double pairs = 0.0;
+  for (size_t d = 0; d + 1 < cu.size(); ++d)
+    for (int64_t t = 0; t < cu[d + 1] - cu[d]; ++t)
+      pairs += static_cast<double>(t % S + 1 + std::min(K - 1, t / S) * S);
+  return pairs;
+}
+
+double dense_pairs_per_head(const std::vector<int64_t>& cu) {
+  double pairs = 0.0;
+  for (size_t d = 0; d + 1 < cu.size(); ++d) {
+    const double n = static_cast<double>(cu[d + 1] - cu[d]);
+    pairs += n * (n + 1) / 2;
+  }
+  return pairs;
+}
+
+bool any_moba_layer(const ModelConfig& c) {
+  for (int64_t l = 0; l < c.layers; ++l)
+    if (layer_uses_moba(c, l, true)) return true;
+  return false;
+}
+
+}  // namespace
+
+struct ModelCuda::Impl {
+  ModelConfig cfg;
+  ParamLayout layout;
+  RopeTable rope_host;
+  std::unique_ptr<RopeTableCuda> rope;
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<Matmul> mm;
+  int64_t n = 0;  // parameters
+  int64_t C = 0, Hq = 0, Hkv = 0, D = 0, F = 0, V = 0, L = 0;
+  attn::MobaConfig moba;
+
+  // Parameters and optimizer state (layout.total elements each).
+  DevBuf P, G, M1, M2, Pb, decay, norm_partial, norm_out;
+
+  // Activations, sized for cap_M tokens.
+  int64_t cap_M = 0;
+  DevBuf inputs, targets, pos, mask;
+  struct Layer {
+    DevBuf x_mid, xn1, q, k, v, o, lse, sel, rstd1, xn2, rstd2, a, b, h;
+  };
+  std::vector<DevBuf> xs;  // (L + 1) residual stream entering layer l; xs[L] the final one
+  std::vector<Layer> layers;
+  DevBuf xnf, rstdf, logits, losses, lse_ce;
+  DevBuf dx, dxn, dout, dq, dk, dv, dh, da, db, norm_ws;
+
+  // The last forward's batch.
+  int64_t cur_M = 0, cur_counted = 0;
+  bool has_mask = false, forward_done = false, backward_pending = false;
+  std::vector<int64_t> cu;
+  std::vector<bool> layer_moba;
+  double flops = 0.0;
+  std::unique_ptr<attn::cuda::Plan> plan;
+  std::vector<int64_t> plan_cu;
+
+  // Host staging: batch upload (pinned, guarded by an event) and the per-token losses of
+  // the last two forwards (a ring of two slots, each with its event).
+  HostBuf stage;
+  cudaEvent_t stage_done = nullptr;
+  struct LossSlot {
+    HostBuf buf;
+    cudaEvent_t ready = nullptr;
+    bool pending = false;
+    int64_t M = 0, counted = 0;
+    std::vector<uint8_t> mask;
+  };
+  LossSlot slots[2];
+  int next_slot = 0, last_slot = -1;
+  std::vector<double> ready_losses;
+
+  explicit Impl(const ModelConfig& c)
+      : cfg(c.resolved()), layout(make_param_layout(cfg)),
+        rope_host(cfg.seq_len, cfg.hd(), cfg.rope_theta) {
+    cfg.validate();
+    C = cfg.width;
+    Hq = cfg.heads;
+    Hkv = cfg.kv();
+    D = cfg.hd();
+    F = cfg.ffn();
+    V = cfg.vocab_size;
+    L = cfg.layers;
+    moba = {cfg.attention.block_size, cfg.attention.top_k};
+    MOBA_CHECK(attn::cuda::head_dim_supported(D), "model.head_dim = ", D,
+               ": the GPU attention kernels support head dims 64 and 128");
+    if (any_moba_layer(cfg)) {
+      const int64_t S = moba.block_size;
+      MOBA_CHECK(S >= attn::cuda::kMinBlockSize && (S & (S - 1)) == 0,
+                 "attention.block_size = ", S,
+                 ": the GPU MoBA kernels need a power of two >= ", attn::cuda::kMinBlockSize);
+      MOBA_CHECK(moba.top_k >= 1 && moba.top_k <= attn::cuda::kMaxTopK, "attention.top_k = ",
+                 moba.top_k, ": the GPU MoBA kernels support 1..", attn::cuda::kMaxTopK);
+    }
+    for (int64_t w : {C, Hq * D, Hkv * D, F, V})
+      MOBA_CHECK(w % 8 == 0, "the GPU model needs widths that are multiples of 8 (cuBLASLt's "
+                 "16-byte rows): width ", C, ", heads x head_dim ", Hq * D, ", kv ", Hkv * D,
+                 ", mlp_hidden ", F, ", vocab_size ", V);
+    int devices = 0;
+    const cudaError_t e = cudaGetDeviceCount(&devices);
+    MOBA_CHECK(e == cudaSuccess && devices > 0, "--device cuda: no CUDA device (",
+               e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
+    CUDA_CHECK(cudaStreamCreate(&stream));
+    CUDA_CHECK(cudaEventCreateWithFlags(&stage_done, cudaEventDisableTiming));
+    for (LossSlot& s : slots) CUDA_CHECK(cudaEventCreateWithFlags(&s.ready, cudaEventDisableTiming));
+    mm = std::make_unique<Matmul>(stream);
+    rope = std::make_unique<RopeTableCuda>(rope_host);
+    n = static_cast<int64_t>(layout.total);
+    P.resize(sizeof(float) * n);
+    G.resize(sizeof(float) * n);
+    M1.resize(sizeof(float) * n);
+    M2.resize(sizeof(float) * n);
+    Pb.resize(sizeof(bf16) * n);
+    CUDA_CHECK(cudaMemset(P.p, 0, P.bytes));
+    CUDA_CHECK(cudaMemset(G.p, 0, G.bytes));
+    CUDA_CHECK(cudaMemset(M1.p, 0, M1.bytes));
+    CUDA_CHECK(cudaMemset(M2.p, 0, M2.bytes));
+    CUDA_CHECK(cudaMemset(Pb.p, 0, Pb.bytes));
+    std::vector<uint8_t> dec(static_cast<size_t>(n), 0);
+    for (const TensorInfo& t : layout.tensors)
+      if (t.decay) std::fill_n(dec.begin() + static_cast<ptrdiff_t>(t.offset), t.size, 1);
+    decay.resize(dec.size());
+    CUDA_CHECK(cudaMemcpy(decay.p, dec.data(), dec.size(), cudaMemcpyHostToDevice));
+    norm_partial.resize(sizeof(double) * std::max<int64_t>(1, sumsq_chunks(n)));
+    norm_out.resize(sizeof(double));
+    xs.resize(static_cast<size_t>(L + 1));
+    layers.resize(static_cast<size_t>(L));
+  }
+
+  ~Impl() {
+    if (stream) cudaStreamSynchronize(stream);
+    plan.reset();
+    if (stage_done) cudaEventDestroy(stage_done);
+    for (LossSlot& s : slots)
+      if (s.ready) cudaEventDestroy(s.ready);
+    mm.reset();
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  size_t bytes_now() const {
+    size_t b = 0;
+    auto add = [&](const DevBuf& d) { b += d.bytes; };
+    for (const DevBuf* d : {&P, &G, &M1, &M2, &Pb, &decay, &norm_partial, &norm_out, &inputs,
+                            &targets, &pos, &mask, &xnf, &rstdf, &logits, &losses, &lse_ce, &dx,
+                            &dxn, &dout, &dq, &dk, &dv, &dh, &da, &db, &norm_ws})
+      add(*d);
+    for (const DevBuf& d : xs) add(d);
+    for (const Layer& l : layers)
+      for (const DevBuf* d : {&l.x_mid, &l.xn1, &l.q, &l.k, &l.v, &l.o, &l.lse, &l.sel, &l.rstd1,
+                              &l.xn2, &l.rstd2, &l.a, &l.b, &l.h})
+        add(*d);
+    if (plan) b += plan->workspace_bytes();
+    return b + (size_t{32} << 20);  // the matmul workspace
+  }
+
+  // Sizes every activation buffer for M tokens (grown only; contents not kept).
+  void reserve(int64_t M) {
+    if (M <= cap_M) return;
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (last_slot >= 0) {  // read pending losses out before their buffers are reallocated
+      fold(slots[last_slot ^ 1]);
+      fold(slots[last_slot]);
+    }
+    const size_t m = static_cast<size_t>(M), b2 = sizeof(bf16), f4 = sizeof(float);
+    const size_t c = static_cast<size_t>(C), qd = static_cast<size_t>(Hq * D),
+                 kd = static_cast<size_t>(Hkv * D), f = static_cast<size_t>(F);
+    inputs.resize(4 * m);
+    targets.resize(4 * m);
+    pos.resize(4 * m);
+    mask.resize(m);
+    for (DevBuf& x : xs) x.resize(b2 * m * c);
+    const bool moba_any = any_moba_layer(cfg);
+    for (Layer& l : layers) {
+      l.x_mid.resize(b2 * m * c);
+      l.xn1.resize(b2 * m * c);
+      l.q.resize(b2 * m * qd);
+      l.k.resize(b2 * m * kd);
+      l.v.resize(b2 * m * kd);
+      l.o.resize(b2 * m * qd);
+      l.lse.resize(f4 * m * static_cast<size_t>(Hq));
+      l.sel.resize(moba_any ? 4 * m * static_cast<size_t>(Hq * moba.top_k) : 0);
+      l.rstd1.resize(f4 * m);
+      l.xn2.resize(b2 * m * c);
+      l.rstd2.resize(f4 * m);
+      l.a.resize(b2 * m * f);
+      l.b.resize(b2 * m * f);
+      l.h.resize(b2 * m * f);
+    }
+    xnf.resize(b2 * m * c);
+    rstdf.resize(f4 * m);
+    logits.resize(b2 * m * static_cast<size_t>(V));
+    losses.resize(f4 * m);
+    lse_ce.resize(f4 * m);
+    dx.resize(b2 * m * c);
+    dxn.resize(b2 * m * c);
+    dout.resize(b2 * m * qd);
+    dq.resize(b2 * m * qd);
+    dk.resize(b2 * m * kd);
+    dv.resize(b2 * m * kd);
+    dh.resize(b2 * m * f);
+    da.resize(b2 * m * f);
+    db.resize(b2 * m * f);
+    norm_ws.resize(rmsnorm_backward_workspace({M, C, static_cast<float>(cfg.norm_eps)}));
+    for (LossSlot& s : slots) s.buf.reserve(f4 * m);
+    stage.reserve(13 * m);
+    cap_M = M;
+  }
+
+  // Reads back a finished slot's losses into ready_losses.
+  void fold(LossSlot& s) {
+    if (!s.pending) return;
+    CUDA_CHECK(cudaEventSynchronize(s.ready));
+    const float* l = static_cast<const float*>(s.buf.p);
+    double sum = 0.0;
+    for (int64_t i = 0; i < s.M; ++i)
+      if (s.mask.empty() || s.mask[i]) sum += static_cast<double>(l[i]);
+    ready_losses.push_back(sum / static_cast<double>(s.counted));
+    s.pending = false;
+  }
+
+  void forward(const Batch& batch, bool moba_phase, const double* loss_scale) {
+    MOBA_CHECK(batch.T <= cfg.seq_len, "batch rows hold T = ", batch.T,
+               " tokens, more than model.seq_len = ", cfg.seq_len);
+    batch.validate(V);
+    const int64_t counted = batch.counted_positions();
+    MOBA_CHECK(counted > 0, "the batch's loss_mask is all zeros (every target starts another "
+               "document): no position to average the loss over");
+    const int64_t B = batch.B, T = batch.T, M = B * T;
+    reserve(M);
+    cur_M = M;
+    cur_counted = counted;
+    has_mask = !batch.loss_mask.empty();
+
+    // Stage inputs, targets, positions and the mask in pinned memory, then upload.
+    CUDA_CHECK(cudaEventSynchronize(stage_done));  // the previous upload has left the buffer
+    int32_t* h_in = static_cast<int32_t*>(stage.p);
+    int32_t* h_tg = h_in + M;
+    int32_t* h_pos = h_tg + M;
+    uint8_t* h_mask = reinterpret_cast<uint8_t*>(h_pos + M);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        h_in[b * T + t] = batch.tokens[b * (T + 1) + t];
+        h_tg[b * T + t] = batch.tokens[b * (T + 1) + t + 1];
+      }
+    cu = batch.boundaries();
+    for (size_t d = 0; d + 1 < cu.size(); ++d)
+      for (int64_t m = cu[d]; m < cu[d + 1]; ++m) h_pos[m] = static_cast<int32_t>(m - cu[d]);
+    if (has_mask) std::memcpy(h_mask, batch.loss_mask.data(), static_cast<size_t>(M));
+    CUDA_CHECK(cudaMemcpyAsync(inputs.p, h_in, 4 * M, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(targets.p, h_tg, 4 * M, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(pos.p, h_pos, 4 * M, cudaMemcpyHostToDevice, stream));
+    if (has_mask) CUDA_CHECK(cudaMemcpyAsync(mask.p, h_mask, M, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaEventRecord(stage_done, stream));
+
+    if (!plan || plan_cu != cu) {  // the attention plan depends on the document boundaries
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      plan.reset();
+      plan = std::make_unique<attn::cuda::Plan>(attn::Layout::varlen(cu, Hq, Hkv, D), moba,
+                                                attn::Options{});
+      plan_cu = cu;
+    }
+
+    const float eps = static_cast<float>(cfg.norm_eps);
+    const RmsNormParams rn{M, C, eps};
+    const bf16* W = Pb.as<bf16>();
+    const float* Pf = P.as<float>();
+    embedding_forward({M, V, C}, inputs.as<int32_t>(), W + layout.embed, xs[0].as<bf16>(), stream);
+    layer_moba.assign(static_cast<size_t>(L), false);
+    double attn_flops = 0.0;
+    const double dense_pairs = dense_pairs_per_head(cu) * static_cast<double>(Hq);
+    const double moba_pairs =
+        moba_pairs_per_head(cu, moba.block_size, moba.top_k) * static_cast<double>(Hq);
+    for (int64_t li = 0; li < L; ++li) {
+      const LayerOffsets& o = layout.layers[li];
+      Layer& ly = layers[li];
+      const bool use_moba = layer_uses_moba(cfg, li, moba_phase);
+      layer_moba[li] = use_moba;
+      const bf16* x = xs[li].as<bf16>();
+      rmsnorm_forward(rn, x, Pf + o.attn_norm, ly.xn1.as<bf16>(), ly.rstd1.as<float>(), stream);
+      mm->forward(M, C, Hq * D, ly.xn1.as<bf16>(), W + o.wq, ly.q.as<bf16>());
+      mm->forward(M, C, Hkv * D, ly.xn1.as<bf16>(), W + o.wk, ly.k.as<bf16>());
+      mm->forward(M, C, Hkv * D, ly.xn1.as<bf16>(), W + o.wv, ly.v.as<bf16>());
+      rope_apply({M, Hq, false}, *rope, pos.as<int32_t>(), ly.q.as<bf16>(), stream);
+      rope_apply({M, Hkv, false}, *rope, pos.as<int32_t>(), ly.k.as<bf16>(), stream);
+      if (use_moba) {
+        attn::cuda::moba_gate(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.sel.as<int32_t>(), stream);
+        attn::cuda::moba_forward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
+                                 ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(), stream);
+      } else {
+        attn::cuda::dense_forward(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.v.as<bf16>(),
+                                  ly.o.as<bf16>(), ly.lse.as<float>(), stream);
+      }
+      attn_flops += attn::attention_fwd_bwd_flops(use_moba ? moba_pairs : dense_pairs, D);
+      // x_mid = x + o Wo^T, the residual add fused into the matmul.
+      mm->forward(M, Hq * D, C, ly.o.as<bf16>(), W + o.wo, ly.x_mid.as<bf16>(), x);
+      rmsnorm_forward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.xn2.as<bf16>(),
+                      ly.rstd2.as<float>(), stream);
+      mm->forward(M, C, F, ly.xn2.as<bf16>(), W + o.w_gate, ly.a.as<bf16>());
+      mm->forward(M, C, F, ly.xn2.as<bf16>(), W + o.w_up, ly.b.as<bf16>());
+      swiglu_forward(M * F, ly.a.as<bf16>(), ly.b.as<bf16>(), ly.h.as<bf16>(), stream);
+      mm->forward(M, F, C, ly.h.as<bf16>(), W + o.w_down, xs[li + 1].as<bf16>(),
+                  ly.x_mid.as<bf16>());
+    }
+    rmsnorm_forward(rn, xs[L].as<bf16>(), Pf + layout.final_norm, xnf.as<bf16>(),
+                    rstdf.as<float>(), stream);
+    mm->forward(M, C, V, xnf.as<bf16>(), W + layout.lm_head, logits.as<bf16>());
+    const CrossEntropyParams ce{M, V, LogitsType::kBf16};
+    const uint8_t* mk = has_mask ? mask.as<uint8_t>() : nullptr;
+    if (loss_scale) {  // the logits become their gradient, in place
+      cross_entropy_fused(ce, logits.p, targets.as<int32_t>(), mk,
+                          static_cast<float>(*loss_scale / static_cast<double>(counted)),
+                          losses.as<float>(), lse_ce.as<float>(), logits.p, stream);
+    } else {
+      cross_entropy_forward(ce, logits.p, targets.as<int32_t>(), mk, losses.as<float>(),
+                            lse_ce.as<float>(), stream);
+    }
+    flops = matmul_flops_per_token(cfg) * static_cast<double>(M) + attn_flops;
+
+    // Queue the per-token losses for the host.
+    LossSlot& s = slots[next_slot];
+    fold(s);
+    CUDA_CHECK(cudaMemcpyAsync(s.buf.p, losses.p, sizeof(float) * M, cudaMemcpyDeviceToHost,
+                               stream));
+    CUDA_CHECK(cudaEventRecord(s.ready, stream));
+    s.pending = true;
+    s.M = M;
+    s.counted = counted;
+    s.mask = batch.loss_mask;
+    last_slot = next_slot;
+    next_slot ^= 1;
+    forward_done = true;
+  }
+
+  void backward() {
+    const int64_t M = cur_M;
+    const RmsNormParams rn{M, C, static_cast<float>(cfg.norm_eps)};
+    const bf16* W = Pb.as<bf16>();
+    const float* Pf = P.as<float>();
+    float* Gf = G.as<float>();
+    bf16 *dx_ = dx.as<bf16>(), *dxn_ = dxn.as<bf16>();
+    // The logits hold their gradient (cross_entropy_fused).
+    mm->backward_data(M, C, V, logits.as<bf16>(), W + layout.lm_head, dxn_, false);
+    mm->backward_weight(M, C, V, xnf.as<bf16>(), logits.as<bf16>(), Gf + layout.lm_head);
+    rmsnorm_backward(rn, xs[L].as<bf16>(), Pf + layout.final_norm, rstdf.as<float>(), dxn_, dx_,
+                     Gf + layout.final_norm, false, norm_ws.p, stream);
+    for (int64_t li = L - 1; li >= 0; --li) {
+      const LayerOffsets& o = layout.layers[li];
+      Layer& ly = layers[li];
+      // x_out = x_mid + w_down(swiglu(a, b)): dx flows on unchanged and into the MLP.
+      mm->backward_data(M, F, C, dx_, W + o.w_down, dh.as<bf16>(), false);
+      mm->backward_weight(M, F, C, ly.h.as<bf16>(), dx_, Gf + o.w_down);
+      swiglu_backward(M * F, ly.a.as<bf16>(), ly.b.as<bf16>(), dh.as<bf16>(), da.as<bf16>(),
+                      db.as<bf16>(), stream);
+      mm->backward_data(M, C, F, da.as<bf16>(), W + o.w_gate, dxn_, false);
+      mm->backward_data(M, C, F, db.as<bf16>(), W + o.w_up, dxn_, true);
+      mm->backward_weight(M, C, F, ly.xn2.as<bf16>(), da.as<bf16>(), Gf + o.w_gate);
+      mm->backward_weight(M, C, F, ly.xn2.as<bf16>(), db.as<bf16>(), Gf + o.w_up);
+      rmsnorm_backward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.rstd2.as<float>(), dxn_, dx_,
+                       Gf + o.mlp_norm, true, norm_ws.p, stream);
+      // x_mid = x_in + wo(attention(rope(q), rope(k), v)).
+      mm->backward_data(M, Hq * D, C, dx_, W + o.wo, dout.as<bf16>(), false);
+      mm->backward_weight(M, Hq * D, C, ly.o.as<bf16>(), dx_, Gf + o.wo);
+      if (layer_moba[li]) {
+        attn::cuda::moba_backward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
+                                  ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(),
+                                  dout.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(),
+                                  stream);
+      } else {
+        attn::cuda::dense_backward(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.v.as<bf16>(),
+                                   ly.o.as<bf16>(), ly.lse.as<float>(), dout.as<bf16>(),
+                                   dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), stream);
+      }
+      rope_apply({M, Hq, true}, *rope, pos.as<int32_t>(), dq.as<bf16>(), stream);
+      rope_apply({M, Hkv, true}, *rope, pos.as<int32_t>(), dk.as<bf16>(), stream);
+      mm->backward_data(M, C, Hq * D, dq.as<bf16>(), W + o.wq, dxn_, false);
+      mm->backward_data(M, C, Hkv * D, dk.as<bf16>(), W + o.wk, dxn_, true);
+      mm->backward_data(M, C, Hkv * D, dv.as<bf16>(), W + o.wv, dxn_, true);
+      mm->backward_weight(M, C, Hq * D, ly.xn1.as<bf16>(), dq.as<bf16>(), Gf + o.wq);
+      mm->backward_weight(M, C, Hkv * D, ly.xn1.as<bf16>(), dk.as<bf16>(), Gf + o.wk);
+      mm->backward_weight(M, C, Hkv * D, ly.xn1.as<bf16>(), dv.as<bf16>(), Gf + o.wv);
+      rmsnorm_backward(rn, xs[li].as<bf16>(), Pf + o.attn_norm, ly.rstd1.as<float>(), dxn_, dx_,
+                       Gf + o.attn_norm, true, norm_ws.p, stream);
+    }
+    embedding_backward({M, V, C}, inputs.as<int32_t>(), dx_, Gf + layout.embed, stream);
+  }
+};
+
+ModelCuda::ModelCuda(const ModelConfig& cfg) : impl_(std::make_unique<Impl>(cfg)) {}
+ModelCuda::~ModelCuda() = default;
+
+const ModelConfig& ModelCuda::config() const { return impl_->cfg; }
+const ParamLayout& ModelCuda::layout() const { return impl_->layout; }
+
+namespace {
+void check_host(const char* what, size_t got, int64_t want) {
+  MOBA_CHECK(got == static_cast<size_t>(want), what, " has ", got,
+             " elements, the model needs ", want);
+}
+}  // namespace
+
+void ModelCuda::upload_params(std::span<const float> params) {
+  Impl& m = *impl_;
+  check_host("parameter array", params.size(), m.n);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  CUDA_CHECK(cudaMemcpy(m.P.p, params.data(), m.P.bytes, cudaMemcpyHostToDevice));
+  to_bf16(m.P.as<float>(), m.Pb.as<bf16>(), m.n, m.stream);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+void ModelCuda::download_params(std::span<float> params) const {
+  Impl& m = *impl_;
+  check_host("parameter array", params.size(), m.n);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  CUDA_CHECK(cudaMemcpy(params.data(), m.P.p, m.P.bytes, cudaMemcpyDeviceToHost));
+}
+
+void ModelCuda::download_grads(std::span<float> grads) const {
+  Impl& m = *impl_;
+  check_host("gradient array", grads.size(), m.n);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  CUDA_CHECK(cudaMemcpy(grads.data(), m.G.p, m.G.bytes, cudaMemcpyDeviceToHost));
+}
+
+void ModelCuda::upload_moments(std::span<const float> m1, std::span<const float> m2) {
+  Impl& m = *impl_;
+  check_host("AdamW first moments", m1.size(), m.n);
+  check_host("AdamW second moments", m2.size(), m.n);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  CUDA_CHECK(cudaMemcpy(m.M1.p, m1.data(), m.M1.bytes, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(m.M2.p, m2.data(), m.M2.bytes, cudaMemcpyHostToDevice));
+}
+
+void ModelCuda::download_moments(std::span<float> m1, std::span<float> m2) const {
+  Impl& m = *impl_;
+  check_host("AdamW first moments", m1.size(), m.n);
+  check_host("AdamW second moments", m2.size(), m.n);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  CUDA_CHECK(cudaMemcpy(m1.data(), m.M1.p, m.M1.bytes, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(m2.data(), m.M2.p, m.M2.bytes, cudaMemcpyDeviceToHost));
+}
+
+void ModelCuda::zero_grads() {
+  CUDA_CHECK(cudaMemsetAsync(impl_->G.p, 0, impl_->G.bytes, impl_->stream));
+}
+
+void ModelCuda::train_micro_batch(const Batch& batch, bool moba_phase, double loss_scale) {
+  impl_->forward(batch, moba_phase, &loss_scale);
+  impl_->backward();
+}
+
+void ModelCuda::forward(const Batch& batch, bool moba_phase) {
+  impl_->forward(batch, moba_phase, nullptr);
+}
+
+std::vector<double> ModelCuda::take_losses() {
+  Impl& m = *impl_;
+  // Oldest first: the slot after the last one written, then the last one.
+  if (m.last_slot >= 0) {
+    m.fold(m.slots[m.last_slot ^ 1]);
+    m.fold(m.slots[m.last_slot]);
+  }
+  std::vector<double> out;
+  out.swap(m.ready_losses);
+  return out;
+}
+
+std::vector<float> ModelCuda::token_losses() {
+  Impl& m = *impl_;
+  MOBA_CHECK(m.forward_done && m.last_slot >= 0, "ModelCuda::token_losses needs a forward first");
+  const Impl::LossSlot& s = m.slots[m.last_slot];
+  CUDA_CHECK(cudaEventSynchronize(s.ready));
+  const float* l = static_cast<const float*>(s.buf.p);
+  return std::vector<float>(l, l + s.M);
+}
+
+double ModelCuda::grad_norm() {
+  Impl& m = *impl_;
+  sum_of_squares(m.G.as<float>(), m.n, m.norm_partial.as<double>(), m.norm_out.as<double>(),
+                 m.stream);
+  double sq = 0.0;
+  CUDA_CHECK(cudaMemcpyAsync(&sq, m.norm_out.p, sizeof sq, cudaMemcpyDeviceToHost, m.stream));
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  return std::sqrt(sq);
+}
+
+void ModelCuda::adamw_step(const AdamWStep& s) {
+  Impl& m = *impl_;
+  AdamWParams p;
+  p.n = m.n;
+  p.t = s.t;
+  p.lr = s.lr;
+  p.beta1 = s.beta1;
+  p.beta2 = s.beta2;
+  p.eps = s.eps;
+  p.weight_decay = s.weight_decay;
+  p.grad_scale = s.grad_scale;
+  cuda::adamw_step(p, m.P.as<float>(), m.G.as<float>(), m.M1.as<float>(), m.M2.as<float>(),
+                   m.decay.as<uint8_t>(), m.Pb.as<bf16>(), m.stream);
+}
+
+double ModelCuda::last_flops() const { return impl_->flops; }
+
+std::vector<int32_t> ModelCuda::selection(int64_t layer) const {
+  Impl& m = *impl_;
+  MOBA_CHECK(layer >= 0 && layer < m.L, "selection: layer ", layer, " outside [0, ", m.L, ")");
+  if (!m.forward_done || !m.layer_moba[layer]) return {};
+  std::vector<int32_t> sel(static_cast<size_t>(m.cur_M * m.Hq * m.moba.top_k));
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  CUDA_CHECK(cudaMemcpy(sel.data(), m.layers[layer].sel.p, sizeof(int32_t) * sel.size(),
+                        cudaMemcpyDeviceToHost));
+  return sel;
+}
+
+size_t ModelCuda::device_bytes() const { return impl_->bytes_now(); }
+
+}  // namespace moba::model::cuda
