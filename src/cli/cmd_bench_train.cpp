@@ -40,7 +40,7 @@ struct BenchTrainOptions {
   std::vector<std::string> attention = {"full", "moba"};
   int64_t batch = 1, layers = 12, width = 768, heads = 12, kv_heads = 0, head_dim = 0;
   int64_t mlp_hidden = 2048, vocab = 8192, block_size = 512, top_k = 3;
-  bool tied = false;
+  bool tied = false, profile = false;
   int steps = 20, warmup = 5;
   uint64_t seed = 1;
   std::string json_path, peer_path;
@@ -78,6 +78,7 @@ model::Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
 
 struct Timing {
   double ms_per_step = 0, flops_exec_per_step = 0, loss = 0, memory_gb = 0;
+  std::vector<std::pair<std::string, double>> profile;  // ms per step per category
 };
 
 using Clock = std::chrono::steady_clock;
@@ -118,7 +119,9 @@ Timing time_cuda(const BenchTrainOptions& o, const model::ModelConfig& c) {
   Timing t;
   double total_ms = 0;
   int64_t step = 0;
-  for (int s = 0; s < o.warmup + o.steps; ++s) {
+  const int profiled = o.profile ? 3 : 0;
+  for (int s = 0; s < o.warmup + o.steps + profiled; ++s) {
+    if (profiled && s == o.warmup + o.steps) m.set_profiling(true);
     const auto t0 = Clock::now();
     // The trainer's step (train/trainer.cpp, gpu_train_step): zero, forward + backward,
     // loss to the host, gradient norm (waits), AdamW with the clipping factor fused.
@@ -131,13 +134,17 @@ Timing time_cuda(const BenchTrainOptions& o, const model::ModelConfig& c) {
     const float scale = gnorm > 1.0 ? static_cast<float>(1.0 / (gnorm + 1e-6)) : 1.0f;
     m.adamw_step({++step, 1e-4, 0.9, 0.95, 1e-8, 0.1, scale});
     CUDA_CHECK(cudaDeviceSynchronize());
-    if (s >= o.warmup)
+    if (s >= o.warmup && s < o.warmup + o.steps)
       total_ms += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     t.loss = losses[0];
     t.flops_exec_per_step = m.last_flops();
   }
   t.ms_per_step = total_ms / o.steps;
   t.memory_gb = static_cast<double>(m.device_bytes()) / 1e9;
+  if (profiled) {
+    t.profile = m.take_profile();
+    for (auto& [name, ms] : t.profile) ms /= profiled;
+  }
   return t;
 }
 #endif
@@ -193,6 +200,7 @@ void run_bench_train(const BenchTrainOptions& o) {
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   nlohmann::json rows = nlohmann::json::array();
+  std::vector<std::string> profile_lines;
   for (int64_t T : o.seq_lens) {
     double full_tps = 0;
     for (const std::string& attn : o.attention) {
@@ -239,8 +247,25 @@ void run_bench_train(const BenchTrainOptions& o) {
                   static_cast<long long>(T), attn.c_str(), t.ms_per_step, tps, 100 * mfu_peers,
                   100 * mfu_exec, t.memory_gb, eager.c_str(), compiled.c_str(), vs_full);
       std::fflush(stdout);
+      if (!t.profile.empty()) {
+        nlohmann::json prof = nlohmann::json::object();
+        std::string line;
+        for (const auto& [name, ms] : t.profile) {
+          prof[name] = ms;
+          char buf[128];
+          std::snprintf(buf, sizeof buf, "%s%s %.2f", line.empty() ? "" : ", ", name.c_str(), ms);
+          line += buf;
+        }
+        row["profile_ms_per_step"] = prof;
+        profile_lines.push_back("T " + std::to_string(T) + " " + attn + ": " + line);
+      }
       rows.push_back(row);
     }
+  }
+  if (!profile_lines.empty()) {
+    std::printf("\nms per step by category (%s; events after every operation):\n",
+                "3 profiled steps after the timed ones");
+    for (const std::string& l : profile_lines) std::printf("- %s\n", l.c_str());
   }
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
@@ -286,6 +311,9 @@ void add_bench_train(CLI::App* bench) {
   cmd->add_option("--block-size,-S", o.block_size, "MoBA block size")->capture_default_str();
   cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k")->capture_default_str();
   cmd->add_flag("--tied", o.tied, "Tie the LM head to the embedding (PEERS.md: untied)");
+  cmd->add_flag("--profile", o.profile,
+                "cuda: 3 more steps with an event after every operation; prints ms per step "
+                "for matmuls, attention, gate, layer kernels, optimizer");
   cmd->add_option("--steps", o.steps, "Timed steps (mean reported)")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed steps first")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed of weights and tokens")->capture_default_str();

@@ -89,7 +89,42 @@ bool any_moba_layer(const ModelConfig& c) {
 
 }  // namespace
 
+// Profiling categories (ModelCuda::set_profiling).
+enum Cat { kOther, kMatmul, kAttention, kGate, kLayers, kOptimizer, kCats };
+const char* const kCatNames[kCats] = {"other (uploads, host gaps)", "matmuls (cuBLASLt)",
+                                      "attention fwd/bwd", "MoBA gate",
+                                      "layer kernels (norm, rope, swiglu, embed, CE)",
+                                      "grad norm + AdamW"};
+
 struct ModelCuda::Impl {
+  // Profiling: while on, an event after every operation, charged to its category.
+  bool profiling = false;
+  std::vector<cudaEvent_t> event_pool;
+  std::vector<std::pair<int, cudaEvent_t>> marks;
+  double cat_ms[kCats] = {};
+  void tick(int cat) {
+    if (!profiling) return;
+    if (marks.size() >= event_pool.size()) {
+      cudaEvent_t e;
+      CUDA_CHECK(cudaEventCreate(&e));
+      event_pool.push_back(e);
+    }
+    cudaEvent_t e = event_pool[marks.size()];
+    CUDA_CHECK(cudaEventRecord(e, stream));
+    marks.emplace_back(cat, e);
+  }
+  void collect_profile() {  // waits; keeps the last mark as the next interval's start
+    if (marks.empty()) return;
+    CUDA_CHECK(cudaEventSynchronize(marks.back().second));
+    for (size_t i = 1; i < marks.size(); ++i) {
+      float ms = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i - 1].second, marks[i].second));
+      cat_ms[marks[i].first] += ms;
+    }
+    std::swap(event_pool[0], event_pool[marks.size() - 1]);
+    marks.assign(1, {kOther, event_pool[0]});
+  }
+
   ModelConfig cfg;
   ParamLayout layout;
   RopeTable rope_host;
@@ -197,6 +232,7 @@ struct ModelCuda::Impl {
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
+    for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     plan.reset();
     if (stage_done) cudaEventDestroy(stage_done);
     for (LossSlot& s : slots)
@@ -299,6 +335,8 @@ struct ModelCuda::Impl {
     cur_counted = counted;
     has_mask = !batch.loss_mask.empty();
 
+    tick(kOther);
+    if (marks.size() > 4096) collect_profile();
     // Stage inputs, targets, positions and the mask in pinned memory, then upload.
     CUDA_CHECK(cudaEventSynchronize(stage_done));  // the previous upload has left the buffer
     int32_t* h_in = static_cast<int32_t*>(stage.p);
@@ -333,6 +371,7 @@ struct ModelCuda::Impl {
     const bf16* W = Pb.as<bf16>();
     const float* Pf = P.as<float>();
     embedding_forward({M, V, C}, inputs.as<int32_t>(), W + layout.embed, xs[0].as<bf16>(), stream);
+    tick(kLayers);
     layer_moba.assign(static_cast<size_t>(L), false);
     double attn_flops = 0.0;
     const double dense_pairs = dense_pairs_per_head(cu) * static_cast<double>(Hq);
@@ -345,42 +384,61 @@ struct ModelCuda::Impl {
       layer_moba[li] = use_moba;
       const bf16* x = xs[li].as<bf16>();
       rmsnorm_forward(rn, x, Pf + o.attn_norm, ly.xn1.as<bf16>(), ly.rstd1.as<float>(), stream);
+      tick(kLayers);
       mm->forward(M, C, Hq * D, ly.xn1.as<bf16>(), W + o.wq, ly.q.as<bf16>());
+      tick(kMatmul);
       mm->forward(M, C, Hkv * D, ly.xn1.as<bf16>(), W + o.wk, ly.k.as<bf16>());
+      tick(kMatmul);
       mm->forward(M, C, Hkv * D, ly.xn1.as<bf16>(), W + o.wv, ly.v.as<bf16>());
+      tick(kMatmul);
       rope_apply({M, Hq, false}, *rope, pos.as<int32_t>(), ly.q.as<bf16>(), stream);
+      tick(kLayers);
       rope_apply({M, Hkv, false}, *rope, pos.as<int32_t>(), ly.k.as<bf16>(), stream);
+      tick(kLayers);
       if (use_moba) {
         attn::cuda::moba_gate(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.sel.as<int32_t>(), stream);
+        tick(kGate);
         attn::cuda::moba_forward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
                                  ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(), stream);
+        tick(kAttention);
       } else {
         attn::cuda::dense_forward(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.v.as<bf16>(),
                                   ly.o.as<bf16>(), ly.lse.as<float>(), stream);
+        tick(kAttention);
       }
       attn_flops += attn::attention_fwd_bwd_flops(use_moba ? moba_pairs : dense_pairs, D);
       // x_mid = x + o Wo^T, the residual add fused into the matmul.
       mm->forward(M, Hq * D, C, ly.o.as<bf16>(), W + o.wo, ly.x_mid.as<bf16>(), x);
+      tick(kMatmul);
       rmsnorm_forward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.xn2.as<bf16>(),
                       ly.rstd2.as<float>(), stream);
+      tick(kLayers);
       mm->forward(M, C, F, ly.xn2.as<bf16>(), W + o.w_gate, ly.a.as<bf16>());
+      tick(kMatmul);
       mm->forward(M, C, F, ly.xn2.as<bf16>(), W + o.w_up, ly.b.as<bf16>());
+      tick(kMatmul);
       swiglu_forward(M * F, ly.a.as<bf16>(), ly.b.as<bf16>(), ly.h.as<bf16>(), stream);
+      tick(kLayers);
       mm->forward(M, F, C, ly.h.as<bf16>(), W + o.w_down, xs[li + 1].as<bf16>(),
                   ly.x_mid.as<bf16>());
+      tick(kMatmul);
     }
     rmsnorm_forward(rn, xs[L].as<bf16>(), Pf + layout.final_norm, xnf.as<bf16>(),
                     rstdf.as<float>(), stream);
+    tick(kLayers);
     mm->forward(M, C, V, xnf.as<bf16>(), W + layout.lm_head, logits.as<bf16>());
+    tick(kMatmul);
     const CrossEntropyParams ce{M, V, LogitsType::kBf16};
     const uint8_t* mk = has_mask ? mask.as<uint8_t>() : nullptr;
     if (loss_scale) {  // the logits become their gradient, in place
       cross_entropy_fused(ce, logits.p, targets.as<int32_t>(), mk,
                           static_cast<float>(*loss_scale / static_cast<double>(counted)),
                           losses.as<float>(), lse_ce.as<float>(), logits.p, stream);
+      tick(kLayers);
     } else {
       cross_entropy_forward(ce, logits.p, targets.as<int32_t>(), mk, losses.as<float>(),
                             lse_ce.as<float>(), stream);
+      tick(kLayers);
     }
     flops = matmul_flops_per_token(cfg) * static_cast<double>(M) + attn_flops;
 
@@ -408,48 +466,73 @@ struct ModelCuda::Impl {
     bf16 *dx_ = dx.as<bf16>(), *dxn_ = dxn.as<bf16>();
     // The logits hold their gradient (cross_entropy_fused).
     mm->backward_data(M, C, V, logits.as<bf16>(), W + layout.lm_head, dxn_, false);
+    tick(kMatmul);
     mm->backward_weight(M, C, V, xnf.as<bf16>(), logits.as<bf16>(), Gf + layout.lm_head);
+    tick(kMatmul);
     rmsnorm_backward(rn, xs[L].as<bf16>(), Pf + layout.final_norm, rstdf.as<float>(), dxn_, dx_,
                      Gf + layout.final_norm, false, norm_ws.p, stream);
+    tick(kLayers);
     for (int64_t li = L - 1; li >= 0; --li) {
       const LayerOffsets& o = layout.layers[li];
       Layer& ly = layers[li];
       // x_out = x_mid + w_down(swiglu(a, b)): dx flows on unchanged and into the MLP.
       mm->backward_data(M, F, C, dx_, W + o.w_down, dh.as<bf16>(), false);
+      tick(kMatmul);
       mm->backward_weight(M, F, C, ly.h.as<bf16>(), dx_, Gf + o.w_down);
+      tick(kMatmul);
       swiglu_backward(M * F, ly.a.as<bf16>(), ly.b.as<bf16>(), dh.as<bf16>(), da.as<bf16>(),
                       db.as<bf16>(), stream);
+      tick(kLayers);
       mm->backward_data(M, C, F, da.as<bf16>(), W + o.w_gate, dxn_, false);
+      tick(kMatmul);
       mm->backward_data(M, C, F, db.as<bf16>(), W + o.w_up, dxn_, true);
+      tick(kMatmul);
       mm->backward_weight(M, C, F, ly.xn2.as<bf16>(), da.as<bf16>(), Gf + o.w_gate);
+      tick(kMatmul);
       mm->backward_weight(M, C, F, ly.xn2.as<bf16>(), db.as<bf16>(), Gf + o.w_up);
+      tick(kMatmul);
       rmsnorm_backward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.rstd2.as<float>(), dxn_, dx_,
                        Gf + o.mlp_norm, true, norm_ws.p, stream);
+      tick(kLayers);
       // x_mid = x_in + wo(attention(rope(q), rope(k), v)).
       mm->backward_data(M, Hq * D, C, dx_, W + o.wo, dout.as<bf16>(), false);
+      tick(kMatmul);
       mm->backward_weight(M, Hq * D, C, ly.o.as<bf16>(), dx_, Gf + o.wo);
+      tick(kMatmul);
       if (layer_moba[li]) {
         attn::cuda::moba_backward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
                                   ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(),
                                   dout.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(),
                                   stream);
+        tick(kAttention);
       } else {
         attn::cuda::dense_backward(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.v.as<bf16>(),
                                    ly.o.as<bf16>(), ly.lse.as<float>(), dout.as<bf16>(),
                                    dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), stream);
+        tick(kAttention);
       }
       rope_apply({M, Hq, true}, *rope, pos.as<int32_t>(), dq.as<bf16>(), stream);
+      tick(kLayers);
       rope_apply({M, Hkv, true}, *rope, pos.as<int32_t>(), dk.as<bf16>(), stream);
+      tick(kLayers);
       mm->backward_data(M, C, Hq * D, dq.as<bf16>(), W + o.wq, dxn_, false);
+      tick(kMatmul);
       mm->backward_data(M, C, Hkv * D, dk.as<bf16>(), W + o.wk, dxn_, true);
+      tick(kMatmul);
       mm->backward_data(M, C, Hkv * D, dv.as<bf16>(), W + o.wv, dxn_, true);
+      tick(kMatmul);
       mm->backward_weight(M, C, Hq * D, ly.xn1.as<bf16>(), dq.as<bf16>(), Gf + o.wq);
+      tick(kMatmul);
       mm->backward_weight(M, C, Hkv * D, ly.xn1.as<bf16>(), dk.as<bf16>(), Gf + o.wk);
+      tick(kMatmul);
       mm->backward_weight(M, C, Hkv * D, ly.xn1.as<bf16>(), dv.as<bf16>(), Gf + o.wv);
+      tick(kMatmul);
       rmsnorm_backward(rn, xs[li].as<bf16>(), Pf + o.attn_norm, ly.rstd1.as<float>(), dxn_, dx_,
                        Gf + o.attn_norm, true, norm_ws.p, stream);
+      tick(kLayers);
     }
     embedding_backward({M, V, C}, inputs.as<int32_t>(), dx_, Gf + layout.embed, stream);
+    tick(kLayers);
   }
 };
 
@@ -543,8 +626,10 @@ std::vector<float> ModelCuda::token_losses() {
 
 double ModelCuda::grad_norm() {
   Impl& m = *impl_;
+  m.tick(kOther);
   sum_of_squares(m.G.as<float>(), m.n, m.norm_partial.as<double>(), m.norm_out.as<double>(),
                  m.stream);
+  m.tick(kOptimizer);
   double sq = 0.0;
   CUDA_CHECK(cudaMemcpyAsync(&sq, m.norm_out.p, sizeof sq, cudaMemcpyDeviceToHost, m.stream));
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -564,6 +649,25 @@ void ModelCuda::adamw_step(const AdamWStep& s) {
   p.grad_scale = s.grad_scale;
   cuda::adamw_step(p, m.P.as<float>(), m.G.as<float>(), m.M1.as<float>(), m.M2.as<float>(),
                    m.decay.as<uint8_t>(), m.Pb.as<bf16>(), m.stream);
+  m.tick(kOptimizer);
+}
+
+void ModelCuda::set_profiling(bool on) {
+  Impl& m = *impl_;
+  m.collect_profile();
+  m.profiling = on;
+  m.marks.clear();
+  for (double& x : m.cat_ms) x = 0.0;
+  m.tick(kOther);
+}
+
+std::vector<std::pair<std::string, double>> ModelCuda::take_profile() {
+  Impl& m = *impl_;
+  m.collect_profile();
+  std::vector<std::pair<std::string, double>> out;
+  for (int c = 0; c < kCats; ++c) out.emplace_back(kCatNames[c], m.cat_ms[c]);
+  for (double& x : m.cat_ms) x = 0.0;
+  return out;
 }
 
 double ModelCuda::last_flops() const { return impl_->flops; }

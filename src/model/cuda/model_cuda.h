@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/batch.h"
@@ -76,6 +78,11 @@ class ModelCuda {
   // The MoBA selection layer `layer` used in the last forward, (B*T, Hq, K) int32, as
   // attn::Selection::blocks; empty when that layer ran full attention. Waits.
   std::vector<int32_t> selection(int64_t layer) const;
+  // Profiling: while on, every operation is followed by a CUDA event (a little slower);
+  // take_profile() waits and returns milliseconds per category (matmuls, attention, MoBA
+  // gate, layer kernels, optimizer, other) since the last call, then clears them.
+  void set_profiling(bool on);
+  std::vector<std::pair<std::string, double>> take_profile();
   // Device memory this model holds now (parameters, state, activations, scratch), bytes.
   size_t device_bytes() const;
 
