@@ -5,8 +5,9 @@
 # needed (only that target), prepares the data once, skips runs already finished and
 # resumes an interrupted one, so running it again is cheap. docs/sweep.md has the details.
 #   ./scripts/cpu-tiny.sh              -> runs/cpu-tiny/report/report.md
-# BUILD_DIR (build), JOBS (all cores), RUNS_DIR (runs/cpu-tiny) and DATA_DIR
-# (data/pydoc-byte) can be set.
+# BUILD_DIR (build), JOBS (all cores), RUNS_DIR (runs/cpu-tiny), DATA_DIR
+# (data/pydoc-byte) and DEVICE (cpu; cuda trains on the GPU, `moba sweep --device`) can be
+# set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -14,6 +15,7 @@ build=${BUILD_DIR:-build}
 jobs=${JOBS:-$(nproc)}
 runs=${RUNS_DIR:-runs/cpu-tiny}
 data=${DATA_DIR:-data/pydoc-byte}
+device=${DEVICE:-cpu}
 text=/usr/share/doc/python3.11/html/_sources
 moba=$build/src/cli/moba
 stamp() { echo "cpu-tiny: $1 ($(( $(date +%s) - t0 )) s)"; }
@@ -32,7 +34,7 @@ if [ ! -f "$data/manifest.json" ]; then
 fi
 stamp "data ready in $data"
 
-"$moba" sweep --config sweeps/cpu-tiny.toml --runs-dir "$runs" --data "$data"
+"$moba" sweep --config sweeps/cpu-tiny.toml --runs-dir "$runs" --data "$data" --device "$device"
 stamp "sweep done"
 
 # Bucket 6 (positions 384-448): late in the window, where MoBA attends to 3 of 7 blocks.

@@ -110,8 +110,9 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
   md << "## Runs\n\nLosses at each run's last validation point, in nats per token and bits "
         "per byte (nats / ln 2 / bytes_per_token).\n\n";
   md << "| run | attention | layers x heads x width | non-emb. params | tokens seen / planned "
-        "| status | LM loss (nats/tok) | LM loss (bits/byte) | trailing loss (nats/tok) |\n"
-        "|---|---|---|---|---|---|---|---|---|\n";
+        "| status | LM loss (nats/tok) | LM loss (bits/byte) | trailing loss (nats/tok) | "
+        "trailing loss (bits/byte) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Run& r : s.runs) {
     const ValPoint* v = r.last_val();
     md << "| " << r.info.name << " | " << attention_label(r.info.attention) << " | "
@@ -121,7 +122,8 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
        << (run_flag(r).empty() ? "finished" : "**" + r.info.status + "**") << " | "
        << (v ? num(v->loss) : "n/a") << " | "
        << (v ? num(bits_per_byte(v->loss, r.info.bytes_per_token)) : "n/a") << " | "
-       << (v ? num(v->trailing_loss) : "n/a") << " |\n";
+       << (v ? num(v->trailing_loss) : "n/a") << " | "
+       << (v ? num(bits_per_byte(v->trailing_loss, r.info.bytes_per_token)) : "n/a") << " |\n";
   }
 
   // Fits.
@@ -131,6 +133,22 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
     md << "; in brackets the 95% bootstrap interval over runs (" << s.options.bootstrap
        << " replicas, seed " << s.options.seed << ")";
   md << ".\n";
+  // The laws are in nats per token; in bits per byte a law is the same law divided by
+  // ln 2 x bytes_per_token (A and E scale, alpha does not), when all runs share it.
+  const bool one_bpt = std::all_of(s.runs.begin(), s.runs.end(), [&](const Run& r) {
+    return r.info.bytes_per_token == s.runs.front().info.bytes_per_token;
+  });
+  if (!s.runs.empty()) {
+    if (one_bpt) {
+      const double k = std::log(2.0) * s.runs.front().info.bytes_per_token;
+      md << "\nLosses in nats per token. In bits per byte (" << num(s.runs.front().info.bytes_per_token, 3)
+         << " bytes per token): divide A" << (s.options.irreducible ? " and E" : "") << " by "
+         << "ln 2 x bytes_per_token = " << num(k, 4) << "; alpha is unchanged.\n";
+    } else {
+      md << "\nLosses in nats per token (the runs differ in bytes per token, so the laws have "
+            "no single form in bits per byte).\n";
+    }
+  }
   for (Compute c : s.options.computes) {
     md << "\n### Compute: " << compute_label(c) << (c == Compute::k6nd ? " (the paper's)" : "")
        << "\n\n| metric | attention | fit | A | alpha |" << (s.options.irreducible ? " E |" : "")
@@ -160,13 +178,17 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
     md << "No size has both a full-attention and a MoBA run.\n";
   } else {
     md << "Each pair compared at the largest token count both runs evaluated.\n\n"
-          "| size | tokens | LM loss full | LM loss MoBA | MoBA / full | trailing full | "
-          "trailing MoBA | MoBA / full (trailing) |\n|---|---|---|---|---|---|---|---|\n";
+          "Losses in nats per token; the LM losses also in bits per byte.\n\n"
+          "| size | tokens | LM loss full | LM loss MoBA | LM bits/byte full / MoBA | MoBA / full | "
+          "trailing full | trailing MoBA | MoBA / full (trailing) |\n"
+          "|---|---|---|---|---|---|---|---|---|\n";
     for (const SizePair& p : pairs) {
       if (!p.full_point || !p.moba_point) continue;
       md << "| " << size_label(*p.full) << " | " << si(p.full_point->tokens)
          << (p.same_tokens ? "" : " / " + si(p.moba_point->tokens) + " (unequal)") << " | "
          << num(p.full_point->loss) << " | " << num(p.moba_point->loss) << " | "
+         << num(bits_per_byte(p.full_point->loss, p.full->info.bytes_per_token)) << " / "
+         << num(bits_per_byte(p.moba_point->loss, p.moba->info.bytes_per_token)) << " | "
          << num(p.moba_point->loss / p.full_point->loss, 4) << " | "
          << num(p.full_point->trailing_loss) << " | " << num(p.moba_point->trailing_loss) << " | "
          << num(p.moba_point->trailing_loss / p.full_point->trailing_loss, 4) << " |\n";

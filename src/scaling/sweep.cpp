@@ -8,6 +8,7 @@
 #include <sstream>
 #include <vector>
 
+#include "core/build_info.h"
 #include "core/error.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
@@ -91,14 +92,33 @@ struct EtaModel {
   }
 };
 
+// --device cuda needs the CUDA kernels compiled in and a device: checked once, before the
+// first run, so that a wrong build fails at once and not once per run.
+void check_device(const std::string& device) {
+  if (device != "cuda") return;
+  MOBA_CHECK(built_with_cuda(),
+             "--device cuda: this moba was built without the CUDA kernels (configure with "
+             "-DMOBA_CUDA=ON on a machine with nvcc; `moba info` says what a build has)");
+  std::string why;
+  MOBA_CHECK(!cuda_devices(&why).empty(), "--device cuda: no CUDA device (", why, ")");
+}
+
 }  // namespace
 
 SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   const auto t0 = Clock::now();
   SweepConfig sweep = sweep0;
   if (!o.runs_dir.empty()) sweep.runs_dir = o.runs_dir;
+  MOBA_CHECK(o.device == "cpu" || o.device == "cuda", "--device must be cpu or cuda, got '",
+             o.device, "'");
   const Plan plan = make_plan(sweep, o.data);
   print_plan(o.out, plan);
+  if (o.out) {
+    std::fprintf(o.out, "device: %s\n",
+                 o.device == "cuda" ? "cuda (every run trains in bf16 mixed precision on the GPU)"
+                                    : "cpu (every run trains in float32 on the CPU)");
+    std::fflush(o.out);
+  }
   SweepSummary sum;
   if (o.plan_only) {
     try {
@@ -109,6 +129,7 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     return sum;
   }
   check_data_reuse(plan, o.force_reuse);
+  check_device(o.device);
   const std::string& data = plan.sweep.data;
   MOBA_CHECK(data.rfind("synthetic:", 0) == 0 || fs::exists(fs::path(data) / "manifest.json"),
              "data '", data,
@@ -117,7 +138,9 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
 
   const fs::path runs_dir(sweep.runs_dir);
   fs::create_directories(runs_dir);
-  train::write_file_atomic((runs_dir / "plan.json").string(), plan_json(plan).dump(2) + "\n");
+  nlohmann::json plan_doc = plan_json(plan);
+  plan_doc["device"] = o.device;
+  train::write_file_atomic((runs_dir / "plan.json").string(), plan_doc.dump(2) + "\n");
 
   const size_t n = plan.runs.size();
   std::vector<State> states(n);
@@ -159,9 +182,9 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     if (o.out) {
       std::fprintf(
           o.out,
-          "\n=== sweep %s: run %zu/%zu %s (%s non-embedding parameters, %s tokens, %s; "
+          "\n=== sweep %s on %s: run %zu/%zu %s (%s non-embedding parameters, %s tokens, %s; "
           "%s) | sweep elapsed %s, ETA %s ===\n",
-          sweep.name.c_str(), i + 1, n, r.config.name.c_str(),
+          sweep.name.c_str(), o.device.c_str(), i + 1, n, r.config.name.c_str(),
           train::format_count(static_cast<double>(r.params.non_embedding)).c_str(),
           train::format_count(r.tokens).c_str(), state_name(states[i]),
           r.seconds >= 0
@@ -176,8 +199,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     const bool resume = states[i] == State::resume;
     const auto run_t0 = Clock::now();
     try {
-      train::Trainer trainer(r.config,
-                             {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr});
+      train::Trainer trainer(
+          r.config, {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr, o.device});
       if (o.interrupt_after_steps >= 0) {
         trainer.run(o.interrupt_after_steps);
         sum.interrupted = true;
@@ -202,9 +225,9 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (o.out) {
     std::fprintf(o.out,
-                 "\nsweep %s: %d trained, %d resumed, %d skipped (finished before), %d "
+                 "\nsweep %s on %s: %d trained, %d resumed, %d skipped (finished before), %d "
                  "failed in %s; runs in %s\n",
-                 sweep.name.c_str(), sum.trained, sum.resumed, sum.skipped, sum.failed,
+                 sweep.name.c_str(), o.device.c_str(), sum.trained, sum.resumed, sum.skipped, sum.failed,
                  train::format_duration(sum.seconds).c_str(), runs_dir.string().c_str());
     std::fflush(o.out);
   }

@@ -26,6 +26,9 @@ struct SweepOptions {
   std::string data;              // --data: overrides the preset's data
   bool plan_only = false;        // --plan-only: print the plan, train nothing
   bool force_reuse = false;      // --force-reuse: allow reading the data more than 4 times
+  // --device: "cpu" or "cuda", every run's train::TrainerOptions::device. Not part of a
+  // run's configuration: a run started on one device may be resumed on the other.
+  std::string device = "cpu";
   std::FILE* out = stdout;       // the plan and the sweep's progress; nullptr = silent
   bool trainer_progress = true;  // the trainer's own step lines (to `out`)
   // Tests: the first run that trains stops after this many steps (as if killed) and the
@@ -39,8 +42,9 @@ struct SweepSummary {
   double seconds = 0;  // wall time of this invocation
 };
 
-// Plans, checks data reuse, writes RUNS_DIR/plan.json and trains. With plan_only, prints
-// the plan and returns.
+// Plans, checks data reuse (and, for --device cuda, that this build has the CUDA kernels
+// and sees a device), writes RUNS_DIR/plan.json (with the device) and trains. With
+// plan_only, prints the plan and returns.
 SweepSummary run_sweep(const SweepConfig& sweep, const SweepOptions& options);
 
 }  // namespace moba::scaling

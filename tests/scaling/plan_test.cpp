@@ -227,6 +227,14 @@ TEST(Plan, PresetsParseAndPlan) {
     EXPECT_GT(std::ftell(f), 1000);
     std::fclose(f);
   }
+  // h100-small fits its device budget as planned: no run reads its data more than 4
+  // times (nothing to force), and 12-15 minutes of one H100 at the preset's estimate.
+  const Plan h100 = make_plan(load_sweep_config((sweeps / "h100-small.toml").string()));
+  EXPECT_LE(h100.max_data_reads(), h100.sweep.max_data_reads);
+  EXPECT_NO_THROW(check_data_reuse(h100, false));
+  EXPECT_GE(h100.total_seconds(), 12 * 60.0);
+  EXPECT_LE(h100.total_seconds(), 15 * 60.0);
+  EXPECT_EQ(h100.runs.size(), 10u);
   // The paper's Table 1: 545M ... 2.1B non-embedding parameters, tokens as listed.
   const Plan paper = make_plan(load_sweep_config((sweeps / "paper.toml").string()));
   const double want[] = {545e6, 822e6, 1.1e9, 1.5e9, 2.1e9};

@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "scaling/plot.h"
 #include "scaling/plot_axes.h"
 #include "scaling/report.h"
+#include "scaling/runs.h"
 #include "scaling/synthetic.h"
 #include "scaling/temp_dir.h"
 
@@ -135,6 +138,55 @@ TEST(Report, MentionsEveryRunAndTheFits) {
     EXPECT_NE(md.find("figures/bucket2_6nd_runs.png"), std::string::npos);
     EXPECT_TRUE(std::filesystem::exists(tmp.path() / "out" / "figures" / "lm_exec_runs.svg"));
   }
+}
+
+// Losses in nats per token and bits per byte: the run table's LM and trailing losses, the
+// per-size LM losses, and the fits' conversion, from run.json's bytes_per_token (2 here,
+// as a BPE tokenizer would have; 1 for byte-level tokens).
+TEST(Report, BitsPerByteFromBytesPerToken) {
+  TempDir tmp;
+  SyntheticSpec spec;
+  write_synthetic_runs(tmp.path() / "runs", spec);
+  for (const auto& r : read_runs(tmp.path() / "runs")) {
+    const auto path = r.dir / "run.json";
+    nlohmann::json j = nlohmann::json::parse(read_file(path));
+    j["bytes_per_token"] = 2.0;
+    std::ofstream(path) << j.dump(2) << "\n";
+  }
+  ReportOptions o;
+  o.study.bootstrap = 0;
+  const std::string md = read_file(write_report(tmp.path() / "runs", tmp.path() / "out", o));
+  auto fmt = [](double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f", x);
+    return std::string(buf);
+  };
+  const double k = 2.0 * std::log(2.0);
+  const auto runs = read_runs(tmp.path() / "runs");
+  ASSERT_FALSE(runs.empty());
+  for (const auto& r : runs) {
+    ASSERT_EQ(r.info.bytes_per_token, 2.0);
+    const ValPoint* v = r.last_val();
+    ASSERT_NE(v, nullptr);
+    const size_t at = md.find("| " + r.info.name + " |");
+    ASSERT_NE(at, std::string::npos) << r.info.name;
+    const std::string row = md.substr(at, md.find('\n', at) - at);
+    EXPECT_NE(row.find("| " + fmt(v->loss) + " | " + fmt(v->loss / k) + " | "), std::string::npos)
+        << row;
+    EXPECT_NE(row.find("| " + fmt(v->trailing_loss) + " | " + fmt(v->trailing_loss / k) + " |"),
+              std::string::npos)
+        << row;
+  }
+  EXPECT_NE(md.find("trailing loss (bits/byte)"), std::string::npos);
+  EXPECT_NE(md.find("LM bits/byte full / MoBA"), std::string::npos);
+  EXPECT_NE(md.find("In bits per byte (2.000 bytes per token): divide A by ln 2 x "
+                    "bytes_per_token = 1.3863; alpha is unchanged."),
+            std::string::npos);
+  const auto pairs = pair_by_size(runs);
+  ASSERT_FALSE(pairs.empty());
+  const SizePair& p = pairs.front();
+  EXPECT_NE(md.find(fmt(p.full_point->loss / k) + " / " + fmt(p.moba_point->loss / k)),
+            std::string::npos);
 }
 
 TEST(Report, PairsRunsBySizeAtEqualTokens) {

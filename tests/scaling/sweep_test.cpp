@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 
+#include "core/build_info.h"
 #include "data/prepare.h"
 #include "scaling/runs.h"
 #include "scaling/temp_dir.h"
@@ -95,6 +96,7 @@ TEST(Sweep, TrainsSkipsResumes) {
   EXPECT_EQ(a.trained, 4);
   EXPECT_EQ(a.failed, 0);
   EXPECT_TRUE(fs::exists(dir.path() / "a" / "plan.json"));
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir.path() / "a" / "plan.json"))["device"], "cpu");
   const std::vector<scaling::Run> runs = read_runs(dir.path() / "a");
   ASSERT_EQ(runs.size(), 4u);
   for (const scaling::Run& r : runs) {
@@ -154,6 +156,37 @@ TEST(Sweep, StartedRunWithoutCheckpointStartsAnew) {
   SweepSummary rest = run_sweep(s, quiet(dir.path()));
   EXPECT_EQ(rest.trained, 4);
   EXPECT_EQ(rest.resumed, 0);
+}
+
+// --device: only cpu or cuda; shown with the plan; cuda needs the kernels and a device,
+// checked before any run folder is made (the GPU path itself is tested on the device).
+TEST(Sweep, DeviceIsCheckedAndShown) {
+  TempDir dir;
+  const SweepConfig s = micro("synthetic:assoc_recall");
+  SweepOptions bad = quiet(dir.path() / "runs");
+  bad.device = "tpu";
+  expect_error([&] { run_sweep(s, bad); }, "--device must be cpu or cuda, got 'tpu'");
+
+  SweepOptions plan_only = quiet(dir.path() / "runs");
+  plan_only.device = "cuda";
+  plan_only.plan_only = true;
+  std::FILE* f = std::tmpfile();
+  plan_only.out = f;
+  run_sweep(s, plan_only);  // planning needs no device
+  std::rewind(f);
+  std::string text(4096, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), f));
+  std::fclose(f);
+  EXPECT_NE(text.find("device: cuda (every run trains in bf16"), std::string::npos) << text;
+
+  std::string why;
+  if (built_with_cuda() && !cuda_devices(&why).empty())
+    GTEST_SKIP() << "a CUDA device is present: the refusal cannot be tested here";
+  SweepOptions cuda = quiet(dir.path() / "runs");
+  cuda.device = "cuda";
+  expect_error([&] { run_sweep(s, cuda); },
+               built_with_cuda() ? "--device cuda: no CUDA device" : "built without the CUDA kernels");
+  EXPECT_FALSE(fs::exists(dir.path() / "runs" / "micro-L1-full"));
 }
 
 TEST(Sweep, RefusesHeavyDataReuseUnlessForced) {

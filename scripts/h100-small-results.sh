@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Here, on the CPU machine, after the device sweep (docs/sweep.md, "h100-small on the
+# device"): unpack the runs that bench/sweep_session.sh packed on the device and write the
+# analysis beside them.
+#   scripts/h100-small-results.sh /work/.device/.../h100-small-runs.tar.xz [DEST]
+# DEST (default results/h100-small) then holds
+#   runs/<run>/{metrics.jsonl,run.json,config.toml}   every run, as trained (no checkpoints)
+#   plan.json, sweep.log, session.txt                 the sweep's plan, its log, the device facts
+#   fit.txt, fits.json                                `moba fit` (both FLOP conventions)
+#   figures/*.png, figures/*.svg                      `moba plot` and the report's figures
+#   report.md                                         `moba report`: losses in nats per token
+#                                                     and bits per byte, fits, MoBA/full ratios
+#   README.md                                         what was run, with the exact commands
+# Running it again replaces all of these (README.md included) from the archive.
+# MOBA (build/src/cli/moba) is the moba binary; it is built (target moba only) if absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tar_file=${1:?usage: scripts/h100-small-results.sh RUNS.tar.xz [DEST]}
+dest=${2:-results/h100-small}
+moba=${MOBA:-build/src/cli/moba}
+[[ -f $tar_file ]] || { echo "h100-small-results: no archive $tar_file" >&2; exit 1; }
+if [[ ! -x $moba ]]; then
+  [[ -f build/CMakeCache.txt ]] || cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+  cmake --build build -j "$(nproc)" --target moba
+fi
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+tar -xJf "$tar_file" -C "$stage"
+[[ -d $stage/runs ]] && compgen -G "$stage/runs/*/run.json" >/dev/null ||
+  { echo "h100-small-results: $tar_file holds no runs/<run>/run.json" >&2; exit 1; }
+mkdir -p "$dest"
+rm -rf "$dest/runs" "$dest/figures" "$dest/report.md" "$dest/fits.json" "$dest/fit.txt"
+mv "$stage/runs" "$dest/runs"
+for f in plan.json sweep.log session.txt; do
+  if [[ -f $stage/$f ]]; then cp "$stage/$f" "$dest/$f"; else rm -f "$dest/$f"; fi
+done
+n=$(compgen -G "$dest/runs/*/run.json" | wc -l)
+echo "h100-small-results: $n runs from $tar_file in $dest/runs"
+
+"$moba" fit "$dest/runs" --json "$dest/fits.json" | tee "$dest/fit.txt"
+"$moba" plot "$dest/runs" --out "$dest/figures" --metric lm --metric trailing --metric bucket:2 \
+  --compute both
+"$moba" report "$dest/runs" --out "$dest"
+grep -q "LM loss (bits/byte)" "$dest/report.md" ||
+  { echo "h100-small-results: report.md has no bits per byte" >&2; exit 1; }
+
+# README.md: what this folder is, from the archive's own facts.
+summary=$(grep -E "^sweep .* trained, .* resumed" "$dest/sweep.log" 2>/dev/null | tail -1 || true)
+{
+  echo "# h100-small: the scaling sweep on one GPU"
+  echo
+  echo "Written by \`scripts/h100-small-results.sh\` from the archive the device returned."
+  echo "The preset, its sizes and the device steps: docs/sweep.md (\"h100-small\", \"h100-small on"
+  echo "the device\"). The report: [report.md](report.md) (losses in nats per token and bits per"
+  echo "byte; byte-level tokens, so bits per byte = nats / ln 2)."
+  echo
+  echo "## The session (session.txt, from the device)"
+  echo
+  echo '```'
+  if [[ -f $dest/session.txt ]]; then cat "$dest/session.txt"; else echo "(no session.txt in the archive)"; fi
+  echo '```'
+  echo
+  echo "Sweep: ${summary:-(no closing line in sweep.log: the sweep had not ended when the runs were collected)}"
+  echo
+  echo "## Commands"
+  echo
+  echo "On the device, three kinds of call (docs/sweep.md has them in full), each carrying"
+  echo "\`.deps\` and \`data/books.tar.xz\`:"
+  echo
+  echo '```sh'
+  echo "bench/sweep_session.sh start   # build moba (CUDA), prepare data/books-byte, start:"
+  echo "#   moba sweep --config sweeps/h100-small.toml --device cuda --runs-dir runs/h100-small"
+  echo "sleep 500; bench/sweep_poll.sh # repeated, back to back; packs the runs once the sweep ends"
+  echo "bench/sweep_session.sh collect # (if needed) -> \$OUT/h100-small-runs.tar.xz"
+  echo '```'
+  echo
+  echo "Here:"
+  echo
+  echo '```sh'
+  echo "scripts/h100-small-results.sh h100-small-runs.tar.xz   # which runs:"
+  echo "moba fit $dest/runs --json $dest/fits.json > $dest/fit.txt"
+  echo "moba plot $dest/runs --out $dest/figures --metric lm --metric trailing --metric bucket:2 --compute both"
+  echo "moba report $dest/runs --out $dest"
+  echo '```'
+  echo
+  echo "## Files"
+  echo
+  echo "- \`runs/<run>/\`: each run's \`metrics.jsonl\`, \`run.json\`, \`config.toml\` (docs/run_format.md;"
+  echo "  no checkpoints). \`moba fit $dest/runs\` reproduces the fits."
+  echo "- \`plan.json\`: the sweep's plan (sizes, tokens, FLOPs, estimated times, data reads, device)."
+  echo "- \`sweep.log\`: the sweep's whole output (plan, every run's progress and validation lines)."
+  echo "- \`fit.txt\`, \`fits.json\`: the fits, both FLOP conventions, every metric (\`moba report\`"
+  echo "  rewrites \`fits.json\` with the same settings)."
+  echo "- \`figures/\`: PNG and SVG, LM loss, trailing loss and LM loss 4K-6K (bucket 2), 6ND and"
+  echo "  executed FLOPs; \`report.md\` shows the PNGs."
+} >"$dest/README.md"
+echo "h100-small-results: wrote $dest/{report.md,fit.txt,fits.json,figures/,README.md}"
