@@ -24,7 +24,7 @@ if has build; then
 fi
 if has test; then
   log "test: the GPU model against the CPU model (tests/model_gpu/model_cuda_test.cpp)"
-  timeout 240 "$BUILD/tests/model_cuda_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/model_cuda_test.log" | grep -vE "^\[ RUN|^\[       OK" | head -120
+  timeout 240 "$BUILD/tests/model_cuda_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} >"$OUT/model_cuda_test.log" 2>&1; echo "model_cuda_test rc=$?"; grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |Failure|error" "$OUT/model_cuda_test.log" | head -60
 fi
 if has recall; then
   log "recall: configs/gpu-recall-{moba,full}.toml on the GPU"
@@ -44,7 +44,7 @@ if has bench; then
   log "bench: moba bench train"
   peer=()
   [[ -f "$OUT/peer_train.json" ]] && peer=(--peer "$OUT/peer_train.json")
-  timeout 200 "$MOBA" bench train --device cuda -T $TRAIN_SEQ --attention full moba "${peer[@]}" \
+  timeout 200 "$MOBA" bench train --device cuda -T $TRAIN_SEQ --attention full moba ${BENCH_ARGS:-} "${peer[@]}" \
     --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.md"
 fi
 log done
