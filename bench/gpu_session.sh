@@ -4,14 +4,16 @@
 #   STEPS="build test bench peer memcheck" bench/gpu_session.sh
 #   STEPS="build modeltest modelmemcheck" TARGETS=model_gpu_test bench/gpu_session.sh
 #     (the GPU trainer's layer kernels only: builds in about a minute, no attention kernels)
+#   STEPS="build cudamodeltest" TARGETS=model_cuda_test bench/gpu_session.sh
+#     (the GPU model against the CPU model, and the cuBLASLt matmuls)
 # Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-STEPS=${STEPS:-build test modeltest bench peer}
+STEPS=${STEPS:-build test modeltest cudamodeltest bench peer}
 SEQ=${SEQ:-8192 32768 131072}
 BUILD=${BUILD:-build-gpu}
-TARGETS=${TARGETS:-moba attention_gpu_test model_gpu_test}
+TARGETS=${TARGETS:-moba attention_gpu_test model_gpu_test model_cuda_test}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 log() { echo "== $(date +%T) $*"; }
 
@@ -38,6 +40,10 @@ fi
 if has modeltest; then
   log "modeltest: GPU layer kernels (src/model/cuda) against the CPU layers"
   "$BUILD/tests/model_gpu_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/model_test.log" | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err |ulp|GB/s|Failure|Expected|Which|error" | head -150
+fi
+if has cudamodeltest; then
+  log "cudamodeltest: the GPU model against the CPU model (loss, gradients), cuBLASLt matmuls"
+  OMP_NUM_THREADS=16 "$BUILD/tests/model_cuda_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 | tee "$OUT/model_cuda_test.log" | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |grad worst|loss gpu|loss after|per-token|gate rows|grad_norm|ulp|tensors differ|rejected|gpu err|Failure|Expected|Which|error" | head -250
 fi
 if has modelmemcheck; then
   log "modelmemcheck: layer kernels under compute-sanitizer (timing test left out)"

@@ -11,7 +11,8 @@ namespace moba::model {
 template <typename Real>
 void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
                        const RopeTable& rope, const int32_t* pos, int64_t C, const Real* params,
-                       AttentionWeights w, const Real* xn, Real* y, AttentionCache<Real>& cache) {
+                       AttentionWeights w, const Real* xn, Real* y, AttentionCache<Real>& cache,
+                       const attn::Selection* forced) {
   const int64_t M = layout.tokens(), Hq = layout.num_q_heads, Hkv = layout.num_kv_heads;
   const int64_t D = layout.head_dim;
   cache.q.resize(layout.q_elems());
@@ -28,7 +29,13 @@ void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
   const double scale = attn::Options{}.scale_for(layout);  // 1/sqrt(D)
   cache.moba = moba != nullptr;
   if (moba) {
-    cache.sel = attn::moba_gate<Real>(layout, *moba, q, k);
+    if (forced) {
+      cache.sel = *forced;
+      cache.gate_sel = attn::moba_gate<Real>(layout, *moba, q, k);  // for comparison only
+    } else {
+      cache.sel = attn::moba_gate<Real>(layout, *moba, q, k);
+      cache.gate_sel = {};
+    }
     cache.pairs = attn::moba_pairs(layout, *moba, cache.sel);
   } else {
     cache.pairs = attn::dense_pairs(layout);
@@ -63,9 +70,10 @@ void attention_backward(const attn::Layout& layout, const attn::MobaConfig* moba
 }
 
 #define MOBA_INSTANTIATE(Real)                                                                   \
-  template void attention_forward<Real>(                                                         \
-      const attn::Layout&, const attn::MobaConfig*, const RopeTable&, const int32_t*, int64_t,   \
-      const Real*, AttentionWeights, const Real*, Real*, AttentionCache<Real>&);                 \
+  template void attention_forward<Real>(const attn::Layout&, const attn::MobaConfig*,            \
+                                        const RopeTable&, const int32_t*, int64_t, const Real*,  \
+                                        AttentionWeights, const Real*, Real*,                    \
+                                        AttentionCache<Real>&, const attn::Selection*);          \
   template void attention_backward<Real>(const attn::Layout&, const attn::MobaConfig*,           \
                                          const RopeTable&, const int32_t*, int64_t, const Real*, \
                                          AttentionWeights, const Real*,                          \

@@ -22,8 +22,9 @@ struct AttentionCache {
   std::vector<Real> out;  // (M, Hq, D) attention output, before W_o
   std::vector<Real> lse;  // (M, Hq)
   bool moba = false;
-  attn::Selection sel;  // MoBA only
-  double pairs = 0.0;   // (query, key) pairs attended, all heads
+  attn::Selection sel;       // MoBA only: the selection attended
+  attn::Selection gate_sel;  // MoBA with a forced selection only: what the gate chose instead
+  double pairs = 0.0;        // (query, key) pairs attended, all heads
 };
 
 struct AttentionWeights {
@@ -31,10 +32,13 @@ struct AttentionWeights {
 };
 
 // xn (M, C) -> y (M, C). `moba` null means dense causal attention. pos (M) = RoPE positions.
+// `forced` (MoBA only; tests): attend this selection instead of running the gate, e.g. the
+// GPU's, whose bf16 gate may break near-ties differently (Model::force_selections checks it).
 template <typename Real>
 void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
                        const RopeTable& rope, const int32_t* pos, int64_t C, const Real* params,
-                       AttentionWeights w, const Real* xn, Real* y, AttentionCache<Real>& cache);
+                       AttentionWeights w, const Real* xn, Real* y, AttentionCache<Real>& cache,
+                       const attn::Selection* forced = nullptr);
 
 // dy (M, C) -> dxn (M, C) (overwritten); weight gradients added into grads (flat array).
 template <typename Real>

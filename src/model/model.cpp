@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "attention/stats.h"
 #include "core/error.h"
@@ -10,6 +11,64 @@
 #include "model/swiglu.h"
 
 namespace moba::model {
+namespace {
+
+// A forced selection (Model::force_selections) for one layer, checked against the batch's
+// layout: sizes, every slot -1 or a block of the token's sequence up to its current block,
+// the current block present, no block twice.
+attn::Selection checked_selection(int64_t layer, std::vector<int32_t> blocks,
+                                  const attn::Layout& lay, const attn::MobaConfig& cfg) {
+  const int64_t N = lay.tokens(), Hq = lay.num_q_heads, K = cfg.top_k, S = cfg.block_size;
+  const size_t want = static_cast<size_t>(N * Hq * K);
+  MOBA_CHECK(blocks.size() == want, "force_selections: layer ", layer, "'s selection holds ",
+             blocks.size(), " entries, (B*T, Hq, K) = (", N, ", ", Hq, ", ", K, ") needs ", want);
+  attn::Selection sel{K, Hq, std::move(blocks)};
+  for (int64_t b = 0; b < lay.batch(); ++b)
+    for (int64_t t = 0; t < lay.seq_len(b); ++t) {
+      const int64_t tok = lay.seq_begin(b) + t, c = t / S;
+      for (int64_t h = 0; h < Hq; ++h) {
+        const std::span<const int32_t> row = sel.at(tok, h);
+        bool current = false;
+        for (int64_t i = 0; i < K; ++i) {
+          const int32_t j = row[i];
+          MOBA_CHECK(j == -1 || (j >= 0 && j <= c), "force_selections: layer ", layer, ", token ",
+                     tok, " (position ", t, " of sequence ", b, "), head ", h, ": block ", j,
+                     " is neither -1 nor in [0, ", c, "]");
+          for (int64_t i2 = 0; i2 < i; ++i2)
+            MOBA_CHECK(j < 0 || row[i2] != j, "force_selections: layer ", layer, ", token ", tok,
+                       ", head ", h, ": block ", j, " selected twice");
+          current = current || j == c;
+        }
+        MOBA_CHECK(current, "force_selections: layer ", layer, ", token ", tok, ", head ", h,
+                   ": the current block ", c, " is not selected");
+      }
+    }
+  return sel;
+}
+
+}  // namespace
+
+template <typename Real>
+void Model<Real>::force_selections(std::vector<std::vector<int32_t>> per_layer) {
+  MOBA_CHECK(per_layer.empty() || static_cast<int64_t>(per_layer.size()) == cfg_.layers,
+             "force_selections: ", per_layer.size(), " layers given, the model has ", cfg_.layers);
+  forced_ = std::move(per_layer);
+}
+
+template <typename Real>
+const attn::Selection* Model<Real>::selection(int64_t layer) const {
+  MOBA_CHECK(layer >= 0 && layer < static_cast<int64_t>(caches_.size()), "selection: layer ", layer,
+             " is not in [0, ", caches_.size(), ") (a forward must run first)");
+  return layer_moba_[layer] ? &caches_[layer].attn.sel : nullptr;
+}
+
+template <typename Real>
+const attn::Selection* Model<Real>::gate_selection(int64_t layer) const {
+  const attn::Selection* sel = selection(layer);
+  if (!sel) return nullptr;
+  const attn::Selection& g = caches_[layer].attn.gate_sel;
+  return g.blocks.empty() ? sel : &g;
+}
 
 template <typename Real>
 Model<Real>::Model(const ModelConfig& cfg)
@@ -21,6 +80,7 @@ template <typename Real>
 double Model<Real>::forward(std::span<const Real> params_span, const Batch& batch,
                             bool moba_phase) {
   const ModelConfig& c = cfg_;
+  std::vector<std::vector<int32_t>> forced = std::exchange(forced_, {});  // consumed here
   MOBA_CHECK(params_span.size() == layout_.total, "parameter array has ", params_span.size(),
              " elements, the model needs ", layout_.total);
   MOBA_CHECK(batch.T <= c.seq_len, "batch rows hold T = ", batch.T,
@@ -57,18 +117,29 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
 
   caches_.resize(c.layers);
   layer_moba_.assign(c.layers, false);
+  for (int64_t l = 0; l < c.layers; ++l) layer_moba_[l] = layer_uses_moba(c, l, moba_phase);
+  // Forced selections, checked before any work (null where the gate runs).
+  std::vector<attn::Selection> forced_sel(forced.size());
+  for (size_t l = 0; l < forced.size(); ++l) {
+    if (forced[l].empty()) continue;
+    MOBA_CHECK(layer_moba_[l], "force_selections: layer ", l,
+               " runs full attention in this forward; its selection must be empty");
+    forced_sel[l] =
+        checked_selection(static_cast<int64_t>(l), std::move(forced[l]), attn_layout_, moba);
+  }
   double attn_flops = 0.0;
   std::vector<Real> y(static_cast<size_t>(M * C));  // (M, C) sub-layer output
   for (int64_t l = 0; l < c.layers; ++l) {
     const LayerOffsets& o = layout_.layers[l];
     LayerCache& lc = caches_[l];
-    layer_moba_[l] = layer_uses_moba(c, l, moba_phase);
     lc.x_in = x;
     lc.xn1.resize(M * C);
     lc.rstd1.resize(M);
     rmsnorm_forward(M, C, c.norm_eps, x.data(), P + o.attn_norm, lc.xn1.data(), lc.rstd1.data());
-    attention_forward(attn_layout_, layer_moba_[l] ? &moba : nullptr, rope_, pos_.data(), C, P,
-                      AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), y.data(), lc.attn);
+    attention_forward(
+        attn_layout_, layer_moba_[l] ? &moba : nullptr, rope_, pos_.data(), C, P,
+        AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), y.data(), lc.attn,
+        forced_sel.empty() || forced_sel[l].blocks.empty() ? nullptr : &forced_sel[l]);
     attn_flops += attn::attention_fwd_bwd_flops(lc.attn.pairs, c.head_dim);
     for (int64_t i = 0; i < M * C; ++i) x[i] += y[i];
     lc.x_mid = x;

@@ -45,6 +45,23 @@ class Model {
   // token, LM head included) plus attention over the pairs actually attended.
   double last_flops() const { return last_flops_; }
 
+  // Test hook (the CPU-vs-GPU whole-model test): the next forward() attends the given MoBA
+  // selections instead of running the gate, so that the CPU model can follow a GPU forward
+  // whose bf16 gate broke a near-tie differently. per_layer holds one entry per layer
+  // (size L, else moba::Error): (B*T, Hq, K) int32 as attn::Selection::blocks, or empty to
+  // run that layer's own gate. The next forward() consumes it (even one that throws) and
+  // checks each entry: a layer running full attention must get an empty one; sizes, and
+  // every slot -1 or a block of the token's own sequence no later than its current block,
+  // the current block present, no block twice (moba::Error naming the layer otherwise).
+  // The gradient is then that of the forced selection (the gate has none anyway).
+  void force_selections(std::vector<std::vector<int32_t>> per_layer);
+  // The MoBA selection layer l attended in the last forward (forced or its gate's); null
+  // when it ran full attention.
+  const attn::Selection* selection(int64_t layer) const;
+  // What layer l's gate chose on the last forward's own q and k: the attended selection
+  // unless forced (then the gate still runs, for comparison only); null for full layers.
+  const attn::Selection* gate_selection(int64_t layer) const;
+
  private:
   struct LayerCache {
     std::vector<Real> x_in;   // (M, C) residual stream entering the block
@@ -73,6 +90,7 @@ class Model {
   std::vector<Real> probs_;                            // (M, V) softmax of the logits
   std::vector<Real> losses_;                           // (M)
   double last_flops_ = 0.0;
+  std::vector<std::vector<int32_t>> forced_;  // (L) or empty: force_selections()
 };
 
 extern template class Model<float>;

@@ -208,6 +208,107 @@ TEST(ModelForward, SwitchToFullChangesOnlyMobaLayers) {
   EXPECT_LT(mm.last_flops(), mf.last_flops());
 }
 
+// The test hook of the CPU-vs-GPU comparison (Model::force_selections).
+TEST(ModelForcedSelection, GateSelectionIsBitIdenticalAnotherChangesTheLoss) {
+  ModelConfig cfg = tiny(AttentionKind::moba, false);
+  cfg.layers = 3;
+  cfg.attention.full_attention_last_layers = 1;  // layers 0, 1 MoBA; layer 2 full
+  Model<double> model(cfg);
+  std::vector<double> P(model.layout().total);
+  init_params<double>(model.layout(), 21, P);
+  const Batch batch = random_batch(2, 14, cfg.vocab_size, 22, true);
+  std::vector<double> g0(P.size(), 0.0), g1(P.size(), 0.0), g2(P.size(), 0.0);
+  const double l0 = model.forward(P, batch, true);
+  model.backward(P, g0, 1.0);
+  ASSERT_NE(model.selection(0), nullptr);
+  ASSERT_NE(model.selection(1), nullptr);
+  EXPECT_EQ(model.selection(2), nullptr) << "the last layer runs full attention";
+  std::vector<std::vector<int32_t>> sels = {
+      model.selection(0)->blocks, model.selection(1)->blocks, {}};
+  EXPECT_EQ(model.gate_selection(0)->blocks, sels[0]) << "unforced: the gate's own choice";
+
+  // The gate's own selection, forced: the very same bits.
+  model.force_selections(sels);
+  EXPECT_EQ(model.forward(P, batch, true), l0);
+  model.backward(P, g1, 1.0);
+  EXPECT_EQ(g1, g0);
+  EXPECT_EQ(model.selection(1)->blocks, sels[1]);
+  // Consumed: the next forward runs the gate again.
+  EXPECT_EQ(model.forward(P, batch, true), l0);
+
+  // Another valid selection for layer 1: every row of a token past its first block keeps
+  // its current block and swaps one past block for another (or adds block 0 where a slot
+  // is free), so the loss changes while layer 0 still runs its gate.
+  std::vector<int32_t> other = sels[1];
+  const attn::Layout lay =
+      attn::Layout::varlen(batch.boundaries(), cfg.heads, cfg.kv_heads, cfg.head_dim);
+  const int64_t K = cfg.attention.top_k, S = cfg.attention.block_size;
+  int64_t changed = 0;
+  for (int64_t b = 0; b < lay.batch(); ++b)
+    for (int64_t t = 0; t < lay.seq_len(b); ++t) {
+      const int64_t tok = lay.seq_begin(b) + t, c = t / S;
+      if (c < 2) continue;  // with K = 2 only a token with two past blocks has a choice
+      for (int64_t h = 0; h < cfg.heads; ++h) {
+        int32_t* row = &other[(tok * cfg.heads + h) * K];
+        // K = 2: slot 0 is the chosen past block, slot 1 the current block.
+        ASSERT_EQ(row[1], c);
+        row[0] = static_cast<int32_t>((row[0] + 1) % c);
+        ++changed;
+      }
+    }
+  ASSERT_GT(changed, 0);
+  model.force_selections({{}, other, {}});
+  const double l_other = model.forward(P, batch, true);
+  model.backward(P, g2, 1.0);
+  EXPECT_NE(l_other, l0);
+  EXPECT_NE(g2, g0);
+  EXPECT_EQ(model.selection(1)->blocks, other);
+  EXPECT_EQ(model.gate_selection(1)->blocks, sels[1])
+      << "forced: the gate still runs on the same q, k (layer 0 is unchanged)";
+  EXPECT_EQ(model.selection(0)->blocks, sels[0]);
+}
+
+TEST(ModelForcedSelection, Errors) {
+  ModelConfig cfg = tiny(AttentionKind::moba, true);
+  cfg.attention.full_attention_last_layers = 1;  // layer 0 MoBA, layer 1 full
+  Model<double> model(cfg);
+  std::vector<double> P(model.layout().total);
+  init_params<double>(model.layout(), 3, P);
+  const Batch batch = random_batch(2, 14, cfg.vocab_size, 4, false);
+  model.forward(P, batch, true);
+  const std::vector<int32_t> good = model.selection(0)->blocks;  // (28, 4, 2)
+  auto message = [&](std::vector<std::vector<int32_t>> sels, bool moba_phase = true) {
+    try {
+      model.force_selections(std::move(sels));
+      model.forward(P, batch, moba_phase);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  auto expect_has = [](const std::string& msg, const char* part) {
+    EXPECT_NE(msg.find(part), std::string::npos) << msg;
+  };
+  expect_has(message({good}), "1 layers given, the model has 2");
+  expect_has(message({good, good}), "layer 1 runs full attention");
+  expect_has(message({good, {}}, false), "layer 0 runs full attention");
+  expect_has(message({std::vector<int32_t>(good.begin(), good.end() - 1), {}}),
+             "holds 223 entries, (B*T, Hq, K) = (28, 4, 2) needs 224");
+  std::vector<int32_t> bad = good;
+  bad[0] = 5;  // token 0 lies in block 0
+  expect_has(message({bad, {}}), "token 0 (position 0 of sequence 0), head 0: block 5 is neither");
+  bad = good;
+  bad[0] = -1;
+  bad[1] = -1;  // token 0, head 0: no current block
+  expect_has(message({bad, {}}), "the current block 0 is not selected");
+  bad = good;
+  bad[(13 * 4 + 2) * 2] = bad[(13 * 4 + 2) * 2 + 1];  // token 13 (block 4), head 2
+  expect_has(message({bad, {}}), "token 13, head 2: block 4 selected twice");
+  // A failed forward consumed the forced selections too; the model still runs.
+  EXPECT_EQ(message({}), "(no error)");
+  EXPECT_EQ(message({good, {}}), "(no error)");
+}
+
 TEST(ParamCounts, MatchLayoutAndPaperTable) {
   for (bool tied : {true, false}) {
     const ModelConfig c = tiny(AttentionKind::moba, tied);
