@@ -71,7 +71,7 @@ summary=$(grep -E "^sweep .* trained, .* resumed" "$dest/sweep.log" 2>/dev/null 
   echo '```sh'
   echo "bench/sweep_session.sh start   # build moba (CUDA), prepare data/books-byte, start:"
   echo "#   moba sweep --config sweeps/h100-small.toml --device cuda --runs-dir runs/h100-small"
-  echo "sleep 500; bench/sweep_poll.sh # repeated, back to back; packs the runs once the sweep ends"
+  echo "bench/sweep_poll.sh 560      # repeated, back to back (waits up to 560 s; returns when the sweep ends, then packs the runs)"
   echo "bench/sweep_session.sh collect # (if needed) -> \$OUT/h100-small-runs.tar.xz"
   echo '```'
   echo
