@@ -40,16 +40,19 @@ struct StepLine {
   int64_t step, steps;
   double loss, lr, grad_norm, tokens_per_s, gflops_per_s, elapsed_s, eta_s;
   const char* attention;  // what this step ran: "full", "moba" or "hybrid"
+  double mfu = -1.0;      // executed FLOP/s / the device's peak; < 0: unknown (not shown)
 };
 
 inline void print_step(std::FILE* f, const StepLine& s) {
   if (!f) return;
+  char mfu[32] = "";
+  if (s.mfu >= 0) std::snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * s.mfu);
   std::fprintf(f,
-               "step %6lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | %.2f GFLOP/s | "
+               "step %6lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | %.2f GFLOP/s%s | "
                "%s | elapsed %s | ETA %s\n",
                static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.lr,
-               s.grad_norm, format_count(s.tokens_per_s).c_str(), s.gflops_per_s, s.attention,
-               format_duration(s.elapsed_s).c_str(), format_duration(s.eta_s).c_str());
+               s.grad_norm, format_count(s.tokens_per_s).c_str(), s.gflops_per_s, mfu,
+               s.attention, format_duration(s.elapsed_s).c_str(), format_duration(s.eta_s).c_str());
   std::fflush(f);
 }
 

@@ -59,6 +59,7 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
   if (opt_.device == "cuda") {
 #ifdef MOBA_WITH_CUDA
     gpu_ = std::make_unique<model::cuda::ModelCuda>(cfg_.model);
+    peak_flops_ = model::cuda::device_peak_bf16_flops();
 #else
     MOBA_CHECK(false, "--device cuda: this build of moba has no CUDA kernels (configure with "
                "-DMOBA_CUDA=ON on a machine with the CUDA toolkit)");
@@ -297,6 +298,9 @@ void Trainer::run(int64_t stop_after) {
                  {"lr", lr},
                  {"grad_norm", gnorm},
                  {"tokens_per_s", tokens_per_step / dt},
+                 {"mfu", peak_flops_ > 0
+                             ? nlohmann::json((state_.flops_exec - flops_before) / dt / peak_flops_)
+                             : nlohmann::json(nullptr)},
                  {"flops_6nd", state_.flops_6nd},
                  {"flops_exec", state_.flops_exec},
                  {"elapsed_s", state_.elapsed_s}});
@@ -310,7 +314,8 @@ void Trainer::run(int64_t stop_after) {
                                    tokens_per_step * static_cast<double>(window_steps) / window_s,
                                    window_flops / window_s * 1e-9, state_.elapsed_s,
                                    per_step * static_cast<double>(steps - s),
-                                   moba ? attention_label_.c_str() : "full"});
+                                   moba ? attention_label_.c_str() : "full",
+                                   peak_flops_ > 0 ? window_flops / window_s / peak_flops_ : -1.0});
         window_s = window_flops = 0.0;
         window_steps = 0;
       }

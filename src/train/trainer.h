@@ -73,6 +73,7 @@ class Trainer {
   std::unique_ptr<BatchSource> data_;
   model::Model<float> model_;
   std::unique_ptr<model::cuda::ModelCuda> gpu_;  // the CUDA path (TrainerOptions::device)
+  double peak_flops_ = 0.0;  // the device's dense bf16 peak for MFU; 0: unknown (CPU)
   std::vector<float> params_, grads_;
   AdamW adam_;
   TrainState state_;

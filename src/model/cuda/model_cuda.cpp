@@ -536,6 +536,15 @@ struct ModelCuda::Impl {
   }
 };
 
+double device_peak_bf16_flops() {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) return 0.0;
+  const std::string name = p.name;
+  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos)
+    return name.find("PCIe") != std::string::npos ? 756e12 : 989e12;
+  return 0.0;
+}
+
 ModelCuda::ModelCuda(const ModelConfig& cfg) : impl_(std::make_unique<Impl>(cfg)) {}
 ModelCuda::~ModelCuda() = default;
 

@@ -34,6 +34,10 @@ struct AdamWStep {
   float grad_scale = 1.0f;  // clipping's factor, applied to each gradient first
 };
 
+// Dense bf16 tensor-core peak FLOP/s of device 0, for MFU: 989e12 on an H100 or H200 (SXM;
+// PEERS.md's figure), 0 when the device is not one we know the peak of.
+double device_peak_bf16_flops();
+
 class ModelCuda {
  public:
   // Throws moba::Error when the GPU kernels cannot run this configuration (head_dim not 64
