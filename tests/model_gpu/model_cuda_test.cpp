@@ -682,19 +682,21 @@ void check_matmul(const MatCase& c, bool may_reject) {
     const std::vector<float> y_in_place = from_bf16(gy.download());
     compare("y += xW", Out::kBf16, y_in_place, yrd, rounded(yrf));
     // The same sum in place and out of place (printed, not checked): where they differ,
-    // by how many bf16 ulps.
+    // by how many bf16 ulps of the larger addend (|r| or |x W^T|): about 1 means that one
+    // of the two rounded the product to bf16 before adding r.
     if (y_out_of_place.size() == mn) {
       int64_t differ = 0;
       double worst_ulps = 0.0;
       for (size_t i = 0; i < mn; ++i)
         if (y_in_place[i] != y_out_of_place[i]) {
           ++differ;
-          const double ulp = std::ldexp(1.0, std::ilogb(std::abs(y_out_of_place[i])) - 7);
+          const double big = std::max<double>(std::abs(r[i]), std::abs(yd[i]));
+          const double ulp = std::ldexp(1.0, std::ilogb(big) - 7);
           worst_ulps = std::max(worst_ulps, std::abs(y_in_place[i] - y_out_of_place[i]) / ulp);
         }
       std::printf(
           "    y += xW in place vs residual apart: %lld of %zu elements differ, by up "
-          "to %.1f bf16 ulp\n",
+          "to %.2f bf16 ulp of the larger addend\n",
           static_cast<long long>(differ), mn, worst_ulps);
     }
   }
