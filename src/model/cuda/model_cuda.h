@@ -41,7 +41,9 @@ double device_peak_bf16_flops();
 class ModelCuda {
  public:
   // Throws moba::Error when the GPU kernels cannot run this configuration (head_dim not 64
-  // or 128, a MoBA block size not a power of two >= 64, top_k > 16) or no device is there.
+  // or 128, a MoBA block size not a power of two >= 64, top_k > 16, a width (model.width,
+  // heads x head_dim, kv_heads x head_dim, mlp_hidden, vocab_size) not a multiple of 8:
+  // cuBLASLt's 16-byte rows) or no device is there.
   explicit ModelCuda(const ModelConfig& cfg);
   ~ModelCuda();
   ModelCuda(const ModelCuda&) = delete;
@@ -68,8 +70,9 @@ class ModelCuda {
   // Waits, then returns the mean losses of the micro-batches run since the last call, in
   // order (NaN or inf where the forward produced one).
   std::vector<double> take_losses();
-  // Waits, then returns the per-token losses (B*T, nats, every position) of the last forward
-  // or micro-batch.
+  // Waits, then returns the per-token losses (B*T, nats) of the last forward or micro-batch:
+  // every position, except that positions the batch's loss_mask drops read 0 (the CPU
+  // model's token_losses() keeps their loss; validation windows carry no mask).
   std::vector<float> token_losses();
   // Global L2 norm of the gradients (a deterministic reduction in double); NaN or inf when
   // an element is not finite. Waits.
