@@ -19,12 +19,22 @@ if has build; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOBA_CUDA=ON \
     -DMOBA_EXTRA_INCLUDE="$PWD/.deps/include" -DMOBA_GTEST_SOURCE="$PWD/.deps/googletest" \
     -DMOBA_BUILD_BENCH=OFF -DMOBA_GPU_TESTS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
-  ninja -C "$BUILD" -j16 moba model_cuda_test >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+  ninja -C "$BUILD" -j16 moba model_cuda_test trainer_gpu_test model_gpu_test >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
   rm -f "$OUT/build.log" "$OUT/cmake.log"
 fi
 if has test; then
   log "test: the GPU model against the CPU model (tests/model_gpu/model_cuda_test.cpp)"
   timeout 240 "$BUILD/tests/model_cuda_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} >"$OUT/model_cuda_test.log" 2>&1; echo "model_cuda_test rc=$?"; grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |Failure|error" "$OUT/model_cuda_test.log" | head -60
+fi
+if has trainertest; then
+  log "trainertest: the training loop on the GPU (tests/model_gpu/trainer_gpu_test.cpp)"
+  timeout 200 "$BUILD/tests/trainer_gpu_test" >"$OUT/trainer_gpu_test.log" 2>&1; echo "trainer_gpu_test rc=$?"
+  grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |Failure|error|    " "$OUT/trainer_gpu_test.log" | head -40
+fi
+if has layertest; then
+  log "layertest: the layer kernels against the CPU layers (tests/model_gpu/model_gpu_test.cpp)"
+  timeout 200 "$BUILD/tests/model_gpu_test" >"$OUT/model_gpu_test.log" 2>&1; echo "model_gpu_test rc=$?"
+  grep -E "^\[ *(FAILED|PASSED) |Failure|GB/s" "$OUT/model_gpu_test.log" | head -40
 fi
 if has recall; then
   log "recall: configs/gpu-recall-{moba,full}.toml on the GPU"
