@@ -36,14 +36,6 @@ if has layertest; then
   timeout 200 "$BUILD/tests/model_gpu_test" >"$OUT/model_gpu_test.log" 2>&1; echo "model_gpu_test rc=$?"
   grep -E "^\[ *(FAILED|PASSED) |Failure|GB/s" "$OUT/model_gpu_test.log" | head -40
 fi
-if has variants; then
-  log "variants: dense attention tiles at head dim 64 (env knobs, docs/kernel_notes.md), trainer shape"
-  for v in "" "MOBA_D64_FWD=81" "MOBA_D64_FWD=82" "MOBA_D64_BWD_WARPS=4"; do
-    echo "--- ${v:-default}"
-    env $v timeout 60 "$MOBA" bench attention --device cuda --dtype bf16 -T 8192 32768 --heads 12 -D 64 \
-      -S 512 -K 3 --repeats 5 --json "$OUT/variant_${v:-default}.json" 2>&1 | grep -E "^\| *(T|---|[0-9])" | head -8
-  done
-fi
 if has recall; then
   log "recall: configs/gpu-recall-{moba,full}.toml on the GPU"
   for a in moba full; do

@@ -3,8 +3,6 @@
 #include <algorithm>
 
 #include "attention/cuda/attention_cuda.h"
-
-#include <cstdlib>
 #include "attention/cuda/bwd_kernel.cuh"
 #include "attention/cuda/internal.h"
 #include "core/cuda_check.cuh"
@@ -130,14 +128,7 @@ void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, con
                     cudaStream_t stream) {
   // 128 keys per CTA (8 warps): 64 keys with two CTAs per SM measured slower (v4 notes,
   // results/attention/v4_bwd4.md).
-  // Experiment knob (docs/kernel_notes.md): MOBA_D64_BWD_WARPS=4 times the 4-warp dense
-  // backward at D = 64 (measured slower at D = 128, v4); unset = 8 warps.
-  static const int d64_warps = [] {
-    const char* e = std::getenv("MOBA_D64_BWD_WARPS");
-    return e && std::atoi(e) == 4 ? 4 : 8;
-  }();
-  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv),
-                  plan.layout().head_dim == 64 ? d64_warps : 8, stream);
+  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv), 8, stream);
 }
 
 void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,

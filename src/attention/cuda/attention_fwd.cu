@@ -1,7 +1,5 @@
 // Forward launchers: tile choice and dispatch of attn_fwd_kernel, and the MoBA gate entry.
 #include "attention/cuda/attention_cuda.h"
-
-#include <cstdlib>
 #include "attention/cuda/fwd_kernel.cuh"
 #include "attention/cuda/internal.h"
 #include "core/cuda_check.cuh"
@@ -67,29 +65,6 @@ void fwd_contiguous(const Plan& plan, const AttnParams& p, cudaStream_t stream) 
   const dim3 grid = p.heads_fastest ? dim3(p.Hq, tiles, static_cast<unsigned>(l.batch()))
                                     : dim3(tiles, p.Hq, static_cast<unsigned>(l.batch()));
   const int64_t D = l.head_dim;
-  if constexpr (MODE == FwdMode::kDense) {
-    // Experiment knob (docs/kernel_notes.md, "v8 in the GPU trainer"): dense D = 64 tiles
-    // of 8 warps x 1 slice or 8 warps x 2 slices instead of 4 x 2, to be timed at the
-    // trainer's shape; unset = the default.
-    static const int variant = [] {
-      const char* e = std::getenv("MOBA_D64_FWD");
-      return e ? std::atoi(e) : 0;
-    }();
-    if (D == 64 && variant == 81) {
-      const unsigned t = static_cast<unsigned>((plan.max_seq_len() + 127) / 128);
-      const dim3 g = p.heads_fastest ? dim3(p.Hq, t, static_cast<unsigned>(l.batch()))
-                                     : dim3(t, p.Hq, static_cast<unsigned>(l.batch()));
-      launch_fwd<64, 8, 1, MODE>(p, g, stream);
-      return;
-    }
-    if (D == 64 && variant == 82) {
-      const unsigned t = static_cast<unsigned>((plan.max_seq_len() + 255) / 256);
-      const dim3 g = p.heads_fastest ? dim3(p.Hq, t, static_cast<unsigned>(l.batch()))
-                                     : dim3(t, p.Hq, static_cast<unsigned>(l.batch()));
-      launch_fwd<64, 8, 2, MODE>(p, g, stream);
-      return;
-    }
-  }
   if (D == 64 && mt == 1) launch_fwd<64, kWarps, 1, MODE>(p, grid, stream);
   else if (D == 64) launch_fwd<64, kWarps, 2, MODE>(p, grid, stream);
   else if (mt == 1) launch_fwd<128, kWarps, 1, MODE>(p, grid, stream);
