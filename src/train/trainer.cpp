@@ -138,7 +138,8 @@ void Trainer::write_run_json(const char* status) const {
 
 // The CUDA path of train_step: the same sequence, on the device (docs/trainer_gpu.md). The
 // gradients stay on the GPU; they come to the host only to name a non-finite tensor.
-double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& flops) {
+double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& loss,
+                               double& flops) {
 #ifdef MOBA_WITH_CUDA
   const int64_t accum = cfg_.train.grad_accum;
   gpu_->zero_grads();
@@ -157,7 +158,6 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& flops
   const std::vector<double> losses = gpu_->take_losses();
   MOBA_CHECK(static_cast<int64_t>(losses.size()) == accum, "internal: ", losses.size(),
              " losses for ", accum, " micro-batches");
-  double loss = 0.0;
   for (int64_t micro = 0; micro < accum; ++micro) {
     const double l = losses[micro];
     MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
@@ -179,30 +179,17 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& flops
   const OptimConfig& oc = cfg_.train;
   gpu_->adamw_step({t, lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, scale});
   adam_.set_steps_done(t);
-  losses_.push_back(loss);
   return gnorm;
 #else
-  (void)step, (void)lr, (void)moba, (void)flops;
+  (void)step, (void)lr, (void)moba, (void)loss, (void)flops;
   return 0.0;
 #endif
 }
 
-double Trainer::train_step(double lr, bool moba) {
-  const int64_t step = state_.step + 1;  // 1-based number of this update
-  if (gpu_) {
-    double flops = 0.0;
-    const double gnorm = gpu_train_step(step, lr, moba, flops);
-    const int64_t tokens = cfg_.train.tokens_per_step(cfg_.model.seq_len);
-    state_.step = step;
-    state_.tokens += tokens;
-    state_.flops_6nd = 6.0 * static_cast<double>(model::param_counts(cfg_.model).non_embedding) *
-                       static_cast<double>(state_.tokens);
-    state_.flops_exec += flops;
-    return gnorm;
-  }
+double Trainer::cpu_train_step(int64_t step, double lr, bool moba, double& loss,
+                               double& flops) {
   std::fill(grads_.begin(), grads_.end(), 0.0f);
   const int64_t accum = cfg_.train.grad_accum;
-  double loss = 0.0, flops = 0.0;
   for (int64_t micro = 0; micro < accum; ++micro) {
     const model::Batch batch = data_->train_batch(state_.next_batch);
     double l = 0.0;
@@ -224,7 +211,14 @@ double Trainer::train_step(double lr, bool moba) {
   const double gnorm = grad_norm(grads_);
   clip_grads(grads_, gnorm, cfg_.train.grad_clip);
   adam_.step(params_, grads_, lr);
+  return gnorm;
+}
 
+double Trainer::train_step(double lr, bool moba) {
+  const int64_t step = state_.step + 1;  // 1-based number of this update
+  double loss = 0.0, flops = 0.0;
+  const double gnorm = gpu_ ? gpu_train_step(step, lr, moba, loss, flops)
+                            : cpu_train_step(step, lr, moba, loss, flops);
   const int64_t tokens = cfg_.train.tokens_per_step(cfg_.model.seq_len);
   state_.step = step;
   state_.tokens += tokens;

@@ -66,7 +66,10 @@ class Trainer {
   double train_step(double lr, bool moba);  // returns the gradient norm before clipping
   void validate_now();
   void write_run_json(const char* status) const;
-  double gpu_train_step(int64_t step, double lr, bool moba, double& flops);
+  // One optimizer step's work on each path: adds the step's mean loss and executed FLOPs
+  // into loss and flops, returns the gradient norm before clipping.
+  double cpu_train_step(int64_t step, double lr, bool moba, double& loss, double& flops);
+  double gpu_train_step(int64_t step, double lr, bool moba, double& loss, double& flops);
 
   RunConfig cfg_;
   TrainerOptions opt_;

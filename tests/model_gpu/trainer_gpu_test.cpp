@@ -21,12 +21,16 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/run_dir.h"
+#include "train/json_lines.h"
 #include "train/trainer.h"
 
 namespace moba::train {
 namespace {
 
 using testing::TempDir;
+using testing::read_lines;
+using testing::read_json;
+using testing::message_of;
 
 bool have_device() {
   int n = 0;
@@ -72,28 +76,6 @@ batch_size = 2
 every = 4
 )",
                       "gpu.toml");
-}
-
-std::vector<nlohmann::json> read_lines(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<nlohmann::json> out;
-  std::string line;
-  while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  return nlohmann::json::parse(f);
-}
-
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 double rel(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-12); }

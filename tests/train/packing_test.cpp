@@ -19,12 +19,15 @@
 #include "train/shard_source.h"
 #include "train/trainer.h"
 #include "train/run_dir.h"
+#include "json_lines.h"
 
 namespace moba::train {
 namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
+using testing::read_lines;
+using testing::message_of;
 
 // Byte-level shards of short documents, each one line of letters: "\n" occurs only as a
 // document's last token (prepare ends every document with one), so in a packed row the
@@ -47,15 +50,6 @@ std::string make_short_doc_shards(const TempDir& dir) {
   pc.progress = false;
   data::prepare(pc, nullptr);
   return pc.out_dir;
-}
-
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(PackedShards, MaskAndBoundariesFallExactlyAtDocumentEnds) {
@@ -140,14 +134,6 @@ batch_size = 3
 every = 3
 )",
                       "packed.toml");
-}
-
-std::vector<nlohmann::json> read_lines(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<nlohmann::json> out;
-  std::string line;
-  while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
-  return out;
 }
 
 TEST(PackedShards, TrainingRunResumesBitExactly) {

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "run_dir.h"
+#include "json_lines.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/metrics.h"
@@ -21,6 +22,9 @@ namespace moba::train {
 namespace {
 
 using testing::TempDir;
+using testing::read_lines;
+using testing::read_json;
+using testing::message_of;
 
 // Tiny MoBA model with every feature that carries state across steps: gradient
 // accumulation, warm-up + cosine, a layer-wise hybrid and a MoBA-to-full switch mid-run.
@@ -56,28 +60,6 @@ batch_size = 2
 every = 4
 )",
                       "tiny.toml");
-}
-
-std::vector<nlohmann::json> read_lines(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<nlohmann::json> out;
-  std::string line;
-  while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  return nlohmann::json::parse(f);
-}
-
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(Trainer, ResumeIsBitExact) {
