@@ -131,8 +131,7 @@ Timing time_cuda(const BenchTrainOptions& o, const model::ModelConfig& c) {
     const double gnorm = m.grad_norm();
     MOBA_CHECK(std::isfinite(losses.at(0)) && std::isfinite(gnorm), "bench train: loss ",
                losses.at(0), ", gradient norm ", gnorm, " at warm-up/timed step ", s);
-    const float scale = gnorm > 1.0 ? static_cast<float>(1.0 / (gnorm + 1e-6)) : 1.0f;
-    m.adamw_step({++step, 1e-4, 0.9, 0.95, 1e-8, 0.1, scale});
+    m.adamw_step({++step, 1e-4, 0.9, 0.95, 1e-8, 0.1, train::clip_factor(gnorm, 1.0)});
     CUDA_CHECK(cudaDeviceSynchronize());
     if (s >= o.warmup && s < o.warmup + o.steps)
       total_ms += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();

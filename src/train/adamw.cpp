@@ -42,9 +42,13 @@ double grad_norm(std::span<const float> grads) {
   return std::sqrt(s);
 }
 
+float clip_factor(double norm, double max_norm) {
+  return max_norm > 0.0 && norm > max_norm ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
 void clip_grads(std::span<float> grads, double norm, double max_norm) {
-  if (max_norm <= 0.0 || norm <= max_norm) return;
-  const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+  const float scale = clip_factor(norm, max_norm);
+  if (scale == 1.0f) return;
   for (float& g : grads) g *= scale;
 }
 

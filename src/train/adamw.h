@@ -35,6 +35,9 @@ class AdamW {
 
 // Global L2 norm of the gradient, summed in double in a fixed order.
 double grad_norm(std::span<const float> grads);
+// The factor clipping multiplies the gradients by: max_norm / (norm + 1e-6) when norm exceeds
+// max_norm > 0, else 1 (the GPU path applies it inside its AdamW kernel).
+float clip_factor(double norm, double max_norm);
 // Scales grads so that their norm is at most max_norm (no-op when max_norm is 0).
 void clip_grads(std::span<float> grads, double norm, double max_norm);
 

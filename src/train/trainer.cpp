@@ -170,11 +170,7 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& loss,
     gpu_->download_grads(grads_);
     check_finite_gradients(model_.layout(), grads_, step);
   }
-  // clip_grads' factor, applied inside the AdamW kernel.
-  const double max_norm = cfg_.train.grad_clip;
-  const float scale = (max_norm > 0.0 && gnorm > max_norm)
-                          ? static_cast<float>(max_norm / (gnorm + 1e-6))
-                          : 1.0f;
+  const float scale = clip_factor(gnorm, cfg_.train.grad_clip);  // applied inside AdamW
   const int64_t t = adam_.steps_done() + 1;
   const OptimConfig& oc = cfg_.train;
   gpu_->adamw_step({t, lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, scale});

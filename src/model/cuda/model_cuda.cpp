@@ -72,15 +72,6 @@ double moba_pairs_per_head(const std::vector<int64_t>& cu, int64_t S, int64_t K)
   return pairs;
 }
 
-double dense_pairs_per_head(const std::vector<int64_t>& cu) {
-  double pairs = 0.0;
-  for (size_t d = 0; d + 1 < cu.size(); ++d) {
-    const double n = static_cast<double>(cu[d + 1] - cu[d]);
-    pairs += n * (n + 1) / 2;
-  }
-  return pairs;
-}
-
 bool any_moba_layer(const ModelConfig& c) {
   for (int64_t l = 0; l < c.layers; ++l)
     if (layer_uses_moba(c, l, true)) return true;
@@ -157,6 +148,7 @@ struct ModelCuda::Impl {
   double flops = 0.0;
   std::unique_ptr<attn::cuda::Plan> plan;
   std::vector<int64_t> plan_cu;
+  double dense_pairs = 0.0, moba_pairs = 0.0;  // attended pairs per layer, for plan_cu
 
   // Host staging: batch upload (pinned, guarded by an event) and the per-token losses of
   // the last two forwards (a ring of two slots, each with its event).
@@ -364,6 +356,8 @@ struct ModelCuda::Impl {
       plan = std::make_unique<attn::cuda::Plan>(attn::Layout::varlen(cu, Hq, Hkv, D), moba,
                                                 attn::Options{});
       plan_cu = cu;
+      dense_pairs = attn::dense_pairs(plan->layout());
+      moba_pairs = moba_pairs_per_head(cu, moba.block_size, moba.top_k) * static_cast<double>(Hq);
     }
 
     const float eps = static_cast<float>(cfg.norm_eps);
@@ -374,9 +368,6 @@ struct ModelCuda::Impl {
     tick(kLayers);
     layer_moba.assign(static_cast<size_t>(L), false);
     double attn_flops = 0.0;
-    const double dense_pairs = dense_pairs_per_head(cu) * static_cast<double>(Hq);
-    const double moba_pairs =
-        moba_pairs_per_head(cu, moba.block_size, moba.top_k) * static_cast<double>(Hq);
     for (int64_t li = 0; li < L; ++li) {
       const LayerOffsets& o = layout.layers[li];
       Layer& ly = layers[li];
