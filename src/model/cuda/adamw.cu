@@ -13,18 +13,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// One parameter's update, shared by the scalar and the vector kernels (same bits).
+// One parameter's update, shared by the scalar and the vector kernels. The multiply-adds
+// are spelled out with intrinsics (never contracted), with the roundings the compiler
+// chose for the plain expressions before the vector path existed:
+//   m = b1 * m + (1 - b1) * g        as fma(m, b1, (1 - b1) * g)
+//   v = b2 * v + (1 - b2) * g * g    as fma(v, b2, ((1 - b2) * g) * g)
+//   w -= lr * wd * w                 as fma(-(lr * wd), w, w)
+// so both paths give those bits whatever the compiler does with the unrolled vector code.
 __device__ __forceinline__ void adamw_update(const AdamWParams& p, double c1, double c2, float gi,
                                              float& mi, float& vi, bool decay, float& wi) {
   const double b1 = p.beta1, b2 = p.beta2;
-  const double g = gi * p.grad_scale;  // in float, as clip_grads scales in place
-  const double m = b1 * mi + (1.0 - b1) * g;
-  const double v = b2 * vi + (1.0 - b2) * g * g;
+  const double g = __fmul_rn(gi, p.grad_scale);  // in float, as clip_grads scales in place
+  const double m = __fma_rn(static_cast<double>(mi), b1, __dmul_rn(1.0 - b1, g));
+  const double v = __fma_rn(static_cast<double>(vi), b2, __dmul_rn(__dmul_rn(1.0 - b2, g), g));
   mi = static_cast<float>(m);
   vi = static_cast<float>(v);
   double w = wi;
-  if (decay) w -= p.lr * p.weight_decay * w;
-  w -= p.lr * (m / c1) / (sqrt(v / c2) + p.eps);
+  if (decay) w = __fma_rn(-__dmul_rn(p.lr, p.weight_decay), w, w);
+  w -= __dmul_rn(p.lr, m / c1) / (sqrt(v / c2) + p.eps);
   wi = static_cast<float>(w);
 }
 

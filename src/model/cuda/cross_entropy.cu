@@ -25,14 +25,16 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
     return;
   }
   const float mx = fmaxf(m, m2);
-  s = s * __expf(m - mx) + s2 * __expf(m2 - mx);
+  // s * e1 + s2 * e2 with the roundings of the pre-vector kernels (s2 * e2 rounded, then
+  // one fma), spelled out so that no kernel variant contracts it otherwise.
+  s = __fmaf_rn(s, __expf(m - mx), __fmul_rn(s2, __expf(m2 - mx)));
   m = mx;
 }
 
 // One element of the online softmax: (m, s) = running max and sum of exp(z - max).
 __device__ __forceinline__ void online(float& m, float& s, float x) {
   if (x > m) {
-    s = s * __expf(m - x) + 1.f;  // m = -inf the first time: exp(-inf) = 0
+    s = __fmaf_rn(s, __expf(m - x), 1.f);  // m = -inf the first time: exp(-inf) = 0
     m = x;
   } else {
     s += __expf(x - m);

@@ -15,10 +15,25 @@ constexpr int kWarpsPerBlock = 8;
 // with ceil(C / 256) * M / kChunkRows blocks.
 constexpr int64_t kChunkRows = 64;
 
-// The per-element maths, shared by the scalar and the vector kernels (same bits).
-__device__ __forceinline__ float norm_y(float x, float r, float w) { return x * r * w; }
-__device__ __forceinline__ float norm_dx(float x, float dy, float w, float r, float mean) {
-  return r * (dy * w - x * r * mean);
+// The maths, shared by the scalar and the vector kernels. Each multiply-add is spelled out
+// with intrinsics (never contracted), with the roundings the compiler chose for the plain
+// expressions before the vector path existed, so both paths give those bits whatever the
+// compiler would do with the unrolled vector code.
+__device__ __forceinline__ float norm_y(float x, float r, float w) {
+  return __fmul_rn(__fmul_rn(x, r), w);
+}
+// dx = r * (dy * w - x * r * mean), + old when accumulating (one fma).
+__device__ __forceinline__ float norm_dx(float x, float dy, float w, float r, float mean,
+                                         bool accumulate, float old) {
+  const float d = __fmaf_rn(dy, w, -__fmul_rn(__fmul_rn(x, r), mean));
+  return accumulate ? __fmaf_rn(r, d, old) : __fmul_rn(r, d);
+}
+__device__ __forceinline__ float sq_acc(float v, float ss) { return __fmaf_rn(v, v, ss); }
+__device__ __forceinline__ float dot_acc(float dy, float w, float x, float dot) {
+  return __fmaf_rn(__fmul_rn(dy, w), x, dot);
+}
+__device__ __forceinline__ float dw_acc(float dy, float x, float r, float acc) {
+  return __fmaf_rn(__fmul_rn(dy, x), r, acc);
 }
 
 // y = x * r * w, r = 1 / sqrt(mean(x^2) + eps), sum of squares in fp32.
@@ -32,7 +47,7 @@ __global__ void rmsnorm_fwd_kernel(RmsNormParams p, const bf16* __restrict__ x,
   float ss = 0.f;
   for (int64_t c = lane; c < p.C; c += 32) {
     const float v = __bfloat162float(xr[c]);
-    ss += v * v;
+    ss = sq_acc(v, ss);
   }
   ss = detail::warp_sum(ss);
   const float r = rsqrtf(ss / float(p.C) + p.eps);
@@ -53,12 +68,12 @@ __global__ void rmsnorm_bwd_dx_kernel(RmsNormParams p, const bf16* __restrict__ 
   const float r = rstd[row];
   float dot = 0.f;
   for (int64_t c = lane; c < p.C; c += 32)
-    dot += __bfloat162float(dyr[c]) * w[c] * __bfloat162float(xr[c]);
+    dot = dot_acc(__bfloat162float(dyr[c]), w[c], __bfloat162float(xr[c]), dot);
   const float mean = detail::warp_sum(dot) * r / float(p.C);
   for (int64_t c = lane; c < p.C; c += 32) {
-    float g = norm_dx(__bfloat162float(xr[c]), __bfloat162float(dyr[c]), w[c], r, mean);
-    if (accumulate) g += __bfloat162float(dx[row * p.C + c]);
-    dx[row * p.C + c] = __float2bfloat16_rn(g);
+    const float old = accumulate ? __bfloat162float(dx[row * p.C + c]) : 0.f;
+    dx[row * p.C + c] = __float2bfloat16_rn(
+        norm_dx(__bfloat162float(xr[c]), __bfloat162float(dyr[c]), w[c], r, mean, accumulate, old));
   }
 }
 
@@ -91,8 +106,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     if (b + kChunkVec + lane < nvec) next = xv[b + kChunkVec + lane];
     const int len = static_cast<int>(min(int64_t{kChunkVec}, nvec - b)) * 8;
     for (int j = lane; j < len; j += 32) {
-      const float v = __bfloat162float(st[j]);
-      ss += v * v;
+      ss = sq_acc(__bfloat162float(st[j]), ss);
     }
     __syncwarp();  // the chunk is consumed before the next overwrites it
   }
@@ -144,7 +158,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     const int len = static_cast<int>(min(int64_t{kChunkVec}, nvec - b)) * 8;
     const float* wb = w + b * 8;  // element j of the chunk is column b * 8 + j
     for (int j = lane; j < len; j += 32)
-      dot += __bfloat162float(sdy[j]) * wb[j] * __bfloat162float(sx[j]);
+      dot = dot_acc(__bfloat162float(sdy[j]), wb[j], __bfloat162float(sx[j]), dot);
     __syncwarp();
   }
   const float mean = detail::warp_sum(dot) * r / float(p.C);
@@ -156,10 +170,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     detail::load8(w + i * 8, wf);
     if (accumulate) detail::unpack8(dxv[i], g);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float d = norm_dx(fx[e], fdy[e], wf[e], r, mean);
-      g[e] = accumulate ? d + g[e] : d;
-    }
+    for (int e = 0; e < 8; ++e) g[e] = norm_dx(fx[e], fdy[e], wf[e], r, mean, accumulate, g[e]);
     dxv[i] = detail::pack8(g);
   }
 }
@@ -176,7 +187,7 @@ __global__ void rmsnorm_bwd_dw_partial_kernel(RmsNormParams p, const bf16* __res
   const int64_t m0 = chunk * kChunkRows, m1 = min(p.M, m0 + kChunkRows);
   float acc = 0.f;
   for (int64_t m = m0; m < m1; ++m)
-    acc += __bfloat162float(dy[m * p.C + c]) * __bfloat162float(x[m * p.C + c]) * rstd[m];
+    acc = dw_acc(__bfloat162float(dy[m * p.C + c]), __bfloat162float(x[m * p.C + c]), rstd[m], acc);
   partial[chunk * p.C + c] = acc;
 }
 
@@ -203,7 +214,7 @@ __global__ void __launch_bounds__(kDwVecThreads)
     detail::unpack8(dyv[m * C8 + c8], fdy);
     const float r = rstd[m];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] += fdy[e] * fx[e] * r;
+    for (int e = 0; e < 8; ++e) acc[e] = dw_acc(fdy[e], fx[e], r, acc[e]);
   }
   float* out = partial + chunk * p.C + c8 * 8;
 #pragma unroll

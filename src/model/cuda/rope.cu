@@ -14,11 +14,15 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// One pair's rotation, shared by the scalar and the vector kernels (same bits).
+// One pair's rotation, shared by the scalar and the vector kernels: ya = a c - sign b s,
+// yb = b c + sign a s. Each multiply-add is spelled out (intrinsics are never contracted),
+// with the roundings the compiler chose for the plain expressions before the vector path
+// existed, so that both paths give those bits whatever the compiler does with the
+// unrolled vector code (which product goes into the fma is otherwise its choice).
 __device__ __forceinline__ void rotate(float a, float b, float c, float s, float sign, float& ya,
                                        float& yb) {
-  ya = a * c - sign * b * s;
-  yb = b * c + sign * a * s;
+  ya = __fmaf_rn(a, c, -__fmul_rn(__fmul_rn(sign, b), s));
+  yb = __fmaf_rn(__fmul_rn(sign, a), s, __fmul_rn(b, c));
 }
 
 __global__ void rope_kernel(RopeParams p, int64_t T, int64_t half, const float* __restrict__ cs,

@@ -18,7 +18,7 @@ __device__ __forceinline__ float sigmoid(float a) { return 1.f / (1.f + expf(-a)
 __device__ __forceinline__ float swiglu_h(float x, float bv) { return x * sigmoid(x) * bv; }
 __device__ __forceinline__ void swiglu_d(float x, float bv, float g, float& da, float& db) {
   const float sg = sigmoid(x);
-  da = g * bv * sg * (1.f + x * (1.f - sg));
+  da = g * bv * sg * __fmaf_rn(x, 1.f - sg, 1.f);  // the fma the compiler chose before
   db = g * x * sg;
 }
 
