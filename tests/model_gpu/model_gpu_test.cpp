@@ -2,13 +2,19 @@
 // fp64, on fresh random inputs at awkward sizes: one row, rows not a multiple of a block's,
 // widths and vocabularies not a multiple of 8, odd RoPE half-widths, repeated tokens.
 // Outputs are poisoned (NaN) before each kernel. Error bounds: gpu_compare.h (bound()).
+// Shapes cover both paths of each kernel: 16-byte vector accesses (widths a multiple of 8:
+// 8, 264, 768, 2048, vocabularies 1000, 4104, 8192, RoPE D 64 and 128) and the scalar
+// fallback (widths 3, 7, 77, 1023, 2049, ...); VectorPathGpu checks that the two paths give
+// the same bits (the scalar path forced by 16-byte-misaligned copies of the same inputs).
 // AdamW follows the CPU optimizer in double, so it is held to one fp32 ulp instead.
 // Skips (passes) with a message when no CUDA device is present; the API-edge checks run
 // without one.
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "model/cross_entropy.h"
@@ -89,7 +95,11 @@ TEST_P(RmsNormGpu, MatchesCpu) {
 INSTANTIATE_TEST_SUITE_P(Shapes, RmsNormGpu,
                          ::testing::Values(NormCase{1, 3, false}, NormCase{1, 7, true},
                                            NormCase{37, 100, false}, NormCase{65, 768, true},
-                                           NormCase{300, 1023, false}, NormCase{1029, 2049, true}),
+                                           NormCase{300, 1023, false}, NormCase{1029, 2049, true},
+                                           // vector path: C % 8 == 0
+                                           NormCase{3, 8, true}, NormCase{33, 264, false},
+                                           NormCase{129, 768, false},
+                                           NormCase{1029, 2048, true}),
                          [](const auto& i) {
                            return "M" + std::to_string(i.param.M) + "_C" + std::to_string(i.param.C) +
                                   (i.param.accumulate ? "_acc" : "");
@@ -207,7 +217,10 @@ INSTANTIATE_TEST_SUITE_P(
                       CeCase{37, 1000, false, true, false},
                       CeCase{37, 1000, true, false, true}, CeCase{67, 32007, false, false, true},
                       CeCase{67, 32007, true, true, false}, CeCase{5, 65536, false, true, false},
-                      CeCase{3, 65536, true, false, false}),
+                      CeCase{3, 65536, true, false, false},
+                      // vector path (V % 8 == 0 for bf16, % 4 for fp32), ragged last chunk
+                      CeCase{19, 8192, false, true, true}, CeCase{4, 4104, false, false, false},
+                      CeCase{4, 2052, true, false, true}, CeCase{2, 8, false, false, true}),
     [](const auto& i) {
       const CeCase& c = i.param;
       return "M" + std::to_string(c.M) + "_V" + std::to_string(c.V) + (c.fp32 ? "_fp32" : "_bf16") +
@@ -253,7 +266,7 @@ TEST_P(SwigluGpu, MatchesCpu) {
   compare("db", Out::kBf16, from_bf16(gdb.download()), dbd, rounded(dbf));
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, SwigluGpu, ::testing::Values(1, 4097, 1000003),
+INSTANTIATE_TEST_SUITE_P(Sizes, SwigluGpu, ::testing::Values(1, 7, 8, 4097, 2048 * 37, 1000003),
                          [](const auto& i) { return "n" + std::to_string(i.param); });
 
 // ---- RoPE ------------------------------------------------------------------------------
@@ -393,9 +406,11 @@ TEST(AdamWGpu, MatchesCpuOptimizer) {
 }
 
 // ---- Embedding ---------------------------------------------------------------------------
-TEST(EmbeddingGpu, MatchesGatherAndScatterAdd) {
+class EmbeddingGpu : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(EmbeddingGpu, MatchesGatherAndScatterAdd) {
   SKIP_WITHOUT_DEVICE();
-  const int64_t V = 1000, C = 77, M = 513;
+  const int64_t V = 1000, C = GetParam(), M = 513;
   const uint64_t s = next_seed();
   std::vector<int32_t> tok(M);
   std::mt19937_64 gen(s);
@@ -429,6 +444,10 @@ TEST(EmbeddingGpu, MatchesGatherAndScatterAdd) {
   compare("dtable", Out::kFp32, gdt.download(), dtd, dtf);
 }
 
+// C 77: the scalar path; 8 and 768: the vector path (16-byte gather, float4 atomics).
+INSTANTIATE_TEST_SUITE_P(Widths, EmbeddingGpu, ::testing::Values(77, 8, 768),
+                         [](const auto& i) { return "C" + std::to_string(i.param); });
+
 TEST(EmbeddingGpuEdge, TokenOutsideVocab) {
   SKIP_WITHOUT_DEVICE();
   const mc::EmbeddingParams p{2, 4, 3};
@@ -444,6 +463,254 @@ TEST(EmbeddingGpuEdge, TokenOutsideVocab) {
     if (i < 3 || i >= 6) {
       EXPECT_EQ(g[i], 0.0f) << "only token 1's row gets a gradient";
     }
+}
+
+// ---- Vector path against the scalar path, bit for bit ----------------------------------
+// Each kernel takes its 16-byte vector path on cudaMalloc'd buffers (widths a multiple of
+// 8) and its scalar path on copies of the same inputs placed one element past a 16-byte
+// boundary. The vector path computes each element with the scalar path's expressions, and
+// the row sums (RMSNorm, cross-entropy) in the scalar path's order, so every output must
+// match bit for bit (NaN included: compared as bits).
+
+// A device copy one element past the allocation's start: 16-byte misaligned for bf16 and
+// fp32 (and 4-byte misaligned for uint8), so the launchers pick their scalar path.
+template <typename T>
+struct Misaligned {
+  DeviceBuffer<T> buf;
+  size_t n;
+  explicit Misaligned(size_t count) : buf(count + 1), n(count) {}
+  explicit Misaligned(const std::vector<T>& h) : Misaligned(h.size()) { upload(h); }
+  T* ptr() const { return buf.ptr + 1; }
+  void upload(const std::vector<T>& h) {
+    CUDA_CHECK(cudaMemcpy(buf.ptr + 1, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
+  }
+  void poison() { buf.poison(); }
+  std::vector<T> download() const {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<T> h(n);
+    CUDA_CHECK(cudaMemcpy(h.data(), buf.ptr + 1, sizeof(T) * n, cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+// Elements whose bits differ (the vectors' sizes must match).
+template <typename T>
+int64_t bits_differ(const std::vector<T>& a, const std::vector<T>& b) {
+  if (a.size() != b.size()) return -1;
+  int64_t d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+  return d;
+}
+#define EXPECT_SAME_BITS(vec_out, scalar_out, what)                                       \
+  EXPECT_EQ(bits_differ(vec_out, scalar_out), 0)                                          \
+      << what << ": the vector path's bits differ from the scalar path's"
+
+TEST(VectorPathGpu, RmsNorm) {
+  SKIP_WITHOUT_DEVICE();
+  for (const int64_t C : {8, 264, 768, 2048})
+    for (const bool acc : {false, true}) {
+      SCOPED_TRACE("C = " + std::to_string(C) + (acc ? ", dx +=" : ""));
+      const int64_t M = 77;  // two dw chunks, the second ragged
+      const size_t n = static_cast<size_t>(M * C);
+      const uint64_t s = next_seed();
+      const auto x = to_bf16(random_bf16(n, s, 2.0)), dy = to_bf16(random_bf16(n, s + 1)),
+                 dx0 = to_bf16(random_bf16(n, s + 2));
+      const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
+      const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
+      const mc::RmsNormParams p{M, C, 1e-5f};
+      DeviceBuffer<float> gw(w);
+      // Vector path.
+      DeviceBuffer<bf16> vx(x), vdy(dy), vy(n), vdx(dx0);
+      DeviceBuffer<float> vdw(dw0), vr(M);
+      DeviceBuffer<char> vws(mc::rmsnorm_backward_workspace(p));
+      vy.poison();
+      vr.poison();
+      mc::rmsnorm_forward(p, vx.ptr, gw.ptr, vy.ptr, vr.ptr);
+      mc::rmsnorm_backward(p, vx.ptr, gw.ptr, vr.ptr, vdy.ptr, vdx.ptr, vdw.ptr, acc, vws.ptr);
+      // Scalar path.
+      Misaligned<bf16> sx(x), sdy(dy), sy(n), sdx(dx0);
+      DeviceBuffer<float> sdw(dw0), sr(M);
+      DeviceBuffer<char> sws(mc::rmsnorm_backward_workspace(p));
+      sy.poison();
+      sr.poison();
+      mc::rmsnorm_forward(p, sx.ptr(), gw.ptr, sy.ptr(), sr.ptr);
+      mc::rmsnorm_backward(p, sx.ptr(), gw.ptr, sr.ptr, sdy.ptr(), sdx.ptr(), sdw.ptr, acc,
+                           sws.ptr);
+      EXPECT_SAME_BITS(vy.download(), sy.download(), "y");
+      EXPECT_SAME_BITS(vr.download(), sr.download(), "rstd");
+      EXPECT_SAME_BITS(vdx.download(), sdx.download(), "dx");
+      EXPECT_SAME_BITS(vdw.download(), sdw.download(), "dw");
+    }
+}
+
+template <typename T>
+void ce_paths_case(int64_t M, int64_t V, bool masked, bool in_place) {
+  SCOPED_TRACE("V = " + std::to_string(V) + (sizeof(T) == 4 ? " fp32" : " bf16") +
+               (masked ? " masked" : "") + (in_place ? " in place" : ""));
+  const size_t n = static_cast<size_t>(M * V);
+  const uint64_t s = next_seed();
+  const auto zf = random_bf16(n, s, 3.0);
+  std::vector<T> z(n);
+  if constexpr (std::is_same_v<T, float>)
+    z = zf;
+  else
+    z = to_bf16(zf);
+  std::vector<int32_t> tg(M);
+  std::vector<uint8_t> mask(M, 1);
+  for (int64_t m = 0; m < M; ++m) {
+    tg[m] = static_cast<int32_t>((m * 7919 + 13) % V);
+    if (masked && m % 3 == 1) mask[m] = 0;
+  }
+  tg[M - 1] = static_cast<int32_t>(V - 1);  // the last element of a row
+  DeviceBuffer<int32_t> gt(tg);
+  DeviceBuffer<uint8_t> gm(mask);
+  const uint8_t* mk = masked ? gm.ptr : nullptr;
+  const mc::CrossEntropyParams p{M, V, sizeof(T) == 4 ? mc::LogitsType::kFp32
+                                                      : mc::LogitsType::kBf16};
+  const float scale = 0.37f;
+  for (const bool fused : {false, true}) {
+    SCOPED_TRACE(fused ? "fused" : "forward + backward");
+    DeviceBuffer<T> vz(z), vdz(n);
+    Misaligned<T> sz(z), sdz(n);
+    DeviceBuffer<float> vl(M), vlse(M), sl(M), slse(M);
+    vdz.poison();
+    sdz.poison();
+    vl.poison();
+    sl.poison();
+    T* vout = in_place ? vz.ptr : vdz.ptr;
+    T* sout = in_place ? sz.ptr() : sdz.ptr();
+    if (fused) {
+      mc::cross_entropy_fused(p, vz.ptr, gt.ptr, mk, scale, vl.ptr, vlse.ptr, vout);
+      mc::cross_entropy_fused(p, sz.ptr(), gt.ptr, mk, scale, sl.ptr, slse.ptr, sout);
+    } else {
+      mc::cross_entropy_forward(p, vz.ptr, gt.ptr, mk, vl.ptr, vlse.ptr);
+      mc::cross_entropy_backward(p, vz.ptr, vlse.ptr, gt.ptr, mk, scale, vout);
+      mc::cross_entropy_forward(p, sz.ptr(), gt.ptr, mk, sl.ptr, slse.ptr);
+      mc::cross_entropy_backward(p, sz.ptr(), slse.ptr, gt.ptr, mk, scale, sout);
+    }
+    EXPECT_SAME_BITS(vl.download(), sl.download(), "losses");
+    EXPECT_SAME_BITS(vlse.download(), slse.download(), "lse");
+    EXPECT_SAME_BITS(in_place ? vz.download() : vdz.download(),
+                     in_place ? sz.download() : sdz.download(), "dlogits");
+  }
+}
+
+TEST(VectorPathGpu, CrossEntropy) {
+  SKIP_WITHOUT_DEVICE();
+  // 8: one vector a row; 1000: one ragged chunk (512 threads x 8 = 4096 elements a chunk for
+  // bf16, 2048 for fp32); 4104, 2052: a full chunk and a one-vector one; 8192, 32000: the
+  // trainer's sizes.
+  for (const int64_t V : {8, 1000, 4104, 8192, 32000}) {
+    ce_paths_case<bf16>(7, V, V % 3 == 0, V == 8192);
+    ce_paths_case<float>(5, V, V == 1000, V != 1000);
+  }
+  ce_paths_case<float>(6, 2052, true, false);
+}
+
+TEST(VectorPathGpu, Swiglu) {
+  SKIP_WITHOUT_DEVICE();
+  for (const int64_t n : {1, 7, 8, 4097, 1000003}) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    const uint64_t s = next_seed();
+    const auto a = to_bf16(random_bf16(n, s, 4.0)), b = to_bf16(random_bf16(n, s + 1)),
+               dh = to_bf16(random_bf16(n, s + 2));
+    DeviceBuffer<bf16> va(a), vb(b), vdh(dh), vh(n), vda(n), vdb(n);
+    Misaligned<bf16> sa(a), sb(b), sdh(dh), sh(n), sda(n), sdb(n);
+    mc::swiglu_forward(n, va.ptr, vb.ptr, vh.ptr);
+    mc::swiglu_backward(n, va.ptr, vb.ptr, vdh.ptr, vda.ptr, vdb.ptr);
+    mc::swiglu_forward(n, sa.ptr(), sb.ptr(), sh.ptr());
+    mc::swiglu_backward(n, sa.ptr(), sb.ptr(), sdh.ptr(), sda.ptr(), sdb.ptr());
+    EXPECT_SAME_BITS(vh.download(), sh.download(), "h");
+    EXPECT_SAME_BITS(vda.download(), sda.download(), "da");
+    EXPECT_SAME_BITS(vdb.download(), sdb.download(), "db");
+  }
+}
+
+TEST(VectorPathGpu, Rope) {
+  SKIP_WITHOUT_DEVICE();
+  for (const int64_t D : {16, 64, 128}) {
+    const int64_t T = 300, H = 3;
+    std::vector<int32_t> pos;
+    for (int64_t t = 0; t < T; ++t) pos.push_back(static_cast<int32_t>(t));
+    for (int64_t t = 0; t < 37; ++t) pos.push_back(static_cast<int32_t>(t));
+    pos.push_back(static_cast<int32_t>(T));  // outside the table: a NaN row on both paths
+    pos.push_back(-1);
+    const int64_t M = static_cast<int64_t>(pos.size());
+    const model::RopeTable table(T, D, 10000.0);
+    const mc::RopeTableCuda gtable(table);
+    DeviceBuffer<int32_t> gpos(pos);
+    for (const bool inverse : {false, true}) {
+      SCOPED_TRACE("D = " + std::to_string(D) + (inverse ? ", inverse" : ""));
+      const auto x = to_bf16(random_bf16(static_cast<size_t>(M * H * D), next_seed(), 3.0));
+      DeviceBuffer<bf16> vx(x);
+      Misaligned<bf16> sx(x);
+      mc::rope_apply({M, H, inverse}, gtable, gpos.ptr, vx.ptr);
+      mc::rope_apply({M, H, inverse}, gtable, gpos.ptr, sx.ptr());
+      EXPECT_SAME_BITS(vx.download(), sx.download(), "x");
+    }
+  }
+}
+
+TEST(VectorPathGpu, AdamW) {
+  SKIP_WITHOUT_DEVICE();
+  for (const size_t n : {size_t{3}, size_t{4}, size_t{100003}}) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    const uint64_t s = next_seed();
+    const auto p0 = random_normal<float>(n, s, 0.02), g = random_normal<float>(n, s + 1, 1e-2),
+               m0 = random_normal<float>(n, s + 2, 1e-3);
+    auto v0 = random_normal<float>(n, s + 3, 1e-4);
+    for (float& e : v0) e = e * e;
+    std::vector<uint8_t> decay(n);
+    for (size_t i = 0; i < n; ++i) decay[i] = (i * 2654435761u) % 3 != 0;
+    mc::AdamWParams ap;
+    ap.n = static_cast<int64_t>(n);
+    ap.t = 7;
+    ap.lr = 3e-3;
+    ap.grad_scale = 0.37f;
+    DeviceBuffer<float> vp(p0), vg(g), vm(m0), vv(v0);
+    DeviceBuffer<uint8_t> vd(decay);
+    DeviceBuffer<bf16> vb(n);
+    Misaligned<float> sp(p0), sg(g), sm(m0), sv(v0);
+    Misaligned<uint8_t> sd(decay);
+    Misaligned<bf16> sb(n);
+    mc::adamw_step(ap, vp.ptr, vg.ptr, vm.ptr, vv.ptr, vd.ptr, vb.ptr);
+    mc::adamw_step(ap, sp.ptr(), sg.ptr(), sm.ptr(), sv.ptr(), sd.ptr(), sb.ptr());
+    EXPECT_SAME_BITS(vp.download(), sp.download(), "params");
+    EXPECT_SAME_BITS(vm.download(), sm.download(), "m");
+    EXPECT_SAME_BITS(vv.download(), sv.download(), "v");
+    EXPECT_SAME_BITS(vb.download(), sb.download(), "params_bf16");
+  }
+}
+
+TEST(VectorPathGpu, Embedding) {
+  SKIP_WITHOUT_DEVICE();
+  for (const int64_t C : {8, 768}) {
+    SCOPED_TRACE("C = " + std::to_string(C));
+    const int64_t V = 300, M = 257;
+    // Distinct tokens (a permutation's first M), one outside the vocabulary: each dtable
+    // element gets at most one addition, so the atomics' order cannot matter.
+    std::vector<int32_t> tok(M);
+    for (int64_t m = 0; m < M; ++m) tok[m] = static_cast<int32_t>((m * 7) % V);
+    tok[5] = static_cast<int32_t>(V);
+    const uint64_t s = next_seed();
+    const auto table = to_bf16(random_bf16(static_cast<size_t>(V * C), s)),
+               dout = to_bf16(random_bf16(static_cast<size_t>(M * C), s + 1));
+    const auto dt0 = random_normal<float>(static_cast<size_t>(V * C), s + 2);
+    const mc::EmbeddingParams p{M, V, C};
+    DeviceBuffer<int32_t> gt(tok);
+    DeviceBuffer<bf16> vtab(table), vout(static_cast<size_t>(M * C)), vdo(dout);
+    DeviceBuffer<float> vdt(dt0);
+    Misaligned<bf16> stab(table), sout(static_cast<size_t>(M * C)), sdo(dout);
+    Misaligned<float> sdt(dt0);
+    vout.poison();
+    sout.poison();
+    mc::embedding_forward(p, gt.ptr, vtab.ptr, vout.ptr);
+    mc::embedding_backward(p, gt.ptr, vdo.ptr, vdt.ptr);
+    mc::embedding_forward(p, gt.ptr, stab.ptr(), sout.ptr());
+    mc::embedding_backward(p, gt.ptr, sdo.ptr(), sdt.ptr());
+    EXPECT_SAME_BITS(vout.download(), sout.download(), "out");
+    EXPECT_SAME_BITS(vdt.download(), sdt.download(), "dtable");
+  }
 }
 
 // ---- API edge (no device needed: the checks come before any CUDA call) -------------------
@@ -527,6 +794,21 @@ TEST(LayersCudaTiming, TrainerSizes) {
     DeviceBuffer<int32_t> gpos(pos);
     time("rope (12 heads, D 64)", 4.0 * M * C,
          [&] { mc::rope_apply({M, 12, false}, gtable, gpos.ptr, x.ptr); });
+  }
+  {
+    const int64_t V8 = 8192;  // the trainer's vocabulary; every token a distinct-ish row
+    std::vector<int32_t> tok(M);
+    for (int64_t m = 0; m < M; ++m) tok[m] = static_cast<int32_t>((m * 7919) % V8);
+    DeviceBuffer<int32_t> gt(tok);
+    DeviceBuffer<bf16> table(V8 * C);
+    DeviceBuffer<float> dtable(V8 * C);
+    CUDA_CHECK(cudaMemset(table.ptr, 0x3f, sizeof(bf16) * V8 * C));
+    CUDA_CHECK(cudaMemset(dtable.ptr, 0, sizeof(float) * V8 * C));
+    const mc::EmbeddingParams ep{M, V8, C};
+    time("embedding fwd", 4.0 * M * C,
+         [&] { mc::embedding_forward(ep, gt.ptr, table.ptr, y.ptr); });
+    time("embedding bwd", 10.0 * M * C,
+         [&] { mc::embedding_backward(ep, gt.ptr, x.ptr, dtable.ptr); });
   }
   {
     const int64_t n = 85'000'000;  // the bar model's parameters, embeddings included

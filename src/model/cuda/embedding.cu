@@ -34,6 +34,46 @@ __global__ void embedding_bwd_kernel(EmbeddingParams p, const int32_t* __restric
   }
 }
 
+// Vector paths (C a multiple of 8, the bf16 pointers 16-byte aligned, and for the backward
+// dtable too): 8 columns per thread. The forward copies 16 bytes as they are (the same bits
+// as the scalar gather); the backward adds them with two float4 atomics (per-element
+// atomic, sm_90+) instead of eight float ones.
+__global__ void embedding_fwd_vec_kernel(EmbeddingParams p, const int32_t* __restrict__ tokens,
+                                         const bf16* __restrict__ table, bf16* __restrict__ out) {
+  const int64_t C8 = p.C / 8, n8 = p.M * C8;
+  const uint4* tv = reinterpret_cast<const uint4*>(table);
+  uint4* ov = reinterpret_cast<uint4*>(out);
+  const uint32_t nan2 = detail::pack2(NAN, NAN);
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n8;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t m = k / C8, c8 = k % C8;
+    const int32_t t = tokens[m];
+    ov[k] = (t < 0 || t >= p.V) ? make_uint4(nan2, nan2, nan2, nan2) : tv[int64_t(t) * C8 + c8];
+  }
+}
+
+__global__ void embedding_bwd_vec_kernel(EmbeddingParams p, const int32_t* __restrict__ tokens,
+                                         const bf16* __restrict__ dout, float* dtable) {
+  const int64_t C8 = p.C / 8, n8 = p.M * C8;
+  const uint4* dv = reinterpret_cast<const uint4*>(dout);
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n8;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t m = k / C8, c8 = k % C8;
+    const int32_t t = tokens[m];
+    if (t < 0 || t >= p.V) continue;
+    float g[8];
+    detail::unpack8(dv[k], g);
+    float* row = dtable + int64_t(t) * p.C + c8 * 8;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float4*>(row), make_float4(g[0], g[1], g[2], g[3]));
+    atomicAdd(reinterpret_cast<float4*>(row + 4), make_float4(g[4], g[5], g[6], g[7]));
+#else
+#pragma unroll
+    for (int e = 0; e < 8; ++e) atomicAdd(row + e, g[e]);
+#endif
+  }
+}
+
 void check(const EmbeddingParams& p) {
   MOBA_CHECK(p.M >= 0 && p.V >= 1 && p.C >= 1, "embedding: need M >= 0, V >= 1, C >= 1, got M = ",
              p.M, ", V = ", p.V, ", C = ", p.C);
@@ -46,8 +86,12 @@ void embedding_forward(const EmbeddingParams& p, const int32_t* tokens, const bf
   check(p);
   if (p.M == 0) return;
   MOBA_CHECK(tokens && table && out, "embedding_forward: null pointer");
-  embedding_fwd_kernel<<<detail::grid_for(p.M * p.C, kThreads), kThreads, 0, stream>>>(p, tokens,
-                                                                                       table, out);
+  if (p.C % 8 == 0 && detail::aligned16(table) && detail::aligned16(out))
+    embedding_fwd_vec_kernel<<<detail::grid_for(p.M * p.C / 8, kThreads), kThreads, 0, stream>>>(
+        p, tokens, table, out);
+  else
+    embedding_fwd_kernel<<<detail::grid_for(p.M * p.C, kThreads), kThreads, 0, stream>>>(
+        p, tokens, table, out);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -56,8 +100,12 @@ void embedding_backward(const EmbeddingParams& p, const int32_t* tokens, const b
   check(p);
   if (p.M == 0) return;
   MOBA_CHECK(tokens && dout && dtable, "embedding_backward: null pointer");
-  embedding_bwd_kernel<<<detail::grid_for(p.M * p.C, kThreads), kThreads, 0, stream>>>(
-      p, tokens, dout, dtable);
+  if (p.C % 8 == 0 && detail::aligned16(dout) && detail::aligned16(dtable))
+    embedding_bwd_vec_kernel<<<detail::grid_for(p.M * p.C / 8, kThreads), kThreads, 0, stream>>>(
+        p, tokens, dout, dtable);
+  else
+    embedding_bwd_kernel<<<detail::grid_for(p.M * p.C, kThreads), kThreads, 0, stream>>>(
+        p, tokens, dout, dtable);
   CUDA_CHECK_LAUNCH();
 }
 

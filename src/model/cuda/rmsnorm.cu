@@ -1,5 +1,7 @@
 // RMSNorm forward and backward (rmsnorm.h's maths): one warp per row for the row-wise parts;
-// the weight gradient is a column sum over rows, done in two deterministic passes.
+// the weight gradient is a column sum over rows, done in two deterministic passes. Rows of
+// a width C multiple of 8 (pointers 16-byte aligned) go through 16-byte accesses, with the
+// scalar kernels' results bit for bit (see the vector kernels).
 #include "core/error.h"
 #include "model/cuda/common.cuh"
 #include "model/cuda/layers_cuda.h"
@@ -13,6 +15,27 @@ constexpr int kWarpsPerBlock = 8;
 // with ceil(C / 256) * M / kChunkRows blocks.
 constexpr int64_t kChunkRows = 64;
 
+// The maths, shared by the scalar and the vector kernels. Each multiply-add is spelled out
+// with intrinsics (never contracted), with the roundings the compiler chose for the plain
+// expressions before the vector path existed, so both paths give those bits whatever the
+// compiler would do with the unrolled vector code.
+__device__ __forceinline__ float norm_y(float x, float r, float w) {
+  return __fmul_rn(__fmul_rn(x, r), w);
+}
+// dx = r * (dy * w - x * r * mean), + old when accumulating (one fma).
+__device__ __forceinline__ float norm_dx(float x, float dy, float w, float r, float mean,
+                                         bool accumulate, float old) {
+  const float d = __fmaf_rn(dy, w, -__fmul_rn(__fmul_rn(x, r), mean));
+  return accumulate ? __fmaf_rn(r, d, old) : __fmul_rn(r, d);
+}
+__device__ __forceinline__ float sq_acc(float v, float ss) { return __fmaf_rn(v, v, ss); }
+__device__ __forceinline__ float dot_acc(float dy, float w, float x, float dot) {
+  return __fmaf_rn(__fmul_rn(dy, w), x, dot);
+}
+__device__ __forceinline__ float dw_acc(float dy, float x, float r, float acc) {
+  return __fmaf_rn(__fmul_rn(dy, x), r, acc);
+}
+
 // y = x * r * w, r = 1 / sqrt(mean(x^2) + eps), sum of squares in fp32.
 __global__ void rmsnorm_fwd_kernel(RmsNormParams p, const bf16* __restrict__ x,
                                    const float* __restrict__ w, bf16* __restrict__ y,
@@ -24,13 +47,13 @@ __global__ void rmsnorm_fwd_kernel(RmsNormParams p, const bf16* __restrict__ x,
   float ss = 0.f;
   for (int64_t c = lane; c < p.C; c += 32) {
     const float v = __bfloat162float(xr[c]);
-    ss += v * v;
+    ss = sq_acc(v, ss);
   }
   ss = detail::warp_sum(ss);
   const float r = rsqrtf(ss / float(p.C) + p.eps);
   if (lane == 0) rstd[row] = r;
   for (int64_t c = lane; c < p.C; c += 32)
-    y[row * p.C + c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * r * w[c]);
+    y[row * p.C + c] = __float2bfloat16_rn(norm_y(__bfloat162float(xr[c]), r, w[c]));
 }
 
 // dx = r * (dy * w - x * r * mean(dy * w * x * r)).
@@ -45,12 +68,110 @@ __global__ void rmsnorm_bwd_dx_kernel(RmsNormParams p, const bf16* __restrict__ 
   const float r = rstd[row];
   float dot = 0.f;
   for (int64_t c = lane; c < p.C; c += 32)
-    dot += __bfloat162float(dyr[c]) * w[c] * __bfloat162float(xr[c]);
+    dot = dot_acc(__bfloat162float(dyr[c]), w[c], __bfloat162float(xr[c]), dot);
   const float mean = detail::warp_sum(dot) * r / float(p.C);
   for (int64_t c = lane; c < p.C; c += 32) {
-    float g = r * (__bfloat162float(dyr[c]) * w[c] - __bfloat162float(xr[c]) * r * mean);
-    if (accumulate) g += __bfloat162float(dx[row * p.C + c]);
-    dx[row * p.C + c] = __float2bfloat16_rn(g);
+    const float old = accumulate ? __bfloat162float(dx[row * p.C + c]) : 0.f;
+    dx[row * p.C + c] = __float2bfloat16_rn(
+        norm_dx(__bfloat162float(xr[c]), __bfloat162float(dyr[c]), w[c], r, mean, accumulate, old));
+  }
+}
+
+// ---- Vector paths: C a multiple of 8, x, y, dy, dx, w 16-byte aligned ------------------
+// The row sums (sum of squares; dy * w * x) must add the same terms in the same order as
+// the scalar kernels to give the same bits: lane l sums c = l, l + 32, l + 64, ... So the
+// row comes in as uint4 loads of 256 elements (32 lanes x 8) at a time, staged in the warp's
+// shared memory, from where lane l reads its scalar elements l, l + 32, ..., l + 224 of the
+// chunk in order. The next chunk's loads are issued before the current one is summed. The
+// per-element passes (y, dx) go straight through uint4 loads and stores.
+constexpr int kChunkVec = 32;  // vectors per staged chunk: 256 elements
+
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    rmsnorm_fwd_vec_kernel(RmsNormParams p, const bf16* __restrict__ x,
+                           const float* __restrict__ w, bf16* __restrict__ y,
+                           float* __restrict__ rstd) {
+  __shared__ uint4 stage[kWarpsPerBlock][kChunkVec];
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (row >= p.M) return;  // the whole warp: row is the warp's
+  const int64_t nvec = p.C / 8;
+  const uint4* xv = reinterpret_cast<const uint4*>(x + row * p.C);
+  const bf16* st = reinterpret_cast<const bf16*>(stage[warp]);
+  float ss = 0.f;
+  uint4 next = make_uint4(0u, 0u, 0u, 0u);
+  if (lane < nvec) next = xv[lane];
+  for (int64_t b = 0; b < nvec; b += kChunkVec) {  // b: the chunk's first vector
+    stage[warp][lane] = next;                      // past the row's end: never read
+    __syncwarp();
+    if (b + kChunkVec + lane < nvec) next = xv[b + kChunkVec + lane];
+    const int len = static_cast<int>(min(int64_t{kChunkVec}, nvec - b)) * 8;
+    for (int j = lane; j < len; j += 32) {
+      ss = sq_acc(__bfloat162float(st[j]), ss);
+    }
+    __syncwarp();  // the chunk is consumed before the next overwrites it
+  }
+  ss = detail::warp_sum(ss);
+  const float r = rsqrtf(ss / float(p.C) + p.eps);
+  if (lane == 0) rstd[row] = r;
+  uint4* yv = reinterpret_cast<uint4*>(y + row * p.C);
+  for (int64_t i = lane; i < nvec; i += 32) {
+    float f[8], wf[8];
+    detail::unpack8(xv[i], f);
+    detail::load8(w + i * 8, wf);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = norm_y(f[e], r, wf[e]);
+    yv[i] = detail::pack8(f);
+  }
+}
+
+// dx's vector path. w is read per element in the dot (as the scalar kernel: a warp reads 32
+// consecutive floats), dx through uint4 (read when accumulating, then written: one thread
+// per element, so dx may be any buffer that is not x or dy).
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    rmsnorm_bwd_dx_vec_kernel(RmsNormParams p, const bf16* __restrict__ x,
+                              const float* __restrict__ w, const float* __restrict__ rstd,
+                              const bf16* __restrict__ dy, bf16* dx, bool accumulate) {
+  __shared__ uint4 stage_x[kWarpsPerBlock][kChunkVec], stage_dy[kWarpsPerBlock][kChunkVec];
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (row >= p.M) return;  // the whole warp
+  const int64_t nvec = p.C / 8;
+  const uint4* xv = reinterpret_cast<const uint4*>(x + row * p.C);
+  const uint4* dyv = reinterpret_cast<const uint4*>(dy + row * p.C);
+  const bf16* sx = reinterpret_cast<const bf16*>(stage_x[warp]);
+  const bf16* sdy = reinterpret_cast<const bf16*>(stage_dy[warp]);
+  const float r = rstd[row];
+  float dot = 0.f;
+  uint4 nx = make_uint4(0u, 0u, 0u, 0u), ndy = nx;
+  if (lane < nvec) {
+    nx = xv[lane];
+    ndy = dyv[lane];
+  }
+  for (int64_t b = 0; b < nvec; b += kChunkVec) {
+    stage_x[warp][lane] = nx;
+    stage_dy[warp][lane] = ndy;
+    __syncwarp();
+    if (b + kChunkVec + lane < nvec) {
+      nx = xv[b + kChunkVec + lane];
+      ndy = dyv[b + kChunkVec + lane];
+    }
+    const int len = static_cast<int>(min(int64_t{kChunkVec}, nvec - b)) * 8;
+    const float* wb = w + b * 8;  // element j of the chunk is column b * 8 + j
+    for (int j = lane; j < len; j += 32)
+      dot = dot_acc(__bfloat162float(sdy[j]), wb[j], __bfloat162float(sx[j]), dot);
+    __syncwarp();
+  }
+  const float mean = detail::warp_sum(dot) * r / float(p.C);
+  uint4* dxv = reinterpret_cast<uint4*>(dx + row * p.C);
+  for (int64_t i = lane; i < nvec; i += 32) {
+    float fx[8], fdy[8], wf[8], g[8] = {};
+    detail::unpack8(xv[i], fx);
+    detail::unpack8(dyv[i], fdy);
+    detail::load8(w + i * 8, wf);
+    if (accumulate) detail::unpack8(dxv[i], g);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) g[e] = norm_dx(fx[e], fdy[e], wf[e], r, mean, accumulate, g[e]);
+    dxv[i] = detail::pack8(g);
   }
 }
 
@@ -66,8 +187,38 @@ __global__ void rmsnorm_bwd_dw_partial_kernel(RmsNormParams p, const bf16* __res
   const int64_t m0 = chunk * kChunkRows, m1 = min(p.M, m0 + kChunkRows);
   float acc = 0.f;
   for (int64_t m = m0; m < m1; ++m)
-    acc += __bfloat162float(dy[m * p.C + c]) * __bfloat162float(x[m * p.C + c]) * rstd[m];
+    acc = dw_acc(__bfloat162float(dy[m * p.C + c]), __bfloat162float(x[m * p.C + c]), rstd[m], acc);
   partial[chunk * p.C + c] = acc;
+}
+
+// The same partial sums, 8 columns per thread through uint4 loads: each column's terms in
+// the same (row) order as the scalar kernel, so the same bits.
+constexpr int kDwVecThreads = 128;
+__global__ void __launch_bounds__(kDwVecThreads)
+    rmsnorm_bwd_dw_partial_vec_kernel(RmsNormParams p, const bf16* __restrict__ x,
+                                      const float* __restrict__ rstd, const bf16* __restrict__ dy,
+                                      float* __restrict__ partial) {
+  const int64_t c8 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // vector column
+  const int64_t chunk = blockIdx.y, C8 = p.C / 8;
+  if (c8 >= C8) return;
+  const int64_t m0 = chunk * kChunkRows, m1 = min(p.M, m0 + kChunkRows);
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  const uint4* dyv = reinterpret_cast<const uint4*>(dy);
+  float acc[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+#pragma unroll 4
+  for (int64_t m = m0; m < m1; ++m) {
+    float fx[8], fdy[8];
+    detail::unpack8(xv[m * C8 + c8], fx);
+    detail::unpack8(dyv[m * C8 + c8], fdy);
+    const float r = rstd[m];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = dw_acc(fdy[e], fx[e], r, acc[e]);
+  }
+  float* out = partial + chunk * p.C + c8 * 8;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) out[e] = acc[e];
 }
 
 // dw[c] += sum of the partials in chunk order: the same order every run.
@@ -95,7 +246,10 @@ void rmsnorm_forward(const RmsNormParams& p, const bf16* x, const float* w, bf16
   if (p.M == 0) return;
   MOBA_CHECK(x && w && y && rstd, "rmsnorm_forward: null pointer");
   const unsigned blocks = static_cast<unsigned>((p.M + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  rmsnorm_fwd_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(p, x, w, y, rstd);
+  if (p.C % 8 == 0 && detail::aligned16(x) && detail::aligned16(w) && detail::aligned16(y))
+    rmsnorm_fwd_vec_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(p, x, w, y, rstd);
+  else
+    rmsnorm_fwd_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(p, x, w, y, rstd);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -114,12 +268,25 @@ void rmsnorm_backward(const RmsNormParams& p, const bf16* x, const float* w, con
   MOBA_CHECK(chunks < 65536, "rmsnorm_backward: M = ", p.M, " rows exceed the ", 65535 * kChunkRows,
              " the dw reduction's grid allows");
   const unsigned blocks = static_cast<unsigned>((p.M + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  rmsnorm_bwd_dx_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(p, x, w, rstd, dy, dx,
-                                                                     accumulate_dx);
+  const bool vec = p.C % 8 == 0 && detail::aligned16(x) && detail::aligned16(w) &&
+                   detail::aligned16(dy) && detail::aligned16(dx);
+  if (vec)
+    rmsnorm_bwd_dx_vec_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(p, x, w, rstd, dy, dx,
+                                                                          accumulate_dx);
+  else
+    rmsnorm_bwd_dx_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(p, x, w, rstd, dy, dx,
+                                                                       accumulate_dx);
   CUDA_CHECK_LAUNCH();
   float* partial = static_cast<float*>(workspace);
-  const dim3 grid(static_cast<unsigned>((p.C + 255) / 256), static_cast<unsigned>(chunks));
-  rmsnorm_bwd_dw_partial_kernel<<<grid, 256, 0, stream>>>(p, x, rstd, dy, partial);
+  if (vec) {
+    const int64_t C8 = p.C / 8;
+    const dim3 grid(static_cast<unsigned>((C8 + kDwVecThreads - 1) / kDwVecThreads),
+                    static_cast<unsigned>(chunks));
+    rmsnorm_bwd_dw_partial_vec_kernel<<<grid, kDwVecThreads, 0, stream>>>(p, x, rstd, dy, partial);
+  } else {
+    const dim3 grid(static_cast<unsigned>((p.C + 255) / 256), static_cast<unsigned>(chunks));
+    rmsnorm_bwd_dw_partial_kernel<<<grid, 256, 0, stream>>>(p, x, rstd, dy, partial);
+  }
   CUDA_CHECK_LAUNCH();
   rmsnorm_bwd_dw_reduce_kernel<<<static_cast<unsigned>((p.C + 255) / 256), 256, 0, stream>>>(
       p.C, chunks, partial, dw);
