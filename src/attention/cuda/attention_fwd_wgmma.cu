@@ -71,6 +71,17 @@ void launch(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   auto kernel = attn_fwd_wgmma_kernel<D>;
   static bool configured = false;
   if (!configured) {
+    // setmaxnreg.inc (PTX ISA "setmaxnreg") blocks until the CTA's register pool, fixed at
+    // launch to numRegs x kThreads, can supply the consumers' registers: a kernel compiled
+    // with fewer registers would hang instead of failing. A build without sm_90a (the
+    // kernel is then a trap, numRegs of a few) is refused here too.
+    cudaFuncAttributes fa{};
+    CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+    if (fa.numRegs * T::kThreads < T::kRegPoolNeeded)
+      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_FWD=wgmma: kernel compiled with ",
+                           fa.numRegs, " registers per thread (needs ",
+                           (T::kRegPoolNeeded + T::kThreads - 1) / T::kThreads,
+                           " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     T::kSmemBytes));
     configured = true;

@@ -41,6 +41,19 @@ struct WgFwdTraits {
   static constexpr int kBc = 128;           // keys per tile
   static constexpr int kStages = D == 64 ? 3 : 2;  // K/V ring depth
   static constexpr int kThreads = 384;      // 2 consumer + 1 producer warpgroups
+  // setmaxnreg targets (PTX ISA "setmaxnreg": multiple of 8 in [24, 256], executed by
+  // every warp of a warpgroup). setmaxnreg.inc blocks until the CTA's register pool can
+  // supply the registers, and the pool is what the CTA got at launch (numRegs x
+  // kThreads): 128 x 24 + 256 x 240 = 64512 = 384 x 168, so the kernel must be compiled
+  // to (at least) the 168 of __launch_bounds__(384, 1), or the consumers wait forever. The
+  // launcher checks numRegs (attention_fwd_wgmma.cu).
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+  static constexpr int kRegPoolNeeded = 128 * kProducerRegs + 256 * kConsumerRegs;
+  static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 &&
+                    kConsumerRegs <= 256,
+                "setmaxnreg operand: multiple of 8 in [24, 256]");
+  static_assert(kRegPoolNeeded <= 65536, "register file of one SM");
   static constexpr int kColBlocks = D / 64; // 128-byte swizzle column blocks (TMA boxes)
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;  // one K (or V) tile
@@ -99,7 +112,7 @@ __global__ void __launch_bounds__(384, 1)
 
   if (wgi == 2) {
     // ---------------- producer ----------------
-    setmaxnreg_dec<24>();
+    setmaxnreg_dec<T::kProducerRegs>();
     if (tid == 256) {
       tma_prefetch_desc(&tm_q);
       tma_prefetch_desc(&tm_k);
@@ -125,7 +138,7 @@ __global__ void __launch_bounds__(384, 1)
   }
 
   // ---------------- consumers ----------------
-  setmaxnreg_inc<240>();
+  setmaxnreg_inc<T::kConsumerRegs>();
   const int lane = tid % 32, wi = (tid / 32) % 4;
   const int g = lane / 4, qd = lane % 4;
   const int wg_row0 = wgi * 64;              // first row of this warpgroup in the tile

@@ -39,8 +39,12 @@
 //   In elements, the canonical MN-major 128B layout is ((64, m), (8, k)) : ((1, LBO),
 //   (64, SBO)): 64 contiguous n, then n blocks LBO apart; 8 k-rows 128 bytes apart, then
 //   k groups SBO apart (the form public CUTLASS documentation gives for this mode).
-//   ASSUMPTION TO CHECK ON THE GPU: these LBO/SBO roles (if the D = 128 output is wrong in
-//   columns 64..127 only, swap them; D = 64 never uses LBO).
+//   Review (compile-only): these roles agree with CUTLASS's make_gmma_desc<Major::MN> for
+//   B128 (((8,n),(8,k)) : ((1,LBO),(8,SBO)) in 16-byte units) and with the PTX ISA's
+//   leading-dimension definition for MN-major swizzled layouts (stride between
+//   swizzle-width blocks along M/N; read in the tcgen05 "Major-ness supported by Strides"
+//   table, which describes the same descriptor fields). Still unrun: if the D = 128 output is wrong
+//   in columns 64..127 only, swap them first (D = 64 never uses LBO).
 //
 // Register fragments ("Register Fragments and Shared Memory Matrix Layouts", wgmma
 // .m64nNk16): warp w of the warpgroup (w = warp % 4) owns rows 16w..16w+15 of the 64-row
