@@ -5,6 +5,9 @@
 #   STEPS="build modeltest modelmemcheck" TARGETS=model_gpu_test bench/gpu_session.sh
 #     (the GPU trainer's layer kernels only: builds in about a minute, no attention kernels)
 #   STEPS="build cudamodeltest" TARGETS=model_cuda_test bench/gpu_session.sh
+#   STEPS="build wgmma" TARGETS="moba attention_gpu_test" bench/gpu_session.sh
+#     (the experimental sm_90a dense forward, MOBA_DENSE_FWD=wgmma: tests, then dense
+#     timings with and without it at D = 128 and 64; see docs/kernel_notes.md)
 #     (the GPU model against the CPU model, and the cuBLASLt matmuls)
 # Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest.
 set -uo pipefail
@@ -63,6 +66,26 @@ if has bench; then
   [[ -f "$OUT/peer_sdpa.json" ]] && peer=(--peer "$OUT/peer_sdpa.json")
   "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 -T $SEQ --heads 16 -D 128 \
     -S 512 -K 3 --repeats 10 "${peer[@]}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.md"
+fi
+if has wgmma; then
+  log "wgmma: experimental sm_90a dense forward (MOBA_DENSE_FWD=wgmma)"
+  grep -A2 "attn_fwd_wgmma" "$OUT/ptxas.txt" 2>/dev/null | grep -E "spill|registers"
+  # A wrong tx byte count or barrier parity hangs the kernel: every step has a timeout.
+  timeout 300 "$BUILD/tests/attention_gpu_test" --gtest_filter='*DenseWgmma*' 2>&1 | tee "$OUT/wgmma_test.log" \
+    | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err|wgmma|Failure|Expected|Which|error" | head -80
+  echo "wgmma test rc=${PIPESTATUS[0]}"
+  # The whole dense suite with the variable set: the backward consumes the wgmma out/lse.
+  MOBA_DENSE_FWD=wgmma timeout 300 "$BUILD/tests/attention_gpu_test" \
+    --gtest_filter='*dense_*:*moba_k_ge_blocks*' 2>&1 | tee "$OUT/wgmma_suite.log" \
+    | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err|Failure|error" | head -60
+  for D in 128 64; do
+    for mode in default wgmma; do
+      env $([[ $mode == wgmma ]] && echo MOBA_DENSE_FWD=wgmma) timeout 300 "$BUILD/src/cli/moba" bench attention \
+        --device cuda --dtype bf16 -T $SEQ --heads 16 -D $D -S 512 -K 3 --repeats 10 \
+        --json "$OUT/wgmma_bench_${mode}_d$D.json" > "$OUT/wgmma_bench_${mode}_d$D.md" 2>&1
+      echo "-- D=$D $mode"; grep -iE "dense|fwd" "$OUT/wgmma_bench_${mode}_d$D.md" | head -12
+    done
+  done
 fi
 if has ncu; then
   log "ncu: backward kernels at T=32768 (MoBA, then dense)"

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -261,6 +262,89 @@ const Case kCases[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGpu, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// The experimental sm_90a dense forward (wgmma + TMA, fwd_wgmma.cuh), selected through
+// MOBA_DENSE_FWD=wgmma: out and lse against the fp64 reference with the same bound, and
+// against the default (mma.sync) forward. Shapes cover both head dims, GQA, varlen with a
+// one-token sequence, T = 1, and enough key tiles to wrap the K/V ring several times.
+// (The whole suite can also run with the variable set: then the backward consumes the
+// wgmma forward's out and lse.)
+struct DenseCase {
+  const char* name;
+  std::vector<int64_t> cu;
+  int64_t Hq, Hkv, D;
+};
+
+class DenseWgmmaGpu : public ::testing::TestWithParam<DenseCase> {};
+
+bool is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  return major == 9 && minor == 0;
+}
+
+TEST_P(DenseWgmmaGpu, MatchesReference) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  if (!is_sm90()) GTEST_SKIP() << "wgmma forward needs an sm_90 device";
+  const DenseCase& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  const MobaConfig cfg{64, 1};
+  const attn::Options opt;
+  const double scale = opt.scale_for(l);
+  auto rnd = [&](size_t n, uint64_t s) {
+    std::vector<float> x = random_normal<float>(n, s);
+    for (float& e : x) e = round_bf16(e);
+    return x;
+  };
+  const auto q = rnd(l.q_elems(), 501), k = rnd(l.kv_elems(), 502), v = rnd(l.kv_elems(), 503),
+             dout = rnd(l.q_elems(), 504);
+  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size());
+  dq_in.upload(to_bf16(q));
+  dk_in.upload(to_bf16(k));
+  dv_in.upload(to_bf16(v));
+  DeviceBuffer<acu::bf16> o_wg(q.size()), o_def(q.size());
+  DeviceBuffer<float> lse_wg(l.lse_elems()), lse_def(l.lse_elems());
+  for (auto* b : {&o_wg, &o_def}) b->poison();
+  for (auto* b : {&lse_wg, &lse_def}) b->poison();
+  acu::Plan plan(l, cfg, opt);
+
+  const char* prev = std::getenv("MOBA_DENSE_FWD");
+  const std::string saved = prev ? prev : "";
+  setenv("MOBA_DENSE_FWD", "wgmma", 1);
+  acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_wg.ptr, lse_wg.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  unsetenv("MOBA_DENSE_FWD");
+  acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_def.ptr, lse_def.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  if (prev) setenv("MOBA_DENSE_FWD", saved.c_str(), 1);
+
+  std::vector<double> qd(q.begin(), q.end()), kd(k.begin(), k.end()), vd(v.begin(), v.end());
+  std::vector<double> out(q.size()), lse(l.lse_elems());
+  attn::cpu::dense_forward<double>(l, opt, qd, kd, vd, out, lse);
+  const NaiveResult nv = naive_bf16(l, cfg.block_size, nullptr, scale, q, k, v, dout);
+  const auto g_out = from_bf16(o_wg.download());
+  const auto g_lse = lse_wg.download();
+  std::printf("    wgmma forward:\n");
+  expect_close("out", g_out, out, nv.out);
+  expect_close("lse", g_lse, lse, nv.lse);
+  const auto d_out = from_bf16(o_def.download());
+  std::printf("    |wgmma - mma.sync| out %.3e\n",
+              max_rel_err(g_out, std::vector<double>(d_out.begin(), d_out.end())));
+}
+
+const DenseCase kDenseCases[] = {
+    {"wg_gqa4_d128", {0, 1000}, 4, 1, 128},
+    {"wg_varlen_d64", {0, 1, 78, 600, 1777}, 2, 2, 64},
+    {"wg_t1_d128", {0, 1}, 2, 1, 128},
+    {"wg_varlen_d128", {0, 129, 2177, 4353}, 2, 1, 128},
+    {"wg_long_d64", {0, 4096}, 4, 2, 64},
+    {"wg_odd_d128", {0, 127, 128, 385}, 1, 1, 128},
+};
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaGpu, ::testing::ValuesIn(kDenseCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The gate alone at a larger size (the CPU gate is cheap): many blocks, GQA, K = 8.

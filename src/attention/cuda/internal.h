@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "attention/cuda/attention_cuda.h"
+#include "attention/cuda/params.h"
 
 namespace moba::attn::cuda {
 
@@ -40,5 +41,10 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
 // Counting sort of the selection's past slots into (full block, kv head) buckets.
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
                                cudaStream_t stream);
+
+// Experimental sm_90a dense forward (wgmma + TMA, fwd_wgmma.cuh): dense_forward takes it
+// only when the environment variable MOBA_DENSE_FWD=wgmma is set (read on every call).
+bool dense_fwd_wgmma_requested();
+void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
 
 }  // namespace moba::attn::cuda
