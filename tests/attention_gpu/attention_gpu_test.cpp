@@ -264,12 +264,12 @@ const Case kCases[] = {
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGpu, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
-// The experimental sm_90a dense forward (wgmma + TMA, fwd_wgmma.cuh), selected through
-// MOBA_DENSE_FWD=wgmma: out and lse against the fp64 reference with the same bound, and
-// against the default (mma.sync) forward. Shapes cover both head dims, GQA, varlen with a
-// one-token sequence, T = 1, and enough key tiles to wrap the K/V ring several times.
-// (The whole suite can also run with the variable set: then the backward consumes the
-// wgmma forward's out and lse.)
+// Both dense forwards, the sm_90a one (wgmma + TMA, fwd_wgmma.cuh; the default on sm_90,
+// so the AttentionGpu suite above runs it) and the mma.sync one (fwd_kernel.cuh;
+// MOBA_DENSE_FWD=mma, the path of other GPUs): out and lse of each against the fp64
+// reference with the same bound, and against each other. Shapes cover both head dims,
+// GQA, varlen with a one-token sequence, T = 1, and enough key tiles to wrap the K/V ring
+// several times. (The whole suite can also run with MOBA_DENSE_FWD=mma.)
 struct DenseCase {
   const char* name;
   std::vector<int64_t> cu;
@@ -316,10 +316,11 @@ TEST_P(DenseWgmmaGpu, MatchesReference) {
   setenv("MOBA_DENSE_FWD", "wgmma", 1);
   acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_wg.ptr, lse_wg.ptr);
   CUDA_CHECK(cudaDeviceSynchronize());
-  unsetenv("MOBA_DENSE_FWD");
+  setenv("MOBA_DENSE_FWD", "mma", 1);
   acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_def.ptr, lse_def.ptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   if (prev) setenv("MOBA_DENSE_FWD", saved.c_str(), 1);
+  else unsetenv("MOBA_DENSE_FWD");
 
   std::vector<double> qd(q.begin(), q.end()), kd(k.begin(), k.end()), vd(v.begin(), v.end());
   std::vector<double> out(q.size()), lse(l.lse_elems());
@@ -331,6 +332,9 @@ TEST_P(DenseWgmmaGpu, MatchesReference) {
   expect_close("out", g_out, out, nv.out);
   expect_close("lse", g_lse, lse, nv.lse);
   const auto d_out = from_bf16(o_def.download());
+  std::printf("    mma.sync forward:\n");
+  expect_close("out", d_out, out, nv.out);
+  expect_close("lse", lse_def.download(), lse, nv.lse);
   std::printf("    |wgmma - mma.sync| out %.3e\n",
               max_rel_err(g_out, std::vector<double>(d_out.begin(), d_out.end())));
 }

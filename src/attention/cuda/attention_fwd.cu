@@ -78,7 +78,7 @@ void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16
   AttnParams p = base_params(plan, q, k, v);
   p.o = out;
   p.lse = lse;
-  if (dense_fwd_wgmma_requested()) {  // experimental, MOBA_DENSE_FWD=wgmma
+  if (dense_fwd_use_wgmma(plan.layout().head_dim)) {  // sm_90a; MOBA_DENSE_FWD overrides
     dense_forward_wgmma(plan, p, stream);
     mark_phase("fwd_dense_wgmma", stream);
     return;

@@ -1,7 +1,8 @@
 // Launcher of the sm_90a warpgroup forward (fwd_wgmma.cuh): tensor maps for q, k, v and
-// the same grid as the mma.sync dense forward. Selected by dense_forward only when the
-// environment variable MOBA_DENSE_FWD=wgmma is set (experimental, see
-// docs/kernel_notes.md "wgmma forward").
+// the same grid as the mma.sync dense forward. dense_forward takes it by default on an
+// sm_90 device when the kernel was built for sm_90a; MOBA_DENSE_FWD=mma selects the
+// mma.sync kernel, MOBA_DENSE_FWD=wgmma insists on this one (docs/kernel_notes.md,
+// "wgmma forward").
 #include <cuda.h>
 
 #include <cstdlib>
@@ -93,11 +94,43 @@ void launch(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
+// Whether the wgmma kernel can run here: an sm_90 device (wgmma and setmaxnreg are
+// sm_90a-only) and a kernel compiled for it (a build without sm_90a leaves a trap with a
+// handful of registers; see launch). Cached per device.
+bool wgmma_runs_here(int D) {
+  static int cached[64][2] = {};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  int& c = cached[dev & 63][D == 64 ? 0 : 1];
+  if (c == 0) {
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    bool ok = major == 9 && minor == 0 && (D == 64 || D == 128);
+    if (ok) {
+      cudaFuncAttributes fa{};
+      if (D == 64) {
+        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_fwd_wgmma_kernel<64>));
+        ok = fa.numRegs * WgFwdTraits<64>::kThreads >= WgFwdTraits<64>::kRegPoolNeeded;
+      } else {
+        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_fwd_wgmma_kernel<128>));
+        ok = fa.numRegs * WgFwdTraits<128>::kThreads >= WgFwdTraits<128>::kRegPoolNeeded;
+      }
+    }
+    c = ok ? 1 : 2;
+  }
+  return c == 1;
+}
+
 }  // namespace
 
-bool dense_fwd_wgmma_requested() {
+bool dense_fwd_use_wgmma(int64_t head_dim) {
   const char* e = std::getenv("MOBA_DENSE_FWD");
-  return e != nullptr && std::strcmp(e, "wgmma") == 0;
+  if (e != nullptr && std::strcmp(e, "mma") == 0) return false;
+  if (e != nullptr && std::strcmp(e, "wgmma") == 0) return true;  // errors if it cannot run
+  if (e != nullptr && *e != '\0')
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_FWD=", e, ": expected mma or wgmma");
+  return (head_dim == 64 || head_dim == 128) && wgmma_runs_here(static_cast<int>(head_dim));
 }
 
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {

@@ -42,9 +42,11 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
                                cudaStream_t stream);
 
-// Experimental sm_90a dense forward (wgmma + TMA, fwd_wgmma.cuh): dense_forward takes it
-// only when the environment variable MOBA_DENSE_FWD=wgmma is set (read on every call).
-bool dense_fwd_wgmma_requested();
+// sm_90a dense forward (wgmma + TMA, fwd_wgmma.cuh): dense_forward takes it by default
+// where it runs (an sm_90 device, a build for sm_90a, head dim 64 or 128). The environment
+// variable MOBA_DENSE_FWD (read on every call) overrides: `mma` for the mma.sync kernel,
+// `wgmma` to insist (an error where it cannot run).
+bool dense_fwd_use_wgmma(int64_t head_dim);
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
 
 }  // namespace moba::attn::cuda
