@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <type_traits>
@@ -99,7 +100,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RmsNormGpu,
                                            // vector path: C % 8 == 0
                                            NormCase{3, 8, true}, NormCase{33, 264, false},
                                            NormCase{129, 768, false},
-                                           NormCase{1029, 2048, true}),
+                                           NormCase{1029, 2048, true},
+                                           NormCase{1, 768, true}, NormCase{200, 1360, false}),
                          [](const auto& i) {
                            return "M" + std::to_string(i.param.M) + "_C" + std::to_string(i.param.C) +
                                   (i.param.accumulate ? "_acc" : "");
@@ -507,40 +509,82 @@ int64_t bits_differ(const std::vector<T>& a, const std::vector<T>& b) {
 
 TEST(VectorPathGpu, RmsNorm) {
   SKIP_WITHOUT_DEVICE();
-  for (const int64_t C : {8, 264, 768, 2048})
-    for (const bool acc : {false, true}) {
-      SCOPED_TRACE("C = " + std::to_string(C) + (acc ? ", dx +=" : ""));
-      const int64_t M = 77;  // two dw chunks, the second ragged
-      const size_t n = static_cast<size_t>(M * C);
-      const uint64_t s = next_seed();
-      const auto x = to_bf16(random_bf16(n, s, 2.0)), dy = to_bf16(random_bf16(n, s + 1)),
-                 dx0 = to_bf16(random_bf16(n, s + 2));
-      const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
-      const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
-      const mc::RmsNormParams p{M, C, 1e-5f};
-      DeviceBuffer<float> gw(w);
-      // Vector path.
-      DeviceBuffer<bf16> vx(x), vdy(dy), vy(n), vdx(dx0);
-      DeviceBuffer<float> vdw(dw0), vr(M);
-      DeviceBuffer<char> vws(mc::rmsnorm_backward_workspace(p));
-      vy.poison();
-      vr.poison();
-      mc::rmsnorm_forward(p, vx.ptr, gw.ptr, vy.ptr, vr.ptr);
-      mc::rmsnorm_backward(p, vx.ptr, gw.ptr, vr.ptr, vdy.ptr, vdx.ptr, vdw.ptr, acc, vws.ptr);
-      // Scalar path.
-      Misaligned<bf16> sx(x), sdy(dy), sy(n), sdx(dx0);
-      DeviceBuffer<float> sdw(dw0), sr(M);
-      DeviceBuffer<char> sws(mc::rmsnorm_backward_workspace(p));
-      sy.poison();
-      sr.poison();
-      mc::rmsnorm_forward(p, sx.ptr(), gw.ptr, sy.ptr(), sr.ptr);
-      mc::rmsnorm_backward(p, sx.ptr(), gw.ptr, sr.ptr, sdy.ptr(), sdx.ptr(), sdw.ptr, acc,
-                           sws.ptr);
-      EXPECT_SAME_BITS(vy.download(), sy.download(), "y");
-      EXPECT_SAME_BITS(vr.download(), sr.download(), "rstd");
-      EXPECT_SAME_BITS(vdx.download(), sdx.download(), "dx");
-      EXPECT_SAME_BITS(vdw.download(), sdw.download(), "dw");
-    }
+  // C <= 1360: the one-pass backward (dx and the dw partials together); 1368, 2048: the
+  // vector dx and dw-partial kernels apart. The scalar path (misaligned) is the reference:
+  // equal bits mean the vector paths keep the dw summation order.
+  // M 77: two dw chunks, the second ragged (one whole sub-chunk of 8 rows and one of 5);
+  // M 1: one row; M 200: four chunks, the last of 8 rows.
+  for (const int64_t M : {77, 1, 200})
+    for (const int64_t C : {8, 264, 768, 1360, 1368, 2048})
+      for (const bool acc : {false, true}) {
+        if (M != 77 && C != 768 && C != 1360) continue;
+        SCOPED_TRACE("M = " + std::to_string(M) + ", C = " + std::to_string(C) +
+                     (acc ? ", dx +=" : ""));
+        const size_t n = static_cast<size_t>(M * C);
+        const uint64_t s = next_seed();
+        const auto x = to_bf16(random_bf16(n, s, 2.0)), dy = to_bf16(random_bf16(n, s + 1)),
+                   dx0 = to_bf16(random_bf16(n, s + 2));
+        const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
+        const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
+        const mc::RmsNormParams p{M, C, 1e-5f};
+        DeviceBuffer<float> gw(w);
+        // Vector path.
+        DeviceBuffer<bf16> vx(x), vdy(dy), vy(n), vdx(dx0);
+        DeviceBuffer<float> vdw(dw0), vr(M);
+        DeviceBuffer<char> vws(mc::rmsnorm_backward_workspace(p));
+        vy.poison();
+        vr.poison();
+        mc::rmsnorm_forward(p, vx.ptr, gw.ptr, vy.ptr, vr.ptr);
+        mc::rmsnorm_backward(p, vx.ptr, gw.ptr, vr.ptr, vdy.ptr, vdx.ptr, vdw.ptr, acc, vws.ptr);
+        // Scalar path.
+        Misaligned<bf16> sx(x), sdy(dy), sy(n), sdx(dx0);
+        DeviceBuffer<float> sdw(dw0), sr(M);
+        DeviceBuffer<char> sws(mc::rmsnorm_backward_workspace(p));
+        sy.poison();
+        sr.poison();
+        mc::rmsnorm_forward(p, sx.ptr(), gw.ptr, sy.ptr(), sr.ptr);
+        mc::rmsnorm_backward(p, sx.ptr(), gw.ptr, sr.ptr, sdy.ptr(), sdx.ptr(), sdw.ptr, acc,
+                             sws.ptr);
+        EXPECT_SAME_BITS(vy.download(), sy.download(), "y");
+        EXPECT_SAME_BITS(vr.download(), sr.download(), "rstd");
+        EXPECT_SAME_BITS(vdx.download(), sdx.download(), "dx");
+        EXPECT_SAME_BITS(vdw.download(), sdw.download(), "dw");
+      }
+}
+
+// The one-pass RMSNorm backward (vector path, C <= 1360) against the vector path's two
+// kernels (MOBA_RMSNORM_BWD=split): the same bits, dw's fixed summation order included.
+TEST(VectorPathGpu, RmsNormOnePassEqualsTwoKernels) {
+  SKIP_WITHOUT_DEVICE();
+  for (const int64_t M : {1, 77, 1000})
+    for (const int64_t C : {8, 768, 1360})
+      for (const bool acc : {false, true}) {
+        SCOPED_TRACE("M = " + std::to_string(M) + ", C = " + std::to_string(C) +
+                     (acc ? ", dx +=" : ""));
+        const size_t n = static_cast<size_t>(M * C);
+        const uint64_t s = next_seed();
+        const auto x = to_bf16(random_bf16(n, s, 2.0)), dy = to_bf16(random_bf16(n, s + 1)),
+                   dx0 = to_bf16(random_bf16(n, s + 2));
+        const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
+        const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
+        const mc::RmsNormParams p{M, C, 1e-5f};
+        DeviceBuffer<float> gw(w), rstd(M);
+        DeviceBuffer<bf16> gx(x), gdy(dy), gy(n), dxa(dx0), dxb(dx0);
+        DeviceBuffer<float> dwa(dw0), dwb(dw0);
+        DeviceBuffer<char> ws(mc::rmsnorm_backward_workspace(p));
+        mc::rmsnorm_forward(p, gx.ptr, gw.ptr, gy.ptr, rstd.ptr);
+        if (!acc) {
+          dxa.poison();
+          dxb.poison();
+        }
+        mc::rmsnorm_backward(p, gx.ptr, gw.ptr, rstd.ptr, gdy.ptr, dxa.ptr, dwa.ptr, acc, ws.ptr);
+        setenv("MOBA_RMSNORM_BWD", "split", 1);
+        mc::rmsnorm_backward(p, gx.ptr, gw.ptr, rstd.ptr, gdy.ptr, dxb.ptr, dwb.ptr, acc, ws.ptr);
+        unsetenv("MOBA_RMSNORM_BWD");
+        EXPECT_SAME_BITS(dxa.download(), dxb.download(), "dx");
+        EXPECT_SAME_BITS(dwa.download(), dwb.download(), "dw");
+        EXPECT_TRUE(all_finite(from_bf16(dxa.download())));
+      }
 }
 
 template <typename T>
@@ -986,6 +1030,12 @@ TEST(LayersCudaTiming, TrainerSizes) {
   time("rmsnorm bwd", 8.0 * M * C, [&] {
     mc::rmsnorm_backward(rp, x.ptr, w.ptr, rstd.ptr, y.ptr, dx.ptr, dw.ptr, true, ws.ptr);
   });
+  // The two-kernel vector path (dx, then the dw partials), for comparison.
+  setenv("MOBA_RMSNORM_BWD", "split", 1);
+  time("rmsnorm bwd (split)", 8.0 * M * C, [&] {
+    mc::rmsnorm_backward(rp, x.ptr, w.ptr, rstd.ptr, y.ptr, dx.ptr, dw.ptr, true, ws.ptr);
+  });
+  unsetenv("MOBA_RMSNORM_BWD");
   {
     // Constant inputs (0x3f3f = 0.746 in bf16): these kernels' speed does not depend on the
     // values, and drawing 10^8 normal samples on the host would take longer than the timing.
