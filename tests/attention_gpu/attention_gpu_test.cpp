@@ -352,7 +352,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaGpu, ::testing::ValuesIn(kDenseCases)
                          [](const auto& info) { return std::string(info.param.name); });
 
 // Both dense backwards on the same forward output: the sm_90a one (wgmma + TMA,
-// bwd_wgmma.cuh, MOBA_DENSE_BWD=wgmma) and the mma.sync one (bwd_kernel.cuh, the default):
+// bwd_wgmma.cuh, the default on sm_90) and the mma.sync one (bwd_kernel.cuh, MOBA_DENSE_BWD=mma):
 // dq, dk, dv of each against the fp64 reference with the same bound, and against each
 // other. Shapes: both head dims (query tiles of 128 rows at D = 64, 64 at D = 128), GQA
 // 4:1 and MHA, varlen with odd lengths and a one-token sequence, T = 1, T not a multiple

@@ -131,7 +131,7 @@ void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, con
                     const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                     cudaStream_t stream) {
   AttnParams p = bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv);
-  if (dense_bwd_use_wgmma()) {  // MOBA_DENSE_BWD=wgmma: the sm_90a kernel (bwd_wgmma.cuh)
+  if (dense_bwd_use_wgmma(plan.layout().head_dim)) {  // sm_90a (bwd_wgmma.cuh); MOBA_DENSE_BWD overrides
     dense_backward_wgmma(plan, p, stream);
     return;
   }

@@ -1,8 +1,9 @@
 // Launcher of the sm_90a warpgroup dense backward (bwd_wgmma.cuh): preparation kernel
 // (delta = rowsum(dO o O) and lse * log2(e), both transposed to (Hq, N) for the TMA, and
 // the fp32 dQ accumulator zeroed), tensor maps, the kernel, and the shared dq conversion.
-// dense_backward takes it only when MOBA_DENSE_BWD=wgmma (docs/kernel_notes.md, "wgmma
-// backward"); `mma` or unset keeps the mma.sync kernel, anything else is an error.
+// dense_backward takes it by default on sm_90 when built for sm_90a; MOBA_DENSE_BWD=mma
+// selects the mma.sync backward, MOBA_DENSE_BWD=wgmma insists (docs/kernel_notes.md, "wgmma
+// backward"); any other value is an error.
 #include <cuda.h>
 
 #include <cstdlib>
@@ -66,7 +67,8 @@ CUtensorMap map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, 
 }
 
 // (Hq, n_pad) fp32 rows (transposed lse / delta) as (N, Hq); box `rows` tokens x 1 head,
-// no swizzle (rows * 4 bytes, a multiple of 16). Tokens past N read as zeros.
+// no swizzle (rows * 4 bytes, a multiple of 16). Tokens past N read as zeros. The kernel
+// starts every box at a multiple of 4 tokens (16 bytes; see WgBwdTraits::kRowBox).
 CUtensorMap map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad, int rows,
                      const char* what) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(n_tok), static_cast<cuuint64_t>(heads)};
@@ -130,8 +132,8 @@ void launch(const Plan& plan, const AttnParams& p, const float* lse_t, const flo
   const CUtensorMap tk = map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
   const CUtensorMap tv = map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
   const CUtensorMap tdo = map_bf16(p.dout, N, p.Hq, D, T::kBr, "dout");
-  const CUtensorMap tlse = map_rows(lse_t, N, p.Hq, n_pad, T::kBr, "lse");
-  const CUtensorMap tdl = map_rows(delta_t, N, p.Hq, n_pad, T::kBr, "delta");
+  const CUtensorMap tlse = map_rows(lse_t, N, p.Hq, n_pad, T::kRowBox, "lse");
+  const CUtensorMap tdl = map_rows(delta_t, N, p.Hq, n_pad, T::kRowBox, "delta");
   const CUtensorMap tdq = map_dq(p.dq_acc, N, p.Hq, D);
   auto kernel = attn_bwd_wgmma_kernel<D>;
   static bool configured = false;
@@ -157,14 +159,42 @@ void launch(const Plan& plan, const AttnParams& p, const float* lse_t, const flo
   CUDA_CHECK_LAUNCH();
 }
 
+// Whether the wgmma backward can run here: an sm_90 device and a kernel compiled for
+// sm_90a (a build without it leaves a trap with a handful of registers). Cached per device.
+bool wgmma_bwd_runs_here(int D) {
+  static int cached[64][2] = {};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  int& c = cached[dev & 63][D == 64 ? 0 : 1];
+  if (c == 0) {
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    bool ok = major == 9 && minor == 0 && (D == 64 || D == 128);
+    if (ok) {
+      cudaFuncAttributes fa{};
+      if (D == 64) {
+        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_bwd_wgmma_kernel<64>));
+        ok = fa.numRegs * WgBwdTraits<64>::kThreads >= WgBwdTraits<64>::kRegPoolNeeded;
+      } else {
+        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_bwd_wgmma_kernel<128>));
+        ok = fa.numRegs * WgBwdTraits<128>::kThreads >= WgBwdTraits<128>::kRegPoolNeeded;
+      }
+    }
+    c = ok ? 1 : 2;
+  }
+  return c == 1;
+}
+
 }  // namespace
 
-bool dense_bwd_use_wgmma() {
+bool dense_bwd_use_wgmma(int64_t head_dim) {
   const char* e = std::getenv("MOBA_DENSE_BWD");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "mma") == 0) return false;
-  if (std::strcmp(e, "wgmma") == 0) return true;  // errors later if it cannot run here
-  ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=", e, ": expected mma or wgmma");
-  return false;
+  if (e != nullptr && std::strcmp(e, "mma") == 0) return false;
+  if (e != nullptr && std::strcmp(e, "wgmma") == 0) return true;  // errors if it cannot run
+  if (e != nullptr && *e != '\0')
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=", e, ": expected mma or wgmma");
+  return (head_dim == 64 || head_dim == 128) && wgmma_bwd_runs_here(static_cast<int>(head_dim));
 }
 
 void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {

@@ -70,8 +70,13 @@ struct WgBwdTraits {
   static constexpr int kColBlocks = D / 64;         // 128-byte column blocks (TMA boxes)
   static constexpr int kKVBytes = kBc * D * 2;      // the K (or V) tile
   static constexpr int kQBytes = kBr * D * 2;       // one Q (or dO) tile
-  static constexpr int kRowBytes = kBr * 4;         // lse (or delta) of one query tile
-  static constexpr int kStageTx = 2 * kQBytes + 2 * kRowBytes;  // bytes per ring slot
+  // lse (or delta) of one query tile. The 2-d TMA box's start must be 16-byte aligned in
+  // its innermost (token) dimension (measured: an unaligned start is an illegal
+  // instruction), so the box starts at q0 rounded down to 4 tokens and is 4 tokens longer;
+  // the consumers read from offset q0 % 4.
+  static constexpr int kRowBox = kBr + 4;                      // tokens per box
+  static constexpr int kRowBytes = (kRowBox * 4 + 127) / 128 * 128;  // smem slot stride
+  static constexpr int kStageTx = 2 * kQBytes + 2 * kRowBox * 4;  // bytes per ring slot
   static constexpr int kDsBytes = kBc * kBr * 2;    // one dS^T buffer (bf16)
   // dQ staging: per consumer warpgroup 64 rows x 64 fp32 columns as two boxes of 32
   // columns (128 bytes, the 128B swizzle span) x 64 rows.
@@ -116,8 +121,9 @@ __global__ void __launch_bounds__(384, 1)
   __nv_bfloat16* sV = reinterpret_cast<__nv_bfloat16*>(smem + T::kOffV);    // [CB][Bc][64]
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem + T::kOffQ);    // [ST][CB][Br][64]
   __nv_bfloat16* sdO = reinterpret_cast<__nv_bfloat16*>(smem + T::kOffDo);  // [ST][CB][Br][64]
-  float* sLse = reinterpret_cast<float*>(smem + T::kOffLse);                // [ST][Br]
-  float* sDelta = reinterpret_cast<float*>(smem + T::kOffDelta);            // [ST][Br]
+  float* sLse = reinterpret_cast<float*>(smem + T::kOffLse);        // [ST][kRowBytes / 4]
+  float* sDelta = reinterpret_cast<float*>(smem + T::kOffDelta);    // [ST][kRowBytes / 4]
+  constexpr int RS = T::kRowBytes / 4;  // floats between ring slots of lse / delta
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + T::kOffBar);
   uint64_t* full_kv = bars;
   uint64_t* full = bars + 1;        // [ST]
@@ -173,8 +179,8 @@ __global__ void __launch_bounds__(384, 1)
           tma_load_3d(sQ + s * Br * D + cb * Br * 64, &tm_q, cb * 64, h, q0, &full[s]);
           tma_load_3d(sdO + s * Br * D + cb * Br * 64, &tm_do, cb * 64, h, q0, &full[s]);
         }
-        tma_load_2d(sLse + s * Br, &tm_lse, q0, h, &full[s]);
-        tma_load_2d(sDelta + s * Br, &tm_delta, q0, h, &full[s]);
+        tma_load_2d(sLse + s * RS, &tm_lse, q0 & ~3, h, &full[s]);  // 16-byte aligned start
+        tma_load_2d(sDelta + s * RS, &tm_delta, q0 & ~3, h, &full[s]);
       }
     }
     return;
@@ -217,8 +223,8 @@ __global__ void __launch_bounds__(384, 1)
     const int h = kvh * p.group + it / tiles;
     const int q0 = key0 + (it % tiles) * Br;  // first query token of the tile
     const uint32_t qs = q_addr + s * T::kQBytes, dos = do_addr + s * T::kQBytes;
-    const float* lse_s = sLse + s * Br;
-    const float* dl_s = sDelta + s * Br;
+    const float* lse_s = sLse + s * RS + (q0 & 3);  // the box started at q0 & ~3
+    const float* dl_s = sDelta + s * RS + (q0 & 3);
 
     // S^T = K_w Q^T and dP^T = V_w dO^T (K-major A and B; k-step kk = column block kk/4,
     // +32 bytes per step inside the swizzled row), two groups.
@@ -252,7 +258,7 @@ __global__ void __launch_bounds__(384, 1)
     const bool need_mask = (kw0 + 63 > q0) || (q0 + Br > seq_end);
 #pragma unroll
     for (int i = 0; i < Br / 8; ++i) {
-      const float2 l = *reinterpret_cast<const float2*>(lse_s + 8 * i + 2 * qd);
+      const float2 l = make_float2(lse_s[8 * i + 2 * qd], lse_s[8 * i + 2 * qd + 1]);
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         st[4 * i + 2 * hh] = exp2f(fmaf(st[4 * i + 2 * hh], p.scale_log2, -l.x));
@@ -274,7 +280,7 @@ __global__ void __launch_bounds__(384, 1)
     // dS^T = P^T o (dP^T - delta); masked entries have P^T = 0 exactly, so dS^T = 0.
 #pragma unroll
     for (int i = 0; i < Br / 8; ++i) {
-      const float2 dl = *reinterpret_cast<const float2*>(dl_s + 8 * i + 2 * qd);
+      const float2 dl = make_float2(dl_s[8 * i + 2 * qd], dl_s[8 * i + 2 * qd + 1]);
 #pragma unroll
       for (int c = 0; c < 4; ++c)
         dpt[4 * i + c] = st[4 * i + c] * (dpt[4 * i + c] - ((c & 1) ? dl.y : dl.x));
@@ -363,11 +369,16 @@ __global__ void __launch_bounds__(384, 1)
       }
     fence_proxy_async();
     named_bar_sync(2 + w, 128);
+    // Rows at or past the sequence end hold exact zeros: a box starting there (D = 64's
+    // second half of a tile that ends the sequence) is not sent, which also keeps every
+    // reduce-add at least partly inside the tensor.
     if (wg_tid == 0) {
+      if (q0 + dq_row_off < seq_end) {
 #pragma unroll
-      for (int box = 0; box < 2; ++box)
-        tma_reduce_add_3d(&tm_dq, dq_col0 + 32 * box, h, q0 + dq_row_off,
-                          sDq + box * T::kDqBoxBytes);
+        for (int box = 0; box < 2; ++box)
+          tma_reduce_add_3d(&tm_dq, dq_col0 + 32 * box, h, q0 + dq_row_off,
+                            sDq + box * T::kDqBoxBytes);
+      }
       bulk_commit();
     }
   }

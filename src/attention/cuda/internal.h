@@ -51,11 +51,12 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
 bool dense_fwd_use_wgmma(int64_t head_dim);
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
 
-// sm_90a dense backward (wgmma + TMA, bwd_wgmma.cuh). Taken only when the environment
-// variable MOBA_DENSE_BWD (read on every call) is `wgmma`; unset, empty or `mma` keep the
-// mma.sync kernel, anything else is an error. dense_backward_wgmma fails with a message
-// where it cannot run (not an sm_90 device, a build without sm_90a, head dim not 64/128).
-bool dense_bwd_use_wgmma();
+// sm_90a dense backward (wgmma + TMA, bwd_wgmma.cuh): dense_backward takes it by default
+// where it runs (an sm_90 device, a build for sm_90a, head dim 64 or 128). The environment
+// variable MOBA_DENSE_BWD (read on every call) overrides: `mma` for the mma.sync kernel,
+// `wgmma` to insist (dense_backward_wgmma then fails with a message where it cannot run);
+// anything else is an error.
+bool dense_bwd_use_wgmma(int64_t head_dim);
 void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
 // dq = bf16(dq_acc * scale) over rows x D elements (attention_bwd.cu).
 void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
