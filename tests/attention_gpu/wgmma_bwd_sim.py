@@ -8,7 +8,8 @@
 # (16-byte chunk c of row r at c ^ (r % 8) inside 1024-byte atoms), the address a matrix
 # descriptor gives each operand element (K-major and MN-major, LBO / SBO), the wgmma
 # accumulator and RS A-fragment layouts; an MN-major A operand (dQ's A = dS, imm-trans-a)
-# is modelled exactly like an MN-major B (the one assumption the forward did not exercise).
+# is modelled exactly like an MN-major B (confirmed on the H100, results/attention/v10), and
+# the 16-byte alignment that 2-d TMA boxes need at their innermost start (asserted).
 # What it transcribes from the kernel: tile loops
 # and their bounds, the masks, lse / delta indexing, the register packing, the dS^T and dQ
 # staging addresses, the descriptors' start addresses, the dQ split and the reduce-add
@@ -45,7 +46,7 @@ def sim(q, k, v, do, o, lse, cu, Hq, Hkv, D, scale):
             delta_t[h, t] = (o[t, h] * do[t, h]).sum(); lse_t[h, t] = lse[t, h] * LOG2E
     dq_acc = np.zeros((N, Hq, D)); dk_out = np.full((N, Hkv, D), np.nan); dv_out = np.full((N, Hkv, D), np.nan)
     # smem offsets (WgBwdTraits)
-    kKV = Bc * D * 2; kQ = Br * D * 2; kRow = Br * 4; kDs = Bc * Br * 2; kDqBox = 64 * 128; kDqWg = 2 * kDqBox
+    kKV = Bc * D * 2; kQ = Br * D * 2; kRowBox = Br + 4; kRow = (kRowBox * 4 + 127) // 128 * 128; kDs = Bc * Br * 2; kDqBox = 64 * 128; kDqWg = 2 * kDqBox
     oK = 0; oV = oK + kKV; oQ = oV + kKV; oDo = oQ + ST * kQ; oDs = oDo + ST * kQ; oDq = oDs + 2 * kDs
     oLse = oDq + 2 * kDqWg; oDl = oLse + ST * kRow; total = oDl + ST * kRow
     max_len = max(cu[i + 1] - cu[i] for i in range(len(cu) - 1))
@@ -64,6 +65,9 @@ def sim(q, k, v, do, o, lse, cu, Hq, Hkv, D, scale):
                         tok = c2 + r
                         mem[dst + swz(r * 128 + c * 2)] = T[tok, head, c0 + c] if tok < N else 0.0
             def tma2(dst, A, c0, head, rows):
+                # The hardware faults (illegal instruction) unless the innermost start is
+                # 16-byte aligned: the kernel starts these boxes at q0 & ~3.
+                assert (c0 * 4) % 16 == 0, f"unaligned 2-d TMA start {c0}"
                 for r in range(rows):
                     mem[dst + r * 4] = A[head, c0 + r] if c0 + r < N else 0.0
             for cb in range(CB):
@@ -85,7 +89,7 @@ def sim(q, k, v, do, o, lse, cu, Hq, Hkv, D, scale):
                 for cb in range(CB):
                     tma3(oQ + s * kQ + cb * Br * 128, q, cb * 64, h, q0, Br)
                     tma3(oDo + s * kQ + cb * Br * 128, do, cb * 64, h, q0, Br)
-                tma2(oLse + s * kRow, lse_t, q0, h, Br); tma2(oDl + s * kRow, delta_t, q0, h, Br)
+                tma2(oLse + s * kRow, lse_t, q0 & ~3, h, kRowBox); tma2(oDl + s * kRow, delta_t, q0 & ~3, h, kRowBox)
                 qs = oQ + s * kQ; dos = oDo + s * kQ
                 regs_ds = {}
                 for w in range(2):
@@ -108,7 +112,7 @@ def sim(q, k, v, do, o, lse, cu, Hq, Hkv, D, scale):
                                         st[4 * i + 2 * hh + e] = St[16 * wi + g + 8 * hh, 8 * i + 2 * qd + e]
                                         dpt[4 * i + 2 * hh + e] = dPt[16 * wi + g + 8 * hh, 8 * i + 2 * qd + e]
                             for i in range(Br // 8):
-                                lx = mem[oLse + s * kRow + 4 * (8 * i + 2 * qd)]; ly = mem[oLse + s * kRow + 4 * (8 * i + 2 * qd + 1)]
+                                lx = mem[oLse + s * kRow + 4 * ((q0 & 3) + 8 * i + 2 * qd)]; ly = mem[oLse + s * kRow + 4 * ((q0 & 3) + 8 * i + 2 * qd + 1)]
                                 for hh in range(2):
                                     st[4 * i + 2 * hh] = 2.0 ** (st[4 * i + 2 * hh] * scale_log2 - lx)
                                     st[4 * i + 2 * hh + 1] = 2.0 ** (st[4 * i + 2 * hh + 1] * scale_log2 - ly)
@@ -118,7 +122,7 @@ def sim(q, k, v, do, o, lse, cu, Hq, Hkv, D, scale):
                                         qt = q0 + 8 * i + 2 * qd + (c & 1); kt = krow0 + 8 * (c >> 1)
                                         if kt > qt or qt >= seq_end: st[4 * i + c] = 0.0
                             for i in range(Br // 8):
-                                dx = mem[oDl + s * kRow + 4 * (8 * i + 2 * qd)]; dy = mem[oDl + s * kRow + 4 * (8 * i + 2 * qd + 1)]
+                                dx = mem[oDl + s * kRow + 4 * ((q0 & 3) + 8 * i + 2 * qd)]; dy = mem[oDl + s * kRow + 4 * ((q0 & 3) + 8 * i + 2 * qd + 1)]
                                 for c in range(4):
                                     dpt[4 * i + c] = st[4 * i + c] * (dpt[4 * i + c] - (dy if c & 1 else dx))
                             # pack -> A fragments (pairs), then the documented RS-A layout
