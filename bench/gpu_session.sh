@@ -9,6 +9,10 @@
 #     (the experimental sm_90a dense forward, MOBA_DENSE_FWD=wgmma: tests, then dense
 #     timings with and without it at D = 128 and 64; see docs/kernel_notes.md)
 #     (the GPU model against the CPU model, and the cuBLASLt matmuls)
+#   STEPS="build wgbwd" TARGETS="moba attention_gpu_test" SEQ="8192 32768" bench/gpu_session.sh
+#     (the experimental sm_90a dense backward, MOBA_DENSE_BWD=wgmma: ptxas lines, its test,
+#     the dense suite with it, dense timings with and without it at D = 128 (H 16) and
+#     D = 64 (H 12); writes 3 files: wgbwd_test.log, wgbwd_suite.log, wgbwd_bench.md)
 # Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest.
 set -uo pipefail
 OUT=${OUT:-out}
@@ -86,6 +90,35 @@ if has wgmma; then
       echo "-- D=$D $mode"; grep -iE "dense|fwd" "$OUT/wgmma_bench_${mode}_d$D.md" | head -12
     done
   done
+fi
+if has wgbwd; then
+  log "wgbwd: experimental sm_90a dense backward (MOBA_DENSE_BWD=wgmma)"
+  grep -A2 "attn_bwd_wgmma" "$OUT/ptxas.txt" 2>/dev/null | grep -E "spill|registers"
+  # A wrong tx byte count, barrier parity or named-barrier count hangs the kernel: every
+  # run has a timeout.
+  timeout 300 "$BUILD/tests/attention_gpu_test" --gtest_filter='*DenseWgmmaBwd*' 2>&1 | tee "$OUT/wgbwd_test.log" \
+    | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err|wgmma|Failure|Expected|Which|error" | head -120
+  echo "wgbwd test rc=${PIPESTATUS[0]}"
+  # The dense cases of the whole suite with the variable set (dense_backward -> wgmma).
+  MOBA_DENSE_BWD=wgmma timeout 300 "$BUILD/tests/attention_gpu_test" --gtest_filter='*dense_*' 2>&1 \
+    | tee "$OUT/wgbwd_suite.log" | grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) |err|Failure|error" | head -60
+  echo "wgbwd suite rc=${PIPESTATUS[0]}"
+  : > "$OUT/wgbwd_bench.md"
+  for DH in "128 16" "64 12"; do
+    set -- $DH
+    for mode in mma wgmma; do
+      { echo "## D=$1 H=$2 MOBA_DENSE_BWD=$mode"
+        MOBA_DENSE_BWD=$mode timeout 300 "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 \
+          -T $SEQ --heads $2 -D $1 -S 512 -K 3 --repeats 10 2>&1
+        echo "rc=$?"; } > "$OUT/wgbwd_cur.md"
+      cat "$OUT/wgbwd_cur.md" >> "$OUT/wgbwd_bench.md"
+      echo "-- D=$1 H=$2 bwd=$mode"; grep -E "^\| 8|^\| 3|^rc=[^0]|rror" "$OUT/wgbwd_cur.md"
+      # Backward alone = fwd+bwd - fwd; FLOPs 10 * pairs * D (pairs = H * T (T + 1) / 2).
+      grep -E "^\| [0-9]" "$OUT/wgbwd_cur.md" | awk -F'|' -v D=$1 -v H=$2 '{T=$2+0; f=$3+0; fb=$4+0; b=fb-f;
+        if (b > 0) printf "   T=%d bwd %.3f ms = %.0f TFLOP/s\n", T, b, 10*H*T*(T+1)/2*D/(b*1e9)}'
+    done
+  done
+  rm -f "$OUT/wgbwd_cur.md"
 fi
 if has ncu; then
   log "ncu: backward kernels at T=32768 (MoBA, then dense)"

@@ -351,6 +351,101 @@ const DenseCase kDenseCases[] = {
 INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaGpu, ::testing::ValuesIn(kDenseCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// Both dense backwards on the same forward output: the sm_90a one (wgmma + TMA,
+// bwd_wgmma.cuh, the default on sm_90) and the mma.sync one (bwd_kernel.cuh, MOBA_DENSE_BWD=mma):
+// dq, dk, dv of each against the fp64 reference with the same bound, and against each
+// other. Shapes: both head dims (query tiles of 128 rows at D = 64, 64 at D = 128), GQA
+// 4:1 and MHA, varlen with odd lengths and a one-token sequence, T = 1, T not a multiple
+// of the tiles, query tiles running into the next sequence and past N, and 4096 tokens
+// (64 query tiles per key tile and head: the two-slot ring wraps many times).
+class DenseWgmmaBwdGpu : public ::testing::TestWithParam<DenseCase> {};
+
+TEST_P(DenseWgmmaBwdGpu, MatchesReference) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  if (!is_sm90()) GTEST_SKIP() << "wgmma backward needs an sm_90 device";
+  const DenseCase& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  const MobaConfig cfg{64, 1};
+  const attn::Options opt;
+  const double scale = opt.scale_for(l);
+  auto rnd = [&](size_t n, uint64_t s) {
+    std::vector<float> x = random_normal<float>(n, s);
+    for (float& e : x) e = round_bf16(e);
+    return x;
+  };
+  const auto q = rnd(l.q_elems(), 601), k = rnd(l.kv_elems(), 602), v = rnd(l.kv_elems(), 603),
+             dout = rnd(l.q_elems(), 604);
+  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(dout.size());
+  dq_in.upload(to_bf16(q));
+  dk_in.upload(to_bf16(k));
+  dv_in.upload(to_bf16(v));
+  ddo.upload(to_bf16(dout));
+  DeviceBuffer<acu::bf16> o(q.size());
+  DeviceBuffer<float> lse(l.lse_elems());
+  DeviceBuffer<acu::bf16> dq_wg(q.size()), dk_wg(k.size()), dv_wg(v.size());
+  DeviceBuffer<acu::bf16> dq_mma(q.size()), dk_mma(k.size()), dv_mma(v.size());
+  for (auto* b : {&o, &dq_wg, &dk_wg, &dv_wg, &dq_mma, &dk_mma, &dv_mma}) b->poison();
+  lse.poison();
+  acu::Plan plan(l, cfg, opt);
+  acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr);
+
+  const char* prev = std::getenv("MOBA_DENSE_BWD");
+  const std::string saved = prev ? prev : "";
+  setenv("MOBA_DENSE_BWD", "wgmma", 1);
+  acu::dense_backward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr, dq_wg.ptr,
+                      dk_wg.ptr, dv_wg.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  setenv("MOBA_DENSE_BWD", "mma", 1);
+  acu::dense_backward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr, dq_mma.ptr,
+                      dk_mma.ptr, dv_mma.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  if (prev) setenv("MOBA_DENSE_BWD", saved.c_str(), 1);
+  else unsetenv("MOBA_DENSE_BWD");
+
+  std::vector<double> qd(q.begin(), q.end()), kd(k.begin(), k.end()), vd(v.begin(), v.end()),
+      dod(dout.begin(), dout.end());
+  std::vector<double> out(q.size()), rlse(l.lse_elems()), rdq(q.size()), rdk(k.size()), rdv(v.size());
+  attn::cpu::dense_forward<double>(l, opt, qd, kd, vd, out, rlse);
+  attn::cpu::dense_backward<double>(l, opt, qd, kd, vd, out, rlse, dod, rdq, rdk, rdv);
+  const NaiveResult nv = naive_bf16(l, cfg.block_size, nullptr, scale, q, k, v, dout);
+  const auto w_dq = from_bf16(dq_wg.download()), w_dk = from_bf16(dk_wg.download()),
+             w_dv = from_bf16(dv_wg.download());
+  const auto m_dq = from_bf16(dq_mma.download()), m_dk = from_bf16(dk_mma.download()),
+             m_dv = from_bf16(dv_mma.download());
+  std::printf("    forward (default path):\n");
+  expect_close("out", from_bf16(o.download()), out, nv.out);
+  std::printf("    wgmma backward:\n");
+  expect_close("dq", w_dq, rdq, nv.dq);
+  expect_close("dk", w_dk, rdk, nv.dk);
+  expect_close("dv", w_dv, rdv, nv.dv);
+  std::printf("    mma.sync backward:\n");
+  expect_close("dq", m_dq, rdq, nv.dq);
+  expect_close("dk", m_dk, rdk, nv.dk);
+  expect_close("dv", m_dv, rdv, nv.dv);
+  auto diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return max_rel_err(a, std::vector<double>(b.begin(), b.end()));
+  };
+  std::printf("    |wgmma - mma.sync| dq %.3e  dk %.3e  dv %.3e\n", diff(w_dq, m_dq),
+              diff(w_dk, m_dk), diff(w_dv, m_dv));
+}
+
+const DenseCase kDenseBwdCases[] = {
+    {"bwg_gqa4_d128", {0, 1000}, 4, 1, 128},
+    {"bwg_gqa4_d64", {0, 1000}, 4, 1, 64},
+    {"bwg_mha_d128", {0, 300}, 3, 3, 128},
+    {"bwg_varlen_d64", {0, 1, 78, 600, 1777}, 2, 2, 64},
+    {"bwg_cross_d128", {0, 100, 1000, 1037}, 2, 1, 128},
+    {"bwg_t1_d128", {0, 1}, 2, 1, 128},
+    {"bwg_t1_d64", {0, 1}, 1, 1, 64},
+    {"bwg_odd_d128", {0, 127, 128, 385}, 1, 1, 128},
+    {"bwg_odd_d64", {0, 129, 130, 333}, 4, 2, 64},
+    {"bwg_long_d64", {0, 4096}, 4, 2, 64},
+    {"bwg_long_d128", {0, 2048}, 2, 1, 128},
+};
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaBwdGpu, ::testing::ValuesIn(kDenseBwdCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
 // The gate alone at a larger size (the CPU gate is cheap): many blocks, GQA, K = 8.
 TEST(GateGpu, MatchesCpuGate) {
   if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU gate test skipped";

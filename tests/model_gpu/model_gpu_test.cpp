@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <type_traits>
@@ -99,7 +100,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RmsNormGpu,
                                            // vector path: C % 8 == 0
                                            NormCase{3, 8, true}, NormCase{33, 264, false},
                                            NormCase{129, 768, false},
-                                           NormCase{1029, 2048, true}),
+                                           NormCase{1029, 2048, true},
+                                           NormCase{1, 768, true}, NormCase{200, 1360, false}),
                          [](const auto& i) {
                            return "M" + std::to_string(i.param.M) + "_C" + std::to_string(i.param.C) +
                                   (i.param.accumulate ? "_acc" : "");
@@ -507,40 +509,82 @@ int64_t bits_differ(const std::vector<T>& a, const std::vector<T>& b) {
 
 TEST(VectorPathGpu, RmsNorm) {
   SKIP_WITHOUT_DEVICE();
-  for (const int64_t C : {8, 264, 768, 2048})
-    for (const bool acc : {false, true}) {
-      SCOPED_TRACE("C = " + std::to_string(C) + (acc ? ", dx +=" : ""));
-      const int64_t M = 77;  // two dw chunks, the second ragged
-      const size_t n = static_cast<size_t>(M * C);
-      const uint64_t s = next_seed();
-      const auto x = to_bf16(random_bf16(n, s, 2.0)), dy = to_bf16(random_bf16(n, s + 1)),
-                 dx0 = to_bf16(random_bf16(n, s + 2));
-      const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
-      const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
-      const mc::RmsNormParams p{M, C, 1e-5f};
-      DeviceBuffer<float> gw(w);
-      // Vector path.
-      DeviceBuffer<bf16> vx(x), vdy(dy), vy(n), vdx(dx0);
-      DeviceBuffer<float> vdw(dw0), vr(M);
-      DeviceBuffer<char> vws(mc::rmsnorm_backward_workspace(p));
-      vy.poison();
-      vr.poison();
-      mc::rmsnorm_forward(p, vx.ptr, gw.ptr, vy.ptr, vr.ptr);
-      mc::rmsnorm_backward(p, vx.ptr, gw.ptr, vr.ptr, vdy.ptr, vdx.ptr, vdw.ptr, acc, vws.ptr);
-      // Scalar path.
-      Misaligned<bf16> sx(x), sdy(dy), sy(n), sdx(dx0);
-      DeviceBuffer<float> sdw(dw0), sr(M);
-      DeviceBuffer<char> sws(mc::rmsnorm_backward_workspace(p));
-      sy.poison();
-      sr.poison();
-      mc::rmsnorm_forward(p, sx.ptr(), gw.ptr, sy.ptr(), sr.ptr);
-      mc::rmsnorm_backward(p, sx.ptr(), gw.ptr, sr.ptr, sdy.ptr(), sdx.ptr(), sdw.ptr, acc,
-                           sws.ptr);
-      EXPECT_SAME_BITS(vy.download(), sy.download(), "y");
-      EXPECT_SAME_BITS(vr.download(), sr.download(), "rstd");
-      EXPECT_SAME_BITS(vdx.download(), sdx.download(), "dx");
-      EXPECT_SAME_BITS(vdw.download(), sdw.download(), "dw");
-    }
+  // C <= 1360: the one-pass backward (dx and the dw partials together); 1368, 2048: the
+  // vector dx and dw-partial kernels apart. The scalar path (misaligned) is the reference:
+  // equal bits mean the vector paths keep the dw summation order.
+  // M 77: two dw chunks, the second ragged (one whole sub-chunk of 8 rows and one of 5);
+  // M 1: one row; M 200: four chunks, the last of 8 rows.
+  for (const int64_t M : {77, 1, 200})
+    for (const int64_t C : {8, 264, 768, 1360, 1368, 2048})
+      for (const bool acc : {false, true}) {
+        if (M != 77 && C != 768 && C != 1360) continue;
+        SCOPED_TRACE("M = " + std::to_string(M) + ", C = " + std::to_string(C) +
+                     (acc ? ", dx +=" : ""));
+        const size_t n = static_cast<size_t>(M * C);
+        const uint64_t s = next_seed();
+        const auto x = to_bf16(random_bf16(n, s, 2.0)), dy = to_bf16(random_bf16(n, s + 1)),
+                   dx0 = to_bf16(random_bf16(n, s + 2));
+        const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
+        const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
+        const mc::RmsNormParams p{M, C, 1e-5f};
+        DeviceBuffer<float> gw(w);
+        // Vector path.
+        DeviceBuffer<bf16> vx(x), vdy(dy), vy(n), vdx(dx0);
+        DeviceBuffer<float> vdw(dw0), vr(M);
+        DeviceBuffer<char> vws(mc::rmsnorm_backward_workspace(p));
+        vy.poison();
+        vr.poison();
+        mc::rmsnorm_forward(p, vx.ptr, gw.ptr, vy.ptr, vr.ptr);
+        mc::rmsnorm_backward(p, vx.ptr, gw.ptr, vr.ptr, vdy.ptr, vdx.ptr, vdw.ptr, acc, vws.ptr);
+        // Scalar path.
+        Misaligned<bf16> sx(x), sdy(dy), sy(n), sdx(dx0);
+        DeviceBuffer<float> sdw(dw0), sr(M);
+        DeviceBuffer<char> sws(mc::rmsnorm_backward_workspace(p));
+        sy.poison();
+        sr.poison();
+        mc::rmsnorm_forward(p, sx.ptr(), gw.ptr, sy.ptr(), sr.ptr);
+        mc::rmsnorm_backward(p, sx.ptr(), gw.ptr, sr.ptr, sdy.ptr(), sdx.ptr(), sdw.ptr, acc,
+                             sws.ptr);
+        EXPECT_SAME_BITS(vy.download(), sy.download(), "y");
+        EXPECT_SAME_BITS(vr.download(), sr.download(), "rstd");
+        EXPECT_SAME_BITS(vdx.download(), sdx.download(), "dx");
+        EXPECT_SAME_BITS(vdw.download(), sdw.download(), "dw");
+      }
+}
+
+// The one-pass RMSNorm backward (vector path, C <= 1360) against the vector path's two
+// kernels (MOBA_RMSNORM_BWD=split): the same bits, dw's fixed summation order included.
+TEST(VectorPathGpu, RmsNormOnePassEqualsTwoKernels) {
+  SKIP_WITHOUT_DEVICE();
+  for (const int64_t M : {1, 77, 1000})
+    for (const int64_t C : {8, 768, 1360})
+      for (const bool acc : {false, true}) {
+        SCOPED_TRACE("M = " + std::to_string(M) + ", C = " + std::to_string(C) +
+                     (acc ? ", dx +=" : ""));
+        const size_t n = static_cast<size_t>(M * C);
+        const uint64_t s = next_seed();
+        const auto x = to_bf16(random_bf16(n, s, 2.0)), dy = to_bf16(random_bf16(n, s + 1)),
+                   dx0 = to_bf16(random_bf16(n, s + 2));
+        const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
+        const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
+        const mc::RmsNormParams p{M, C, 1e-5f};
+        DeviceBuffer<float> gw(w), rstd(M);
+        DeviceBuffer<bf16> gx(x), gdy(dy), gy(n), dxa(dx0), dxb(dx0);
+        DeviceBuffer<float> dwa(dw0), dwb(dw0);
+        DeviceBuffer<char> ws(mc::rmsnorm_backward_workspace(p));
+        mc::rmsnorm_forward(p, gx.ptr, gw.ptr, gy.ptr, rstd.ptr);
+        if (!acc) {
+          dxa.poison();
+          dxb.poison();
+        }
+        mc::rmsnorm_backward(p, gx.ptr, gw.ptr, rstd.ptr, gdy.ptr, dxa.ptr, dwa.ptr, acc, ws.ptr);
+        setenv("MOBA_RMSNORM_BWD", "split", 1);
+        mc::rmsnorm_backward(p, gx.ptr, gw.ptr, rstd.ptr, gdy.ptr, dxb.ptr, dwb.ptr, acc, ws.ptr);
+        unsetenv("MOBA_RMSNORM_BWD");
+        EXPECT_SAME_BITS(dxa.download(), dxb.download(), "dx");
+        EXPECT_SAME_BITS(dwa.download(), dwb.download(), "dw");
+        EXPECT_TRUE(all_finite(from_bf16(dxa.download())));
+      }
 }
 
 template <typename T>
@@ -713,6 +757,231 @@ TEST(VectorPathGpu, Embedding) {
   }
 }
 
+// ---- Fused projections: rope_split / rope_merge, swiglu rows -----------------------------
+// The trainer runs one matmul for q, k, v ([wq; wk; wv]) and one for the gate and up
+// projections ([w_gate; w_up]); these kernels take its rows apart (forward) and put the
+// gradients back together (backward). Each must give exactly the bits of the kernels they
+// replace on contiguous copies: rope_apply and swiglu_forward/backward. Both paths:
+// aligned buffers (the vector path where D/2 or F is a multiple of 8) and buffers one
+// element off a 16-byte boundary (the scalar path).
+
+// Columns [c0, c0 + w) of the rows of x (M rows of width ld), as a contiguous (M, w) array.
+template <typename T>
+std::vector<T> columns(const std::vector<T>& x, int64_t M, int64_t ld, int64_t c0, int64_t w) {
+  std::vector<T> y(static_cast<size_t>(M * w));
+  for (int64_t m = 0; m < M; ++m)
+    std::copy_n(x.begin() + m * ld + c0, w, y.begin() + m * w);
+  return y;
+}
+// Writes the contiguous (M, w) array y into columns [c0, c0 + w) of x's rows.
+template <typename T>
+void set_columns(std::vector<T>& x, int64_t M, int64_t ld, int64_t c0, int64_t w,
+                 const std::vector<T>& y) {
+  for (int64_t m = 0; m < M; ++m)
+    std::copy_n(y.begin() + m * w, w, x.begin() + m * ld + c0);
+}
+
+struct QkvCase {
+  std::vector<int64_t> docs;  // document lengths, packed: positions restart at each one
+  int64_t Hq, Hkv, D;
+  bool outside = false;       // two more tokens at positions T and -1 (no table row: NaN)
+};
+class FusedQkvGpu : public ::testing::TestWithParam<QkvCase> {};
+
+TEST_P(FusedQkvGpu, SplitAndMergeMatchRopeApply) {
+  SKIP_WITHOUT_DEVICE();
+  const QkvCase& c = GetParam();
+  std::vector<int32_t> pos;
+  int64_t T = 0;
+  for (int64_t len : c.docs) {
+    for (int64_t t = 0; t < len; ++t) pos.push_back(static_cast<int32_t>(t));
+    T = std::max(T, len);
+  }
+  if (c.outside) {
+    pos.push_back(static_cast<int32_t>(T));
+    pos.push_back(-1);
+  }
+  const int64_t M = static_cast<int64_t>(pos.size()), D = c.D;
+  const int64_t nq = c.Hq * D, nk = c.Hkv * D, W = nq + 2 * nk;
+  const model::RopeTable table(T, D, 10000.0);
+  const mc::RopeTableCuda gtable(table);
+  DeviceBuffer<int32_t> gpos(pos);
+  const mc::QkvParams p{M, c.Hq, c.Hkv};
+  const uint64_t s = next_seed();
+
+  // Forward: the fused rows against rope_apply on contiguous copies of their q and k parts.
+  {
+    const auto qkv = to_bf16(random_bf16(static_cast<size_t>(M * W), s, 3.0));
+    DeviceBuffer<bf16> rq(columns(qkv, M, W, 0, nq)), rk(columns(qkv, M, W, nq, nk));
+    mc::rope_apply({M, c.Hq, false}, gtable, gpos.ptr, rq.ptr);
+    mc::rope_apply({M, c.Hkv, false}, gtable, gpos.ptr, rk.ptr);
+    const auto ref_q = rq.download(), ref_k = rk.download();
+    const auto ref_v = columns(qkv, M, W, nq + nk, nk);
+    for (const bool misaligned : {false, true}) {
+      SCOPED_TRACE(misaligned ? "split, scalar path" : "split, aligned");
+      std::vector<bf16> q, k, v;
+      if (!misaligned) {
+        DeviceBuffer<bf16> gqkv(qkv), gq(M * nq), gk(M * nk), gv(M * nk);
+        gq.poison();
+        gk.poison();
+        gv.poison();
+        mc::rope_split(p, gtable, gpos.ptr, gqkv.ptr, gq.ptr, gk.ptr, gv.ptr);
+        q = gq.download(), k = gk.download(), v = gv.download();
+        EXPECT_SAME_BITS(gqkv.download(), qkv, "qkv (input, must be unchanged)");
+      } else {
+        Misaligned<bf16> gqkv(qkv), gq(M * nq), gk(M * nk), gv(M * nk);
+        gq.poison();
+        gk.poison();
+        gv.poison();
+        mc::rope_split(p, gtable, gpos.ptr, gqkv.ptr(), gq.ptr(), gk.ptr(), gv.ptr());
+        q = gq.download(), k = gk.download(), v = gv.download();
+      }
+      EXPECT_SAME_BITS(q, ref_q, "q");
+      EXPECT_SAME_BITS(k, ref_k, "k");
+      EXPECT_SAME_BITS(v, ref_v, "v");
+      if (!c.outside) {  // every element written (the poison gone)
+        EXPECT_TRUE(all_finite(from_bf16(q)) && all_finite(from_bf16(k)) &&
+                    all_finite(from_bf16(v)));
+      }
+    }
+  }
+  // Backward: rope_merge against rope_apply(inverse) on dq, dk and a plain copy of dv.
+  {
+    const auto dq = to_bf16(random_bf16(static_cast<size_t>(M * nq), s + 1, 3.0));
+    const auto dk = to_bf16(random_bf16(static_cast<size_t>(M * nk), s + 2, 3.0));
+    const auto dv = to_bf16(random_bf16(static_cast<size_t>(M * nk), s + 3, 3.0));
+    DeviceBuffer<bf16> rq(dq), rk(dk);
+    mc::rope_apply({M, c.Hq, true}, gtable, gpos.ptr, rq.ptr);
+    mc::rope_apply({M, c.Hkv, true}, gtable, gpos.ptr, rk.ptr);
+    std::vector<bf16> ref(static_cast<size_t>(M * W));
+    set_columns(ref, M, W, 0, nq, rq.download());
+    set_columns(ref, M, W, nq, nk, rk.download());
+    set_columns(ref, M, W, nq + nk, nk, dv);
+    for (const bool misaligned : {false, true}) {
+      SCOPED_TRACE(misaligned ? "merge, scalar path" : "merge, aligned");
+      std::vector<bf16> out;
+      if (!misaligned) {
+        DeviceBuffer<bf16> gdq(dq), gdk(dk), gdv(dv), gout(M * W);
+        gout.poison();
+        mc::rope_merge(p, gtable, gpos.ptr, gdq.ptr, gdk.ptr, gdv.ptr, gout.ptr);
+        out = gout.download();
+        EXPECT_SAME_BITS(gdq.download(), dq, "dq (input, must be unchanged)");
+        EXPECT_SAME_BITS(gdk.download(), dk, "dk (input, must be unchanged)");
+        EXPECT_SAME_BITS(gdv.download(), dv, "dv (input, must be unchanged)");
+      } else {
+        Misaligned<bf16> gdq(dq), gdk(dk), gdv(dv), gout(M * W);
+        gout.poison();
+        mc::rope_merge(p, gtable, gpos.ptr, gdq.ptr(), gdk.ptr(), gdv.ptr(), gout.ptr());
+        out = gout.download();
+      }
+      EXPECT_SAME_BITS(out, ref, "dqkv");
+      if (!c.outside) {
+        EXPECT_TRUE(all_finite(from_bf16(out)));
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, FusedQkvGpu,
+    ::testing::Values(QkvCase{{1}, 1, 1, 2},                    // one row, D/2 = 1 (scalar)
+                      QkvCase{{33}, 2, 1, 6},                   // odd M, GQA 2:1, D/2 = 3
+                      QkvCase{{1}, 2, 2, 64},                   // one row, vector path
+                      QkvCase{{5, 1, 70, 23}, 4, 1, 64},        // packed, GQA 4:1, odd M
+                      QkvCase{{129, 64, 700}, 8, 2, 128},       // GQA 4:1, D 128
+                      QkvCase{{300, 37}, 3, 3, 16, true},       // no GQA, positions outside
+                      QkvCase{{77}, 12, 12, 64},                // the benchmark's heads
+                      QkvCase{{9, 4}, 4, 1, 6, true}),          // scalar, GQA, outside
+    [](const auto& i) {
+      return "docs" + std::to_string(i.param.docs.size()) + "_Hq" + std::to_string(i.param.Hq) +
+             "_Hkv" + std::to_string(i.param.Hkv) + "_D" + std::to_string(i.param.D) +
+             (i.param.outside ? "_outside" : "");
+    });
+
+struct SwigluRowsCase {
+  int64_t M, F;
+};
+class SwigluRowsGpu : public ::testing::TestWithParam<SwigluRowsCase> {};
+
+TEST_P(SwigluRowsGpu, MatchesContiguous) {
+  SKIP_WITHOUT_DEVICE();
+  const auto [M, F] = GetParam();
+  const size_t n = static_cast<size_t>(M * F);
+  const uint64_t s = next_seed();
+  // Rows [a | b]; a spread wide (std 4) as in SwigluGpu, so that silu's tails are hit.
+  const auto a = to_bf16(random_bf16(n, s, 4.0)), b = to_bf16(random_bf16(n, s + 1));
+  const auto dh = to_bf16(random_bf16(n, s + 2));
+  std::vector<bf16> ab(2 * n);
+  set_columns(ab, M, 2 * F, 0, F, a);
+  set_columns(ab, M, 2 * F, F, F, b);
+  // The contiguous kernels (vector path where every pointer is aligned and n % 8 == 0 for
+  // the bulk; VectorPathGpu.Swiglu checks it equals the scalar one).
+  DeviceBuffer<bf16> ga(a), gb(b), gdh(dh), gh(n), gda(n), gdb(n);
+  mc::swiglu_forward(static_cast<int64_t>(n), ga.ptr, gb.ptr, gh.ptr);
+  mc::swiglu_backward(static_cast<int64_t>(n), ga.ptr, gb.ptr, gdh.ptr, gda.ptr, gdb.ptr);
+  const auto ref_h = gh.download();
+  std::vector<bf16> ref_dab(2 * n);
+  set_columns(ref_dab, M, 2 * F, 0, F, gda.download());
+  set_columns(ref_dab, M, 2 * F, F, F, gdb.download());
+  for (const bool misaligned : {false, true}) {
+    SCOPED_TRACE(misaligned ? "scalar path" : "aligned");
+    std::vector<bf16> h, dab;
+    if (!misaligned) {
+      DeviceBuffer<bf16> rab(ab), rdh(dh), rh(n), rdab(2 * n);
+      rh.poison();
+      rdab.poison();
+      mc::swiglu_forward_rows(M, F, rab.ptr, rh.ptr);
+      mc::swiglu_backward_rows(M, F, rab.ptr, rdh.ptr, rdab.ptr);
+      h = rh.download(), dab = rdab.download();
+      EXPECT_SAME_BITS(rab.download(), ab, "ab (input, must be unchanged)");
+    } else {
+      Misaligned<bf16> rab(ab), rdh(dh), rh(n), rdab(2 * n);
+      rh.poison();
+      rdab.poison();
+      mc::swiglu_forward_rows(M, F, rab.ptr(), rh.ptr());
+      mc::swiglu_backward_rows(M, F, rab.ptr(), rdh.ptr(), rdab.ptr());
+      h = rh.download(), dab = rdab.download();
+    }
+    EXPECT_SAME_BITS(h, ref_h, "h");
+    EXPECT_SAME_BITS(dab, ref_dab, "[da | db]");
+    EXPECT_TRUE(all_finite(from_bf16(h)) && all_finite(from_bf16(dab)));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SwigluRowsGpu,
+                         ::testing::Values(SwigluRowsCase{1, 1}, SwigluRowsCase{1, 8},
+                                           SwigluRowsCase{7, 3}, SwigluRowsCase{5, 7},
+                                           SwigluRowsCase{1029, 8}, SwigluRowsCase{3, 1000},
+                                           SwigluRowsCase{37, 2048}, SwigluRowsCase{33, 2049},
+                                           SwigluRowsCase{129, 512}),
+                         [](const auto& i) {
+                           return "M" + std::to_string(i.param.M) + "_F" +
+                                  std::to_string(i.param.F);
+                         });
+
+TEST(FusedApiGpu, RejectsOverlapsAndBadShapes) {
+  SKIP_WITHOUT_DEVICE();  // RopeTableCuda allocates
+  const model::RopeTable table(8, 16, 10000.0);
+  const mc::RopeTableCuda gtable(table);
+  DeviceBuffer<int32_t> pos(std::vector<int32_t>{0, 1, 2, 3});
+  DeviceBuffer<bf16> buf(4 * 4 * 16 * 2);
+  bf16* b = buf.ptr;
+  // M 4, Hq 2, Hkv 1, D 16: qkv rows of 64; q (4, 32), k, v (4, 16).
+  const mc::QkvParams p{4, 2, 1};
+  EXPECT_THROW(mc::rope_split({4, 0, 1}, gtable, pos.ptr, b, b + 256, b + 384, b + 448), Error);
+  EXPECT_THROW(mc::rope_split({4, 2, 0}, gtable, pos.ptr, b, b + 256, b + 384, b + 448), Error);
+  EXPECT_THROW(mc::rope_split(p, gtable, pos.ptr, b, b + 200, b + 384, b + 448), Error);
+  EXPECT_THROW(mc::rope_split(p, gtable, pos.ptr, b, b + 256, b + 270, b + 448), Error);
+  EXPECT_THROW(mc::rope_merge(p, gtable, pos.ptr, b + 256, b + 384, b + 448, b + 200), Error);
+  EXPECT_NO_THROW(mc::rope_split(p, gtable, pos.ptr, b, b + 256, b + 384, b + 448));
+  EXPECT_NO_THROW(mc::rope_merge(p, gtable, pos.ptr, b + 256, b + 384, b + 448, b));
+  EXPECT_THROW(mc::swiglu_forward_rows(4, 16, b, b + 100), Error);          // h inside ab
+  EXPECT_THROW(mc::swiglu_backward_rows(4, 16, b, b + 300, b + 64), Error);  // dab over ab
+  EXPECT_THROW(mc::swiglu_backward_rows(4, 16, b, b + 300, b + 200), Error);  // dab over dh
+  EXPECT_NO_THROW(mc::swiglu_backward_rows(4, 16, b, b + 128, b + 192));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 // ---- API edge (no device needed: the checks come before any CUDA call) -------------------
 TEST(LayersCudaApi, RejectsBadShapes) {
   EXPECT_THROW(mc::rmsnorm_forward({4, 0, 1e-5f}, nullptr, nullptr, nullptr, nullptr), Error);
@@ -721,6 +990,8 @@ TEST(LayersCudaApi, RejectsBadShapes) {
                                          nullptr),
                Error);
   EXPECT_THROW(mc::swiglu_forward(-1, nullptr, nullptr, nullptr), Error);
+  EXPECT_THROW(mc::swiglu_forward_rows(-1, 8, nullptr, nullptr), Error);
+  EXPECT_THROW(mc::swiglu_backward_rows(4, 0, nullptr, nullptr, nullptr), Error);
   mc::AdamWParams a;
   a.n = 10;
   a.t = 0;
@@ -759,6 +1030,12 @@ TEST(LayersCudaTiming, TrainerSizes) {
   time("rmsnorm bwd", 8.0 * M * C, [&] {
     mc::rmsnorm_backward(rp, x.ptr, w.ptr, rstd.ptr, y.ptr, dx.ptr, dw.ptr, true, ws.ptr);
   });
+  // The two-kernel vector path (dx, then the dw partials), for comparison.
+  setenv("MOBA_RMSNORM_BWD", "split", 1);
+  time("rmsnorm bwd (split)", 8.0 * M * C, [&] {
+    mc::rmsnorm_backward(rp, x.ptr, w.ptr, rstd.ptr, y.ptr, dx.ptr, dw.ptr, true, ws.ptr);
+  });
+  unsetenv("MOBA_RMSNORM_BWD");
   {
     // Constant inputs (0x3f3f = 0.746 in bf16): these kernels' speed does not depend on the
     // values, and drawing 10^8 normal samples on the host would take longer than the timing.
@@ -768,6 +1045,15 @@ TEST(LayersCudaTiming, TrainerSizes) {
     time("swiglu fwd", 6.0 * M * F, [&] { mc::swiglu_forward(M * F, a.ptr, b.ptr, h.ptr); });
     time("swiglu bwd", 10.0 * M * F,
          [&] { mc::swiglu_backward(M * F, a.ptr, b.ptr, h.ptr, da.ptr, h.ptr); });
+  }
+  {
+    // The fused gate/up rows (M, 2F): what the trainer runs.
+    DeviceBuffer<bf16> ab(2 * M * F), h(M * F), dab(2 * M * F);
+    CUDA_CHECK(cudaMemset(ab.ptr, 0x3f, sizeof(bf16) * 2 * M * F));
+    CUDA_CHECK(cudaMemset(h.ptr, 0x3f, sizeof(bf16) * M * F));
+    time("swiglu fwd rows", 6.0 * M * F, [&] { mc::swiglu_forward_rows(M, F, ab.ptr, h.ptr); });
+    time("swiglu bwd rows", 10.0 * M * F,
+         [&] { mc::swiglu_backward_rows(M, F, ab.ptr, h.ptr, dab.ptr); });
   }
   {
     DeviceBuffer<bf16> z(M * V);
@@ -794,6 +1080,18 @@ TEST(LayersCudaTiming, TrainerSizes) {
     DeviceBuffer<int32_t> gpos(pos);
     time("rope (12 heads, D 64)", 4.0 * M * C,
          [&] { mc::rope_apply({M, 12, false}, gtable, gpos.ptr, x.ptr); });
+    // The fused QKV rows (M, 3C) -> q, k rotated and v copied; and back.
+    DeviceBuffer<bf16> qkv(3 * M * C), q(M * C), k(M * C), v(M * C);
+    CUDA_CHECK(cudaMemset(qkv.ptr, 0x3f, sizeof(bf16) * 3 * M * C));
+    CUDA_CHECK(cudaMemset(q.ptr, 0x3f, sizeof(bf16) * M * C));
+    CUDA_CHECK(cudaMemset(k.ptr, 0x3f, sizeof(bf16) * M * C));
+    CUDA_CHECK(cudaMemset(v.ptr, 0x3f, sizeof(bf16) * M * C));
+    time("rope_split (12+12+12)", 12.0 * M * C, [&] {
+      mc::rope_split({M, 12, 12}, gtable, gpos.ptr, qkv.ptr, q.ptr, k.ptr, v.ptr);
+    });
+    time("rope_merge (12+12+12)", 12.0 * M * C, [&] {
+      mc::rope_merge({M, 12, 12}, gtable, gpos.ptr, q.ptr, k.ptr, v.ptr, qkv.ptr);
+    });
   }
   {
     const int64_t V8 = 8192;  // the trainer's vocabulary; every token a distinct-ish row

@@ -83,11 +83,7 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
   else launch_bwd<128, 8, MOBA>(p, grid, stream);
   mark_phase(MOBA ? "bwd_moba_kernel" : "bwd_dense_kernel", stream);
 
-  const int64_t n2 = rows * D / 2;
-  const unsigned cblocks = static_cast<unsigned>(std::min<int64_t>((n2 + 255) / 256, 65535));
-  dq_convert_kernel<<<cblocks, 256, 0, stream>>>(reinterpret_cast<const float2*>(p.dq_acc), n2,
-                                                 p.scale, reinterpret_cast<__nv_bfloat162*>(p.dq));
-  CUDA_CHECK_LAUNCH();
+  dq_convert(p, rows, D, stream);
   mark_phase("bwd_dq_convert", stream);
 }
 
@@ -123,12 +119,25 @@ AttnParams bwd_params(const Plan& plan, const bf16* q, const bf16* k, const bf16
 
 }  // namespace
 
+void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream) {
+  const int64_t n2 = rows * D / 2;
+  const unsigned cblocks = static_cast<unsigned>(std::min<int64_t>((n2 + 255) / 256, 65535));
+  dq_convert_kernel<<<cblocks, 256, 0, stream>>>(reinterpret_cast<const float2*>(p.dq_acc), n2,
+                                                 p.scale, reinterpret_cast<__nv_bfloat162*>(p.dq));
+  CUDA_CHECK_LAUNCH();
+}
+
 void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, const bf16* out,
                     const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                     cudaStream_t stream) {
+  AttnParams p = bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv);
+  if (dense_bwd_use_wgmma(plan.layout().head_dim)) {  // sm_90a (bwd_wgmma.cuh); MOBA_DENSE_BWD overrides
+    dense_backward_wgmma(plan, p, stream);
+    return;
+  }
   // 128 keys per CTA (8 warps): 64 keys with two CTAs per SM measured slower (v4 notes,
   // results/attention/v4_bwd4.md).
-  backward<false>(plan, bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv), 8, stream);
+  backward<false>(plan, p, 8, stream);
 }
 
 void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,

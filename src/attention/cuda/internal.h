@@ -22,6 +22,8 @@ enum ScratchSlot : int {
   kSlotEntries,  // (N * Hq * (K-1)) int32
   kSlotTiles,    // (max tiles) int4
   kSlotNumTiles, // (1) int32
+  kSlotDeltaT,   // (Hq, N padded to 4) fp32: delta of the wgmma backward, transposed
+  kSlotLseT,     // (Hq, N padded to 4) fp32: lse * log2(e), transposed
   kNumSlots
 };
 
@@ -48,5 +50,15 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
 // `wgmma` to insist (an error where it cannot run).
 bool dense_fwd_use_wgmma(int64_t head_dim);
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
+
+// sm_90a dense backward (wgmma + TMA, bwd_wgmma.cuh): dense_backward takes it by default
+// where it runs (an sm_90 device, a build for sm_90a, head dim 64 or 128). The environment
+// variable MOBA_DENSE_BWD (read on every call) overrides: `mma` for the mma.sync kernel,
+// `wgmma` to insist (dense_backward_wgmma then fails with a message where it cannot run);
+// anything else is an error.
+bool dense_bwd_use_wgmma(int64_t head_dim);
+void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
+// dq = bf16(dq_acc * scale) over rows x D elements (attention_bwd.cu).
+void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
 
 }  // namespace moba::attn::cuda

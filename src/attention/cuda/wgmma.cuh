@@ -1,5 +1,5 @@
-// Hopper (sm_90a) building blocks for the warpgroup flash-attention forward
-// (fwd_wgmma.cuh): warpgroup MMAs (wgmma.mma_async), their shared-memory matrix
+// Hopper (sm_90a) building blocks for the warpgroup flash-attention forward and backward
+// (fwd_wgmma.cuh, bwd_wgmma.cuh): warpgroup MMAs (wgmma.mma_async), their shared-memory matrix
 // descriptors, mbarriers, bulk tensor copies (TMA) and setmaxnreg. Inline PTX, written
 // from the PTX ISA (section names quoted below), so that every layout is explicit.
 //
@@ -45,6 +45,14 @@
 //   swizzle-width blocks along M/N; read in the tcgen05 "Major-ness supported by Strides"
 //   table, which describes the same descriptor fields). Still unrun: if the D = 128 output is wrong
 //   in columns 64..127 only, swap them first (D = 64 never uses LBO).
+// * MN-major A (imm-trans-a = 1, SS only; the backward's dQ = dS K reads A = dS from a
+//   tile stored as dS^T: rows = keys = the reduction dim, queries = M contiguous): the
+//   same canonical layout with M in the role of N: LBO = distance between 64-wide M
+//   blocks, SBO = 1024 between 8-row k groups, k-step = +2048 bytes. The PTX ISA treats
+//   A and B symmetrically here (K-major / MN-major per operand, transpose for 16-bit
+//   types only); our uses have M = 64 (one block), so LBO is not read.
+// * fp32 tiles (the backward's dQ staging for the TMA reduce-add) use the same 128-byte
+//   swizzle with 32 floats per 128-byte row: the pattern is byte-based, not type-based.
 //
 // Register fragments ("Register Fragments and Shared Memory Matrix Layouts", wgmma
 // .m64nNk16): warp w of the warpgroup (w = warp % 4) owns rows 16w..16w+15 of the 64-row
@@ -144,6 +152,12 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uin
 template <int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4],
                                          uint64_t desc_b, int accumulate);
+// Both operands MN-major (imm-trans-a = imm-trans-b = 1): D(64xN) (+)= A(64x16) * B(16xN)
+// with A stored M-contiguous and B stored N-contiguous (the backward's dQ = dS K, A = dS
+// read from the dS^T tile, B = K read from the K tile).
+template <int N>
+__device__ __forceinline__ void wgmma_ss_tt(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                            int accumulate);
 
 #if MOBA_WGMMA_ENABLED
 // The operand lists below are spelled out (inline asm takes literal strings only).
@@ -190,7 +204,19 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
+// D(64x64 fp32) (+)= A(64x16, smem, MN-major) * B(16x64, smem, MN-major): dQ = dS K.
+template <>
+__device__ __forceinline__ void wgmma_ss_tt<64>(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                                int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
 #else
+template <>
+__device__ __forceinline__ void wgmma_ss_tt<64>(float (&)[32], uint64_t, uint64_t, int) {}
 template <>
 __device__ __forceinline__ void wgmma_ss<64>(float (&)[32], uint64_t, uint64_t, int) {}
 template <>
@@ -266,6 +292,71 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, i
 __device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {
 #if MOBA_WGMMA_ENABLED
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+#endif
+}
+
+// Same for a 2-d tensor (coordinates innermost first).
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1,
+                                            uint64_t* bar) {
+#if MOBA_WGMMA_ENABLED
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+      : "memory");
+#endif
+}
+// Element-wise atomic add of one shared-memory box into a 3-d global tensor
+// ("cp.reduce.async.bulk.tensor", .add, tile mode; the element type, f32 here, comes from
+// the tensor map). Box elements outside the tensor are skipped. Completion is tracked per
+// issuing thread with bulk async-groups (bulk_commit / bulk_wait*): the source box must
+// not be overwritten before bulk_wait_read says the copy engine has read it.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, int c0, int c1, int c2,
+                                                  const void* src) {
+#if MOBA_WGMMA_ENABLED
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+      " [%0, {%1, %2, %3}], [%4];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(src))
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#if MOBA_WGMMA_ENABLED
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// At most N bulk groups of this thread still reading their shared-memory source.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+#if MOBA_WGMMA_ENABLED
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// At most N bulk groups of this thread not complete (writes to global performed).
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+#if MOBA_WGMMA_ENABLED
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// ---- Proxy fence ("Memory Consistency Model: proxies"; "membar/fence": fence.proxy.async)
+// Shared-memory writes by ordinary instructions (generic proxy) become visible to the
+// async proxy (wgmma operand reads, TMA stores / reductions) only after this fence,
+// executed by the writing threads, and a barrier that orders it before the consumer.
+__device__ __forceinline__ void fence_proxy_async() {
+#if MOBA_WGMMA_ENABLED
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// ---- Named barriers ("bar.sync" / barrier.sync.aligned) ---------------------------------
+// Barrier `id` (1..15; 0 is __syncthreads) over `count` threads (a multiple of 32); every
+// warp of the participating threads executes it. Orders shared-memory accesses among them.
+__device__ __forceinline__ void named_bar_sync(int id, int count) {
+#if MOBA_WGMMA_ENABLED
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 #endif
 }
 

@@ -69,6 +69,15 @@ void swiglu_forward(int64_t n, const bf16* a, const bf16* b, bf16* h, cudaStream
 // da, db (n) bf16, overwritten. May not alias a or b.
 void swiglu_backward(int64_t n, const bf16* a, const bf16* b, const bf16* dh, bf16* da, bf16* db,
                      cudaStream_t stream = nullptr);
+// The fused gate/up projection (one matmul against [w_gate; w_up], adjacent in the
+// parameter array): ab (M, 2F) bf16, each row [a | b]. h (M, F) = silu(a) * b, the same
+// bits as swiglu_forward on contiguous copies of a and b. h may not overlap ab.
+void swiglu_forward_rows(int64_t M, int64_t F, const bf16* ab, bf16* h,
+                         cudaStream_t stream = nullptr);
+// dh (M, F); dab (M, 2F), rows [da | db], overwritten: swiglu_backward's bits. dab may not
+// overlap ab or dh.
+void swiglu_backward_rows(int64_t M, int64_t F, const bf16* ab, const bf16* dh, bf16* dab,
+                          cudaStream_t stream = nullptr);
 
 // ---- RoPE (rope.h) ---------------------------------------------------------------------
 // cos/sin (T, D/2) fp32 on the device, rounded from the CPU's double table (so both paths
@@ -96,6 +105,25 @@ struct RopeParams {
 // x (M, H, D) bf16 rotated in place; pos (M) int32, each token's position in its document
 // (restarting at every document, as the CPU model does). A position outside [0, T) writes NaN.
 void rope_apply(const RopeParams& p, const RopeTableCuda& table, const int32_t* pos, bf16* x,
+                cudaStream_t stream = nullptr);
+
+// The fused QKV projection (one matmul against [wq; wk; wv], adjacent in the parameter
+// array): its rows hold a token's Hq heads of q, then Hkv of k, then Hkv of v, D each.
+struct QkvParams {
+  int64_t M = 0, Hq = 0, Hkv = 0;  // tokens, query heads, key/value heads; D = 2 * table.half()
+};
+// Forward: qkv (M, (Hq + 2 Hkv) D) bf16 -> q (M, Hq, D) and k (M, Hkv, D) rotated as
+// rope_apply (forward) rotates them in place, and v (M, Hkv, D) copied: the contiguous
+// tensors the attention kernels read, bit for bit what rope_apply gives on copies of the q
+// and k parts. pos as rope_apply's (a position outside [0, T) writes NaN into q and k).
+// No two buffers may overlap.
+void rope_split(const QkvParams& p, const RopeTableCuda& table, const int32_t* pos,
+                const bf16* qkv, bf16* q, bf16* k, bf16* v, cudaStream_t stream = nullptr);
+// Backward: dq (M, Hq, D), dk (M, Hkv, D) rotated back (rope_apply with inverse = true)
+// and dv (M, Hkv, D) copied into one row buffer dqkv (M, (Hq + 2 Hkv) D), the fused
+// matmul's dy. dq, dk, dv are not changed; dqkv may not overlap them.
+void rope_merge(const QkvParams& p, const RopeTableCuda& table, const int32_t* pos,
+                const bf16* dq, const bf16* dk, const bf16* dv, bf16* dqkv,
                 cudaStream_t stream = nullptr);
 
 // ---- AdamW (train/adamw.h) ---------------------------------------------------------------

@@ -124,6 +124,7 @@ struct ModelCuda::Impl {
   std::unique_ptr<Matmul> mm;
   int64_t n = 0;  // parameters
   int64_t C = 0, Hq = 0, Hkv = 0, D = 0, F = 0, V = 0, L = 0;
+  int64_t QKV = 0;  // (Hq + 2 Hkv) D: the fused QKV projection's width
   attn::MobaConfig moba;
 
   // Parameters and optimizer state (layout.total elements each).
@@ -132,13 +133,18 @@ struct ModelCuda::Impl {
   // Activations, sized for cap_M tokens.
   int64_t cap_M = 0;
   DevBuf inputs, targets, pos, mask;
+  // Kept for the backward. q and k after RoPE, v: contiguous, as the attention kernels
+  // read them. ab: the fused gate/up projection's rows [a | b] (M, 2F).
   struct Layer {
-    DevBuf x_mid, xn1, q, k, v, o, lse, sel, rstd1, xn2, rstd2, a, b, h;
+    DevBuf x_mid, xn1, q, k, v, o, lse, sel, rstd1, xn2, rstd2, ab, h;
   };
   std::vector<DevBuf> xs;  // (L + 1) residual stream entering layer l; xs[L] the final one
   std::vector<Layer> layers;
   DevBuf xnf, rstdf, logits, losses, lse_ce;
-  DevBuf dx, dxn, dout, dq, dk, dv, dh, da, db, norm_ws;
+  // rows: one scratch of M x max((Hq + 2 Hkv) D, 2F) bf16 for the fused projections' rows,
+  // used in turn by the forward's qkv (before rope_split), the backward's [da | db]
+  // (swiglu_backward_rows) and its [dq | dk | dv] (rope_merge); never two at once.
+  DevBuf dx, dxn, dout, dq, dk, dv, dh, rows, norm_ws;
 
   // The last forward's batch.
   int64_t cur_M = 0, cur_counted = 0;
@@ -176,6 +182,7 @@ struct ModelCuda::Impl {
     F = cfg.ffn();
     V = cfg.vocab_size;
     L = cfg.layers;
+    QKV = (Hq + 2 * Hkv) * D;
     moba = {cfg.attention.block_size, cfg.attention.top_k};
     MOBA_CHECK(attn::cuda::head_dim_supported(D), "model.head_dim = ", D,
                ": the GPU attention kernels support head dims 64 and 128");
@@ -220,6 +227,14 @@ struct ModelCuda::Impl {
     norm_out.resize(sizeof(double));
     xs.resize(static_cast<size_t>(L + 1));
     layers.resize(static_cast<size_t>(L));
+    // The fused projections read [wq; wk; wv] and [w_gate; w_up] as one matrix each, and
+    // write their weights' gradients the same way: make_param_layout puts them end to end.
+    for (const LayerOffsets& o : layout.layers)
+      MOBA_CHECK(o.wk == o.wq + static_cast<size_t>(Hq * D * C) &&
+                     o.wv == o.wk + static_cast<size_t>(Hkv * D * C) &&
+                     o.w_up == o.w_gate + static_cast<size_t>(F * C),
+                 "ModelCuda: wq, wk, wv (and w_gate, w_up) must be adjacent in the parameter "
+                 "layout");
   }
 
   ~Impl() {
@@ -238,12 +253,12 @@ struct ModelCuda::Impl {
     auto add = [&](const DevBuf& d) { b += d.bytes; };
     for (const DevBuf* d : {&P, &G, &M1, &M2, &Pb, &decay, &norm_partial, &norm_out, &inputs,
                             &targets, &pos, &mask, &xnf, &rstdf, &logits, &losses, &lse_ce, &dx,
-                            &dxn, &dout, &dq, &dk, &dv, &dh, &da, &db, &norm_ws})
+                            &dxn, &dout, &dq, &dk, &dv, &dh, &rows, &norm_ws})
       add(*d);
     for (const DevBuf& d : xs) add(d);
     for (const Layer& l : layers)
       for (const DevBuf* d : {&l.x_mid, &l.xn1, &l.q, &l.k, &l.v, &l.o, &l.lse, &l.sel, &l.rstd1,
-                              &l.xn2, &l.rstd2, &l.a, &l.b, &l.h})
+                              &l.xn2, &l.rstd2, &l.ab, &l.h})
         add(*d);
     if (plan) b += plan->workspace_bytes();
     return b + (size_t{32} << 20);  // the matmul workspace
@@ -278,8 +293,7 @@ struct ModelCuda::Impl {
       l.rstd1.resize(f4 * m);
       l.xn2.resize(b2 * m * c);
       l.rstd2.resize(f4 * m);
-      l.a.resize(b2 * m * f);
-      l.b.resize(b2 * m * f);
+      l.ab.resize(b2 * m * 2 * f);
       l.h.resize(b2 * m * f);
     }
     xnf.resize(b2 * m * c);
@@ -294,8 +308,7 @@ struct ModelCuda::Impl {
     dk.resize(b2 * m * kd);
     dv.resize(b2 * m * kd);
     dh.resize(b2 * m * f);
-    da.resize(b2 * m * f);
-    db.resize(b2 * m * f);
+    rows.resize(b2 * m * std::max(static_cast<size_t>(QKV), 2 * f));
     norm_ws.resize(rmsnorm_backward_workspace({M, C, static_cast<float>(cfg.norm_eps)}));
     for (LossSlot& s : slots) s.buf.reserve(f4 * m);
     stage.reserve(13 * m);
@@ -376,15 +389,12 @@ struct ModelCuda::Impl {
       const bf16* x = xs[li].as<bf16>();
       rmsnorm_forward(rn, x, Pf + o.attn_norm, ly.xn1.as<bf16>(), ly.rstd1.as<float>(), stream);
       tick(kLayers);
-      mm->forward(M, C, Hq * D, ly.xn1.as<bf16>(), W + o.wq, ly.q.as<bf16>());
+      // One matmul against [wq; wk; wv] into the rows scratch, then RoPE on q and k and the
+      // split into the contiguous q, k, v the attention kernels read.
+      mm->forward(M, C, QKV, ly.xn1.as<bf16>(), W + o.wq, rows.as<bf16>());
       tick(kMatmul);
-      mm->forward(M, C, Hkv * D, ly.xn1.as<bf16>(), W + o.wk, ly.k.as<bf16>());
-      tick(kMatmul);
-      mm->forward(M, C, Hkv * D, ly.xn1.as<bf16>(), W + o.wv, ly.v.as<bf16>());
-      tick(kMatmul);
-      rope_apply({M, Hq, false}, *rope, pos.as<int32_t>(), ly.q.as<bf16>(), stream);
-      tick(kLayers);
-      rope_apply({M, Hkv, false}, *rope, pos.as<int32_t>(), ly.k.as<bf16>(), stream);
+      rope_split({M, Hq, Hkv}, *rope, pos.as<int32_t>(), rows.as<bf16>(), ly.q.as<bf16>(),
+                 ly.k.as<bf16>(), ly.v.as<bf16>(), stream);
       tick(kLayers);
       if (use_moba) {
         attn::cuda::moba_gate(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.sel.as<int32_t>(), stream);
@@ -404,11 +414,10 @@ struct ModelCuda::Impl {
       rmsnorm_forward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.xn2.as<bf16>(),
                       ly.rstd2.as<float>(), stream);
       tick(kLayers);
-      mm->forward(M, C, F, ly.xn2.as<bf16>(), W + o.w_gate, ly.a.as<bf16>());
+      // One matmul against [w_gate; w_up]: rows [a | b].
+      mm->forward(M, C, 2 * F, ly.xn2.as<bf16>(), W + o.w_gate, ly.ab.as<bf16>());
       tick(kMatmul);
-      mm->forward(M, C, F, ly.xn2.as<bf16>(), W + o.w_up, ly.b.as<bf16>());
-      tick(kMatmul);
-      swiglu_forward(M * F, ly.a.as<bf16>(), ly.b.as<bf16>(), ly.h.as<bf16>(), stream);
+      swiglu_forward_rows(M, F, ly.ab.as<bf16>(), ly.h.as<bf16>(), stream);
       tick(kLayers);
       mm->forward(M, F, C, ly.h.as<bf16>(), W + o.w_down, xs[li + 1].as<bf16>(),
                   ly.x_mid.as<bf16>());
@@ -471,16 +480,14 @@ struct ModelCuda::Impl {
       tick(kMatmul);
       mm->backward_weight(M, F, C, ly.h.as<bf16>(), dx_, Gf + o.w_down);
       tick(kMatmul);
-      swiglu_backward(M * F, ly.a.as<bf16>(), ly.b.as<bf16>(), dh.as<bf16>(), da.as<bf16>(),
-                      db.as<bf16>(), stream);
+      // [da | db] rows, then one matmul each for dxn (K = 2F) and for the gradient of
+      // [w_gate; w_up] (N = 2F).
+      bf16* dab = rows.as<bf16>();
+      swiglu_backward_rows(M, F, ly.ab.as<bf16>(), dh.as<bf16>(), dab, stream);
       tick(kLayers);
-      mm->backward_data(M, C, F, da.as<bf16>(), W + o.w_gate, dxn_, false);
+      mm->backward_data(M, C, 2 * F, dab, W + o.w_gate, dxn_, false);
       tick(kMatmul);
-      mm->backward_data(M, C, F, db.as<bf16>(), W + o.w_up, dxn_, true);
-      tick(kMatmul);
-      mm->backward_weight(M, C, F, ly.xn2.as<bf16>(), da.as<bf16>(), Gf + o.w_gate);
-      tick(kMatmul);
-      mm->backward_weight(M, C, F, ly.xn2.as<bf16>(), db.as<bf16>(), Gf + o.w_up);
+      mm->backward_weight(M, C, 2 * F, ly.xn2.as<bf16>(), dab, Gf + o.w_gate);
       tick(kMatmul);
       rmsnorm_backward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.rstd2.as<float>(), dxn_, dx_,
                        Gf + o.mlp_norm, true, norm_ws.p, stream);
@@ -502,21 +509,15 @@ struct ModelCuda::Impl {
                                    dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), stream);
         tick(kAttention);
       }
-      rope_apply({M, Hq, true}, *rope, pos.as<int32_t>(), dq.as<bf16>(), stream);
+      // dq, dk rotated back and dv, merged into [dq | dk | dv] rows; then one matmul each
+      // for dxn (K = (Hq + 2 Hkv) D) and for the gradient of [wq; wk; wv].
+      bf16* dqkv = rows.as<bf16>();
+      rope_merge({M, Hq, Hkv}, *rope, pos.as<int32_t>(), dq.as<bf16>(), dk.as<bf16>(),
+                 dv.as<bf16>(), dqkv, stream);
       tick(kLayers);
-      rope_apply({M, Hkv, true}, *rope, pos.as<int32_t>(), dk.as<bf16>(), stream);
-      tick(kLayers);
-      mm->backward_data(M, C, Hq * D, dq.as<bf16>(), W + o.wq, dxn_, false);
+      mm->backward_data(M, C, QKV, dqkv, W + o.wq, dxn_, false);
       tick(kMatmul);
-      mm->backward_data(M, C, Hkv * D, dk.as<bf16>(), W + o.wk, dxn_, true);
-      tick(kMatmul);
-      mm->backward_data(M, C, Hkv * D, dv.as<bf16>(), W + o.wv, dxn_, true);
-      tick(kMatmul);
-      mm->backward_weight(M, C, Hq * D, ly.xn1.as<bf16>(), dq.as<bf16>(), Gf + o.wq);
-      tick(kMatmul);
-      mm->backward_weight(M, C, Hkv * D, ly.xn1.as<bf16>(), dk.as<bf16>(), Gf + o.wk);
-      tick(kMatmul);
-      mm->backward_weight(M, C, Hkv * D, ly.xn1.as<bf16>(), dv.as<bf16>(), Gf + o.wv);
+      mm->backward_weight(M, C, QKV, ly.xn1.as<bf16>(), dqkv, Gf + o.wq);
       tick(kMatmul);
       rmsnorm_backward(rn, xs[li].as<bf16>(), Pf + o.attn_norm, ly.rstd1.as<float>(), dxn_, dx_,
                        Gf + o.attn_norm, true, norm_ws.p, stream);

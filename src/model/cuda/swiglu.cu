@@ -92,7 +92,138 @@ __global__ void swiglu_bwd_vec_kernel(int64_t n, const bf16* __restrict__ a,
   }
 }
 
+// ---- Rows of the fused gate/up projection: ab (M, 2F), each row [a | b] ----------------
+// Element (m, j) of a is ab[m 2F + j], of b ab[m 2F + F + j]; h, dh (M, F) contiguous;
+// dab (M, 2F) as ab. The per-element maths is the kernels' above (same bits). Idx: 32-bit
+// index arithmetic when every index fits (cheaper divisions), else 64-bit.
+template <typename Idx>
+__global__ void swiglu_fwd_rows_kernel(int64_t M, int64_t F_, const bf16* __restrict__ ab,
+                                       bf16* __restrict__ h) {
+  const Idx F = static_cast<Idx>(F_), n = static_cast<Idx>(M) * F;
+  for (Idx i = Idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += Idx(gridDim.x) * blockDim.x) {
+    const Idx m = i / F, j = i - m * F;
+    const bf16* r = ab + m * 2 * F;
+    h[i] = __float2bfloat16_rn(swiglu_h(__bfloat162float(r[j]), __bfloat162float(r[F + j])));
+  }
+}
+
+template <typename Idx>
+__global__ void swiglu_bwd_rows_kernel(int64_t M, int64_t F_, const bf16* __restrict__ ab,
+                                       const bf16* __restrict__ dh, bf16* __restrict__ dab) {
+  const Idx F = static_cast<Idx>(F_), n = static_cast<Idx>(M) * F;
+  for (Idx i = Idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += Idx(gridDim.x) * blockDim.x) {
+    const Idx m = i / F, j = i - m * F;
+    const bf16* r = ab + m * 2 * F;
+    bf16* d = dab + m * 2 * F;
+    float ga, gb;
+    swiglu_d(__bfloat162float(r[j]), __bfloat162float(r[F + j]), __bfloat162float(dh[i]), ga, gb);
+    d[j] = __float2bfloat16_rn(ga);
+    d[F + j] = __float2bfloat16_rn(gb);
+  }
+}
+
+// Vector paths: F a multiple of 8 and every pointer 16-byte aligned (so are the rows),
+// 8 elements per thread per step; F8 = F / 8 vectors a row of h.
+template <typename Idx>
+__global__ void swiglu_fwd_rows_vec_kernel(int64_t M, int64_t F8_, const bf16* __restrict__ ab,
+                                           bf16* __restrict__ h) {
+  const Idx F8 = static_cast<Idx>(F8_), n8 = static_cast<Idx>(M) * F8;
+  const uint4* abv = reinterpret_cast<const uint4*>(ab);
+  uint4* hv = reinterpret_cast<uint4*>(h);
+  for (Idx i = Idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n8;
+       i += Idx(gridDim.x) * blockDim.x) {
+    const Idx m = i / F8, j = i - m * F8;
+    float x[8], y[8];
+    detail::unpack8(abv[m * 2 * F8 + j], x);
+    detail::unpack8(abv[m * 2 * F8 + F8 + j], y);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[e] = swiglu_h(x[e], y[e]);
+    hv[i] = detail::pack8(y);
+  }
+}
+
+template <typename Idx>
+__global__ void swiglu_bwd_rows_vec_kernel(int64_t M, int64_t F8_, const bf16* __restrict__ ab,
+                                           const bf16* __restrict__ dh, bf16* __restrict__ dab) {
+  const Idx F8 = static_cast<Idx>(F8_), n8 = static_cast<Idx>(M) * F8;
+  const uint4* abv = reinterpret_cast<const uint4*>(ab);
+  const uint4* gv = reinterpret_cast<const uint4*>(dh);
+  uint4* dv = reinterpret_cast<uint4*>(dab);
+  for (Idx i = Idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n8;
+       i += Idx(gridDim.x) * blockDim.x) {
+    const Idx m = i / F8, j = i - m * F8, ra = m * 2 * F8 + j;
+    float x[8], y[8], g[8];
+    detail::unpack8(abv[ra], x);
+    detail::unpack8(abv[ra + F8], y);
+    detail::unpack8(gv[i], g);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) swiglu_d(x[e], y[e], g[e], x[e], y[e]);  // in place: da, db
+    dv[ra] = detail::pack8(x);
+    dv[ra + F8] = detail::pack8(y);
+  }
+}
+
+void check_rows(const char* what, int64_t M, int64_t F) {
+  MOBA_CHECK(M >= 0 && F >= 1, what, ": need M >= 0 rows and F >= 1, got M = ", M, ", F = ", F);
+  MOBA_CHECK(M * F < (int64_t{1} << 60), what, ": M * F too large");
+}
+
+bool overlap(const bf16* a, int64_t na, const bf16* b, int64_t nb) {
+  return a < b + nb && b < a + na;
+}
+
+// Every index (elements of ab, plus a grid stride) fits in 32 bits.
+bool fits32(int64_t M, int64_t F) { return 2 * M * F < (int64_t{1} << 31); }
+
 }  // namespace
+
+void swiglu_forward_rows(int64_t M, int64_t F, const bf16* ab, bf16* h, cudaStream_t stream) {
+  check_rows("swiglu_forward_rows", M, F);
+  if (M == 0) return;
+  MOBA_CHECK(ab && h, "swiglu_forward_rows: null pointer");
+  MOBA_CHECK(!overlap(ab, 2 * M * F, h, M * F), "swiglu_forward_rows: h must not overlap ab");
+  const bool idx32 = fits32(M, F);
+  if (F % 8 == 0 && detail::aligned16(ab) && detail::aligned16(h)) {
+    const unsigned grid = detail::grid_for(M * F / 8, kThreads);
+    if (idx32)
+      swiglu_fwd_rows_vec_kernel<uint32_t><<<grid, kThreads, 0, stream>>>(M, F / 8, ab, h);
+    else
+      swiglu_fwd_rows_vec_kernel<int64_t><<<grid, kThreads, 0, stream>>>(M, F / 8, ab, h);
+  } else {
+    const unsigned grid = detail::grid_for(M * F, kThreads);
+    if (idx32)
+      swiglu_fwd_rows_kernel<uint32_t><<<grid, kThreads, 0, stream>>>(M, F, ab, h);
+    else
+      swiglu_fwd_rows_kernel<int64_t><<<grid, kThreads, 0, stream>>>(M, F, ab, h);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward_rows(int64_t M, int64_t F, const bf16* ab, const bf16* dh, bf16* dab,
+                          cudaStream_t stream) {
+  check_rows("swiglu_backward_rows", M, F);
+  if (M == 0) return;
+  MOBA_CHECK(ab && dh && dab, "swiglu_backward_rows: null pointer");
+  MOBA_CHECK(!overlap(dab, 2 * M * F, ab, 2 * M * F) && !overlap(dab, 2 * M * F, dh, M * F),
+             "swiglu_backward_rows: dab must not overlap ab or dh");
+  const bool idx32 = fits32(M, F);
+  if (F % 8 == 0 && detail::aligned16(ab) && detail::aligned16(dh) && detail::aligned16(dab)) {
+    const unsigned grid = detail::grid_for(M * F / 8, kThreads);
+    if (idx32)
+      swiglu_bwd_rows_vec_kernel<uint32_t><<<grid, kThreads, 0, stream>>>(M, F / 8, ab, dh, dab);
+    else
+      swiglu_bwd_rows_vec_kernel<int64_t><<<grid, kThreads, 0, stream>>>(M, F / 8, ab, dh, dab);
+  } else {
+    const unsigned grid = detail::grid_for(M * F, kThreads);
+    if (idx32)
+      swiglu_bwd_rows_kernel<uint32_t><<<grid, kThreads, 0, stream>>>(M, F, ab, dh, dab);
+    else
+      swiglu_bwd_rows_kernel<int64_t><<<grid, kThreads, 0, stream>>>(M, F, ab, dh, dab);
+  }
+  CUDA_CHECK_LAUNCH();
+}
 
 void swiglu_forward(int64_t n, const bf16* a, const bf16* b, bf16* h, cudaStream_t stream) {
   MOBA_CHECK(n >= 0, "swiglu_forward: n = ", n, " must be >= 0");

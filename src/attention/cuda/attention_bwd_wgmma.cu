@@ -1,0 +1,238 @@
+// Launcher of the sm_90a warpgroup dense backward (bwd_wgmma.cuh): preparation kernel
+// (delta = rowsum(dO o O) and lse * log2(e), both transposed to (Hq, N) for the TMA, and
+// the fp32 dQ accumulator zeroed), tensor maps, the kernel, and the shared dq conversion.
+// dense_backward takes it by default on sm_90 when built for sm_90a; MOBA_DENSE_BWD=mma
+// selects the mma.sync backward, MOBA_DENSE_BWD=wgmma insists (docs/kernel_notes.md, "wgmma
+// backward"); any other value is an error.
+#include <cuda.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "attention/cuda/attention_cuda.h"
+#include "attention/cuda/bwd_wgmma.cuh"
+#include "attention/cuda/internal.h"
+#include "core/cuda_check.cuh"
+#include "core/error.h"
+
+namespace moba::attn::cuda {
+namespace {
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (nothing links libcuda),
+// as in attention_fwd_wgmma.cu.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encode_fn() {
+  static EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || f == nullptr)
+      ::moba::detail::fail(__FILE__, __LINE__, "cuTensorMapEncodeTiled not found in the driver");
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// Tiled tensor map, dims and box innermost first; strides[i] = byte stride of dim i + 1.
+CUtensorMap encode(CUtensorMapDataType type, const void* base, int rank, const cuuint64_t* dims,
+                   const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapSwizzle swz,
+                   const char* what) {
+  CUtensorMap map;
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const CUresult r = encode_fn()(&map, type, static_cast<cuuint32_t>(rank), const_cast<void*>(base),
+                                 dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                 swz, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    ::moba::detail::fail(__FILE__, __LINE__, "cuTensorMapEncodeTiled (", what,
+                         ") failed with CUresult ", static_cast<int>(r));
+  return map;
+}
+
+// (N, H, D) bf16 as (D, H, N); box 64 columns (128 bytes, swizzled) x 1 head x `rows`.
+CUtensorMap map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
+                     const char* what) {
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(n_tok)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D * 2),
+                                 static_cast<cuuint64_t>(heads * D * 2)};
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(rows)};
+  return encode(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, base, 3, dims, strides, box,
+                CU_TENSOR_MAP_SWIZZLE_128B, what);
+}
+
+// (Hq, n_pad) fp32 rows (transposed lse / delta) as (N, Hq); box `rows` tokens x 1 head,
+// no swizzle (rows * 4 bytes, a multiple of 16). Tokens past N read as zeros. The kernel
+// starts every box at a multiple of 4 tokens (16 bytes; see WgBwdTraits::kRowBox).
+CUtensorMap map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad, int rows,
+                     const char* what) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(n_tok), static_cast<cuuint64_t>(heads)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(n_pad * 4)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(rows), 1};
+  return encode(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, base, 2, dims, strides, box,
+                CU_TENSOR_MAP_SWIZZLE_NONE, what);
+}
+
+// The fp32 dQ accumulator (N, Hq, D) as (D, Hq, N); box 32 columns (128 bytes, swizzled)
+// x 1 head x 64 rows: the reduce-add target of the kernel.
+CUtensorMap map_dq(const float* base, int64_t n_tok, int64_t heads, int64_t D) {
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(n_tok)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D * 4),
+                                 static_cast<cuuint64_t>(heads * D * 4)};
+  const cuuint32_t box[3] = {32, 1, 64};
+  return encode(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, base, 3, dims, strides, box,
+                CU_TENSOR_MAP_SWIZZLE_128B, "dq_acc");
+}
+
+// One warp per (token, query head) row: delta = rowsum(dO o O) and lse * log2(e), written
+// transposed at [head * n_pad + token]; the row of the fp32 dQ accumulator zeroed.
+template <int D>
+__global__ void wg_prep_kernel(const __nv_bfloat16* __restrict__ o,
+                               const __nv_bfloat16* __restrict__ dout,
+                               const float* __restrict__ lse, int rows, int Hq, int n_pad,
+                               float* __restrict__ delta_t, float* __restrict__ lse_t,
+                               float* __restrict__ dq_acc) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  constexpr int kPer = D / 32;
+  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(o + static_cast<size_t>(row) * D + lane * kPer);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(dout + static_cast<size_t>(row) * D + lane * kPer);
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPer / 2; ++i) {
+    const float2 x = __bfloat1622float2(a[i]), y = __bfloat1622float2(b[i]);
+    acc += x.x * y.x + x.y * y.y;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) {
+    const int tok = row / Hq, h = row % Hq;
+    const size_t t = static_cast<size_t>(h) * n_pad + tok;
+    delta_t[t] = acc;
+    lse_t[t] = lse[row] * 1.4426950408889634f;
+  }
+  float* z = dq_acc + static_cast<size_t>(row) * D + lane * kPer;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) z[i] = 0.f;
+}
+
+template <int D>
+void launch(const Plan& plan, const AttnParams& p, const float* lse_t, const float* delta_t,
+            int64_t n_pad, cudaStream_t stream) {
+  using T = WgBwdTraits<D>;
+  const Layout& l = plan.layout();
+  const int64_t N = l.tokens();
+  const CUtensorMap tq = map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
+  const CUtensorMap tk = map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
+  const CUtensorMap tv = map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
+  const CUtensorMap tdo = map_bf16(p.dout, N, p.Hq, D, T::kBr, "dout");
+  const CUtensorMap tlse = map_rows(lse_t, N, p.Hq, n_pad, T::kRowBox, "lse");
+  const CUtensorMap tdl = map_rows(delta_t, N, p.Hq, n_pad, T::kRowBox, "delta");
+  const CUtensorMap tdq = map_dq(p.dq_acc, N, p.Hq, D);
+  auto kernel = attn_bwd_wgmma_kernel<D>;
+  static bool configured = false;
+  if (!configured) {
+    // setmaxnreg.inc blocks until the CTA's register pool (numRegs x kThreads, fixed at
+    // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or
+    // a build without sm_90a, where the kernel is a trap) instead of hanging.
+    cudaFuncAttributes fa{};
+    CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+    if (fa.numRegs * T::kThreads < T::kRegPoolNeeded)
+      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: kernel compiled with ",
+                           fa.numRegs, " registers per thread (needs ",
+                           (T::kRegPoolNeeded + T::kThreads - 1) / T::kThreads,
+                           " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    T::kSmemBytes));
+    configured = true;
+  }
+  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + T::kBc - 1) / T::kBc);
+  const dim3 grid = p.heads_fastest ? dim3(p.Hkv, tiles, static_cast<unsigned>(l.batch()))
+                                    : dim3(tiles, p.Hkv, static_cast<unsigned>(l.batch()));
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, tdo, tlse, tdl, tdq, p);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Whether the wgmma backward can run here: an sm_90 device and a kernel compiled for
+// sm_90a (a build without it leaves a trap with a handful of registers). Cached per device.
+bool wgmma_bwd_runs_here(int D) {
+  static int cached[64][2] = {};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  int& c = cached[dev & 63][D == 64 ? 0 : 1];
+  if (c == 0) {
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    bool ok = major == 9 && minor == 0 && (D == 64 || D == 128);
+    if (ok) {
+      cudaFuncAttributes fa{};
+      if (D == 64) {
+        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_bwd_wgmma_kernel<64>));
+        ok = fa.numRegs * WgBwdTraits<64>::kThreads >= WgBwdTraits<64>::kRegPoolNeeded;
+      } else {
+        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_bwd_wgmma_kernel<128>));
+        ok = fa.numRegs * WgBwdTraits<128>::kThreads >= WgBwdTraits<128>::kRegPoolNeeded;
+      }
+    }
+    c = ok ? 1 : 2;
+  }
+  return c == 1;
+}
+
+}  // namespace
+
+bool dense_bwd_use_wgmma(int64_t head_dim) {
+  const char* e = std::getenv("MOBA_DENSE_BWD");
+  if (e != nullptr && std::strcmp(e, "mma") == 0) return false;
+  if (e != nullptr && std::strcmp(e, "wgmma") == 0) return true;  // errors if it cannot run
+  if (e != nullptr && *e != '\0')
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=", e, ": expected mma or wgmma");
+  return (head_dim == 64 || head_dim == 128) && wgmma_bwd_runs_here(static_cast<int>(head_dim));
+}
+
+void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
+  int dev = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  if (major != 9 || minor != 0)
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma needs an sm_90 device (found sm_",
+                         major, minor, ")");
+  const Layout& l = plan.layout();
+  const int64_t D = l.head_dim;
+  if (D != 64 && D != 128)
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: head dim ", D, " (64 or 128)");
+  const int64_t N = l.tokens(), rows = N * l.num_q_heads;
+  const int64_t n_pad = (N + 3) / 4 * 4;  // 16-byte row stride of the transposed arrays
+  p.dq_acc = static_cast<float*>(plan.scratch(kSlotDqAcc, sizeof(float) * rows * D));
+  float* delta_t = static_cast<float*>(plan.scratch(kSlotDeltaT, sizeof(float) * p.Hq * n_pad));
+  float* lse_t = static_cast<float*>(plan.scratch(kSlotLseT, sizeof(float) * p.Hq * n_pad));
+  p.delta = delta_t;  // not read by the kernel (it takes the tensor maps)
+
+  const int warps = 8;
+  const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
+  if (D == 64)
+    wg_prep_kernel<64><<<blocks, warps * 32, 0, stream>>>(p.o, p.dout, p.lse, static_cast<int>(rows),
+                                                          p.Hq, static_cast<int>(n_pad), delta_t, lse_t, p.dq_acc);
+  else
+    wg_prep_kernel<128><<<blocks, warps * 32, 0, stream>>>(p.o, p.dout, p.lse, static_cast<int>(rows),
+                                                           p.Hq, static_cast<int>(n_pad), delta_t, lse_t, p.dq_acc);
+  CUDA_CHECK_LAUNCH();
+  mark_phase("bwd_delta_zero_dq", stream);
+
+  if (D == 64) launch<64>(plan, p, lse_t, delta_t, n_pad, stream);
+  else launch<128>(plan, p, lse_t, delta_t, n_pad, stream);
+  mark_phase("bwd_dense_wgmma", stream);
+
+  dq_convert(p, rows, D, stream);
+  mark_phase("bwd_dq_convert", stream);
+}
+
+}  // namespace moba::attn::cuda
