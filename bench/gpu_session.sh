@@ -13,6 +13,9 @@
 #     (the experimental sm_90a dense backward, MOBA_DENSE_BWD=wgmma: ptxas lines, its test,
 #     the dense suite with it, dense timings with and without it at D = 128 (H 16) and
 #     D = 64 (H 12); writes 3 files: wgbwd_test.log, wgbwd_suite.log, wgbwd_bench.md)
+#   STEPS="build mwfwd" TARGETS="moba attention_gpu_test" bench/gpu_session.sh
+#     (the sm_90a MoBA forward, MOBA_MOBA_FWD=wgmma: each MobaWgmmaFwdGpu case in its own
+#     process, memcheck on two varlen cases, MoBA timings with mma / wgmma; 4 files)
 # Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest.
 set -uo pipefail
 OUT=${OUT:-out}
@@ -119,6 +122,70 @@ if has wgbwd; then
     done
   done
   rm -f "$OUT/wgbwd_cur.md"
+fi
+if has mwfwd; then
+  # The sm_90a MoBA forward (MOBA_MOBA_FWD=wgmma, fwd_moba_wgmma.cuh; written compile-only).
+  #   STEPS="build mwfwd" TARGETS="moba attention_gpu_test" bench/gpu_session.sh
+  # Writes 4 files: mwfwd_test.log, mwfwd_memcheck.log, mwfwd_bench.md, mwfwd_bench.json.
+  log "mwfwd: sm_90a MoBA forward (MOBA_MOBA_FWD=wgmma)"
+  grep -A2 "moba_fwd_wgmma" "$OUT/ptxas.txt" 2>/dev/null | grep -E "spill|registers"
+  # One process per case (a hang or a sticky CUDA error stays in its case), each under a
+  # timeout: a wrong tx byte count or barrier parity hangs instead of failing.
+  mw_cases=$("$BUILD/tests/attention_gpu_test" --gtest_list_tests --gtest_filter='*MobaWgmmaFwd*' \
+    | awk '/^[^ ]/{suite=$1} /^  /{print suite $1}')
+  mw_fail=0
+  : > "$OUT/mwfwd_test.log"
+  for c in $mw_cases; do
+    timeout 60 "$BUILD/tests/attention_gpu_test" --gtest_filter="$c" > /tmp/mwfwd_case.log 2>&1
+    rc=$?
+    cat /tmp/mwfwd_case.log >> "$OUT/mwfwd_test.log"
+    echo "rc=$rc" >> "$OUT/mwfwd_test.log"
+    [[ $rc -ne 0 ]] || grep -q "^\[  FAILED" /tmp/mwfwd_case.log && mw_fail=1
+    st=$(grep -m1 -oE '^\[ +(OK|FAILED|SKIPPED) +\]' /tmp/mwfwd_case.log | tr -d '[] ')
+    printf '%-26s rc=%-3s %-7s %s %s\n' "${c##*/}" "$rc" "${st:-?}" \
+      "$(grep -m1 -oE '\|wgmma - mma\| out [^ ]+  lse [^ ]+' /tmp/mwfwd_case.log)" \
+      "$(grep -m2 -iE 'cuda error|illegal|misaligned|unspecified launch|Failure|Error:' /tmp/mwfwd_case.log | tr '\n' ' ' | cut -c1-160)"
+  done
+  rm -f /tmp/mwfwd_case.log
+  if [[ $mw_fail -eq 0 && -n "$mw_cases" ]]; then
+    timeout 300 compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/attention_gpu_test" \
+      --gtest_filter='*MobaWgmmaFwd*mw_varlen_d64_s128_k3:*MobaWgmmaFwd*mw_odd_d128_s128_k4' \
+      > "$OUT/mwfwd_memcheck.log" 2>&1
+    echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|^\[  (PASSED|FAILED)" "$OUT/mwfwd_memcheck.log"
+  else
+    echo "memcheck skipped: a case failed (or none was found)"
+  fi
+  : > "$OUT/mwfwd_bench.md"
+  for mode in mma wgmma; do
+    echo "## D=128 H=16 S=512 K=3 MOBA_MOBA_FWD=$mode (--skip-dense)" >> "$OUT/mwfwd_bench.md"
+    MOBA_MOBA_FWD=$mode timeout 300 "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 \
+      -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 --skip-dense \
+      --json "/tmp/mwfwd_bench_$mode.json" > /tmp/mwfwd_cur.md 2>&1
+    echo "rc=$?" >> /tmp/mwfwd_cur.md
+    cat /tmp/mwfwd_cur.md >> "$OUT/mwfwd_bench.md"
+    echo "-- MOBA_MOBA_FWD=$mode"; grep -E "^\| [0-9]|^rc=[^0]|rror" /tmp/mwfwd_cur.md
+    python3 - "/tmp/mwfwd_bench_$mode.json" <<'PY'
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except Exception as e:
+    print("   no JSON:", e); sys.exit(0)
+for r in rows:
+    ph = r.get("phases_ms", {})
+    fwd = {k[5:]: v for k, v in ph.items() if not k.startswith("moba.bwd")}
+    print("   T=%d moba fwd %.3f ms (attn %.3f, gate %.3f) | %s" % (r["T"], r["moba_fwd_ms"],
+          r["moba_attn_fwd_ms"], r["gate_ms"], ", ".join("%s %.3f" % kv for kv in fwd.items())))
+PY
+  done
+  python3 - "$OUT/mwfwd_bench.json" /tmp/mwfwd_bench_mma.json /tmp/mwfwd_bench_wgmma.json <<'PY'
+import json, sys
+out = {}
+for mode, path in zip(("mma", "wgmma"), sys.argv[2:]):
+    try: out[mode] = json.load(open(path))
+    except Exception as e: out[mode] = {"error": str(e)}
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+PY
+  rm -f /tmp/mwfwd_bench_mma.json /tmp/mwfwd_bench_wgmma.json /tmp/mwfwd_cur.md
 fi
 if has ncu; then
   log "ncu: backward kernels at T=32768 (MoBA, then dense)"

@@ -466,5 +466,134 @@ TEST(GateGpu, MatchesCpuGate) {
   check_gate(l, cfg, q, k, sel);
 }
 
+// The sm_90a MoBA forward (wgmma + TMA, fwd_moba_wgmma.cuh; MOBA_MOBA_FWD=wgmma) against the
+// mma.sync one (fwd_kernel.cuh, MOBA_MOBA_FWD=mma, the default) on one selection (the GPU
+// gate's, computed once): out and lse of each against the fp64 CPU MoBA reference with the
+// suite's bound, and |wgmma - mma|. Shapes: D 64 and 128; S 128, 256, 512 (and S = 64,
+// where MOBA_MOBA_FWD=wgmma keeps the mma.sync kernels: the two runs must agree exactly);
+// K 1 (no past block), 3, 8, 16 and K >= the number of blocks (then also against the
+// dense forward); GQA 4:1 and MHA; varlen with odd lengths and sequence starts that are
+// not multiples of 4 or 128; T not a multiple of S; 4096 tokens.
+struct MobaFwdCase {
+  const char* name;
+  std::vector<int64_t> cu;
+  int64_t Hq, Hkv, D, S, K;
+};
+
+// Sets an environment variable for a scope and restores the previous value (or its
+// absence), also when an assertion or an exception leaves the scope.
+struct ScopedEnv {
+  const char* name;
+  bool had;
+  std::string saved;
+  ScopedEnv(const char* n, const char* value) : name(n) {
+    const char* prev = std::getenv(n);
+    had = prev != nullptr;
+    saved = prev ? prev : "";
+    setenv(n, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had) setenv(name, saved.c_str(), 1);
+    else unsetenv(name);
+  }
+};
+
+class MobaWgmmaFwdGpu : public ::testing::TestWithParam<MobaFwdCase> {};
+
+TEST_P(MobaWgmmaFwdGpu, MatchesReference) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  if (!is_sm90()) GTEST_SKIP() << "wgmma MoBA forward needs an sm_90 device";
+  const MobaFwdCase& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  const MobaConfig cfg{cs.S, cs.K};
+  const attn::Options opt;
+  const double scale = opt.scale_for(l);
+  auto rnd = [&](size_t n, uint64_t s) {
+    std::vector<float> x = random_normal<float>(n, s);
+    for (float& e : x) e = round_bf16(e);
+    return x;
+  };
+  const auto q = rnd(l.q_elems(), 701), k = rnd(l.kv_elems(), 702), v = rnd(l.kv_elems(), 703),
+             dout = rnd(l.q_elems(), 704);
+  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size());
+  dq_in.upload(to_bf16(q));
+  dk_in.upload(to_bf16(k));
+  dv_in.upload(to_bf16(v));
+  DeviceBuffer<acu::bf16> o_wg(q.size()), o_mma(q.size());
+  DeviceBuffer<float> lse_wg(l.lse_elems()), lse_mma(l.lse_elems());
+  DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+  for (auto* b : {&o_wg, &o_mma}) b->poison();
+  for (auto* b : {&lse_wg, &lse_mma}) b->poison();
+  dsel.poison();
+  acu::Plan plan(l, cfg, opt);
+  acu::moba_gate(plan, dq_in.ptr, dk_in.ptr, dsel.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const Selection sel{cfg.top_k, l.num_q_heads, dsel.download()};
+
+  {
+    ScopedEnv env("MOBA_MOBA_FWD", "wgmma");
+    acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_wg.ptr, lse_wg.ptr);
+    const cudaError_t err = cudaDeviceSynchronize();
+    ASSERT_EQ(err, cudaSuccess) << "wgmma MoBA forward: " << cudaGetErrorString(err);
+  }
+  {
+    ScopedEnv env("MOBA_MOBA_FWD", "mma");
+    acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_mma.ptr, lse_mma.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  std::vector<double> qd(q.begin(), q.end()), kd(k.begin(), k.end()), vd(v.begin(), v.end());
+  std::vector<double> out(q.size()), lse(l.lse_elems());
+  attn::cpu::moba_forward<double>(l, cfg, sel, opt, qd, kd, vd, out, lse);
+  const NaiveResult nv = naive_bf16(l, cfg.block_size, &sel, scale, q, k, v, dout);
+  const auto w_out = from_bf16(o_wg.download()), m_out = from_bf16(o_mma.download());
+  const auto w_lse = lse_wg.download(), m_lse = lse_mma.download();
+  std::printf("    wgmma MoBA forward:\n");
+  expect_close("out", w_out, out, nv.out);
+  expect_close("lse", w_lse, lse, nv.lse);
+  std::printf("    mma.sync MoBA forward:\n");
+  expect_close("out", m_out, out, nv.out);
+  expect_close("lse", m_lse, lse, nv.lse);
+  auto diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return max_rel_err(a, std::vector<double>(b.begin(), b.end()));
+  };
+  std::printf("    |wgmma - mma| out %.3e  lse %.3e\n", diff(w_out, m_out), diff(w_lse, m_lse));
+  if (cs.S % 128 != 0) {  // MOBA_MOBA_FWD=wgmma keeps the mma.sync kernels here
+    EXPECT_EQ(diff(w_out, m_out), 0.0);
+    EXPECT_EQ(diff(w_lse, m_lse), 0.0);
+  }
+
+  // K covers every block: MoBA is dense causal attention.
+  const int64_t blocks = (l.max_seq_len() + cfg.block_size - 1) / cfg.block_size;
+  if (cs.K >= blocks) {
+    DeviceBuffer<acu::bf16> o2(q.size());
+    DeviceBuffer<float> lse2(l.lse_elems());
+    o2.poison();
+    acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o2.ptr, lse2.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const double d = diff(from_bf16(o2.download()), w_out);
+    std::printf("    K >= blocks: |wgmma MoBA - dense| out %.3e\n", d);
+    EXPECT_LE(d, bound_for(max_rel_err(nv.out, out)));
+  }
+}
+
+const MobaFwdCase kMobaFwdCases[] = {
+    {"mw_gqa4_d128_s128_k3", {0, 1000}, 4, 1, 128, 128, 3},
+    {"mw_mha_d64_s128_k8", {0, 1300}, 2, 2, 64, 128, 8},
+    {"mw_k1_d128_s256", {0, 700}, 2, 1, 128, 256, 1},
+    {"mw_gqa4_d64_s512_k3", {0, 3000}, 4, 1, 64, 512, 3},
+    {"mw_k_ge_blocks_d128", {0, 900}, 2, 2, 128, 128, 8},
+    {"mw_varlen_d64_s128_k3", {0, 1, 78, 600, 1777}, 4, 1, 64, 128, 3},
+    {"mw_varlen_d128_s256_k3", {0, 1, 78, 600, 1777}, 2, 1, 128, 256, 3},
+    {"mw_odd_d128_s128_k4", {0, 127, 128, 385}, 2, 2, 128, 128, 4},
+    {"mw_odd_d64_s256_k8", {0, 127, 128, 385}, 3, 3, 64, 256, 8},
+    {"mw_k16_d64_s128", {0, 2500}, 2, 1, 64, 128, 16},
+    {"mw_long_d128_s512_k3", {0, 4096}, 2, 1, 128, 512, 3},
+    {"mw_s64_fallback_d128", {0, 500}, 2, 1, 128, 64, 3},
+};
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MobaWgmmaFwdGpu, ::testing::ValuesIn(kMobaFwdCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
 }  // namespace
 }  // namespace moba::test

@@ -100,6 +100,9 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
   p.sel = sel;
   const Layout& l = plan.layout();
   const int64_t D = l.head_dim;
+  // MOBA_MOBA_FWD=wgmma: the sm_90a kernels (attention_fwd_moba_wgmma.cu) for both phases
+  // below, on the same gather index (tiles of 128 entries) and the same scratch.
+  const bool wg = moba_fwd_use_wgmma(plan);
   // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
   if (p.kp > 0 && plan.full_blocks() > 0) {
     const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream);
@@ -111,14 +114,24 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
     p.bucket_offset = ix.offsets;
     p.tiles = ix.tiles;
     p.num_tiles = ix.num_tiles;
+    if (wg) {
+      moba_forward_past_wgmma(plan, p, ix.max_tiles, stream);
+      mark_phase("fwd_past_blocks_wgmma", stream);
+    } else {
     const dim3 grid(static_cast<unsigned>(ix.max_tiles));
     if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
     else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
     mark_phase("fwd_past_blocks", stream);
+    }
   } else {
     // No past block anywhere: the merge reads nothing (every slot is invalid).
     p.part_o = nullptr;
     p.part_lse = nullptr;
+  }
+  if (wg) {
+    moba_forward_current_wgmma(plan, p, stream);
+    mark_phase("fwd_current_block_merge_wgmma", stream);
+    return;
   }
   fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, stream);
   mark_phase("fwd_current_block_merge", stream);

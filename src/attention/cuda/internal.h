@@ -61,4 +61,20 @@ void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
 // dq = bf16(dq_acc * scale) over rows x D elements (attention_bwd.cu).
 void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
 
+// sm_90a MoBA forward (wgmma + TMA, fwd_moba_wgmma.cuh; attention_fwd_moba_wgmma.cu),
+// selected by the environment variable MOBA_MOBA_FWD (read on every call): unset, empty or
+// `mma` = the mma.sync kernels of fwd_kernel.cuh (the default); `wgmma` = these kernels
+// where the block size is a multiple of 128 (S = 64 keeps the mma.sync kernels), and an
+// error where they cannot run (not an sm_90 device, no sm_90a build, head dim not 64 or
+// 128); anything else is an error naming the value.
+bool moba_fwd_use_wgmma(const Plan& plan);
+// Past blocks: one CTA per gathered tile of <= 128 entries (p.entries, p.tiles,
+// p.num_tiles of build_gather_index with tile_rows 128); grid = max_tiles. Writes
+// p.part_o / p.part_lse exactly as FwdMode::kMobaPast.
+void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
+                             cudaStream_t stream);
+// Current block (causal) + merge with the past partials; writes p.o and p.lse exactly as
+// FwdMode::kMobaCurrent.
+void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
+
 }  // namespace moba::attn::cuda
