@@ -45,61 +45,12 @@
 
 #include <cmath>
 
+#include "attention/cuda/bwd_wgmma_common.cuh"
 #include "attention/cuda/mma.cuh"
 #include "attention/cuda/params.h"
 #include "attention/cuda/wgmma.cuh"
 
 namespace moba::attn::cuda {
-
-template <int D>
-struct WgBwdTraits {
-  static_assert(D == 64 || D == 128, "wgmma backward: head dim 64 or 128");
-  static constexpr int kBc = 128;                // keys per CTA (2 consumer warpgroups)
-  static constexpr int kBr = D == 64 ? 128 : 64; // query rows per tile
-  static constexpr int kStages = 2;              // Q/dO ring depth
-  static constexpr int kThreads = 384;           // 2 consumer + 1 producer warpgroups
-  // setmaxnreg targets: as the forward (fwd_wgmma.cuh), the pool 128 x 24 + 256 x 240 =
-  // 64512 = 384 x 168 must be there at launch (checked by the launcher).
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
-  static constexpr int kRegPoolNeeded = 128 * kProducerRegs + 256 * kConsumerRegs;
-  static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 &&
-                    kConsumerRegs <= 256,
-                "setmaxnreg operand: multiple of 8 in [24, 256]");
-  static_assert(kRegPoolNeeded <= 65536, "register file of one SM");
-  static constexpr int kColBlocks = D / 64;         // 128-byte column blocks (TMA boxes)
-  static constexpr int kKVBytes = kBc * D * 2;      // the K (or V) tile
-  static constexpr int kQBytes = kBr * D * 2;       // one Q (or dO) tile
-  // lse (or delta) of one query tile. The 2-d TMA box's start must be 16-byte aligned in
-  // its innermost (token) dimension (measured: an unaligned start is an illegal
-  // instruction), so the box starts at q0 rounded down to 4 tokens and is 4 tokens longer;
-  // the consumers read from offset q0 % 4.
-  static constexpr int kRowBox = kBr + 4;                      // tokens per box
-  static constexpr int kRowBytes = (kRowBox * 4 + 127) / 128 * 128;  // smem slot stride
-  static constexpr int kStageTx = 2 * kQBytes + 2 * kRowBox * 4;  // bytes per ring slot
-  static constexpr int kDsBytes = kBc * kBr * 2;    // one dS^T buffer (bf16)
-  // dQ staging: per consumer warpgroup 64 rows x 64 fp32 columns as two boxes of 32
-  // columns (128 bytes, the 128B swizzle span) x 64 rows.
-  static constexpr int kDqBoxBytes = 64 * 128;
-  static constexpr int kDqWgBytes = 2 * kDqBoxBytes;
-  // Shared-memory map (bytes from the 1024-aligned base); every swizzled tile starts on
-  // 1024 bytes.
-  static constexpr int kOffK = 0;
-  static constexpr int kOffV = kOffK + kKVBytes;
-  static constexpr int kOffQ = kOffV + kKVBytes;               // [kStages]
-  static constexpr int kOffDo = kOffQ + kStages * kQBytes;     // [kStages]
-  static constexpr int kOffDs = kOffDo + kStages * kQBytes;    // [2]
-  static constexpr int kOffDq = kOffDs + 2 * kDsBytes;         // [2 warpgroups]
-  static constexpr int kOffLse = kOffDq + 2 * kDqWgBytes;      // [kStages][kBr] fp32
-  static constexpr int kOffDelta = kOffLse + kStages * kRowBytes;
-  static constexpr int kOffBar = kOffDelta + kStages * kRowBytes;
-  static constexpr int kNumBars = 1 + 2 * kStages;  // full_kv, full[ST], empty[ST]
-  static_assert(kOffDq % 1024 == 0 && kOffLse % 1024 == 0 && kRowBytes % 128 == 0,
-                "alignment of swizzled tiles (1024) and TMA destinations (128)");
-  // +1024: the dynamic shared-memory base is aligned up to 1024 bytes in the kernel.
-  static constexpr int kSmemBytes = 1024 + kOffBar + 8 * kNumBars;
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
-};
 
 template <int D>
 __global__ void __launch_bounds__(384, 1)
@@ -226,147 +177,42 @@ __global__ void __launch_bounds__(384, 1)
     const float* lse_s = sLse + s * RS + (q0 & 3);  // the box started at q0 & ~3
     const float* dl_s = sDelta + s * RS + (q0 & 3);
 
-    // S^T = K_w Q^T and dP^T = V_w dO^T (K-major A and B; k-step kk = column block kk/4,
-    // +32 bytes per step inside the swizzled row), two groups.
+    // The MMA steps (bwd_wgmma_common.cuh): S^T, dP^T; P^T with the masks: causal
+    // (key > query) and queries past the sequence end, only on tiles reaching past this
+    // warpgroup's first key or past the end; dS^T and the A fragments; dV, dK.
     float st[Br / 2], dpt[Br / 2];
     mbar_wait(&full[s], par);
-    fence_regs(st);
-    fence_regs(dpt);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;
-      const uint64_t da = desc_kmajor_sw128(k_addr + (kk / 4) * (Bc * 128) + w * 64 * 128 + off);
-      const uint64_t db = desc_kmajor_sw128(qs + (kk / 4) * (Br * 128) + off);
-      wgmma_ss<Br>(st, da, db, kk > 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;
-      const uint64_t da = desc_kmajor_sw128(v_addr + (kk / 4) * (Bc * 128) + w * 64 * 128 + off);
-      const uint64_t db = desc_kmajor_sw128(dos + (kk / 4) * (Br * 128) + off);
-      wgmma_ss<Br>(dpt, da, db, kk > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<1>();  // S^T done; dP^T may still run
-    fence_regs(st);
-
-    // P^T on the accumulator layout: st[4i + 2hh + e] = (key krow0 + 8hh, query
-    // q0 + 8i + 2qd + e). Masks: causal (key > query) and queries past the sequence end;
-    // only tiles reaching past this warpgroup's first key or past the end need them.
+    wgbwd_scores<D>(st, dpt, k_addr, v_addr, qs, dos, w);
     const bool need_mask = (kw0 + 63 > q0) || (q0 + Br > seq_end);
-#pragma unroll
-    for (int i = 0; i < Br / 8; ++i) {
-      const float2 l = make_float2(lse_s[8 * i + 2 * qd], lse_s[8 * i + 2 * qd + 1]);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        st[4 * i + 2 * hh] = exp2f(fmaf(st[4 * i + 2 * hh], p.scale_log2, -l.x));
-        st[4 * i + 2 * hh + 1] = exp2f(fmaf(st[4 * i + 2 * hh + 1], p.scale_log2, -l.y));
-      }
-    }
-    if (need_mask) {
-#pragma unroll
-      for (int i = 0; i < Br / 8; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int qt = q0 + 8 * i + 2 * qd + (c & 1);
-          const int kt = krow0 + 8 * (c >> 1);
-          if (kt > qt || qt >= seq_end) st[4 * i + c] = 0.f;
-        }
-    }
-    wgmma_wait<0>();  // dP^T done
-    fence_regs(dpt);
-    // dS^T = P^T o (dP^T - delta); masked entries have P^T = 0 exactly, so dS^T = 0.
-#pragma unroll
-    for (int i = 0; i < Br / 8; ++i) {
-      const float2 dl = make_float2(dl_s[8 * i + 2 * qd], dl_s[8 * i + 2 * qd + 1]);
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        dpt[4 * i + c] = st[4 * i + c] * (dpt[4 * i + c] - ((c & 1) ? dl.y : dl.x));
-    }
-    // bf16 A fragments: k-step kk (queries 16kk..16kk+15) = accumulator columns
-    // 16kk..16kk+15 = st[8kk..8kk+7] (as P in the forward).
+    wgbwd_probs<Br>(st, lse_s, p.scale_log2, qd, need_mask, [&](int i, int c) {
+      const int qt = q0 + 8 * i + 2 * qd + (c & 1);
+      const int kt = krow0 + 8 * (c >> 1);
+      return kt > qt || qt >= seq_end;
+    });
     uint32_t pa[Br / 16][4], dsa[Br / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < Br / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        pa[kk][j] = detail::pack_bf16(st[8 * kk + 2 * j], st[8 * kk + 2 * j + 1]);
-        dsa[kk][j] = detail::pack_bf16(dpt[8 * kk + 2 * j], dpt[8 * kk + 2 * j + 1]);
-      }
+    wgbwd_dsoftmax<Br>(st, dpt, dl_s, qd, pa, dsa);
+    wgbwd_dvdk<D>(dv, dk, pa, dsa, qs, dos);
 
-    // dV += P^T dO, dK += dS^T Q (B = dO, Q MN-major: 16 queries per k-step = 2 swizzle
-    // atoms = 2048 bytes; LBO = next 64 columns of D = Br * 128 bytes). One group.
-    fence_regs(dv);
-    fence_regs(dk);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < Br / 16; ++kk)
-      wgmma_rs<D>(dv, pa[kk], desc_mnmajor_sw128(dos + kk * 2048, Br * 128), 1);
-#pragma unroll
-    for (int kk = 0; kk < Br / 16; ++kk)
-      wgmma_rs<D>(dk, dsa[kk], desc_mnmajor_sw128(qs + kk * 2048, Br * 128), 1);
-    wgmma_commit();
-
-    // dS^T (bf16) into buffer it % 2 while those run: row = key (0..127 of the tile),
-    // queries contiguous, 128B-swizzled in column blocks of 64 queries (Bc rows x 128
-    // bytes each): element (r, c) at block c / 64, byte r*128 + ((c%64/8) ^ (r%8))*16 +
-    // (c%8)*2. The register pair dsa[kk][j] = (row 64w + 16wi + g + 8(j&1), queries
-    // 8i + 2qd, +1) with i = 2kk + j/2; r % 8 = g. A warp's 32 stores hit 32 banks.
-    {
-      unsigned char* buf = smem + T::kOffDs + (it & 1) * T::kDsBytes;
-      const int r0 = 64 * w + 16 * wi + g;
-#pragma unroll
-      for (int kk = 0; kk < Br / 16; ++kk)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int i = 2 * kk + (j >> 1);
-          const int r = r0 + 8 * (j & 1);
-          const int off = (i / 8) * (Bc * 128) + r * 128 + (((i & 7) ^ g) << 4) + 4 * qd;
-          *reinterpret_cast<uint32_t*>(buf + off) = dsa[kk][j];
-        }
-    }
+    // dS^T into buffer it % 2 while those run, then visible to the async proxy (wgmma)
+    // and to the other warpgroup. Two buffers alternate, so a warpgroup never overwrites
+    // the tile the other one's dQ MMA may still read.
+    wgbwd_store_ds<Br, Bc>(smem + T::kOffDs + (it & 1) * T::kDsBytes, dsa, w, wi, g, qd);
     fence_proxy_async();      // generic-proxy writes -> visible to wgmma (async proxy)
     named_bar_sync(1, 256);   // both warpgroups' dS^T rows are in buffer it % 2
 
-    // dQ (64 x 64 of this warpgroup) = dS K over the 128 keys: A = dS (MN-major view of
-    // the dS^T tile: M = queries contiguous, k-step = 16 key rows = 2048 bytes), B = K
-    // (MN-major: N = D columns contiguous, k-step 2048 bytes). M and N are 64 = one
-    // swizzle-span block, so LBO is not used (set to the next block's distance anyway).
+    // dQ (64 x 64 of this warpgroup) = dS K.
     float dq[32];
-    fence_regs(dq);
-    wgmma_fence();
-    {
-      const uint32_t a_base = ds_addr + (it & 1) * T::kDsBytes + dq_a_off;
-      const uint32_t b_base = k_addr + dq_b_off;
-#pragma unroll
-      for (int kk = 0; kk < Bc / 16; ++kk)
-        wgmma_ss_tt<64>(dq, desc_mnmajor_sw128(a_base + kk * 2048, Bc * 128),
-                        desc_mnmajor_sw128(b_base + kk * 2048, Bc * 128), kk > 0);
-    }
-    wgmma_commit();
+    wgbwd_dq_mma<Bc>(dq, ds_addr + (it & 1) * T::kDsBytes + dq_a_off, k_addr + dq_b_off);
     wgmma_wait<1>();          // dV / dK done: slot s (Q, dO, lse, delta) no longer read
     mbar_arrive(&empty[s]);
     wgmma_wait<0>();
     fence_regs(dq);
 
-    // dQ -> two fp32 boxes of 64 rows x 32 columns, 128B-swizzled (the TMA map's
-    // pattern: 16-byte chunk c of row r at c ^ (r % 8)); dq[4i + 2hh + e] = (row
-    // 16wi + g + 8hh, column 8i + 2qd + e): box i / 4, chunk 2(i % 4) + qd / 2, +8 bytes
-    // for odd qd. Then one thread adds the boxes into dq_acc (reduce-add, atomic per
-    // element; rows past N skipped).
+    // dQ -> the two swizzled fp32 boxes of this warpgroup, then one thread adds them into
+    // dq_acc (reduce-add, atomic per element; rows past N skipped).
     if (wg_tid == 0) bulk_wait_read<0>();  // the previous tile's boxes have been read
     named_bar_sync(2 + w, 128);
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int r = 16 * wi + g + 8 * hh;
-        const int chunk = 2 * (i % 4) + (qd >> 1);
-        const int off = (i / 4) * T::kDqBoxBytes + r * 128 + ((chunk ^ g) << 4) + 8 * (qd & 1);
-        *reinterpret_cast<float2*>(sDq + off) = make_float2(dq[4 * i + 2 * hh], dq[4 * i + 2 * hh + 1]);
-      }
+    wgbwd_stage_dq<T::kDqBoxBytes>(sDq, dq, wi, g, qd);
     fence_proxy_async();
     named_bar_sync(2 + w, 128);
     // Rows at or past the sequence end hold exact zeros: a box starting there (D = 64's
@@ -386,23 +232,8 @@ __global__ void __launch_bounds__(384, 1)
   // exits.
   if (wg_tid == 0) bulk_wait<0>();
 
-  // Epilogue: dK carries the softmax scale (S = scale * Q K^T), dV does not (as the
-  // mma.sync kernel); keys past the sequence end are not written.
-  fence_regs(dv);
-  fence_regs(dk);
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int key = krow0 + 8 * hh;
-    if (key >= seq_end) continue;
-    const size_t row = (static_cast<size_t>(key) * p.Hkv + kvh) * D + 2 * qd;
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      *reinterpret_cast<uint32_t*>(p.dk + row + 8 * i) =
-          detail::pack_bf16(dk[4 * i + 2 * hh] * p.scale, dk[4 * i + 2 * hh + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(p.dv + row + 8 * i) =
-          detail::pack_bf16(dv[4 * i + 2 * hh], dv[4 * i + 2 * hh + 1]);
-    }
-  }
+  // Epilogue: dK * scale, dV to bf16; keys past the sequence end are not written.
+  wgbwd_epilogue<D>(dv, dk, p, krow0, seq_end, kvh, qd);
 #else
   // Built for a target without wgmma (not sm_90a): the launcher must not get here.
   __trap();
