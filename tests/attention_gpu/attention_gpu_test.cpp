@@ -358,6 +358,32 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaGpu, ::testing::ValuesIn(kDenseCases)
 // 4:1 and MHA, varlen with odd lengths and a one-token sequence, T = 1, T not a multiple
 // of the tiles, query tiles running into the next sequence and past N, and 4096 tokens
 // (64 query tiles per key tile and head: the two-slot ring wraps many times).
+// dq, dk, dv of a wgmma backward and of the mma.sync one (device buffers) against the fp64
+// reference with the suite's bound, and their difference (the line the GPU session greps).
+void compare_backwards(const DeviceBuffer<acu::bf16>& dq_wg, const DeviceBuffer<acu::bf16>& dk_wg,
+                       const DeviceBuffer<acu::bf16>& dv_wg, const DeviceBuffer<acu::bf16>& dq_mma,
+                       const DeviceBuffer<acu::bf16>& dk_mma, const DeviceBuffer<acu::bf16>& dv_mma,
+                       const std::vector<double>& rdq, const std::vector<double>& rdk,
+                       const std::vector<double>& rdv, const NaiveResult& nv) {
+  const auto w_dq = from_bf16(dq_wg.download()), w_dk = from_bf16(dk_wg.download()),
+             w_dv = from_bf16(dv_wg.download());
+  const auto m_dq = from_bf16(dq_mma.download()), m_dk = from_bf16(dk_mma.download()),
+             m_dv = from_bf16(dv_mma.download());
+  std::printf("    wgmma backward:\n");
+  expect_close("dq", w_dq, rdq, nv.dq);
+  expect_close("dk", w_dk, rdk, nv.dk);
+  expect_close("dv", w_dv, rdv, nv.dv);
+  std::printf("    mma.sync backward:\n");
+  expect_close("dq", m_dq, rdq, nv.dq);
+  expect_close("dk", m_dk, rdk, nv.dk);
+  expect_close("dv", m_dv, rdv, nv.dv);
+  auto diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return max_rel_err(a, std::vector<double>(b.begin(), b.end()));
+  };
+  std::printf("    |wgmma - mma.sync| dq %.3e  dk %.3e  dv %.3e\n", diff(w_dq, m_dq),
+              diff(w_dk, m_dk), diff(w_dv, m_dv));
+}
+
 class DenseWgmmaBwdGpu : public ::testing::TestWithParam<DenseCase> {};
 
 TEST_P(DenseWgmmaBwdGpu, MatchesReference) {
@@ -408,25 +434,9 @@ TEST_P(DenseWgmmaBwdGpu, MatchesReference) {
   attn::cpu::dense_forward<double>(l, opt, qd, kd, vd, out, rlse);
   attn::cpu::dense_backward<double>(l, opt, qd, kd, vd, out, rlse, dod, rdq, rdk, rdv);
   const NaiveResult nv = naive_bf16(l, cfg.block_size, nullptr, scale, q, k, v, dout);
-  const auto w_dq = from_bf16(dq_wg.download()), w_dk = from_bf16(dk_wg.download()),
-             w_dv = from_bf16(dv_wg.download());
-  const auto m_dq = from_bf16(dq_mma.download()), m_dk = from_bf16(dk_mma.download()),
-             m_dv = from_bf16(dv_mma.download());
   std::printf("    forward (default path):\n");
   expect_close("out", from_bf16(o.download()), out, nv.out);
-  std::printf("    wgmma backward:\n");
-  expect_close("dq", w_dq, rdq, nv.dq);
-  expect_close("dk", w_dk, rdk, nv.dk);
-  expect_close("dv", w_dv, rdv, nv.dv);
-  std::printf("    mma.sync backward:\n");
-  expect_close("dq", m_dq, rdq, nv.dq);
-  expect_close("dk", m_dk, rdk, nv.dk);
-  expect_close("dv", m_dv, rdv, nv.dv);
-  auto diff = [](const std::vector<float>& a, const std::vector<float>& b) {
-    return max_rel_err(a, std::vector<double>(b.begin(), b.end()));
-  };
-  std::printf("    |wgmma - mma.sync| dq %.3e  dk %.3e  dv %.3e\n", diff(w_dq, m_dq),
-              diff(w_dk, m_dk), diff(w_dv, m_dv));
+  compare_backwards(dq_wg, dk_wg, dv_wg, dq_mma, dk_mma, dv_mma, rdq, rdk, rdv, nv);
 }
 
 const DenseCase kDenseBwdCases[] = {
@@ -498,19 +508,30 @@ TEST_P(MobaWgmmaBwdGpu, MatchesReference) {
   acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr);
   CUDA_CHECK(cudaDeviceSynchronize());
 
-  const char* prev = std::getenv("MOBA_MOBA_BWD");
-  const std::string saved = prev ? prev : "";
-  setenv("MOBA_MOBA_BWD", "wgmma", 1);
-  acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr,
-                     dq_wg.ptr, dk_wg.ptr, dv_wg.ptr);
-  const cudaError_t wg_err = cudaDeviceSynchronize();
-  if (wg_err == cudaSuccess) {
-    setenv("MOBA_MOBA_BWD", "mma", 1);
+  // The variable is restored on every exit of this scope (also when a call throws).
+  struct EnvRestore {
+    bool had;
+    std::string value;
+    EnvRestore() : had(std::getenv("MOBA_MOBA_BWD") != nullptr),
+                   value(had ? std::getenv("MOBA_MOBA_BWD") : "") {}
+    ~EnvRestore() {
+      if (had) setenv("MOBA_MOBA_BWD", value.c_str(), 1);
+      else unsetenv("MOBA_MOBA_BWD");
+    }
+  };
+  cudaError_t wg_err = cudaSuccess;
+  {
+    EnvRestore restore;
+    setenv("MOBA_MOBA_BWD", "wgmma", 1);
     acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr,
-                       dq_mma.ptr, dk_mma.ptr, dv_mma.ptr);
+                       dq_wg.ptr, dk_wg.ptr, dv_wg.ptr);
+    wg_err = cudaDeviceSynchronize();
+    if (wg_err == cudaSuccess) {
+      setenv("MOBA_MOBA_BWD", "mma", 1);
+      acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr,
+                         dq_mma.ptr, dk_mma.ptr, dv_mma.ptr);
+    }
   }
-  if (prev) setenv("MOBA_MOBA_BWD", saved.c_str(), 1);
-  else unsetenv("MOBA_MOBA_BWD");
   ASSERT_EQ(wg_err, cudaSuccess) << "wgmma MoBA backward: CUDA error " << cudaGetErrorString(wg_err);
   CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -524,25 +545,9 @@ TEST_P(MobaWgmmaBwdGpu, MatchesReference) {
   attn::cpu::moba_forward<double>(l, cfg, sel, opt, qd, kd, vd, out, rlse);
   attn::cpu::moba_backward<double>(l, cfg, sel, opt, qd, kd, vd, out, rlse, dod, rdq, rdk, rdv);
   const NaiveResult nv = naive_bf16(l, cfg.block_size, &sel, scale, q, k, v, dout);
-  const auto w_dq = from_bf16(dq_wg.download()), w_dk = from_bf16(dk_wg.download()),
-             w_dv = from_bf16(dv_wg.download());
-  const auto m_dq = from_bf16(dq_mma.download()), m_dk = from_bf16(dk_mma.download()),
-             m_dv = from_bf16(dv_mma.download());
   std::printf("    forward (default path):\n");
   expect_close("out", from_bf16(o.download()), out, nv.out);
-  std::printf("    wgmma MoBA backward:\n");
-  expect_close("dq", w_dq, rdq, nv.dq);
-  expect_close("dk", w_dk, rdk, nv.dk);
-  expect_close("dv", w_dv, rdv, nv.dv);
-  std::printf("    mma.sync MoBA backward:\n");
-  expect_close("dq", m_dq, rdq, nv.dq);
-  expect_close("dk", m_dk, rdk, nv.dk);
-  expect_close("dv", m_dv, rdv, nv.dv);
-  auto diff = [](const std::vector<float>& a, const std::vector<float>& b) {
-    return max_rel_err(a, std::vector<double>(b.begin(), b.end()));
-  };
-  std::printf("    |wgmma - mma.sync| dq %.3e  dk %.3e  dv %.3e\n", diff(w_dq, m_dq),
-              diff(w_dk, m_dk), diff(w_dv, m_dv));
+  compare_backwards(dq_wg, dk_wg, dv_wg, dq_mma, dk_mma, dv_mma, rdq, rdk, rdv, nv);
 }
 
 const MobaBwdCase kMobaBwdCases[] = {

@@ -19,38 +19,17 @@ namespace {
 template <int D>
 void launch_moba(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStream_t stream) {
   using T = WgMobaBwdTraits<D>;
-  const Layout& l = plan.layout();
-  const int64_t N = l.tokens();
-  const CUtensorMap tq = wgbwd_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
-  const CUtensorMap tk = wgbwd_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
-  const CUtensorMap tv = wgbwd_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
-  const CUtensorMap tdo = wgbwd_map_bf16(p.dout, N, p.Hq, D, T::kBr, "dout");
-  const CUtensorMap tlse = wgbwd_map_rows(r.lse_t, N, p.Hq, r.n_pad, T::kRowBox, "lse");
-  const CUtensorMap tdl = wgbwd_map_rows(r.delta_t, N, p.Hq, r.n_pad, T::kRowBox, "delta");
-  const CUtensorMap tdq = wgbwd_map_dq(p.dq_acc, N, p.Hq, D);
+  const WgBwdMaps m = wgbwd_maps(plan, p, r, T::kBr, T::kBc, T::kRowBox);
   auto kernel = attn_bwd_moba_wgmma_kernel<D>;
   static bool configured = false;
   if (!configured) {
-    // setmaxnreg.inc blocks until the CTA's register pool (numRegs x kThreads, fixed at
-    // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or
-    // a build without sm_90a, where the kernel is a trap) instead of hanging.
-    cudaFuncAttributes fa{};
-    CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-    if (fa.numRegs * T::kThreads < T::kRegPoolNeeded)
-      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_BWD=wgmma: kernel compiled with ",
-                           fa.numRegs, " registers per thread (needs ",
-                           (T::kRegPoolNeeded + T::kThreads - 1) / T::kThreads,
-                           " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    T::kSmemBytes));
+    wgbwd_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
+                    T::kSmemBytes, "MOBA_MOBA_BWD=wgmma");
     configured = true;
   }
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + T::kBc - 1) / T::kBc);
-  const dim3 grid = p.heads_fastest ? dim3(p.Hkv, tiles, static_cast<unsigned>(l.batch()))
-                                    : dim3(tiles, p.Hkv, static_cast<unsigned>(l.batch()));
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, tdo, tlse, tdl, tdq, p,
-                                                        r.lse_t, r.delta_t,
-                                                        static_cast<int>(r.n_pad));
+  kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
+      m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, p, r.lse_t, r.delta_t,
+      static_cast<int>(r.n_pad));
   CUDA_CHECK_LAUNCH();
 }
 

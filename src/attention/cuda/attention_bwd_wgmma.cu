@@ -95,6 +95,40 @@ CUtensorMap wgbwd_map_dq(const float* base, int64_t n_tok, int64_t heads, int64_
                 CU_TENSOR_MAP_SWIZZLE_128B, "dq_acc");
 }
 
+WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, int br, int bc,
+                     int row_box) {
+  const int64_t N = plan.layout().tokens(), D = plan.layout().head_dim;
+  WgBwdMaps m;
+  m.q = wgbwd_map_bf16(p.q, N, p.Hq, D, br, "q");
+  m.k = wgbwd_map_bf16(p.k, N, p.Hkv, D, bc, "k");
+  m.v = wgbwd_map_bf16(p.v, N, p.Hkv, D, bc, "v");
+  m.dout = wgbwd_map_bf16(p.dout, N, p.Hq, D, br, "dout");
+  m.lse = wgbwd_map_rows(r.lse_t, N, p.Hq, r.n_pad, row_box, "lse");
+  m.delta = wgbwd_map_rows(r.delta_t, N, p.Hq, r.n_pad, row_box, "delta");
+  m.dq = wgbwd_map_dq(p.dq_acc, N, p.Hq, D);
+  return m;
+}
+
+void wgbwd_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
+                     const char* what) {
+  // setmaxnreg.inc blocks until the CTA's register pool (numRegs x threads, fixed at
+  // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or a
+  // build without sm_90a, where the kernel is a trap) instead of hanging.
+  cudaFuncAttributes fa{};
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+  if (fa.numRegs * threads < reg_pool_needed)
+    ::moba::detail::fail(__FILE__, __LINE__, what, ": kernel compiled with ", fa.numRegs,
+                         " registers per thread (needs ", (reg_pool_needed + threads - 1) / threads,
+                         " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+}
+
+dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc) {
+  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc);
+  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
+  return p.heads_fastest ? dim3(p.Hkv, tiles, batch) : dim3(tiles, p.Hkv, batch);
+}
+
 namespace {
 
 // One warp per (token, query head) row: delta = rowsum(dO o O) and lse * log2(e), written
@@ -130,39 +164,18 @@ __global__ void wg_prep_kernel(const __nv_bfloat16* __restrict__ o,
 }
 
 template <int D>
-void launch(const Plan& plan, const AttnParams& p, const float* lse_t, const float* delta_t,
-            int64_t n_pad, cudaStream_t stream) {
+void launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStream_t stream) {
   using T = WgBwdTraits<D>;
-  const Layout& l = plan.layout();
-  const int64_t N = l.tokens();
-  const CUtensorMap tq = wgbwd_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
-  const CUtensorMap tk = wgbwd_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
-  const CUtensorMap tv = wgbwd_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
-  const CUtensorMap tdo = wgbwd_map_bf16(p.dout, N, p.Hq, D, T::kBr, "dout");
-  const CUtensorMap tlse = wgbwd_map_rows(lse_t, N, p.Hq, n_pad, T::kRowBox, "lse");
-  const CUtensorMap tdl = wgbwd_map_rows(delta_t, N, p.Hq, n_pad, T::kRowBox, "delta");
-  const CUtensorMap tdq = wgbwd_map_dq(p.dq_acc, N, p.Hq, D);
+  const WgBwdMaps m = wgbwd_maps(plan, p, r, T::kBr, T::kBc, T::kRowBox);
   auto kernel = attn_bwd_wgmma_kernel<D>;
   static bool configured = false;
   if (!configured) {
-    // setmaxnreg.inc blocks until the CTA's register pool (numRegs x kThreads, fixed at
-    // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or
-    // a build without sm_90a, where the kernel is a trap) instead of hanging.
-    cudaFuncAttributes fa{};
-    CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-    if (fa.numRegs * T::kThreads < T::kRegPoolNeeded)
-      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: kernel compiled with ",
-                           fa.numRegs, " registers per thread (needs ",
-                           (T::kRegPoolNeeded + T::kThreads - 1) / T::kThreads,
-                           " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    T::kSmemBytes));
+    wgbwd_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
+                    T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
     configured = true;
   }
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + T::kBc - 1) / T::kBc);
-  const dim3 grid = p.heads_fastest ? dim3(p.Hkv, tiles, static_cast<unsigned>(l.batch()))
-                                    : dim3(tiles, p.Hkv, static_cast<unsigned>(l.batch()));
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, tdo, tlse, tdl, tdq, p);
+  kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
+      m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -247,8 +260,8 @@ void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
   const int64_t rows = l.tokens() * l.num_q_heads;
   const WgBwdPrep r = wgbwd_prepare(plan, p, stream);
 
-  if (D == 64) launch<64>(plan, p, r.lse_t, r.delta_t, r.n_pad, stream);
-  else launch<128>(plan, p, r.lse_t, r.delta_t, r.n_pad, stream);
+  if (D == 64) launch<64>(plan, p, r, stream);
+  else launch<128>(plan, p, r, stream);
   mark_phase("bwd_dense_wgmma", stream);
 
   dq_convert(p, rows, D, stream);

@@ -64,21 +64,9 @@ __global__ void __launch_bounds__(384, 1)
 #if MOBA_WGMMA_ENABLED
   using namespace wg;
   using T = WgBwdTraits<D>;
-  constexpr int Br = T::kBr, Bc = T::kBc, ST = T::kStages, CB = T::kColBlocks;
+  constexpr int Br = T::kBr, Bc = T::kBc, ST = T::kStages;
   extern __shared__ unsigned char smem_raw[];
-  const uint32_t raw_addr = smem_addr(smem_raw);
-  unsigned char* smem = smem_raw + ((1024 - (raw_addr & 1023)) & 1023);
-  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem + T::kOffK);    // [CB][Bc][64]
-  __nv_bfloat16* sV = reinterpret_cast<__nv_bfloat16*>(smem + T::kOffV);    // [CB][Bc][64]
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem + T::kOffQ);    // [ST][CB][Br][64]
-  __nv_bfloat16* sdO = reinterpret_cast<__nv_bfloat16*>(smem + T::kOffDo);  // [ST][CB][Br][64]
-  float* sLse = reinterpret_cast<float*>(smem + T::kOffLse);        // [ST][kRowBytes / 4]
-  float* sDelta = reinterpret_cast<float*>(smem + T::kOffDelta);    // [ST][kRowBytes / 4]
-  constexpr int RS = T::kRowBytes / 4;  // floats between ring slots of lse / delta
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + T::kOffBar);
-  uint64_t* full_kv = bars;
-  uint64_t* full = bars + 1;        // [ST]
-  uint64_t* empty = bars + 1 + ST;  // [ST]
+  const WgBwdSmem<D> sm(smem_raw);
 
   // Key tile of this CTA: (kv head, tile n, sequence b); tile 0 (the most query tiles)
   // first, heads fastest below 64K tokens, as the mma.sync backward.
@@ -91,47 +79,18 @@ __global__ void __launch_bounds__(384, 1)
   const int tiles = (seq_end - key0 + Br - 1) / Br;  // query tiles per head (>= 1)
   const int n_iter = tiles * p.group;                // iteration it: head it / tiles
 
-  const int tid = threadIdx.x;
-  const int wgi = tid / 128;
-  if (tid == 0) {
-    mbar_init(full_kv, 1);
-    for (int s = 0; s < ST; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 256);  // every consumer thread arrives once per use
-    }
-    mbar_fence_init();
-  }
-  __syncthreads();
+  sm.init_barriers(1);  // full[s]: the producer's arrive.expect_tx only
 
-  if (wgi == 2) {
-    // ---------------- producer ----------------
+  if (threadIdx.x / 128 == 2) {
+    // ---------------- producer: one thread ----------------
     setmaxnreg_dec<T::kProducerRegs>();
-    if (tid == 256) {
-      tma_prefetch_desc(&tm_q);
-      tma_prefetch_desc(&tm_k);
-      tma_prefetch_desc(&tm_v);
-      tma_prefetch_desc(&tm_do);
-      tma_prefetch_desc(&tm_lse);
-      tma_prefetch_desc(&tm_delta);
-      mbar_arrive_expect_tx(full_kv, 2 * T::kKVBytes);
-#pragma unroll
-      for (int cb = 0; cb < CB; ++cb) {
-        tma_load_3d(sK + cb * Bc * 64, &tm_k, cb * 64, kvh, key0, full_kv);
-        tma_load_3d(sV + cb * Bc * 64, &tm_v, cb * 64, kvh, key0, full_kv);
-      }
+    if (threadIdx.x == 256) {
+      sm.load_kv(&tm_q, &tm_k, &tm_v, &tm_do, &tm_lse, &tm_delta, kvh, key0);
       for (int it = 0; it < n_iter; ++it) {
         const int s = it % ST;
-        const int h = kvh * p.group + it / tiles;
-        const int q0 = key0 + (it % tiles) * Br;
-        mbar_wait(&empty[s], ((it / ST) & 1) ^ 1);  // parity 1 passes on a fresh barrier
-        mbar_arrive_expect_tx(&full[s], T::kStageTx);
-#pragma unroll
-        for (int cb = 0; cb < CB; ++cb) {
-          tma_load_3d(sQ + s * Br * D + cb * Br * 64, &tm_q, cb * 64, h, q0, &full[s]);
-          tma_load_3d(sdO + s * Br * D + cb * Br * 64, &tm_do, cb * 64, h, q0, &full[s]);
-        }
-        tma_load_2d(sLse + s * RS, &tm_lse, q0 & ~3, h, &full[s]);  // 16-byte aligned start
-        tma_load_2d(sDelta + s * RS, &tm_delta, q0 & ~3, h, &full[s]);
+        mbar_wait(&sm.empty[s], ((it / ST) & 1) ^ 1);  // parity 1 passes on a fresh barrier
+        sm.load_tile(&tm_q, &tm_do, &tm_lse, &tm_delta, s, kvh * p.group + it / tiles,
+                     key0 + (it % tiles) * Br);
       }
     }
     return;
@@ -139,54 +98,36 @@ __global__ void __launch_bounds__(384, 1)
 
   // ---------------- consumers ----------------
   setmaxnreg_inc<T::kConsumerRegs>();
-  // Keys 64w..64w+63 of the tile. Read through a shuffle from lane 0 so that the compiler
-  // knows it is warp-uniform: the descriptors built from it then live in uniform
-  // registers instead of taking 16 of the consumers' registers.
-  const int w = __shfl_sync(0xffffffffu, wgi, 0);
-  const int wg_tid = tid % 128;
-  const int lane = tid % 32, wi = wg_tid / 32;
-  const int g = lane / 4, qd = lane % 4;
-  const int kw0 = key0 + 64 * w;           // first key of this warpgroup
-  const int krow0 = kw0 + 16 * wi + g;     // this thread's keys (accumulator rows): +0, +8
-
-  const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV);
-  const uint32_t q_addr = smem_addr(sQ), do_addr = smem_addr(sdO);
-  const uint32_t ds_addr = smem_addr(smem + T::kOffDs);
-  unsigned char* sDq = smem + T::kOffDq + w * T::kDqWgBytes;  // this warpgroup's boxes
-  // dQ split: D = 128 (Br = 64): warpgroup w takes columns 64w..64w+63 of all 64 rows
-  // (A = the whole dS^T tile, B = column block w of K); D = 64 (Br = 128): query rows
-  // 64w..64w+63, all 64 columns (A = column block w of the dS^T tile, B = K).
-  constexpr bool kSplitCols = D == 128;
-  const uint32_t dq_a_off = kSplitCols ? 0u : static_cast<uint32_t>(w * Bc * 128);
-  const uint32_t dq_b_off = kSplitCols ? static_cast<uint32_t>(w * Bc * 128) : 0u;
-  const int dq_col0 = kSplitCols ? 64 * w : 0;
-  const int dq_row_off = kSplitCols ? 0 : 64 * w;
+  const WgBwdConsumer<D> c(sm, key0);
+  const int qd = c.qd;
 
   float dv[D / 2], dk[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.f;
 
-  if (wg_tid == 0) tma_prefetch_desc(&tm_dq);  // this thread issues the reduce-adds
-  mbar_wait(full_kv, 0);
+  if (c.wg_tid == 0) tma_prefetch_desc(&tm_dq);  // this thread issues the reduce-adds
+  mbar_wait(sm.full_kv, 0);
   for (int it = 0; it < n_iter; ++it) {
     const int s = it % ST;
     const uint32_t par = (it / ST) & 1;
     const int h = kvh * p.group + it / tiles;
     const int q0 = key0 + (it % tiles) * Br;  // first query token of the tile
-    const uint32_t qs = q_addr + s * T::kQBytes, dos = do_addr + s * T::kQBytes;
-    const float* lse_s = sLse + s * RS + (q0 & 3);  // the box started at q0 & ~3
-    const float* dl_s = sDelta + s * RS + (q0 & 3);
+    const uint32_t qs = c.q_addr + s * T::kQBytes, dos = c.do_addr + s * T::kQBytes;
+    const float* lse_s = sm.sLse + s * sm.kRS + (q0 & 3);  // the box started at q0 & ~3
+    const float* dl_s = sm.sDelta + s * sm.kRS + (q0 & 3);
 
     // The MMA steps (bwd_wgmma_common.cuh): S^T, dP^T; P^T with the masks: causal
     // (key > query) and queries past the sequence end, only on tiles reaching past this
     // warpgroup's first key or past the end; dS^T and the A fragments; dV, dK.
+    // (Kept as separate calls in both kernels: folded into one helper, ptxas spilled 4
+    // bytes at D = 64, where the consumers use 237 of their 240 registers.)
     float st[Br / 2], dpt[Br / 2];
-    mbar_wait(&full[s], par);
-    wgbwd_scores<D>(st, dpt, k_addr, v_addr, qs, dos, w);
-    const bool need_mask = (kw0 + 63 > q0) || (q0 + Br > seq_end);
-    wgbwd_probs<Br>(st, lse_s, p.scale_log2, qd, need_mask, [&](int i, int c) {
-      const int qt = q0 + 8 * i + 2 * qd + (c & 1);
-      const int kt = krow0 + 8 * (c >> 1);
+    mbar_wait(&sm.full[s], par);
+    wgbwd_scores<D>(st, dpt, c.k_addr, c.v_addr, qs, dos, c.w);
+    const bool need_mask = (c.kw0 + 63 > q0) || (q0 + Br > seq_end);
+    wgbwd_probs<Br>(st, lse_s, p.scale_log2, qd, need_mask, [&](int i, int cc) {
+      const int qt = q0 + 8 * i + 2 * qd + (cc & 1);
+      const int kt = c.krow0 + 8 * (cc >> 1);
       return kt > qt || qt >= seq_end;
     });
     uint32_t pa[Br / 16][4], dsa[Br / 16][4];
@@ -196,44 +137,29 @@ __global__ void __launch_bounds__(384, 1)
     // dS^T into buffer it % 2 while those run, then visible to the async proxy (wgmma)
     // and to the other warpgroup. Two buffers alternate, so a warpgroup never overwrites
     // the tile the other one's dQ MMA may still read.
-    wgbwd_store_ds<Br, Bc>(smem + T::kOffDs + (it & 1) * T::kDsBytes, dsa, w, wi, g, qd);
+    wgbwd_store_ds<Br, Bc>(sm.base + T::kOffDs + (it & 1) * T::kDsBytes, dsa, c.w, c.wi, c.g, qd);
     fence_proxy_async();      // generic-proxy writes -> visible to wgmma (async proxy)
     named_bar_sync(1, 256);   // both warpgroups' dS^T rows are in buffer it % 2
 
     // dQ (64 x 64 of this warpgroup) = dS K.
     float dq[32];
-    wgbwd_dq_mma<Bc>(dq, ds_addr + (it & 1) * T::kDsBytes + dq_a_off, k_addr + dq_b_off);
+    wgbwd_dq_mma<Bc>(dq, c.ds_addr + (it & 1) * T::kDsBytes + c.dq_a_off, c.k_addr + c.dq_b_off);
     wgmma_wait<1>();          // dV / dK done: slot s (Q, dO, lse, delta) no longer read
-    mbar_arrive(&empty[s]);
+    mbar_arrive(&sm.empty[s]);
     wgmma_wait<0>();
     fence_regs(dq);
 
-    // dQ -> the two swizzled fp32 boxes of this warpgroup, then one thread adds them into
-    // dq_acc (reduce-add, atomic per element; rows past N skipped).
-    if (wg_tid == 0) bulk_wait_read<0>();  // the previous tile's boxes have been read
-    named_bar_sync(2 + w, 128);
-    wgbwd_stage_dq<T::kDqBoxBytes>(sDq, dq, wi, g, qd);
-    fence_proxy_async();
-    named_bar_sync(2 + w, 128);
-    // Rows at or past the sequence end hold exact zeros: a box starting there (D = 64's
-    // second half of a tile that ends the sequence) is not sent, which also keeps every
-    // reduce-add at least partly inside the tensor.
-    if (wg_tid == 0) {
-      if (q0 + dq_row_off < seq_end) {
-#pragma unroll
-        for (int box = 0; box < 2; ++box)
-          tma_reduce_add_3d(&tm_dq, dq_col0 + 32 * box, h, q0 + dq_row_off,
-                            sDq + box * T::kDqBoxBytes);
-      }
-      bulk_commit();
-    }
+    // dQ into dq_acc by TMA reduce-add. Rows at or past the sequence end hold exact
+    // zeros: a box starting there (D = 64's second half of a tile that ends the sequence)
+    // is not sent, which also keeps every reduce-add at least partly inside the tensor.
+    wgbwd_dq_reduce_add<D>(c, dq, &tm_dq, h, q0 + c.dq_row_off, q0 + c.dq_row_off < seq_end);
   }
   // The reductions must be complete (their shared-memory source alive) before the CTA
   // exits.
-  if (wg_tid == 0) bulk_wait<0>();
+  if (c.wg_tid == 0) bulk_wait<0>();
 
   // Epilogue: dK * scale, dV to bf16; keys past the sequence end are not written.
-  wgbwd_epilogue<D>(dv, dk, p, krow0, seq_end, kvh, qd);
+  wgbwd_epilogue<D>(dv, dk, p, c.krow0, seq_end, kvh, qd);
 #else
   // Built for a target without wgmma (not sm_90a): the launcher must not get here.
   __trap();

@@ -78,6 +78,128 @@ struct WgBwdTraits {
 };
 
 #if MOBA_WGMMA_ENABLED
+// The CTA's shared memory (WgBwdTraits' map from the 1024-aligned base) and its mbarriers.
+template <int D>
+struct WgBwdSmem {
+  using T = WgBwdTraits<D>;
+  unsigned char* base;          // 1024-aligned
+  __nv_bfloat16* sK;            // [CB][Bc][64]
+  __nv_bfloat16* sV;            // [CB][Bc][64]
+  __nv_bfloat16* sQ;            // [ST][CB][Br][64]
+  __nv_bfloat16* sdO;           // [ST][CB][Br][64]
+  float* sLse;                  // [ST][kRowBytes / 4]
+  float* sDelta;                // [ST][kRowBytes / 4]
+  uint64_t* full_kv;
+  uint64_t* full;               // [ST]
+  uint64_t* empty;              // [ST]
+  static constexpr int kRS = T::kRowBytes / 4;  // floats between ring slots of lse / delta
+  __device__ __forceinline__ explicit WgBwdSmem(unsigned char* raw) {
+    base = raw + ((1024 - (wg::smem_addr(raw) & 1023)) & 1023);
+    sK = reinterpret_cast<__nv_bfloat16*>(base + T::kOffK);
+    sV = reinterpret_cast<__nv_bfloat16*>(base + T::kOffV);
+    sQ = reinterpret_cast<__nv_bfloat16*>(base + T::kOffQ);
+    sdO = reinterpret_cast<__nv_bfloat16*>(base + T::kOffDo);
+    sLse = reinterpret_cast<float*>(base + T::kOffLse);
+    sDelta = reinterpret_cast<float*>(base + T::kOffDelta);
+    full_kv = reinterpret_cast<uint64_t*>(base + T::kOffBar);
+    full = full_kv + 1;
+    empty = full_kv + 1 + T::kStages;
+  }
+  // Thread 0: full_kv (1 arrival + tx), full[s] (full_count arrivals + tx), empty[s] (every
+  // consumer thread once per use); then the whole CTA synchronises.
+  __device__ __forceinline__ void init_barriers(uint32_t full_count) const {
+    if (threadIdx.x == 0) {
+      wg::mbar_init(full_kv, 1);
+      for (int s = 0; s < T::kStages; ++s) {
+        wg::mbar_init(&full[s], full_count);
+        wg::mbar_init(&empty[s], 256);
+      }
+      wg::mbar_fence_init();
+    }
+    __syncthreads();
+  }
+  // One producer thread: prefetch of the load maps, then the K and V tiles of the keys
+  // key0.. of kv head kvh on full_kv (D/64 boxes each).
+  __device__ __forceinline__ void load_kv(const CUtensorMap* tm_q, const CUtensorMap* tm_k,
+                                          const CUtensorMap* tm_v, const CUtensorMap* tm_do,
+                                          const CUtensorMap* tm_lse,
+                                          const CUtensorMap* tm_delta, int kvh,
+                                          int key0) const {
+    using namespace wg;
+    tma_prefetch_desc(tm_q);
+    tma_prefetch_desc(tm_k);
+    tma_prefetch_desc(tm_v);
+    tma_prefetch_desc(tm_do);
+    tma_prefetch_desc(tm_lse);
+    tma_prefetch_desc(tm_delta);
+    mbar_arrive_expect_tx(full_kv, 2 * T::kKVBytes);
+#pragma unroll
+    for (int cb = 0; cb < T::kColBlocks; ++cb) {
+      tma_load_3d(sK + cb * T::kBc * 64, tm_k, cb * 64, kvh, key0, full_kv);
+      tma_load_3d(sV + cb * T::kBc * 64, tm_v, cb * 64, kvh, key0, full_kv);
+    }
+  }
+  // One producer thread: the contiguous query tile q0.. of head h (Q, dO boxes; lse * log2e
+  // and delta boxes from the transposed arrays, started at q0 & ~3 so that the box start is
+  // 16-byte aligned) into ring slot s: arrive.expect_tx with the boxes' bytes (zero fill
+  // included), then the copies.
+  __device__ __forceinline__ void load_tile(const CUtensorMap* tm_q, const CUtensorMap* tm_do,
+                                            const CUtensorMap* tm_lse,
+                                            const CUtensorMap* tm_delta, int s, int h,
+                                            int q0) const {
+    using namespace wg;
+    constexpr int Br = T::kBr;
+    mbar_arrive_expect_tx(&full[s], T::kStageTx);
+#pragma unroll
+    for (int cb = 0; cb < T::kColBlocks; ++cb) {
+      tma_load_3d(sQ + s * Br * D + cb * Br * 64, tm_q, cb * 64, h, q0, &full[s]);
+      tma_load_3d(sdO + s * Br * D + cb * Br * 64, tm_do, cb * 64, h, q0, &full[s]);
+    }
+    tma_load_2d(sLse + s * kRS, tm_lse, q0 & ~3, h, &full[s]);
+    tma_load_2d(sDelta + s * kRS, tm_delta, q0 & ~3, h, &full[s]);
+  }
+};
+
+// A consumer thread's place: warpgroup w (keys 64w..64w+63 of the tile), its fragment
+// coordinates, the shared-memory addresses of the operands, and the dQ split: D = 128
+// (Br = 64): warpgroup w takes columns 64w..64w+63 of all 64 rows (A = the whole dS^T
+// tile, B = column block w of K); D = 64 (Br = 128): query rows 64w..64w+63, all 64
+// columns (A = column block w of the dS^T tile, B = K).
+template <int D>
+struct WgBwdConsumer {
+  using T = WgBwdTraits<D>;
+  static constexpr bool kSplitCols = D == 128;
+  int w, wg_tid, wi, g, qd, kw0, krow0;
+  uint32_t k_addr, v_addr, q_addr, do_addr, ds_addr, dq_a_off, dq_b_off;
+  unsigned char* sDq;  // this warpgroup's dQ boxes
+  int dq_col0, dq_row_off;
+  __device__ __forceinline__ WgBwdConsumer(const WgBwdSmem<D>& sm, int key0) {
+    using namespace wg;
+    const int tid = threadIdx.x;
+    // Read through a shuffle from lane 0 so that the compiler knows it is warp-uniform:
+    // the descriptors built from it then live in uniform registers instead of taking 16
+    // of the consumers' registers.
+    w = __shfl_sync(0xffffffffu, tid / 128, 0);
+    wg_tid = tid % 128;
+    const int lane = tid % 32;
+    wi = wg_tid / 32;
+    g = lane / 4;
+    qd = lane % 4;
+    kw0 = key0 + 64 * w;         // first key of this warpgroup
+    krow0 = kw0 + 16 * wi + g;   // this thread's keys (accumulator rows): +0, +8
+    k_addr = smem_addr(sm.sK);
+    v_addr = smem_addr(sm.sV);
+    q_addr = smem_addr(sm.sQ);
+    do_addr = smem_addr(sm.sdO);
+    ds_addr = smem_addr(sm.base + T::kOffDs);
+    sDq = sm.base + T::kOffDq + w * T::kDqWgBytes;
+    dq_a_off = kSplitCols ? 0u : static_cast<uint32_t>(w * T::kBc * 128);
+    dq_b_off = kSplitCols ? static_cast<uint32_t>(w * T::kBc * 128) : 0u;
+    dq_col0 = kSplitCols ? 64 * w : 0;
+    dq_row_off = kSplitCols ? 0 : 64 * w;
+  }
+};
+
 // S^T = K_w Q^T and dP^T = V_w dO^T (K-major A and B; k-step kk = column block kk/4,
 // +32 bytes per step inside the swizzled row), two commit groups; returns once S^T is
 // complete (dP^T may still run). k_addr / v_addr: the K / V tiles, qs / dos: this ring
@@ -238,6 +360,32 @@ __device__ __forceinline__ void wgbwd_stage_dq(unsigned char* sDq, const float (
       const int off = (i / 4) * DqBoxBytes + r * 128 + ((chunk ^ g) << 4) + 8 * (qd & 1);
       *reinterpret_cast<float2*>(sDq + off) = make_float2(dq[4 * i + 2 * hh], dq[4 * i + 2 * hh + 1]);
     }
+}
+
+// dQ of a contiguous query tile (rows row0.. of head h, columns col0..col0+63) into the
+// fp32 accumulator: the two swizzled boxes of this warpgroup, then one thread (wg_tid 0)
+// reduce-adds them (atomic per element; rows past N skipped) unless `send` is false (the
+// rows start at or past the end: they hold exact zeros). The previous tile's boxes must
+// have been read before they are overwritten (bulk_wait_read + the warpgroup barrier).
+template <int D>
+__device__ __forceinline__ void wgbwd_dq_reduce_add(const WgBwdConsumer<D>& c, const float (&dq)[32],
+                                                    const CUtensorMap* tm_dq, int h, int row0,
+                                                    bool send) {
+  using namespace wg;
+  constexpr int kBox = WgBwdTraits<D>::kDqBoxBytes;
+  if (c.wg_tid == 0) bulk_wait_read<0>();  // the previous tile's boxes have been read
+  named_bar_sync(2 + c.w, 128);
+  wgbwd_stage_dq<kBox>(c.sDq, dq, c.wi, c.g, c.qd);
+  fence_proxy_async();
+  named_bar_sync(2 + c.w, 128);
+  if (c.wg_tid == 0) {
+    if (send) {
+#pragma unroll
+      for (int box = 0; box < 2; ++box)
+        tma_reduce_add_3d(tm_dq, c.dq_col0 + 32 * box, h, row0, c.sDq + box * kBox);
+    }
+    bulk_commit();
+  }
 }
 
 // Epilogue: dK carries the softmax scale (S = scale * Q K^T), dV does not (as the

@@ -68,6 +68,22 @@ CUtensorMap wgbwd_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64
 CUtensorMap wgbwd_map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad,
                            int rows, const char* what);
 CUtensorMap wgbwd_map_dq(const float* base, int64_t n_tok, int64_t heads, int64_t D);
+// The seven maps of a wgmma backward launch (Q and dO boxes of br rows, K and V of bc,
+// lse / delta boxes of row_box tokens, the dQ accumulator).
+struct WgBwdMaps {
+  CUtensorMap q, k, v, dout, lse, delta, dq;
+};
+struct WgBwdPrep;
+WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, int br, int bc,
+                     int row_box);
+// Once per kernel: the register-pool check of setmaxnreg (a moba::Error naming `what`
+// if numRegs x threads < reg_pool_needed, e.g. a build without sm_90a) and the dynamic
+// shared-memory size.
+void wgbwd_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
+                     const char* what);
+// Grid of the key-tile-major backwards: (Hkv, key tiles, B), or (key tiles, Hkv, B) when
+// heads_fastest is off.
+dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc);
 // Fails with a message naming `what` unless the current device is sm_90.
 void wgbwd_require_sm90(const char* what);
 // Preparation kernel: delta = rowsum(dO o O) and lse * log2(e), transposed to (Hq, n_pad)
