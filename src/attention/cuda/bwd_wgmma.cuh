@@ -31,6 +31,8 @@
 //   transposed (Hq, N) copies written by the preparation kernel) into a ring of kStages
 //   slots with full / empty mbarriers.
 // Registers: setmaxnreg gives the producer 24 and each consumer thread 240.
+// The steps themselves (traits, shared-memory map, TMA loads, MMA sequence, dQ reduce-add,
+// epilogue) live in bwd_wgmma_common.cuh, shared with the MoBA kernel (bwd_moba_wgmma.cuh).
 //
 // Varlen: the copies have no bounds of their own. A query box may run into the next
 // sequence (real data) or past N (zero fill); a key box likewise. Masks by index make
