@@ -16,6 +16,11 @@
 #   STEPS="build mwfwd" TARGETS="moba attention_gpu_test" bench/gpu_session.sh
 #     (the sm_90a MoBA forward, MOBA_MOBA_FWD=wgmma: each MobaWgmmaFwdGpu case in its own
 #     process, memcheck on two varlen cases, MoBA timings with mma / wgmma; 4 files)
+#   STEPS="build mwbwd" TARGETS="moba attention_gpu_test" bench/gpu_session.sh
+#     (the experimental sm_90a MoBA backward, MOBA_MOBA_BWD=wgmma: ptxas lines, each case of
+#     MobaWgmmaBwdGpu in its own process, memcheck on two varlen cases if all pass, MoBA
+#     timings at D = 128, H 16 with each backward; writes 3 files: mwbwd_tests.log,
+#     mwbwd_memcheck.log, mwbwd_bench.md)
 # Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest.
 set -uo pipefail
 OUT=${OUT:-out}
@@ -186,6 +191,46 @@ for mode, path in zip(("mma", "wgmma"), sys.argv[2:]):
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY
   rm -f /tmp/mwfwd_bench_mma.json /tmp/mwfwd_bench_wgmma.json /tmp/mwfwd_cur.md
+if has mwbwd; then
+  log "mwbwd: experimental sm_90a MoBA backward (MOBA_MOBA_BWD=wgmma)"
+  grep -A2 "attn_bwd_moba_wgmma" "$OUT/ptxas.txt" 2>/dev/null | grep -E "spill|registers"
+  # One process per case: a sticky CUDA error (or a hang: wrong tx bytes, parity, barrier
+  # count) in one case must not hide the others.
+  T="$BUILD/tests/attention_gpu_test"
+  cases=$("$T" --gtest_list_tests --gtest_filter='*MobaWgmmaBwd*' | awk '/^[^ ]/{p=$1} /^  /{print p $1}')
+  : > "$OUT/mwbwd_tests.log"
+  fails=0
+  for c in $cases; do
+    timeout 60 "$T" --gtest_filter="$c" > "$OUT/mwbwd_cur.log" 2>&1
+    rc=$?
+    cat "$OUT/mwbwd_cur.log" >> "$OUT/mwbwd_tests.log"
+    [[ $rc -ne 0 ]] && fails=$((fails + 1))
+    printf '%-62s rc=%s %s %s\n' "${c##*/}" "$rc" "$(grep -E 'wgmma - mma' "$OUT/mwbwd_cur.log" | sed 's/^ *//')" \
+      "$(grep -iE 'cuda error|illegal|misaligned|unspecified launch|Failure' "$OUT/mwbwd_cur.log" | head -2 | tr '\n' ' ')"
+  done
+  rm -f "$OUT/mwbwd_cur.log"
+  echo "mwbwd cases failed: $fails"
+  if [[ $fails -eq 0 ]]; then
+    timeout 300 compute-sanitizer --tool memcheck --leak-check no "$T" \
+      --gtest_filter='*mwb_varlen_d128_s128*:*mwb_odd_d64_s128_k16*' > "$OUT/mwbwd_memcheck.log" 2>&1
+    echo "memcheck rc=$?"; tail -3 "$OUT/mwbwd_memcheck.log"
+  fi
+  : > "$OUT/mwbwd_bench.md"
+  for mode in mma wgmma; do
+    { echo "## D=128 H=16 S=512 K=3 MOBA_MOBA_BWD=$mode"
+      MOBA_MOBA_BWD=$mode timeout 300 "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 \
+        -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 --skip-dense \
+        --json "/tmp/mwbwd_$mode.json" 2>&1
+      echo "rc=$?"; } >> "$OUT/mwbwd_bench.md"
+    echo "-- MOBA_MOBA_BWD=$mode"
+    sed -n "/MOBA_MOBA_BWD=$mode/,\$p" "$OUT/mwbwd_bench.md" | grep -E "^\| [0-9]|^rc=[^0]|rror"
+    # Per-phase MoBA times (ms) of the JSON: the backward kernel alone.
+    python3 -c "import json,sys
+for r in json.load(open(sys.argv[1])).get('rows', []):
+  ph = r.get('phases_ms', {})
+  print('   T=%s' % r.get('T'), ' '.join('%s=%.3f' % (k[5:], v) for k, v in ph.items() if 'bwd' in k))" \
+      "/tmp/mwbwd_$mode.json" 2>&1 | head -8
+  done
 fi
 if has ncu; then
   log "ncu: backward kernels at T=32768 (MoBA, then dense)"

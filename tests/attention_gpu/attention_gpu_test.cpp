@@ -358,6 +358,32 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaGpu, ::testing::ValuesIn(kDenseCases)
 // 4:1 and MHA, varlen with odd lengths and a one-token sequence, T = 1, T not a multiple
 // of the tiles, query tiles running into the next sequence and past N, and 4096 tokens
 // (64 query tiles per key tile and head: the two-slot ring wraps many times).
+// dq, dk, dv of a wgmma backward and of the mma.sync one (device buffers) against the fp64
+// reference with the suite's bound, and their difference (the line the GPU session greps).
+void compare_backwards(const DeviceBuffer<acu::bf16>& dq_wg, const DeviceBuffer<acu::bf16>& dk_wg,
+                       const DeviceBuffer<acu::bf16>& dv_wg, const DeviceBuffer<acu::bf16>& dq_mma,
+                       const DeviceBuffer<acu::bf16>& dk_mma, const DeviceBuffer<acu::bf16>& dv_mma,
+                       const std::vector<double>& rdq, const std::vector<double>& rdk,
+                       const std::vector<double>& rdv, const NaiveResult& nv) {
+  const auto w_dq = from_bf16(dq_wg.download()), w_dk = from_bf16(dk_wg.download()),
+             w_dv = from_bf16(dv_wg.download());
+  const auto m_dq = from_bf16(dq_mma.download()), m_dk = from_bf16(dk_mma.download()),
+             m_dv = from_bf16(dv_mma.download());
+  std::printf("    wgmma backward:\n");
+  expect_close("dq", w_dq, rdq, nv.dq);
+  expect_close("dk", w_dk, rdk, nv.dk);
+  expect_close("dv", w_dv, rdv, nv.dv);
+  std::printf("    mma.sync backward:\n");
+  expect_close("dq", m_dq, rdq, nv.dq);
+  expect_close("dk", m_dk, rdk, nv.dk);
+  expect_close("dv", m_dv, rdv, nv.dv);
+  auto diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return max_rel_err(a, std::vector<double>(b.begin(), b.end()));
+  };
+  std::printf("    |wgmma - mma.sync| dq %.3e  dk %.3e  dv %.3e\n", diff(w_dq, m_dq),
+              diff(w_dk, m_dk), diff(w_dv, m_dv));
+}
+
 class DenseWgmmaBwdGpu : public ::testing::TestWithParam<DenseCase> {};
 
 TEST_P(DenseWgmmaBwdGpu, MatchesReference) {
@@ -408,25 +434,9 @@ TEST_P(DenseWgmmaBwdGpu, MatchesReference) {
   attn::cpu::dense_forward<double>(l, opt, qd, kd, vd, out, rlse);
   attn::cpu::dense_backward<double>(l, opt, qd, kd, vd, out, rlse, dod, rdq, rdk, rdv);
   const NaiveResult nv = naive_bf16(l, cfg.block_size, nullptr, scale, q, k, v, dout);
-  const auto w_dq = from_bf16(dq_wg.download()), w_dk = from_bf16(dk_wg.download()),
-             w_dv = from_bf16(dv_wg.download());
-  const auto m_dq = from_bf16(dq_mma.download()), m_dk = from_bf16(dk_mma.download()),
-             m_dv = from_bf16(dv_mma.download());
   std::printf("    forward (default path):\n");
   expect_close("out", from_bf16(o.download()), out, nv.out);
-  std::printf("    wgmma backward:\n");
-  expect_close("dq", w_dq, rdq, nv.dq);
-  expect_close("dk", w_dk, rdk, nv.dk);
-  expect_close("dv", w_dv, rdv, nv.dv);
-  std::printf("    mma.sync backward:\n");
-  expect_close("dq", m_dq, rdq, nv.dq);
-  expect_close("dk", m_dk, rdk, nv.dk);
-  expect_close("dv", m_dv, rdv, nv.dv);
-  auto diff = [](const std::vector<float>& a, const std::vector<float>& b) {
-    return max_rel_err(a, std::vector<double>(b.begin(), b.end()));
-  };
-  std::printf("    |wgmma - mma.sync| dq %.3e  dk %.3e  dv %.3e\n", diff(w_dq, m_dq),
-              diff(w_dk, m_dk), diff(w_dv, m_dv));
+  compare_backwards(dq_wg, dk_wg, dv_wg, dq_mma, dk_mma, dv_mma, rdq, rdk, rdv, nv);
 }
 
 const DenseCase kDenseBwdCases[] = {
@@ -444,6 +454,120 @@ const DenseCase kDenseBwdCases[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaBwdGpu, ::testing::ValuesIn(kDenseBwdCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// Both MoBA backwards on the same selection and forward output: the sm_90a one (wgmma +
+// TMA + gathered cp.async rows, bwd_moba_wgmma.cuh, MOBA_MOBA_BWD=wgmma) and the mma.sync
+// one (bwd_kernel.cuh, MOBA_MOBA_BWD=mma, the default): dq, dk, dv of each against the fp64
+// MoBA reference given the GPU gate's selection, with the suite's bound, and against each
+// other. Shapes: both head dims (query tiles of 128 rows at D = 64, 64 at D = 128), S 128,
+// 256, 512 (and S = 64, which stays on the mma.sync kernel), K = 1 (no gathered tiles),
+// 3, 8 and K >= the number of blocks (every past block gathered), GQA 4:1 and MHA, varlen
+// with odd lengths, a one-token sequence and sequence starts not a multiple of 4 or of
+// 128, T not a multiple of S, and 4096 tokens (many gathered tiles per bucket).
+struct MobaBwdCase {
+  const char* name;
+  std::vector<int64_t> cu;
+  int64_t Hq, Hkv, D, S, K;
+};
+
+class MobaWgmmaBwdGpu : public ::testing::TestWithParam<MobaBwdCase> {};
+
+TEST_P(MobaWgmmaBwdGpu, MatchesReference) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  if (!is_sm90()) GTEST_SKIP() << "wgmma MoBA backward needs an sm_90 device";
+  const MobaBwdCase& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  const MobaConfig cfg{cs.S, cs.K};
+  const attn::Options opt;
+  const double scale = opt.scale_for(l);
+  auto rnd = [&](size_t n, uint64_t s) {
+    std::vector<float> x = random_normal<float>(n, s);
+    for (float& e : x) e = round_bf16(e);
+    return x;
+  };
+  const auto q = rnd(l.q_elems(), 701), k = rnd(l.kv_elems(), 702), v = rnd(l.kv_elems(), 703),
+             dout = rnd(l.q_elems(), 704);
+  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(dout.size());
+  dq_in.upload(to_bf16(q));
+  dk_in.upload(to_bf16(k));
+  dv_in.upload(to_bf16(v));
+  ddo.upload(to_bf16(dout));
+  DeviceBuffer<acu::bf16> o(q.size());
+  DeviceBuffer<float> lse(l.lse_elems());
+  DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+  DeviceBuffer<acu::bf16> dq_wg(q.size()), dk_wg(k.size()), dv_wg(v.size());
+  DeviceBuffer<acu::bf16> dq_mma(q.size()), dk_mma(k.size()), dv_mma(v.size());
+  for (auto* b : {&o, &dq_wg, &dk_wg, &dv_wg, &dq_mma, &dk_mma, &dv_mma}) b->poison();
+  lse.poison();
+  dsel.poison();
+  acu::Plan plan(l, cfg, opt);
+  // Gate and forward once (the default paths); both backwards reuse the forward's gather
+  // lists for this selection.
+  acu::moba_gate(plan, dq_in.ptr, dk_in.ptr, dsel.ptr);
+  acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+
+  // The variable is restored on every exit of this scope (also when a call throws).
+  struct EnvRestore {
+    bool had;
+    std::string value;
+    EnvRestore() : had(std::getenv("MOBA_MOBA_BWD") != nullptr),
+                   value(had ? std::getenv("MOBA_MOBA_BWD") : "") {}
+    ~EnvRestore() {
+      if (had) setenv("MOBA_MOBA_BWD", value.c_str(), 1);
+      else unsetenv("MOBA_MOBA_BWD");
+    }
+  };
+  cudaError_t wg_err = cudaSuccess;
+  {
+    EnvRestore restore;
+    setenv("MOBA_MOBA_BWD", "wgmma", 1);
+    acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr,
+                       dq_wg.ptr, dk_wg.ptr, dv_wg.ptr);
+    wg_err = cudaDeviceSynchronize();
+    if (wg_err == cudaSuccess) {
+      setenv("MOBA_MOBA_BWD", "mma", 1);
+      acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr,
+                         dq_mma.ptr, dk_mma.ptr, dv_mma.ptr);
+    }
+  }
+  ASSERT_EQ(wg_err, cudaSuccess) << "wgmma MoBA backward: CUDA error " << cudaGetErrorString(wg_err);
+  CUDA_CHECK(cudaDeviceSynchronize());
+
+  Selection sel;
+  sel.top_k = cfg.top_k;
+  sel.num_q_heads = l.num_q_heads;
+  sel.blocks = dsel.download();
+  std::vector<double> qd(q.begin(), q.end()), kd(k.begin(), k.end()), vd(v.begin(), v.end()),
+      dod(dout.begin(), dout.end());
+  std::vector<double> out(q.size()), rlse(l.lse_elems()), rdq(q.size()), rdk(k.size()), rdv(v.size());
+  attn::cpu::moba_forward<double>(l, cfg, sel, opt, qd, kd, vd, out, rlse);
+  attn::cpu::moba_backward<double>(l, cfg, sel, opt, qd, kd, vd, out, rlse, dod, rdq, rdk, rdv);
+  const NaiveResult nv = naive_bf16(l, cfg.block_size, &sel, scale, q, k, v, dout);
+  std::printf("    forward (default path):\n");
+  expect_close("out", from_bf16(o.download()), out, nv.out);
+  compare_backwards(dq_wg, dk_wg, dv_wg, dq_mma, dk_mma, dv_mma, rdq, rdk, rdv, nv);
+}
+
+const MobaBwdCase kMobaBwdCases[] = {
+    {"mwb_gqa4_d128_s128_k3", {0, 1000}, 4, 1, 128, 128, 3},
+    {"mwb_gqa4_d64_s256_k3", {0, 1000}, 4, 1, 64, 256, 3},
+    {"mwb_mha_d128_s512_k3", {0, 3000}, 2, 2, 128, 512, 3},
+    {"mwb_k1_d64_s128", {0, 700}, 2, 1, 64, 128, 1},
+    {"mwb_k8_d64_s128", {0, 2500}, 4, 2, 64, 128, 8},
+    {"mwb_k8_d128_s256", {0, 2900}, 2, 1, 128, 256, 8},
+    {"mwb_kge_d128_s256", {0, 900}, 2, 1, 128, 256, 16},
+    {"mwb_kge_d64_s512", {0, 1600}, 3, 3, 64, 512, 4},
+    {"mwb_varlen_d128_s128", {0, 1, 78, 600, 1777}, 4, 2, 128, 128, 3},
+    {"mwb_varlen_d64_s256", {0, 1, 78, 600, 1777}, 2, 2, 64, 256, 4},
+    {"mwb_odd_d128_s128", {0, 127, 128, 385}, 2, 1, 128, 128, 2},
+    {"mwb_odd_d64_s128_k16", {0, 127, 128, 385}, 1, 1, 64, 128, 16},
+    {"mwb_s64_mma_fallback", {0, 500}, 2, 1, 128, 64, 3},
+    {"mwb_long_d128_s512", {0, 4096}, 4, 1, 128, 512, 3},
+};
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MobaWgmmaBwdGpu, ::testing::ValuesIn(kMobaBwdCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The gate alone at a larger size (the CPU gate is cheap): many blocks, GQA, K = 8.

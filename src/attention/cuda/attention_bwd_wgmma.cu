@@ -54,8 +54,13 @@ CUtensorMap encode(CUtensorMapDataType type, const void* base, int rank, const c
   return map;
 }
 
+}  // namespace
+
+// Tensor maps and preparation shared with the MoBA wgmma backward
+// (attention_bwd_moba_wgmma.cu); declared in internal.h.
+
 // (N, H, D) bf16 as (D, H, N); box 64 columns (128 bytes, swizzled) x 1 head x `rows`.
-CUtensorMap map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
+CUtensorMap wgbwd_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
                      const char* what) {
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(n_tok)};
@@ -69,7 +74,7 @@ CUtensorMap map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, 
 // (Hq, n_pad) fp32 rows (transposed lse / delta) as (N, Hq); box `rows` tokens x 1 head,
 // no swizzle (rows * 4 bytes, a multiple of 16). Tokens past N read as zeros. The kernel
 // starts every box at a multiple of 4 tokens (16 bytes; see WgBwdTraits::kRowBox).
-CUtensorMap map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad, int rows,
+CUtensorMap wgbwd_map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad, int rows,
                      const char* what) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(n_tok), static_cast<cuuint64_t>(heads)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(n_pad * 4)};
@@ -80,7 +85,7 @@ CUtensorMap map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_
 
 // The fp32 dQ accumulator (N, Hq, D) as (D, Hq, N); box 32 columns (128 bytes, swizzled)
 // x 1 head x 64 rows: the reduce-add target of the kernel.
-CUtensorMap map_dq(const float* base, int64_t n_tok, int64_t heads, int64_t D) {
+CUtensorMap wgbwd_map_dq(const float* base, int64_t n_tok, int64_t heads, int64_t D) {
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(n_tok)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D * 4),
@@ -89,6 +94,42 @@ CUtensorMap map_dq(const float* base, int64_t n_tok, int64_t heads, int64_t D) {
   return encode(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, base, 3, dims, strides, box,
                 CU_TENSOR_MAP_SWIZZLE_128B, "dq_acc");
 }
+
+WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, int br, int bc,
+                     int row_box) {
+  const int64_t N = plan.layout().tokens(), D = plan.layout().head_dim;
+  WgBwdMaps m;
+  m.q = wgbwd_map_bf16(p.q, N, p.Hq, D, br, "q");
+  m.k = wgbwd_map_bf16(p.k, N, p.Hkv, D, bc, "k");
+  m.v = wgbwd_map_bf16(p.v, N, p.Hkv, D, bc, "v");
+  m.dout = wgbwd_map_bf16(p.dout, N, p.Hq, D, br, "dout");
+  m.lse = wgbwd_map_rows(r.lse_t, N, p.Hq, r.n_pad, row_box, "lse");
+  m.delta = wgbwd_map_rows(r.delta_t, N, p.Hq, r.n_pad, row_box, "delta");
+  m.dq = wgbwd_map_dq(p.dq_acc, N, p.Hq, D);
+  return m;
+}
+
+void wgbwd_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
+                     const char* what) {
+  // setmaxnreg.inc blocks until the CTA's register pool (numRegs x threads, fixed at
+  // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or a
+  // build without sm_90a, where the kernel is a trap) instead of hanging.
+  cudaFuncAttributes fa{};
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+  if (fa.numRegs * threads < reg_pool_needed)
+    ::moba::detail::fail(__FILE__, __LINE__, what, ": kernel compiled with ", fa.numRegs,
+                         " registers per thread (needs ", (reg_pool_needed + threads - 1) / threads,
+                         " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+}
+
+dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc) {
+  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc);
+  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
+  return p.heads_fastest ? dim3(p.Hkv, tiles, batch) : dim3(tiles, p.Hkv, batch);
+}
+
+namespace {
 
 // One warp per (token, query head) row: delta = rowsum(dO o O) and lse * log2(e), written
 // transposed at [head * n_pad + token]; the row of the fp32 dQ accumulator zeroed.
@@ -123,39 +164,18 @@ __global__ void wg_prep_kernel(const __nv_bfloat16* __restrict__ o,
 }
 
 template <int D>
-void launch(const Plan& plan, const AttnParams& p, const float* lse_t, const float* delta_t,
-            int64_t n_pad, cudaStream_t stream) {
+void launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStream_t stream) {
   using T = WgBwdTraits<D>;
-  const Layout& l = plan.layout();
-  const int64_t N = l.tokens();
-  const CUtensorMap tq = map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
-  const CUtensorMap tk = map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
-  const CUtensorMap tv = map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
-  const CUtensorMap tdo = map_bf16(p.dout, N, p.Hq, D, T::kBr, "dout");
-  const CUtensorMap tlse = map_rows(lse_t, N, p.Hq, n_pad, T::kRowBox, "lse");
-  const CUtensorMap tdl = map_rows(delta_t, N, p.Hq, n_pad, T::kRowBox, "delta");
-  const CUtensorMap tdq = map_dq(p.dq_acc, N, p.Hq, D);
+  const WgBwdMaps m = wgbwd_maps(plan, p, r, T::kBr, T::kBc, T::kRowBox);
   auto kernel = attn_bwd_wgmma_kernel<D>;
   static bool configured = false;
   if (!configured) {
-    // setmaxnreg.inc blocks until the CTA's register pool (numRegs x kThreads, fixed at
-    // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or
-    // a build without sm_90a, where the kernel is a trap) instead of hanging.
-    cudaFuncAttributes fa{};
-    CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-    if (fa.numRegs * T::kThreads < T::kRegPoolNeeded)
-      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: kernel compiled with ",
-                           fa.numRegs, " registers per thread (needs ",
-                           (T::kRegPoolNeeded + T::kThreads - 1) / T::kThreads,
-                           " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    T::kSmemBytes));
+    wgbwd_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
+                    T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
     configured = true;
   }
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + T::kBc - 1) / T::kBc);
-  const dim3 grid = p.heads_fastest ? dim3(p.Hkv, tiles, static_cast<unsigned>(l.batch()))
-                                    : dim3(tiles, p.Hkv, static_cast<unsigned>(l.batch()));
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, tdo, tlse, tdl, tdq, p);
+  kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
+      m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -197,38 +217,51 @@ bool dense_bwd_use_wgmma(int64_t head_dim) {
   return (head_dim == 64 || head_dim == 128) && wgmma_bwd_runs_here(static_cast<int>(head_dim));
 }
 
-void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
+void wgbwd_require_sm90(const char* what) {
   int dev = 0, major = 0, minor = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   if (major != 9 || minor != 0)
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma needs an sm_90 device (found sm_",
-                         major, minor, ")");
+    ::moba::detail::fail(__FILE__, __LINE__, what, " needs an sm_90 device (found sm_", major,
+                         minor, ")");
+}
+
+WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream) {
   const Layout& l = plan.layout();
   const int64_t D = l.head_dim;
-  if (D != 64 && D != 128)
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: head dim ", D, " (64 or 128)");
   const int64_t N = l.tokens(), rows = N * l.num_q_heads;
-  const int64_t n_pad = (N + 3) / 4 * 4;  // 16-byte row stride of the transposed arrays
+  WgBwdPrep r;
+  r.n_pad = (N + 3) / 4 * 4;  // 16-byte row stride of the transposed arrays
   p.dq_acc = static_cast<float*>(plan.scratch(kSlotDqAcc, sizeof(float) * rows * D));
-  float* delta_t = static_cast<float*>(plan.scratch(kSlotDeltaT, sizeof(float) * p.Hq * n_pad));
-  float* lse_t = static_cast<float*>(plan.scratch(kSlotLseT, sizeof(float) * p.Hq * n_pad));
-  p.delta = delta_t;  // not read by the kernel (it takes the tensor maps)
+  r.delta_t = static_cast<float*>(plan.scratch(kSlotDeltaT, sizeof(float) * p.Hq * r.n_pad));
+  r.lse_t = static_cast<float*>(plan.scratch(kSlotLseT, sizeof(float) * p.Hq * r.n_pad));
+  p.delta = r.delta_t;  // not read by the kernels (they take the tensor maps)
 
   const int warps = 8;
   const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
   if (D == 64)
     wg_prep_kernel<64><<<blocks, warps * 32, 0, stream>>>(p.o, p.dout, p.lse, static_cast<int>(rows),
-                                                          p.Hq, static_cast<int>(n_pad), delta_t, lse_t, p.dq_acc);
+                                                          p.Hq, static_cast<int>(r.n_pad), r.delta_t, r.lse_t, p.dq_acc);
   else
     wg_prep_kernel<128><<<blocks, warps * 32, 0, stream>>>(p.o, p.dout, p.lse, static_cast<int>(rows),
-                                                           p.Hq, static_cast<int>(n_pad), delta_t, lse_t, p.dq_acc);
+                                                           p.Hq, static_cast<int>(r.n_pad), r.delta_t, r.lse_t, p.dq_acc);
   CUDA_CHECK_LAUNCH();
   mark_phase("bwd_delta_zero_dq", stream);
+  return r;
+}
 
-  if (D == 64) launch<64>(plan, p, lse_t, delta_t, n_pad, stream);
-  else launch<128>(plan, p, lse_t, delta_t, n_pad, stream);
+void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
+  wgbwd_require_sm90("MOBA_DENSE_BWD=wgmma");
+  const Layout& l = plan.layout();
+  const int64_t D = l.head_dim;
+  if (D != 64 && D != 128)
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: head dim ", D, " (64 or 128)");
+  const int64_t rows = l.tokens() * l.num_q_heads;
+  const WgBwdPrep r = wgbwd_prepare(plan, p, stream);
+
+  if (D == 64) launch<64>(plan, p, r, stream);
+  else launch<128>(plan, p, r, stream);
   mark_phase("bwd_dense_wgmma", stream);
 
   dq_convert(p, rows, D, stream);

@@ -1,6 +1,7 @@
 // Shared between the launchers of this folder; not part of the API.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (type only)
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -58,6 +59,52 @@ void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t str
 // anything else is an error.
 bool dense_bwd_use_wgmma(int64_t head_dim);
 void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
+// Shared by the two sm_90a backwards (attention_bwd_wgmma.cu defines them).
+// Tensor maps: (N, H, D) bf16 as (D, H, N), box 64 columns x 1 head x `rows`, 128B swizzle;
+// transposed (Hq, n_pad) fp32 rows, box `rows` tokens x 1 head; the fp32 dQ accumulator,
+// box 32 columns x 1 head x 64 rows, 128B swizzle.
+CUtensorMap wgbwd_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
+                           const char* what);
+CUtensorMap wgbwd_map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad,
+                           int rows, const char* what);
+CUtensorMap wgbwd_map_dq(const float* base, int64_t n_tok, int64_t heads, int64_t D);
+// The seven maps of a wgmma backward launch (Q and dO boxes of br rows, K and V of bc,
+// lse / delta boxes of row_box tokens, the dQ accumulator).
+struct WgBwdMaps {
+  CUtensorMap q, k, v, dout, lse, delta, dq;
+};
+struct WgBwdPrep;
+WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, int br, int bc,
+                     int row_box);
+// Once per kernel: the register-pool check of setmaxnreg (a moba::Error naming `what`
+// if numRegs x threads < reg_pool_needed, e.g. a build without sm_90a) and the dynamic
+// shared-memory size.
+void wgbwd_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
+                     const char* what);
+// Grid of the key-tile-major backwards: (Hkv, key tiles, B), or (key tiles, Hkv, B) when
+// heads_fastest is off.
+dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc);
+// Fails with a message naming `what` unless the current device is sm_90.
+void wgbwd_require_sm90(const char* what);
+// Preparation kernel: delta = rowsum(dO o O) and lse * log2(e), transposed to (Hq, n_pad)
+// (n_pad = N rounded up to 4), and the fp32 dQ accumulator zeroed (p.dq_acc, p.delta set).
+struct WgBwdPrep {
+  float* lse_t = nullptr;
+  float* delta_t = nullptr;
+  int64_t n_pad = 0;
+};
+WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream);
+
+// sm_90a MoBA backward (wgmma + TMA, bwd_moba_wgmma.cuh), selected by the environment
+// variable MOBA_MOBA_BWD (read on every call): `wgmma` selects it, `mma` or unset keeps the
+// mma.sync kernel (bwd_kernel.cuh), anything else is an error naming the value. Block
+// sizes S < 128 always take the mma.sync kernel (a CTA's 128 keys must lie in one block).
+bool moba_bwd_use_wgmma();
+// p: the backward's parameters with sel, entries and bucket_offset filled in (as for the
+// mma.sync MoBA backward). Fails with a message where it cannot run (not sm_90, a build
+// without sm_90a, head dim other than 64 / 128, S < 128).
+void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
+
 // dq = bf16(dq_acc * scale) over rows x D elements (attention_bwd.cu).
 void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
 
