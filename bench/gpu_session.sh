@@ -191,6 +191,7 @@ for mode, path in zip(("mma", "wgmma"), sys.argv[2:]):
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY
   rm -f /tmp/mwfwd_bench_mma.json /tmp/mwfwd_bench_wgmma.json /tmp/mwfwd_cur.md
+fi
 if has mwbwd; then
   log "mwbwd: experimental sm_90a MoBA backward (MOBA_MOBA_BWD=wgmma)"
   grep -A2 "attn_bwd_moba_wgmma" "$OUT/ptxas.txt" 2>/dev/null | grep -E "spill|registers"

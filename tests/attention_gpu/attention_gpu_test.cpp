@@ -458,7 +458,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaBwdGpu, ::testing::ValuesIn(kDenseBwd
 
 // Both MoBA backwards on the same selection and forward output: the sm_90a one (wgmma +
 // TMA + gathered cp.async rows, bwd_moba_wgmma.cuh, MOBA_MOBA_BWD=wgmma) and the mma.sync
-// one (bwd_kernel.cuh, MOBA_MOBA_BWD=mma, the default): dq, dk, dv of each against the fp64
+// one (bwd_kernel.cuh, MOBA_MOBA_BWD=mma; wgmma is the default on sm_90): dq, dk, dv of each against the fp64
 // MoBA reference given the GPU gate's selection, with the suite's bound, and against each
 // other. Shapes: both head dims (query tiles of 128 rows at D = 64, 64 at D = 128), S 128,
 // 256, 512 (and S = 64, which stays on the mma.sync kernel), K = 1 (no gathered tiles),
@@ -591,7 +591,7 @@ TEST(GateGpu, MatchesCpuGate) {
 }
 
 // The sm_90a MoBA forward (wgmma + TMA, fwd_moba_wgmma.cuh; MOBA_MOBA_FWD=wgmma) against the
-// mma.sync one (fwd_kernel.cuh, MOBA_MOBA_FWD=mma, the default) on one selection (the GPU
+// mma.sync one (fwd_kernel.cuh, MOBA_MOBA_FWD=mma; wgmma is the default on sm_90) on one selection (the GPU
 // gate's, computed once): out and lse of each against the fp64 CPU MoBA reference with the
 // suite's bound, and |wgmma - mma|. Shapes: D 64 and 128; S 128, 256, 512 (and S = 64,
 // where MOBA_MOBA_FWD=wgmma keeps the mma.sync kernels: the two runs must agree exactly);

@@ -160,9 +160,10 @@ void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
       p.bucket_offset = ix.offsets;
     }
   }
-  // MOBA_MOBA_BWD=wgmma: the sm_90a kernel (bwd_moba_wgmma.cuh), for S >= 128 only (its
+  // The sm_90a kernel (bwd_moba_wgmma.cuh) by default where it runs, for S >= 128 only (its
   // CTA's 128 keys must lie in one block); S = 64 stays on the mma.sync kernel.
-  const bool wgmma = moba_bwd_use_wgmma();  // validates the variable on every call
+  // MOBA_MOBA_BWD=mma selects the mma.sync kernel, =wgmma insists.
+  const bool wgmma = moba_bwd_use_wgmma(plan.layout().head_dim);  // validates the variable
   if (wgmma && plan.config().block_size >= 128) {
     moba_backward_wgmma(plan, p, stream);
     return;

@@ -35,9 +35,10 @@ void launch_moba(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cuda
 
 }  // namespace
 
-bool moba_bwd_use_wgmma() {
+bool moba_bwd_use_wgmma(int64_t head_dim) {
   const char* e = std::getenv("MOBA_MOBA_BWD");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "mma") == 0) return false;
+  if (e == nullptr || *e == '\0') return wgmma_available(head_dim);  // the default
+  if (std::strcmp(e, "mma") == 0) return false;
   if (std::strcmp(e, "wgmma") == 0) return true;  // moba_backward_wgmma errors if it cannot run
   ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_BWD=", e, ": expected mma or wgmma");
   return false;

@@ -124,6 +124,10 @@ bool wgmma_runs_here(int D) {
 
 }  // namespace
 
+bool wgmma_available(int64_t head_dim) {
+  return (head_dim == 64 || head_dim == 128) && wgmma_runs_here(static_cast<int>(head_dim));
+}
+
 bool dense_fwd_use_wgmma(int64_t head_dim) {
   const char* e = std::getenv("MOBA_DENSE_FWD");
   if (e != nullptr && std::strcmp(e, "mma") == 0) return false;

@@ -50,6 +50,10 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
 // variable MOBA_DENSE_FWD (read on every call) overrides: `mma` for the mma.sync kernel,
 // `wgmma` to insist (an error where it cannot run).
 bool dense_fwd_use_wgmma(int64_t head_dim);
+// Whether the sm_90a kernels run here: an sm_90 device, head dim 64 or 128, a build for
+// sm_90a (checked on the dense forward kernel's register count; all wgmma kernels are
+// built with the same flags). The default of every MOBA_*_{FWD,BWD} switch.
+bool wgmma_available(int64_t head_dim);
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
 
 // sm_90a dense backward (wgmma + TMA, bwd_wgmma.cuh): dense_backward takes it by default
@@ -96,10 +100,11 @@ struct WgBwdPrep {
 WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream);
 
 // sm_90a MoBA backward (wgmma + TMA, bwd_moba_wgmma.cuh), selected by the environment
-// variable MOBA_MOBA_BWD (read on every call): `wgmma` selects it, `mma` or unset keeps the
-// mma.sync kernel (bwd_kernel.cuh), anything else is an error naming the value. Block
-// sizes S < 128 always take the mma.sync kernel (a CTA's 128 keys must lie in one block).
-bool moba_bwd_use_wgmma();
+// variable MOBA_MOBA_BWD (read on every call): unset or empty = this kernel where
+// wgmma_available (the default), `wgmma` insists, `mma` = the mma.sync kernel
+// (bwd_kernel.cuh), anything else is an error naming the value. Block sizes S < 128 always
+// take the mma.sync kernel (a CTA's 128 keys must lie in one block).
+bool moba_bwd_use_wgmma(int64_t head_dim);
 // p: the backward's parameters with sel, entries and bucket_offset filled in (as for the
 // mma.sync MoBA backward). Fails with a message where it cannot run (not sm_90, a build
 // without sm_90a, head dim other than 64 / 128, S < 128).
@@ -109,8 +114,9 @@ void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
 void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
 
 // sm_90a MoBA forward (wgmma + TMA, fwd_moba_wgmma.cuh; attention_fwd_moba_wgmma.cu),
-// selected by the environment variable MOBA_MOBA_FWD (read on every call): unset, empty or
-// `mma` = the mma.sync kernels of fwd_kernel.cuh (the default); `wgmma` = these kernels
+// selected by the environment variable MOBA_MOBA_FWD (read on every call): unset or empty =
+// these kernels where wgmma_available and S is a multiple of 128 (the default); `mma` = the
+// mma.sync kernels of fwd_kernel.cuh; `wgmma` = these kernels
 // where the block size is a multiple of 128 (S = 64 keeps the mma.sync kernels), and an
 // error where they cannot run (not an sm_90 device, no sm_90a build, head dim not 64 or
 // 128); anything else is an error naming the value.
