@@ -1,6 +1,6 @@
 // Launcher of the sm_90a warpgroup MoBA backward (bwd_moba_wgmma.cuh). moba_backward
-// takes it when MOBA_MOBA_BWD=wgmma and the block size is >= 128 (docs/kernel_notes.md,
-// "wgmma MoBA backward"); the preparation kernel, the tensor maps and the dq conversion
+// takes it by default where it runs and the block size is >= 128 (MOBA_MOBA_BWD=mma
+// selects the mma.sync kernel; docs/kernel_notes.md, "v11"); the preparation kernel, the tensor maps and the dq conversion
 // are those of the dense wgmma backward (attention_bwd_wgmma.cu).
 #include <cuda.h>
 
@@ -23,7 +23,7 @@ void launch_moba(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cuda
   auto kernel = attn_bwd_moba_wgmma_kernel<D>;
   static bool configured = false;
   if (!configured) {
-    wgbwd_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
+    wg_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
                     T::kSmemBytes, "MOBA_MOBA_BWD=wgmma");
     configured = true;
   }
@@ -45,7 +45,7 @@ bool moba_bwd_use_wgmma(int64_t head_dim) {
 }
 
 void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
-  wgbwd_require_sm90("MOBA_MOBA_BWD=wgmma");
+  wg_require_sm90("MOBA_MOBA_BWD=wgmma");
   const Layout& l = plan.layout();
   const int64_t D = l.head_dim, S = plan.config().block_size;
   if (D != 64 && D != 128)

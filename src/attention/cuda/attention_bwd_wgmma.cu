@@ -60,7 +60,7 @@ CUtensorMap encode(CUtensorMapDataType type, const void* base, int rank, const c
 // (attention_bwd_moba_wgmma.cu); declared in internal.h.
 
 // (N, H, D) bf16 as (D, H, N); box 64 columns (128 bytes, swizzled) x 1 head x `rows`.
-CUtensorMap wgbwd_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
+CUtensorMap wg_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
                      const char* what) {
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(n_tok)};
@@ -99,17 +99,17 @@ WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, 
                      int row_box) {
   const int64_t N = plan.layout().tokens(), D = plan.layout().head_dim;
   WgBwdMaps m;
-  m.q = wgbwd_map_bf16(p.q, N, p.Hq, D, br, "q");
-  m.k = wgbwd_map_bf16(p.k, N, p.Hkv, D, bc, "k");
-  m.v = wgbwd_map_bf16(p.v, N, p.Hkv, D, bc, "v");
-  m.dout = wgbwd_map_bf16(p.dout, N, p.Hq, D, br, "dout");
+  m.q = wg_map_bf16(p.q, N, p.Hq, D, br, "q");
+  m.k = wg_map_bf16(p.k, N, p.Hkv, D, bc, "k");
+  m.v = wg_map_bf16(p.v, N, p.Hkv, D, bc, "v");
+  m.dout = wg_map_bf16(p.dout, N, p.Hq, D, br, "dout");
   m.lse = wgbwd_map_rows(r.lse_t, N, p.Hq, r.n_pad, row_box, "lse");
   m.delta = wgbwd_map_rows(r.delta_t, N, p.Hq, r.n_pad, row_box, "delta");
   m.dq = wgbwd_map_dq(p.dq_acc, N, p.Hq, D);
   return m;
 }
 
-void wgbwd_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
+void wg_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
                      const char* what) {
   // setmaxnreg.inc blocks until the CTA's register pool (numRegs x threads, fixed at
   // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or a
@@ -170,40 +170,13 @@ void launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStrea
   auto kernel = attn_bwd_wgmma_kernel<D>;
   static bool configured = false;
   if (!configured) {
-    wgbwd_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
+    wg_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
                     T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
     configured = true;
   }
   kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
       m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, p);
   CUDA_CHECK_LAUNCH();
-}
-
-// Whether the wgmma backward can run here: an sm_90 device and a kernel compiled for
-// sm_90a (a build without it leaves a trap with a handful of registers). Cached per device.
-bool wgmma_bwd_runs_here(int D) {
-  static int cached[64][2] = {};  // 0 unknown, 1 yes, 2 no
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  int& c = cached[dev & 63][D == 64 ? 0 : 1];
-  if (c == 0) {
-    int major = 0, minor = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    bool ok = major == 9 && minor == 0 && (D == 64 || D == 128);
-    if (ok) {
-      cudaFuncAttributes fa{};
-      if (D == 64) {
-        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_bwd_wgmma_kernel<64>));
-        ok = fa.numRegs * WgBwdTraits<64>::kThreads >= WgBwdTraits<64>::kRegPoolNeeded;
-      } else {
-        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_bwd_wgmma_kernel<128>));
-        ok = fa.numRegs * WgBwdTraits<128>::kThreads >= WgBwdTraits<128>::kRegPoolNeeded;
-      }
-    }
-    c = ok ? 1 : 2;
-  }
-  return c == 1;
 }
 
 }  // namespace
@@ -214,10 +187,10 @@ bool dense_bwd_use_wgmma(int64_t head_dim) {
   if (e != nullptr && std::strcmp(e, "wgmma") == 0) return true;  // errors if it cannot run
   if (e != nullptr && *e != '\0')
     ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=", e, ": expected mma or wgmma");
-  return (head_dim == 64 || head_dim == 128) && wgmma_bwd_runs_here(static_cast<int>(head_dim));
+  return wgmma_available(head_dim);
 }
 
-void wgbwd_require_sm90(const char* what) {
+void wg_require_sm90(const char* what) {
   int dev = 0, major = 0, minor = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
@@ -252,7 +225,7 @@ WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream) {
 }
 
 void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
-  wgbwd_require_sm90("MOBA_DENSE_BWD=wgmma");
+  wg_require_sm90("MOBA_DENSE_BWD=wgmma");
   const Layout& l = plan.layout();
   const int64_t D = l.head_dim;
   if (D != 64 && D != 128)

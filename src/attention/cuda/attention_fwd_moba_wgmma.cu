@@ -1,8 +1,8 @@
 // Launchers of the sm_90a MoBA forward kernels (fwd_moba_wgmma.cuh): the past blocks over
 // the gather index's tiles, then the current block with the merge. moba_forward
-// (attention_fwd.cu) takes them when MOBA_MOBA_FWD=wgmma; the default stays the mma.sync
-// kernels of fwd_kernel.cuh. WRITTEN COMPILE-ONLY (docs/kernel_notes.md, "wgmma MoBA
-// forward (compile-only)").
+// (attention_fwd.cu) takes them by default where they run (sm_90a, S a multiple of 128);
+// MOBA_MOBA_FWD=mma selects the mma.sync kernels of fwd_kernel.cuh. Tested on the H100
+// (docs/kernel_notes.md, "v11").
 #include <cuda.h>
 
 #include <cstdlib>
@@ -17,57 +17,6 @@
 namespace moba::attn::cuda {
 namespace {
 
-// The same tensor maps as attention_fwd_wgmma.cu (its helpers are file-local there).
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiledFn encode_fn() {
-  static EncodeTiledFn fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                cudaEnableDefault, &q));
-    if (q != cudaDriverEntryPointSuccess || f == nullptr)
-      ::moba::detail::fail(__FILE__, __LINE__, "cuTensorMapEncodeTiled not found in the driver");
-    return reinterpret_cast<EncodeTiledFn>(f);
-  }();
-  return fn;
-}
-
-// A (N, H, D) bf16 tensor as 3-d (D columns, H heads, N tokens); box 64 columns (128 bytes,
-// the 128B swizzle span) x 1 head x `rows` tokens; tokens past N read as zeros.
-CUtensorMap make_map(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows) {
-  CUtensorMap map;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
-                              static_cast<cuuint64_t>(n_tok)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D * 2),
-                                 static_cast<cuuint64_t>(heads * D * 2)};
-  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(rows)};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
-                                 const_cast<bf16*>(base), dims, strides, box, elem_strides,
-                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    ::moba::detail::fail(__FILE__, __LINE__, "cuTensorMapEncodeTiled failed with CUresult ",
-                         static_cast<int>(r));
-  return map;
-}
-
-// An sm_90 device, else a clear error (wgmma and setmaxnreg are sm_90a-only).
-void require_sm90() {
-  int dev = 0, major = 0, minor = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  if (major != 9 || minor != 0)
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD=wgmma needs an sm_90 device (found sm_",
-                         major, minor, ")");
-}
-
 // Once per kernel instance: the register pool check (setmaxnreg.inc blocks until the
 // CTA's pool, numRegs x 384 fixed at launch, can supply the consumers' registers: a kernel
 // compiled with fewer registers would hang; a build without sm_90a leaves a trap with a
@@ -78,16 +27,9 @@ void configure_once() {
   static bool configured = false;
   if (configured) return;
   auto kernel = moba_fwd_wgmma_kernel<D, PAST>;
-  cudaFuncAttributes fa{};
-  CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-  if (fa.numRegs * T::kThreads < T::kRegPoolNeeded)
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD=wgmma: the ",
-                         PAST ? "past-block" : "current-block", " kernel (D = ", D,
-                         ") was compiled with ", fa.numRegs, " registers per thread (needs ",
-                         (T::kRegPoolNeeded + T::kThreads - 1) / T::kThreads,
-                         " for setmaxnreg; is MOBA_CUDA_GENCODE sm_90a?)");
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  T::kSmemBytes));
+  wg_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
+               T::kSmemBytes, PAST ? "MOBA_MOBA_FWD=wgmma (past-block kernel)"
+                                   : "MOBA_MOBA_FWD=wgmma (current-block kernel)");
   configured = true;
 }
 
@@ -96,8 +38,8 @@ void launch_past(const Plan& plan, const AttnParams& p, int64_t max_tiles, cudaS
   using T = WgMobaFwdTraits<D, true>;
   configure_once<D, true>();
   const int64_t N = plan.layout().tokens();
-  const CUtensorMap tk = make_map(p.k, N, p.Hkv, D, T::kBc);
-  const CUtensorMap tv = make_map(p.v, N, p.Hkv, D, T::kBc);
+  const CUtensorMap tk = wg_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
+  const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
   // Q is gathered with cp.async; the kernel's tm_q parameter is unused (tk in its place).
   moba_fwd_wgmma_kernel<D, true><<<static_cast<unsigned>(max_tiles), T::kThreads,
                                    T::kSmemBytes, stream>>>(tk, tk, tv, p);
@@ -110,9 +52,9 @@ void launch_current(const Plan& plan, const AttnParams& p, cudaStream_t stream) 
   configure_once<D, false>();
   const Layout& l = plan.layout();
   const int64_t N = l.tokens();
-  const CUtensorMap tq = make_map(p.q, N, p.Hq, D, T::kBr);
-  const CUtensorMap tk = make_map(p.k, N, p.Hkv, D, T::kBc);
-  const CUtensorMap tv = make_map(p.v, N, p.Hkv, D, T::kBc);
+  const CUtensorMap tq = wg_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
+  const CUtensorMap tk = wg_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
+  const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
   const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + T::kBr - 1) / T::kBr);
   const dim3 grid = p.heads_fastest ? dim3(p.Hq, tiles, static_cast<unsigned>(l.batch()))
                                     : dim3(tiles, p.Hq, static_cast<unsigned>(l.batch()));
@@ -147,7 +89,7 @@ bool moba_fwd_use_wgmma(const Plan& plan) {
 
 void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
                              cudaStream_t stream) {
-  require_sm90();
+  wg_require_sm90("MOBA_MOBA_FWD=wgmma");
   check_shape(plan);
   if (max_tiles <= 0) return;
   if (plan.layout().head_dim == 64) launch_past<64>(plan, p, max_tiles, stream);
@@ -155,7 +97,7 @@ void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_
 }
 
 void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
-  require_sm90();
+  wg_require_sm90("MOBA_MOBA_FWD=wgmma");
   check_shape(plan);
   if (plan.layout().head_dim == 64) launch_current<64>(plan, p, stream);
   else launch_current<128>(plan, p, stream);

@@ -3,7 +3,7 @@
 // consumer warpgroups of 64 keys, one producer warpgroup, setmaxnreg 24 / 240, the same
 // MMAs from bwd_wgmma_common.cuh), walking MoBA's two sources of query tiles. Same
 // contract and results as the MoBA path of bwd_kernel.cuh (dq, dk, dv in bf16, dQ through
-// the fp32 accumulator). COMPILE-ONLY so far (docs/kernel_notes.md, "wgmma MoBA backward").
+// the fp32 accumulator). Tested on the H100 (docs/kernel_notes.md, "v11").
 //
 // Query tiles of Br rows (64 at D = 128, 128 at D = 64), in this order:
 //   (1) causal tiles of the current block: for each query head of the kv group, the

@@ -2,8 +2,8 @@
 // bulk tensor copy engine (TMA) through an mbarrier ring, FA3-style, written here from the
 // maths and the PTX ISA. Same contract as the dense path of bwd_kernel.cuh: dq, dk, dv
 // (bf16), fp32 dQ accumulator converted afterwards (dq_acc holds dQ / scale), lse in
-// natural log, softmax scale from the plan, GQA, varlen. COMPILE-ONLY so far (see
-// docs/kernel_notes.md, "wgmma backward").
+// natural log, softmax scale from the plan, GQA, varlen. Tested on the H100 (see
+// docs/kernel_notes.md, "v10").
 //
 // CTA = 3 warpgroups and one tile of Bc = 128 keys of one (sequence, kv head); it walks
 // every query tile that attends to them: for each query head of the kv group, query tiles

@@ -1,8 +1,8 @@
 // MoBA forward for Hopper (sm_90a): the two attention kernels of moba_forward on warpgroup
 // MMAs fed by TMA, with the structure of the dense wgmma forward (fwd_wgmma.cuh). Same
 // contract as FwdMode::kMobaPast / kMobaCurrent of fwd_kernel.cuh. Selected by
-// MOBA_MOBA_FWD=wgmma (attention_fwd_moba_wgmma.cu). WRITTEN COMPILE-ONLY, NOT YET RUN ON
-// A GPU (docs/kernel_notes.md, "wgmma MoBA forward (compile-only)").
+// default on sm_90a for S a multiple of 128 (attention_fwd_moba_wgmma.cu; MOBA_MOBA_FWD=mma
+// selects the mma.sync kernels). Tested on the H100 (docs/kernel_notes.md, "v11").
 //
 // One kernel template, two modes (PAST = false / true):
 //   current (PAST = false): CTA = 128 consecutive query rows of one (sequence, head), as the

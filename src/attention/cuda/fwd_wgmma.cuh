@@ -1,8 +1,8 @@
 // Dense causal flash-attention forward for Hopper (sm_90a): warpgroup MMAs fed by the
 // bulk tensor copy engine (TMA) through an mbarrier ring, FA3-style. Same contract as the
 // kDense mode of fwd_kernel.cuh: out (N, Hq, D) bf16, lse (N, Hq) fp32 natural log,
-// softmax scale from the plan, GQA, varlen (cu_seqlens). UNTESTED ON A GPU so far (see
-// docs/kernel_notes.md, "wgmma forward").
+// softmax scale from the plan, GQA, varlen (cu_seqlens). Tested on the H100 (see
+// docs/kernel_notes.md, "v9").
 //
 // CTA = 3 warpgroups, 128 query rows of one head:
 //   warpgroups 0, 1 (consumers): 64 query rows each. Per key tile of Bc = 128:

@@ -63,11 +63,12 @@ void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t str
 // anything else is an error.
 bool dense_bwd_use_wgmma(int64_t head_dim);
 void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
-// Shared by the two sm_90a backwards (attention_bwd_wgmma.cu defines them).
+// Shared by the sm_90a kernels' launchers (attention_bwd_wgmma.cu defines them; the
+// forwards use wg_map_bf16 and wg_require_sm90 too).
 // Tensor maps: (N, H, D) bf16 as (D, H, N), box 64 columns x 1 head x `rows`, 128B swizzle;
 // transposed (Hq, n_pad) fp32 rows, box `rows` tokens x 1 head; the fp32 dQ accumulator,
 // box 32 columns x 1 head x 64 rows, 128B swizzle.
-CUtensorMap wgbwd_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
+CUtensorMap wg_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
                            const char* what);
 CUtensorMap wgbwd_map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad,
                            int rows, const char* what);
@@ -83,13 +84,13 @@ WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, 
 // Once per kernel: the register-pool check of setmaxnreg (a moba::Error naming `what`
 // if numRegs x threads < reg_pool_needed, e.g. a build without sm_90a) and the dynamic
 // shared-memory size.
-void wgbwd_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
+void wg_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
                      const char* what);
 // Grid of the key-tile-major backwards: (Hkv, key tiles, B), or (key tiles, Hkv, B) when
 // heads_fastest is off.
 dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc);
 // Fails with a message naming `what` unless the current device is sm_90.
-void wgbwd_require_sm90(const char* what);
+void wg_require_sm90(const char* what);
 // Preparation kernel: delta = rowsum(dO o O) and lse * log2(e), transposed to (Hq, n_pad)
 // (n_pad = N rounded up to 4), and the fp32 dQ accumulator zeroed (p.dq_acc, p.delta set).
 struct WgBwdPrep {
