@@ -131,7 +131,7 @@ void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, con
                     const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                     cudaStream_t stream) {
   AttnParams p = bwd_params(plan, q, k, v, out, lse, dout, dq, dk, dv);
-  if (dense_bwd_use_wgmma(plan.layout().head_dim)) {  // sm_90a (bwd_wgmma.cuh); MOBA_DENSE_BWD overrides
+  if (wgmma_switch("MOBA_DENSE_BWD", plan.layout().head_dim)) {  // sm_90a (bwd_wgmma.cuh)
     dense_backward_wgmma(plan, p, stream);
     return;
   }
@@ -163,7 +163,7 @@ void moba_backward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k,
   // The sm_90a kernel (bwd_moba_wgmma.cuh) by default where it runs, for S >= 128 only (its
   // CTA's 128 keys must lie in one block); S = 64 stays on the mma.sync kernel.
   // MOBA_MOBA_BWD=mma selects the mma.sync kernel, =wgmma insists.
-  const bool wgmma = moba_bwd_use_wgmma(plan.layout().head_dim);  // validates the variable
+  const bool wgmma = wgmma_switch("MOBA_MOBA_BWD", plan.layout().head_dim);  // validates it
   if (wgmma && plan.config().block_size >= 128) {
     moba_backward_wgmma(plan, p, stream);
     return;

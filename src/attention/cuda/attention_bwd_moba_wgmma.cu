@@ -4,8 +4,6 @@
 // are those of the dense wgmma backward (attention_bwd_wgmma.cu).
 #include <cuda.h>
 
-#include <cstdlib>
-#include <cstring>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/bwd_moba_wgmma.cuh"
@@ -24,7 +22,7 @@ void launch_moba(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cuda
   static bool configured = false;
   if (!configured) {
     wg_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
-                    T::kSmemBytes, "MOBA_MOBA_BWD=wgmma");
+                 T::kSmemBytes, "MOBA_MOBA_BWD=wgmma");
     configured = true;
   }
   kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
@@ -34,15 +32,6 @@ void launch_moba(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cuda
 }
 
 }  // namespace
-
-bool moba_bwd_use_wgmma(int64_t head_dim) {
-  const char* e = std::getenv("MOBA_MOBA_BWD");
-  if (e == nullptr || *e == '\0') return wgmma_available(head_dim);  // the default
-  if (std::strcmp(e, "mma") == 0) return false;
-  if (std::strcmp(e, "wgmma") == 0) return true;  // moba_backward_wgmma errors if it cannot run
-  ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_BWD=", e, ": expected mma or wgmma");
-  return false;
-}
 
 void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
   wg_require_sm90("MOBA_MOBA_BWD=wgmma");

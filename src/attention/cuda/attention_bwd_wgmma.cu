@@ -6,8 +6,6 @@
 // backward"); any other value is an error.
 #include <cuda.h>
 
-#include <cstdlib>
-#include <cstring>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/bwd_wgmma.cuh"
@@ -61,7 +59,7 @@ CUtensorMap encode(CUtensorMapDataType type, const void* base, int rank, const c
 
 // (N, H, D) bf16 as (D, H, N); box 64 columns (128 bytes, swizzled) x 1 head x `rows`.
 CUtensorMap wg_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t D, int rows,
-                     const char* what) {
+                  const char* what) {
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(n_tok)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D * 2),
@@ -75,7 +73,7 @@ CUtensorMap wg_map_bf16(const bf16* base, int64_t n_tok, int64_t heads, int64_t 
 // no swizzle (rows * 4 bytes, a multiple of 16). Tokens past N read as zeros. The kernel
 // starts every box at a multiple of 4 tokens (16 bytes; see WgBwdTraits::kRowBox).
 CUtensorMap wgbwd_map_rows(const float* base, int64_t n_tok, int64_t heads, int64_t n_pad, int rows,
-                     const char* what) {
+                  const char* what) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(n_tok), static_cast<cuuint64_t>(heads)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(n_pad * 4)};
   const cuuint32_t box[2] = {static_cast<cuuint32_t>(rows), 1};
@@ -110,7 +108,7 @@ WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, 
 }
 
 void wg_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
-                     const char* what) {
+                  const char* what) {
   // setmaxnreg.inc blocks until the CTA's register pool (numRegs x threads, fixed at
   // launch) can supply the consumers: refuse a kernel compiled with fewer registers (or a
   // build without sm_90a, where the kernel is a trap) instead of hanging.
@@ -171,7 +169,7 @@ void launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStrea
   static bool configured = false;
   if (!configured) {
     wg_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
-                    T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
+                 T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
     configured = true;
   }
   kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
@@ -180,25 +178,6 @@ void launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStrea
 }
 
 }  // namespace
-
-bool dense_bwd_use_wgmma(int64_t head_dim) {
-  const char* e = std::getenv("MOBA_DENSE_BWD");
-  if (e != nullptr && std::strcmp(e, "mma") == 0) return false;
-  if (e != nullptr && std::strcmp(e, "wgmma") == 0) return true;  // errors if it cannot run
-  if (e != nullptr && *e != '\0')
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=", e, ": expected mma or wgmma");
-  return wgmma_available(head_dim);
-}
-
-void wg_require_sm90(const char* what) {
-  int dev = 0, major = 0, minor = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  if (major != 9 || minor != 0)
-    ::moba::detail::fail(__FILE__, __LINE__, what, " needs an sm_90 device (found sm_", major,
-                         minor, ")");
-}
 
 WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream) {
   const Layout& l = plan.layout();

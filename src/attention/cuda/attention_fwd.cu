@@ -78,7 +78,7 @@ void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16
   AttnParams p = base_params(plan, q, k, v);
   p.o = out;
   p.lse = lse;
-  if (dense_fwd_use_wgmma(plan.layout().head_dim)) {  // sm_90a; MOBA_DENSE_FWD overrides
+  if (wgmma_switch("MOBA_DENSE_FWD", plan.layout().head_dim)) {  // sm_90a
     dense_forward_wgmma(plan, p, stream);
     mark_phase("fwd_dense_wgmma", stream);
     return;
@@ -102,7 +102,9 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
   const int64_t D = l.head_dim;
   // MOBA_MOBA_FWD=wgmma: the sm_90a kernels (attention_fwd_moba_wgmma.cu) for both phases
   // below, on the same gather index (tiles of 128 entries) and the same scratch.
-  const bool wg = moba_fwd_use_wgmma(plan);
+  // Blocks of 64 keys keep the mma.sync kernels: a 128-row query tile would straddle two
+  // blocks.
+  const bool wg = wgmma_switch("MOBA_MOBA_FWD", D) && plan.config().block_size % 128 == 0;
   // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
   if (p.kp > 0 && plan.full_blocks() > 0) {
     const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream);

@@ -5,8 +5,6 @@
 // (docs/kernel_notes.md, "v11").
 #include <cuda.h>
 
-#include <cstdlib>
-#include <cstring>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/fwd_moba_wgmma.cuh"
@@ -72,20 +70,6 @@ void check_shape(const Plan& plan) {
 }
 
 }  // namespace
-
-bool moba_fwd_use_wgmma(const Plan& plan) {
-  const char* e = std::getenv("MOBA_MOBA_FWD");
-  if (e == nullptr || *e == '\0') {  // the default: where the sm_90a kernels run
-    if (!wgmma_available(plan.layout().head_dim)) return false;
-  } else if (std::strcmp(e, "mma") == 0) {
-    return false;
-  } else if (std::strcmp(e, "wgmma") != 0) {
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD=", e, ": expected mma or wgmma");
-  }
-  // Blocks of 64 keys: a 128-row query tile would straddle two blocks; the mma.sync
-  // kernels (64-row tiles there) stay. Everything else is checked by the launchers.
-  return plan.config().block_size % 128 == 0;
-}
 
 void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
                              cudaStream_t stream) {

@@ -39,6 +39,22 @@ void launch(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
+// The current device's compute capability (major * 10 + minor), cached per device: the
+// wgmma launchers ask on every call.
+int device_sm() {
+  static int cached[64] = {};  // 0 = not asked yet
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  int& c = cached[dev & 63];
+  if (c == 0) {
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    c = major * 10 + minor;
+  }
+  return c;
+}
+
 // Whether the wgmma kernel can run here: an sm_90 device (wgmma and setmaxnreg are
 // sm_90a-only) and a kernel compiled for it (a build without sm_90a leaves a trap with a
 // handful of registers; see launch). Cached per device.
@@ -48,10 +64,7 @@ bool wgmma_runs_here(int D) {
   CUDA_CHECK(cudaGetDevice(&dev));
   int& c = cached[dev & 63][D == 64 ? 0 : 1];
   if (c == 0) {
-    int major = 0, minor = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    bool ok = major == 9 && minor == 0 && (D == 64 || D == 128);
+    bool ok = device_sm() == 90 && (D == 64 || D == 128);
     if (ok) {
       cudaFuncAttributes fa{};
       if (D == 64) {
@@ -73,13 +86,19 @@ bool wgmma_available(int64_t head_dim) {
   return (head_dim == 64 || head_dim == 128) && wgmma_runs_here(static_cast<int>(head_dim));
 }
 
-bool dense_fwd_use_wgmma(int64_t head_dim) {
-  const char* e = std::getenv("MOBA_DENSE_FWD");
-  if (e != nullptr && std::strcmp(e, "mma") == 0) return false;
-  if (e != nullptr && std::strcmp(e, "wgmma") == 0) return true;  // errors if it cannot run
-  if (e != nullptr && *e != '\0')
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_FWD=", e, ": expected mma or wgmma");
-  return wgmma_available(head_dim);
+bool wgmma_switch(const char* var, int64_t head_dim) {
+  const char* e = std::getenv(var);
+  if (e == nullptr || *e == '\0') return wgmma_available(head_dim);  // the default
+  if (std::strcmp(e, "mma") == 0) return false;
+  if (std::strcmp(e, "wgmma") == 0) return true;  // the launcher errors if it cannot run
+  ::moba::detail::fail(__FILE__, __LINE__, var, "=", e, ": expected mma or wgmma");
+  return false;
+}
+
+void wg_require_sm90(const char* what) {
+  const int sm = device_sm();
+  if (sm != 90)
+    ::moba::detail::fail(__FILE__, __LINE__, what, " needs an sm_90 device (found sm_", sm, ")");
 }
 
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {

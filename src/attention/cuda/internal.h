@@ -45,26 +45,28 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
                                cudaStream_t stream);
 
-// sm_90a dense forward (wgmma + TMA, fwd_wgmma.cuh): dense_forward takes it by default
-// where it runs (an sm_90 device, a build for sm_90a, head dim 64 or 128). The environment
-// variable MOBA_DENSE_FWD (read on every call) overrides: `mma` for the mma.sync kernel,
-// `wgmma` to insist (an error where it cannot run).
-bool dense_fwd_use_wgmma(int64_t head_dim);
 // Whether the sm_90a kernels run here: an sm_90 device, head dim 64 or 128, a build for
 // sm_90a (checked on the dense forward kernel's register count; all wgmma kernels are
-// built with the same flags). The default of every MOBA_*_{FWD,BWD} switch.
+// built with the same flags). Cached per device.
 bool wgmma_available(int64_t head_dim);
+// The switch of one sm_90a kernel, the environment variable `var` (MOBA_DENSE_FWD,
+// MOBA_DENSE_BWD, MOBA_MOBA_FWD, MOBA_MOBA_BWD), read on every call: unset or empty = the
+// wgmma kernel where wgmma_available (the default); `mma` = the mma.sync kernel; `wgmma` =
+// insist (the wgmma launcher then fails with a message where it cannot run); anything else
+// is an error naming the value. MoBA with S = 64 keeps the mma.sync kernels regardless.
+bool wgmma_switch(const char* var, int64_t head_dim);
+// A moba::Error naming `what` unless the current device is sm_90 (cached per device).
+void wg_require_sm90(const char* what);
+
+// sm_90a dense forward (wgmma + TMA, fwd_wgmma.cuh), dense_forward's default
+// (wgmma_switch("MOBA_DENSE_FWD", D)).
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
 
-// sm_90a dense backward (wgmma + TMA, bwd_wgmma.cuh): dense_backward takes it by default
-// where it runs (an sm_90 device, a build for sm_90a, head dim 64 or 128). The environment
-// variable MOBA_DENSE_BWD (read on every call) overrides: `mma` for the mma.sync kernel,
-// `wgmma` to insist (dense_backward_wgmma then fails with a message where it cannot run);
-// anything else is an error.
-bool dense_bwd_use_wgmma(int64_t head_dim);
+// sm_90a dense backward (wgmma + TMA, bwd_wgmma.cuh), dense_backward's default
+// (wgmma_switch("MOBA_DENSE_BWD", D)).
 void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
 // Shared by the sm_90a kernels' launchers (attention_bwd_wgmma.cu defines them; the
-// forwards use wg_map_bf16 and wg_require_sm90 too).
+// forwards use wg_map_bf16 and wg_configure too).
 // Tensor maps: (N, H, D) bf16 as (D, H, N), box 64 columns x 1 head x `rows`, 128B swizzle;
 // transposed (Hq, n_pad) fp32 rows, box `rows` tokens x 1 head; the fp32 dQ accumulator,
 // box 32 columns x 1 head x 64 rows, 128B swizzle.
@@ -85,12 +87,10 @@ WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, 
 // if numRegs x threads < reg_pool_needed, e.g. a build without sm_90a) and the dynamic
 // shared-memory size.
 void wg_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
-                     const char* what);
+                  const char* what);
 // Grid of the key-tile-major backwards: (Hkv, key tiles, B), or (key tiles, Hkv, B) when
 // heads_fastest is off.
 dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc);
-// Fails with a message naming `what` unless the current device is sm_90.
-void wg_require_sm90(const char* what);
 // Preparation kernel: delta = rowsum(dO o O) and lse * log2(e), transposed to (Hq, n_pad)
 // (n_pad = N rounded up to 4), and the fp32 dQ accumulator zeroed (p.dq_acc, p.delta set).
 struct WgBwdPrep {
@@ -100,12 +100,8 @@ struct WgBwdPrep {
 };
 WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream);
 
-// sm_90a MoBA backward (wgmma + TMA, bwd_moba_wgmma.cuh), selected by the environment
-// variable MOBA_MOBA_BWD (read on every call): unset or empty = this kernel where
-// wgmma_available (the default), `wgmma` insists, `mma` = the mma.sync kernel
-// (bwd_kernel.cuh), anything else is an error naming the value. Block sizes S < 128 always
-// take the mma.sync kernel (a CTA's 128 keys must lie in one block).
-bool moba_bwd_use_wgmma(int64_t head_dim);
+// sm_90a MoBA backward (wgmma + TMA, bwd_moba_wgmma.cuh), moba_backward's default for
+// S >= 128 (wgmma_switch("MOBA_MOBA_BWD", D); a CTA's 128 keys must lie in one block).
 // p: the backward's parameters with sel, entries and bucket_offset filled in (as for the
 // mma.sync MoBA backward). Fails with a message where it cannot run (not sm_90, a build
 // without sm_90a, head dim other than 64 / 128, S < 128).
@@ -115,13 +111,9 @@ void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
 void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
 
 // sm_90a MoBA forward (wgmma + TMA, fwd_moba_wgmma.cuh; attention_fwd_moba_wgmma.cu),
-// selected by the environment variable MOBA_MOBA_FWD (read on every call): unset or empty =
-// these kernels where wgmma_available and S is a multiple of 128 (the default); `mma` = the
-// mma.sync kernels of fwd_kernel.cuh; `wgmma` = these kernels
-// where the block size is a multiple of 128 (S = 64 keeps the mma.sync kernels), and an
-// error where they cannot run (not an sm_90 device, no sm_90a build, head dim not 64 or
-// 128); anything else is an error naming the value.
-bool moba_fwd_use_wgmma(const Plan& plan);
+// moba_forward's default for S a multiple of 128 (wgmma_switch("MOBA_MOBA_FWD", D)). The
+// launchers fail with a message where the kernels cannot run (not an sm_90 device, no
+// sm_90a build, head dim not 64 or 128, S not a multiple of 128).
 // Past blocks: one CTA per gathered tile of <= 128 entries (p.entries, p.tiles,
 // p.num_tiles of build_gather_index with tile_rows 128); grid = max_tiles. Writes
 // p.part_o / p.part_lse exactly as FwdMode::kMobaPast.
