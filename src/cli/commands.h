@@ -23,5 +23,6 @@ void add_report(CLI::App& app);  // moba report
 std::vector<scaling::Compute> parse_computes(const std::string& s);
 void add_train(CLI::App& app);  // moba train
 void add_sweep(CLI::App& app);  // moba sweep
+void add_eval(CLI::App& app);   // moba eval
 
 }  // namespace moba::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   moba::cli::add_report(app);
   moba::cli::add_train(app);
   moba::cli::add_sweep(app);
+  moba::cli::add_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -51,4 +51,20 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   std::filesystem::rename(tmp, path);
 }
 
+nlohmann::json val_record(const EvalResult& r, const TrainState& state, bool moba) {
+  nlohmann::json v = {{"kind", "val"},
+                      {"step", state.step},
+                      {"tokens", state.tokens},
+                      {"flops_6nd", state.flops_6nd},
+                      {"flops_exec", state.flops_exec},
+                      {"attention", moba ? "moba" : "full"},
+                      {"loss", r.loss},
+                      {"bucket_size", r.bucket_size},
+                      {"bucket_losses", r.bucket_losses},
+                      {"trailing_loss", nullptr},
+                      {"windows", r.windows}};
+  if (r.trailing_loss) v["trailing_loss"] = *r.trailing_loss;
+  return v;
+}
+
 }  // namespace moba::train

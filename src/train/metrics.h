@@ -6,6 +6,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+
 namespace moba::train {
 
 class MetricsLog {
@@ -22,6 +25,10 @@ class MetricsLog {
   std::string path_;
   std::FILE* f_ = nullptr;
 };
+
+// A "val" line of metrics.jsonl (docs/run_format.md): the trainer writes it, `moba eval` prints
+// it, so the two can be compared key by key. `moba` says which attention the MoBA layers used.
+nlohmann::json val_record(const EvalResult& r, const TrainState& state, bool moba);
 
 // On resume: keeps the lines whose "step" is <= last_step (every step then appears once),
 // rewriting the file atomically. A torn last line (a crash mid-write) is dropped too.

@@ -9,6 +9,11 @@
 #include "core/error.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
+#else
+// A build without CUDA never makes one, but Trainer's unique_ptr needs a complete type.
+namespace moba::model::cuda {
+class ModelCuda {};
+}  // namespace moba::model::cuda
 #endif
 #include "train/metrics.h"
 #include "train/progress.h"
@@ -108,11 +113,20 @@ void Trainer::sync_from_device() {
 #endif
 }
 
-bool Trainer::moba_phase() const {
+bool moba_phase_at(const RunConfig& cfg, int64_t tokens_before_step) {
   const double switch_at =
-      cfg_.model.attention.moba_to_full_at * static_cast<double>(cfg_.tokens_planned());
-  return static_cast<double>(state_.tokens) < switch_at;
+      cfg.model.attention.moba_to_full_at * static_cast<double>(cfg.tokens_planned());
+  return static_cast<double>(tokens_before_step) < switch_at;
 }
+
+bool last_step_used_moba(const RunConfig& cfg, const TrainState& state) {
+  // The step that brought the run to state.tokens began at state.tokens - tokens_per_step;
+  // before any step, the attention the first step will use.
+  const int64_t per_step = cfg.train.tokens_per_step(cfg.model.seq_len);
+  return moba_phase_at(cfg, state.step > 0 ? state.tokens - per_step : state.tokens);
+}
+
+bool Trainer::moba_phase() const { return moba_phase_at(cfg_, state_.tokens); }
 
 void Trainer::write_run_json(const char* status) const {
   const model::ModelConfig& m = cfg_.model;
@@ -225,10 +239,16 @@ double Trainer::train_step(double lr, bool moba) {
   return gnorm;
 }
 
+// A validation uses the attention of the last training step: after the final step,
+// tokens == tokens_planned and moba_phase() (the attention of the *next* step) would be full
+// attention even for a pure MoBA run (moba_to_full_at = 1); that evaluated MoBA-trained
+// weights with full attention.
 void Trainer::validate_now() {
+  const bool moba = cfg_.model.attention.kind == model::AttentionKind::moba &&
+                    last_step_used_moba(cfg_, state_);
+  last_eval_moba_ = moba;
 #ifdef MOBA_WITH_CUDA
   if (gpu_) {
-    const bool moba = moba_phase();
     last_eval_ = evaluate(
         [&](const model::Batch& b) {
           gpu_->forward(b, moba);
@@ -240,7 +260,7 @@ void Trainer::validate_now() {
   }
 #endif
   last_eval_ = evaluate(model_, params_, val_windows_, cfg_.eval.batch_size, cfg_.eval.bucket_size,
-                        moba_phase());
+                        moba);
 }
 
 void Trainer::run(int64_t stop_after) {
@@ -311,18 +331,7 @@ void Trainer::run(int64_t stop_after) {
       }
       if (due(cfg_.eval.every)) {
         validate_now();
-        nlohmann::json v = {{"kind", "val"},
-                            {"step", s},
-                            {"tokens", state_.tokens},
-                            {"flops_6nd", state_.flops_6nd},
-                            {"flops_exec", state_.flops_exec},
-                            {"loss", last_eval_.loss},
-                            {"bucket_size", last_eval_.bucket_size},
-                            {"bucket_losses", last_eval_.bucket_losses},
-                            {"trailing_loss", nullptr},
-                            {"windows", last_eval_.windows}};
-        if (last_eval_.trailing_loss) v["trailing_loss"] = *last_eval_.trailing_loss;
-        log.write(v);
+        log.write(val_record(last_eval_, state_, last_eval_moba_));
         print_eval(opt_.progress, s, last_eval_);
       }
       if (due(cfg_.checkpoint_every)) {

@@ -83,11 +83,19 @@ class Trainer {
   std::vector<Window> val_windows_;
   std::vector<double> losses_;
   EvalResult last_eval_;
+  bool last_eval_moba_ = false;  // the attention last_eval_ used (MoBA layers ran MoBA)
   std::string attention_label_;
   double session_start_elapsed_ = 0.0;  // state_.elapsed_s when this session began
   double session_train_s_ = 0.0;        // time spent in train steps this session
   int64_t session_steps_ = 0;
 };
+
+// The attention a step uses: MoBA layers run MoBA while the tokens seen before the step are
+// below moba_to_full_at x tokens_planned, full attention after (the MoBA-to-full switch).
+bool moba_phase_at(const RunConfig& cfg, int64_t tokens_before_step);
+// The attention of the step that produced `state` (validation and `moba eval` use it); at
+// step 0, the attention of the first step.
+bool last_step_used_moba(const RunConfig& cfg, const TrainState& state);
 
 // Throws moba::Error "step N: gradient of <tensor> holds NaN/inf ..." for the first
 // tensor of `grads` with a non-finite element.
