@@ -2,6 +2,7 @@
 // train, resume or skip it, printing the sweep's progress between runs.
 #include "scaling/sweep.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -71,13 +72,7 @@ State classify(const fs::path& dir, const train::RunConfig& cfg) {
 
 // Steps a run has done, from its checkpoint (0 when none).
 int64_t steps_done(const fs::path& dir) {
-  const fs::path state = dir / "checkpoint" / "state.json";
-  if (!fs::exists(state)) return 0;
-  try {
-    return nlohmann::json::parse(read_text(state)).value("step", int64_t{0});
-  } catch (const nlohmann::json::exception&) {
-    return 0;
-  }
+  return std::max<int64_t>(0, train::checkpoint_step(dir.string()));
 }
 
 // The overall ETA: the plan's estimate of what is left, scaled by how the runs done in

@@ -7,13 +7,41 @@
 #include <vector>
 
 #include "core/error.h"
+#include "data/hash.h"
 #include "train/safetensors.h"
 
 namespace moba::train {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr int kFormat = 1;
+// Format 2 adds "files" to state.json: each tensor file's size and FNV-1a 64 checksum,
+// verified before the file is read. Format 1 (no checksums) still loads.
+constexpr int kFormat = 2;
+constexpr const char* kTensorFiles[] = {"model.safetensors", "optimizer.safetensors"};
+
+struct FileSum {
+  uint64_t bytes = 0, fnv = data::kFnvBasis;
+};
+
+FileSum file_sum(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  MOBA_CHECK(f.good(), "cannot read checkpoint file '", path.string(), "'");
+  FileSum s;
+  std::vector<char> buf(1 << 20);
+  while (f) {
+    f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const auto n = static_cast<size_t>(f.gcount());
+    s.fnv = data::fnv1a64(buf.data(), n, s.fnv);
+    s.bytes += n;
+  }
+  return s;
+}
+
+std::string hex(uint64_t x) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(x));
+  return b;
+}
 
 std::vector<TensorView> views(const model::ParamLayout& layout, std::span<const float> flat,
                               const std::string& prefix) {
@@ -37,19 +65,43 @@ void restore(const SafetensorsFile& file, const std::string& path, const model::
              file.tensors.size(), " tensors, the model has ", layout.tensors.size());
 }
 
+// The step of a complete checkpoint folder (state.json, written last, parses), or -1.
+int64_t complete_step(const fs::path& dir) {
+  std::ifstream f(dir / "state.json");
+  if (!f.good()) return -1;
+  try {
+    return nlohmann::json::parse(f).at("step").get<int64_t>();
+  } catch (const nlohmann::json::exception&) {
+    return -1;
+  }
+}
+
+// Which folder holds the checkpoint to load. `checkpoint` when complete; otherwise a crash
+// fell inside a save's swap, and the newest complete one of checkpoint.old (the previous
+// checkpoint, renamed away) and checkpoint.tmp (the new one, complete but not yet renamed in).
 fs::path readable_dir(const std::string& run_dir) {
-  const fs::path dir = fs::path(run_dir) / "checkpoint";
-  if (fs::exists(dir / "state.json")) return dir;
-  const fs::path old = fs::path(run_dir) / "checkpoint.old";
-  if (fs::exists(old / "state.json")) return old;  // a crash fell between the two renames
-  return dir;
+  const fs::path root(run_dir), dir = root / "checkpoint";
+  if (complete_step(dir) >= 0) return dir;
+  fs::path best = dir;
+  int64_t best_step = -1;
+  for (const char* name : {"checkpoint.old", "checkpoint.tmp"}) {
+    const int64_t st = complete_step(root / name);
+    if (st >= 0 && st >= best_step) best = root / name, best_step = st;
+  }
+  return best;
 }
 
 void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream f(path);
-  f << text;
-  f.flush();
-  MOBA_CHECK(f.good(), "writing '", path.string(), "' failed");
+  // Through a temporary name: a crash mid-write never leaves a torn state.json, whose
+  // presence marks a checkpoint folder complete.
+  const fs::path part = path.string() + ".part";
+  {
+    std::ofstream f(part);
+    f << text;
+    f.flush();
+    MOBA_CHECK(f.good(), "writing '", part.string(), "' failed (disk full?)");
+  }
+  fs::rename(part, path);
 }
 
 }  // namespace
@@ -58,6 +110,14 @@ void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layou
                      std::span<const float> params, AdamW& adam, const TrainState& s) {
   const fs::path root(run_dir), tmp = root / "checkpoint.tmp", dir = root / "checkpoint",
                                 old = root / "checkpoint.old";
+  // After a crash inside an earlier swap the complete checkpoint may be checkpoint.old or
+  // checkpoint.tmp: move it to checkpoint first, so that the steps below never delete the
+  // only complete copy (two crashes in a row once lost it).
+  const fs::path current = readable_dir(run_dir);
+  if (current != dir && complete_step(current) >= 0) {
+    fs::remove_all(dir);
+    fs::rename(current, dir);
+  }
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   const std::map<std::string, std::string> meta = {{"format", "moba-checkpoint"},
@@ -67,6 +127,11 @@ void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layou
   for (TensorView& v : views(layout, adam.v(), "adam_v.")) opt.push_back(std::move(v));
   write_safetensors((tmp / "optimizer.safetensors").string(), opt,
                     {{"adam_steps", std::to_string(adam.steps_done())}});
+  nlohmann::json files = nlohmann::json::object();
+  for (const char* name : kTensorFiles) {
+    const FileSum sum = file_sum(tmp / name);
+    files[name] = {{"bytes", sum.bytes}, {"fnv1a64", hex(sum.fnv)}};
+  }
   const nlohmann::json state = {{"format", kFormat},
                                 {"step", s.step},
                                 {"tokens", s.tokens},
@@ -75,17 +140,22 @@ void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layou
                                 {"elapsed_s", s.elapsed_s},
                                 {"next_batch", s.next_batch},
                                 {"seed", s.seed},
-                                {"adam_steps", adam.steps_done()}};
+                                {"adam_steps", adam.steps_done()},
+                                {"files", files}};
   write_text(tmp / "state.json", state.dump(2) + "\n");
-  // The swap: state.json is written last, so a folder with it is complete.
+  // The swap: state.json is written last, so a folder with it is complete. At every
+  // instant checkpoint, or else checkpoint.old or checkpoint.tmp, is complete
+  // (readable_dir finds it).
   fs::remove_all(old);
   if (fs::exists(dir)) fs::rename(dir, old);
   fs::rename(tmp, dir);
   fs::remove_all(old);
 }
 
-bool has_checkpoint(const std::string& run_dir) {
-  return fs::exists(readable_dir(run_dir) / "state.json");
+bool has_checkpoint(const std::string& run_dir) { return checkpoint_step(run_dir) >= 0; }
+
+int64_t checkpoint_step(const std::string& run_dir) {
+  return complete_step(readable_dir(run_dir));
 }
 
 TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,
@@ -98,10 +168,24 @@ TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout&
   TrainState s;
   try {
     j = nlohmann::json::parse(f);
-    MOBA_CHECK(j.at("format").get<int>() == kFormat, "checkpoint file '", state_path,
-               "' has format ", j.at("format").dump(), ", this build reads ", kFormat);
+    const int format = j.at("format").get<int>();
+    MOBA_CHECK(format == 1 || format == kFormat, "checkpoint file '", state_path,
+               "' has format ", j.at("format").dump(), ", this build reads 1 and ", kFormat);
+    if (format >= 2)
+      for (const char* name : kTensorFiles) {
+        const nlohmann::json& want = j.at("files").at(name);
+        const FileSum got = file_sum(dir / name);
+        MOBA_CHECK(got.bytes == want.at("bytes").get<uint64_t>() &&
+                       hex(got.fnv) == want.at("fnv1a64").get<std::string>(),
+                   "checkpoint file '", (dir / name).string(), "' is corrupt or truncated: ", got.bytes,
+                   " bytes with checksum ", hex(got.fnv), ", state.json records ",
+                   want.at("bytes").dump(), " bytes with checksum ",
+                   want.at("fnv1a64").get<std::string>());
+      }
     s.step = j.at("step").get<int64_t>();
     s.tokens = j.at("tokens").get<int64_t>();
+    MOBA_CHECK(s.step >= 0 && s.tokens >= 0 && j.at("next_batch").get<int64_t>() >= 0,
+               "checkpoint file '", state_path, "' is corrupt: negative step, tokens or next_batch");
     s.flops_6nd = j.at("flops_6nd").get<double>();
     s.flops_exec = j.at("flops_exec").get<double>();
     s.elapsed_s = j.at("elapsed_s").get<double>();

@@ -1,11 +1,15 @@
 // A run's checkpoint: RUN_DIR/checkpoint/ holds
 //   model.safetensors      the weights, named as in model/params.h ("layers.0.attn.wq", ...)
 //   optimizer.safetensors  AdamW moments "adam_m.<name>", "adam_v.<name>"
-//   state.json             step, tokens, FLOPs, elapsed time, data position, seed
-// Saving writes a fresh RUN_DIR/checkpoint.tmp/, then swaps it in by renames
-// (checkpoint -> checkpoint.old, checkpoint.tmp -> checkpoint, remove checkpoint.old):
-// at every instant one complete checkpoint exists, and loading falls back to
-// checkpoint.old when a crash fell between the two renames.
+//   state.json             step, tokens, FLOPs, elapsed time, data position, seed, and the
+//                          size and FNV-1a 64 checksum of each .safetensors file (verified
+//                          on load: a flipped byte is an error naming the file)
+// Saving writes a fresh RUN_DIR/checkpoint.tmp/ (state.json last, through a rename), then
+// swaps it in by renames (checkpoint -> checkpoint.old, checkpoint.tmp -> checkpoint,
+// remove checkpoint.old). At every instant one complete checkpoint exists: loading takes
+// checkpoint when complete, else the newer complete one of checkpoint.old and
+// checkpoint.tmp (a crash fell inside the swap), and the next save first moves that one
+// back to checkpoint, so that a second crash cannot lose it.
 //
 // RNG: training draws no random numbers after initialisation (no dropout; the data is a
 // pure function of the micro-batch index), so the state to restore is the seed and the
@@ -36,6 +40,8 @@ void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layou
 
 // True when RUN_DIR holds a checkpoint (or the fallback of an interrupted swap).
 bool has_checkpoint(const std::string& run_dir);
+// The step of the checkpoint load_checkpoint would restore; -1 when there is none.
+int64_t checkpoint_step(const std::string& run_dir);
 
 // Restores params, the optimizer and the state. Tensors must match the layout by name and
 // shape; any missing, extra, misshaped or corrupt piece is a moba::Error naming the file.
