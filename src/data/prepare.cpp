@@ -13,6 +13,7 @@
 
 #include "core/build_info.h"
 #include "core/error.h"
+#include "core/folder_lock.h"
 #include "data/pipeline.h"
 #include "data/shard.h"
 #include "data/sources.h"
@@ -85,20 +86,62 @@ bool is_our_file(const std::string& name) {
   return std::regex_match(name, re);
 }
 
-void prepare_out_dir(const std::string& dir) {
-  std::error_code ec;
-  if (fs::exists(dir)) {
-    MOBA_CHECK(fs::is_directory(dir), "output '", dir, "' exists and is not a folder");
-    const bool ours = fs::exists(fs::path(dir) / "manifest.json");
-    MOBA_CHECK(ours || fs::is_empty(dir), "output folder '", dir, "' is not empty and holds no "
-               "manifest.json; choose an empty or new folder (prepare never deletes files it "
-               "did not write)");
-    for (const auto& e : fs::directory_iterator(dir))
-      if (is_our_file(e.path().filename().string())) fs::remove(e.path(), ec);
-  }
-  fs::create_directories(dir, ec);
-  MOBA_CHECK(!ec, "cannot create output folder '", dir, "': ", ec.message());
+// The output folder may be new, empty, or an earlier output of ours holding nothing else;
+// it is not touched here. The new output is built in a hidden folder beside it and swapped
+// in only when complete (OutputSwap), so a failed or killed prepare leaves the earlier
+// dataset as it was.
+void check_out_dir(const std::string& dir) {
+  if (!fs::exists(dir)) return;
+  MOBA_CHECK(fs::is_directory(dir), "output '", dir, "' exists and is not a folder");
+  const bool ours = fs::exists(fs::path(dir) / "manifest.json");
+  MOBA_CHECK(ours || fs::is_empty(dir), "output folder '", dir, "' is not empty and holds no "
+             "manifest.json; choose an empty or new folder (prepare never deletes files it "
+             "did not write)");
+  for (const auto& e : fs::directory_iterator(dir))
+    MOBA_CHECK(is_our_file(e.path().filename().string()), "output folder '", dir, "' holds '",
+               e.path().filename().string(), "', which prepare did not write; move it away or "
+               "choose another folder (prepare replaces the whole folder)");
 }
+
+class OutputSwap {
+ public:
+  explicit OutputSwap(const std::string& out_dir) {
+    fs::path p = fs::absolute(out_dir).lexically_normal();
+    if (p.filename().empty()) p = p.parent_path();  // "data/keep/"
+    final_ = p;
+    const fs::path parent = p.parent_path();
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    MOBA_CHECK(!ec, "cannot create the folder '", parent.string(), "': ", ec.message());
+    const std::string name = p.filename().string();
+    // One prepare per output folder: the lock sits beside it (the folder itself is replaced).
+    lock_ = std::make_unique<FolderLock>((parent / ("." + name + ".lock")).string(), out_dir);
+    staging_ = parent / ("." + name + ".partial");
+    old_ = parent / ("." + name + ".old");
+    fs::remove_all(staging_);  // left by a killed prepare: never complete
+    fs::create_directories(staging_, ec);
+    MOBA_CHECK(!ec, "cannot create '", staging_.string(), "': ", ec.message());
+  }
+  ~OutputSwap() {
+    std::error_code ec;
+    if (!committed_) fs::remove_all(staging_, ec);  // a failure: the earlier output stays
+  }
+  const fs::path& staging() const { return staging_; }
+  // The complete new output replaces the old one: two renames, the old folder removed last.
+  void commit() {
+    fs::remove_all(old_);
+    if (fs::exists(final_)) fs::rename(final_, old_);
+    fs::rename(staging_, final_);
+    committed_ = true;
+    std::error_code ec;
+    fs::remove_all(old_, ec);
+  }
+
+ private:
+  fs::path final_, staging_, old_;
+  std::unique_ptr<FolderLock> lock_;
+  bool committed_ = false;
+};
 
 // The training text the BPE trainer sees: each line of each training document is kept
 // when a hash of (document name, line number) falls below the sampling rate, so the
@@ -224,8 +267,9 @@ nlohmann::json prepare(const PrepareConfig& c, std::FILE* log) {
     if (a.key != b.key) return a.key < b.key;
     return a.source->name < b.source->name;
   });
-  prepare_out_dir(c.out_dir);
-  const fs::path out(c.out_dir);
+  check_out_dir(c.out_dir);
+  OutputSwap swap(c.out_dir);
+  const fs::path out = swap.staging();
 
   // The tokenizer: bytes, a given SentencePiece model, or BPE trained on the training split.
   const auto t_tok = Clock::now();
@@ -366,6 +410,7 @@ nlohmann::json prepare(const PrepareConfig& c, std::FILE* log) {
     MOBA_CHECK(f.good(), tmp.string(), ": write failed");
   }
   fs::rename(tmp, out / "manifest.json");
+  swap.commit();
 
   if (log) {
     const auto row = [&](const char* name, const TokenStats& s) {

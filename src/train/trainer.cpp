@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/folder_lock.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
 #else
@@ -72,21 +73,40 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
   }
   if (!opt_.data_dir.empty()) cfg_.data = opt_.data_dir;  // config.toml records what ran
   const std::string config_text = to_toml(cfg_);
+  MOBA_CHECK(!fs::exists(run) || fs::is_directory(run), "--out '", opt_.run_dir,
+             "' exists and is not a folder");
+  MOBA_CHECK(!opt_.resume || fs::is_regular_file(run / "config.toml"), "--resume: '",
+             opt_.run_dir, "' holds no run (no config.toml)");
+  fs::create_directories(run);
+  // One command per run folder: a second `moba train` on it stops here, before writing.
+  lock_ = std::make_unique<FolderLock>((run / ".lock").string(), opt_.run_dir);
   if (opt_.resume) {
-    MOBA_CHECK(has_checkpoint(opt_.run_dir), "--resume: '", opt_.run_dir,
-               "' holds no checkpoint to resume from");
     MOBA_CHECK(read_text(run / "config.toml") == config_text,
                "--resume: the configuration differs from the one the run started with ('",
                (run / "config.toml").string(), "'); resume with that file (or without --config)");
-    state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
-    MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
-               " differs from train.seed ", cfg_.train.seed);
+    if (has_checkpoint(opt_.run_dir)) {
+      state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
+      MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
+                 " differs from train.seed ", cfg_.train.seed);
+    } else {
+      // Killed before its first checkpoint: nothing was kept, so the run starts again from
+      // step 0 (the data and the initialisation are functions of the seed: the same run).
+      if (opt_.progress)
+        std::fprintf(opt_.progress, "note: '%s' has no checkpoint yet; starting it from step 0\n",
+                     opt_.run_dir.c_str());
+      model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
+      state_.seed = cfg_.train.seed;
+    }
     truncate_metrics((run / "metrics.jsonl").string(), state_.step);
   } else {
-    MOBA_CHECK(!fs::exists(run / "metrics.jsonl") && !has_checkpoint(opt_.run_dir), "'",
-               opt_.run_dir,
+    MOBA_CHECK(!fs::exists(run / "config.toml") && !fs::exists(run / "metrics.jsonl") &&
+                   !has_checkpoint(opt_.run_dir),
+               "'", opt_.run_dir,
                "' already holds a run; pass --resume to continue it, or choose another --out");
-    fs::create_directories(run);
+    for (const fs::directory_entry& e : fs::directory_iterator(run))
+      MOBA_CHECK(e.path().filename() == ".lock", "--out '", opt_.run_dir,
+                 "' is not empty and holds no moba run (it has '", e.path().filename().string(),
+                 "'); choose a new or empty folder");
     write_file_atomic((run / "config.toml").string(), config_text);
     model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
     state_.seed = cfg_.train.seed;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/folder_lock.h"
 #include "model/model.h"
 #include "train/adamw.h"
 #include "train/batch_source.h"
@@ -73,6 +74,7 @@ class Trainer {
 
   RunConfig cfg_;
   TrainerOptions opt_;
+  std::unique_ptr<FolderLock> lock_;  // RUN_DIR/.lock, held while the trainer lives
   std::unique_ptr<BatchSource> data_;
   model::Model<float> model_;
   std::unique_ptr<model::cuda::ModelCuda> gpu_;  // the CUDA path (TrainerOptions::device)

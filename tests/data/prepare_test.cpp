@@ -162,6 +162,44 @@ TEST(Prepare, RefusesToWriteIntoAForeignFolder) {
   test::write_file(dir.path() / "out" / "precious.txt", "keep me");
   EXPECT_THROW(prepare(byte_config(dir), nullptr), Error);
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "out" / "precious.txt"));
+  // Beside an earlier output of ours, too: the whole folder is replaced, so it is refused.
+  std::filesystem::remove(dir.path() / "out" / "precious.txt");
+  prepare(byte_config(dir), nullptr);
+  test::write_file(dir.path() / "out" / "precious.txt", "keep me");
+  try {
+    prepare(byte_config(dir), nullptr);
+    ADD_FAILURE() << "prepare replaced a folder holding a file it did not write";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds 'precious.txt', which prepare did not write"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir.path() / "out" / "precious.txt"));
+}
+
+// A failed prepare into the folder of an earlier one leaves that dataset as it was: the new
+// output is built beside it and swapped in only when complete.
+TEST(Prepare, AFailedRerunKeepsTheEarlierDataset) {
+  test::TempDir dir;
+  test::write_file(dir.path() / "in" / "a.txt", "some text for the first dataset\n");
+  const nlohmann::json first = prepare(byte_config(dir), nullptr);
+  const std::string manifest = test::read_file(dir.path() / "out" / "manifest.json");
+  test::write_file(dir.path() / "bin" / "b.bin", std::string("\0\1\2", 3));
+  PrepareConfig c = byte_config(dir);
+  c.inputs = {dir.str("bin")};
+  try {
+    prepare(c, nullptr);
+    ADD_FAILURE() << "binary files only, yet prepare succeeded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no text documents"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(test::read_file(dir.path() / "out" / "manifest.json"), manifest);
+  EXPECT_EQ(Dataset::open(dir.str("out")).tokens(Split::train) +
+                Dataset::open(dir.str("out")).tokens(Split::val),
+            first["stats"]["all"]["tokens"].get<int64_t>());
+  // Nothing of the failed attempt is left beside it; the same folder prepares again.
+  for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+    EXPECT_EQ(e.path().filename().string().find(".out.partial"), std::string::npos);
+  EXPECT_NO_THROW(prepare(byte_config(dir), nullptr));
 }
 
 TEST(Prepare, ShardsRespectTheLimitAndARerunReplacesThem) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -100,8 +101,7 @@ TEST(Trainer, ResumeIsBitExact) {
 TEST(Trainer, RunFolderFollowsTheContract) {
   TempDir dir;
   RunConfig cfg = tiny_config();
-  Trainer t(cfg, {dir / "run", "", false, nullptr});
-  t.run();
+  Trainer(cfg, {dir / "run", "", false, nullptr}).run();  // ends, releasing the folder's lock
   const nlohmann::json run = read_json(dir / "run/run.json");
   for (const char* key : {"name", "attention", "block_size", "top_k", "layers", "heads", "kv_heads",
                           "width", "head_dim", "seq_len", "vocab_size", "params_non_embedding",
@@ -148,23 +148,24 @@ TEST(Trainer, RunFolderFollowsTheContract) {
 
 TEST(Trainer, NanLossStopsTheRunAndKeepsTheCheckpoint) {
   TempDir dir;
-  Trainer t(tiny_config(), {dir / "run", "", false, nullptr});
-  t.run(4);  // checkpoint at step 4
+  auto t = std::make_unique<Trainer>(tiny_config(), TrainerOptions{dir / "run", "", false, nullptr});
+  t->run(4);  // checkpoint at step 4
   const std::string state_before = read_json(dir / "run/checkpoint/state.json").dump();
-  const auto& layout = t.model().layout();
-  const float saved = t.params()[layout.find("layers.0.attn.wq")->offset];
+  const auto& layout = t->model().layout();
+  const float saved = t->params()[layout.find("layers.0.attn.wq")->offset];
   // Layer 0 uses MoBA: its gate meets the NaN first.
-  t.params()[layout.find("layers.0.attn.wq")->offset] = std::numeric_limits<float>::quiet_NaN();
-  std::string msg = message_of([&] { t.run(); });
+  t->params()[layout.find("layers.0.attn.wq")->offset] = std::numeric_limits<float>::quiet_NaN();
+  std::string msg = message_of([&] { t->run(); });
   EXPECT_NE(msg.find("step 5: MoBA gate score is not finite"), std::string::npos) << msg;
   // Layer 1 uses full attention: the loss carries the NaN.
-  t.params()[layout.find("layers.0.attn.wq")->offset] = saved;
-  t.params()[layout.find("layers.1.attn.wq")->offset] = std::numeric_limits<float>::quiet_NaN();
-  msg = message_of([&] { t.run(); });
+  t->params()[layout.find("layers.0.attn.wq")->offset] = saved;
+  t->params()[layout.find("layers.1.attn.wq")->offset] = std::numeric_limits<float>::quiet_NaN();
+  msg = message_of([&] { t->run(); });
   EXPECT_NE(msg.find("step 5: the training loss is NaN"), std::string::npos) << msg;
   EXPECT_EQ(read_json(dir / "run/run.json")["status"], "failed");
   EXPECT_EQ(read_json(dir / "run/checkpoint/state.json").dump(), state_before);
-  // The intact checkpoint resumes.
+  // The intact checkpoint resumes (once the failed trainer has let go of the folder).
+  t.reset();
   Trainer again(tiny_config(), {dir / "run", "", true, nullptr});
   EXPECT_EQ(again.state().step, 4);
   again.run(6);
@@ -204,9 +205,10 @@ TEST(Trainer, CorruptCheckpointIsAClearError) {
             }).find(model_file),
             std::string::npos);
   std::filesystem::remove_all(dir / "run/checkpoint");
+  std::filesystem::remove(dir / "run/config.toml");
   EXPECT_NE(message_of([&] {
               Trainer(cfg, {dir / "run", "", true, nullptr});
-            }).find("holds no checkpoint"),
+            }).find("holds no run (no config.toml)"),
             std::string::npos);
 }
 
@@ -229,6 +231,61 @@ TEST(Metrics, TruncateKeepsStepsUpToTheCheckpoint) {
   const auto lines = read_lines(path);
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[2]["kind"], "val");
+}
+
+}  // namespace
+}  // namespace moba::train
+
+namespace moba::train {
+namespace {
+
+using testing::message_of;
+using testing::read_lines;
+using testing::TempDir;
+
+TEST(RunFolder, OneCommandAtATime) {
+  TempDir dir;
+  const RunConfig cfg = tiny_config();
+  Trainer first(cfg, {dir / "run", "", false, nullptr});
+  const std::string msg = message_of([&] { Trainer(cfg, {dir / "run", "", true, nullptr}); });
+  EXPECT_NE(msg.find("is in use by another moba command (pid "), std::string::npos) << msg;
+  first.run(2);
+}
+
+TEST(RunFolder, AForeignFolderIsNeverWrittenInto) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "mine");
+  { std::ofstream(dir / "mine/notes.txt") << "my notes"; }
+  const std::string msg =
+      message_of([&] { Trainer(tiny_config(), {dir / "mine", "", false, nullptr}); });
+  EXPECT_NE(msg.find("is not empty and holds no moba run (it has 'notes.txt')"), std::string::npos)
+      << msg;
+  EXPECT_FALSE(std::filesystem::exists(dir / "mine/config.toml"));
+  { std::ofstream(dir / "file") << "x"; }
+  EXPECT_NE(message_of([&] { Trainer(tiny_config(), {dir / "file", "", false, nullptr}); })
+                .find("exists and is not a folder"),
+            std::string::npos);
+}
+
+TEST(RunFolder, KilledBeforeTheFirstCheckpointResumesFromStepZero) {
+  TempDir dir;
+  RunConfig cfg = tiny_config();
+  {
+    Trainer t(cfg, {dir / "run", "", false, nullptr});
+    t.run(3);  // "killed" at step 3: the first checkpoint is due at step 4
+  }
+  ASSERT_FALSE(has_checkpoint(dir / "run"));
+  EXPECT_NE(message_of([&] { Trainer(cfg, {dir / "run", "", false, nullptr}); })
+                .find("already holds a run; pass --resume"),
+            std::string::npos);
+  Trainer again(cfg, {dir / "run", "", true, nullptr});
+  EXPECT_EQ(again.state().step, 0);
+  again.run();
+  Trainer whole(cfg, {dir / "whole", "", false, nullptr});
+  whole.run();
+  const auto a = read_lines(dir / "run/metrics.jsonl"), b = read_lines(dir / "whole/metrics.jsonl");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "line " << i;
 }
 
 }  // namespace
