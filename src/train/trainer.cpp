@@ -9,6 +9,11 @@
 #include "core/error.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
+#else
+// A build without CUDA never makes one, but Trainer's unique_ptr needs a complete type.
+namespace moba::model::cuda {
+class ModelCuda {};
+}  // namespace moba::model::cuda
 #endif
 #include "train/metrics.h"
 #include "train/progress.h"
