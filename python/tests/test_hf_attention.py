@@ -4,6 +4,8 @@ float32, no download), against transformers' eager attention and a plain PyTorch
 from __future__ import annotations
 
 import functools
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch
 pytest.importorskip("transformers")
 from transformers import AttentionInterface, LlamaForCausalLM  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # hf_support, any import mode
 import hf_support  # noqa: E402
 from hf_support import reference_attention_forward, tiny_llama_config  # noqa: E402
 

@@ -10,6 +10,7 @@ import json
 import pathlib
 import random
 import shutil
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # hf_support, any import mode
 import hf_support  # noqa: E402
 from hf_support import run_moba, tiny_llama_config  # noqa: E402
 
@@ -168,20 +170,31 @@ def test_bpe_tokenizer_gives_sentencepiece_ids(work):
             assert tok.decode(ids) == text
 
 
-def save_random_llama(path, dtype=torch.float32, **config):
+def save_random_llama(path, dtype=torch.float32, shard=None, **config):
     torch.manual_seed(5)
     model = LlamaForCausalLM(tiny_llama_config(**config)).to(dtype)
-    model.save_pretrained(path)
+    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
     return path
 
 
-@pytest.mark.parametrize("tied,dtype", [(False, torch.float32), (True, torch.float32),
-                                        (False, torch.bfloat16)])
-def test_import_then_export_gives_identical_tensors(tmp_path, tied, dtype):
-    src = save_random_llama(tmp_path / "src", dtype, tie_word_embeddings=tied)
+def load_all(folder):
+    """Every tensor of an HF folder, single file or shards."""
+    tensors = {}
+    for f in sorted(pathlib.Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(f))
+    return tensors
+
+
+@pytest.mark.parametrize("tied,dtype,shard", [(False, torch.float32, None),
+                                              (True, torch.float32, None),
+                                              (False, torch.bfloat16, None),
+                                              (True, torch.float32, "40KB")])
+def test_import_then_export_gives_identical_tensors(tmp_path, tied, dtype, shard):
+    src = save_random_llama(tmp_path / "src", dtype, shard, tie_word_embeddings=tied)
+    assert (src / "model.safetensors.index.json").exists() == bool(shard)
     run_moba("import-hf", src, "--out", tmp_path / "run", "--steps", "5")
     run_moba("export-hf", tmp_path / "run", tmp_path / "back")
-    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    a, b = load_all(src), load_file(tmp_path / "back" / "model.safetensors")
     assert set(a) == set(b)
     for name in a:
         assert b[name].dtype == torch.float32
@@ -192,6 +205,17 @@ def test_import_then_export_gives_identical_tensors(tmp_path, tied, dtype):
                 "head_dim", "num_hidden_layers", "rms_norm_eps", "vocab_size",
                 "tie_word_embeddings", "rope_parameters"):
         assert ca[key] == cb[key], key
+
+
+def test_import_keeps_the_tokenizer_for_export(work, tmp_path):
+    run_moba("import-hf", work / "hf_bpe", "--out", tmp_path / "run", "--steps", "1",
+             "--data", work / "data_bpe")
+    out = run_moba("export-hf", tmp_path / "run", tmp_path / "back")
+    assert "tokenizer: copied" in out.stdout
+    for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        assert (tmp_path / "back" / f).read_bytes() == (work / "hf_bpe" / f).read_bytes(), f
+    a, b = load_file(work / "hf_bpe" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert all(torch.equal(a[n], b[n]) for n in a) and set(a) == set(b)
 
 
 def test_import_then_train_continues_with_moba(work, tmp_path):

@@ -46,8 +46,9 @@ std::map<std::string, LoadedTensor> read_hf_tensors(const fs::path& dir) {
     files.push_back(single);
   } else if (fs::exists(index)) {
     std::set<std::string> shards;
+    const nlohmann::json j = read_json(index);
     try {
-      for (const auto& [name, file] : read_json(index).at("weight_map").items())
+      for (const auto& [name, file] : j.at("weight_map").items())
         shards.insert(file.get<std::string>());
     } catch (const nlohmann::json::exception& e) {
       MOBA_CHECK(false, "import-hf: '", index.string(), "' has no valid weight_map (", e.what(), ")");
