@@ -24,6 +24,8 @@ What runs where (docs/hf.md):
 - Decode (query shorter than the keys, e.g. one token against a KV cache) and padded
   batches (an attention_mask with zeros): dense attention, transformers' own "sdpa"
   function with transformers' mask. MoBA's sparsity is not used there.
+- torch.compile: boundaries from position_ids are data-dependent (a graph break); with
+  cu_seq_lens_q/k and max_length_q/k ints, fullgraph=True compiles the whole forward.
 - Refused with ValueError: dropout > 0 while training, sliding windows, logit soft-capping,
   attention sinks, non-causal attention.
 
@@ -182,12 +184,15 @@ def moba_attention_forward(module, query, key, value, attention_mask, scaling=No
         return _dense_fallback(module, query, key, value, attention_mask, scaling, dropout, kwargs)
 
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    compiling = torch.compiler.is_compiling()
     if cu_q is not None:
-        if cu_k is not None and not torch.equal(cu_q, cu_k):
+        if cu_k is not None and cu_k is not cu_q and not compiling and not torch.equal(cu_q, cu_k):
             raise ValueError("moba attention: cu_seq_lens_q and cu_seq_lens_k differ "
                              "(cross-attention is not supported)")
         cu = cu_q.to(device=query.device, dtype=torch.int32)
-        if int(cu[-1]) != b * tq:
+        # (no data-dependent check while compiling: with max_length_q an int, the graph
+        # stays whole under torch.compile(fullgraph=True))
+        if not compiling and int(cu[-1]) != b * tq:
             raise ValueError(f"moba attention: cu_seq_lens_q ends at {int(cu[-1])}, the batch "
                              f"holds {b * tq} tokens")
         max_len = kwargs.get("max_length_q")

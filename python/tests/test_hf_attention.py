@@ -202,3 +202,19 @@ def test_refusals(hf):
     hf.register()  # no S, K, and the config has no moba key
     with pytest.raises(ValueError, match="block size"):
         make_model("moba")(ids)
+
+
+def test_compiles_whole_with_cu_seq_lens(hf):
+    """torch.compile(fullgraph=True) of the model: no graph break when the boundaries come as
+    cu_seq_lens_q/k with max_length_q/k ints (position_ids alone need a data-dependent step)."""
+    hf.register(16, 2)
+    torch._dynamo.reset()
+    model = make_model("moba", num_hidden_layers=1)
+    ids = tokens(1, T)
+    cu = torch.tensor([0, 40, T], dtype=torch.int32)
+    pos = torch.cat([torch.arange(40), torch.arange(T - 40)])[None]
+    kw = dict(position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=40,
+              max_length_k=40)
+    ref = logits(model, ids, **kw)
+    out = logits(torch.compile(model, fullgraph=True), ids, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
