@@ -27,10 +27,10 @@ WORDS = ("the cat sat on a mat while dogs ran far away from home under blue skie
          "green trees 42 7 3.14 naïve café über 日本").split()
 
 RUNS = {
-    # byte-level data, tied embeddings, every layer MoBA
-    "byte": dict(vocab=256, tied="true", extra=""),
-    # BPE data, untied LM head, a hybrid (last layer full), GQA
-    "bpe": dict(vocab=300, tied="false", extra="full_attention_last_layers = 1\n"),
+    # byte-level data, tied embeddings, every layer MoBA, head_dim 16 (not width / heads)
+    "byte": dict(vocab=256, tied="true", extra="", model="head_dim = 16\n"),
+    # BPE data, untied LM head, a hybrid (last layer full)
+    "bpe": dict(vocab=300, tied="false", extra="full_attention_last_layers = 1\n", model=""),
 }
 
 
@@ -44,7 +44,7 @@ width = 32
 layers = 2
 heads = 4
 kv_heads = 2
-mlp_multiple_of = 16
+{r['model']}mlp_multiple_of = 16
 seq_len = 64
 tied_embeddings = {r['tied']}
 rope_theta = 500.0
