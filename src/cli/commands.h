@@ -24,5 +24,8 @@ std::vector<scaling::Compute> parse_computes(const std::string& s);
 void add_train(CLI::App& app);  // moba train
 void add_sweep(CLI::App& app);  // moba sweep
 void add_eval(CLI::App& app);   // moba eval
+void add_export_hf(CLI::App& app);  // moba export-hf (cmd_export_hf.cpp)
+void add_import_hf(CLI::App& app);  // moba import-hf (cmd_export_hf.cpp)
+void add_logits(CLI::App& app);     // moba logits
 
 }  // namespace moba::cli

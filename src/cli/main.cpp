@@ -21,6 +21,9 @@ int main(int argc, char** argv) {
   moba::cli::add_train(app);
   moba::cli::add_sweep(app);
   moba::cli::add_eval(app);
+  moba::cli::add_export_hf(app);
+  moba::cli::add_import_hf(app);
+  moba::cli::add_logits(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -163,6 +163,7 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
                   rstd_final_.data());
   probs_.resize(M * V);
   linear_forward(M, C, V, xn_final_.data(), P + layout_.lm_head, probs_.data());
+  if (keep_logits_) logits_.assign(probs_.begin(), probs_.end());
   losses_.resize(M);
   cross_entropy_forward(M, V, probs_.data(), targets_.data(), losses_.data());
   double sum = 0.0;

@@ -41,6 +41,11 @@ class Model {
   // Adds loss_scale * d(mean loss)/d(params) of the last forward into grads.
   void backward(std::span<const Real> params, std::span<Real> grads, double loss_scale);
 
+  // With keep_logits(true), forward() also keeps the LM head's logits (B*T, V) before the
+  // softmax (`moba logits`, the HF export's check); off by default (a (B*T, V) copy).
+  void keep_logits(bool on) { keep_logits_ = on; }
+  std::span<const Real> logits() const { return logits_; }
+
   // FLOPs of the last forward's batch, forward + backward: matmuls (6 per weight and
   // token, LM head included) plus attention over the pairs actually attended.
   double last_flops() const { return last_flops_; }
@@ -89,6 +94,8 @@ class Model {
   std::vector<Real> x_final_, xn_final_, rstd_final_;  // (M, C), (M, C), (M)
   std::vector<Real> probs_;                            // (M, V) softmax of the logits
   std::vector<Real> losses_;                           // (M)
+  bool keep_logits_ = false;
+  std::vector<Real> logits_;  // (M, V) when keep_logits_
   double last_flops_ = 0.0;
   std::vector<std::vector<int32_t>> forced_;  // (L) or empty: force_selections()
 };

@@ -158,9 +158,9 @@ int64_t checkpoint_step(const std::string& run_dir) {
   return complete_step(readable_dir(run_dir));
 }
 
-TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,
-                           std::span<float> params, AdamW& adam) {
-  const fs::path dir = readable_dir(run_dir);
+namespace {
+
+TrainState read_state(const fs::path& dir, AdamW* adam) {
   const std::string state_path = (dir / "state.json").string();
   std::ifstream f(state_path);
   MOBA_CHECK(f.good(), "no checkpoint to resume from: cannot read '", state_path, "'");
@@ -191,17 +191,39 @@ TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout&
     s.elapsed_s = j.at("elapsed_s").get<double>();
     s.next_batch = j.at("next_batch").get<uint64_t>();
     s.seed = j.at("seed").get<uint64_t>();
-    adam.set_steps_done(j.at("adam_steps").get<int64_t>());
+    if (adam) adam->set_steps_done(j.at("adam_steps").get<int64_t>());
   } catch (const nlohmann::json::exception& e) {
     MOBA_CHECK(false, "checkpoint file '", state_path, "' is corrupt: ", e.what());
   }
+  return s;
+}
+
+void read_weights(const fs::path& dir, const TrainState& s, const model::ParamLayout& layout,
+                  std::span<float> params) {
   const std::string model_path = (dir / "model.safetensors").string();
-  const std::string opt_path = (dir / "optimizer.safetensors").string();
   const SafetensorsFile weights = read_safetensors(model_path);
   const auto step_it = weights.metadata.find("step");
   MOBA_CHECK(step_it != weights.metadata.end() && step_it->second == std::to_string(s.step),
              "checkpoint file '", model_path, "' is not from step ", s.step, " of state.json");
   restore(weights, model_path, layout, "", params);
+}
+
+}  // namespace
+
+TrainState load_checkpoint_weights(const std::string& run_dir, const model::ParamLayout& layout,
+                                   std::span<float> params) {
+  const fs::path dir = readable_dir(run_dir);
+  const TrainState s = read_state(dir, nullptr);
+  read_weights(dir, s, layout, params);
+  return s;
+}
+
+TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,
+                           std::span<float> params, AdamW& adam) {
+  const fs::path dir = readable_dir(run_dir);
+  const TrainState s = read_state(dir, &adam);
+  read_weights(dir, s, layout, params);
+  const std::string opt_path = (dir / "optimizer.safetensors").string();
   const SafetensorsFile opt = read_safetensors(opt_path);
   SafetensorsFile m, v;
   for (const auto& [name, t] : opt.tensors) {

@@ -48,4 +48,8 @@ int64_t checkpoint_step(const std::string& run_dir);
 TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,
                            std::span<float> params, AdamW& adam);
 
+// The weights and state only (export, `moba logits`): no optimizer is read.
+TrainState load_checkpoint_weights(const std::string& run_dir, const model::ParamLayout& layout,
+                                   std::span<float> params);
+
 }  // namespace moba::train

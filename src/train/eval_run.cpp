@@ -6,7 +6,6 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "model/params.h"
-#include "train/adamw.h"
 #include "train/batch_source.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -35,10 +34,7 @@ EvalRunResult evaluate_run(const EvalRunOptions& opt) {
   EvalRunResult r;
   model::Model<float> model(cfg.model);
   std::vector<float> params(model.layout().total);
-  {
-    AdamW adam(model.layout(), cfg.train);  // load_checkpoint restores the moments too
-    r.state = load_checkpoint(opt.run_dir, model.layout(), params, adam);
-  }
+  r.state = load_checkpoint_weights(opt.run_dir, model.layout(), params);
   const bool has_moba = cfg.model.attention.kind == model::AttentionKind::moba;
   MOBA_CHECK(opt.attention != "moba" || has_moba, "--attention moba: the run '", opt.run_dir,
              "' has no MoBA layers (attention ", model::attention_label(cfg.model), ")");

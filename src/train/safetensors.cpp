@@ -25,6 +25,39 @@ uint64_t get_u64_le(const unsigned char* p) {
   return x;
 }
 
+// bfloat16: the high half of a float32.
+float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// IEEE half: 1 sign, 5 exponent, 10 mantissa bits; subnormals, inf and NaN included.
+float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf or NaN
+  } else if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;  // signed zero
+    } else {        // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while ((mant & 0x400) == 0);
+      bits = sign | (static_cast<uint32_t>(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
 bool little_endian() {
   const uint16_t one = 1;
   unsigned char b;
@@ -66,7 +99,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   MOBA_CHECK(ok, "writing '", path, "' failed (disk full?)");
 }
 
-SafetensorsFile read_safetensors(const std::string& path) {
+SafetensorsFile read_safetensors(const std::string& path, bool convert_half) {
   std::ifstream f(path, std::ios::binary);
   MOBA_CHECK(f.good(), "cannot read checkpoint file '", path, "'");
   f.seekg(0, std::ios::end);
@@ -98,8 +131,12 @@ SafetensorsFile read_safetensors(const std::string& path) {
         for (auto& [k, v] : desc.items()) out.metadata[k] = v.get<std::string>();
         continue;
       }
-      MOBA_CHECK(desc.at("dtype").get<std::string>() == "F32", "checkpoint file '", path,
-                 "': tensor ", name, " has dtype ", desc.at("dtype").dump(), ", only F32 is read");
+      const std::string dtype = desc.at("dtype").get<std::string>();
+      const bool half = convert_half && (dtype == "BF16" || dtype == "F16");
+      MOBA_CHECK(dtype == "F32" || half, "checkpoint file '", path, "': tensor ", name,
+                 " has dtype ", dtype,
+                 convert_half ? ", only F32, BF16 and F16 are read" : ", only F32 is read");
+      const uint64_t width = half ? 2 : sizeof(float);
       LoadedTensor t;
       t.shape = desc.at("shape").get<std::vector<int64_t>>();
       const auto off = desc.at("data_offsets").get<std::vector<uint64_t>>();
@@ -109,13 +146,22 @@ SafetensorsFile read_safetensors(const std::string& path) {
         elems *= static_cast<uint64_t>(s);
       }
       MOBA_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= data_bytes &&
-                     off[1] - off[0] == elems * sizeof(float),
+                     off[1] - off[0] == elems * width,
                  "checkpoint file '", path, "' is corrupt or truncated: tensor ", name,
                  " claims bytes [", off.size() == 2 ? off[0] : 0, ", ",
-                 off.size() == 2 ? off[1] : 0, ") of ", data_bytes, " for ", elems, " floats");
+                 off.size() == 2 ? off[1] : 0, ") of ", data_bytes, " for ", elems, " ", dtype,
+                 " values");
       t.data.resize(elems);
       f.seekg(static_cast<std::streamoff>(8 + n + off[0]));
-      f.read(reinterpret_cast<char*>(t.data.data()), static_cast<std::streamsize>(off[1] - off[0]));
+      if (half) {
+        std::vector<uint16_t> raw(elems);
+        f.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(off[1] - off[0]));
+        for (uint64_t i = 0; i < elems; ++i)
+          t.data[i] = dtype == "BF16" ? bf16_to_float(raw[i]) : f16_to_float(raw[i]);
+      } else {
+        f.read(reinterpret_cast<char*>(t.data.data()),
+               static_cast<std::streamsize>(off[1] - off[0]));
+      }
       MOBA_CHECK(f.good(), "checkpoint file '", path, "': reading tensor ", name, " failed");
       ranges.emplace_back(off[0], off[1]);
       out.tensors.emplace(name, std::move(t));

@@ -1,4 +1,5 @@
-// The safetensors format (Hugging Face), float32 tensors only: an 8-byte little-endian
+// The safetensors format (Hugging Face), float32 tensors (reading can also convert BF16 and
+// F16 to float32, for Hugging Face checkpoints): an 8-byte little-endian
 // header length N, N bytes of JSON {"name": {"dtype": "F32", "shape": [...],
 // "data_offsets": [begin, end]}, ..., "__metadata__": {"key": "string"}}, padded with
 // spaces to a multiple of 8, then the raw data (offsets relative to its start).
@@ -35,6 +36,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
 
 // Reads and checks a file: header size and JSON, dtype F32, shapes against byte ranges,
 // ranges inside the file and not overlapping. Any problem: moba::Error naming the file.
-SafetensorsFile read_safetensors(const std::string& path);
+// convert_half = true also reads BF16 and F16 tensors, converted to float32 exactly (every
+// half value is a float); any other dtype is an error naming the tensor and the dtype.
+SafetensorsFile read_safetensors(const std::string& path, bool convert_half = false);
 
 }  // namespace moba::train
