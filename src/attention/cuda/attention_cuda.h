@@ -27,6 +27,10 @@ using bf16 = __nv_bfloat16;
 bool head_dim_supported(int64_t D);
 constexpr int64_t kMinBlockSize = 64;
 constexpr int64_t kMaxTopK = 16;
+// Whether the sm_90a (wgmma) kernels run here for head dim D: the current device is sm_90
+// and the loaded image of the kernels was built for sm_90a (a build from sm_80 / compute_80
+// only, JIT-compiled on an H100, answers false). Where false, the mma.sync kernels run.
+bool wgmma_available(int64_t head_dim);
 
 class Plan {
  public:
