@@ -45,13 +45,23 @@ def mask_of(sel_seq: torch.Tensor, L: int, S: int) -> torch.Tensor:
     """Allowed (query, head, key) of one sequence from its selection (L, Hq, K): bool
     (L, Hq, L)."""
     Hq = sel_seq.shape[1]
-    t = torch.arange(L)
+    t = torch.arange(L, device=sel_seq.device)
     key_block = t // S                                           # (L,)
     cur = (t // S).view(L, 1, 1)                                 # (L, 1, 1)
     picked = (sel_seq.long().unsqueeze(-1) == key_block.view(1, 1, 1, L)).any(2)  # (L, Hq, L)
     causal = t.view(L, 1, 1) >= t.view(1, 1, L)                  # (L, 1, L)
     past = key_block.view(1, 1, L) < cur
     return picked & (past | causal) & (key_block.view(1, 1, L) <= cur)
+
+
+def mask(sel, s0: int, s1: int, S: int, Hq: int, device) -> torch.Tensor:
+    """Allowed (query, head, key) of the sequence [s0, s1): bool (L, Hq, L) on `device`;
+    sel None: dense causal."""
+    L = s1 - s0
+    if sel is None:
+        t = torch.arange(L, device=device)
+        return (t.view(L, 1, 1) >= t.view(1, 1, L)).expand(L, Hq, L)
+    return mask_of(sel[s0:s1].to(device), L, S)
 
 
 def attention(q, k, v, cu, S: int, sel, scale=None):
@@ -63,12 +73,7 @@ def attention(q, k, v, cu, S: int, sel, scale=None):
     for b in range(len(cu) - 1):
         s0, s1 = cu[b], cu[b + 1]
         L = s1 - s0
-        if sel is None:
-            t = torch.arange(L)
-            m = (t.view(L, 1, 1) >= t.view(1, 1, L)).expand(L, Hq, L)
-        else:
-            m = mask_of(sel[s0:s1].cpu(), L, S)
-        m = m.to(q.device)
+        m = mask(sel, s0, s1, S, Hq, q.device)
         qs, ks, vs = q[s0:s1], expand_kv(k[s0:s1], Hq), expand_kv(v[s0:s1], Hq)
         s = torch.einsum("thd,shd->ths", qs, ks) * scale          # (L, Hq, L)
         s = s.masked_fill(~m, float("-inf"))
