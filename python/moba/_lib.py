@@ -45,6 +45,7 @@ _SIGNATURES = {
                                  _vp, _vp, _vp, _vp, _vp, _vp],
     "moba_cuda_wgmma_available": [_i64],
     "moba_cuda_clear_plans": [],
+    "moba_cuda_set_allocator": [_vp, _vp, _vp],
 }
 _RESTYPE = {"moba_ops_last_error": ctypes.c_char_p, "moba_ops_build_info": ctypes.c_char_p}
 
@@ -78,10 +79,19 @@ class MobaOpsError(RuntimeError):
     """A failure at run time inside the C++/CUDA library (CUDA error, out of memory)."""
 
 
+# An exception raised inside the device-allocator callback (ops.py), e.g. torch's
+# OutOfMemoryError: re-raised by check() after the C call reports the failure.
+alloc_error: "list[BaseException]" = []
+
+
 def check(rc: int) -> None:
     """Raises for a non-zero return code: ValueError for bad input, MobaOpsError else."""
     if rc == OK:
         return
+    if alloc_error:
+        err = alloc_error.pop()
+        alloc_error.clear()
+        raise err
     msg = lib.moba_ops_last_error().decode("utf-8", "replace")
     if rc == INVALID:
         raise ValueError(f"moba: {msg}")

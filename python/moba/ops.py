@@ -17,12 +17,45 @@ their arguments (_check.py) and return out (and lse).
 """
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 from . import _lib
-from ._check import host_offsets
+from ._check import check_qkv, host_offsets
 
 _L = _lib.lib
+
+
+# ---------------------------------------------------------------------------------------
+# The CUDA plans' scratch comes from torch's caching allocator (ctypes callbacks into
+# moba_cuda_set_allocator), so that it shares torch's pool instead of competing with it.
+# Called from inside a C call made by this module, on the same thread, with q's device
+# current (_OnDevice): the block belongs to the stream the kernels then run on.
+_ALLOC_FN = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p)
+_FREE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+_blocks: "dict[int, torch.Tensor]" = {}  # device pointer -> the tensor that owns it
+
+
+def _alloc(nbytes, _ctx):
+    try:
+        t = torch.empty(int(nbytes), dtype=torch.uint8,
+                        device=torch.device("cuda", torch.cuda.current_device()))
+    except BaseException as e:  # noqa: BLE001 - re-raised by _lib.check
+        _lib.alloc_error.append(e)
+        return None
+    _blocks[t.data_ptr()] = t
+    return t.data_ptr()
+
+
+def _free(ptr, _ctx):
+    _blocks.pop(ptr, None)
+
+
+_alloc_cb, _free_cb = _ALLOC_FN(_alloc), _FREE_FN(_free)  # kept alive with the module
+if _lib.HAS_CUDA:
+    _lib.check(_L.moba_cuda_set_allocator(ctypes.cast(_alloc_cb, ctypes.c_void_p),
+                                          ctypes.cast(_free_cb, ctypes.c_void_p), None))
 
 
 def _ptr(t: torch.Tensor):
@@ -64,7 +97,7 @@ def _meta(generation: int, offsets: "list[int]") -> torch.Tensor:
 @torch.library.custom_op("moba::moba_gate", mutates_args=())
 def moba_gate_op(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                  moba_chunk_size: int, moba_topk: int) -> torch.Tensor:
-    q, k = q.contiguous(), k.contiguous()
+    q, k, _ = check_qkv("moba_gate", q, k)  # also here: torch.ops.moba.* skip the wrappers
     N, Hq, D = q.shape
     Hkv = k.shape[1]
     cu = host_offsets("moba_gate", cu_seqlens, N, max_seqlen)
@@ -93,7 +126,7 @@ def moba_attn_varlen_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         cu_seqlens: torch.Tensor, max_seqlen: int, moba_chunk_size: int,
                         moba_topk: int, softmax_scale: float
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = check_qkv("moba_attn_varlen", q, k, v)
     N, Hq, D = q.shape
     Hkv = k.shape[1]
     S, K = moba_chunk_size, moba_topk
@@ -110,11 +143,11 @@ def moba_attn_varlen_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             rc = _L.moba_cpu_moba_forward(dt, c, B, Hq, Hkv, D, S, K, softmax_scale, _ptr(sel),
                                           _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse))
         else:
-            gen = _lib.ctypes.c_int64(-1)
+            gen = ctypes.c_int64(-1)
             rc = _L.moba_cuda_moba_forward(_lib.cu_array(cu), B, Hq, Hkv, D, S, K,
                                            softmax_scale, 1, _ptr(sel), _ptr(q), _ptr(k),
                                            _ptr(v), _ptr(out), _ptr(lse), stream,
-                                           _lib.ctypes.byref(gen))
+                                           ctypes.byref(gen))
             generation = gen.value
     _lib.check(rc)
     return out, lse, sel, _meta(generation, cu)
@@ -187,7 +220,7 @@ moba_attn_varlen_op.register_autograd(_moba_backward, setup_context=_moba_setup)
 def flash_attn_varlen_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = check_qkv("flash_attn_varlen", q, k, v)
     N, Hq, D = q.shape
     Hkv = k.shape[1]
     cu = host_offsets("flash_attn_varlen", cu_seqlens, N, max_seqlen)

@@ -140,3 +140,10 @@ def test_the_ops_also_refuse_bad_offsets():
     # And C++'s own checks come back as ValueError with its message, not a crash.
     with pytest.raises(ValueError, match="top-k K must be >= 1"):
         torch.ops.moba.moba_gate(a["q"], a["k"], a["cu_seqlens"], 13, 4, 0)
+
+
+def test_the_raw_ops_check_dtypes_too():
+    a = good()
+    with pytest.raises(TypeError, match="flash_attn_varlen: q has dtype torch.bfloat16"):
+        torch.ops.moba.flash_attn_varlen(a["q"].bfloat16(), a["k"].bfloat16(), a["v"].bfloat16(),
+                                         a["cu_seqlens"], 13, 0.3)

@@ -88,6 +88,14 @@ MOBA_OPS_API int moba_cuda_dense_backward(const int64_t* cu_seqlens, int64_t B, 
 // Whether the sm_90a (wgmma) kernels run on the current device for head dim D: an sm_90
 // device and a loaded image built for sm_90a. 0 elsewhere (mma.sync kernels), or without CUDA.
 MOBA_OPS_API int moba_cuda_wgmma_available(int64_t D);
+// Routes the plans' device memory to the caller's allocator (attention/cuda's
+// DeviceAllocator: the package passes torch's caching allocator through ctypes callbacks).
+// alloc(bytes, ctx) returns a device pointer of the current device, usable on the current
+// stream, or NULL; free(ptr, ctx) releases it. Call before any CUDA op.
+typedef void* (*moba_ops_alloc_fn)(uint64_t bytes, void* ctx);
+typedef void (*moba_ops_free_fn)(void* ptr, void* ctx);
+MOBA_OPS_API int moba_cuda_set_allocator(moba_ops_alloc_fn alloc, moba_ops_free_fn free_fn,
+                                         void* ctx);
 // Drops every cached plan (and its device scratch). Returns the number dropped.
 MOBA_OPS_API int moba_cuda_clear_plans(void);
 

@@ -7,6 +7,8 @@
 // the key because a plan's scratch must not be shared by two streams running at once. The
 // cache keeps the kMaxPlans most recently used; one mutex serializes the (asynchronous)
 // launches, so the cache and a plan's scratch are never touched by two threads at once.
+// The plans' device memory comes from the caller's allocator when one is set (the Python
+// package: torch's caching allocator), so that plans do not compete with torch's pool.
 //
 // Gather-list reuse: moba_backward reuses the gather lists that moba_forward built for the
 // same `sel` POINTER on the same plan (attention_bwd.cu). From Python that pointer is not a
@@ -45,6 +47,18 @@ using acu::bf16;
 using moba::pyops::guard;
 
 constexpr size_t kMaxPlans = 8;
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+// The caller's allocator (moba_cuda_set_allocator), adapted to attention/cuda's.
+struct CallerAllocator {
+  moba_ops_alloc_fn alloc = nullptr;
+  moba_ops_free_fn free = nullptr;
+  void* ctx = nullptr;
+};
+CallerAllocator g_caller;
+void* caller_alloc(size_t bytes, void*) { return g_caller.alloc(bytes, g_caller.ctx); }
+void caller_free(void* p, void*) { g_caller.free(p, g_caller.ctx); }
 
 struct Key {
   int device = 0;
@@ -94,14 +108,15 @@ Entry& plan_for(const int64_t* cu, int64_t B, int64_t Hq, int64_t Hkv, int64_t D
       return list.front();
     }
   const attn::Layout l = moba::pyops::layout_of(cu, B, Hq, Hkv, D);
+  // The plan uploads its boundaries with a blocking copy into memory that the allocator
+  // (torch's pool) may just have taken back from work still queued on this stream.
+  CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));
   auto plan = std::make_unique<acu::Plan>(l, attn::MobaConfig{S, K},
                                           attn::Options{scale > 0 ? scale : 0.0});
   if (list.size() >= kMaxPlans) list.pop_back();  // frees its device memory
   list.push_front(Entry{std::move(key), std::move(plan), -1});
   return list.front();
 }
-
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
 }  // namespace
 
@@ -189,6 +204,24 @@ int moba_cuda_wgmma_available(int64_t D) {
   int r = 0;
   const int rc = guard([&] { r = acu::wgmma_available(D) ? 1 : 0; });
   return rc == MOBA_OPS_OK ? r : 0;
+}
+
+int moba_cuda_set_allocator(moba_ops_alloc_fn alloc, moba_ops_free_fn free_fn, void* ctx) {
+  return guard([&] {
+    std::lock_guard<std::mutex> lock(cache().mu);
+    MOBA_CHECK((alloc == nullptr) == (free_fn == nullptr),
+               "moba_cuda_set_allocator: give both alloc and free, or neither");
+    // Plans built before keep the allocator they were built with (see attention_cuda.h);
+    // g_caller is only read by new ones, so drop the old ones first.
+    cache().entries.clear();
+    g_caller = CallerAllocator{alloc, free_fn, ctx};
+    acu::DeviceAllocator a;
+    if (alloc) {
+      a.alloc = caller_alloc;
+      a.free = caller_free;
+    }
+    acu::set_device_allocator(a);
+  });
 }
 
 int moba_cuda_clear_plans(void) {

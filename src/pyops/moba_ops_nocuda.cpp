@@ -31,5 +31,6 @@ int moba_cuda_dense_backward(const int64_t*, int64_t, int64_t, int64_t, int64_t,
                              const void*, const void*, const void*, const void*, const float*,
                              const void*, void*, void*, void*, void*) { return no_cuda(); }
 int moba_cuda_wgmma_available(int64_t) { return 0; }
+int moba_cuda_set_allocator(moba_ops_alloc_fn, moba_ops_free_fn, void*) { return 0; }
 int moba_cuda_clear_plans(void) { return 0; }
 }
