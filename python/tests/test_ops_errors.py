@@ -147,3 +147,39 @@ def test_the_raw_ops_check_dtypes_too():
     with pytest.raises(TypeError, match="flash_attn_varlen: q has dtype torch.bfloat16"):
         torch.ops.moba.flash_attn_varlen(a["q"].bfloat16(), a["k"].bfloat16(), a["v"].bfloat16(),
                                          a["cu_seqlens"], 13, 0.3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the real CUDA path")
+def test_cuda_branch_plumbing_without_a_gpu(monkeypatch):
+    # Without a GPU, drive the ops' CUDA branch (stream 0) with CPU buffers: every ctypes
+    # signature is exercised and the library answers with an error message (no CUDA device,
+    # or a build without CUDA) instead of a crash or a ctypes ArgumentError.
+    import moba.ops as ops
+
+    class FakeCuda:
+        def __init__(self, q):
+            pass
+
+        def __enter__(self):
+            return 0
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(ops, "_OnDevice", FakeCuda)
+    a = good()
+    q, k, v, cu_t = a["q"], a["k"], a["v"], a["cu_seqlens"]
+    meta = torch.tensor([5, 0, 7, 20], dtype=torch.int64)
+    sel = torch.zeros(N, Hq, 2, dtype=torch.int32)
+    lse = torch.zeros(N, Hq)
+    calls = [
+        lambda: ops.moba_gate_op(q, k, cu_t, 13, 4, 2),
+        lambda: ops.moba_attn_varlen_op(q, k, v, cu_t, 13, 4, 2, 0.3),
+        lambda: ops.moba_attn_varlen_backward_op(q, q, k, v, q, lse, sel, meta, 4, 2, 0.3),
+        lambda: ops.flash_attn_varlen_op(q, k, v, cu_t, 13, 0.3),
+        lambda: ops.flash_attn_varlen_backward_op(q, q, k, v, q, lse, meta, 0.3),
+    ]
+    for call in calls:
+        with pytest.raises(moba.MobaOpsError, match="CUDA error|built without CUDA"):
+            call()
+    assert moba.wgmma_available() is False
