@@ -14,6 +14,7 @@ packages=(
   libeigen3-dev                               # least squares of the scaling fits
   python3.11-doc                              # default training text (docs/data.md)
   libcairo2-dev                               # figures of moba plot / moba report (PNG, SVG)
+  python3-venv python3-dev python3-pip        # the Python package and its tests (.venv)
 )
 
 sudo_cmd=()
@@ -24,4 +25,13 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -q
 "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
-echo "setup.sh: dependencies installed. CUDA kernels build when nvcc (CUDA 12+) is on PATH."
+
+# The Python package's test environment: .venv at the repository root (ignored by git),
+# with the pinned versions of python/requirements-ci.txt. Safe to run again: pip only
+# installs what is missing or pinned differently.
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q -r python/requirements-ci.txt
+echo "setup.sh: dependencies installed, Python test environment in .venv."
+echo "setup.sh: CUDA kernels build when nvcc (CUDA 12+) is on PATH."

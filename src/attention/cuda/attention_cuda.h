@@ -27,6 +27,22 @@ using bf16 = __nv_bfloat16;
 bool head_dim_supported(int64_t D);
 constexpr int64_t kMinBlockSize = 64;
 constexpr int64_t kMaxTopK = 16;
+// Whether the sm_90a (wgmma) kernels run here for head dim D: the current device is sm_90
+// and the loaded image of the kernels was built for sm_90a (a build from sm_80 / compute_80
+// only, JIT-compiled on an H100, answers false). Where false, the mma.sync kernels run.
+bool wgmma_available(int64_t head_dim);
+
+// Where Plans get their device memory (the uploaded boundaries and the scratch): cudaMalloc
+// and cudaFree unless set. The Python package routes it to torch's caching allocator, so
+// that plans and torch share one pool instead of competing for the GPU's memory. alloc
+// returns nullptr on failure; free must accept any pointer alloc returned. Set it before
+// building plans; a plan frees its memory with the allocator that was set when it was built.
+struct DeviceAllocator {
+  void* (*alloc)(size_t bytes, void* ctx) = nullptr;
+  void (*free)(void* ptr, void* ctx) = nullptr;
+  void* ctx = nullptr;
+};
+void set_device_allocator(const DeviceAllocator& allocator);
 
 class Plan {
  public:
@@ -70,6 +86,7 @@ class Plan {
   std::vector<size_t> sizes_;
   size_t ws_bytes_ = 0, ws_peak_ = 0;
   const int32_t* indexed_sel_ = nullptr;
+  DeviceAllocator alloc_;  // the allocator of this plan's memory
 };
 
 // Dense causal attention. out and lse are overwritten.

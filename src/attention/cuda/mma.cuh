@@ -65,9 +65,15 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 // Two fp32 adds to consecutive global addresses in one reduction (vector red is sm_90+):
-// half the atomic instructions of dQ accumulation.
+// half the atomic instructions of dQ accumulation. Before sm_90 (the package's sm_80 code),
+// two scalar atomics.
 __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
 }
 
 }  // namespace moba::attn::cuda::detail

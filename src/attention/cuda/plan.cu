@@ -17,10 +17,29 @@ bool head_dim_supported(int64_t D) { return D == 64 || D == 128; }
 
 namespace {
 
-int32_t* upload(const std::vector<int32_t>& host) {
-  int32_t* dev = nullptr;
+DeviceAllocator g_allocator;  // set_device_allocator; empty = cudaMalloc / cudaFree
+
+void* device_alloc(const DeviceAllocator& a, size_t bytes) {
+  void* p = nullptr;
+  if (a.alloc) {
+    p = a.alloc(bytes, a.ctx);
+    MOBA_CHECK(p != nullptr, "CUDA error: the device allocator failed to provide ", bytes,
+               " bytes of attention scratch");
+  } else {
+    CUDA_CHECK(cudaMalloc(&p, bytes));
+  }
+  return p;
+}
+
+void device_free(const DeviceAllocator& a, void* p) {
+  if (!p) return;
+  if (a.free) a.free(p, a.ctx);
+  else cudaFree(p);
+}
+
+int32_t* upload(const DeviceAllocator& a, const std::vector<int32_t>& host) {
   const size_t bytes = sizeof(int32_t) * std::max<size_t>(1, host.size());
-  CUDA_CHECK(cudaMalloc(&dev, bytes));
+  int32_t* dev = static_cast<int32_t*>(device_alloc(a, bytes));
   if (!host.empty())
     CUDA_CHECK(cudaMemcpy(dev, host.data(), sizeof(int32_t) * host.size(), cudaMemcpyHostToDevice));
   return dev;
@@ -28,8 +47,11 @@ int32_t* upload(const std::vector<int32_t>& host) {
 
 }  // namespace
 
+void set_device_allocator(const DeviceAllocator& allocator) { g_allocator = allocator; }
+
 Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt)
-    : layout_(layout), cfg_(cfg), bufs_(kNumSlots, nullptr), sizes_(kNumSlots, 0) {
+    : layout_(layout), cfg_(cfg), bufs_(kNumSlots, nullptr), sizes_(kNumSlots, 0),
+      alloc_(g_allocator) {
   layout_.validate();
   cfg_.validate();
   const int64_t D = layout_.head_dim, S = cfg_.block_size, K = cfg_.top_k;
@@ -53,16 +75,16 @@ Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt)
     for (int64_t j = 0; j < layout_.seq_len(b) / S; ++j)
       start.push_back(static_cast<int32_t>(layout_.seq_begin(b) + j * S));
   rows_ = static_cast<int64_t>(start.size());
-  dev_.cu_seqlens = upload(cu);
-  dev_.block_offset = upload(offset);
-  dev_.block_start = upload(start);
+  dev_.cu_seqlens = upload(alloc_, cu);
+  dev_.block_offset = upload(alloc_, offset);
+  dev_.block_start = upload(alloc_, start);
 }
 
 Plan::~Plan() {
-  cudaFree(dev_.cu_seqlens);
-  cudaFree(dev_.block_offset);
-  cudaFree(dev_.block_start);
-  for (void* p : bufs_) cudaFree(p);
+  device_free(alloc_, dev_.cu_seqlens);
+  device_free(alloc_, dev_.block_offset);
+  device_free(alloc_, dev_.block_start);
+  for (void* p : bufs_) device_free(alloc_, p);
 }
 
 void* Plan::scratch(int slot, size_t bytes) {
@@ -71,10 +93,12 @@ void* Plan::scratch(int slot, size_t bytes) {
     // Freed at once: the stream may still use the old buffer, so wait for the device.
     if (bufs_[slot]) {
       CUDA_CHECK(cudaDeviceSynchronize());
-      CUDA_CHECK(cudaFree(bufs_[slot]));
+      device_free(alloc_, bufs_[slot]);
       ws_bytes_ -= sizes_[slot];
+      bufs_[slot] = nullptr;
+      sizes_[slot] = 0;
     }
-    CUDA_CHECK(cudaMalloc(&bufs_[slot], bytes));
+    bufs_[slot] = device_alloc(alloc_, bytes);
     sizes_[slot] = bytes;
     ws_bytes_ += bytes;
     ws_peak_ = std::max(ws_peak_, ws_bytes_);
