@@ -44,16 +44,12 @@ def _fwd_and_fwd_bwd(forward, inputs, dout, repeats):
             forward()
 
     def fwd_bwd():
+        # autograd.grad returns dq, dk, dv without accumulating them into .grad (an extra
+        # read-modify-write of every gradient per call that `moba bench attention` does not do).
         out = forward()
-        torch.autograd.backward(out, dout)
+        torch.autograd.grad(out, inputs, dout)
 
-    f = _time_ms(fwd, repeats)
-    for x in inputs:
-        x.grad = None
-    fb = _time_ms(fwd_bwd, repeats)
-    for x in inputs:
-        x.grad = None
-    return f, fb
+    return _time_ms(fwd, repeats), _time_ms(fwd_bwd, repeats)
 
 
 def _flex_moba(q, k, v, sel, S, dout, repeats):
