@@ -38,8 +38,8 @@ def moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size, moba_topk
     _check.check_cu(fn, q, cu_seqlens, max_seqlen)
     _check.check_moba(fn, q, moba_chunk_size, moba_topk)
     scale = _check.softmax_scale_of(fn, softmax_scale, q.shape[2])
-    out, lse, _, _ = _ops.moba_attn_varlen_op(q, k, v, cu_seqlens, max_seqlen,
-                                              moba_chunk_size, moba_topk, scale)
+    out, lse = _ops.moba_attn(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size, moba_topk,
+                              scale)
     return (out, lse) if return_lse else out
 
 
@@ -53,7 +53,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens, max_seqlen, causal=True, softmax_scal
     q, k, v = _check.check_qkv(fn, q, k, v)
     _check.check_cu(fn, q, cu_seqlens, max_seqlen)
     scale = _check.softmax_scale_of(fn, softmax_scale, q.shape[2])
-    out, lse, _ = _ops.flash_attn_varlen_op(q, k, v, cu_seqlens, max_seqlen, scale)
+    out, lse = _ops.dense_attn(q, k, v, cu_seqlens, max_seqlen, scale)
     return (out, lse) if return_lse else out
 
 
@@ -94,8 +94,7 @@ def moba_attn(q, k, v, moba_chunk_size, moba_topk, *, softmax_scale=None):
     qp, kp, vp = _check.check_qkv(fn, qp, kp, vp)
     _check.check_moba(fn, qp, moba_chunk_size, moba_topk)
     scale = _check.softmax_scale_of(fn, softmax_scale, qp.shape[2])
-    out, _, _, _ = _ops.moba_attn_varlen_op(qp, kp, vp, cu, T, moba_chunk_size, moba_topk,
-                                            scale)
+    out, _ = _ops.moba_attn(qp, kp, vp, cu, T, moba_chunk_size, moba_topk, scale)
     return out.view(B, T, out.shape[1], out.shape[2])
 
 
@@ -107,7 +106,7 @@ def flash_attn(q, k, v, causal=True, softmax_scale=None):
     qp, kp, vp, cu, B, T = _batched(fn, q, k, v)
     qp, kp, vp = _check.check_qkv(fn, qp, kp, vp)
     scale = _check.softmax_scale_of(fn, softmax_scale, qp.shape[2])
-    out, _, _ = _ops.flash_attn_varlen_op(qp, kp, vp, cu, T, scale)
+    out, _ = _ops.dense_attn(qp, kp, vp, cu, T, scale)
     return out.view(B, T, out.shape[1], out.shape[2])
 
 
