@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer timings for `moba bench attention --device cuda`: PyTorch SDPA, causal, bf16, on the
 same shapes, with the cuDNN and the flash (FlashAttention-2) backends. Median of --repeats
-runs after 3 warm-ups, CUDA events, as ../shared/PEERS.md measures them. Writes JSON that
+runs after 3 warm-ups, CUDA events, as the project's peer figures are measured (results/attention/README.md). Writes JSON that
 `moba bench attention --peer FILE` reads.
 
   python3 bench/peer_sdpa.py -T 8192 32768 131072 --heads 16 -D 128 --json peer.json

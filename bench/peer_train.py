@@ -4,7 +4,7 @@
 The model is the one of docs/trainer.md (src/model): a Llama-style decoder, pre-norm blocks
 of RMSNorm (weight only, eps 1e-5), attention with RoPE ("rotate half", theta 10000) and
 optional GQA, RMSNorm, SwiGLU MLP; final RMSNorm; LM head (untied by default). The step is
-what ../shared/PEERS.md ("Training peer") measures: batch 1 of random tokens, bf16 autocast
+what the project's training peer measures (results/trainer_gpu/README.md): batch 1 of random tokens, bf16 autocast
 over fp32 master weights, SDPA causal attention, mean cross-entropy, fused AdamW (lr 1e-4,
 weight decay 0.1 on matrices, betas 0.9/0.95); a step = zero_grad + forward + backward +
 optimizer.step; mean step time over --steps steps after --warmup steps, CUDA events.

@@ -15,7 +15,7 @@
 # starts the sweep only if it is not running (a rerun of `moba sweep` skips finished runs,
 # resumes interrupted ones and retries failed ones).
 # Needs .deps/include and .deps/googletest (as bench/gpu_session.sh) and the corpus archive
-# at data/books.tar.xz (a copy of ../shared/corpus/books.tar.xz, carried; data/ is ignored
+# at data/books.tar.xz (a copy of the books archive, carried; data/ is ignored
 # by git). Settings (environment): PRESET (h100-small), CONFIG (sweeps/$PRESET.toml),
 # DEVICE (cuda), BUILD (build-gpu), RUNS_DIR (runs/$PRESET), DATA (data/books-byte),
 # ARCHIVE (data/books.tar.xz), JOBS (16), WAIT (30: seconds start watches the sweep).
@@ -80,7 +80,7 @@ prepare() {
     return
   fi
   if [[ ! -f $CORPUS/.unpacked ]]; then
-    [[ -f $ARCHIVE ]] || die "data: $ARCHIVE is missing (copy ../shared/corpus/books.tar.xz there and carry it)"
+    [[ -f $ARCHIVE ]] || die "data: $ARCHIVE is missing (copy the books archive there and carry it)"
     say "data: unpacking $ARCHIVE into $CORPUS"
     rm -rf "$CORPUS" "$CORPUS.tmp" && mkdir -p "$CORPUS.tmp" &&
       tar -xJf "$ARCHIVE" -C "$CORPUS.tmp" && mv "$CORPUS.tmp" "$CORPUS" ||

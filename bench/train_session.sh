@@ -3,7 +3,7 @@
 # run on the GPU, the PyTorch peer and `moba bench train` in the same call. Logs to $OUT.
 #   STEPS="build test recall peer bench" bench/train_session.sh
 # Header-only deps come from .deps/include, GoogleTest sources from .deps/googletest
-# (../shared/tools/collect-headers; see bench/gpu_session.sh).
+# (copied Debian headers; see bench/gpu_session.sh).
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"

@@ -1,6 +1,6 @@
 # Third-party libraries. On a Debian machine they come from the -dev packages that
 # scripts/setup.sh installs. On the GPU machine (no apt) the header-only ones come from a
-# folder made by ../shared/tools/collect-headers and passed as -DMOBA_EXTRA_INCLUDE=DIR.
+# folder holding a copy of the Debian packages' installed headers, passed as -DMOBA_EXTRA_INCLUDE=DIR.
 set(MOBA_EXTRA_INCLUDE "" CACHE PATH "Extra include folder for header-only dependencies")
 
 # CLI11 (header-only): the CLI parser.

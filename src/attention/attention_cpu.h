@@ -27,7 +27,7 @@ void dense_backward(const Layout& layout, const Options& opt, std::span<const Re
                     std::span<Real> dv);
 
 // MoBA attention over a given selection (from moba_gate, or built by hand): each selected
-// past block is attended in full, the current block causally (../shared/MOBA.md step 6).
+// past block is attended in full, the current block causally (docs/moba.md, step 6).
 template <typename Real>
 void moba_forward(const Layout& layout, const MobaConfig& cfg, const Selection& sel,
                   const Options& opt, std::span<const Real> q, std::span<const Real> k,

@@ -38,7 +38,7 @@ template <typename Real>
 std::vector<float> block_means(const Layout& layout, const MobaConfig& cfg,
                                std::span<const Real> k);
 
-// The selection of ../shared/MOBA.md section 1, steps 2-5, for every token and query head:
+// The selection of docs/moba.md, steps 2-5, for every token and query head:
 // current block c = t / S, plus the K-1 past blocks j < c with the highest score
 // s_j = q_t . mean(k over block j). Scores are fp32 values (accumulated in double, then
 // rounded to float), so that float and double inputs select alike; ties go to the more

@@ -41,7 +41,7 @@ struct Layout {
   size_t lse_elems() const { return static_cast<size_t>(tokens() * num_q_heads); }
 };
 
-// MoBA's two parameters (../shared/MOBA.md section 1).
+// MoBA's two parameters (docs/moba.md).
 struct MobaConfig {
   int64_t block_size = 512;  // S >= 1 (the paper's moba_chunk_size)
   int64_t top_k = 3;         // K >= 1, the current block included

@@ -1,5 +1,5 @@
 // Validation: mean loss over all positions of all windows, per-position-bucket losses,
-// and the trailing loss (docs/run_format.md, ../shared/MOBA.md section 2).
+// and the trailing loss (docs/run_format.md, docs/scaling.md).
 #pragma once
 
 #include <cstdint>

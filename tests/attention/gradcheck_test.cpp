@@ -96,7 +96,7 @@ TEST_P(GradCheck, Moba) {
   const Layout l = Layout::varlen(s.cu, s.Hq, s.Hkv, s.D);
   const MobaConfig cfg{s.S, s.K};
   const Options opt{};
-  // The selection is fixed once: the gate has no gradient (../shared/MOBA.md step 4).
+  // The selection is fixed once: the gate has no gradient (docs/moba.md, step 4).
   const auto q0 = random_normal<double>(l.q_elems(), 31), k0 = random_normal<double>(l.kv_elems(), 32);
   const Selection sel = moba_gate<double>(l, cfg, q0, k0);
   check(

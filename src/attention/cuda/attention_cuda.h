@@ -97,7 +97,7 @@ void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, con
                     const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                     cudaStream_t stream = nullptr);
 
-// The MoBA gate (../shared/MOBA.md steps 2-5) on the device: fp32 block means of K and
+// The MoBA gate (docs/moba.md, steps 2-5) on the device: fp32 block means of K and
 // fp32 scores, top-(K-1) past blocks with ties to the more recent block, plus the current.
 void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel,
                cudaStream_t stream = nullptr);
