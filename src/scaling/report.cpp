@@ -10,6 +10,7 @@
 
 #include "core/build_info.h"
 #include "core/error.h"
+#include "scaling/paired.h"
 #include "scaling/plot.h"
 
 namespace moba::scaling {
@@ -194,6 +195,43 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
          << num(p.moba_point->trailing_loss / p.full_point->trailing_loss, 4) << " |\n";
     }
   }
+
+  // Paired over validation windows.
+  md << "\n## MoBA - full attention, paired over validation windows\n\n";
+  std::vector<PairedStats> paired;
+  std::string paired_rows, not_paired;
+  for (const SizePair& p : pairs) {
+    std::string why;
+    const std::optional<PairedStats> st = paired_stats(p, 2000, 1, &why);
+    if (!st) {
+      not_paired += "- " + size_label(*p.full) + ": " + why + "\n";
+      continue;
+    }
+    paired.push_back(*st);
+    const auto est = [](const Estimate& e, int d) {
+      return num(e.value, d) + " [" + num(e.lo, d) + ", " + num(e.hi, d) + "]";
+    };
+    paired_rows += "| " + size_label(*p.full) + " | " + std::to_string(st->windows) + " | " +
+                   est(st->diff, 4) + " | " + est(st->ratio, 4) + " |";
+    for (const Estimate& b : st->bucket_diff) paired_rows += " " + est(b, 3) + " |";
+    paired_rows += "\n";
+  }
+  if (!paired.empty()) {
+    size_t nb = 0;
+    for (const PairedStats& st : paired) nb = std::max(nb, st.bucket_diff.size());
+    const int64_t bs = pairs.front().full_point ? pairs.front().full_point->bucket_size : 0;
+    md << "At the largest token count both runs evaluated; 95% percentile bootstrap intervals "
+          "(2000 resamples of the validation windows, the same resample for both runs).\n\n"
+          "| size | windows | MoBA - full (nats/token) | MoBA / full |";
+    for (size_t b = 0; b < nb; ++b)
+      md << " MoBA - full, " << si(static_cast<double>(b * bs)) << "-"
+         << si(static_cast<double>((b + 1) * bs)) << " |";
+    md << "\n|---|---|---|---|";
+    for (size_t b = 0; b < nb; ++b) md << "---|";
+    md << "\n";
+    md << paired_rows << "\n**Verdict.** " << paired_verdict(paired) << "\n";
+  }
+  if (!not_paired.empty()) md << (paired.empty() ? "" : "\n") << "Not paired:\n\n" << not_paired;
 
   // Trailing loss.
   md << "\n## Trailing loss\n\n";

@@ -126,6 +126,18 @@ RunInfo parse_run_json(const fs::path& file) {
   return r;
 }
 
+// An optional array of numbers (nulls read as NaN); `name` in messages.
+std::vector<double> number_array(const json& a, const std::string& at, const std::string& name) {
+  MOBA_CHECK(a.is_array(), at, ": field '", name, "' must be an array, got ", type_of(a));
+  std::vector<double> out;
+  for (size_t i = 0; i < a.size(); ++i) {
+    MOBA_CHECK(a[i].is_number() || a[i].is_null(), at, ": ", name, "[", i,
+               "] must be a number or null, got ", type_of(a[i]));
+    out.push_back(a[i].is_null() ? kNaN : a[i].get<double>());
+  }
+  return out;
+}
+
 ValPoint parse_val(const json& j, const std::string& at) {
   ValPoint p;
   p.step = get_int(j, "step", at, true);
@@ -147,6 +159,19 @@ ValPoint parse_val(const json& j, const std::string& at) {
   }
   p.trailing_loss = get_number(j, "trailing_loss", at, false, kNaN, true);
   p.windows = get_int(j, "windows", at, false);
+  if (const json* w = find(j, "window_losses"); w && !w->is_null())
+    p.window_losses = number_array(*w, at, "window_losses");
+  if (const json* w = find(j, "window_bucket_losses"); w && !w->is_null()) {
+    MOBA_CHECK(w->is_array(), at, ": field 'window_bucket_losses' must be an array, got ",
+               type_of(*w));
+    for (size_t i = 0; i < w->size(); ++i)
+      p.window_bucket_losses.push_back(
+          number_array((*w)[i], at, "window_bucket_losses[" + std::to_string(i) + "]"));
+  }
+  if (const json* h = find(j, "windows_hash"); h && h->is_string()) p.windows_hash = *h;
+  MOBA_CHECK(p.window_losses.empty() || static_cast<int64_t>(p.window_losses.size()) == p.windows,
+             at, ": 'window_losses' holds ", p.window_losses.size(), " values for ", p.windows,
+             " windows");
   return p;
 }
 
@@ -285,7 +310,7 @@ json number_or_null(double x) { return std::isfinite(x) ? json(x) : json(nullptr
 std::string val_line(const ValPoint& p) {
   json buckets = json::array();
   for (double b : p.bucket_losses) buckets.push_back(number_or_null(b));
-  return json{{"kind", "val"},
+  json line = {{"kind", "val"},
               {"step", p.step},
               {"tokens", p.tokens},
               {"flops_6nd", p.flops_6nd},
@@ -294,8 +319,20 @@ std::string val_line(const ValPoint& p) {
               {"bucket_size", p.bucket_size},
               {"bucket_losses", buckets},
               {"trailing_loss", number_or_null(p.trailing_loss)},
-              {"windows", p.windows}}
-      .dump();
+              {"windows", p.windows}};
+  if (!p.window_losses.empty()) {
+    json w = json::array(), wb = json::array();
+    for (double x : p.window_losses) w.push_back(number_or_null(x));
+    for (const auto& row : p.window_bucket_losses) {
+      json r = json::array();
+      for (double x : row) r.push_back(number_or_null(x));
+      wb.push_back(r);
+    }
+    line["window_losses"] = w;
+    line["window_bucket_losses"] = wb;
+  }
+  if (!p.windows_hash.empty()) line["windows_hash"] = p.windows_hash;
+  return line.dump();
 }
 
 std::string train_line(const TrainPoint& p) {

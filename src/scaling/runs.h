@@ -35,6 +35,12 @@ struct ValPoint {
   std::vector<double> bucket_losses;  // bucket i: positions [i*bucket_size, (i+1)*bucket_size)
   double trailing_loss = kNaN;        // last bucket on full-length windows; NaN if null
   int64_t windows = 0;
+  // Per validation window (runs written since 2026-12): (windows) mean losses and
+  // (windows, buckets) bucket means, in the same window order for every run on the same
+  // data; windows_hash identifies that set of windows. Empty when the run predates them.
+  std::vector<double> window_losses;
+  std::vector<std::vector<double>> window_bucket_losses;
+  std::string windows_hash;
 };
 
 // One "train" line (only what the study uses).

@@ -1,8 +1,10 @@
 #include "train/evaluate.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "core/error.h"
+#include "data/hash.h"
 
 namespace moba::train {
 
@@ -27,6 +29,7 @@ EvalResult evaluate(const TokenLossFn& forward, const std::vector<Window>& windo
   std::vector<double> pos_sum(T, 0.0);
   double trailing_sum = 0.0;
   int64_t trailing_count = 0;
+  EvalResult r;
   for (size_t w0 = 0; w0 < windows.size(); w0 += static_cast<size_t>(eval_batch)) {
     const size_t w1 = std::min(windows.size(), w0 + static_cast<size_t>(eval_batch));
     model::Batch b;
@@ -42,15 +45,30 @@ EvalResult evaluate(const TokenLossFn& forward, const std::vector<Window>& windo
                losses.size(), " losses for ", b.B * T, " positions");
     for (size_t w = w0; w < w1; ++w) {
       const float* l = losses.data() + (w - w0) * static_cast<size_t>(T);
-      for (int64_t t = 0; t < T; ++t) pos_sum[t] += l[t];
+      double window_sum = 0.0;
+      std::vector<double> buckets(n_buckets, 0.0);
+      for (int64_t t = 0; t < T; ++t) {
+        pos_sum[t] += l[t];
+        window_sum += l[t];
+        buckets[t / bucket_size] += l[t];
+      }
+      r.window_losses.push_back(window_sum / static_cast<double>(T));
+      for (int64_t i = 0; i < n_buckets; ++i)
+        buckets[i] /= static_cast<double>(std::min(T, (i + 1) * bucket_size) - i * bucket_size);
+      r.window_bucket_losses.push_back(std::move(buckets));
       if (windows[w].single_document) {
         for (int64_t t = (n_buckets - 1) * bucket_size; t < T; ++t) trailing_sum += l[t];
         trailing_count += T - (n_buckets - 1) * bucket_size;
       }
     }
   }
-  EvalResult r;
   r.windows = static_cast<int64_t>(windows.size());
+  uint64_t h = data::kFnvBasis;
+  for (const Window& w : windows)
+    h = data::fnv1a64(w.tokens.data(), w.tokens.size() * sizeof(int32_t), h);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  r.windows_hash = hex;
   r.bucket_size = bucket_size;
   const double nw = static_cast<double>(windows.size());
   double total = 0.0;

@@ -19,6 +19,12 @@ struct EvalResult {
   // The last bucket over single-document windows only; empty when there are none.
   std::optional<double> trailing_loss;
   int64_t windows = 0;
+  // (windows) each window's mean loss over its positions, and (windows, buckets) its bucket
+  // means: the study pairs MoBA and full attention window by window (both attention types
+  // of a size see the same windows) for its bootstrap intervals.
+  std::vector<double> window_losses;
+  std::vector<std::vector<double>> window_bucket_losses;
+  std::string windows_hash;  // FNV-1a 64 of every window's tokens, hex: the same windows?
   // (T) mean loss at each position, over all windows (for tests and tools).
   std::vector<double> position_losses;
 };

@@ -62,7 +62,10 @@ nlohmann::json val_record(const EvalResult& r, const TrainState& state, bool mob
                       {"bucket_size", r.bucket_size},
                       {"bucket_losses", r.bucket_losses},
                       {"trailing_loss", nullptr},
-                      {"windows", r.windows}};
+                      {"windows", r.windows},
+                      {"window_losses", r.window_losses},
+                      {"window_bucket_losses", r.window_bucket_losses},
+                      {"windows_hash", r.windows_hash}};
   if (r.trailing_loss) v["trailing_loss"] = *r.trailing_loss;
   return v;
 }

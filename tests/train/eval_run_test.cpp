@@ -98,6 +98,30 @@ TEST(EvalRun, FinalValidationOfAMobaRunUsesMoba) {
   EXPECT_NE(full.eval.loss, moba.eval.loss);
 }
 
+// Val lines carry each window's loss (their mean is the loss) and a hash of the windows,
+// equal for a MoBA run and its full-attention twin: what the study's paired intervals need.
+TEST(EvalRun, ValLinesCarryWindowLossesForPairing) {
+  TempDir dir;
+  RunConfig full = moba_config(1.0);
+  full.model.attention.kind = model::AttentionKind::full;
+  Trainer(moba_config(1.0), {dir / "moba", "", false, nullptr}).run();
+  Trainer(full, {dir / "full", "", false, nullptr}).run();
+  const nlohmann::json m = last_val(dir / "moba/metrics.jsonl"),
+                       f = last_val(dir / "full/metrics.jsonl");
+  for (const nlohmann::json* v : {&m, &f}) {
+    const auto w = (*v)["window_losses"].get<std::vector<double>>();
+    ASSERT_EQ(w.size(), 4u);
+    double s = 0;
+    for (double x : w) s += x;
+    EXPECT_NEAR(s / 4, (*v)["loss"].get<double>(), 1e-12);
+    ASSERT_EQ((*v)["window_bucket_losses"].size(), 4u);
+    EXPECT_EQ((*v)["window_bucket_losses"][0].size(), (*v)["bucket_losses"].size());
+  }
+  EXPECT_EQ(m["windows_hash"], f["windows_hash"]);
+  EXPECT_EQ(m["windows_hash"].get<std::string>().size(), 16u);
+  EXPECT_NE(m["window_losses"], f["window_losses"]);
+}
+
 TEST(EvalRun, AfterTheSwitchValidationIsFull) {
   TempDir dir;
   Trainer t(moba_config(0.5), {dir / "run", "", false, nullptr});
