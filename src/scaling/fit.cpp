@@ -153,6 +153,7 @@ Bootstrap bootstrap_over_runs(std::span<const Curve> curves, bool irreducible, i
       As.push_back(f.law.A);
       alphas.push_back(f.law.alpha);
       Es.push_back(f.law.E);
+      b.laws.push_back(f.law);
     } catch (const Error&) {
       // Too few frontier points in this replica (e.g. only a one-point curve drawn).
     }
@@ -163,6 +164,30 @@ Bootstrap bootstrap_over_runs(std::span<const Curve> curves, bool irreducible, i
   b.alpha = {quantile(alphas, 0.025), quantile(alphas, 0.975)};
   b.E = {quantile(Es, 0.025), quantile(Es, 0.975)};
   return b;
+}
+
+std::optional<FitComparison> compare_fits(const PowerLaw& moba, const Bootstrap& moba_boot,
+                                          const PowerLaw& full, const Bootstrap& full_boot,
+                                          double c_star) {
+  const size_t n = std::min(moba_boot.laws.size(), full_boot.laws.size());
+  if (n == 0) return std::nullopt;
+  FitComparison c;
+  c.c_star = c_star;
+  c.replicas = static_cast<int>(n);
+  c.alpha_diff = moba.alpha - full.alpha;
+  c.A_ratio = moba.A / full.A;
+  c.loss_ratio = moba(c_star) / full(c_star);
+  std::vector<double> da, ra, rl;
+  for (size_t i = 0; i < n; ++i) {
+    const PowerLaw &m = moba_boot.laws[i], &f = full_boot.laws[i];
+    da.push_back(m.alpha - f.alpha);
+    ra.push_back(m.A / f.A);
+    rl.push_back(m(c_star) / f(c_star));
+  }
+  c.alpha_diff_ci = {quantile(da, 0.025), quantile(da, 0.975)};
+  c.A_ratio_ci = {quantile(ra, 0.025), quantile(ra, 0.975)};
+  c.loss_ratio_ci = {quantile(rl, 0.025), quantile(rl, 0.975)};
+  return c;
 }
 
 }  // namespace moba::scaling

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -50,9 +51,28 @@ struct Interval {
 struct Bootstrap {
   int replicas = 0, replicas_ok = 0;
   Interval A, alpha, E;
+  std::vector<PowerLaw> laws;  // (replicas_ok) the fitted law of each replica that fitted
 };
 Bootstrap bootstrap_over_runs(std::span<const Curve> curves, bool irreducible, int replicas,
                               uint64_t seed, int points_per_decade, FitFrom from);
+
+// MoBA's fit against full attention's: the differences the study's verdict rests on, each
+// with a 95% interval from the two bootstraps (independent resamples of each type's runs,
+// replica i of one paired with replica i of the other).
+struct FitComparison {
+  double alpha_diff = 0;        // alpha(MoBA) - alpha(full)
+  Interval alpha_diff_ci;
+  double A_ratio = 0;           // A(MoBA) / A(full)
+  Interval A_ratio_ci;
+  double c_star = 0;            // the stated compute
+  double loss_ratio = 0;        // L_MoBA(c_star) / L_full(c_star)
+  Interval loss_ratio_ci;
+  int replicas = 0;             // pairs of replicas used
+};
+// nullopt when either bootstrap has no replica.
+std::optional<FitComparison> compare_fits(const PowerLaw& moba, const Bootstrap& moba_boot,
+                                          const PowerLaw& full, const Bootstrap& full_boot,
+                                          double c_star);
 
 // Quantile q in [0, 1] of xs by linear interpolation between order statistics.
 double quantile(std::vector<double> xs, double q);

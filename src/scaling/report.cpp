@@ -26,6 +26,12 @@ std::string num(double x, int decimals = 3) {
 }
 
 // 3.1M, 25.2M, 1.1B, 520K.
+std::string sci(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", x);
+  return b;
+}
+
 std::string si(double x) {
   char buf[64];
   if (x >= 1e9) std::snprintf(buf, sizeof buf, "%.2fB", x / 1e9);
@@ -170,6 +176,39 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
         md << num(f.fit->law.E) << interval(f.bootstrap, &Bootstrap::E) << " | ";
       md << f.fit->points << " | " << num(f.fit->rms_log_residual, 4) << " |\n";
     }
+  }
+
+  // The two fits compared, with intervals from their bootstraps.
+  {
+    std::string rows;
+    for (Compute c : s.options.computes)
+      for (const FitResult& m : s.fits) {
+        if (m.compute != c || m.attention != "moba" || !m.fit || !m.bootstrap) continue;
+        const FitResult* f = s.find(m.metric, "full", c);
+        if (!f || !f->fit || !f->bootstrap) continue;
+        double c_star = 0;  // the end of the data: the largest frontier compute of either type
+        for (const FitResult* r : {&m, f})
+          for (const FrontierPoint& p : r->frontier) c_star = std::max(c_star, p.c);
+        const std::optional<FitComparison> cmp =
+            compare_fits(m.fit->law, *m.bootstrap, f->fit->law, *f->bootstrap, c_star);
+        if (!cmp) continue;
+        const auto ci = [](double v, const Interval& i, int d) {
+          return num(v, d) + " [" + num(i.lo, d) + ", " + num(i.hi, d) + "]";
+        };
+        rows += "| " + s.label(m.metric) + " | " + compute_label(c) + " | " +
+                ci(cmp->alpha_diff, cmp->alpha_diff_ci, 3) + " | " +
+                ci(cmp->A_ratio, cmp->A_ratio_ci, 3) + " | " + sci(cmp->c_star) + " | " +
+                ci(cmp->loss_ratio, cmp->loss_ratio_ci, 4) + " | " +
+                std::to_string(cmp->replicas) + " |\n";
+      }
+    if (!rows.empty())
+      md << "\n### MoBA against full attention: the fits compared\n\n"
+            "95% intervals from the two bootstraps (replica i of one type against replica i "
+            "of the other; both drawn with the same seed, so with the same sizes they resample "
+            "the same sizes). C* is the largest compute on either frontier (PFLOP/s-days).\n\n"
+            "| metric | compute | alpha MoBA - full | A MoBA / full | C* | loss MoBA / full at C* "
+            "| replicas |\n|---|---|---|---|---|---|---|\n"
+         << rows;
   }
 
   // MoBA / full per size.

@@ -186,3 +186,30 @@ TEST(Bootstrap, IntervalsContainTheTrueLaw) {
 
 }  // namespace
 }  // namespace moba::scaling
+
+namespace moba::scaling {
+namespace {
+
+TEST(CompareFits, DifferencesAndIntervalsFromReplicaPairs) {
+  const PowerLaw moba{2.0, 0.10}, full{2.5, 0.08};
+  Bootstrap bm, bf;
+  for (int i = 0; i < 101; ++i) {
+    bm.laws.push_back({2.0, 0.10 + 0.0002 * (i - 50)});  // alpha 0.09 .. 0.11
+    bf.laws.push_back({2.5, 0.08});
+  }
+  const auto c = compare_fits(moba, bm, full, bf, 1e-3);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->replicas, 101);
+  EXPECT_NEAR(c->alpha_diff, 0.02, 1e-12);
+  EXPECT_NEAR(c->alpha_diff_ci.lo, 0.02 - 0.0002 * 47.5, 1e-9);  // 2.5% of 100 gaps
+  EXPECT_NEAR(c->alpha_diff_ci.hi, 0.02 + 0.0002 * 47.5, 1e-9);
+  EXPECT_NEAR(c->A_ratio, 0.8, 1e-12);
+  EXPECT_NEAR(c->A_ratio_ci.lo, 0.8, 1e-12);
+  EXPECT_NEAR(c->loss_ratio, moba(1e-3) / full(1e-3), 1e-12);
+  EXPECT_LT(c->loss_ratio_ci.lo, c->loss_ratio);
+  EXPECT_GT(c->loss_ratio_ci.hi, c->loss_ratio);
+  EXPECT_FALSE(compare_fits(moba, Bootstrap{}, full, bf, 1e-3));
+}
+
+}  // namespace
+}  // namespace moba::scaling
