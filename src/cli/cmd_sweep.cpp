@@ -18,6 +18,8 @@ void add_sweep(CLI::App& app) {
                   "Folder of the run folders (default: the preset's "
                   "runs_dir, runs/NAME)");
   cmd->add_option("--data", o.data, "Token shards folder (overrides the preset's data)");
+  cmd->add_option("--eval-data", o.eval_data,
+                  "Every run validates on this prepared folder's val split (same tokenizer)");
   cmd->add_flag("--plan-only", o.plan_only,
                 "Print the plan (parameters, tokens, FLOPs, time, "
                 "data reads) and stop");

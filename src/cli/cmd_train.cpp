@@ -15,6 +15,7 @@ struct TrainOptions {
   std::string config;
   std::string out;
   std::string data;
+  std::string eval_data;
   bool resume = false;
   std::string device = "cpu";
 };
@@ -24,7 +25,8 @@ void run_train(const TrainOptions& o) {
              "--config X.toml is required (with --resume it defaults to RUN_DIR/config.toml)");
   const std::string config_path =
       o.config.empty() ? (std::filesystem::path(o.out) / "config.toml").string() : o.config;
-  const train::RunConfig cfg = train::load_config(config_path);
+  train::RunConfig cfg = train::load_config(config_path);
+  if (!o.eval_data.empty()) cfg.eval.data = o.eval_data;
   train::Trainer trainer(cfg, {o.out, o.data, o.resume, stdout, o.device});
   trainer.run();
 }
@@ -40,6 +42,9 @@ void add_train(CLI::App& app) {
                   "checkpoint/")
       ->required();
   cmd->add_option("--data", o.data, "Token shards folder (overrides the config's data)");
+  cmd->add_option("--eval-data", o.eval_data,
+                  "Validate on this prepared folder's val split (text the training never saw, "
+                  "same tokenizer); sets eval.data");
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its checkpoint");
   cmd->add_option("--device", o.device,
                   "cpu (float32, OpenBLAS) or cuda (bf16 mixed precision on the GPU; "

@@ -132,7 +132,8 @@ double Plan::total_seconds() const {
   return t;
 }
 
-Plan make_plan(const SweepConfig& s, const std::string& data_override) {
+Plan make_plan(const SweepConfig& s, const std::string& data_override,
+               const std::string& eval_data) {
   Plan plan;
   plan.sweep = s;
   if (!data_override.empty()) plan.sweep.data = data_override;
@@ -173,6 +174,7 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override) {
       c.train.lr = planned_lr(s.lr, static_cast<double>(pc.non_embedding), tokens);
       c.train.warmup_steps = std::llround(s.warmup_fraction * static_cast<double>(c.train.steps));
       c.eval = s.eval;
+      c.eval.data = eval_data;
       c.eval.every = std::max<int64_t>(1, c.train.steps / s.eval_points);
       c.checkpoint_every = c.eval.every;
       c.log_every = s.log_every > 0 ? s.log_every : std::max<int64_t>(1, c.train.steps / 10);

@@ -126,7 +126,9 @@ double memory_estimate(const model::ModelConfig& cfg, int64_t batch_size);
 // Builds the plan: the run configurations, counts, estimates. `data_override` replaces the
 // preset's data when not empty. Reads the data's manifest when the folder exists (for its
 // training tokens and vocabulary) but no shard.
-Plan make_plan(const SweepConfig& sweep, const std::string& data_override = "");
+// eval_data: every run validates on this prepared folder's val split (eval.data).
+Plan make_plan(const SweepConfig& sweep, const std::string& data_override = "",
+               const std::string& eval_data = "");
 
 // Throws moba::Error listing the runs that would read their data more than
 // sweep.max_data_reads times, unless force_reuse.

@@ -104,6 +104,17 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
     md << "> **Synthetic runs.** Every run here was generated from a known scaling law with "
           "noise (src/scaling/synthetic.h), not trained. The numbers show the pipeline, not "
           "MoBA.\n\n";
+  {  // What the losses were measured on.
+    std::map<std::string, int> sources;
+    for (const Run& r : s.runs)
+      ++sources[r.info.validation_data.empty() ? "not recorded (runs made before 2026-12)"
+                                               : r.info.validation_data];
+    md << "Validation data: ";
+    int i = 0;
+    for (const auto& [what, n] : sources)
+      md << (i++ ? "; " : "") << what << (sources.size() > 1 ? " (" + std::to_string(n) + " runs)" : "");
+    md << ".\n\n";
+  }
   std::vector<std::string> flagged;
   for (const Run& r : s.runs)
     if (!run_flag(r).empty()) flagged.push_back("`" + r.info.name + "` (" + run_flag(r) + ")");

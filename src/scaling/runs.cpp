@@ -115,6 +115,7 @@ RunInfo parse_run_json(const fs::path& file) {
   r.params_non_embedding = get_int(j, "params_non_embedding", at, true);
   r.tokens_planned = get_number(j, "tokens_planned", at, true, 0.0);
   r.bytes_per_token = get_number(j, "bytes_per_token", at, true, 1.0);
+  if (const json* v = find(j, "validation_data"); v && v->is_string()) r.validation_data = *v;
   MOBA_CHECK(r.bytes_per_token > 0, at, ": field 'bytes_per_token' must be > 0, got ",
              r.bytes_per_token);
   r.block_size = get_int(j, "block_size", at, false);
@@ -282,7 +283,7 @@ std::vector<Run> read_runs(const fs::path& runs_dir) {
 
 void write_run_json(const fs::path& dir, const RunInfo& r) {
   fs::create_directories(dir);
-  const json j = {{"name", r.name},
+  json j = {{"name", r.name},
                   {"attention", r.attention},
                   {"block_size", r.block_size},
                   {"top_k", r.top_k},
@@ -298,6 +299,7 @@ void write_run_json(const fs::path& dir, const RunInfo& r) {
                   {"tokens_planned", r.tokens_planned},
                   {"status", r.status},
                   {"bytes_per_token", r.bytes_per_token}};
+  if (!r.validation_data.empty()) j["validation_data"] = r.validation_data;
   std::ofstream f(dir / "run.json");
   MOBA_CHECK(f.good(), "cannot write '", (dir / "run.json").string(), "'");
   f << j.dump(2) << "\n";

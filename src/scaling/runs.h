@@ -24,6 +24,7 @@ struct RunInfo {
   double tokens_planned = 0;
   std::string status;  // "running", "finished" or "failed"
   double bytes_per_token = 1.0;
+  std::string validation_data;  // what the val lines were computed on ("" in older runs)
 };
 
 // One "val" line of metrics.jsonl. Absent or null losses are NaN.

@@ -106,7 +106,7 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   if (!o.runs_dir.empty()) sweep.runs_dir = o.runs_dir;
   MOBA_CHECK(o.device == "cpu" || o.device == "cuda", "--device must be cpu or cuda, got '",
              o.device, "'");
-  const Plan plan = make_plan(sweep, o.data);
+  const Plan plan = make_plan(sweep, o.data, o.eval_data);
   print_plan(o.out, plan);
   if (o.out) {
     std::fprintf(o.out, "device: %s\n",

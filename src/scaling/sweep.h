@@ -24,6 +24,7 @@ struct SweepOptions {
   std::string config;            // --config: the preset (sweeps/NAME.toml)
   std::string runs_dir;          // --runs-dir: overrides the preset's runs_dir
   std::string data;              // --data: overrides the preset's data
+  std::string eval_data;         // --eval-data: every run's eval.data (validation corpus)
   bool plan_only = false;        // --plan-only: print the plan, train nothing
   bool force_reuse = false;      // --force-reuse: allow reading the data more than 4 times
   // --device: "cpu" or "cuda", every run's train::TrainerOptions::device. Not part of a

@@ -115,6 +115,7 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
     r.get("windows", c.eval.windows);
     r.get("batch_size", c.eval.batch_size);
     r.get("bucket_size", c.eval.bucket_size);
+    r.get("data", c.eval.data);
     r.finish();
   }
   {
@@ -169,6 +170,8 @@ void RunConfig::validate() const {
              "train.grad_clip must be >= 0 (0: no clipping), got ", t.grad_clip);
   MOBA_CHECK(eval.every >= 0, "eval.every must be >= 0, got ", eval.every);
   MOBA_CHECK(eval.windows >= 1, "eval.windows must be >= 1, got ", eval.windows);
+  MOBA_CHECK(eval.data.rfind("synthetic:", 0) != 0, "eval.data must name a folder made by "
+             "`moba prepare`, got '", eval.data, "'");
   MOBA_CHECK(eval.batch_size >= 1, "eval.batch_size must be >= 1, got ", eval.batch_size);
   MOBA_CHECK(eval.bucket_size >= 0 && eval.bucket_size <= model.seq_len,
              "eval.bucket_size must be in [1, model.seq_len = ", model.seq_len,
@@ -235,7 +238,9 @@ std::string to_toml(const RunConfig& c) {
      << "every = " << c.eval.every << "\n"
      << "windows = " << c.eval.windows << "\n"
      << "batch_size = " << c.eval.batch_size << "\n"
-     << "bucket_size = " << c.eval.bucket_size << "\n\n"
+     << "bucket_size = " << c.eval.bucket_size << "\n"
+     // Written only when set, so that runs made before the key existed resume unchanged.
+     << (c.eval.data.empty() ? "" : "data = " + quoted(c.eval.data) + "\n") << "\n"
      << "[checkpoint]\n"
      << "every = " << c.checkpoint_every << "\n\n"
      << "[log]\n"

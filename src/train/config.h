@@ -36,6 +36,9 @@ struct EvalConfig {
   int64_t windows = 16;     // validation windows (synthetic data: how many to make)
   int64_t batch_size = 8;   // windows per forward
   int64_t bucket_size = 0;  // positions per bucket loss; 0 = seq_len / 8 (at least 1)
+  // Validate on the val split of this prepared folder (text the training never saw, same
+  // tokenizer); "" = the training data's own validation split.
+  std::string data;
 };
 
 struct RunConfig {

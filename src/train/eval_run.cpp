@@ -41,7 +41,9 @@ EvalRunResult evaluate_run(const EvalRunOptions& opt) {
   r.moba = opt.attention == "auto" ? has_moba && last_step_used_moba(cfg, r.state)
                                    : opt.attention == "moba";
 
-  std::unique_ptr<BatchSource> data = make_batch_source(cfg, opt.data_dir);
+  // --data, else the run's own validation data (eval.data, or its training data's val split).
+  std::unique_ptr<BatchSource> data =
+      make_batch_source(cfg, opt.data_dir.empty() ? cfg.eval.data : opt.data_dir);
   const std::vector<Window> windows = data->validation();
   r.bytes_per_token = data->bytes_per_token();
   r.data = data->describe();

@@ -36,6 +36,35 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
+// Validation data from another folder must be tokenized alike: the same tokenizer kind and,
+// for BPE, the same SentencePiece model, or its losses mean nothing next to training's.
+void check_same_tokenizer(const std::string& train_data, const std::string& eval_data) {
+  if (train_data.rfind("synthetic:", 0) == 0) return;  // its own check: eval.data must be a folder
+  const auto tokenizer_of = [](const std::string& dir) {
+    const fs::path manifest = fs::path(dir) / "manifest.json";
+    MOBA_CHECK(fs::is_regular_file(manifest), "eval.data '", dir,
+               "' is not a folder made by `moba prepare` (no manifest.json)");
+    try {
+      return nlohmann::json::parse(read_text(manifest)).at("tokenizer");
+    } catch (const nlohmann::json::exception& e) {
+      MOBA_CHECK(false, "'", manifest.string(), "' is corrupt: ", e.what());
+    }
+    return nlohmann::json();
+  };
+  const nlohmann::json a = tokenizer_of(train_data), b = tokenizer_of(eval_data);
+  MOBA_CHECK(a.value("kind", "") == b.value("kind", "") &&
+                 a.value("vocab_size", 0) == b.value("vocab_size", 0),
+             "eval.data '", eval_data, "' was tokenized with ", b.dump(), ", the training data '",
+             train_data, "' with ", a.dump(), ": prepare it with the same tokenizer "
+             "(moba prepare --tokenizer-model DATA/tokenizer.model)");
+  if (a.value("kind", "") == "bpe")
+    MOBA_CHECK(read_text(fs::path(train_data) / "tokenizer.model") ==
+                   read_text(fs::path(eval_data) / "tokenizer.model"),
+               "eval.data '", eval_data, "' has another SentencePiece model than the training "
+               "data '", train_data, "': prepare it with --tokenizer-model ", train_data,
+               "/tokenizer.model");
+}
+
 }  // namespace
 
 void check_finite_gradients(const model::ParamLayout& layout, std::span<const float> grads,
@@ -119,7 +148,15 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
 #endif
   session_start_elapsed_ = state_.elapsed_s;
   attention_label_ = model::attention_label(cfg_.model);
-  val_windows_ = data_->validation();
+  if (cfg_.eval.data.empty()) {
+    val_windows_ = data_->validation();
+    validation_data_ = data_->describe();
+  } else {  // another corpus's val split (eval.data, `--eval-data`)
+    check_same_tokenizer(cfg_.data, cfg_.eval.data);
+    const std::unique_ptr<BatchSource> eval = make_batch_source(cfg_, cfg_.eval.data);
+    val_windows_ = eval->validation();
+    validation_data_ = eval->describe();
+  }
   write_run_json("running");
 }
 
@@ -166,7 +203,8 @@ void Trainer::write_run_json(const char* status) const {
                             {"params_total", pc.total},
                             {"tokens_planned", cfg_.tokens_planned()},
                             {"status", status},
-                            {"bytes_per_token", data_->bytes_per_token()}};
+                            {"bytes_per_token", data_->bytes_per_token()},
+                            {"validation_data", validation_data_}};
   write_file_atomic((fs::path(opt_.run_dir) / "run.json").string(), j.dump(2) + "\n");
 }
 

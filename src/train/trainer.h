@@ -87,6 +87,7 @@ class Trainer {
   EvalResult last_eval_;
   bool last_eval_moba_ = false;  // the attention last_eval_ used (MoBA layers ran MoBA)
   std::string attention_label_;
+  std::string validation_data_;  // what the validation windows come from (run.json)
   double session_start_elapsed_ = 0.0;  // state_.elapsed_s when this session began
   double session_train_s_ = 0.0;        // time spent in train steps this session
   int64_t session_steps_ = 0;
