@@ -98,16 +98,17 @@ TEST(NewFile, AFailedWriteNamesTheFileAndTheOsErrorAndLeavesNothing) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     std::signal(SIGXFSZ, SIG_IGN);
+    rlimit old{};
+    ::getrlimit(RLIMIT_FSIZE, &old);
     const std::string msg = message_of([&] {
-      rlimit r{4096, 4096};
+      rlimit r{4096, old.rlim_max};  // the soft limit only, so that it can be lifted again
       ::setrlimit(RLIMIT_FSIZE, &r);
       NewFile f(path);
       const std::string big(10000, 'x');
       f.write(big.data(), big.size());
       f.close();
     });
-    rlimit r{RLIM_INFINITY, RLIM_INFINITY};
-    ::setrlimit(RLIMIT_FSIZE, &r);  // may fail (hard limit): the message is short anyway
+    ::setrlimit(RLIMIT_FSIZE, &old);
     std::ofstream(msg_path) << msg;
     ::_exit(0);
   }

@@ -111,6 +111,26 @@ TEST(Robust, ASafetensorsShapeThatOverflowsIsANamedError) {
       << m;
 }
 
+// Issue 15, finding 7: a link planted at RUN/run.json.tmp was followed and its target
+// overwritten when the trainer rewrote run.json.
+TEST(Robust, ALinkPlantedAtRunJsonTmpIsNotFollowed) {
+  TempDir dir;
+  const std::string run = dir / "run";
+  {
+    Trainer t(tiny(), {run, "", false, nullptr});
+    t.run(4);
+  }
+  std::ofstream(dir / "victim") << "precious";
+  fs::create_symlink(dir / "victim", run + "/run.json.tmp");
+  {
+    Trainer t(tiny(), {run, "", true, nullptr});
+    t.run();
+  }
+  EXPECT_EQ(slurp(dir / "victim"), "precious");
+  EXPECT_EQ(read_json(run + "/run.json")["status"], "finished");
+  EXPECT_FALSE(fs::exists(run + "/run.json.tmp"));
+}
+
 TEST(Robust, AbsurdSizesAreRefusedBeforeAllocating) {
   TempDir dir;
   const std::function<void(RunConfig&)> absurd[] = {
