@@ -57,7 +57,7 @@ void run_logits(const LogitsOptions& o) {
   const std::string config_path = (std::filesystem::path(o.run_dir) / "config.toml").string();
   MOBA_CHECK(std::filesystem::exists(config_path), "logits: '", o.run_dir,
              "' is not a run folder (no config.toml)");
-  const train::RunConfig cfg = train::load_config(config_path).resolved();
+  const train::RunConfig cfg = train::load_run_config(o.run_dir).resolved();
   model::Model<float> model(cfg.model);
   std::vector<float> params(model.layout().total);
   const train::TrainState state = train::load_checkpoint_weights(o.run_dir, model.layout(), params);

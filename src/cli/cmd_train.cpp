@@ -23,9 +23,9 @@ struct TrainOptions {
 void run_train(const TrainOptions& o) {
   MOBA_CHECK(!o.config.empty() || o.resume,
              "--config X.toml is required (with --resume it defaults to RUN_DIR/config.toml)");
-  const std::string config_path =
-      o.config.empty() ? (std::filesystem::path(o.out) / "config.toml").string() : o.config;
-  train::RunConfig cfg = train::load_config(config_path);
+  // A run's own config.toml holds data paths relative to the run folder (load_run_config).
+  train::RunConfig cfg =
+      o.config.empty() ? train::load_run_config(o.out) : train::load_config(o.config);
   if (!o.eval_data.empty()) cfg.eval.data = o.eval_data;
   train::Trainer trainer(cfg, {o.out, o.data, o.resume, stdout, o.device});
   trainer.run();

@@ -24,4 +24,10 @@ std::vector<CudaDevice> cuda_devices(std::string* why) {
   return out;
 }
 
+bool cuda_memory_info(size_t* free_bytes, size_t* total_bytes) {
+  if (cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess) return true;
+  cudaGetLastError();  // clear the error for later calls
+  return false;
+}
+
 }  // namespace moba

@@ -10,4 +10,6 @@ std::vector<CudaDevice> cuda_devices(std::string* why) {
   return {};
 }
 
+bool cuda_memory_info(size_t*, size_t*) { return false; }
+
 }  // namespace moba

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "data/hash.h"
 
 namespace moba::data {
@@ -25,10 +26,10 @@ Dataset Dataset::open(const std::string& dir, const OpenOptions& options) {
   ds.dir_ = dir;
   ds.manifest_path_ = (fs::path(dir) / "manifest.json").string();
   const std::string& mp = ds.manifest_path_;
-  std::ifstream f(mp);
-  MOBA_CHECK(f.good(), mp, ": cannot open (is '", dir, "' a folder made by `moba prepare`?)");
+  MOBA_CHECK(fs::exists(mp), mp, ": cannot open (is '", dir, "' a folder made by `moba prepare`?)");
+  const std::string text = read_regular_file(mp, "manifest");
   try {
-    ds.manifest_ = nlohmann::json::parse(f);
+    ds.manifest_ = nlohmann::json::parse(text);
     const auto& m = ds.manifest_;
     MOBA_CHECK(m.at("format") == "moba-data", mp, ": not a moba data manifest");
     MOBA_CHECK(m.at("version") == kFormatVersion, mp, ": data format version ", m.at("version").dump(),
@@ -40,8 +41,9 @@ Dataset Dataset::open(const std::string& dir, const OpenOptions& options) {
     if (all.at("tokens").get<int64_t>() > 0)
       ds.bytes_per_token_ = all.at("bytes_per_token").get<double>();
     for (const auto& sh : m.at("shards")) {
-      const std::string bin = (fs::path(dir) / sh.at("bin").get<std::string>()).string();
-      const std::string idx = (fs::path(dir) / sh.at("index").get<std::string>()).string();
+      // Names from the manifest stay inside the data folder ("../x", "/etc/shadow").
+      const std::string bin = confined_path(dir, sh.at("bin").get<std::string>(), mp);
+      const std::string idx = confined_path(dir, sh.at("index").get<std::string>(), mp);
       MappedShard s = MappedShard::open(bin, idx, options.verify);
       MOBA_CHECK(s.vocab_size() == ds.vocab_size_ && s.dtype_bytes() == dtype_bytes, bin,
                  ": header says vocabulary ", s.vocab_size(), " and ", s.dtype_bytes(),

@@ -14,6 +14,7 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "core/folder_lock.h"
+#include "core/safe_io.h"
 #include "data/pipeline.h"
 #include "data/shard.h"
 #include "data/sources.h"
@@ -286,8 +287,19 @@ nlohmann::json prepare(const PrepareConfig& c, std::FILE* log) {
     } else {
       tok = train_tokenizer(c, jobs, log, &model);
     }
-    std::ofstream(out / "tokenizer.model", std::ios::binary) << model;
+    write_new_file((out / "tokenizer.model").string(), model.data(), model.size());
     tok_json = {{"kind", "bpe"}, {"vocab_size", tok->vocab_size()}, {"model", "tokenizer.model"}};
+    // SentencePiece stops merging when the corpus has no more pairs to merge: say so rather
+    // than let --vocab-size 100000 silently become 16332.
+    if (c.tokenizer_model.empty() && tok->vocab_size() < c.vocab_size) {
+      tok_json["vocab_size_requested"] = c.vocab_size;
+      const std::string note = "--vocab-size " + std::to_string(c.vocab_size) +
+                               " asked, the training text gave only " +
+                               std::to_string(tok->vocab_size()) + " pieces";
+      tok_json["note"] = note;
+      std::fprintf(stderr, "moba prepare: note: %s (the vocabulary is %lld)\n", note.c_str(),
+                   static_cast<long long>(tok->vocab_size()));
+    }
   }
   const double tokenizer_s = seconds_since(t_tok);
   const int64_t vocab = tok->vocab_size();
@@ -402,14 +414,7 @@ nlohmann::json prepare(const PrepareConfig& c, std::FILE* log) {
       {"shards", shards},
       {"documents", docs}};
   // The manifest is written last and atomically: a folder with a manifest is complete.
-  const fs::path tmp = out / "manifest.json.tmp";
-  {
-    std::ofstream f(tmp);
-    MOBA_CHECK(f.good(), tmp.string(), ": cannot write");
-    f << m.dump(1) << "\n";
-    MOBA_CHECK(f.good(), tmp.string(), ": write failed");
-  }
-  fs::rename(tmp, out / "manifest.json");
+  write_file_atomic((out / "manifest.json").string(), m.dump(1) + "\n");
   swap.commit();
 
   if (log) {

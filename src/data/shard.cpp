@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "data/hash.h"
 
 namespace moba::data {
@@ -33,7 +34,7 @@ T get(const unsigned char* h, size_t at) {
 }
 
 void write_all(std::FILE* f, const void* p, size_t n, const std::string& path) {
-  MOBA_CHECK(std::fwrite(p, 1, n, f) == n, path, ": write failed (disk full?)");
+  MOBA_CHECK(std::fwrite(p, 1, n, f) == n, path, ": write failed: ", std::strerror(errno));
 }
 
 bool all_zero(const unsigned char* p, size_t n) {
@@ -88,7 +89,7 @@ void ShardWriter::finish() {
   put<uint64_t>(h, 32, fnv1a64(h, 32, checksum_));
   MOBA_CHECK(std::fseek(bin_, 0, SEEK_SET) == 0, bin_path_, ": seek failed");
   write_all(bin_, h, kHeaderBytes, bin_path_);
-  MOBA_CHECK(std::fclose(bin_) == 0, bin_path_, ": close failed (disk full?)");
+  MOBA_CHECK(std::fclose(bin_) == 0, bin_path_, ": close failed: ", std::strerror(errno));
   bin_ = nullptr;
 
   std::FILE* idx = std::fopen(idx_path_.c_str(), "wb");
@@ -102,7 +103,7 @@ void ShardWriter::finish() {
   put<uint64_t>(ih, 32, fnv1a64(ih, 32, fnv1a64(offsets_.data(), obytes)));
   write_all(idx, ih, kHeaderBytes, idx_path_);
   write_all(idx, offsets_.data(), obytes, idx_path_);
-  MOBA_CHECK(std::fclose(idx) == 0, idx_path_, ": close failed (disk full?)");
+  MOBA_CHECK(std::fclose(idx) == 0, idx_path_, ": close failed: ", std::strerror(errno));
 }
 
 MappedShard& MappedShard::operator=(MappedShard&& o) noexcept {
@@ -128,10 +129,14 @@ MappedShard MappedShard::open(const std::string& bin_path, const std::string& id
                               bool verify) {
   MappedShard s;
   s.bin_path_ = bin_path;
-  const int fd = ::open(bin_path.c_str(), O_RDONLY);
+  // O_NONBLOCK and the fstat check: a FIFO or a device is refused instead of blocking.
+  const int fd = ::open(bin_path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   MOBA_CHECK(fd >= 0, bin_path, ": cannot open shard (", std::strerror(errno), ")");
   struct stat st {};
-  ::fstat(fd, &st);
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    MOBA_CHECK(false, bin_path, ": shard must be a regular file");
+  }
   const auto size = static_cast<uint64_t>(st.st_size);
   if (size < kHeaderBytes) {
     ::close(fd);
@@ -180,10 +185,8 @@ MappedShard MappedShard::open(const std::string& bin_path, const std::string& id
   }
 
   // The index is small: read it whole and check every offset.
-  std::ifstream f(idx_path, std::ios::binary);
-  MOBA_CHECK(f.good(), idx_path, ": cannot open document index");
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)),
-                                   std::istreambuf_iterator<char>());
+  const std::string raw = read_regular_file(idx_path, "document index");
+  const std::vector<unsigned char> bytes(raw.begin(), raw.end());
   MOBA_CHECK(bytes.size() >= kHeaderBytes, idx_path, ": truncated index: ", bytes.size(),
              " bytes, shorter than the header");
   const unsigned char* ih = bytes.data();

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "data/text.h"
 
 namespace moba::data {
 
@@ -34,6 +35,14 @@ std::vector<Source> collect_sources(const std::vector<std::string>& inputs) {
                      static_cast<int64_t>(it->file_size())});
     }
     MOBA_CHECK(!ec, "cannot list folder '", in, "': ", ec.message());
+  }
+  // Names go into manifest.json, which is JSON and so UTF-8: refuse a name that is not,
+  // before any work (it once failed at the very end, as an internal error).
+  for (const Source& s : out) {
+    std::string shown;
+    MOBA_CHECK(append_valid_utf8(s.path, shown) == 0, "input file name '", shown,
+               "' is not valid UTF-8 (shown with U+FFFD for the invalid bytes); rename it, or "
+               "move it out of the input");
   }
   std::sort(out.begin(), out.end(),
             [](const Source& a, const Source& b) { return a.name < b.name; });

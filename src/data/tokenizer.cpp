@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 
 namespace moba::data {
 namespace {
@@ -36,18 +37,18 @@ std::unique_ptr<Tokenizer> byte_tokenizer() { return std::make_unique<ByteTokeni
 
 std::unique_ptr<Tokenizer> Tokenizer::open(const std::string& data_dir) {
   const std::string manifest = (std::filesystem::path(data_dir) / "manifest.json").string();
-  std::ifstream f(manifest);
-  MOBA_CHECK(f.good(), manifest, ": cannot open (is '", data_dir,
+  MOBA_CHECK(std::filesystem::exists(manifest), manifest, ": cannot open (is '", data_dir,
              "' a folder made by `moba prepare`?)");
+  const std::string text = read_regular_file(manifest, "manifest");
   nlohmann::json m;
   try {
-    m = nlohmann::json::parse(f);
+    m = nlohmann::json::parse(text);
     const auto& t = m.at("tokenizer");
     const std::string kind = t.at("kind").get<std::string>();
     if (kind == "byte") return byte_tokenizer();
     MOBA_CHECK(kind == "bpe", manifest, ": unknown tokenizer kind '", kind, "'");
     return bpe_tokenizer_from_file(
-        (std::filesystem::path(data_dir) / t.at("model").get<std::string>()).string());
+        confined_path(data_dir, t.at("model").get<std::string>(), manifest));
   } catch (const nlohmann::json::exception& e) {
     MOBA_CHECK(false, manifest, ": not a valid manifest (", e.what(), ")");
   }

@@ -3,6 +3,7 @@
 // (for BPE: as long as s holds no U+2581, SentencePiece's own space symbol).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -37,6 +38,10 @@ std::unique_ptr<Tokenizer> byte_tokenizer();
 
 // True when this build links SentencePiece (BPE available).
 bool have_sentencepiece();
+
+// The most bytes one call to SentencePiece's encoder sees; longer lines are cut (see
+// tokenizer_bpe.cpp). A bound on the encoder's memory: about 220 bytes per input byte.
+inline constexpr size_t kBpeChunkBytes = 4096;
 
 // A SentencePiece model from its serialized form (the bytes of a .model file).
 // `word_cache` encodes word by word through a per-thread cache (same ids, faster);

@@ -61,7 +61,27 @@ class BpeTokenizer final : public Tokenizer {
   }
 
  private:
+  // SentencePiece's encoder takes about 220 bytes of memory per input byte (11 GB for one
+  // 50 MB line without a space), so no call sees more than kBpeChunkBytes: a longer text is
+  // cut at the last word start (a space after a non-space) in the chunk, which changes no id
+  // (see encode_line), or, in a run without one, at a UTF-8 character boundary, where no
+  // piece may then cross the cut (docs/data.md, "Tokenizers").
   void encode_plain(std::string_view s, std::vector<int32_t>& ids) const {
+    while (s.size() > kBpeChunkBytes) {
+      size_t cut = kBpeChunkBytes;
+      while (cut > 0 && !(s[cut] == ' ' && s[cut - 1] != ' ')) --cut;
+      if (cut == 0) {
+        cut = kBpeChunkBytes;
+        while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+        if (cut == 0) cut = kBpeChunkBytes;  // not UTF-8 at all: cut anywhere
+      }
+      encode_chunk(s.substr(0, cut), ids);
+      s.remove_prefix(cut);
+    }
+    encode_chunk(s, ids);
+  }
+
+  void encode_chunk(std::string_view s, std::vector<int32_t>& ids) const {
     std::vector<int> out;
     const auto st = sp_.Encode(s, &out);
     MOBA_CHECK(st.ok(), "SentencePiece encode failed: ", st.ToString());

@@ -8,6 +8,8 @@
 
 #include "attention/stats.h"
 #include "core/error.h"
+#include "core/safe_io.h"
+#include "train/memory.h"
 #include "train/progress.h"
 
 namespace moba::scaling {
@@ -49,9 +51,9 @@ DataFacts data_facts(const SweepConfig& s, const std::string& data) {
   }
   const fs::path manifest = fs::path(data) / "manifest.json";
   if (fs::exists(manifest)) {
-    std::ifstream f(manifest);
+    const std::string text = read_regular_file(manifest.string(), "manifest");
     try {
-      const nlohmann::json m = nlohmann::json::parse(f);
+      const nlohmann::json m = nlohmann::json::parse(text);
       d.train_tokens = m.at("stats").at("train").at("tokens").get<int64_t>();
       d.vocab_size = m.at("vocab_size").get<int64_t>();
     } catch (const nlohmann::json::exception& e) {
@@ -108,13 +110,8 @@ double planned_lr(const LrRule& rule, double params, double tokens) {
   return std::min(rule.max, rule.coefficient * std::pow(c, -rule.exponent));
 }
 
-double memory_estimate(const model::ModelConfig& cfg0, int64_t batch_size) {
-  const model::ModelConfig c = cfg0.resolved();
-  const double states = 16.0 * static_cast<double>(model::param_counts(c).total);
-  const double tokens = static_cast<double>(batch_size * c.seq_len);
-  const double activations = tokens * (34.0 * static_cast<double>(c.layers * c.width) +
-                                       8.0 * static_cast<double>(c.vocab_size));
-  return states + activations;
+double memory_estimate(const model::ModelConfig& cfg, int64_t batch_size) {
+  return train::estimate_memory(cfg, batch_size, "cuda").total();  // the trainer's planner
 }
 
 double Plan::max_data_reads() const {
@@ -292,8 +289,8 @@ void print_plan(std::FILE* f, const Plan& p) {
                  s.estimate.seconds_per_token * 1e6, s.estimate.flops_per_s,
                  s.estimate.note.empty() ? "" : "; ", s.estimate.note.c_str());
   std::fprintf(f,
-               "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (16 bytes "
-               "per parameter + activations)\n",
+               "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (18 bytes "
+               "per parameter + activations; train/memory.h)\n",
                static_cast<long long>(s.train.batch_size));
   std::fflush(f);
 }

@@ -118,9 +118,8 @@ double exec_flops_per_token(const model::ModelConfig& cfg);
 // Learning rate of a run of `params` non-embedding parameters trained on `tokens`.
 double planned_lr(const LrRule& rule, double params, double tokens);
 
-// Memory of training one micro-batch on a GPU in bf16 with fp32 master weights and AdamW
-// (16 bytes per parameter) plus activations of B sequences (34 x C bytes per token and
-// layer with flash attention, Korthikanti et al. 2022, and fp32 logits and their gradient).
+// Memory of training one micro-batch on a GPU in bf16: train::estimate_memory (the
+// trainer's own planner, which refuses a run that cannot fit), total.
 double memory_estimate(const model::ModelConfig& cfg, int64_t batch_size);
 
 // Builds the plan: the run configurations, counts, estimates. `data_override` replaces the

@@ -2,11 +2,16 @@
 // docs/sweep.md; the defaults themselves are the ones of SweepConfig (plan.h).
 #include <toml++/toml.h>
 
+#include <algorithm>
+#include <cctype>
+
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/toml_table.h"
 #include "scaling/plan.h"
 
@@ -21,6 +26,16 @@ TomlTable table_reader(const toml::table* t, const std::string& origin, const ch
 void validate(const SweepConfig& s) {
   const std::string& o = s.origin;
   MOBA_CHECK(!s.name.empty(), o, ": name must not be empty");
+  // The name becomes part of every run folder's name under --runs-dir: "../../x" or "a/b"
+  // would put runs elsewhere, so only a plain file name is accepted.
+  const bool plain = s.name.front() != '.' &&
+                     std::all_of(s.name.begin(), s.name.end(), [](char ch) {
+                       return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' ||
+                              ch == '_' || ch == '.';
+                     });
+  MOBA_CHECK(plain, o, ": name '", s.name,
+             "' must be a plain name (letters, digits, '-', '_', '.'; not starting with '.'): it "
+             "names the run folders under --runs-dir");
   MOBA_CHECK(!s.data.empty(), o,
              ": data must name a folder of token shards or a synthetic "
              "source");
@@ -167,11 +182,9 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
 }
 
 SweepConfig load_sweep_config(const std::string& path) {
-  std::ifstream f(path);
-  MOBA_CHECK(f.good(), "cannot read the sweep preset '", path, "' (presets are in sweeps/)");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_sweep_config(ss.str(), path);
+  MOBA_CHECK(std::filesystem::exists(path), "cannot read the sweep preset '", path,
+             "' (presets are in sweeps/)");
+  return parse_sweep_config(read_regular_file(path, "sweep preset"), path);
 }
 
 }  // namespace moba::scaling

@@ -51,6 +51,27 @@ std::string interval(const std::optional<Bootstrap>& b, Interval Bootstrap::*whi
   return " [" + num(i.lo) + ", " + num(i.hi) + "]";
 }
 
+// Text from run folders (names, statuses) as table cell text: a name holding '|' would cut
+// the table, one holding HTML would render as HTML. Markdown specials are escaped with a
+// backslash, HTML's with entities, line ends become spaces.
+std::string md_cell(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    switch (ch) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '\n': case '\r': out += ' '; break;
+      case '|': case '`': case '*': case '_': case '[': case ']': case '\\':
+        out += '\\';
+        out += ch;
+        break;
+      default: out += ch;
+    }
+  }
+  return out;
+}
+
 using SizeKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
 SizeKey size_key(const Run& r) {
   return {r.info.params_non_embedding, r.info.layers, r.info.heads, r.info.width, r.info.seq_len};
@@ -117,7 +138,8 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
   }
   std::vector<std::string> flagged;
   for (const Run& r : s.runs)
-    if (!run_flag(r).empty()) flagged.push_back("`" + r.info.name + "` (" + run_flag(r) + ")");
+    if (!run_flag(r).empty())
+      flagged.push_back(md_cell(r.info.name) + " (" + md_cell(run_flag(r)) + ")");
   if (!flagged.empty()) {
     md << "> **Flagged runs**: ";
     for (size_t i = 0; i < flagged.size(); ++i) md << (i ? ", " : "") << flagged[i];
@@ -133,11 +155,11 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
         "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Run& r : s.runs) {
     const ValPoint* v = r.last_val();
-    md << "| " << r.info.name << " | " << attention_label(r.info.attention) << " | "
+    md << "| " << md_cell(r.info.name) << " | " << attention_label(r.info.attention) << " | "
        << r.info.layers << " x " << r.info.heads << " x " << r.info.width << " | "
        << si(static_cast<double>(r.info.params_non_embedding)) << " | "
        << (v ? si(v->tokens) : "0") << " / " << si(r.info.tokens_planned) << " | "
-       << (run_flag(r).empty() ? "finished" : "**" + r.info.status + "**") << " | "
+       << (run_flag(r).empty() ? "finished" : "**" + md_cell(r.info.status) + "**") << " | "
        << (v ? num(v->loss) : "n/a") << " | "
        << (v ? num(bits_per_byte(v->loss, r.info.bytes_per_token)) : "n/a") << " | "
        << (v ? num(v->trailing_loss) : "n/a") << " | "

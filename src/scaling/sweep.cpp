@@ -61,7 +61,8 @@ State classify(const fs::path& dir, const train::RunConfig& cfg) {
                        fs::exists(dir / "metrics.jsonl");
   if (!started) return State::fresh;
   const fs::path config = dir / "config.toml";
-  MOBA_CHECK(fs::exists(config) && read_text(config) == train::to_toml(cfg), "'", dir.string(),
+  MOBA_CHECK(fs::exists(config) && train::same_run_config(train::load_run_config(dir.string()), cfg),
+             "'", dir.string(),
              "' holds a run whose configuration differs from the plan's (",
              fs::exists(config) ? "config.toml differs" : "no config.toml",
              "): the preset or its data changed since; remove the folder or use another "

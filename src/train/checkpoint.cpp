@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "data/hash.h"
 #include "train/safetensors.h"
 
@@ -24,6 +25,7 @@ struct FileSum {
 };
 
 FileSum file_sum(const fs::path& path) {
+  require_regular_file(path.string(), "checkpoint file");
   std::ifstream f(path, std::ios::binary);
   MOBA_CHECK(f.good(), "cannot read checkpoint file '", path.string(), "'");
   FileSum s;
@@ -67,11 +69,15 @@ void restore(const SafetensorsFile& file, const std::string& path, const model::
 
 // The step of a complete checkpoint folder (state.json, written last, parses), or -1.
 int64_t complete_step(const fs::path& dir) {
-  std::ifstream f(dir / "state.json");
-  if (!f.good()) return -1;
+  std::error_code ec;
+  if (!fs::is_regular_file(dir / "state.json", ec)) return -1;  // a FIFO would block
   try {
-    return nlohmann::json::parse(f).at("step").get<int64_t>();
+    return nlohmann::json::parse(read_regular_file((dir / "state.json").string(), "state"))
+        .at("step")
+        .get<int64_t>();
   } catch (const nlohmann::json::exception&) {
+    return -1;
+  } catch (const Error&) {
     return -1;
   }
 }
@@ -93,14 +99,10 @@ fs::path readable_dir(const std::string& run_dir) {
 
 void write_text(const fs::path& path, const std::string& text) {
   // Through a temporary name: a crash mid-write never leaves a torn state.json, whose
-  // presence marks a checkpoint folder complete.
-  const fs::path part = path.string() + ".part";
-  {
-    std::ofstream f(part);
-    f << text;
-    f.flush();
-    MOBA_CHECK(f.good(), "writing '", part.string(), "' failed (disk full?)");
-  }
+  // presence marks a checkpoint folder complete. The temporary is created exclusively and
+  // removed on failure (core/safe_io.h).
+  const std::string part = path.string() + ".part";
+  write_new_file(part, text.data(), text.size());
   fs::rename(part, path);
 }
 
@@ -120,29 +122,38 @@ void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layou
   }
   fs::remove_all(tmp);
   fs::create_directories(tmp);
-  const std::map<std::string, std::string> meta = {{"format", "moba-checkpoint"},
-                                                   {"step", std::to_string(s.step)}};
-  write_safetensors((tmp / "model.safetensors").string(), views(layout, params, ""), meta);
-  std::vector<TensorView> opt = views(layout, adam.m(), "adam_m.");
-  for (TensorView& v : views(layout, adam.v(), "adam_v.")) opt.push_back(std::move(v));
-  write_safetensors((tmp / "optimizer.safetensors").string(), opt,
-                    {{"adam_steps", std::to_string(adam.steps_done())}});
-  nlohmann::json files = nlohmann::json::object();
-  for (const char* name : kTensorFiles) {
-    const FileSum sum = file_sum(tmp / name);
-    files[name] = {{"bytes", sum.bytes}, {"fnv1a64", hex(sum.fnv)}};
+  try {
+    const std::map<std::string, std::string> meta = {{"format", "moba-checkpoint"},
+                                                     {"step", std::to_string(s.step)}};
+    write_safetensors((tmp / "model.safetensors").string(), views(layout, params, ""), meta);
+    std::vector<TensorView> opt = views(layout, adam.m(), "adam_m.");
+    for (TensorView& v : views(layout, adam.v(), "adam_v.")) opt.push_back(std::move(v));
+    write_safetensors((tmp / "optimizer.safetensors").string(), opt,
+                      {{"adam_steps", std::to_string(adam.steps_done())}});
+    nlohmann::json files = nlohmann::json::object();
+    for (const char* name : kTensorFiles) {
+      const FileSum sum = file_sum(tmp / name);
+      files[name] = {{"bytes", sum.bytes}, {"fnv1a64", hex(sum.fnv)}};
+    }
+    const nlohmann::json state = {{"format", kFormat},
+                                  {"step", s.step},
+                                  {"tokens", s.tokens},
+                                  {"flops_6nd", s.flops_6nd},
+                                  {"flops_exec", s.flops_exec},
+                                  {"elapsed_s", s.elapsed_s},
+                                  {"next_batch", s.next_batch},
+                                  {"seed", s.seed},
+                                  {"adam_steps", adam.steps_done()},
+                                  {"attention", s.attention},
+                                  {"files", files}};
+    write_text(tmp / "state.json", state.dump(2) + "\n");
+  } catch (...) {
+    // A failed save (a full disk) leaves no partial checkpoint.tmp behind; the last complete
+    // checkpoint is untouched. The first error is the one reported.
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
   }
-  const nlohmann::json state = {{"format", kFormat},
-                                {"step", s.step},
-                                {"tokens", s.tokens},
-                                {"flops_6nd", s.flops_6nd},
-                                {"flops_exec", s.flops_exec},
-                                {"elapsed_s", s.elapsed_s},
-                                {"next_batch", s.next_batch},
-                                {"seed", s.seed},
-                                {"adam_steps", adam.steps_done()},
-                                {"files", files}};
-  write_text(tmp / "state.json", state.dump(2) + "\n");
   // The swap: state.json is written last, so a folder with it is complete. At every
   // instant checkpoint, or else checkpoint.old or checkpoint.tmp, is complete
   // (readable_dir finds it).
@@ -162,12 +173,13 @@ namespace {
 
 TrainState read_state(const fs::path& dir, AdamW* adam) {
   const std::string state_path = (dir / "state.json").string();
-  std::ifstream f(state_path);
-  MOBA_CHECK(f.good(), "no checkpoint to resume from: cannot read '", state_path, "'");
+  MOBA_CHECK(fs::exists(state_path), "no checkpoint to resume from: cannot read '", state_path,
+             "'");
+  const std::string text = read_regular_file(state_path, "checkpoint state");
   nlohmann::json j;
   TrainState s;
   try {
-    j = nlohmann::json::parse(f);
+    j = nlohmann::json::parse(text);
     const int format = j.at("format").get<int>();
     MOBA_CHECK(format == 1 || format == kFormat, "checkpoint file '", state_path,
                "' has format ", j.at("format").dump(), ", this build reads 1 and ", kFormat);
@@ -191,6 +203,7 @@ TrainState read_state(const fs::path& dir, AdamW* adam) {
     s.elapsed_s = j.at("elapsed_s").get<double>();
     s.next_batch = j.at("next_batch").get<uint64_t>();
     s.seed = j.at("seed").get<uint64_t>();
+    s.attention = j.value("attention", std::string());
     if (adam) adam->set_steps_done(j.at("adam_steps").get<int64_t>());
   } catch (const nlohmann::json::exception& e) {
     MOBA_CHECK(false, "checkpoint file '", state_path, "' is corrupt: ", e.what());

@@ -33,6 +33,10 @@ struct TrainState {
   double elapsed_s = 0.0;   // training wall time, summed over resumed sessions
   uint64_t next_batch = 0;  // index of the next training micro-batch (data position)
   uint64_t seed = 0;
+  // The attention the weights were trained with, e.g. "moba S=512 K=3 full_last_layers=0
+  // moba_to_full_at=1" (empty in checkpoints written before it was recorded): resume refuses
+  // a run whose configuration says otherwise.
+  std::string attention;
 };
 
 void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,

@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/toml_table.h"
 
 namespace moba::train {
@@ -137,11 +139,8 @@ RunConfig parse_config(const std::string& text, const std::string& origin) {
 }
 
 RunConfig load_config(const std::string& path) {
-  std::ifstream f(path);
-  MOBA_CHECK(f.good(), "cannot read the config file '", path, "'");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_config(ss.str(), path);
+  // A folder or a FIFO named by --config is refused, not read as an empty configuration.
+  return parse_config(read_regular_file(path, "config file"), path);
 }
 
 void RunConfig::validate() const {
@@ -246,6 +245,46 @@ std::string to_toml(const RunConfig& c) {
      << "[log]\n"
      << "every = " << c.log_every << "\n";
   return os.str();
+}
+
+namespace {
+
+bool is_folder_path(const std::string& data) { return data.rfind("synthetic:", 0) != 0; }
+
+std::filesystem::path absolute_normal(const std::filesystem::path& p) {
+  return std::filesystem::absolute(p).lexically_normal();
+}
+
+}  // namespace
+
+// Relative data folders (data, eval.data) are written relative to the run folder.
+std::string run_config_text(const RunConfig& resolved, const std::string& run_dir) {
+  RunConfig c = resolved;
+  for (std::string* d : {&c.data, &c.eval.data})
+    if (!d->empty() && is_folder_path(*d) && std::filesystem::path(*d).is_relative())
+      *d = absolute_normal(*d).lexically_relative(absolute_normal(run_dir)).string();
+  return to_toml(c);
+}
+
+RunConfig load_run_config(const std::string& run_dir) {
+  const std::filesystem::path path = std::filesystem::path(run_dir) / "config.toml";
+  RunConfig c = load_config(path.string());
+  for (std::string* d : {&c.data, &c.eval.data}) {
+    const std::filesystem::path data(*d);
+    if (d->empty() || !is_folder_path(*d) || !data.is_relative()) continue;
+    const std::filesystem::path in_run = (std::filesystem::path(run_dir) / data).lexically_normal();
+    if (std::filesystem::exists(in_run) || !std::filesystem::exists(data)) *d = in_run.string();
+  }
+  return c;
+}
+
+bool same_run_config(const RunConfig& a, const RunConfig& b) {
+  RunConfig x = a.resolved(), y = b.resolved();
+  for (RunConfig* c : {&x, &y}) {
+    if (is_folder_path(c->data)) c->data = absolute_normal(c->data).string();
+    if (!c->eval.data.empty()) c->eval.data = absolute_normal(c->eval.data).string();
+  }
+  return to_toml(x) == to_toml(y);
 }
 
 }  // namespace moba::train

@@ -78,4 +78,15 @@ RunConfig parse_config(const std::string& toml_text, const std::string& origin);
 // before the key existed still resume (their config.toml is compared as text).
 std::string to_toml(const RunConfig& resolved);
 
+// A run folder's config.toml, and reading it back. Runs can be moved: a relative `data`
+// path (relative to the current folder when given) is stored relative to the run folder, and
+// load_run_config resolves it against the run folder again, so a run moved together with its
+// data, or resumed from another folder, finds the same shards. Absolute paths and
+// "synthetic:..." are kept as they are. A run written before this rule (data relative to the
+// folder moba ran in) still loads when the path exists from the current folder.
+std::string run_config_text(const RunConfig& resolved, const std::string& run_dir);
+RunConfig load_run_config(const std::string& run_dir);
+// The same run: equal configurations once both `data` paths are made absolute.
+bool same_run_config(const RunConfig& a, const RunConfig& b);
+
 }  // namespace moba::train

@@ -27,7 +27,7 @@ EvalRunResult evaluate_run(const EvalRunOptions& opt) {
              "--attention must be auto, moba or full, got '", opt.attention, "'");
   MOBA_CHECK(opt.device == "cpu" || opt.device == "cuda", "--device must be cpu or cuda, got '",
              opt.device, "'");
-  RunConfig cfg = load_config((run / "config.toml").string());
+  RunConfig cfg = load_run_config(opt.run_dir);
   cfg.validate();
   cfg = cfg.resolved();
 

@@ -132,7 +132,7 @@ HfExportResult export_hf(const HfExportOptions& opt, std::FILE* log) {
   MOBA_CHECK(fs::exists(config_path), "export-hf: '", opt.run_dir,
              "' is not a run folder (no config.toml)");
   MOBA_CHECK(has_checkpoint(opt.run_dir), "export-hf: '", opt.run_dir, "' holds no checkpoint");
-  const RunConfig cfg = load_config(config_path.string()).resolved();
+  const RunConfig cfg = load_run_config(opt.run_dir).resolved();
   const model::ModelConfig& m = cfg.model;
   const model::ParamLayout layout = model::make_param_layout(m);
   std::vector<float> params(layout.total);

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "model/params.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -248,12 +249,7 @@ RunConfig import_hf(const HfImportOptions& o, std::FILE* log) {
     MOBA_CHECK(fs::is_directory(out) && fs::is_empty(out), "import-hf: '", o.out_dir,
                "' already exists and is not empty; choose another --out");
   fs::create_directories(out);
-  {
-    std::ofstream f(out / "config.toml");
-    f << to_toml(cfg);
-    f.flush();
-    MOBA_CHECK(f.good(), "import-hf: writing '", (out / "config.toml").string(), "' failed");
-  }
+  write_file_atomic((out / "config.toml").string(), run_config_text(cfg, o.out_dir));
   AdamW adam(layout, cfg.train);
   TrainState state;
   state.seed = cfg.train.seed;

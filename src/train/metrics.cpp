@@ -22,7 +22,7 @@ MetricsLog::~MetricsLog() {
 void MetricsLog::write(const nlohmann::json& line) {
   const std::string s = line.dump() + "\n";
   MOBA_CHECK(std::fwrite(s.data(), 1, s.size(), f_) == s.size() && std::fflush(f_) == 0,
-             "writing '", path_, "' failed");
+             "writing '", path_, "' failed: ", std::strerror(errno));
 }
 
 void truncate_metrics(const std::string& path, int64_t last_step) {
@@ -38,17 +38,6 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
   }
   in.close();
   write_file_atomic(path, kept.str());
-}
-
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << text;
-    f.flush();
-    MOBA_CHECK(f.good(), "writing '", tmp, "' failed");
-  }
-  std::filesystem::rename(tmp, path);
 }
 
 nlohmann::json val_record(const EvalResult& r, const TrainState& state, bool moba) {

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/safe_io.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 
@@ -34,7 +35,8 @@ nlohmann::json val_record(const EvalResult& r, const TrainState& state, bool mob
 // rewriting the file atomically. A torn last line (a crash mid-write) is dropped too.
 void truncate_metrics(const std::string& path, int64_t last_step);
 
-// Writes `text` to `path` through a temporary file and a rename.
-void write_file_atomic(const std::string& path, const std::string& text);
+// Writes `text` to `path` through an exclusively created temporary and a rename
+// (core/safe_io.h).
+using moba::write_file_atomic;
 
 }  // namespace moba::train

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 
 namespace moba::train {
 namespace {
@@ -86,20 +87,18 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
 
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  MOBA_CHECK(f, "cannot write '", path, "': ", std::strerror(errno));
+  // Created exclusively and removed on failure; the error carries the OS's reason.
+  NewFile f(path);
   char len[8];
   put_u64_le(len, text.size());
-  bool ok =
-      std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  for (const TensorView& t : tensors)
-    ok = ok && std::fwrite(t.data.data(), sizeof(float), t.data.size(), f) == t.data.size();
-  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  ok = std::fclose(f) == 0 && ok;
-  MOBA_CHECK(ok, "writing '", path, "' failed (disk full?)");
+  f.write(len, 8);
+  f.write(text.data(), text.size());
+  for (const TensorView& t : tensors) f.write(t.data.data(), t.data.size() * sizeof(float));
+  f.close();
 }
 
 SafetensorsFile read_safetensors(const std::string& path, bool convert_half) {
+  require_regular_file(path, "checkpoint file");
   std::ifstream f(path, std::ios::binary);
   MOBA_CHECK(f.good(), "cannot read checkpoint file '", path, "'");
   f.seekg(0, std::ios::end);
@@ -143,7 +142,12 @@ SafetensorsFile read_safetensors(const std::string& path, bool convert_half) {
       uint64_t elems = 1;
       for (int64_t s : t.shape) {
         MOBA_CHECK(s >= 0, "checkpoint file '", path, "': tensor ", name, " has a negative dim");
-        elems *= static_cast<uint64_t>(s);
+        // A shape like [2^62 + 1] must not wrap around into a small, plausible size.
+        MOBA_CHECK(!__builtin_mul_overflow(elems, static_cast<uint64_t>(s), &elems) &&
+                       elems <= data_bytes / width,
+                   "checkpoint file '", path, "' is corrupt: tensor ", name, " has shape ",
+                   desc.at("shape").dump(), ", more values than the file's ", data_bytes,
+                   " data bytes hold");
       }
       MOBA_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= data_bytes &&
                      off[1] - off[0] == elems * width,

@@ -16,6 +16,7 @@ namespace moba::model::cuda {
 class ModelCuda {};
 }  // namespace moba::model::cuda
 #endif
+#include "train/memory.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/schedule.h"
@@ -29,11 +30,17 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+// What state.json records of the attention: enough to tell a MoBA checkpoint from a
+// full-attention one, and MoBA runs of different block sizes or top-k apart.
+std::string attention_signature(const model::ModelConfig& m) {
+  const model::AttentionConfig& a = m.attention;
+  std::ostringstream os;
+  os << (a.kind == model::AttentionKind::moba ? "moba" : "full");
+  if (a.kind == model::AttentionKind::moba)
+    os << " S=" << a.block_size << " K=" << a.top_k
+       << " full_last_layers=" << a.full_attention_last_layers
+       << " moba_to_full_at=" << a.moba_to_full_at;
+  return os.str();
 }
 
 // Validation data from another folder must be tokenized alike: the same tokenizer kind and,
@@ -79,7 +86,10 @@ void check_finite_gradients(const model::ParamLayout& layout, std::span<const fl
 }
 
 Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<BatchSource> data)
-    : cfg_((cfg.validate(), cfg.resolved())),
+    // The memory check before the first allocation below (model, parameters, moments).
+    : cfg_((cfg.validate(),
+            check_memory(cfg.model, cfg.train.batch_size, cfg.train.grad_accum, opt.device),
+            cfg.resolved())),
       opt_(std::move(opt)),
       data_(data ? std::move(data) : make_batch_source(cfg_, opt_.data_dir)),
       model_(cfg_.model),
@@ -101,22 +111,33 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
 #endif
   }
   if (!opt_.data_dir.empty()) cfg_.data = opt_.data_dir;  // config.toml records what ran
-  const std::string config_text = to_toml(cfg_);
+  const std::string config_text = run_config_text(cfg_, opt_.run_dir);
   MOBA_CHECK(!fs::exists(run) || fs::is_directory(run), "--out '", opt_.run_dir,
              "' exists and is not a folder");
   MOBA_CHECK(!opt_.resume || fs::is_regular_file(run / "config.toml"), "--resume: '",
              opt_.run_dir, "' holds no run (no config.toml)");
-  fs::create_directories(run);
+  try {
+    fs::create_directories(run);
+  } catch (const fs::filesystem_error& e) {  // e.g. a parent of --out is a file
+    MOBA_CHECK(false, "--out '", opt_.run_dir, "': cannot create the run folder (",
+               e.code().message(), ")");
+  }
   // One command per run folder: a second `moba train` on it stops here, before writing.
   lock_ = std::make_unique<FolderLock>((run / ".lock").string(), opt_.run_dir);
   if (opt_.resume) {
-    MOBA_CHECK(read_text(run / "config.toml") == config_text,
+    MOBA_CHECK(same_run_config(load_run_config(opt_.run_dir), cfg_),
                "--resume: the configuration differs from the one the run started with ('",
                (run / "config.toml").string(), "'); resume with that file (or without --config)");
     if (has_checkpoint(opt_.run_dir)) {
       state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
       MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
                  " differs from train.seed ", cfg_.train.seed);
+      // A checkpoint trained with other attention (MoBA weights in a full-attention run) would
+      // load silently: the tensors have the same shapes.
+      MOBA_CHECK(state_.attention.empty() || state_.attention == attention_signature(cfg_.model),
+                 "--resume: the checkpoint in '", opt_.run_dir, "' was trained with attention '",
+                 state_.attention, "', the configuration says '",
+                 attention_signature(cfg_.model), "'");
     } else {
       // Killed before its first checkpoint: nothing was kept, so the run starts again from
       // step 0 (the data and the initialisation are functions of the seed: the same run).
@@ -146,6 +167,7 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
     gpu_->upload_moments(adam_.m(), adam_.v());  // zeros on a fresh run
   }
 #endif
+  state_.attention = attention_signature(cfg_.model);  // recorded by every checkpoint
   session_start_elapsed_ = state_.elapsed_s;
   attention_label_ = model::attention_label(cfg_.model);
   if (cfg_.eval.data.empty()) {
@@ -399,7 +421,12 @@ void Trainer::run(int64_t stop_after) {
       }
     }
   } catch (...) {
-    write_run_json("failed");
+    // The first failure is what the user needs (e.g. the checkpoint's "File too large"): a
+    // second one while marking the run failed (the same full disk) must not replace it.
+    try {
+      write_run_json("failed");
+    } catch (const std::exception&) {
+    }
     throw;
   }
   sync_from_device();  // params() reflects the device's weights after a run

@@ -130,6 +130,32 @@ TEST_F(BpeTokenizerTest, WordCacheGivesTheIdsOfWholeLines) {
   }
 }
 
+// Issue 15, finding 10: SentencePiece needs ~220 bytes per input byte, so no call sees
+// more than kBpeChunkBytes. A run without a space is cut every kBpeChunkBytes (ASCII here:
+// no character to keep whole); a long line with spaces is cut at word starts, which changes
+// no id.
+TEST_F(BpeTokenizerTest, LongRunsAreEncodedInBoundedChunks) {
+  if (!have_sentencepiece()) GTEST_SKIP() << "built without SentencePiece";
+  std::mt19937_64 g(7);
+  std::string run;
+  for (char ch : test::random_text(g, 5 * kBpeChunkBytes))
+    if (ch >= 'a' && ch <= 'z') run += ch;  // words glued together: merges everywhere
+  ASSERT_GT(run.size(), 3 * kBpeChunkBytes);
+  const auto tok = bpe_tokenizer(model_, false);
+  std::vector<int32_t> want;
+  for (size_t p = 0; p < run.size(); p += kBpeChunkBytes) {
+    const std::vector<int32_t> part = tok->encode(run.substr(p, kBpeChunkBytes));
+    want.insert(want.end(), part.begin(), part.end());
+  }
+  EXPECT_EQ(tok->encode(run), want);
+  EXPECT_EQ(bpe_tokenizer(model_, true)->encode(run), want);
+  EXPECT_EQ(tok->decode(want), run);
+  std::string line;  // one long line of words: word-start cuts are exact
+  for (char ch : test::random_text(g, 5 * kBpeChunkBytes)) line += ch == '\n' ? ' ' : ch;
+  EXPECT_EQ(tok->encode(line), bpe_tokenizer(model_, true)->encode(line));
+  EXPECT_EQ(tok->decode(tok->encode(line)), line);
+}
+
 TEST_F(BpeTokenizerTest, SavedModelLoadsFromFile) {
   if (!have_sentencepiece()) GTEST_SKIP() << "built without SentencePiece";
   test::TempDir dir;

@@ -1,6 +1,7 @@
 // The sweep planner on hand-made inputs: parameters, tokens, FLOPs in both conventions,
 // the learning-rate rule, data reads and their refusal; every preset parses and plans.
 #include "scaling/plan.h"
+#include "train/memory.h"
 
 #include <gtest/gtest.h>
 
@@ -111,6 +112,33 @@ TEST(Plan, CountsTokensFlopsAndLearningRateByHand) {
   EXPECT_EQ(r.config.eval.every, static_cast<int64_t>(steps) / 4);
   EXPECT_EQ(r.data_reads, 0);  // synthetic
   EXPECT_LT(r.seconds, 0);     // no [estimate]
+}
+
+// Issue 15, finding 7: the preset's name is part of every run folder's name under
+// --runs-dir, so "../../x" would have written runs elsewhere.
+TEST(Plan, PresetNamesThatLeaveTheRunsFolderAreRefused) {
+  for (const char* bad : {"../../x", "a/b", "..", ".hidden", "x\\y"}) {
+    std::string text = kTiny;
+    text.replace(text.find("name = \"t\""), 10, std::string("name = '") + bad + "'");
+    try {
+      parse_sweep_config(text, "tiny");
+      ADD_FAILURE() << "preset name '" << bad << "' accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("must be a plain name"), std::string::npos) << e.what();
+    }
+  }
+  std::string ok = kTiny;
+  ok.replace(ok.find("name = \"t\""), 10, "name = \"cpu-tiny_2.b\"");
+  EXPECT_EQ(parse_sweep_config(ok, "tiny").name, "cpu-tiny_2.b");
+}
+
+// The planner's memory column is the trainer's own estimate (train/memory.h), which refuses
+// runs that cannot fit before allocating.
+TEST(Plan, MemoryIsTheTrainersEstimate) {
+  const Plan p = make_plan(parse_sweep_config(kTiny, "tiny"));
+  for (const PlannedRun& r : p.runs)
+    EXPECT_DOUBLE_EQ(r.memory_bytes,
+                     train::estimate_memory(r.config.model, r.config.train.batch_size, "cuda").total());
 }
 
 TEST(Plan, EstimatesTimeFromTheThroughputModel) {

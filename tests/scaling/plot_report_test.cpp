@@ -206,5 +206,24 @@ TEST(Report, PairsRunsBySizeAtEqualTokens) {
   EXPECT_LT(pairs.back().full_point->tokens, pairs.back().full->info.tokens_planned * 0.9);
 }
 
+// Issue 15, finding 11: run names are text from run folders; in the report's tables they
+// are escaped, so '|' cannot cut a row and HTML is shown, not rendered.
+TEST(Report, RunNamesAreEscapedInTables) {
+  TempDir tmp;
+  SyntheticSpec spec;
+  write_synthetic_runs(tmp.path() / "runs", spec);
+  const auto runs = read_runs(tmp.path() / "runs");
+  ASSERT_FALSE(runs.empty());
+  const auto path = runs.front().dir / "run.json";
+  nlohmann::json j = nlohmann::json::parse(read_file(path));
+  j["name"] = "<img src=x onerror=alert(1)>|evil";
+  std::ofstream(path) << j.dump(2) << "\n";
+  ReportOptions o;
+  o.study.bootstrap = 0;
+  const std::string md = read_file(write_report(tmp.path() / "runs", tmp.path() / "out", o));
+  EXPECT_EQ(md.find("<img"), std::string::npos);
+  EXPECT_NE(md.find("| &lt;img src=x onerror=alert(1)&gt;\\|evil |"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace moba::scaling
