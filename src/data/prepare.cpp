@@ -251,7 +251,17 @@ nlohmann::json PrepareConfig::to_json() const {
 nlohmann::json prepare(const PrepareConfig& c, std::FILE* log) {
   c.validate();
   const auto t_start = Clock::now();
-  if (log) std::fprintf(log, "moba prepare: %s\n", c.to_json().dump().c_str());
+  if (log) {  // the options in words; every one of them is in the manifest
+    std::string tok = c.tokenizer == "bpe"
+                          ? (c.tokenizer_model.empty()
+                                 ? "BPE tokenizer (vocabulary " + std::to_string(c.vocab_size) + ")"
+                                 : "BPE tokenizer " + c.tokenizer_model)
+                          : c.tokenizer + " tokenizer";
+    std::fprintf(log, "moba prepare: %zu input(s) -> %s: %s, %g of documents in validation, "
+                 "%d threads%s\n", c.inputs.size(), c.out_dir.c_str(), tok.c_str(),
+                 c.val_fraction, c.resolved_threads(),
+                 c.strip_gutenberg ? ", Gutenberg headers stripped" : "");
+  }
 
   const std::vector<Source> sources = collect_sources(c.inputs);
   MOBA_CHECK(!sources.empty(), "no input files found in the given inputs (",

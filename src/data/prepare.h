@@ -31,7 +31,7 @@ struct PrepareConfig {
   int resolved_threads() const;
 };
 
-// Runs the whole preparation; prints the resolved configuration, progress and a summary
+// Runs the whole preparation; prints the main options in one line, progress and a summary
 // to `log` (nullptr: silent) and returns the manifest it wrote. Throws moba::Error for
 // empty input (no file, or no non-empty text document) and for unreadable files.
 nlohmann::json prepare(const PrepareConfig& config, std::FILE* log);
