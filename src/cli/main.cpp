@@ -35,23 +35,21 @@ std::string command_names(const CLI::App& a) {
   return names;
 }
 
-// A CLI11 parse error as `moba: error: ...`, exit 2. An argument that no command takes, at
-// the level of a command group, is an unknown command and named as one.
+// A CLI11 parse error as `moba: error: ...`, exit 2. An argument nothing takes is named:
+// an unknown option, or at the level of a command group (moba, moba bench) an unknown
+// command.
 int argument_error(const CLI::App& app, const CLI::ParseError& e) {
   const CLI::App* at = reached(app);
   const std::string path = command_path(at);
   std::string message = e.what();
-  const bool group = !at->get_subcommands([](const CLI::App*) { return true; }).empty();
-  if (group && dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
-    const auto extras = at->remaining();
-    const std::string first = extras.empty() ? std::string() : extras.front();
-    if (!first.empty() && first[0] != '-')
-      message = "unknown command '" + first + "' (" + path + " has: " + command_names(*at) + ")";
-  }
   if (dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
     const auto extras = at->remaining();
-    if (!extras.empty() && extras.front().size() > 1 && extras.front()[0] == '-')
-      message = "unknown option '" + extras.front() + "'";
+    const std::string first = extras.empty() ? std::string() : extras.front();
+    const bool group = !at->get_subcommands([](const CLI::App*) { return true; }).empty();
+    if (first.size() > 1 && first[0] == '-')
+      message = "unknown option '" + first + "'";
+    else if (group && !first.empty())
+      message = "unknown command '" + first + "' (" + path + " has: " + command_names(*at) + ")";
   }
   const std::string where = at->get_parent() == nullptr ? "" : path.substr(5) + ": ";
   std::fprintf(stderr, "moba: error: %s%s\n(`%s --help` lists the options)\n", where.c_str(),
