@@ -77,7 +77,7 @@ if has bench; then
   peer=()
   [[ -f "$OUT/peer_sdpa.json" ]] && peer=(--peer "$OUT/peer_sdpa.json")
   "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 -T $SEQ --heads 16 -D 128 \
-    -S 512 -K 3 --repeats 10 "${peer[@]}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.md"
+    -S 512 -K 3 --repeats 10 "${peer[@]}" --out "$OUT/bench.json" | tee "$OUT/bench.md"
 fi
 if has wgmma; then
   log "wgmma: experimental sm_90a dense forward (MOBA_DENSE_FWD=wgmma)"
@@ -94,7 +94,7 @@ if has wgmma; then
     for mode in default wgmma; do
       env $([[ $mode == wgmma ]] && echo MOBA_DENSE_FWD=wgmma) timeout 300 "$BUILD/src/cli/moba" bench attention \
         --device cuda --dtype bf16 -T $SEQ --heads 16 -D $D -S 512 -K 3 --repeats 10 \
-        --json "$OUT/wgmma_bench_${mode}_d$D.json" > "$OUT/wgmma_bench_${mode}_d$D.md" 2>&1
+        --out "$OUT/wgmma_bench_${mode}_d$D.json" > "$OUT/wgmma_bench_${mode}_d$D.md" 2>&1
       echo "-- D=$D $mode"; grep -iE "dense|fwd" "$OUT/wgmma_bench_${mode}_d$D.md" | head -12
     done
   done
@@ -165,7 +165,7 @@ if has mwfwd; then
     echo "## D=128 H=16 S=512 K=3 MOBA_MOBA_FWD=$mode (--skip-dense)" >> "$OUT/mwfwd_bench.md"
     MOBA_MOBA_FWD=$mode timeout 300 "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 \
       -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 --skip-dense \
-      --json "/tmp/mwfwd_bench_$mode.json" > /tmp/mwfwd_cur.md 2>&1
+      --out "/tmp/mwfwd_bench_$mode.json" > /tmp/mwfwd_cur.md 2>&1
     echo "rc=$?" >> /tmp/mwfwd_cur.md
     cat /tmp/mwfwd_cur.md >> "$OUT/mwfwd_bench.md"
     echo "-- MOBA_MOBA_FWD=$mode"; grep -E "^\| [0-9]|^rc=[^0]|rror" /tmp/mwfwd_cur.md
@@ -221,7 +221,7 @@ if has mwbwd; then
     { echo "## D=128 H=16 S=512 K=3 MOBA_MOBA_BWD=$mode"
       MOBA_MOBA_BWD=$mode timeout 300 "$BUILD/src/cli/moba" bench attention --device cuda --dtype bf16 \
         -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 --skip-dense \
-        --json "/tmp/mwbwd_$mode.json" 2>&1
+        --out "/tmp/mwbwd_$mode.json" 2>&1
       echo "rc=$?"; } >> "$OUT/mwbwd_bench.md"
     echo "-- MOBA_MOBA_BWD=$mode"
     sed -n "/MOBA_MOBA_BWD=$mode/,\$p" "$OUT/mwbwd_bench.md" | grep -E "^\| [0-9]|^rc=[^0]|rror"

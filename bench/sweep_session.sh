@@ -132,7 +132,7 @@ start() {
   build
   prepare
   say "plan"
-  local plan_args=(--config "$CONFIG" --device "$DEVICE" --runs-dir "$RUNS")
+  local plan_args=(--config "$CONFIG" --device "$DEVICE" -o "$RUNS")
   [[ $DATA == data/books-byte ]] || plan_args+=(--data "$DATA")
   "$MOBA" sweep "${plan_args[@]}" --plan-only | tee "$OUT/plan.md" ||
     die "plan: moba sweep --plan-only failed"

@@ -55,6 +55,6 @@ if has bench; then
   peer=()
   [[ -f "$OUT/peer_train.json" ]] && peer=(--peer "$OUT/peer_train.json")
   timeout 200 "$MOBA" bench train --device cuda -T $TRAIN_SEQ --attention full moba ${BENCH_ARGS:-} "${peer[@]}" \
-    --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.md"
+    --out "$OUT/bench_train.json" | tee "$OUT/bench_train.md"
 fi
 log done

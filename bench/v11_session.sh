@@ -16,7 +16,7 @@ STEPS=mwfwd bench/gpu_session.sh 2>&1 | grep -vE "^== " ; echo "mwfwd done at ${
 if (( SECONDS < 320 )); then
   echo "== both MoBA wgmma kernels"
   MOBA_MOBA_FWD=wgmma MOBA_MOBA_BWD=wgmma timeout 60 $B/src/cli/moba bench attention --device cuda --dtype bf16 \
-    -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 --skip-dense --json $OUT/moba_both.json 2>&1 | grep -E "^\| [0-9]"
+    -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 --skip-dense --out $OUT/moba_both.json 2>&1 | grep -E "^\| [0-9]"
 fi
 if (( SECONDS < 350 )); then
   timeout 80 compute-sanitizer --tool memcheck --leak-check no $T --gtest_filter='*DenseWgmmaGpu*wg_varlen*:*DenseWgmmaGpu*wg_odd*:*dense_varlen_d64*' > $OUT/memcheck_default.log 2>&1

@@ -38,10 +38,10 @@ done
 n=$(compgen -G "$dest/runs/*/run.json" | wc -l)
 echo "h100-small-results: $n runs from $tar_file in $dest/runs"
 
-"$moba" fit "$dest/runs" --json "$dest/fits.json" | tee "$dest/fit.txt"
-"$moba" plot "$dest/runs" --out "$dest/figures" --metric lm --metric trailing --metric bucket:2 \
+"$moba" fit "$dest/runs" -o "$dest/fits.json" | tee "$dest/fit.txt"
+"$moba" plot "$dest/runs" -o "$dest/figures" --metric lm --metric trailing --metric bucket:2 \
   --compute both
-"$moba" report "$dest/runs" --out "$dest"
+"$moba" report "$dest/runs" -o "$dest"
 grep -q "LM loss (bits/byte)" "$dest/report.md" ||
   { echo "h100-small-results: report.md has no bits per byte" >&2; exit 1; }
 
@@ -70,7 +70,7 @@ summary=$(grep -E "^sweep .* trained, .* resumed" "$dest/sweep.log" 2>/dev/null 
   echo
   echo '```sh'
   echo "bench/sweep_session.sh start   # build moba (CUDA), prepare data/books-byte, start:"
-  echo "#   moba sweep --config sweeps/h100-small.toml --device cuda --runs-dir runs/h100-small"
+  echo "#   moba sweep --config sweeps/h100-small.toml --device cuda -o runs/h100-small"
   echo "bench/sweep_poll.sh 560      # repeated, back to back (waits up to 560 s; returns when the sweep ends, then packs the runs)"
   echo "bench/sweep_session.sh collect # (if needed) -> \$OUT/h100-small-runs.tar.xz"
   echo '```'
@@ -79,9 +79,9 @@ summary=$(grep -E "^sweep .* trained, .* resumed" "$dest/sweep.log" 2>/dev/null 
   echo
   echo '```sh'
   echo "scripts/h100-small-results.sh h100-small-runs.tar.xz   # which runs:"
-  echo "moba fit $dest/runs --json $dest/fits.json > $dest/fit.txt"
-  echo "moba plot $dest/runs --out $dest/figures --metric lm --metric trailing --metric bucket:2 --compute both"
-  echo "moba report $dest/runs --out $dest"
+  echo "moba fit $dest/runs -o $dest/fits.json > $dest/fit.txt"
+  echo "moba plot $dest/runs -o $dest/figures --metric lm --metric trailing --metric bucket:2 --compute both"
+  echo "moba report $dest/runs -o $dest"
   echo '```'
   echo
   echo "## Files"

@@ -131,7 +131,7 @@ def _cli_rows(moba_bin, a) -> dict:
         cmd = [moba_bin, "bench", "attention", "--device", "cuda", "-T", *map(str, a.seq_len),
                "--heads", str(a.heads), "--kv-heads", str(a.kv_heads or a.heads),
                "-D", str(a.head_dim), "-S", str(a.block_size), "-K", str(a.top_k),
-               "--repeats", str(a.repeats), "--json", tmp.name]
+               "--repeats", str(a.repeats), "--out", tmp.name]
         subprocess.run(cmd, check=True, stdout=sys.stderr)
         with open(tmp.name) as f:
             data = json.load(f)

@@ -228,7 +228,8 @@ def test_import_then_train_continues_with_moba(work, tmp_path):
     cfg = (run / "config.toml").read_text()
     assert 'kind = "moba"' in cfg and "block_size = 8" in cfg and "top_k = 2" in cfg
     trained = run_moba("train", "--out", run, "--resume")
-    assert "resumed after step 0" in trained.stdout and "finished: 3 steps" in trained.stdout
+    # Progress (the run's summary) on stderr, the closing line on stdout.
+    assert "resumed after step 0" in trained.stderr and "finished: 3 steps" in trained.stdout
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["kind"] == "train"] == [1, 2, 3]
     # the weights moved from the imported ones

@@ -1,5 +1,6 @@
 // moba bench attention: times dense and MoBA attention (forward, forward + backward, gate)
-// on fresh random inputs and prints a Markdown table, optionally JSON.
+// on fresh random inputs and prints a Markdown table on stdout (progress per T on stderr),
+// optionally JSON (-o).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -37,6 +38,23 @@ struct BenchAttentionOptions {
   std::string json_path;
   std::string peer_path;  // JSON from bench/peer_sdpa.py, timed in the same device call
   bool skip_dense = false;
+};
+
+// Progress on stderr (the table on stdout is the result): a line before each T, and its
+// time after, so that a long T is not silence.
+struct Progress {
+  size_t n = 0;
+  std::chrono::steady_clock::time_point t0;
+  void start(size_t i, int64_t T) {
+    t0 = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "bench attention: T %lld (%zu of %zu)...\n", static_cast<long long>(T),
+                 i + 1, n);
+    std::fflush(stderr);
+  }
+  void done(int64_t T) const {
+    std::fprintf(stderr, "bench attention: T %lld done in %.1f s\n", static_cast<long long>(T),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
 };
 
 double median_ms(int repeats, const std::function<void()>& fn) {
@@ -130,8 +148,12 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
               "| MoBA vs cuDNN | dense vs cuDNN | dense vs FA2 | peak MiB MoBA / dense |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   nlohmann::json rows = nlohmann::json::array();
-  for (int64_t T : o.seq_lens) {
+  Progress progress{o.seq_lens.size(), {}};
+  for (size_t i = 0; i < o.seq_lens.size(); ++i) {
+    const int64_t T = o.seq_lens[i];
+    progress.start(i, T);
     nlohmann::json r = bench_cuda_one(shape, T);
+    progress.done(T);
     const nlohmann::json pr = peer_row(peer, T);
     auto num = [](const nlohmann::json& j, const char* key) {
       return j.is_object() && j.contains(key) ? j[key].get<double>() : 0.0;
@@ -201,8 +223,12 @@ void run_bench_attention(const BenchAttentionOptions& o) {
   std::printf("| T | dense fwd ms | dense fwd+bwd ms | MoBA fwd ms | MoBA fwd+bwd ms | gate ms "
               "| density | MoBA speed-up (fwd+bwd) |\n|---|---|---|---|---|---|---|---|\n");
   nlohmann::json rows = nlohmann::json::array();
-  for (int64_t T : o.seq_lens) {
+  Progress progress{o.seq_lens.size(), {}};
+  for (size_t i = 0; i < o.seq_lens.size(); ++i) {
+    const int64_t T = o.seq_lens[i];
+    progress.start(i, T);
     nlohmann::json r = o.dtype == "float" ? bench_cpu_one<float>(o, T) : bench_cpu_one<double>(o, T);
+    progress.done(T);
     std::printf("| %lld | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.2fx |\n",
                 static_cast<long long>(T), r["dense_fwd_ms"].get<double>(),
                 r["dense_fwd_bwd_ms"].get<double>(), r["moba_fwd_ms"].get<double>(),
@@ -221,13 +247,15 @@ void run_bench_attention(const BenchAttentionOptions& o) {
 }  // namespace
 
 void add_bench(CLI::App& app) {
-  CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
-  bench->require_subcommand(1);
+  CLI::App* bench = app.add_subcommand(
+      "bench", "Benchmarks that print figures: `moba bench attention`, `moba bench train`");
   static BenchAttentionOptions o;  // defaults live here, CLI11 prints them in --help
   CLI::App* cmd = bench->add_subcommand(
       "attention", "Time dense and MoBA attention (fwd, fwd+bwd, gate) on random inputs");
   cmd->add_option("--device", o.device,
-                  "Where to run: cpu (the reference) or cuda (the kernels, --dtype bf16)")
+                  "cpu (the reference) or cuda (the kernels, bf16); cpu unless given, as in "
+                  "every command")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--seq-len,-T", o.seq_lens, "Sequence lengths T")->capture_default_str();
   cmd->add_option("--batch,-B", o.batch, "Batch size B")->capture_default_str();
@@ -242,7 +270,8 @@ void add_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--repeats", o.repeats, "Timed repeats (median reported)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Random seed of the inputs")->capture_default_str();
-  cmd->add_option("--json", o.json_path, "Also write the results as JSON to this file");
+  cmd->add_option("--out,-o", o.json_path, "Also write the results as JSON to this file");
+  add_old_spelling(cmd, "--json", o.json_path, "--out");
   cmd->add_option("--peer", o.peer_path,
                   "cuda: JSON of bench/peer_sdpa.py (same shapes, same device call); the table "
                   "shows our ratio to it");

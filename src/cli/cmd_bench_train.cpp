@@ -35,7 +35,7 @@ namespace {
 constexpr double kH100PeakFlops = 989e12;  // dense bf16, PEERS.md
 
 struct BenchTrainOptions {
-  std::string device = "cuda";
+  std::string device = "cpu";  // as in every command
   std::vector<int64_t> seq_lens = {8192};
   std::vector<std::string> attention = {"full", "moba"};
   int64_t batch = 1, layers = 12, width = 768, heads = 12, kv_heads = 0, head_dim = 0;
@@ -206,12 +206,19 @@ void run_bench_train(const BenchTrainOptions& o) {
       MOBA_CHECK(attn == "full" || attn == "moba", "--attention takes full and/or moba, got '",
                  attn, "'");
       const model::ModelConfig c = make_config(o, T, attn);
+      const auto t0 = std::chrono::steady_clock::now();
+      std::fprintf(stderr, "bench train: T %lld, %s attention: %d warm-up + %d timed steps...\n",
+                   static_cast<long long>(T), attn.c_str(), o.warmup, o.steps);
+      std::fflush(stderr);
       Timing t;
 #ifdef MOBA_WITH_CUDA
       t = o.device == "cuda" ? time_cuda(o, c) : time_cpu(o, c);
 #else
       t = time_cpu(o, c);
 #endif
+      std::fprintf(stderr, "bench train: T %lld, %s attention done in %.1f s\n",
+                   static_cast<long long>(T), attn.c_str(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       const double tokens = static_cast<double>(o.batch * T);
       const double tps = tokens / (t.ms_per_step * 1e-3);
       const double mfu_peers = peers_flops_per_token(c) * tps / kH100PeakFlops;
@@ -294,7 +301,10 @@ void add_bench_train(CLI::App* bench) {
   static BenchTrainOptions o;
   CLI::App* cmd = bench->add_subcommand(
       "train", "Time training steps (fwd, bwd, grad norm, AdamW) on random tokens: tokens/s, MFU");
-  cmd->add_option("--device", o.device, "cuda (bf16 mixed precision) or cpu (float32)")
+  cmd->add_option("--device", o.device,
+                  "cpu (float32) or cuda (bf16 mixed precision); cpu unless given, as in every "
+                  "command")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--seq-len,-T", o.seq_lens, "Context lengths T")->capture_default_str();
   cmd->add_option("--attention", o.attention, "full and/or moba")->capture_default_str();
@@ -316,7 +326,8 @@ void add_bench_train(CLI::App* bench) {
   cmd->add_option("--steps", o.steps, "Timed steps (mean reported)")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed steps first")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed of weights and tokens")->capture_default_str();
-  cmd->add_option("--json", o.json_path, "Also write the results as JSON");
+  cmd->add_option("--out,-o", o.json_path, "Also write the results as JSON to this file");
+  add_old_spelling(cmd, "--json", o.json_path, "--out");
   cmd->add_option("--peer", o.peer_path,
                   "JSON of bench/peer_train.py (timed in the same device call): ratios to it");
   cmd->callback([] { run_bench_train(o); });

@@ -49,9 +49,12 @@ void add_eval(CLI::App& app) {
                   "auto: the attention of the checkpoint's last training step (MoBA before a "
                   "MoBA-to-full switch); moba or full to choose")
       ->check(CLI::IsMember({"auto", "moba", "full"}));
-  cmd->add_option("--device", o.run.device, "cpu (float32) or cuda (bf16)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--json", o.json, "Also write the result to this file");
+  cmd->add_option("--device", o.run.device,
+                  "cpu (float32) or cuda (bf16); cpu unless given, as in every command")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_option("--out,-o", o.json, "Also write the result (JSON) to this file");
+  add_old_spelling(cmd, "--json", o.json, "--out");
   cmd->callback([] { run_eval(o); });
 }
 

@@ -1,9 +1,10 @@
-// moba export-hf RUN_DIR OUT_DIR: a run's checkpoint as a Hugging Face Llama folder;
+// moba export-hf RUN_DIR -o OUT_DIR (or RUN_DIR OUT_DIR): a run's checkpoint as a Hugging Face Llama folder;
 // moba import-hf HF_DIR --out RUN_DIR: the other way, a run folder `moba train --resume`
 // continues (MoBA continual pre-training from a full-attention model). docs/hf.md.
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "train/hf.h"
 
 namespace moba::cli {
@@ -14,14 +15,16 @@ void add_export_hf(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "export-hf", "Write a run's checkpoint as a Hugging Face LlamaForCausalLM folder");
   cmd->add_option("run_dir", o.run_dir, "Run folder (config.toml + checkpoint/)")->required();
-  cmd->add_option("out_dir", o.out_dir,
-                  "Output folder: config.json, model.safetensors, tokenizer files")
-      ->required();
+  cmd->add_option("--out,-o", o.out_dir,
+                  "Output folder: config.json, model.safetensors, tokenizer files (or the "
+                  "second argument)");
+  cmd->add_option("out_dir", o.out_dir, "Output folder (as -o/--out)");
   cmd->add_option("--data", o.data_dir,
                   "Prepared data folder whose tokenizer to convert (default: the run's data)");
   cmd->add_flag("--no-tokenizer", no_tokenizer, "Write no tokenizer files");
   cmd->add_flag("--force", o.force, "Write into an output folder that is not empty");
   cmd->callback([] {
+    MOBA_CHECK(!o.out_dir.empty(), "export-hf: no output folder (-o/--out OUT_DIR)");
     o.tokenizer = !no_tokenizer;
     const train::HfExportResult r = train::export_hf(o, stdout);
     std::printf("export-hf: wrote %s (step %lld, %zu tensors, tokenizer: %s)\n", o.out_dir.c_str(),

@@ -1,4 +1,4 @@
-// moba fit RUNS_DIR: the compute-optimal frontier of each attention type and its
+// moba fit RUNS_DIR [-o fits.json]: the compute-optimal frontier of each attention type and its
 // power-law fit with bootstrap intervals, for every metric and both compute conventions.
 #include <cstdio>
 #include <fstream>
@@ -42,7 +42,7 @@ void print_study(const scaling::Study& s, const std::string& runs_dir) {
     std::printf(", %d %s", n, attention_label(a).c_str());
   }
   std::printf("\n");
-  for (const std::string& n : s.notes) std::printf("note: %s\n", n.c_str());
+  for (const std::string& n : s.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
   for (Compute c : s.options.computes) {
     std::printf("\nC in PFLOP/s-days, compute = %s%s\n", compute_label(c).c_str(),
                 c == Compute::k6nd ? " (the paper's)" : "");
@@ -78,7 +78,7 @@ void add_fit(CLI::App& app) {
   cmd->add_option("runs_dir", o.runs_dir, "Folder of run folders (run.json + metrics.jsonl)")
       ->required();
   cmd->add_option("--metric", o.metrics, "lm, trailing or bucket:I (repeatable; default: all)");
-  cmd->add_option("--compute", o.compute, "Compute convention: 6nd (the paper's), exec or both")
+  cmd->add_option("--compute", o.compute, kComputeHelp)
       ->capture_default_str();
   cmd->add_flag("--irreducible", o.irreducible, "Fit L = E + A x C^-alpha (Levenberg-Marquardt)");
   cmd->add_option("--bootstrap", o.bootstrap, "Bootstrap replicas over runs (0: no intervals)")
@@ -90,7 +90,9 @@ void add_fit(CLI::App& app) {
                   "Envelope part fitted: first-finish (from the first finished run's compute) or all")
       ->capture_default_str();
   cmd->add_flag("--include-failed", o.include_failed, "Keep runs whose status is \"failed\"");
-  cmd->add_option("--json", o.json_path, "Also write everything (frontiers included) as JSON");
+  cmd->add_option("--out,-o", o.json_path,
+                  "Also write everything (frontiers included) as JSON to this file");
+  add_old_spelling(cmd, "--json", o.json_path, "--out");
   cmd->callback([] {
     scaling::StudyOptions so;
     for (const std::string& m : o.metrics) so.metrics.push_back(scaling::Metric::parse(m));

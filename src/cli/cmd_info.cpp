@@ -1,14 +1,55 @@
-// moba info: version, build configuration and visible CUDA devices.
+// moba info: version, build configuration, visible CUDA devices and the kernel switches
+// (environment variables the CUDA kernels read).
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "cli/commands.h"
 #include "core/build_info.h"
 
 namespace moba::cli {
+namespace {
+
+// The MOBA_* switches of the CUDA code, as src/attention/cuda/internal.h (wgmma_switch) and
+// src/model/cuda/rmsnorm.cu describe them. The kernels read them on every call (tests switch
+// kernels within one process), so this shows what the next call would see.
+struct KernelSwitch {
+  const char* name;
+  const char* first;   // accepted values; unset or empty = the default
+  const char* second;
+  const char* default_meaning;
+};
+constexpr KernelSwitch kSwitches[] = {
+    {"MOBA_DENSE_FWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
+    {"MOBA_DENSE_BWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
+    {"MOBA_MOBA_FWD", "mma", "wgmma", "wgmma where it runs and S is a multiple of 128"},
+    {"MOBA_MOBA_BWD", "mma", "wgmma", "wgmma where it runs"},
+    {"MOBA_RMSNORM_BWD", "fused", "split", "fused"},
+};
+
+void print_switches() {
+  std::printf("kernel switches%s:\n",
+              built_with_cuda() ? "" : " (no effect: this build has no CUDA kernels)");
+  for (const KernelSwitch& s : kSwitches) {
+    const char* v = std::getenv(s.name);
+    if (v == nullptr || *v == '\0') {
+      std::printf("  %s: unset (default: %s)\n", s.name, s.default_meaning);
+      continue;
+    }
+    if (std::strcmp(v, s.first) == 0 || std::strcmp(v, s.second) == 0)
+      std::printf("  %s=%s\n", s.name, v);
+    else
+      std::printf("  %s=%s (invalid: expected %s or %s; the kernels stop with an error)\n",
+                  s.name, v, s.first, s.second);
+  }
+}
+
+}  // namespace
 
 void add_info(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("info", "Print the build configuration and CUDA devices");
+  CLI::App* cmd = app.add_subcommand(
+      "info", "Print the build configuration, CUDA devices and the MOBA_* kernel switches");
   cmd->callback([] {
     std::printf("moba %s\ncompiler: %s\nCUDA kernels: %s\n", version().c_str(),
                 compiler().c_str(), built_with_cuda() ? "compiled" : "not compiled");
@@ -19,6 +60,7 @@ void add_info(CLI::App& app) {
       std::printf("CUDA device %d: %s, sm_%d%d, %d SMs, %.1f GiB\n", d.index, d.name.c_str(),
                   d.compute_major, d.compute_minor, d.multiprocessors,
                   static_cast<double>(d.memory_bytes) / (1024.0 * 1024.0 * 1024.0));
+    print_switches();
   });
 }
 

@@ -12,7 +12,7 @@ namespace {
 struct PlotOptions {
   std::string runs_dir, out_dir;
   std::vector<std::string> metrics = {"lm"};
-  std::string compute = "6nd";
+  std::string compute = "both";
   bool irreducible = false;
   bool include_failed = false;
   int points_per_decade = 16;
@@ -28,10 +28,10 @@ void add_plot(CLI::App& app) {
       "plot", "Draw loss against PFLOP/s-days with the fitted projections (PNG and SVG)");
   cmd->add_option("runs_dir", o.runs_dir, "Folder of run folders (run.json + metrics.jsonl)")
       ->required();
-  cmd->add_option("--out", o.out_dir, "Folder for the figures")->required();
+  cmd->add_option("--out,-o", o.out_dir, "Folder for the figures")->required();
   cmd->add_option("--metric", o.metrics, "lm, trailing or bucket:I (repeatable)")
       ->capture_default_str();
-  cmd->add_option("--compute", o.compute, "Compute convention: 6nd (the paper's), exec or both")
+  cmd->add_option("--compute", o.compute, kComputeHelp)
       ->capture_default_str();
   cmd->add_option("--png-scale", o.png_scale, "PNG pixels per point of the 900 x 600 canvas")
       ->capture_default_str();
@@ -52,7 +52,7 @@ void add_plot(CLI::App& app) {
     so.include_failed = o.include_failed;
     so.fit_from = scaling::parse_fit_from(o.fit_from);
     const scaling::Study s = scaling::run_study(scaling::read_runs(o.runs_dir), so);
-    for (const std::string& n : s.notes) std::printf("note: %s\n", n.c_str());
+    for (const std::string& n : s.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
     for (const scaling::Metric& m : so.metrics)
       for (scaling::Compute c : so.computes)
         for (const auto& p : scaling::write_figures(s, m, c, o.out_dir, o.png_scale))

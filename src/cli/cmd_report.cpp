@@ -29,8 +29,8 @@ void add_report(CLI::App& app) {
       "report", "Write a Markdown report of a scaling study: runs, fits, ratios, figures");
   cmd->add_option("runs_dir", o.runs_dir, "Folder of run folders (run.json + metrics.jsonl)")
       ->required();
-  cmd->add_option("--out", o.out_dir, "Folder for report.md, fits.json and figures/")->required();
-  cmd->add_option("--compute", o.compute, "Compute convention(s) of the fits: 6nd, exec or both")
+  cmd->add_option("--out,-o", o.out_dir, "Folder for report.md, fits.json and figures/")->required();
+  cmd->add_option("--compute", o.compute, kComputeHelp)
       ->capture_default_str();
   cmd->add_option("--bucket", o.bucket,
                   "Position bucket to draw (-1: bucket 2, the paper's 4K-6K, when present)")

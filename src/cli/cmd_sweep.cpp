@@ -1,5 +1,6 @@
 // moba sweep --config sweeps/NAME.toml: plans a ladder of model sizes x attention types and
-// trains them one after another into RUNS_DIR (docs/sweep.md).
+// trains them one after another into the runs folder (-o, default the preset's runs_dir;
+// docs/sweep.md).
 #include <string>
 
 #include "cli/commands.h"
@@ -14,9 +15,9 @@ void add_sweep(CLI::App& app) {
       "Train a scaling ladder (sizes x {full, MoBA}) from a preset; skips finished "
       "runs, resumes interrupted ones");
   cmd->add_option("--config,-c", o.config, "Sweep preset (TOML, see sweeps/)")->required();
-  cmd->add_option("--runs-dir", o.runs_dir,
-                  "Folder of the run folders (default: the preset's "
-                  "runs_dir, runs/NAME)");
+  cmd->add_option("--out,-o", o.runs_dir,
+                  "Folder of the run folders (default: the preset's runs_dir, runs/NAME)");
+  add_old_spelling(cmd, "--runs-dir", o.runs_dir, "--out");
   cmd->add_option("--data", o.data, "Token shards folder (overrides the preset's data)");
   cmd->add_option("--eval-data", o.eval_data,
                   "Every run validates on this prepared folder's val split (same tokenizer)");
@@ -25,12 +26,22 @@ void add_sweep(CLI::App& app) {
                 "data reads) and stop");
   cmd->add_option("--device", o.device,
                   "Where every run trains: cpu (float32) or cuda (bf16 mixed precision on the "
-                  "GPU; needs a build with the CUDA kernels)")
+                  "GPU; needs a build with the CUDA kernels); cpu unless given, as in every "
+                  "command")
       ->capture_default_str();
   cmd->add_flag("--force-reuse", o.force_reuse,
                 "Train even if a run would read its training "
                 "data more than 4 times");
-  cmd->callback([] { scaling::run_sweep(scaling::load_sweep_config(o.config), o); });
+  cmd->add_flag("--verbose,-v", o.verbose,
+                "Print each run's whole configuration as it starts (default: one line naming "
+                "its config.toml)");
+  cmd->callback([] {
+    // --plan-only: the plan is the result (stdout). Training: the plan and the progress on
+    // stderr, the closing summary on stdout.
+    o.out = o.plan_only ? stdout : stderr;
+    o.result = stdout;
+    scaling::run_sweep(scaling::load_sweep_config(o.config), o);
+  });
 }
 
 }  // namespace moba::cli

@@ -18,6 +18,7 @@ struct TrainOptions {
   std::string eval_data;
   bool resume = false;
   std::string device = "cpu";
+  bool verbose = false;
 };
 
 void run_train(const TrainOptions& o) {
@@ -27,7 +28,8 @@ void run_train(const TrainOptions& o) {
   train::RunConfig cfg =
       o.config.empty() ? train::load_run_config(o.out) : train::load_config(o.config);
   if (!o.eval_data.empty()) cfg.eval.data = o.eval_data;
-  train::Trainer trainer(cfg, {o.out, o.data, o.resume, stdout, o.device});
+  // Progress (the summary, step and validation lines) on stderr; the closing line on stdout.
+  train::Trainer trainer(cfg, {o.out, o.data, o.resume, stderr, o.device, o.verbose, stdout});
   trainer.run();
 }
 
@@ -48,8 +50,12 @@ void add_train(CLI::App& app) {
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its checkpoint");
   cmd->add_option("--device", o.device,
                   "cpu (float32, OpenBLAS) or cuda (bf16 mixed precision on the GPU; "
-                  "docs/trainer_gpu.md)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
+                  "docs/trainer_gpu.md); cpu unless given, as in every command")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_flag("--verbose,-v", o.verbose,
+                "Print the whole configuration at the start (default: one line naming "
+                "RUN_DIR/config.toml)");
   cmd->callback([] { run_train(o); });
 }
 

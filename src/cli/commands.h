@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -19,13 +20,30 @@ void add_fit(CLI::App& app);     // moba fit
 void add_plot(CLI::App& app);    // moba plot (only in builds with cairo)
 void add_report(CLI::App& app);  // moba report
 
-// --compute of the scaling commands: "6nd", "exec" or "both".
+// --compute of the scaling commands (fit, plot, report): "6nd", "exec" or "both", default
+// "both" in each.
 std::vector<scaling::Compute> parse_computes(const std::string& s);
+inline constexpr const char* kComputeHelp =
+    "Compute convention(s): 6nd (the paper's), exec (FLOPs executed) or both";
 void add_train(CLI::App& app);  // moba train
 void add_sweep(CLI::App& app);  // moba sweep
 void add_eval(CLI::App& app);   // moba eval
 void add_export_hf(CLI::App& app);  // moba export-hf (cmd_export_hf.cpp)
 void add_import_hf(CLI::App& app);  // moba import-hf (cmd_export_hf.cpp)
 void add_logits(CLI::App& app);     // moba logits
+
+// An option's old spelling (--json, --runs-dir before -o/--out), kept so that scripts keep
+// working: bound to the same variable, hidden from --help, and a note on stderr names the
+// documented spelling when it is used.
+template <typename T>
+CLI::Option* add_old_spelling(CLI::App* cmd, const std::string& old_name, T& variable,
+                              const std::string& new_name) {
+  return cmd->add_option(old_name, variable)
+      ->group("")
+      ->each([old_name, new_name](const std::string&) {
+        std::fprintf(stderr, "moba: note: %s is an old spelling of %s\n", old_name.c_str(),
+                     new_name.c_str());
+      });
+}
 
 }  // namespace moba::cli

@@ -50,11 +50,12 @@ struct Job {
   uint64_t key;
 };
 
-// Progress on stderr: rewritten in place on a terminal, a line every 10% otherwise.
+// Progress on stderr (when there is a log at all; the log keeps the results): rewritten in
+// place on a terminal, a line every 10% otherwise.
 class Progress {
  public:
   Progress(std::FILE* log, bool enabled, std::string what, int64_t total_docs, int64_t total_bytes)
-      : log_(enabled ? log : nullptr), what_(std::move(what)), total_docs_(total_docs),
+      : log_(enabled && log ? stderr : nullptr), what_(std::move(what)), total_docs_(total_docs),
         total_bytes_(total_bytes), tty_(log_ && isatty(fileno(log_))), t0_(Clock::now()) {}
   void update(int64_t docs, int64_t bytes) {
     if (!log_) return;
@@ -189,8 +190,8 @@ std::unique_ptr<Tokenizer> train_tokenizer(const PrepareConfig& c, const std::ve
         progress.update(static_cast<int64_t>(i) + 1, done_bytes);
       });
   MOBA_CHECK(!lines.empty(), "the training documents hold no text to train BPE on");
-  if (log)
-    std::fprintf(log, "BPE: training on %zu lines (%.1f MB, sampling rate %.3f), vocabulary %lld\n",
+  if (log)  // progress, as the lines above: stderr
+    std::fprintf(stderr, "BPE: training on %zu lines (%.1f MB, sampling rate %.3f), vocabulary %lld\n",
                  lines.size(), sample_bytes / 1e6, rate, static_cast<long long>(c.vocab_size));
   size_t next = 0;
   *serialized = train_bpe(
@@ -252,7 +253,17 @@ nlohmann::json PrepareConfig::to_json() const {
 nlohmann::json prepare(const PrepareConfig& c, std::FILE* log) {
   c.validate();
   const auto t_start = Clock::now();
-  if (log) std::fprintf(log, "moba prepare: %s\n", c.to_json().dump().c_str());
+  if (log) {  // the options in words (every one of them is in the manifest), on stderr
+    std::string tok = c.tokenizer == "bpe"
+                          ? (c.tokenizer_model.empty()
+                                 ? "BPE tokenizer (vocabulary " + std::to_string(c.vocab_size) + ")"
+                                 : "BPE tokenizer " + c.tokenizer_model)
+                          : c.tokenizer + " tokenizer";
+    std::fprintf(stderr, "moba prepare: %zu input(s) -> %s: %s, %g of documents in validation, "
+                 "%d threads%s\n", c.inputs.size(), c.out_dir.c_str(), tok.c_str(),
+                 c.val_fraction, c.resolved_threads(),
+                 c.strip_gutenberg ? ", Gutenberg headers stripped" : "");
+  }
 
   const std::vector<Source> sources = collect_sources(c.inputs);
   MOBA_CHECK(!sources.empty(), "no input files found in the given inputs (",

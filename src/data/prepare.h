@@ -31,9 +31,10 @@ struct PrepareConfig {
   int resolved_threads() const;
 };
 
-// Runs the whole preparation; prints the resolved configuration, progress and a summary
-// to `log` (nullptr: silent) and returns the manifest it wrote. Throws moba::Error for
-// empty input (no file, or no non-empty text document) and for unreadable files.
+// Runs the whole preparation and returns the manifest it wrote. Prints the main options in
+// one line and the progress on stderr, the summary (tables, throughput) to `log` (nullptr:
+// none of it). Throws moba::Error for empty input (no file, or no non-empty text document)
+// and for unreadable files.
 nlohmann::json prepare(const PrepareConfig& config, std::FILE* log);
 
 }  // namespace moba::data

@@ -47,9 +47,14 @@ Study run_study(std::vector<Run> runs, const StudyOptions& o) {
     if (std::any_of(s.runs.begin(), s.runs.end(), [&](const Run& r) { return r.info.attention == a; }))
       s.attentions.push_back(a);
 
+  // Rising frontiers: one note for all of them (the worst named), not one per fit.
+  std::string worst_rise_note;
+  double worst_rise_all = 0;
+  int rising = 0, fits = 0;
   for (const Metric& m : metrics)
     for (Compute c : o.computes)
       for (const std::string& a : s.attentions) {
+        ++fits;
         FitResult f;
         f.metric = m;
         f.attention = a;
@@ -70,13 +75,16 @@ Study run_study(std::vector<Run> runs, const StudyOptions& o) {
           best = std::min(best, p.loss);
         }
         if (worst_rise > 0.02) {
-          char buf[256];
-          std::snprintf(buf, sizeof buf,
-                        "frontier of %s (%s, %s) rises by %.0f%% at C = %.3g PFLOP/s-days: a run "
-                        "ended while the next size was early in training",
-                        m.label(s.bucket_size).c_str(), attention_label(a).c_str(),
-                        compute_id(c).c_str(), 100 * worst_rise, rise_c);
-          s.notes.push_back(buf);
+          ++rising;
+          if (worst_rise > worst_rise_all) {
+            char buf[256];
+            std::snprintf(buf, sizeof buf,
+                          "frontier of %s (%s, %s) rises by %.0f%% at C = %.3g PFLOP/s-days",
+                          m.label(s.bucket_size).c_str(), attention_label(a).c_str(),
+                          compute_id(c).c_str(), 100 * worst_rise, rise_c);
+            worst_rise_note = buf;
+            worst_rise_all = worst_rise;
+          }
         }
         try {
           f.fit = fit_frontier(f.frontier, o.irreducible, f.fit_c_min);
@@ -90,6 +98,12 @@ Study run_study(std::vector<Run> runs, const StudyOptions& o) {
                                             o.points_per_decade, o.fit_from);
         s.fits.push_back(std::move(f));
       }
+  if (rising == 1)
+    s.notes.push_back(worst_rise_note + ": a run ended while the next size was early in training");
+  else if (rising > 1)
+    s.notes.push_back("the frontier rises by more than 2% in " + std::to_string(rising) + " of " +
+                      std::to_string(fits) + " fits (the most: " + worst_rise_note +
+                      "): runs ended while the next size was early in training");
   return s;
 }
 

@@ -196,7 +196,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     const auto run_t0 = Clock::now();
     try {
       train::Trainer trainer(
-          r.config, {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr, o.device});
+          r.config, {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr, o.device,
+                     o.verbose});
       if (o.interrupt_after_steps >= 0) {
         trainer.run(o.interrupt_after_steps);
         sum.interrupted = true;
@@ -219,13 +220,13 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     eta.flops_done += r.flops_exec * fraction_left[i];
   }
   sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (o.out) {
-    std::fprintf(o.out,
+  if (std::FILE* out = o.result ? o.result : o.out) {
+    std::fprintf(out,
                  "\nsweep %s on %s: %d trained, %d resumed, %d skipped (finished before), %d "
                  "failed in %s; runs in %s\n",
                  sweep.name.c_str(), o.device.c_str(), sum.trained, sum.resumed, sum.skipped, sum.failed,
                  train::format_duration(sum.seconds).c_str(), runs_dir.string().c_str());
-    std::fflush(o.out);
+    std::fflush(out);
   }
   if (!failures.empty()) {
     std::string list;

@@ -31,7 +31,9 @@ struct SweepOptions {
   // run's configuration: a run started on one device may be resumed on the other.
   std::string device = "cpu";
   std::FILE* out = stdout;       // the plan and the sweep's progress; nullptr = silent
+  std::FILE* result = nullptr;   // the closing summary line; nullptr = `out`
   bool trainer_progress = true;  // the trainer's own step lines (to `out`)
+  bool verbose = false;          // each run's whole configuration (train::TrainerOptions)
   // Tests: the first run that trains stops after this many steps (as if killed) and the
   // sweep returns. -1: off.
   int64_t interrupt_after_steps = -1;

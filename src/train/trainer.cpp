@@ -352,7 +352,10 @@ void Trainer::run(int64_t stop_after) {
       static_cast<double>(cfg_.train.tokens_per_step(cfg_.model.seq_len));
   if (opt_.progress) {
     const model::ParamCounts pc = model::param_counts(cfg_.model);
-    std::fprintf(opt_.progress, "%s\n", to_toml(cfg_).c_str());
+    if (opt_.verbose) std::fprintf(opt_.progress, "%s\n", to_toml(cfg_).c_str());
+    else
+      std::fprintf(opt_.progress, "config: %s (--verbose prints it)\n",
+                   (run / "config.toml").string().c_str());
     std::fprintf(
         opt_.progress,
         "model: %s non-embedding parameters, %s in total; attention %s\n"
@@ -432,9 +435,9 @@ void Trainer::run(int64_t stop_after) {
   sync_from_device();  // params() reflects the device's weights after a run
   if (state_.step == steps) {
     write_run_json("finished");
-    if (opt_.progress)
+    if (std::FILE* out = opt_.result ? opt_.result : opt_.progress)
       std::fprintf(
-          opt_.progress, "finished: %lld steps, %s tokens in %s%s\n", static_cast<long long>(steps),
+          out, "finished: %lld steps, %s tokens in %s%s\n", static_cast<long long>(steps),
           format_count(static_cast<double>(state_.tokens)).c_str(),
           format_duration(state_.elapsed_s).c_str(),
           last_eval_.windows ? ("; val loss " + std::to_string(last_eval_.loss)).c_str() : "");

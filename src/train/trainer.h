@@ -36,6 +36,8 @@ struct TrainerOptions {
   // "cpu" (float32, OpenBLAS) or "cuda" (bf16 mixed precision on the GPU, docs/trainer_gpu.md;
   // needs a build with the CUDA kernels and a device).
   std::string device = "cpu";
+  bool verbose = false;          // the whole configuration on `progress`, not one summary line
+  std::FILE* result = nullptr;   // the closing "finished: ..." line; nullptr = `progress`
 };
 
 class Trainer {

@@ -227,6 +227,17 @@ TEST(Study, ARisingFrontierIsNoted) {
   bool noted = false;
   for (const std::string& n : s.notes) noted |= n.find("rises by 21% at C = 0.00115") != std::string::npos;
   EXPECT_TRUE(noted);
+  // Several rising fits (both compute conventions here): one note for all, not one per fit.
+  o.computes = {Compute::k6nd, Compute::kExec};
+  const Study both = run_study(read_runs(tmp.path()), o);
+  int rise_notes = 0;
+  for (const std::string& n : both.notes) {
+    if (n.find("rises") == std::string::npos) continue;
+    ++rise_notes;
+    EXPECT_NE(n.find("in 2 of 2 fits"), std::string::npos) << n;
+    EXPECT_NE(n.find("rises by 21% at C = 0.00115"), std::string::npos) << n;
+  }
+  EXPECT_EQ(rise_notes, 1);
 }
 
 }  // namespace
