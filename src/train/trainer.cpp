@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/folder_lock.h"
+#include "core/safe_io.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
 #else
@@ -52,7 +53,7 @@ void check_same_tokenizer(const std::string& train_data, const std::string& eval
     MOBA_CHECK(fs::is_regular_file(manifest), "eval.data '", dir,
                "' is not a folder made by `moba prepare` (no manifest.json)");
     try {
-      return nlohmann::json::parse(read_text(manifest)).at("tokenizer");
+      return nlohmann::json::parse(read_regular_file(manifest.string(), "manifest")).at("tokenizer");
     } catch (const nlohmann::json::exception& e) {
       MOBA_CHECK(false, "'", manifest.string(), "' is corrupt: ", e.what());
     }
@@ -65,8 +66,8 @@ void check_same_tokenizer(const std::string& train_data, const std::string& eval
              train_data, "' with ", a.dump(), ": prepare it with the same tokenizer "
              "(moba prepare --tokenizer-model DATA/tokenizer.model)");
   if (a.value("kind", "") == "bpe")
-    MOBA_CHECK(read_text(fs::path(train_data) / "tokenizer.model") ==
-                   read_text(fs::path(eval_data) / "tokenizer.model"),
+    MOBA_CHECK(read_regular_file((fs::path(train_data) / "tokenizer.model").string(), "tokenizer model") ==
+                   read_regular_file((fs::path(eval_data) / "tokenizer.model").string(), "tokenizer model"),
                "eval.data '", eval_data, "' has another SentencePiece model than the training "
                "data '", train_data, "': prepare it with --tokenizer-model ", train_data,
                "/tokenizer.model");
