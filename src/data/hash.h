@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace moba::data {
@@ -23,6 +24,13 @@ inline uint64_t fnv1a64(const void* data, size_t n, uint64_t h = kFnvBasis) {
 }
 inline uint64_t fnv1a64(std::string_view s, uint64_t h = kFnvBasis) {
   return fnv1a64(s.data(), s.size(), h);
+}
+// 16 lowercase hex digits: how checksums and hashes are written into JSON files.
+inline std::string hex64(uint64_t x) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, x >>= 4) s[i] = digits[x & 15];
+  return s;
 }
 
 // SplitMix64's finaliser: a bijection that spreads every input bit over the output, used

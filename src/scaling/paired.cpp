@@ -1,5 +1,7 @@
 #include "scaling/paired.h"
 
+#include "scaling/fit.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -14,17 +16,10 @@ double mean_of(const std::vector<double>& x, const std::vector<int>& idx) {
   return s / static_cast<double>(idx.size());
 }
 
-// The 2.5% and 97.5% points of `draws` (sorted in place).
-void percentiles(std::vector<double>& draws, Estimate& e) {
-  std::sort(draws.begin(), draws.end());
-  const auto at = [&](double q) {
-    const double pos = q * static_cast<double>(draws.size() - 1);
-    const size_t i = static_cast<size_t>(pos);
-    const double f = pos - static_cast<double>(i);
-    return i + 1 < draws.size() ? draws[i] * (1 - f) + draws[i + 1] * f : draws[i];
-  };
-  e.lo = at(0.025);
-  e.hi = at(0.975);
+// The 2.5% and 97.5% points of `draws`.
+void percentiles(const std::vector<double>& draws, Estimate& e) {
+  e.lo = quantile(draws, 0.025);
+  e.hi = quantile(draws, 0.975);
 }
 
 }  // namespace

@@ -39,12 +39,6 @@ FileSum file_sum(const fs::path& path) {
   return s;
 }
 
-std::string hex(uint64_t x) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(x));
-  return b;
-}
-
 std::vector<TensorView> views(const model::ParamLayout& layout, std::span<const float> flat,
                               const std::string& prefix) {
   std::vector<TensorView> v;
@@ -133,7 +127,7 @@ void save_checkpoint(const std::string& run_dir, const model::ParamLayout& layou
     nlohmann::json files = nlohmann::json::object();
     for (const char* name : kTensorFiles) {
       const FileSum sum = file_sum(tmp / name);
-      files[name] = {{"bytes", sum.bytes}, {"fnv1a64", hex(sum.fnv)}};
+      files[name] = {{"bytes", sum.bytes}, {"fnv1a64", data::hex64(sum.fnv)}};
     }
     const nlohmann::json state = {{"format", kFormat},
                                   {"step", s.step},
@@ -188,9 +182,9 @@ TrainState read_state(const fs::path& dir, AdamW* adam) {
         const nlohmann::json& want = j.at("files").at(name);
         const FileSum got = file_sum(dir / name);
         MOBA_CHECK(got.bytes == want.at("bytes").get<uint64_t>() &&
-                       hex(got.fnv) == want.at("fnv1a64").get<std::string>(),
+                       data::hex64(got.fnv) == want.at("fnv1a64").get<std::string>(),
                    "checkpoint file '", (dir / name).string(), "' is corrupt or truncated: ", got.bytes,
-                   " bytes with checksum ", hex(got.fnv), ", state.json records ",
+                   " bytes with checksum ", data::hex64(got.fnv), ", state.json records ",
                    want.at("bytes").dump(), " bytes with checksum ",
                    want.at("fnv1a64").get<std::string>());
       }

@@ -1,7 +1,6 @@
 #include "train/evaluate.h"
 
 #include <algorithm>
-#include <cstdio>
 
 #include "core/error.h"
 #include "data/hash.h"
@@ -66,9 +65,7 @@ EvalResult evaluate(const TokenLossFn& forward, const std::vector<Window>& windo
   uint64_t h = data::kFnvBasis;
   for (const Window& w : windows)
     h = data::fnv1a64(w.tokens.data(), w.tokens.size() * sizeof(int32_t), h);
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-  r.windows_hash = hex;
+  r.windows_hash = data::hex64(h);
   r.bucket_size = bucket_size;
   const double nw = static_cast<double>(windows.size());
   double total = 0.0;

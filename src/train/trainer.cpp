@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/folder_lock.h"
 #include "core/safe_io.h"
+#include "data/dataset.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
 #else
@@ -48,18 +49,11 @@ std::string attention_signature(const model::ModelConfig& m) {
 // for BPE, the same SentencePiece model, or its losses mean nothing next to training's.
 void check_same_tokenizer(const std::string& train_data, const std::string& eval_data) {
   if (train_data.rfind("synthetic:", 0) == 0) return;  // its own check: eval.data must be a folder
-  const auto tokenizer_of = [](const std::string& dir) {
-    const fs::path manifest = fs::path(dir) / "manifest.json";
-    MOBA_CHECK(fs::is_regular_file(manifest), "eval.data '", dir,
-               "' is not a folder made by `moba prepare` (no manifest.json)");
-    try {
-      return nlohmann::json::parse(read_regular_file(manifest.string(), "manifest")).at("tokenizer");
-    } catch (const nlohmann::json::exception& e) {
-      MOBA_CHECK(false, "'", manifest.string(), "' is corrupt: ", e.what());
-    }
-    return nlohmann::json();
-  };
-  const nlohmann::json a = tokenizer_of(train_data), b = tokenizer_of(eval_data);
+  MOBA_CHECK(fs::is_regular_file(fs::path(eval_data) / "manifest.json"), "eval.data '", eval_data,
+             "' is not a folder made by `moba prepare` (no manifest.json)");
+  const data::OpenOptions headers_only{.verify = false};
+  const nlohmann::json a = data::Dataset::open(train_data, headers_only).manifest().at("tokenizer"),
+                       b = data::Dataset::open(eval_data, headers_only).manifest().at("tokenizer");
   MOBA_CHECK(a.value("kind", "") == b.value("kind", "") &&
                  a.value("vocab_size", 0) == b.value("vocab_size", 0),
              "eval.data '", eval_data, "' was tokenized with ", b.dump(), ", the training data '",
