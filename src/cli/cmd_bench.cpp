@@ -278,6 +278,7 @@ void add_bench(CLI::App& app) {
   cmd->add_flag("--skip-dense", o.skip_dense, "cuda: time MoBA only");
   cmd->callback([] { run_bench_attention(o); });
   add_bench_train(bench);
+  add_bench_infer(bench);
 }
 
 }  // namespace moba::cli

@@ -8,6 +8,7 @@
 #include "attention/stats.h"
 #include "core/cuda_check.cuh"
 #include "core/error.h"
+#include "model/cuda/dev_buf.h"
 #include "model/cuda/layers_cuda.h"
 #include "model/cuda/matmul.h"
 #include "model/cuda/model_kernels.h"
@@ -15,32 +16,6 @@
 
 namespace moba::model::cuda {
 namespace {
-
-// A device allocation freed with its owner.
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  DevBuf() = default;
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  DevBuf(DevBuf&& o) noexcept : p(o.p), bytes(o.bytes) { o.p = nullptr, o.bytes = 0; }
-  ~DevBuf() { release(); }
-  void release() {
-    if (p) cudaFree(p);
-    p = nullptr;
-    bytes = 0;
-  }
-  void resize(size_t b) {  // contents are not kept
-    if (b == bytes) return;
-    release();
-    if (b) CUDA_CHECK(cudaMalloc(&p, b));
-    bytes = b;
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-};
 
 // Pinned host memory (page-locked, for asynchronous copies).
 struct HostBuf {
@@ -79,6 +54,29 @@ bool any_moba_layer(const ModelConfig& c) {
 }
 
 }  // namespace
+
+// The GPU model's limits (model_cuda.h): the attention kernels' head dims, block sizes and
+// top-k, and cuBLASLt's 16-byte rows.
+void check_gpu_config(const ModelConfig& config) {
+  const ModelConfig cfg = config.resolved();
+  const int64_t C = cfg.width, Hq = cfg.heads, Hkv = cfg.kv(), D = cfg.hd(), F = cfg.ffn(),
+                V = cfg.vocab_size;
+  const attn::MobaConfig moba{cfg.attention.block_size, cfg.attention.top_k};
+  MOBA_CHECK(attn::cuda::head_dim_supported(D), "model.head_dim = ", D,
+             ": the GPU attention kernels support head dims 64 and 128");
+  if (any_moba_layer(cfg)) {
+    const int64_t S = moba.block_size;
+    MOBA_CHECK(S >= attn::cuda::kMinBlockSize && (S & (S - 1)) == 0,
+               "attention.block_size = ", S,
+               ": the GPU MoBA kernels need a power of two >= ", attn::cuda::kMinBlockSize);
+    MOBA_CHECK(moba.top_k >= 1 && moba.top_k <= attn::cuda::kMaxTopK, "attention.top_k = ",
+               moba.top_k, ": the GPU MoBA kernels support 1..", attn::cuda::kMaxTopK);
+  }
+  for (int64_t w : {C, Hq * D, Hkv * D, F, V})
+    MOBA_CHECK(w % 8 == 0, "the GPU model needs widths that are multiples of 8 (cuBLASLt's "
+               "16-byte rows): width ", C, ", heads x head_dim ", Hq * D, ", kv ", Hkv * D,
+               ", mlp_hidden ", F, ", vocab_size ", V);
+}
 
 // Profiling categories (ModelCuda::set_profiling).
 enum Cat { kOther, kMatmul, kAttention, kGate, kLayers, kOptimizer, kCats };
@@ -184,20 +182,7 @@ struct ModelCuda::Impl {
     L = cfg.layers;
     QKV = (Hq + 2 * Hkv) * D;
     moba = {cfg.attention.block_size, cfg.attention.top_k};
-    MOBA_CHECK(attn::cuda::head_dim_supported(D), "model.head_dim = ", D,
-               ": the GPU attention kernels support head dims 64 and 128");
-    if (any_moba_layer(cfg)) {
-      const int64_t S = moba.block_size;
-      MOBA_CHECK(S >= attn::cuda::kMinBlockSize && (S & (S - 1)) == 0,
-                 "attention.block_size = ", S,
-                 ": the GPU MoBA kernels need a power of two >= ", attn::cuda::kMinBlockSize);
-      MOBA_CHECK(moba.top_k >= 1 && moba.top_k <= attn::cuda::kMaxTopK, "attention.top_k = ",
-                 moba.top_k, ": the GPU MoBA kernels support 1..", attn::cuda::kMaxTopK);
-    }
-    for (int64_t w : {C, Hq * D, Hkv * D, F, V})
-      MOBA_CHECK(w % 8 == 0, "the GPU model needs widths that are multiples of 8 (cuBLASLt's "
-                 "16-byte rows): width ", C, ", heads x head_dim ", Hq * D, ", kv ", Hkv * D,
-                 ", mlp_hidden ", F, ", vocab_size ", V);
+    check_gpu_config(cfg);
     int devices = 0;
     const cudaError_t e = cudaGetDeviceCount(&devices);
     MOBA_CHECK(e == cudaSuccess && devices > 0, "--device cuda: no CUDA device (",

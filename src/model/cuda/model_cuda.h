@@ -38,6 +38,10 @@ struct AdamWStep {
 // PEERS.md's figure), 0 when the device is not one we know the peak of.
 double device_peak_bf16_flops();
 
+// Throws moba::Error naming the first limit of the GPU model that cfg exceeds (listed at
+// ModelCuda's constructor); checks no device.
+void check_gpu_config(const ModelConfig& cfg);
+
 class ModelCuda {
  public:
   // Throws moba::Error when the GPU kernels cannot run this configuration (head_dim not 64

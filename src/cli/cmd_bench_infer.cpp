@@ -1,0 +1,202 @@
+// moba bench infer: the whole model at inference on the GPU (model/cuda/decoder_cuda.h), with
+// random weights and tokens: prefill time of one long prompt, and decode tokens/s at a given
+// context and batch, MoBA against full attention in the same call. What `moba generate`
+// runs per token, without the sampler and the tokenizer.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "model/config.h"
+#include "model/params.h"
+#ifdef MOBA_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "core/cuda_check.cuh"
+#include "model/cuda/decoder_cuda.h"
+#endif
+
+namespace moba::cli {
+namespace {
+
+struct BenchInferOptions {
+  std::vector<std::string> attention = {"full", "moba"};
+  std::vector<int64_t> prefill = {131072};          // prompt lengths timed (batch 1)
+  std::vector<int64_t> contexts = {32768, 131072};  // decode contexts
+  std::vector<int64_t> batches = {1, 16};
+  int64_t layers = 12, width = 768, heads = 12, kv_heads = 0, head_dim = 0;
+  int64_t mlp_hidden = 2048, vocab = 8192, block_size = 512, top_k = 3;
+  int steps = 32, warmup = 4, repeats = 3;
+  uint64_t seed = 1;
+  std::string json_path;
+};
+
+model::ModelConfig make_config(const BenchInferOptions& o, int64_t T, const std::string& attn) {
+  model::ModelConfig c;
+  c.vocab_size = o.vocab;
+  c.width = o.width;
+  c.layers = o.layers;
+  c.heads = o.heads;
+  c.kv_heads = o.kv_heads;
+  c.head_dim = o.head_dim;
+  c.mlp_hidden = o.mlp_hidden;
+  c.seq_len = T;
+  c.tied_embeddings = false;
+  c.attention.kind = attn == "moba" ? model::AttentionKind::moba : model::AttentionKind::full;
+  c.attention.block_size = o.block_size;
+  c.attention.top_k = o.top_k;
+  c = c.resolved();
+  c.validate();
+  return c;
+}
+
+std::vector<std::vector<int32_t>> random_prompts(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(V - 1));
+  std::vector<std::vector<int32_t>> p(static_cast<size_t>(B), std::vector<int32_t>(T));
+  for (auto& s : p)
+    for (int32_t& t : s) t = dist(gen);
+  return p;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> x) {
+  std::sort(x.begin(), x.end());
+  return x[x.size() / 2];
+}
+
+#ifdef MOBA_WITH_CUDA
+void run_bench_infer(const BenchInferOptions& o) {
+  MOBA_CHECK(o.steps >= 1 && o.warmup >= 0 && o.repeats >= 1,
+             "--steps and --repeats must be >= 1, --warmup >= 0");
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  nlohmann::json prefill_rows = nlohmann::json::array(), decode_rows = nlohmann::json::array();
+  std::printf("# moba bench infer on %s: L %lld, C %lld, Hq %lld, V %lld, S %lld, K %lld\n\n",
+              prop.name, static_cast<long long>(o.layers), static_cast<long long>(o.width),
+              static_cast<long long>(o.heads), static_cast<long long>(o.vocab),
+              static_cast<long long>(o.block_size), static_cast<long long>(o.top_k));
+  std::printf("| phase | attention | T | batch | ms | tokens/s |\n|---|---|---|---|---|---|\n");
+  for (const std::string& attn : o.attention) {
+    for (int64_t T : o.prefill) {
+      const model::ModelConfig cfg = make_config(o, T, attn);
+      std::vector<float> P(model::make_param_layout(cfg).total);
+      model::init_params<float>(model::make_param_layout(cfg), o.seed, P);
+      model::cuda::DecoderCuda dec(cfg, P, 1, T, true);
+      const auto prompts = random_prompts(1, T, o.vocab, o.seed + 1);
+      dec.prefill(prompts);  // warm-up: cuBLASLt heuristics, allocations
+      std::vector<double> ms;
+      for (int r = 0; r < o.repeats; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        dec.prefill(prompts);
+        ms.push_back(1e3 * seconds_since(t0));
+      }
+      const double m = median(ms);
+      std::printf("| prefill | %s | %lld | 1 | %.1f | %.0f |\n", attn.c_str(),
+                  static_cast<long long>(T), m, static_cast<double>(T) / (m * 1e-3));
+      std::fflush(stdout);
+      prefill_rows.push_back({{"attention", attn}, {"T", T}, {"ms", m}, {"ms_all", ms},
+                              {"device_gb", static_cast<double>(dec.device_bytes()) / 1e9}});
+    }
+    for (int64_t T : o.contexts)
+      for (int64_t B : o.batches) {
+        const int64_t cap = T + o.warmup + o.steps;
+        const model::ModelConfig cfg = make_config(o, cap, attn);
+        std::vector<float> P(model::make_param_layout(cfg).total);
+        model::init_params<float>(model::make_param_layout(cfg), o.seed, P);
+        model::cuda::DecoderCuda dec(cfg, P, B, cap, true);
+        dec.prefill(random_prompts(B, T, o.vocab, o.seed + 2));
+        const auto next = random_prompts(1, B * (o.warmup + o.steps), o.vocab, o.seed + 3)[0];
+        for (int i = 0; i < o.warmup; ++i)
+          dec.decode(std::span<const int32_t>(next.data() + i * B, static_cast<size_t>(B)));
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = o.warmup; i < o.warmup + o.steps; ++i)
+          dec.decode(std::span<const int32_t>(next.data() + i * B, static_cast<size_t>(B)));
+        const double s = seconds_since(t0);
+        const double ms_step = 1e3 * s / o.steps;
+        const double tps = static_cast<double>(B * o.steps) / s;
+        std::printf("| decode | %s | %lld | %lld | %.3f | %.0f |\n", attn.c_str(),
+                    static_cast<long long>(T), static_cast<long long>(B), ms_step, tps);
+        std::fflush(stdout);
+        decode_rows.push_back({{"attention", attn}, {"T", T}, {"batch", B}, {"ms_per_step", ms_step},
+                               {"tokens_per_s", tps},
+                               {"cache_gb", static_cast<double>(dec.cache_bytes()) / 1e9},
+                               {"device_gb", static_cast<double>(dec.device_bytes()) / 1e9}});
+      }
+  }
+  // MoBA against full, per row, where both ran.
+  std::printf("\n| what | T | batch | MoBA speed-up over full |\n|---|---|---|---|\n");
+  for (const auto& m : prefill_rows)
+    for (const auto& f : prefill_rows)
+      if (m["attention"] == "moba" && f["attention"] == "full" && m["T"] == f["T"])
+        std::printf("| prefill | %lld | 1 | %.2fx |\n", m["T"].get<long long>(),
+                    f["ms"].get<double>() / m["ms"].get<double>());
+  for (const auto& m : decode_rows)
+    for (const auto& f : decode_rows)
+      if (m["attention"] == "moba" && f["attention"] == "full" && m["T"] == f["T"] &&
+          m["batch"] == f["batch"])
+        std::printf("| decode | %lld | %lld | %.2fx |\n", m["T"].get<long long>(),
+                    m["batch"].get<long long>(),
+                    m["tokens_per_s"].get<double>() / f["tokens_per_s"].get<double>());
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path);
+    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
+    f << nlohmann::json{{"device", prop.name},
+                        {"model", {{"layers", o.layers}, {"width", o.width}, {"heads", o.heads},
+                                   {"kv_heads", o.kv_heads}, {"head_dim", o.head_dim},
+                                   {"mlp_hidden", o.mlp_hidden}, {"vocab", o.vocab},
+                                   {"block_size", o.block_size}, {"top_k", o.top_k}}},
+                        {"steps", o.steps}, {"warmup", o.warmup},
+                        {"prefill", prefill_rows}, {"decode", decode_rows}}
+                .dump(2)
+      << "\n";
+  }
+}
+#else
+void run_bench_infer(const BenchInferOptions&) {
+  throw Error("moba bench infer needs a build with the CUDA kernels (this one has none)");
+}
+#endif
+
+}  // namespace
+
+void add_bench_infer(CLI::App* bench) {
+  static BenchInferOptions o;
+  CLI::App* cmd = bench->add_subcommand(
+      "infer", "Whole-model inference on the GPU: prefill time and decode tokens/s, MoBA vs full");
+  cmd->add_option("--attention", o.attention, "full and/or moba")->capture_default_str();
+  cmd->add_option("--prefill", o.prefill, "Prompt lengths whose prefill is timed (batch 1)")
+      ->capture_default_str();
+  cmd->add_option("--context,-T", o.contexts, "Context lengths at which decode is timed")
+      ->capture_default_str();
+  cmd->add_option("--batch,-B", o.batches, "Batch sizes of the decode")->capture_default_str();
+  cmd->add_option("--layers", o.layers, "Layers")->capture_default_str();
+  cmd->add_option("--width", o.width, "Width C")->capture_default_str();
+  cmd->add_option("--heads", o.heads, "Query heads")->capture_default_str();
+  cmd->add_option("--kv-heads", o.kv_heads, "Key/value heads (0: = heads)")->capture_default_str();
+  cmd->add_option("--head-dim", o.head_dim, "Head dim (0: width / heads)")->capture_default_str();
+  cmd->add_option("--mlp-hidden", o.mlp_hidden, "SwiGLU hidden width")->capture_default_str();
+  cmd->add_option("--vocab", o.vocab, "Vocabulary")->capture_default_str();
+  cmd->add_option("--block-size,-S", o.block_size, "MoBA block size")->capture_default_str();
+  cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k")->capture_default_str();
+  cmd->add_option("--steps", o.steps, "Timed decode steps")->capture_default_str();
+  cmd->add_option("--warmup", o.warmup, "Untimed decode steps first")->capture_default_str();
+  cmd->add_option("--repeats", o.repeats, "Timed prefills (median reported)")
+      ->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Seed of weights and tokens")->capture_default_str();
+  cmd->add_option("--out,-o", o.json_path, "Also write the results as JSON to this file");
+  cmd->callback([] { run_bench_infer(o); });
+}
+
+}  // namespace moba::cli

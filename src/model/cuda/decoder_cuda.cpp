@@ -1,0 +1,284 @@
+#include "model/cuda/decoder_cuda.h"
+
+#include <algorithm>
+
+#include "attention/cuda/attention_cuda.h"
+#include "attention/cuda/decode_cuda.h"
+#include "core/cuda_check.cuh"
+#include "core/error.h"
+#include "model/cuda/dev_buf.h"
+#include "model/cuda/layers_cuda.h"
+#include "model/cuda/matmul.h"
+#include "model/cuda/model_cuda.h"
+#include "model/cuda/model_kernels.h"
+#include "model/params.h"
+#include "model/rope.h"
+
+namespace moba::model::cuda {
+
+struct DecoderCuda::Impl {
+  ModelConfig cfg;
+  ParamLayout layout;
+  int64_t B = 0, cap = 0;
+  int64_t C = 0, Hq = 0, Hkv = 0, D = 0, F = 0, V = 0, L = 0, QKV = 0;
+  attn::MobaConfig moba;
+  std::vector<bool> layer_moba;  // (L)
+  bool any_moba = false;
+
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<Matmul> mm;
+  std::unique_ptr<RopeTableCuda> rope;
+  DevBuf P, Pb;  // fp32 (norm weights) and bf16 (matmuls, embedding) parameters
+
+  std::vector<std::unique_ptr<attn::cuda::DecodeCache>> caches;  // (L)
+  std::unique_ptr<attn::cuda::DecodePlan> dplan;
+
+  // Activations for up to cap_M tokens (prefill) or B (decode); reused by every layer.
+  int64_t cap_M = 0;
+  DevBuf tokens, pos, x, x_mid, xn, rstd, rows, q, k, v, o, lse, sel, h;
+  DevBuf x_last, xn_last, rstd_last, logits;  // (B, C), (B, C), (B), (B, V) fp32
+  bool prefilled = false;
+
+  Impl(const ModelConfig& c, std::span<const float> params, int64_t batch, int64_t capacity,
+       bool use_moba)
+      : cfg(c.resolved()), layout(make_param_layout(cfg)), B(batch), cap(capacity) {
+    cfg.validate();
+    check_gpu_config(cfg);
+    MOBA_CHECK(B >= 1, "decoder batch = ", B, ": at least one sequence");
+    MOBA_CHECK(cap >= 1, "decoder capacity = ", cap, ": at least one token per sequence");
+    MOBA_CHECK(params.size() == layout.total, "parameter array has ", params.size(),
+               " elements, the model needs ", layout.total);
+    C = cfg.width;
+    Hq = cfg.heads;
+    Hkv = cfg.kv();
+    D = cfg.hd();
+    F = cfg.ffn();
+    V = cfg.vocab_size;
+    L = cfg.layers;
+    QKV = (Hq + 2 * Hkv) * D;
+    moba = {cfg.attention.block_size, cfg.attention.top_k};
+    layer_moba.resize(static_cast<size_t>(L));
+    for (int64_t l = 0; l < L; ++l) {
+      layer_moba[l] = layer_uses_moba(cfg, l, use_moba);
+      any_moba = any_moba || layer_moba[l];
+    }
+    for (const LayerOffsets& o : layout.layers)
+      MOBA_CHECK(o.wk == o.wq + static_cast<size_t>(Hq * D * C) &&
+                     o.wv == o.wk + static_cast<size_t>(Hkv * D * C) &&
+                     o.w_up == o.w_gate + static_cast<size_t>(F * C),
+                 "DecoderCuda: wq, wk, wv (and w_gate, w_up) must be adjacent in the parameter "
+                 "layout");
+    int devices = 0;
+    const cudaError_t e = cudaGetDeviceCount(&devices);
+    MOBA_CHECK(e == cudaSuccess && devices > 0, "--device cuda: no CUDA device (",
+               e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
+    CUDA_CHECK(cudaStreamCreate(&stream));
+    mm = std::make_unique<Matmul>(stream);
+    rope = std::make_unique<RopeTableCuda>(RopeTable(cap, D, cfg.rope_theta));
+    const size_t n = layout.total;
+    P.resize(sizeof(float) * n);
+    Pb.resize(sizeof(bf16) * n);
+    CUDA_CHECK(cudaMemcpy(P.p, params.data(), P.bytes, cudaMemcpyHostToDevice));
+    to_bf16(P.as<float>(), Pb.as<bf16>(), static_cast<int64_t>(n), stream);
+    caches.reserve(static_cast<size_t>(L));
+    for (int64_t l = 0; l < L; ++l)
+      caches.push_back(std::make_unique<attn::cuda::DecodeCache>(B, cap, Hkv, D, moba.block_size));
+    dplan = std::make_unique<attn::cuda::DecodePlan>(B, cap, Hq, Hkv, D, moba, attn::Options{});
+    x_last.resize(sizeof(bf16) * B * C);
+    xn_last.resize(sizeof(bf16) * B * C);
+    rstd_last.resize(sizeof(float) * B);
+    logits.resize(sizeof(float) * B * V);
+    reserve(B);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  ~Impl() {
+    if (stream) cudaStreamSynchronize(stream);
+    caches.clear();
+    dplan.reset();
+    mm.reset();
+    rope.reset();
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  void reserve(int64_t M) {
+    if (M <= cap_M) return;
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    const size_t m = static_cast<size_t>(M), b2 = sizeof(bf16), f4 = sizeof(float);
+    tokens.resize(4 * m);
+    pos.resize(4 * m);
+    for (DevBuf* d : {&x, &x_mid, &xn}) d->resize(b2 * m * C);
+    rstd.resize(f4 * m);
+    rows.resize(b2 * m * std::max(QKV, 2 * F));
+    q.resize(b2 * m * Hq * D);
+    o.resize(b2 * m * Hq * D);
+    k.resize(b2 * m * Hkv * D);
+    v.resize(b2 * m * Hkv * D);
+    lse.resize(f4 * m * Hq);
+    sel.resize(any_moba ? 4 * m * Hq * moba.top_k : 0);
+    h.resize(b2 * m * F);
+    cap_M = M;
+  }
+
+  void check_tokens(std::span<const int32_t> ids, const char* what) const {
+    for (size_t i = 0; i < ids.size(); ++i)
+      MOBA_CHECK(ids[i] >= 0 && ids[i] < V, what, ": token ", i, " is id ", ids[i],
+                 ", outside the model's vocabulary [0, ", V, ")");
+  }
+
+  // The attention sub-layer's input projections for M tokens at positions pos: q, k, v.
+  void qkv(int64_t M, int64_t l) {
+    const LayerOffsets& off = layout.layers[l];
+    rmsnorm_forward({M, C, static_cast<float>(cfg.norm_eps)}, x.as<bf16>(),
+                    P.as<float>() + off.attn_norm, xn.as<bf16>(), rstd.as<float>(), stream);
+    mm->forward(M, C, QKV, xn.as<bf16>(), Pb.as<bf16>() + off.wq, rows.as<bf16>());
+    rope_split({M, Hq, Hkv}, *rope, pos.as<int32_t>(), rows.as<bf16>(), q.as<bf16>(),
+               k.as<bf16>(), v.as<bf16>(), stream);
+  }
+
+  // After the attention output o: x += o Wo^T, then x += MLP(rmsnorm(x)).
+  void rest_of_block(int64_t M, int64_t l) {
+    const LayerOffsets& off = layout.layers[l];
+    const bf16* W = Pb.as<bf16>();
+    mm->forward(M, Hq * D, C, o.as<bf16>(), W + off.wo, x_mid.as<bf16>(), x.as<bf16>());
+    rmsnorm_forward({M, C, static_cast<float>(cfg.norm_eps)}, x_mid.as<bf16>(),
+                    P.as<float>() + off.mlp_norm, xn.as<bf16>(), rstd.as<float>(), stream);
+    mm->forward(M, C, 2 * F, xn.as<bf16>(), W + off.w_gate, rows.as<bf16>());
+    swiglu_forward_rows(M, F, rows.as<bf16>(), h.as<bf16>(), stream);
+    mm->forward(M, F, C, h.as<bf16>(), W + off.w_down, x.as<bf16>(), x_mid.as<bf16>());
+  }
+
+  // Logits (B, V) fp32 of the B rows in x_last.
+  void head() {
+    rmsnorm_forward({B, C, static_cast<float>(cfg.norm_eps)}, x_last.as<bf16>(),
+                    P.as<float>() + layout.final_norm, xn_last.as<bf16>(), rstd_last.as<float>(),
+                    stream);
+    mm->forward_f32(B, C, V, xn_last.as<bf16>(), Pb.as<bf16>() + layout.lm_head,
+                    logits.as<float>());
+  }
+
+  std::vector<float> read_logits() {
+    std::vector<float> out(static_cast<size_t>(B * V));
+    CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.p, out.size() * sizeof(float),
+                               cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return out;
+  }
+
+  std::vector<float> prefill(const std::vector<std::vector<int32_t>>& prompts) {
+    MOBA_CHECK(static_cast<int64_t>(prompts.size()) == B, "prefill: ", prompts.size(),
+               " prompts for a decoder of batch ", B);
+    std::vector<int64_t> cu{0};
+    std::vector<int32_t> ids, positions;
+    for (int64_t b = 0; b < B; ++b) {
+      const std::vector<int32_t>& p = prompts[b];
+      MOBA_CHECK(!p.empty(), "prefill: prompt ", b, " is empty");
+      MOBA_CHECK(static_cast<int64_t>(p.size()) <= cap, "prefill: prompt ", b, " holds ",
+                 p.size(), " tokens, more than the cache's capacity of ", cap);
+      check_tokens(p, "prefill");
+      ids.insert(ids.end(), p.begin(), p.end());
+      for (size_t t = 0; t < p.size(); ++t) positions.push_back(static_cast<int32_t>(t));
+      cu.push_back(cu.back() + static_cast<int64_t>(p.size()));
+    }
+    const int64_t M = cu.back();
+    reserve(M);
+    prefilled = false;
+    CUDA_CHECK(cudaMemcpyAsync(tokens.p, ids.data(), 4 * M, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(pos.p, positions.data(), 4 * M, cudaMemcpyHostToDevice, stream));
+    attn::cuda::Plan plan(attn::Layout::varlen(cu, Hq, Hkv, D), moba, attn::Options{});
+    embedding_forward({M, V, C}, tokens.as<int32_t>(), Pb.as<bf16>() + layout.embed, x.as<bf16>(),
+                      stream);
+    for (int64_t l = 0; l < L; ++l) {
+      qkv(M, l);
+      if (layer_moba[l]) {
+        attn::cuda::moba_gate(plan, q.as<bf16>(), k.as<bf16>(), sel.as<int32_t>(), stream);
+        attn::cuda::moba_forward(plan, sel.as<int32_t>(), q.as<bf16>(), k.as<bf16>(),
+                                 v.as<bf16>(), o.as<bf16>(), lse.as<float>(), stream);
+      } else {
+        attn::cuda::dense_forward(plan, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(),
+                                  lse.as<float>(), stream);
+      }
+      caches[l]->fill(cu, k.as<bf16>(), v.as<bf16>(), stream);
+      rest_of_block(M, l);
+    }
+    for (int64_t b = 0; b < B; ++b)
+      CUDA_CHECK(cudaMemcpyAsync(x_last.as<bf16>() + b * C, x.as<bf16>() + (cu[b + 1] - 1) * C,
+                                 sizeof(bf16) * C, cudaMemcpyDeviceToDevice, stream));
+    head();
+    std::vector<float> out = read_logits();  // waits: the plan's memory is freed after it
+    prefilled = true;
+    return out;
+  }
+
+  void step(std::span<const int32_t> ids) {
+    MOBA_CHECK(prefilled, "decode: prefill the sequences first");
+    MOBA_CHECK(static_cast<int64_t>(ids.size()) == B, "decode: ", ids.size(),
+               " tokens for a decoder of batch ", B);
+    check_tokens(ids, "decode");
+    std::vector<int32_t> positions(static_cast<size_t>(B));
+    const std::vector<int64_t>& len = caches[0]->len();
+    for (int64_t b = 0; b < B; ++b) {
+      MOBA_CHECK(len[b] < cap, "decode: sequence ", b, " is full (", len[b],
+                 " tokens, the cache's capacity)");
+      positions[b] = static_cast<int32_t>(len[b]);
+    }
+    CUDA_CHECK(cudaMemcpyAsync(tokens.p, ids.data(), 4 * B, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(pos.p, positions.data(), 4 * B, cudaMemcpyHostToDevice, stream));
+    embedding_forward({B, V, C}, tokens.as<int32_t>(), Pb.as<bf16>() + layout.embed, x.as<bf16>(),
+                      stream);
+    for (int64_t l = 0; l < L; ++l) {
+      qkv(B, l);
+      caches[l]->append(k.as<bf16>(), v.as<bf16>(), stream);
+      if (layer_moba[l])
+        attn::cuda::decode_moba(*dplan, *caches[l], q.as<bf16>(), o.as<bf16>(), lse.as<float>(),
+                                nullptr, stream);
+      else
+        attn::cuda::decode_dense(*dplan, *caches[l], q.as<bf16>(), o.as<bf16>(), lse.as<float>(),
+                                 stream);
+      rest_of_block(B, l);
+    }
+    CUDA_CHECK(cudaMemcpyAsync(x_last.p, x.p, sizeof(bf16) * B * C, cudaMemcpyDeviceToDevice,
+                               stream));
+    head();  // (uploads from pageable memory are staged before cudaMemcpyAsync returns)
+  }
+
+  size_t cache_bytes() const {
+    size_t b = 0;
+    for (const auto& c : caches) b += c->bytes();
+    return b;
+  }
+  size_t device_bytes() const {
+    size_t b = cache_bytes() + dplan->workspace_bytes() + (size_t{32} << 20);  // + matmul ws
+    for (const DevBuf* d : {&P, &Pb, &tokens, &pos, &x, &x_mid, &xn, &rstd, &rows, &q, &k, &v,
+                            &o, &lse, &sel, &h, &x_last, &xn_last, &rstd_last, &logits})
+      b += d->bytes;
+    return b;
+  }
+};
+
+DecoderCuda::DecoderCuda(const ModelConfig& cfg, std::span<const float> params, int64_t batch,
+                         int64_t capacity, bool moba)
+    : impl_(std::make_unique<Impl>(cfg, params, batch, capacity, moba)) {}
+DecoderCuda::~DecoderCuda() = default;
+
+const ModelConfig& DecoderCuda::config() const { return impl_->cfg; }
+int64_t DecoderCuda::batch() const { return impl_->B; }
+int64_t DecoderCuda::capacity() const { return impl_->cap; }
+int64_t DecoderCuda::length(int64_t b) const {
+  MOBA_CHECK(b >= 0 && b < impl_->B, "sequence ", b, " is not in [0, ", impl_->B, ")");
+  return impl_->caches[0]->len()[b];
+}
+
+std::vector<float> DecoderCuda::prefill(const std::vector<std::vector<int32_t>>& prompts) {
+  return impl_->prefill(prompts);
+}
+std::vector<float> DecoderCuda::decode(std::span<const int32_t> tokens) {
+  impl_->step(tokens);
+  return impl_->read_logits();
+}
+void DecoderCuda::decode_async(std::span<const int32_t> tokens) { impl_->step(tokens); }
+void DecoderCuda::synchronize() { CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
+size_t DecoderCuda::cache_bytes() const { return impl_->cache_bytes(); }
+size_t DecoderCuda::device_bytes() const { return impl_->device_bytes(); }
+
+}  // namespace moba::model::cuda
