@@ -225,6 +225,19 @@ TrainState load_checkpoint_weights(const std::string& run_dir, const model::Para
   return s;
 }
 
+TrainState load_checkpoint_folder_weights(const std::string& checkpoint_dir,
+                                          const model::ParamLayout& layout,
+                                          std::span<float> params) {
+  const fs::path dir(checkpoint_dir);
+  MOBA_CHECK(fs::is_directory(dir), "checkpoint '", checkpoint_dir, "' is not a folder");
+  MOBA_CHECK(complete_step(dir) >= 0, "checkpoint '", checkpoint_dir,
+             "' is not a complete checkpoint folder (no readable state.json beside "
+             "model.safetensors)");
+  const TrainState s = read_state(dir, nullptr);
+  read_weights(dir, s, layout, params);
+  return s;
+}
+
 TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout& layout,
                            std::span<float> params, AdamW& adam) {
   const fs::path dir = readable_dir(run_dir);

@@ -55,5 +55,10 @@ TrainState load_checkpoint(const std::string& run_dir, const model::ParamLayout&
 // The weights and state only (export, `moba logits`): no optimizer is read.
 TrainState load_checkpoint_weights(const std::string& run_dir, const model::ParamLayout& layout,
                                    std::span<float> params);
+// The same from a checkpoint folder itself (one holding state.json and model.safetensors,
+// e.g. a copy kept aside: `moba generate --checkpoint DIR`), checksums verified.
+TrainState load_checkpoint_folder_weights(const std::string& checkpoint_dir,
+                                          const model::ParamLayout& layout,
+                                          std::span<float> params);
 
 }  // namespace moba::train
