@@ -55,6 +55,9 @@ class KVCache {
     return &means_[((b * (T_ / S_) + j) * Hkv_) * D_];
   }
 
+  // Bytes this cache holds: K, V, block means, running block sums, lengths.
+  size_t bytes() const;
+
   // Bytes of cache per token of capacity, all sequences' K and V and the block means'
   // share (one fp32 (Hkv, D) row per S tokens).
   static double bytes_per_token(int64_t kv_heads, int64_t head_dim, int64_t block_size,

@@ -46,6 +46,14 @@ class Engine {
 
   // Bytes the engine holds for its caches (all layers, all sequences, at capacity).
   virtual size_t cache_bytes() const = 0;
+
+  // The logits the last prefill or decode returned, (B, V), before their rounding to float:
+  // what the cpu64 engine computed in double (its tests compare to 1e-10). Empty for an
+  // engine that does not keep them (the GPU's bf16 engine has nothing finer to give).
+  std::span<const double> last_logits() const { return last_logits_; }
+
+ protected:
+  std::vector<double> last_logits_;
 };
 
 // params: the flat parameter array of model/params.h (layout of `cfg`), float32.

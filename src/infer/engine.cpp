@@ -1,0 +1,24 @@
+#include "infer/engine.h"
+
+#include "core/error.h"
+#include "infer/engine_cpu.h"
+
+namespace moba::infer {
+
+std::unique_ptr<Engine> make_engine(const model::ModelConfig& cfg, std::span<const float> params,
+                                    const EngineOptions& opt) {
+  if (opt.device == "cpu" || opt.device == "cpu64") return make_cpu_engine(cfg, params, opt);
+  if (opt.device == "cuda") {
+#if defined(MOBA_WITH_CUDA) && MOBA_WITH_CUDA
+    MOBA_CHECK(false, "device 'cuda': the GPU inference engine is not part of this build yet; "
+               "use the cpu device");
+#else
+    MOBA_CHECK(false, "device 'cuda': this build has no CUDA (configure with -DMOBA_CUDA=ON "
+               "on a machine with nvcc); use the cpu device");
+#endif
+  }
+  MOBA_CHECK(false, "unknown inference device '", opt.device, "' (cpu, cpu64 or cuda)");
+  return nullptr;  // not reached
+}
+
+}  // namespace moba::infer
