@@ -39,6 +39,7 @@ struct BenchInferOptions {
   std::string json_path;
 };
 
+#ifdef MOBA_WITH_CUDA
 model::ModelConfig make_config(const BenchInferOptions& o, int64_t T, const std::string& attn) {
   model::ModelConfig c;
   c.vocab_size = o.vocab;
@@ -76,7 +77,6 @@ double median(std::vector<double> x) {
   return x[x.size() / 2];
 }
 
-#ifdef MOBA_WITH_CUDA
 void run_bench_infer(const BenchInferOptions& o) {
   MOBA_CHECK(o.steps >= 1 && o.warmup >= 0 && o.repeats >= 1,
              "--steps and --repeats must be >= 1, --warmup >= 0");

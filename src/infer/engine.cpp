@@ -5,13 +5,18 @@
 
 namespace moba::infer {
 
+#ifdef MOBA_WITH_CUDA
+// engine_cuda.cpp (CUDA builds only).
+std::unique_ptr<Engine> make_cuda_engine(const model::ModelConfig& cfg,
+                                         std::span<const float> params, const EngineOptions& opt);
+#endif
+
 std::unique_ptr<Engine> make_engine(const model::ModelConfig& cfg, std::span<const float> params,
                                     const EngineOptions& opt) {
   if (opt.device == "cpu" || opt.device == "cpu64") return make_cpu_engine(cfg, params, opt);
   if (opt.device == "cuda") {
-#if defined(MOBA_WITH_CUDA) && MOBA_WITH_CUDA
-    MOBA_CHECK(false, "device 'cuda': the GPU inference engine is not part of this build yet; "
-               "use the cpu device");
+#ifdef MOBA_WITH_CUDA
+    return make_cuda_engine(cfg, params, opt);
 #else
     MOBA_CHECK(false, "device 'cuda': this build has no CUDA (configure with -DMOBA_CUDA=ON "
                "on a machine with nvcc); use the cpu device");
