@@ -32,6 +32,7 @@ void add_eval(CLI::App& app);   // moba eval
 void add_export_hf(CLI::App& app);  // moba export-hf (cmd_export_hf.cpp)
 void add_import_hf(CLI::App& app);  // moba import-hf (cmd_export_hf.cpp)
 void add_logits(CLI::App& app);     // moba logits
+void add_generate(CLI::App& app);   // moba generate (cmd_generate.cpp)
 
 // An option's old spelling (--json, --runs-dir before -o/--out), kept so that scripts keep
 // working: bound to the same variable, hidden from --help, and a note on stderr names the

@@ -77,6 +77,7 @@ int main(int argc, char** argv) {
   moba::cli::add_export_hf(app);
   moba::cli::add_import_hf(app);
   moba::cli::add_logits(app);
+  moba::cli::add_generate(app);
   // After the commands, which would inherit it.
   app.footer(
       "`moba` alone prints this help; `moba <command> --help` shows a command's options.\n"
