@@ -16,6 +16,7 @@ void add_info(CLI::App& app);   // moba info
 void add_bench(CLI::App& app);  // moba bench attention, moba bench train
 void add_bench_train(CLI::App* bench);  // moba bench train (cmd_bench_train.cpp)
 void add_bench_infer(CLI::App* bench);  // moba bench infer (cmd_bench_infer.cpp)
+void add_bench_decode(CLI::App* bench);  // moba bench decode (cmd_bench_decode.cpp, CUDA builds)
 void add_prepare(CLI::App& app);  // moba prepare
 void add_fit(CLI::App& app);     // moba fit
 void add_plot(CLI::App& app);    // moba plot (only in builds with cairo)

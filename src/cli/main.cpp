@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", moba::version());
   moba::cli::add_info(app);
   moba::cli::add_bench(app);
+#ifdef MOBA_HAVE_CUDA_ATTENTION
+  moba::cli::add_bench_decode(app.get_subcommand("bench"));
+#endif
   moba::cli::add_prepare(app);
   moba::cli::add_fit(app);
 #ifdef MOBA_WITH_CAIRO

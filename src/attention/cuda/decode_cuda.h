@@ -24,7 +24,7 @@ namespace moba::attn::cuda {
 using bf16 = __nv_bfloat16;
 
 // One layer's cache. Owns its device memory (cudaMalloc'd at construction; moba::Error when
-// it does not fit, naming the bytes asked for).
+// it does not fit, naming the bytes asked for). Head dim 64 or 128, capacity <= 2^30.
 class DecodeCache {
  public:
   DecodeCache(int64_t batch, int64_t capacity, int64_t kv_heads, int64_t head_dim,
@@ -57,8 +57,15 @@ class DecodeCache {
   // and completes the mean of a block whose last row this was. moba::Error naming the
   // sequence when one is at capacity.
   void append(const bf16* k_new, const bf16* v_new, cudaStream_t stream = nullptr);
+  // Declares rows [0, lengths[b]) of k() and v() valid as they are (written in place by the
+  // caller, e.g. benchmark caches filled with fill_random_bf16: no packed copy of a huge
+  // prefill) and computes the mean of every full block. moba::Error when a length is
+  // outside [0, capacity]. (Added by the implementation: not in the first API.)
+  void adopt(const std::vector<int64_t>& lengths, cudaStream_t stream = nullptr);
 
  private:
+  void upload_lengths_and_means(cudaStream_t stream, int64_t max_full_blocks);
+
   int64_t B_, T_, Hkv_, D_, S_;
   bf16* k_ = nullptr;
   bf16* v_ = nullptr;
@@ -68,6 +75,8 @@ class DecodeCache {
   std::vector<int64_t> len_;
 };
 
+// Head dim 64 or 128 (the kernels' tiles), Hq / Hkv <= 64, K <= 64, capacity <= 2^30;
+// any S >= 1 (S a multiple of 128 keeps every warp busy). Else moba::Error at construction.
 // Scratch of the decode kernels for one (B, Hq, Hkv, D, S, K, capacity) shape: split-K
 // partial outputs and their log-sum-exps, gate scores. Built once, reused every step.
 class DecodePlan {
