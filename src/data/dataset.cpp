@@ -186,12 +186,13 @@ Batch Dataset::train_batch(uint64_t seed, int64_t step, int64_t B, int64_t T, Pa
   return b;
 }
 
-Batch Dataset::validation_windows(int64_t T, int64_t count) const {
+Batch Dataset::validation_windows(int64_t T, int64_t count, Split split) const {
   Batch b = empty_batch(count, T);
-  const auto& docs = docs_[int(Split::val)];
-  const int64_t len = stream_len_[int(Split::val)];
-  MOBA_CHECK(len >= T + 1, dir_, ": the validation split holds ", len,
-             " tokens, fewer than T + 1 = ", T + 1, " (prepare with a larger --val-fraction)");
+  const auto& docs = docs_[int(split)];
+  const int64_t len = stream_len_[int(split)];
+  MOBA_CHECK(len >= T + 1, dir_, ": the ", split == Split::val ? "validation" : "training",
+             " split holds ", len, " tokens, fewer than T + 1 = ", T + 1,
+             split == Split::val ? " (prepare with a larger --val-fraction)" : "");
   // Windows inside one document: doc i offers (its length) / (T + 1) of them.
   std::vector<size_t> doc;
   std::vector<int64_t> first;
@@ -209,12 +210,12 @@ Batch Dataset::validation_windows(int64_t T, int64_t count) const {
     const int64_t w = static_cast<int64_t>((static_cast<__int128>(r) * W) / inside);
     const size_t e = static_cast<size_t>(std::upper_bound(first.begin(), first.end(), w) -
                                          first.begin()) - 1;
-    fill_row(b, r, Split::val, docs[doc[e]].start + (w - first[e]) * (T + 1));
+    fill_row(b, r, split, docs[doc[e]].start + (w - first[e]) * (T + 1));
   }
   const int64_t rest = count - inside;
   for (int64_t r = 0; r < rest; ++r) {
     const int64_t pos = static_cast<int64_t>((static_cast<__int128>(r) * (len - T)) / rest);
-    fill_row(b, inside + r, Split::val, pos);
+    fill_row(b, inside + r, split, pos);
   }
   return b;
 }

@@ -90,8 +90,9 @@ class Dataset {
   // enough, `count` of them spread evenly over all there are (single_document = 1). If
   // there are fewer, the rest are cut from the concatenated validation stream, evenly
   // spaced, with cu_seqlens at document boundaries (single_document = 0). Throws
-  // moba::Error when the validation split holds fewer than T + 1 tokens.
-  Batch validation_windows(int64_t T, int64_t count) const;
+  // moba::Error when the validation split holds fewer than T + 1 tokens. `split` = train
+  // cuts the same kind of windows from the training split (`moba eval --split train`).
+  Batch validation_windows(int64_t T, int64_t count, Split split = Split::val) const;
 
  private:
   struct Doc {

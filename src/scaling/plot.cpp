@@ -1,7 +1,6 @@
 // Drawing of a Figure with cairo: one routine, drawn once on an image surface (PNG) and
 // once on an SVG surface. Sizes are in points of a 900 x 600 canvas; the PNG is rendered
 // at twice that for sharp text.
-#include <cairo-svg.h>
 #include <cairo.h>
 
 #include <algorithm>
@@ -10,6 +9,7 @@
 #include "core/error.h"
 #include "scaling/plot.h"
 #include "scaling/plot_axes.h"
+#include "scaling/plot_cairo.h"
 
 namespace moba::scaling {
 
@@ -21,7 +21,8 @@ namespace fs = std::filesystem;
 
 constexpr double kW = 900, kH = 600;
 constexpr double kLeft = 92, kRight = 24, kTop = 52, kBottom = 92;
-constexpr const char* kFont = "DejaVu Sans";
+using canvas::advance;
+using canvas::font;
 
 struct Frame {
   double x0 = kLeft, y0 = kTop, w = kW - kLeft - kRight, h = kH - kTop - kBottom;
@@ -35,18 +36,6 @@ struct Frame {
 
 void set_rgb(cairo_t* cr, const std::array<double, 3>& c, double alpha = 1.0) {
   cairo_set_source_rgba(cr, c[0], c[1], c[2], alpha);
-}
-
-void font(cairo_t* cr, double size, bool bold = false) {
-  cairo_select_font_face(cr, kFont, CAIRO_FONT_SLANT_NORMAL,
-                         bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
-  cairo_set_font_size(cr, size);
-}
-
-double advance(cairo_t* cr, const std::string& s) {
-  cairo_text_extents_t e;
-  cairo_text_extents(cr, s.c_str(), &e);
-  return e.x_advance;
 }
 
 // Width of base followed by a raised exponent at 70% size.
@@ -266,36 +255,6 @@ void draw(cairo_t* cr, const Figure& fig) {
   draw_legend(cr, fig, fr);
 }
 
-void check_cairo(cairo_status_t st, const fs::path& file) {
-  MOBA_CHECK(st == CAIRO_STATUS_SUCCESS, "cannot write '", file.string(),
-             "': ", cairo_status_to_string(st));
-}
-
-void write_png(const Figure& fig, const fs::path& file, double scale) {
-  MOBA_CHECK(scale > 0 && scale <= 8, "PNG scale must be in (0, 8], got ", scale);
-  cairo_surface_t* surface = cairo_image_surface_create(
-      CAIRO_FORMAT_ARGB32, static_cast<int>(kW * scale), static_cast<int>(kH * scale));
-  cairo_t* cr = cairo_create(surface);
-  cairo_scale(cr, scale, scale);
-  draw(cr, fig);
-  cairo_destroy(cr);
-  const cairo_status_t st = cairo_surface_write_to_png(surface, file.c_str());
-  cairo_surface_destroy(surface);
-  check_cairo(st, file);
-}
-
-void write_svg(const Figure& fig, const fs::path& file) {
-  cairo_surface_t* surface = cairo_svg_surface_create(file.c_str(), kW, kH);
-  check_cairo(cairo_surface_status(surface), file);
-  cairo_t* cr = cairo_create(surface);
-  draw(cr, fig);
-  cairo_destroy(cr);
-  cairo_surface_finish(surface);
-  const cairo_status_t st = cairo_surface_status(surface);
-  cairo_surface_destroy(surface);
-  check_cairo(st, file);
-}
-
 }  // namespace
 
 std::vector<fs::path> write_figures(const Study& s, const Metric& m, Compute c, const fs::path& dir,
@@ -305,10 +264,11 @@ std::vector<fs::path> write_figures(const Study& s, const Metric& m, Compute c, 
   for (bool with_runs : {false, true}) {
     const Figure fig = make_figure(s, m, c, with_runs);
     const std::string stem = m.slug() + "_" + compute_id(c) + (with_runs ? "_runs" : "_frontier");
+    const canvas::Paint paint = [&fig](cairo_t* cr) { draw(cr, fig); };
     out.push_back(dir / (stem + ".png"));
-    write_png(fig, out.back(), png_scale);
+    canvas::write_png(paint, kW, kH, out.back(), png_scale);
     out.push_back(dir / (stem + ".svg"));
-    write_svg(fig, out.back());
+    canvas::write_svg(paint, kW, kH, out.back());
   }
   return out;
 }

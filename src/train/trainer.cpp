@@ -45,29 +45,28 @@ std::string attention_signature(const model::ModelConfig& m) {
   return os.str();
 }
 
-// Validation data from another folder must be tokenized alike: the same tokenizer kind and,
-// for BPE, the same SentencePiece model, or its losses mean nothing next to training's.
-void check_same_tokenizer(const std::string& train_data, const std::string& eval_data) {
+}  // namespace
+
+void check_same_tokenizer(const std::string& train_data, const std::string& eval_data,
+                          const std::string& what) {
   if (train_data.rfind("synthetic:", 0) == 0) return;  // its own check: eval.data must be a folder
-  MOBA_CHECK(fs::is_regular_file(fs::path(eval_data) / "manifest.json"), "eval.data '", eval_data,
+  MOBA_CHECK(fs::is_regular_file(fs::path(eval_data) / "manifest.json"), what, " '", eval_data,
              "' is not a folder made by `moba prepare` (no manifest.json)");
   const data::OpenOptions headers_only{.verify = false};
   const nlohmann::json a = data::Dataset::open(train_data, headers_only).manifest().at("tokenizer"),
                        b = data::Dataset::open(eval_data, headers_only).manifest().at("tokenizer");
   MOBA_CHECK(a.value("kind", "") == b.value("kind", "") &&
                  a.value("vocab_size", 0) == b.value("vocab_size", 0),
-             "eval.data '", eval_data, "' was tokenized with ", b.dump(), ", the training data '",
+             what, " '", eval_data, "' was tokenized with ", b.dump(), ", the training data '",
              train_data, "' with ", a.dump(), ": prepare it with the same tokenizer "
              "(moba prepare --tokenizer-model DATA/tokenizer.model)");
   if (a.value("kind", "") == "bpe")
     MOBA_CHECK(read_regular_file((fs::path(train_data) / "tokenizer.model").string(), "tokenizer model") ==
                    read_regular_file((fs::path(eval_data) / "tokenizer.model").string(), "tokenizer model"),
-               "eval.data '", eval_data, "' has another SentencePiece model than the training "
+               what, " '", eval_data, "' has another SentencePiece model than the training "
                "data '", train_data, "': prepare it with --tokenizer-model ", train_data,
                "/tokenizer.model");
 }
-
-}  // namespace
 
 void check_finite_gradients(const model::ParamLayout& layout, std::span<const float> grads,
                             int64_t step) {

@@ -102,6 +102,13 @@ bool moba_phase_at(const RunConfig& cfg, int64_t tokens_before_step);
 // step 0, the attention of the first step.
 bool last_step_used_moba(const RunConfig& cfg, const TrainState& state);
 
+// Data read against a run trained on other data must be tokenized alike: the same tokenizer
+// kind and vocabulary and, for BPE, the same SentencePiece model, or its losses mean nothing
+// next to training's. `what` names the second folder in the message ("eval.data", "--data").
+// No check when train_data is a synthetic source.
+void check_same_tokenizer(const std::string& train_data, const std::string& eval_data,
+                          const std::string& what = "eval.data");
+
 // Throws moba::Error "step N: gradient of <tensor> holds NaN/inf ..." for the first
 // tensor of `grads` with a non-finite element.
 void check_finite_gradients(const model::ParamLayout& layout, std::span<const float> grads,

@@ -1,0 +1,109 @@
+// The inference memory planner against numbers worked out by hand for a small MoBA model.
+#include "infer/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/error.h"
+
+namespace moba::infer {
+namespace {
+
+// V 256, C 64, L 2, Hq 4, Hkv 2, D 16, F 176, S 8, K 2, T 128, tied embeddings.
+// Parameters: embedding 256 x 64 = 16384; per layer 2 norms (128), wq and wo (2 x 4096),
+// wk and wv (2 x 2048), gate, up and down (3 x 11264) = 46208; final norm 64:
+// 16384 + 2 x 46208 + 64 = 108864.
+model::ModelConfig small() {
+  model::ModelConfig m;
+  m.vocab_size = 256;
+  m.width = 64;
+  m.layers = 2;
+  m.heads = 4;
+  m.kv_heads = 2;
+  m.mlp_hidden = 176;
+  m.seq_len = 128;
+  m.attention.kind = model::AttentionKind::moba;
+  m.attention.block_size = 8;
+  m.attention.top_k = 2;
+  return m;
+}
+
+TEST(InferencePlan, CpuFloatByHand) {
+  const Plan p = plan_inference({.model = small(), .device = "cpu", .batch = 2, .context = 100,
+                                 .prompt = 64, .memory_bytes = 1e6});
+  EXPECT_EQ(p.params, 108864);
+  EXPECT_EQ(p.elem_bytes, 4);
+  // Per token: 2 layers x (K and V: 2 x 2 x 16 x 4 = 256, block means 4 x 2 x 16 / 8 = 16).
+  EXPECT_DOUBLE_EQ(p.cache_bytes_per_token, 544);
+  EXPECT_DOUBLE_EQ(p.cache_bytes, 2 * 100 * 544);
+  EXPECT_DOUBLE_EQ(p.weight_bytes, 108864 * 4);
+  // One layer per token: 4 x (2 x 64 + 2 x 64 + 2 x 32 + 3 x 176) + 4 x (4 + 2) + 4 x 4 x 2.
+  EXPECT_DOUBLE_EQ(p.layer_bytes_per_token, 3448);
+  EXPECT_DOUBLE_EQ(p.prefill_layer_bytes, 2 * 64 * 3448);
+  EXPECT_DOUBLE_EQ(p.logits_bytes, 2 * 256 * 4);
+  EXPECT_DOUBLE_EQ(p.prefill_bytes, 441344);
+  EXPECT_DOUBLE_EQ(p.fixed_bytes, 0);
+  EXPECT_DOUBLE_EQ(p.total_bytes, 435456 + 108800 + 441344);
+  // 1e6 bytes: 435456 + T x (2 x 544 + 2 x 3448) <= 1e6 -> T <= 70.7.
+  EXPECT_EQ(p.max_context, 70);
+  const std::string md = plan_markdown(p);
+  EXPECT_NE(md.find("| KV cache | 106.25 KiB |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| **total** |"), std::string::npos) << md;
+  EXPECT_NE(md.find("Longest context in 976.56 KiB at batch 2: 70 tokens (the model trained at 128)"),
+            std::string::npos) << md;
+}
+
+TEST(InferencePlan, CudaBf16ByHand) {
+  const Plan p = plan_inference({.model = small(), .device = "cuda"});
+  EXPECT_EQ(p.context, 128);  // model.seq_len
+  EXPECT_EQ(p.prompt, 128);
+  EXPECT_EQ(p.elem_bytes, 2);
+  EXPECT_DOUBLE_EQ(p.cache_bytes_per_token, 2 * (2 * 2 * 16 * 2 + 16));
+  EXPECT_DOUBLE_EQ(p.weight_bytes, 108864.0 * 18);
+  EXPECT_DOUBLE_EQ(p.layer_bytes_per_token, 2 * 848 + 56);
+  EXPECT_DOUBLE_EQ(p.fixed_bytes, 32 << 20);
+  EXPECT_DOUBLE_EQ(p.total_bytes, 1959552 + 128 * 288 + 128 * 1752 + 33554432);
+  EXPECT_EQ(p.max_context, -1);
+  // The bf16 weights alone; a one-token prompt's layer (1752 B) outweighs 256 logits, and
+  // 4096 logits (16 KiB) outweigh it.
+  const Plan q = plan_inference({.model = small(), .device = "cuda", .context = 16, .prompt = 1,
+                                 .weight_bytes_per_param = 2});
+  EXPECT_DOUBLE_EQ(q.weight_bytes, 108864.0 * 2);
+  EXPECT_DOUBLE_EQ(q.prefill_bytes, 1752);
+  model::ModelConfig big_vocab = small();
+  big_vocab.vocab_size = 4096;
+  EXPECT_DOUBLE_EQ(plan_inference({.model = big_vocab, .device = "cuda", .context = 16, .prompt = 1})
+                       .prefill_bytes,
+                   4096 * 4);
+  // Full attention: no selection in the layer's intermediates.
+  model::ModelConfig f = small();
+  f.attention.kind = model::AttentionKind::full;
+  EXPECT_DOUBLE_EQ(plan_inference({.model = f}).layer_bytes_per_token, 3448 - 32);
+}
+
+TEST(InferencePlan, MemoryTooSmallForTheWeightsFitsNothing) {
+  const Plan p = plan_inference({.model = small(), .memory_bytes = 1000});
+  EXPECT_EQ(p.max_context, 0);
+}
+
+TEST(InferencePlan, BadInputIsNamed) {
+  const auto message = [](const PlanInput& in) {
+    try {
+      plan_inference(in);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message({.model = small(), .device = "tpu"}).find("--device must be cpu or cuda"),
+            std::string::npos);
+  EXPECT_NE(message({.model = small(), .batch = 0}).find("batch must be >= 1"), std::string::npos);
+  EXPECT_NE(message({.model = small(), .context = 10, .prompt = 20})
+                .find("a prompt of 20 tokens does not fit a context of 10"),
+            std::string::npos);
+  EXPECT_NE(message({.model = small(), .memory_bytes = -1}).find("memory"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moba::infer
