@@ -23,7 +23,7 @@ if has build; then
     -DMOBA_EXTRA_INCLUDE="$PWD/.deps/include" -DMOBA_GTEST_SOURCE="$PWD/.deps/googletest" \
     -DMOBA_BUILD_BENCH=OFF -DMOBA_GPU_TESTS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
   ninja -C "$BUILD" -j16 moba decode_gpu_test >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
-  grep -A2 -E "Compiling entry.*decode" "$OUT/build.log" | grep -E "registers|spill" > "$OUT/decode_ptxas.txt"
+  grep -A3 -E "Compiling entry.*(decode|gate_s|combine|block_means|append)" "$OUT/build.log" | grep -E "Compiling|registers|spill" > "$OUT/decode_ptxas.txt"
   rm -f "$OUT/build.log" "$OUT/cmake.log"
 fi
 if has test; then
