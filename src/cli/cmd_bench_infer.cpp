@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "infer/plan.h"
 #include "model/config.h"
 #include "model/params.h"
 #ifdef MOBA_WITH_CUDA
@@ -115,6 +116,9 @@ void run_bench_infer(const BenchInferOptions& o) {
         const model::ModelConfig cfg = make_config(o, cap, attn);
         std::vector<float> P(model::make_param_layout(cfg).total);
         model::init_params<float>(model::make_param_layout(cfg), o.seed, P);
+        size_t free0 = 0, free1 = 0, total = 0;
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemGetInfo(&free0, &total));
         model::cuda::DecoderCuda dec(cfg, P, B, cap, true);
         dec.prefill(random_prompts(B, T, o.vocab, o.seed + 2));
         const auto next = random_prompts(1, B * (o.warmup + o.steps), o.vocab, o.seed + 3)[0];
@@ -124,6 +128,17 @@ void run_bench_infer(const BenchInferOptions& o) {
         for (int i = o.warmup; i < o.warmup + o.steps; ++i)
           dec.decode(std::span<const int32_t>(next.data() + i * B, static_cast<size_t>(B)));
         const double s = seconds_since(t0);
+        CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+        // The planner's figure (infer/plan.h, `moba generate --plan`) against the device
+        // memory the decoder took (what stays allocated after a prefill of T and the steps).
+        infer::PlanInput pin;
+        pin.model = cfg;
+        pin.device = "cuda";
+        pin.batch = B;
+        pin.context = cap;
+        pin.prompt = T;
+        const double plan_gb = infer::plan_inference(pin).total_bytes / 1e9;
+        const double used_gb = static_cast<double>(free0 - free1) / 1e9;
         const double ms_step = 1e3 * s / o.steps;
         const double tps = static_cast<double>(B * o.steps) / s;
         std::printf("| decode | %s | %lld | %lld | %.3f | %.0f |\n", attn.c_str(),
@@ -132,7 +147,10 @@ void run_bench_infer(const BenchInferOptions& o) {
         decode_rows.push_back({{"attention", attn}, {"T", T}, {"batch", B}, {"ms_per_step", ms_step},
                                {"tokens_per_s", tps},
                                {"cache_gb", static_cast<double>(dec.cache_bytes()) / 1e9},
-                               {"device_gb", static_cast<double>(dec.device_bytes()) / 1e9}});
+                               {"device_gb", static_cast<double>(dec.device_bytes()) / 1e9},
+                               {"measured_gb", used_gb}, {"plan_gb", plan_gb}});
+        std::fprintf(stderr, "memory: planned %.3f GB, measured %.3f GB (%+.1f%%)\n", plan_gb,
+                     used_gb, 100.0 * (plan_gb - used_gb) / used_gb);
       }
   }
   // MoBA against full, per row, where both ran.

@@ -62,11 +62,17 @@ Plan plan_inference(const PlanInput& in) {
 
   Terms t;
   t.cache_per_token = L * (2.0 * Hkv * D * e + 4.0 * Hkv * D / S);
-  t.layer_per_token = e * (2 * C + 2 * Hq * D + 2 * Hkv * D + 3 * F) + 4.0 * (Hq + 2) +
-                      (moba ? 4.0 * Hq * static_cast<double>(m.attention.top_k) : 0.0);
+  const double sel = moba ? 4.0 * Hq * static_cast<double>(m.attention.top_k) : 0.0;
+  if (cuda)  // model/cuda/decoder_cuda.cpp's buffers: x, x_mid, xn; the fused projections'
+             // rows; q, o; k, v; h; lse, rstd; the selection; token ids and positions
+    t.layer_per_token = e * (3 * C + std::max(Hq * D + 2 * Hkv * D, 2 * F) + 2 * Hq * D +
+                             2 * Hkv * D + F) +
+                        4.0 * (Hq + 1) + sel + 8.0;
+  else
+    t.layer_per_token = e * (2 * C + 2 * Hq * D + 2 * Hkv * D + 3 * F) + 4.0 * (Hq + 2) + sel;
   p.params = model::param_counts(m).total;
   p.weight_bytes_per_param =
-      in.weight_bytes_per_param > 0 ? in.weight_bytes_per_param : (cuda ? 18.0 : 4.0);
+      in.weight_bytes_per_param > 0 ? in.weight_bytes_per_param : (cuda ? 6.0 : 4.0);
   t.weights = static_cast<double>(p.params) * p.weight_bytes_per_param;
   t.logits_per_seq = 4.0 * V;
   t.fixed = cuda ? 32.0 * 1024 * 1024 : 0.0;

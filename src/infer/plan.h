@@ -5,13 +5,14 @@
 //
 //   cache per token   L x (2 Hkv D e  +  4 Hkv D / S)        K and V; one fp32 block-mean
 //                                                            row (Hkv, D) per S tokens
-//   weights           params x bytes per parameter            cpu 4 (fp32); cuda 18: the
-//                     GPU model (model/cuda/model_cuda.cpp) allocates fp32 parameters,
-//                     gradients and both AdamW moments besides the bf16 copy it reads;
-//                     an engine that keeps the bf16 copy alone passes 2
+//   weights           params x bytes per parameter            cpu 4 (fp32); cuda 6: the
+//                     GPU decoder (model/cuda/decoder_cuda.cpp) keeps the fp32 parameters
+//                     (its norms read them) and the bf16 copy its matmuls read
 //   prefill           max(one layer's intermediates for B x prompt tokens, logits B x V
-//                     fp32); a layer's per token: e x (2C + 2 Hq D + 2 Hkv D + 3F) + 4 x
-//                     (Hq + 2), + 4 Hq K for the MoBA selection
+//                     fp32); a layer's per token: cpu e x (2C + 2 Hq D + 2 Hkv D + 3F) + 4 x
+//                     (Hq + 2); cuda (the decoder's buffers) e x (3C + max((Hq + 2 Hkv) D,
+//                     2F) + 2 Hq D + 2 Hkv D + F) + 4 (Hq + 1) + 8; + 4 Hq K for the MoBA
+//                     selection
 //   fixed             cuda: the 32 MiB cuBLASLt workspace; cpu: 0
 #pragma once
 
@@ -29,7 +30,7 @@ struct PlanInput {
   int64_t context = 0;             // tokens per sequence the cache holds; 0 = model.seq_len
   int64_t prompt = 0;              // longest prompt prefilled in one call; 0 = context
   double memory_bytes = 0;         // > 0: also the longest context that fits in this
-  double weight_bytes_per_param = 0;  // 0: the device's (cpu 4, cuda 18; see above)
+  double weight_bytes_per_param = 0;  // 0: the device's (cpu 4, cuda 6; see above)
 };
 
 struct Plan {

@@ -60,17 +60,20 @@ TEST(InferencePlan, CudaBf16ByHand) {
   EXPECT_EQ(p.prompt, 128);
   EXPECT_EQ(p.elem_bytes, 2);
   EXPECT_DOUBLE_EQ(p.cache_bytes_per_token, 2 * (2 * 2 * 16 * 2 + 16));
-  EXPECT_DOUBLE_EQ(p.weight_bytes, 108864.0 * 18);
-  EXPECT_DOUBLE_EQ(p.layer_bytes_per_token, 2 * 848 + 56);
+  // fp32 parameters and their bf16 copy (model/cuda/decoder_cuda.cpp).
+  EXPECT_DOUBLE_EQ(p.weight_bytes, 108864.0 * 6);
+  // The decoder's buffers per token: 2 x (3 x 64 + max(128, 352) + 2 x 64 + 2 x 32 + 176)
+  // + lse and rstd 4 x (4 + 1) + the selection 4 x 4 x 2 + ids and positions 8.
+  EXPECT_DOUBLE_EQ(p.layer_bytes_per_token, 2 * 912 + 20 + 32 + 8);
   EXPECT_DOUBLE_EQ(p.fixed_bytes, 32 << 20);
-  EXPECT_DOUBLE_EQ(p.total_bytes, 1959552 + 128 * 288 + 128 * 1752 + 33554432);
+  EXPECT_DOUBLE_EQ(p.total_bytes, 653184 + 128 * 288 + 128 * 1884 + 33554432);
   EXPECT_EQ(p.max_context, -1);
-  // The bf16 weights alone; a one-token prompt's layer (1752 B) outweighs 256 logits, and
+  // The bf16 weights alone; a one-token prompt's layer (1884 B) outweighs 256 logits, and
   // 4096 logits (16 KiB) outweigh it.
   const Plan q = plan_inference({.model = small(), .device = "cuda", .context = 16, .prompt = 1,
                                  .weight_bytes_per_param = 2});
   EXPECT_DOUBLE_EQ(q.weight_bytes, 108864.0 * 2);
-  EXPECT_DOUBLE_EQ(q.prefill_bytes, 1752);
+  EXPECT_DOUBLE_EQ(q.prefill_bytes, 1884);
   model::ModelConfig big_vocab = small();
   big_vocab.vocab_size = 4096;
   EXPECT_DOUBLE_EQ(plan_inference({.model = big_vocab, .device = "cuda", .context = 16, .prompt = 1})
