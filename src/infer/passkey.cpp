@@ -351,10 +351,11 @@ nlohmann::json run_passkey(const PasskeyRunOptions& opt, const EngineFactory& fa
 
   fs::create_directories(opt.out_dir);
   train::write_file_atomic((fs::path(opt.out_dir) / "passkey.json").string(), j.dump(2) + "\n");
-  const std::string run_name = fs::path(opt.run_dir).lexically_normal().filename().string();
+  std::string run_name = fs::path(opt.run_dir).lexically_normal().filename().string();
+  if (run_name.empty() || run_name == "." || run_name == "..") run_name = opt.run_dir;
+  if (!cfg.name.empty() && cfg.name != run_name) run_name = cfg.name + " (" + run_name + ")";
   const std::vector<std::string> figures = write_passkey_figure(
-      table, "Passkey retrieval: " + (run_name.empty() ? opt.run_dir : run_name) + " (" +
-                 attention + ")",
+      table, "Passkey retrieval: " + run_name + ", " + attention,
       opt.out_dir);
   if (log) {
     if (figures.empty())
