@@ -113,7 +113,7 @@ PasskeyCase PasskeyGenerator::make(int64_t length, double depth, int64_t trial, 
     c.filler = F;
     // The filler: F tokens of the stream (cyclically), from a random start moved forward to
     // the next line start when one is near, so that the text does not begin mid-word.
-    int64_t start = static_cast<int64_t>(counter_bits(seed, stream, 1u << 20 | attempt) %
+    int64_t start = static_cast<int64_t>(counter_bits(seed, stream, (uint64_t{1} << 20) | attempt) %
                                          static_cast<uint64_t>(N));
     for (int64_t k = 0; k < 256 && k < N; ++k) {
       const int32_t prev = filler_[static_cast<size_t>((start + k + N - 1) % N)];
