@@ -30,6 +30,7 @@ inline constexpr const char* kComputeHelp =
 void add_train(CLI::App& app);  // moba train
 void add_sweep(CLI::App& app);  // moba sweep
 void add_eval(CLI::App& app);   // moba eval
+void add_eval_passkey(CLI::App* eval);  // moba eval passkey (cmd_eval_passkey.cpp)
 void add_export_hf(CLI::App& app);  // moba export-hf (cmd_export_hf.cpp)
 void add_import_hf(CLI::App& app);  // moba import-hf (cmd_export_hf.cpp)
 void add_logits(CLI::App& app);     // moba logits

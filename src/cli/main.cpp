@@ -57,6 +57,14 @@ int argument_error(const CLI::App& app, const CLI::ParseError& e) {
   return 2;
 }
 
+// Did the command get any option? (`moba eval --run R` is eval itself, not the group
+// `moba eval` without its command.)
+bool took_options(const CLI::App* a) {
+  for (const CLI::Option* o : a->get_options())
+    if (o->count() > 0) return true;
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -89,9 +97,10 @@ int main(int argc, char** argv) {
       "error in the arguments or the inputs (`moba: error: ...`), 3 an internal error.");
   try {
     app.parse(argc, argv);
-    // A command group without its command (`moba`, `moba bench`): its help, as --help would.
+    // A command group without its command and options (`moba`, `moba bench`): its help, as
+    // --help would. (`moba eval` is a command with options and a subcommand, passkey.)
     const CLI::App* at = reached(app);
-    if (!at->get_subcommands([](const CLI::App*) { return true; }).empty()) {
+    if (!at->get_subcommands([](const CLI::App*) { return true; }).empty() && !took_options(at)) {
       std::fputs(app.help().c_str(), stdout);  // the selected group's, as --help prints it
       return 0;
     }

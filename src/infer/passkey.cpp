@@ -113,7 +113,7 @@ PasskeyCase PasskeyGenerator::make(int64_t length, double depth, int64_t trial, 
     c.filler = F;
     // The filler: F tokens of the stream (cyclically), from a random start moved forward to
     // the next line start when one is near, so that the text does not begin mid-word.
-    int64_t start = static_cast<int64_t>(counter_bits(seed, stream, 1u << 20 | attempt) %
+    int64_t start = static_cast<int64_t>(counter_bits(seed, stream, (uint64_t{1} << 20) | attempt) %
                                          static_cast<uint64_t>(N));
     for (int64_t k = 0; k < 256 && k < N; ++k) {
       const int32_t prev = filler_[static_cast<size_t>((start + k + N - 1) % N)];
@@ -351,10 +351,11 @@ nlohmann::json run_passkey(const PasskeyRunOptions& opt, const EngineFactory& fa
 
   fs::create_directories(opt.out_dir);
   train::write_file_atomic((fs::path(opt.out_dir) / "passkey.json").string(), j.dump(2) + "\n");
-  const std::string run_name = fs::path(opt.run_dir).lexically_normal().filename().string();
+  std::string run_name = fs::path(opt.run_dir).lexically_normal().filename().string();
+  if (run_name.empty() || run_name == "." || run_name == "..") run_name = opt.run_dir;
+  if (!cfg.name.empty() && cfg.name != run_name) run_name = cfg.name + " (" + run_name + ")";
   const std::vector<std::string> figures = write_passkey_figure(
-      table, "Passkey retrieval: " + (run_name.empty() ? opt.run_dir : run_name) + " (" +
-                 attention + ")",
+      table, "Passkey retrieval: " + run_name + ", " + attention,
       opt.out_dir);
   if (log) {
     if (figures.empty())

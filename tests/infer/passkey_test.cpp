@@ -377,6 +377,31 @@ TEST(RunPasskey, EndToEndOnATrainedRun) {
   EXPECT_FALSE(seen.at(0).moba);
 }
 
+TEST(PasskeyFigure, DrawsATableOfAnyShape) {
+  const fs::path dir = fs::temp_directory_path() / ("moba-passkey-fig-" + std::to_string(::getpid()));
+  PasskeyTable t{.lengths = {1024, 2048, 4096, 8192, 16384, 32768},
+                 .depths = {0, 0.1, 0.25, 0.5, 0.75, 0.9, 1},
+                 .trials = 10,
+                 .correct = {}};
+  for (size_t d = 0; d < t.depths.size(); ++d) {
+    t.correct.emplace_back();
+    for (size_t l = 0; l < t.lengths.size(); ++l)
+      t.correct.back().push_back(static_cast<int64_t>((d * 3 + l * 2) % 11));
+  }
+  const std::vector<std::string> files =
+      write_passkey_figure(t, "Passkey retrieval: a table of every accuracy", dir.string());
+#ifdef MOBA_WITH_CAIRO
+  ASSERT_EQ(files.size(), 2u);
+  for (const std::string& f : files) EXPECT_GT(fs::file_size(f), 1000u) << f;
+  if (const char* keep = std::getenv("MOBA_TEST_KEEP_FIGURES"))
+    fs::copy_file(dir / "passkey.png", fs::path(keep) / "table.png",
+                  fs::copy_options::overwrite_existing);
+#else
+  EXPECT_TRUE(files.empty());
+#endif
+  fs::remove_all(dir);
+}
+
 TEST(RunPasskey, BadInputIsNamed) {
   TrainedRun r("bad", "full");
   PasskeyRunOptions o;

@@ -5,11 +5,20 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
+
+#include "data/dataset.h"
+#include "data/hash.h"
+#include "data/prepare.h"
+#include "data/tokenizer.h"
 
 #include "json_lines.h"
 #include "run_dir.h"
@@ -156,6 +165,155 @@ TEST(EvalRun, BadInputIsNamed) {
             std::string::npos);
 }
 
+// --- Any prepared corpus, split, number and length of windows (moba eval --data ...). ---
+
+// Byte-level shards of prose-like documents (some long, some short) in dir/<name>.
+std::string prepare_text(const TempDir& dir, const std::string& name, const std::string& tokenizer) {
+  std::mt19937_64 g(17);
+  static const char* words[] = {"the", "river", "house", "night", "captain", "letter", "garden",
+                                "window", "silence", "road", "and", "of", "a", "was", "in"};
+  const std::filesystem::path docs = std::filesystem::path(dir / name) / "docs";
+  std::filesystem::create_directories(docs);
+  for (int d = 0; d < 24; ++d) {
+    std::string text;
+    const size_t bytes = d % 3 == 0 ? 40 : 900;
+    while (text.size() < bytes) text += std::string(words[g() % 15]) + (g() % 9 ? " " : ".\n");
+    std::ofstream(docs / ("d" + std::to_string(d) + ".txt")) << text;
+  }
+  data::PrepareConfig pc;
+  pc.inputs = {docs.string()};
+  pc.out_dir = dir / (name + "-" + tokenizer);
+  pc.tokenizer = tokenizer;
+  pc.vocab_size = 300;
+  pc.val_fraction = 0.3;
+  pc.threads = 1;
+  pc.progress = false;
+  data::prepare(pc, nullptr);
+  return pc.out_dir;
+}
+
+RunConfig shard_config(const std::string& data) {
+  RunConfig c = moba_config(1.0);
+  c.model.vocab_size = 256;
+  c.model.seq_len = 64;
+  c.model.attention.block_size = 16;
+  c.eval.windows = 5;
+  c.eval.bucket_size = 16;
+  c.data = data;
+  return c;
+}
+
+// The windows `moba eval` should use, evaluated here without evaluate_run: the model on
+// Dataset::validation_windows of the split.
+EvalResult direct(const std::string& run, const std::string& data, int64_t T, int64_t n,
+                  data::Split split, int64_t bucket, bool moba) {
+  RunConfig cfg = load_run_config(run).resolved();
+  model::Model<float> m(cfg.model);
+  std::vector<float> params(m.layout().total);
+  load_checkpoint_weights(run, m.layout(), params);
+  const data::Batch v = data::Dataset::open(data).validation_windows(T, n, split);
+  std::vector<Window> w;
+  for (int64_t i = 0; i < v.B; ++i)
+    w.push_back({std::vector<int32_t>(v.row(i), v.row(i) + T + 1), v.single_document[i] != 0});
+  return evaluate(m, params, w, cfg.eval.batch_size, bucket, moba);
+}
+
+TEST(EvalRun, OnShardsTheDefaultsAreTheTrainersLastValidation) {
+  TempDir dir;
+  const std::string data = prepare_text(dir, "text", "byte");
+  Trainer(shard_config(data), {dir / "run", "", false, nullptr}).run();
+  const nlohmann::json val = last_val(dir / "run/metrics.jsonl");
+  const EvalRunResult r = evaluate_run({dir / "run", "", "auto", "cpu"});
+  EXPECT_EQ(r.eval.loss, val["loss"].get<double>());
+  EXPECT_EQ(r.eval.bucket_losses, val["bucket_losses"].get<std::vector<double>>());
+  EXPECT_EQ(r.eval.windows_hash, val["windows_hash"].get<std::string>());
+  EXPECT_EQ(r.seq_len, 64);
+  EXPECT_EQ(r.split, "val");
+  // --data naming the run's own folder: the same numbers.
+  const EvalRunResult same = evaluate_run({dir / "run", data, "auto", "cpu"});
+  EXPECT_EQ(same.eval.loss, r.eval.loss);
+  EXPECT_TRUE(same.notes.empty());
+}
+
+TEST(EvalRun, WindowsSeqLenBucketsAndSplitAreTheDatasetsWindows) {
+  TempDir dir;
+  const std::string data = prepare_text(dir, "text", "byte");
+  Trainer(shard_config(data), {dir / "run", "", false, nullptr}).run();
+  const EvalRunResult base = evaluate_run({dir / "run", "", "auto", "cpu"});
+  struct Variant {
+    std::string split;
+    int64_t windows, seq_len, bucket;
+  };
+  for (const Variant& v : {Variant{"val", 3, 0, 0}, Variant{"val", 0, 32, 0},
+                           Variant{"val", 7, 40, 8}, Variant{"train", 0, 0, 0},
+                           Variant{"train", 9, 16, 4}}) {
+    SCOPED_TRACE(v.split + " windows " + std::to_string(v.windows) + " seq_len " +
+                 std::to_string(v.seq_len) + " bucket " + std::to_string(v.bucket));
+    EvalRunOptions o{dir / "run", "", "auto", "cpu"};
+    o.split = v.split;
+    o.windows = v.windows;
+    o.seq_len = v.seq_len;
+    o.bucket_size = v.bucket;
+    const EvalRunResult r = evaluate_run(o);
+    const int64_t T = v.seq_len ? v.seq_len : 64, n = v.windows ? v.windows : 5,
+                  b = v.bucket ? v.bucket : 16;
+    const EvalResult want = direct(dir / "run", data, T, n,
+                                   v.split == "train" ? data::Split::train : data::Split::val, b,
+                                   true);
+    EXPECT_EQ(r.eval.windows, n);
+    EXPECT_EQ(r.seq_len, T);
+    EXPECT_EQ(r.eval.bucket_size, b);
+    EXPECT_EQ(r.eval.bucket_losses.size(), static_cast<size_t>((T + b - 1) / b));
+    EXPECT_EQ(r.eval.windows_hash, want.windows_hash);
+    EXPECT_EQ(r.eval.loss, want.loss);
+    EXPECT_EQ(r.eval.bucket_losses, want.bucket_losses);
+    EXPECT_EQ(r.eval.trailing_loss, want.trailing_loss);
+    EXPECT_NE(r.eval.windows_hash, base.eval.windows_hash) << "other windows than the default";
+  }
+}
+
+TEST(EvalRun, ForeignDataIsCheckedAndBadOptionsAreNamed) {
+  TempDir dir;
+  const std::string bytes = prepare_text(dir, "text", "byte");
+  Trainer(shard_config(bytes), {dir / "run", "", false, nullptr}).run();
+  const auto msg = [&](EvalRunOptions o) { return message_of([&] { evaluate_run(o); }); };
+  EvalRunOptions o{dir / "run", "", "auto", "cpu"};
+  o.seq_len = 65;
+  EXPECT_NE(msg(o).find("--seq-len 65 exceeds the model's context (model.seq_len = 64)"),
+            std::string::npos);
+  o.seq_len = 0;
+  o.split = "test";
+  EXPECT_NE(msg(o).find("--split must be val or train, got 'test'"), std::string::npos);
+  o.split = "val";
+  o.windows = -1;
+  EXPECT_NE(msg(o).find("--windows must be >= 1"), std::string::npos);
+  o.windows = 0;
+  // Another tokenizer than the run's data: named, with both folders.
+  if (data::have_sentencepiece()) {
+    const std::string bpe = prepare_text(dir, "bpe", "bpe");
+    o.data_dir = bpe;
+    const std::string m = msg(o);
+    EXPECT_NE(m.find("--data '" + bpe + "' was tokenized with"), std::string::npos) << m;
+    EXPECT_NE(m.find("the training data '" + bytes + "'"), std::string::npos) << m;
+  }
+  // A run whose vocabulary (32, the synthetic task's) is below the data's (256).
+  Trainer(moba_config(1.0), {dir / "small", "", false, nullptr}).run();
+  const std::string m = msg({dir / "small", bytes, "auto", "cpu"});
+  EXPECT_NE(m.find("the data's vocabulary (256, byte) is larger than the model's (32)"),
+            std::string::npos) << m;
+  // The synthetic source has no training split to cut windows from.
+  EvalRunOptions s{dir / "small", "", "auto", "cpu"};
+  s.split = "train";
+  EXPECT_NE(msg(s).find("--split train: the synthetic source"), std::string::npos);
+  // Windows of a shorter length on the synthetic task: its own validation, shorter.
+  s.split = "val";
+  s.seq_len = 16;
+  const EvalRunResult r = evaluate_run(s);
+  EXPECT_EQ(r.seq_len, 16);
+  EXPECT_EQ(r.eval.position_losses.size(), 16u);
+  EXPECT_EQ(r.eval.windows, 4);
+}
+
 #ifdef MOBA_BIN
 // `moba eval` in a fresh process, twice: the trainer's last validation, identical both times.
 std::string run_eval_cli(const std::string& run, const std::string& json) {
@@ -163,6 +321,34 @@ std::string run_eval_cli(const std::string& run, const std::string& json) {
                           " > /dev/null 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   return json;
+}
+
+TEST(EvalCli, OptionsReachTheEvaluation) {
+  TempDir dir;
+  const std::string data = prepare_text(dir, "text", "byte");
+  Trainer(shard_config(data), {dir / "run", "", false, nullptr}).run();
+  const std::string json = dir / "e.json";
+  const std::string cmd = std::string(MOBA_BIN) + " eval --run " + dir / "run" + " --data " + data +
+                          " --split train --windows 3 --seq-len 24 --bucket-size 6 -o " + json +
+                          " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const nlohmann::json a = read_json(json);
+  EvalRunOptions o{dir / "run", data, "auto", "cpu"};
+  o.split = "train";
+  o.windows = 3;
+  o.seq_len = 24;
+  o.bucket_size = 6;
+  const EvalRunResult r = evaluate_run(o);
+  EXPECT_EQ(a["loss"].get<double>(), r.eval.loss);
+  EXPECT_EQ(a["bucket_losses"].get<std::vector<double>>(), r.eval.bucket_losses);
+  EXPECT_EQ(a["windows"], 3);
+  EXPECT_EQ(a["seq_len"], 24);
+  EXPECT_EQ(a["split"], "train");
+  EXPECT_EQ(a["bucket_size"], 6);
+  // bits/byte: byte-level tokens, so nats / ln 2.
+  EXPECT_DOUBLE_EQ(a["bits_per_byte"].get<double>(), r.eval.loss / std::log(2.0));
+  EXPECT_EQ(a["bucket_bits_per_byte"].size(), 4u);
+  EXPECT_DOUBLE_EQ(a["bucket_bits_per_byte"][3].get<double>(), r.eval.bucket_losses[3] / std::log(2.0));
 }
 
 TEST(EvalCli, FreshProcessGivesTheTrainersNumbersTwice) {
