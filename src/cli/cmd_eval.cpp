@@ -101,9 +101,7 @@ void add_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--out,-o", o.json, "Also write the result (JSON) to this file");
   add_old_spelling(cmd, "--json", o.json, "--out");
-#ifdef MOBA_WITH_INFER
   add_eval_passkey(cmd);
-#endif
   cmd->callback([cmd] {
     if (!cmd->get_subcommands().empty()) return;  // `moba eval passkey` ran
     if (o.run.run_dir.empty()) throw CLI::RequiredError("--run");
