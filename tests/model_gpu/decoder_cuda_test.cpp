@@ -8,8 +8,11 @@
 // 7 past blocks. Two sequences of different lengths decode together (prompts of 1 and 100
 // tokens), so the batch's rows sit at different positions and blocks at every step.
 //
-// Bound. The reference is Model<double>::forward over the whole sequence (keep_logits). Error
-// of a logits row: max |gpu - ref| / max |ref|. The yardstick is the GPU's own prefill of the
+// Bound. The reference is Model<double>::forward over the whole sequence (keep_logits),
+// attending the selections the GPU made (its training gate for the prompt, its decode gate
+// for every decoded position; DecoderCuda::record_selections): a bf16 gate may break a
+// near-tie the other way than the fp64 one (model_cuda_test forces them the same way; the
+// test prints how many slots differ). Error of a logits row: max |gpu - ref| / max |ref|. The yardstick is the GPU's own prefill of the
 // same sequence cut at several lengths (its last row; the training kernels, whose error
 // against the naive bf16 model model_cuda_test bounds): every decoded row must be within
 // 2 x the largest prefill error + 2e-3. A wrong position, block mean, selection, cache row
@@ -27,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/gate.h"
 #include "core/error.h"
 #include "model/batch.h"
 #include "model/config.h"
@@ -80,18 +84,30 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
   return t;
 }
 
-// Logits (T, V) of Model<double> over the whole sequence.
+// Logits (n, V) of Model<double> over tokens[0, n), attending the GPU's MoBA selections
+// (per layer (n, Hq, K), empty for full layers): a bf16 gate may break a near-tie between two
+// blocks the other way than the fp64 one, and that is no error (model_cuda_test does the
+// same). The rows that the fp64 gate would have chosen differently are counted in *flips.
 std::vector<double> reference_logits(const ModelConfig& cfg, const std::vector<float>& P,
-                                     const std::vector<int32_t>& tokens, bool moba) {
+                                     const std::vector<int32_t>& tokens, int64_t n, bool moba,
+                                     const std::vector<std::vector<int32_t>>& gpu_sel,
+                                     int64_t* flips) {
   model::Model<double> m(cfg);
   m.keep_logits(true);
   model::Batch b;
   b.B = 1;
-  b.T = static_cast<int64_t>(tokens.size());
-  b.tokens = tokens;
+  b.T = n;
+  b.tokens.assign(tokens.begin(), tokens.begin() + n);
   b.tokens.push_back(0);  // a target for the last position (its loss is not used)
   const std::vector<double> Pd(P.begin(), P.end());
+  std::vector<std::vector<int32_t>> forced(gpu_sel.begin(), gpu_sel.end());
+  const bool any = std::any_of(forced.begin(), forced.end(), [](const auto& x) { return !x.empty(); });
+  if (any) m.force_selections(forced);
   m.forward(Pd, b, moba);
+  if (any && flips)
+    for (int64_t l = 0; l < cfg.layers; ++l)
+      if (const attn::Selection* g = m.gate_selection(l))
+        for (size_t i = 0; i < g->blocks.size(); ++i) *flips += g->blocks[i] != gpu_sel[l][i];
   return {m.logits().begin(), m.logits().end()};
 }
 
@@ -111,45 +127,57 @@ void check_decode_matches_forward(const ModelConfig& cfg, bool moba, uint64_t se
   const std::vector<std::vector<int32_t>> seqs = {random_tokens(kT, V, seed + 1),
                                                   random_tokens(kT, V, seed + 2)};
   const std::vector<int64_t> prompt_len = {1, 100};
-  std::vector<std::vector<double>> ref;
-  for (const auto& s : seqs) ref.push_back(reference_logits(cfg, P, s, moba));
 
   mc::DecoderCuda dec(cfg, P, 2, kT, moba);
-  // The yardstick: prefills of sequence 0 cut at block edges and inside blocks.
+  dec.record_selections(true);
+  int64_t flips = 0;
+  // The yardstick: prefills of both sequences cut at block edges and inside blocks, each
+  // against the forward attending that prefill's own selections.
   double prefill_err = 0.0;
   for (int64_t p : {1, 63, 64, 65, 130, 200, 321, 448, 511, 512}) {
     const std::vector<std::vector<int32_t>> prompts = {
         {seqs[0].begin(), seqs[0].begin() + p}, {seqs[1].begin(), seqs[1].begin() + p}};
     const std::vector<float> lg = dec.prefill(prompts);
-    for (int64_t b = 0; b < 2; ++b)
-      prefill_err = std::max(prefill_err, row_error(&lg[b * V], &ref[b][(p - 1) * V], V));
+    for (int64_t b = 0; b < 2; ++b) {
+      const std::vector<double> ref =
+          reference_logits(cfg, P, seqs[b], p, moba, dec.selections(b), &flips);
+      prefill_err = std::max(prefill_err, row_error(&lg[b * V], &ref[(p - 1) * V], V));
+    }
   }
   const double bound = 2.0 * prefill_err + 2e-3;
 
+  // Prefill the two prompts, then decode the rest of the sequences token by token, keeping
+  // every step's logits.
   const std::vector<std::vector<int32_t>> prompts = {
       {seqs[0].begin(), seqs[0].begin() + prompt_len[0]},
       {seqs[1].begin(), seqs[1].begin() + prompt_len[1]}};
-  std::vector<float> lg = dec.prefill(prompts);
-  double worst = 0.0;
-  int64_t worst_pos = -1, over = 0;
   const int64_t steps = kT - prompt_len[1];
-  for (int64_t step = 0; step <= steps; ++step) {
-    for (int64_t b = 0; b < 2; ++b) {
-      const int64_t pos = prompt_len[b] - 1 + step;  // the position these logits are for
-      const double e = row_error(&lg[b * V], &ref[b][pos * V], V);
-      if (e > worst) worst = e, worst_pos = pos;
-      over += e > bound;
-    }
-    if (step == steps) break;
+  std::vector<std::vector<float>> out = {dec.prefill(prompts)};
+  for (int64_t step = 0; step < steps; ++step) {
     const std::vector<int32_t> next = {seqs[0][prompt_len[0] + step], seqs[1][prompt_len[1] + step]};
-    lg = dec.decode(next);
+    out.push_back(dec.decode(next));
   }
   EXPECT_EQ(dec.length(0), prompt_len[0] + steps);
   EXPECT_EQ(dec.length(1), kT);
+  double worst = 0.0;
+  int64_t worst_pos = -1, over = 0, decode_flips = 0;
+  for (int64_t b = 0; b < 2; ++b) {
+    const int64_t n = prompt_len[b] + steps;  // positions the decoder has seen
+    const std::vector<double> ref =
+        reference_logits(cfg, P, seqs[b], n, moba, dec.selections(b), &decode_flips);
+    for (int64_t step = 0; step <= steps; ++step) {
+      const int64_t pos = prompt_len[b] - 1 + step;  // the position these logits are for
+      const double e = row_error(&out[step][b * V], &ref[pos * V], V);
+      if (e > worst) worst = e, worst_pos = pos;
+      over += e > bound;
+    }
+  }
   std::printf("decode vs fp64 forward: worst row error %.3g at position %lld, prefill's %.3g, "
-              "bound %.3g, %lld rows over\n",
+              "bound %.3g, %lld rows over; gate slots where fp64 would choose otherwise: %lld "
+              "(prefills), %lld (decode)\n",
               worst, static_cast<long long>(worst_pos), prefill_err, bound,
-              static_cast<long long>(over));
+              static_cast<long long>(over), static_cast<long long>(flips),
+              static_cast<long long>(decode_flips));
   EXPECT_EQ(over, 0) << "decoded logits differ from the full-sequence forward";
   EXPECT_TRUE(std::isfinite(worst));
 }

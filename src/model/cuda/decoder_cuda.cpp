@@ -38,6 +38,8 @@ struct DecoderCuda::Impl {
   DevBuf tokens, pos, x, x_mid, xn, rstd, rows, q, k, v, o, lse, sel, h;
   DevBuf x_last, xn_last, rstd_last, logits;  // (B, C), (B, C), (B), (B, V) fp32
   bool prefilled = false;
+  bool recording = false;
+  std::vector<std::vector<std::vector<int32_t>>> sel_log;  // [b][layer]: (n, Hq, K)
 
   Impl(const ModelConfig& c, std::span<const float> params, int64_t batch, int64_t capacity,
        bool use_moba)
@@ -183,6 +185,7 @@ struct DecoderCuda::Impl {
     const int64_t M = cu.back();
     reserve(M);
     prefilled = false;
+    if (recording) sel_log.assign(static_cast<size_t>(B), std::vector<std::vector<int32_t>>(L));
     CUDA_CHECK(cudaMemcpyAsync(tokens.p, ids.data(), 4 * M, cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(pos.p, positions.data(), 4 * M, cudaMemcpyHostToDevice, stream));
     attn::cuda::Plan plan(attn::Layout::varlen(cu, Hq, Hkv, D), moba, attn::Options{});
@@ -192,6 +195,14 @@ struct DecoderCuda::Impl {
       qkv(M, l);
       if (layer_moba[l]) {
         attn::cuda::moba_gate(plan, q.as<bf16>(), k.as<bf16>(), sel.as<int32_t>(), stream);
+        if (recording) {
+          const int64_t row = Hq * moba.top_k;
+          std::vector<int32_t> h(static_cast<size_t>(M * row));
+          CUDA_CHECK(cudaMemcpyAsync(h.data(), sel.p, 4 * h.size(), cudaMemcpyDeviceToHost, stream));
+          CUDA_CHECK(cudaStreamSynchronize(stream));
+          for (int64_t b = 0; b < B; ++b)
+            sel_log[b][l].assign(h.begin() + cu[b] * row, h.begin() + cu[b + 1] * row);
+        }
         attn::cuda::moba_forward(plan, sel.as<int32_t>(), q.as<bf16>(), k.as<bf16>(),
                                  v.as<bf16>(), o.as<bf16>(), lse.as<float>(), stream);
       } else {
@@ -229,12 +240,21 @@ struct DecoderCuda::Impl {
     for (int64_t l = 0; l < L; ++l) {
       qkv(B, l);
       caches[l]->append(k.as<bf16>(), v.as<bf16>(), stream);
-      if (layer_moba[l])
+      if (layer_moba[l]) {
         attn::cuda::decode_moba(*dplan, *caches[l], q.as<bf16>(), o.as<bf16>(), lse.as<float>(),
-                                nullptr, stream);
-      else
+                                recording ? sel.as<int32_t>() : nullptr, stream);
+        if (recording) {
+          const int64_t row = Hq * moba.top_k;
+          std::vector<int32_t> h(static_cast<size_t>(B * row));
+          CUDA_CHECK(cudaMemcpyAsync(h.data(), sel.p, 4 * h.size(), cudaMemcpyDeviceToHost, stream));
+          CUDA_CHECK(cudaStreamSynchronize(stream));
+          for (int64_t b = 0; b < B; ++b)
+            sel_log[b][l].insert(sel_log[b][l].end(), h.begin() + b * row, h.begin() + (b + 1) * row);
+        }
+      } else {
         attn::cuda::decode_dense(*dplan, *caches[l], q.as<bf16>(), o.as<bf16>(), lse.as<float>(),
                                  stream);
+      }
       rest_of_block(B, l);
     }
     CUDA_CHECK(cudaMemcpyAsync(x_last.p, x.p, sizeof(bf16) * B * C, cudaMemcpyDeviceToDevice,
@@ -278,6 +298,16 @@ std::vector<float> DecoderCuda::decode(std::span<const int32_t> tokens) {
 }
 void DecoderCuda::decode_async(std::span<const int32_t> tokens) { impl_->step(tokens); }
 void DecoderCuda::synchronize() { CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
+void DecoderCuda::record_selections(bool on) {
+  impl_->recording = on;
+  impl_->sel_log.assign(static_cast<size_t>(impl_->B),
+                        std::vector<std::vector<int32_t>>(static_cast<size_t>(impl_->L)));
+}
+const std::vector<std::vector<int32_t>>& DecoderCuda::selections(int64_t b) const {
+  MOBA_CHECK(b >= 0 && b < static_cast<int64_t>(impl_->sel_log.size()), "selections: sequence ",
+             b, " is not in [0, ", impl_->sel_log.size(), ") (record_selections first)");
+  return impl_->sel_log[b];
+}
 size_t DecoderCuda::cache_bytes() const { return impl_->cache_bytes(); }
 size_t DecoderCuda::device_bytes() const { return impl_->device_bytes(); }
 

@@ -41,6 +41,14 @@ class DecoderCuda {
   void decode_async(std::span<const int32_t> tokens);
   void synchronize();
 
+  // Tests: while on, the MoBA selection of every position is kept on the host, per
+  // sequence and layer: selections(b)[l] holds (positions since the last prefill, Hq, K)
+  // int32 as attn::Selection::blocks (prefill rows from the training gate, then one row per
+  // decode step from the decode gate); empty for layers running full attention. A prefill
+  // starts them anew. Costs a device-to-host copy per layer and step.
+  void record_selections(bool on);
+  const std::vector<std::vector<int32_t>>& selections(int64_t b) const;
+
   size_t cache_bytes() const;   // KV caches and block means, all layers
   size_t device_bytes() const;  // everything this decoder holds on the device now
 
