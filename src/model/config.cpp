@@ -92,28 +92,22 @@ void ModelConfig::check_relations() const {
              "], got ", attention.full_attention_last_layers);
 }
 
-bool cuda_head_dim_supported(int64_t head_dim) {
-  for (int64_t d : kCudaHeadDims)
-    if (d == head_dim) return true;
-  return false;
-}
-
 std::vector<std::string> cuda_kernel_limits(const ModelConfig& cfg0) {
   const ModelConfig c = cfg0.resolved();
   std::vector<std::string> why;
   auto num = [](int64_t x) { return std::to_string(x); };
-  if (!cuda_head_dim_supported(c.head_dim))
+  if (!attn::cuda_head_dim_supported(c.head_dim))
     why.push_back("model.head_dim = " + num(c.head_dim) +
                   ": the GPU attention kernels take head dims 64 and 128");
   bool moba = false;
   for (int64_t l = 0; l < c.layers; ++l) moba = moba || layer_uses_moba(c, l, true);
   const int64_t S = c.attention.block_size, K = c.attention.top_k;
-  if (moba && (S < kCudaMinBlockSize || (S & (S - 1)) != 0))
+  if (moba && (S < attn::kCudaMinBlockSize || (S & (S - 1)) != 0))
     why.push_back("attention.block_size = " + num(S) +
-                  ": the GPU MoBA kernels need a power of two >= " + num(kCudaMinBlockSize));
-  if (moba && K > kCudaMaxTopK)
+                  ": the GPU MoBA kernels need a power of two >= " + num(attn::kCudaMinBlockSize));
+  if (moba && K > attn::kCudaMaxTopK)
     why.push_back("attention.top_k = " + num(K) + ": the GPU MoBA kernels take at most " +
-                  num(kCudaMaxTopK));
+                  num(attn::kCudaMaxTopK));
   const std::pair<const char*, int64_t> widths[] = {{"model.width", c.width},
                                                     {"model.heads x model.head_dim", c.heads * c.head_dim},
                                                     {"model.kv_heads x model.head_dim", c.kv_heads * c.head_dim},

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "attention/layout.h"
 #include "core/schema.h"
 
 namespace moba::model {
@@ -69,16 +70,12 @@ struct ModelConfig {
 // (ModelConfig's), one line of documentation.
 const std::vector<schema::Field<ModelConfig>>& model_fields();
 
-// The limits of the GPU (CUDA) kernels, known in every build so that a CPU-only machine can
-// plan a GPU run: head dims with compiled kernels, MoBA block sizes (powers of two >= 64: a
-// tile of 64 or 128 queries or keys never straddles two blocks), top-k, and widths that are
-// multiples of 8 (cuBLASLt's 16-byte bf16 rows).
-inline constexpr int64_t kCudaHeadDims[] = {64, 128};
-inline constexpr int64_t kCudaMinBlockSize = 64;
-inline constexpr int64_t kCudaMaxTopK = 16;
+// The GPU model's widths (model.width, heads x head_dim, kv_heads x head_dim, mlp_hidden,
+// vocab_size) are multiples of 8: cuBLASLt's 16-byte bf16 rows. The attention kernels' own
+// limits are in attention/layout.h.
 inline constexpr int64_t kCudaWidthMultiple = 8;
-bool cuda_head_dim_supported(int64_t head_dim);
-// One named reason per limit `cfg` breaks ("model.head_dim = 6: the GPU attention kernels
+// The limits of the GPU (CUDA) kernels, known in every build so that a CPU-only machine can
+// plan a GPU run. One named reason per limit `cfg` breaks ("model.head_dim = 6: the GPU attention kernels
 // take head dims 64 and 128"); empty when the GPU kernels can run it. attn::cuda and
 // ModelCuda check through it.
 std::vector<std::string> cuda_kernel_limits(const ModelConfig& cfg);
