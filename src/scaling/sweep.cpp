@@ -125,8 +125,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     return sum;
   }
   check_data_reuse(plan, o.force_reuse);
-  check_supported(plan, o.device);  // every run, before the first one starts
   check_device(o.device);
+  check_supported(plan, o.device);  // every run, before the first one starts
   const std::string& data = plan.sweep.base.data;
   MOBA_CHECK(data.rfind("synthetic:", 0) == 0 || fs::exists(fs::path(data) / "manifest.json"),
              "data '", data,
