@@ -53,7 +53,7 @@ void add_sweep(CLI::App& app) {
       std::fputs(scaling::sweep_markdown().c_str(), stdout);
       return;
     }
-    MOBA_CHECK(!o.config.empty(), "--config sweeps/NAME.toml is required");
+    MOBA_CHECK(!o.config.empty(), "sweep: --config is required\n(`moba sweep --help` lists the options)");
     // --plan-only: the plan is the result (stdout). Training: the plan and the progress on
     // stderr, the closing summary on stdout.
     o.out = o.plan_only ? stdout : stderr;

@@ -30,7 +30,8 @@ void run_train(const TrainOptions& o) {
     std::fputs(train::config_markdown().c_str(), stdout);
     return;
   }
-  MOBA_CHECK(!o.out.empty(), "--out RUN_DIR is required");
+  // Not CLI11's required(): --schema needs no --out. The same words as CLI11's.
+  MOBA_CHECK(!o.out.empty(), "train: --out is required\n(`moba train --help` lists the options)");
   MOBA_CHECK(!o.config.empty() || o.resume,
              "--config X.toml is required (with --resume it defaults to RUN_DIR/config.toml)");
   // A run's own config.toml holds data paths relative to the run folder (load_run_config).
