@@ -55,6 +55,19 @@ struct Options {
   double scale_for(const Layout& l) const;
 };
 
+// The GPU kernels' limits (attention/cuda), known in every build so that a CPU-only machine
+// can tell a configuration the GPU cannot run (model::cuda_kernel_limits): head dims with
+// compiled kernels; MoBA block sizes S, powers of two >= 64 (a tile of 64 or 128 queries or
+// keys never straddles two blocks); top-k K in 1..16.
+inline constexpr int64_t kCudaHeadDims[] = {64, 128};
+inline constexpr int64_t kCudaMinBlockSize = 64;
+inline constexpr int64_t kCudaMaxTopK = 16;
+inline bool cuda_head_dim_supported(int64_t D) {
+  for (int64_t d : kCudaHeadDims)
+    if (d == D) return true;
+  return false;
+}
+
 // Checks that a buffer has the number of elements the layout implies; `what` names it
 // in the message ("q", "dk", ...).
 void check_size(const char* what, size_t got, size_t want);

@@ -1,7 +1,11 @@
 // moba sweep --config sweeps/NAME.toml: plans a ladder of model sizes x attention types and
 // trains them one after another into the runs folder (-o, default the preset's runs_dir;
 // docs/sweep.md).
+#include <cstdio>
 #include <string>
+#include <vector>
+
+#include "core/error.h"
 
 #include "cli/commands.h"
 #include "scaling/sweep.h"
@@ -10,11 +14,20 @@ namespace moba::cli {
 
 void add_sweep(CLI::App& app) {
   static scaling::SweepOptions o;
+  static std::vector<std::string> sets;
+  static bool schema = false;
   CLI::App* cmd = app.add_subcommand(
       "sweep",
       "Train a scaling ladder (sizes x {full, MoBA}) from a preset; skips finished "
       "runs, resumes interrupted ones");
-  cmd->add_option("--config,-c", o.config, "Sweep preset (TOML, see sweeps/)")->required();
+  cmd->add_option("--config,-c", o.config, "Sweep preset (TOML, see sweeps/)");
+  cmd->add_option("--set", sets,
+                  "Override a key of the preset: --set ladder.layers=[2,3] --set "
+                  "base.model.seq_len=256 (TOML values; keys in docs/sweep.md); repeatable")
+      ->allow_extra_args(false)
+      ->type_name("KEY=VALUE");
+  cmd->add_flag("--schema", schema,
+                "Print the table of the preset's own keys (docs/sweep.md) and exit");
   cmd->add_option("--out,-o", o.runs_dir,
                   "Folder of the run folders (default: the preset's runs_dir, runs/NAME)");
   add_old_spelling(cmd, "--runs-dir", o.runs_dir, "--out");
@@ -36,11 +49,16 @@ void add_sweep(CLI::App& app) {
                 "Print each run's whole configuration as it starts (default: one line naming "
                 "its config.toml)");
   cmd->callback([] {
+    if (schema) {
+      std::fputs(scaling::sweep_markdown().c_str(), stdout);
+      return;
+    }
+    MOBA_CHECK(!o.config.empty(), "sweep: --config is required\n(`moba sweep --help` lists the options)");
     // --plan-only: the plan is the result (stdout). Training: the plan and the progress on
     // stderr, the closing summary on stdout.
     o.out = o.plan_only ? stdout : stderr;
     o.result = stdout;
-    scaling::run_sweep(scaling::load_sweep_config(o.config), o);
+    scaling::run_sweep(scaling::load_sweep_config(o.config, sets), o);
   });
 }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/schema.h"
 
 namespace moba::model {
 
@@ -23,40 +24,100 @@ ModelConfig ModelConfig::resolved() const {
   return c;
 }
 
+const char* attention_kind_name(AttentionKind kind) {
+  for (const auto& [k, name] : kAttentionKinds)
+    if (k == kind) return name;
+  return "?";
+}
+
+AttentionKind parse_attention_kind(const std::string& name, const std::string& what) {
+  for (const auto& [k, n] : kAttentionKinds)
+    if (name == n) return k;
+  MOBA_CHECK(false, what, " must be \"full\" or \"moba\", got \"", name, "\"");
+}
+
+const std::vector<schema::Field<ModelConfig>>& model_fields() {
+  using namespace schema;
+  using M = ModelConfig;
+  static const std::vector<Field<M>> fields = {
+      MOBA_FIELD(M, "model.vocab_size", vocab_size, at_least(2), "V, the vocabulary"),
+      MOBA_FIELD(M, "model.width", width, at_least(1), "C, the residual stream's width"),
+      MOBA_FIELD(M, "model.layers", layers, at_least(1), "L, decoder blocks"),
+      MOBA_FIELD(M, "model.heads", heads, at_least(1), "Hq, query heads"),
+      MOBA_FIELD(M, "model.kv_heads", kv_heads, or_auto(at_least(1)),
+                 "Hkv, key/value heads (divides heads); 0 = heads"),
+      MOBA_FIELD(M, "model.head_dim", head_dim, or_auto(at_least(2)),
+                 "D (even: RoPE rotates pairs); 0 = width / heads"),
+      MOBA_FIELD(M, "model.mlp_hidden", mlp_hidden, or_auto(at_least(1)),
+                 "F, SwiGLU's hidden width; 0 = 8C/3 rounded up to mlp_multiple_of"),
+      MOBA_FIELD(M, "model.mlp_multiple_of", mlp_multiple_of, at_least(1),
+                 "rounding of the automatic mlp_hidden"),
+      MOBA_FIELD(M, "model.seq_len", seq_len, at_least(1), "T, the training context"),
+      MOBA_FIELD(M, "model.tied_embeddings", tied_embeddings, any(),
+                 "the LM head is the token embedding"),
+      MOBA_FIELD(M, "model.rope_theta", rope_theta, above(1), "RoPE's base"),
+      MOBA_FIELD(M, "model.norm_eps", norm_eps, within(0, 1, "()"), "RMSNorm's epsilon"),
+      MOBA_FIELD(M, "model.init_std", init_std, within(0, 10, "()"),
+                 "N(0, init_std^2) weights; output projections / sqrt(2L)"),
+      enum_field<M>("attention.kind", [](auto& c) -> auto& { return c.attention.kind; },
+                    kAttentionKinds, "full attention or MoBA in every layer"),
+      MOBA_FIELD(M, "attention.block_size", attention.block_size, at_least(1),
+                 "S, MoBA's block size"),
+      MOBA_FIELD(M, "attention.top_k", attention.top_k, at_least(1),
+                 "K, blocks each query attends to, its own included"),
+      MOBA_FIELD(M, "attention.full_attention_last_layers", attention.full_attention_last_layers,
+                 at_least(0), "layer-wise hybrid: the last N layers use full attention"),
+      MOBA_FIELD(M, "attention.moba_to_full_at", attention.moba_to_full_at, within(0, 1),
+                 "fraction of the planned tokens after which every layer uses full attention "
+                 "(1 = never)"),
+  };
+  return fields;
+}
+
 void ModelConfig::validate() const {
-  MOBA_CHECK(vocab_size >= 2, "model.vocab_size must be >= 2, got ", vocab_size);
-  MOBA_CHECK(width >= 1, "model.width must be >= 1, got ", width);
-  MOBA_CHECK(layers >= 1, "model.layers must be >= 1, got ", layers);
-  MOBA_CHECK(heads >= 1, "model.heads must be >= 1, got ", heads);
-  MOBA_CHECK(kv_heads >= 0, "model.kv_heads must be >= 1 (or 0 for heads), got ", kv_heads);
+  static const schema::Schema<ModelConfig> ranges(model_fields(), "docs/trainer.md");
+  ranges.check_ranges(*this);
+  check_relations();
+}
+
+void ModelConfig::check_relations() const {
   MOBA_CHECK(heads % kv() == 0, "model.heads (", heads, ") must be a multiple of model.kv_heads (",
              kv(), ")");
-  MOBA_CHECK(head_dim >= 0, "model.head_dim must be >= 2 (or 0 for width / heads), got ", head_dim);
   MOBA_CHECK(head_dim != 0 || width % heads == 0, "model.width (", width,
              ") is not a multiple of model.heads (", heads, "); set model.head_dim");
   MOBA_CHECK(hd() >= 2 && hd() % 2 == 0,
-             "model.head_dim must be even and >= 2 (RoPE rotates pairs), got ",
-             hd());
-  MOBA_CHECK(mlp_hidden >= 0, "model.mlp_hidden must be >= 1 (or 0 for automatic), got ",
-             mlp_hidden);
-  MOBA_CHECK(mlp_multiple_of >= 1, "model.mlp_multiple_of must be >= 1, got ", mlp_multiple_of);
-  MOBA_CHECK(seq_len >= 1, "model.seq_len must be >= 1, got ", seq_len);
-  MOBA_CHECK(std::isfinite(rope_theta) && rope_theta > 1.0, "model.rope_theta must be > 1, got ",
-             rope_theta);
-  MOBA_CHECK(std::isfinite(norm_eps) && norm_eps > 0.0 && norm_eps < 1.0,
-             "model.norm_eps must be in (0, 1), got ", norm_eps);
-  MOBA_CHECK(std::isfinite(init_std) && init_std > 0.0 && init_std < 10.0,
-             "model.init_std must be in (0, 10), got ", init_std);
-  const AttentionConfig& a = attention;
-  MOBA_CHECK(a.block_size >= 1, "attention.block_size must be >= 1, got ", a.block_size);
-  MOBA_CHECK(a.top_k >= 1, "attention.top_k must be >= 1 (the current block counts), got ",
-             a.top_k);
-  MOBA_CHECK(a.full_attention_last_layers >= 0 && a.full_attention_last_layers <= layers,
+             "model.head_dim must be even and >= 2 (RoPE rotates pairs), got ", hd());
+  MOBA_CHECK(attention.full_attention_last_layers <= layers,
              "attention.full_attention_last_layers must be in [0, model.layers = ", layers,
-             "], got ", a.full_attention_last_layers);
-  MOBA_CHECK(
-      std::isfinite(a.moba_to_full_at) && a.moba_to_full_at >= 0.0 && a.moba_to_full_at <= 1.0,
-      "attention.moba_to_full_at must be in [0, 1], got ", a.moba_to_full_at);
+             "], got ", attention.full_attention_last_layers);
+}
+
+std::vector<std::string> cuda_kernel_limits(const ModelConfig& cfg0) {
+  const ModelConfig c = cfg0.resolved();
+  std::vector<std::string> why;
+  auto num = [](int64_t x) { return std::to_string(x); };
+  if (!attn::cuda_head_dim_supported(c.head_dim))
+    why.push_back("model.head_dim = " + num(c.head_dim) +
+                  ": the GPU attention kernels take head dims 64 and 128");
+  bool moba = false;
+  for (int64_t l = 0; l < c.layers; ++l) moba = moba || layer_uses_moba(c, l, true);
+  const int64_t S = c.attention.block_size, K = c.attention.top_k;
+  if (moba && (S < attn::kCudaMinBlockSize || (S & (S - 1)) != 0))
+    why.push_back("attention.block_size = " + num(S) +
+                  ": the GPU MoBA kernels need a power of two >= " + num(attn::kCudaMinBlockSize));
+  if (moba && K > attn::kCudaMaxTopK)
+    why.push_back("attention.top_k = " + num(K) + ": the GPU MoBA kernels take at most " +
+                  num(attn::kCudaMaxTopK));
+  const std::pair<const char*, int64_t> widths[] = {{"model.width", c.width},
+                                                    {"model.heads x model.head_dim", c.heads * c.head_dim},
+                                                    {"model.kv_heads x model.head_dim", c.kv_heads * c.head_dim},
+                                                    {"model.mlp_hidden", c.mlp_hidden},
+                                                    {"model.vocab_size", c.vocab_size}};
+  for (const auto& [what, w] : widths)
+    if (w % kCudaWidthMultiple != 0)
+      why.push_back(std::string(what) + " = " + num(w) + ": the GPU model needs a multiple of " +
+                    num(kCudaWidthMultiple) + " (cuBLASLt's 16-byte rows)");
+  return why;
 }
 
 bool layer_uses_moba(const ModelConfig& cfg, int64_t layer, bool moba_phase) {
@@ -67,9 +128,9 @@ bool layer_uses_moba(const ModelConfig& cfg, int64_t layer, bool moba_phase) {
 
 std::string attention_label(const ModelConfig& cfg) {
   const AttentionConfig& a = cfg.attention;
-  if (a.kind == AttentionKind::full) return "full";
-  if (a.full_attention_last_layers > 0 || a.moba_to_full_at < 1.0) return "hybrid";
-  return "moba";
+  if (a.kind == AttentionKind::moba && (a.full_attention_last_layers > 0 || a.moba_to_full_at < 1.0))
+    return "hybrid";
+  return attention_kind_name(a.kind);
 }
 
 ParamCounts param_counts(const ModelConfig& cfg0) {

@@ -21,8 +21,8 @@ const TensorInfo& ParamLayout::tensor_at(size_t i) const {
 }
 
 ParamLayout make_param_layout(const ModelConfig& cfg0) {
+  // cfg0 was validated where it entered (ModelConfig::validate); not again per layer built.
   const ModelConfig c = cfg0.resolved();
-  c.validate();
   const int64_t C = c.width, V = c.vocab_size, D = c.head_dim, F = c.mlp_hidden;
   const int64_t Hq = c.heads, Hkv = c.kv_heads;
   const double std0 = c.init_std;

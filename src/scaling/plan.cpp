@@ -11,6 +11,7 @@
 #include "core/safe_io.h"
 #include "train/memory.h"
 #include "train/progress.h"
+#include "train/supports.h"
 
 namespace moba::scaling {
 namespace fs = std::filesystem;
@@ -133,33 +134,30 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override,
                const std::string& eval_data) {
   Plan plan;
   plan.sweep = s;
-  if (!data_override.empty()) plan.sweep.data = data_override;
-  const std::string& data = plan.sweep.data;
+  if (!data_override.empty()) plan.sweep.base.data = data_override;
+  const std::string& data = plan.sweep.base.data;
   const DataFacts facts = data_facts(s, data);
   plan.data_note = facts.note;
   plan.data_train_tokens = facts.train_tokens;
-  MOBA_CHECK(facts.vocab_size <= s.model.vocab_size, s.origin,
-             ": model.vocab_size = ", s.model.vocab_size,
+  MOBA_CHECK(facts.vocab_size <= s.base.model.vocab_size, s.origin,
+             ": base.model.vocab_size = ", s.base.model.vocab_size,
              " is smaller than the data's vocabulary (", facts.vocab_size, ", ", data, ")");
   const bool synthetic = data.rfind("synthetic:", 0) == 0;
   const LadderConfig& l = s.ladder;
   for (size_t i = 0; i < l.layers.size(); ++i) {
     const int64_t L = l.layers[i];
     for (const std::string& kind : s.attention) {
-      train::RunConfig c;
+      // [base], then what the ladder sets (plan.h).
+      train::RunConfig c = s.base;
       c.name = s.name + "-L" + std::to_string(L) + "-" + kind;
       c.data = data;
-      c.data_packing = s.data_packing;
-      c.model = s.model;
       c.model.layers = L;
       c.model.heads = L;
       c.model.kv_heads = l.kv_heads;
       c.model.head_dim = l.head_dim;
       c.model.width = l.head_dim * L;
       c.model.mlp_hidden = 0;
-      c.model.attention.kind =
-          kind == "full" ? model::AttentionKind::full : model::AttentionKind::moba;
-      c.train = s.train;
+      c.model.attention.kind = model::parse_attention_kind(kind, "attention");
       const model::ParamCounts pc = model::param_counts(c.model);
       const double target = l.tokens.empty()
                                 ? l.tokens_per_param * static_cast<double>(pc.non_embedding)
@@ -169,14 +167,13 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override,
       c.train.tokens = 0;
       const double tokens = static_cast<double>(c.train.steps) * per_step;
       c.train.lr = planned_lr(s.lr, static_cast<double>(pc.non_embedding), tokens);
-      c.train.warmup_steps = std::llround(s.warmup_fraction * static_cast<double>(c.train.steps));
-      c.eval = s.eval;
-      c.eval.data = eval_data;
-      c.eval.every = std::max<int64_t>(1, c.train.steps / s.eval_points);
+      c.train.warmup_steps = std::llround(l.warmup_fraction * static_cast<double>(c.train.steps));
+      if (!eval_data.empty()) c.eval.data = eval_data;
+      c.eval.every = std::max<int64_t>(1, c.train.steps / l.eval_points);
       c.checkpoint_every = c.eval.every;
-      c.log_every = s.log_every > 0 ? s.log_every : std::max<int64_t>(1, c.train.steps / 10);
+      if (!s.base_sets_log_every) c.log_every = std::max<int64_t>(1, c.train.steps / 10);
       try {
-        c.validate();
+        c.validate();  // the run as the ladder made it: the one check of its configuration
       } catch (const Error& e) {
         MOBA_CHECK(false, s.origin, ": size L = ", L, " (", kind, "): ", e.what());
       }
@@ -231,6 +228,16 @@ void check_data_reuse(const Plan& plan, bool force_reuse) {
              "to train on repeated data anyway");
 }
 
+void check_supported(const Plan& plan, const std::string& device) {
+  std::string refused;
+  for (const PlannedRun& r : plan.runs) {
+    const train::Support sup = train::supports(r.config, device);
+    if (!sup.ok()) refused += "\n  " + r.config.name + ": " + sup.text();
+  }
+  MOBA_CHECK(refused.empty(), "these runs cannot train on ", device, ":", refused,
+             "\nchange the preset (or --set its keys) so that every run fits the device");
+}
+
 void print_plan(std::FILE* f, const Plan& p) {
   if (!f) return;
   const SweepConfig& s = p.sweep;
@@ -246,12 +253,12 @@ void print_plan(std::FILE* f, const Plan& p) {
   if (s.ladder.tokens.empty())
     std::fprintf(f, "tokens = %g x non-embedding parameters (whole steps of %lld tokens); ",
                  s.ladder.tokens_per_param,
-                 static_cast<long long>(s.train.tokens_per_step(m0.seq_len)));
+                 static_cast<long long>(s.base.train.tokens_per_step(m0.seq_len)));
   else
     std::fprintf(f, "tokens: the preset's ladder.tokens (whole steps of %lld tokens); ",
-                 static_cast<long long>(s.train.tokens_per_step(m0.seq_len)));
+                 static_cast<long long>(s.base.train.tokens_per_step(m0.seq_len)));
   std::fprintf(f, "lr = min(%g, %g x (6ND)^-%g)\ndata: %s; %s rows\n\n", s.lr.max,
-               s.lr.coefficient, s.lr.exponent, p.data_note.c_str(), s.data_packing.c_str());
+               s.lr.coefficient, s.lr.exponent, p.data_note.c_str(), s.base.data_packing.c_str());
   std::fprintf(f,
                "| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | "
                "6ND FLOPs | exec FLOPs | attn density | est. time | data reads | memory |\n"
@@ -291,7 +298,7 @@ void print_plan(std::FILE* f, const Plan& p) {
   std::fprintf(f,
                "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (18 bytes "
                "per parameter + activations; train/memory.h)\n",
-               static_cast<long long>(s.train.batch_size));
+               static_cast<long long>(s.base.train.batch_size));
   std::fflush(f);
 }
 
@@ -319,8 +326,8 @@ nlohmann::json plan_json(const Plan& p) {
   }
   return {{"sweep", p.sweep.name},
           {"preset", p.sweep.origin},
-          {"data", p.sweep.data},
-          {"data_packing", p.sweep.data_packing},
+          {"data", p.sweep.base.data},
+          {"data_packing", p.sweep.base.data_packing},
           {"data_train_tokens", p.data_train_tokens},
           {"tokens_per_param", p.sweep.ladder.tokens_per_param},
           {"lr_rule",

@@ -1,6 +1,13 @@
 // The sweep's preset and its plan: what `moba sweep` reads (sweeps/NAME.toml, every key in
 // docs/sweep.md) and what its planner prints before anything trains.
 //
+// A preset is `[base]`, a run configuration in exactly `moba train`'s format (train/config.h:
+// [base.model], [base.attention], [base.train], ...), plus the ladder that sets, per run,
+// what varies: name, model.layers = model.heads = L, model.width = ladder.head_dim x L,
+// model.head_dim, model.kv_heads, attention.kind, train.steps, train.lr,
+// train.warmup_steps, eval.every, checkpoint.every (and log.every unless [base] sets it).
+// [base] must not set those keys. Every key is declared once (sweep_schema()).
+//
 // A preset is a ladder of model sizes in the MoBA paper's pattern (layers = heads = L,
 // width = head_dim x L), each trained once per attention type. Per size:
 //   tokens = r x non-embedding parameters (r = ladder.tokens_per_param, Chinchilla's 20),
@@ -21,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "core/schema.h"
 #include "model/config.h"
 #include "train/config.h"
 
@@ -32,6 +40,8 @@ struct LadderConfig {
   int64_t kv_heads = 0;            // 0: = heads (no grouping)
   double tokens_per_param = 20.0;  // r
   std::vector<double> tokens;      // explicit budgets per size (same length as layers), or empty
+  double warmup_fraction = 0.05;   // warm-up steps = round(fraction x steps)
+  int64_t eval_points = 8;         // validations per run, evenly spaced (and at the end)
 };
 
 // The learning-rate rule: lr = coefficient x C^-exponent (C = 6ND FLOPs), at most `max`.
@@ -54,31 +64,33 @@ struct ThroughputModel {
 struct SweepConfig {
   std::string name = "sweep";
   std::string origin;  // the file it was read from (messages)
-  // A folder of token shards (`moba prepare`) or "synthetic:assoc_recall". A relative
-  // folder is taken from the current directory.
-  std::string data;
   // Training tokens of the data when its folder is absent (planning on another machine);
   // 0: unknown. The folder's manifest, when present, wins.
   int64_t data_train_tokens = 0;
-  // How the runs cut token-shard rows: "document" or "packed" (RunConfig::data_packing).
-  std::string data_packing = "document";
-  std::string runs_dir;  // where the run folders go
+  std::string runs_dir;  // where the run folders go ("": runs/NAME)
   std::vector<std::string> attention = {"full", "moba"};
+  // Every run's configuration before the ladder's overrides. base.data: a folder of token
+  // shards (`moba prepare`, relative to the current directory) or "synthetic:assoc_recall".
+  train::RunConfig base;
+  bool base_sets_log_every = false;  // else log.every gives about 10 lines per run
   LadderConfig ladder;
-  model::ModelConfig model;  // all but width, layers, heads (from the ladder) and kind
   LrRule lr;
-  train::OptimConfig train;       // all but steps, tokens and lr (from the rules)
-  double warmup_fraction = 0.05;  // warm-up steps = round(fraction x steps)
-  int64_t eval_points = 8;        // validations per run, evenly spaced (and at the end)
-  train::EvalConfig eval;         // windows, batch_size, bucket_size (every: from eval_points)
-  int64_t log_every = 0;          // progress lines; 0: about 10 per run
   ThroughputModel estimate;
   double max_data_reads = 4.0;  // a run reading its data more often is refused
 };
 
-// Reads and validates a preset; errors name the file and the key. Unknown keys are errors.
-SweepConfig load_sweep_config(const std::string& path);
-SweepConfig parse_sweep_config(const std::string& toml_text, const std::string& origin);
+// Every key of a preset: its own, and [base]'s (the run schema under "base.").
+const schema::Schema<SweepConfig>& sweep_schema();
+// The Markdown table of the preset's own keys (docs/sweep.md holds it; tests compare).
+std::string sweep_markdown();
+
+// Reads and validates a preset, then applies `sets` ("ladder.layers=[2, 3]",
+// "base.model.seq_len=256": `moba sweep --set`); errors name the file (or --set) and the
+// key. Unknown keys are errors; a preset in the form before [base] gets one explaining the
+// new form.
+SweepConfig load_sweep_config(const std::string& path, const std::vector<std::string>& sets = {});
+SweepConfig parse_sweep_config(const std::string& toml_text, const std::string& origin,
+                               const std::vector<std::string>& sets = {});
 
 // One planned run.
 struct PlannedRun {
@@ -132,6 +144,10 @@ Plan make_plan(const SweepConfig& sweep, const std::string& data_override = "",
 // Throws moba::Error listing the runs that would read their data more than
 // sweep.max_data_reads times, unless force_reuse.
 void check_data_reuse(const Plan& plan, bool force_reuse);
+
+// Throws moba::Error listing every run `device` cannot train and why (train::supports: the
+// GPU kernels' limits, memory), before any run starts.
+void check_supported(const Plan& plan, const std::string& device);
 
 // The table people read, and the plan as JSON (written to RUNS_DIR/plan.json).
 void print_plan(std::FILE* f, const Plan& plan);

@@ -1,31 +1,51 @@
-// Reading a sweep preset (sweeps/NAME.toml): every key, its default and its meaning are in
-// docs/sweep.md; the defaults themselves are the ones of SweepConfig (plan.h).
-#include <toml++/toml.h>
-
+// Reading a sweep preset (sweeps/NAME.toml): its keys are declared once in sweep_schema()
+// (docs/sweep.md's table is generated from it: `moba sweep --schema`); [base] is a run
+// configuration in moba train's format, read through train::run_schema().
 #include <algorithm>
 #include <cctype>
-
 #include <filesystem>
-#include <fstream>
-#include <set>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/safe_io.h"
-#include "core/toml_table.h"
+#include "core/schema_io.h"
 #include "scaling/plan.h"
 
 namespace moba::scaling {
 namespace {
 
-// Every table of a preset is read by a TomlTable whose unknown-key message points here.
-TomlTable table_reader(const toml::table* t, const std::string& origin, const char* prefix) {
-  return TomlTable(t, origin, prefix, "docs/sweep.md");
+// The [base] keys the ladder sets per run, and what sets them.
+constexpr std::pair<const char*, const char*> kLadderSets[] = {
+    {"name", "the preset's name, the size and the attention"},
+    {"model.layers", "ladder.layers"},
+    {"model.heads", "ladder.layers"},
+    {"model.width", "ladder.head_dim x L"},
+    {"model.head_dim", "ladder.head_dim"},
+    {"model.kv_heads", "ladder.kv_heads"},
+    {"model.mlp_hidden", "8 width / 3 rounded up to model.mlp_multiple_of"},
+    {"attention.kind", "the preset's attention list"},
+    {"train.steps", "ladder.tokens_per_param or ladder.tokens"},
+    {"train.tokens", "ladder.tokens_per_param or ladder.tokens"},
+    {"train.lr", "the [lr] rule"},
+    {"train.warmup_steps", "ladder.warmup_fraction"},
+    {"eval.every", "ladder.eval_points"},
+    {"checkpoint.every", "ladder.eval_points"},
+};
+
+// The form before [base] (issue 15): the run's keys in top-level tables.
+void refuse_old_form(const std::string& text, const std::string& origin) {
+  const toml::table root = parse_toml(text, origin);
+  for (const char* old : {"model", "moba", "train", "eval", "log", "data", "data_packing"})
+    MOBA_CHECK(!root.contains(old), origin, ": '", old,
+               "' is a key of the preset's old form. A preset now holds every run's "
+               "configuration in moba train's format under [base]: data and data_packing in "
+               "[base], [model] -> [base.model], [moba] -> [base.attention], [train] -> "
+               "[base.train] (warmup_fraction -> ladder.warmup_fraction), [eval] -> [base.eval] "
+               "(points -> ladder.eval_points), [log] -> [base.log]; see docs/sweep.md and "
+               "sweeps/cpu-tiny.toml");
 }
 
-void validate(const SweepConfig& s) {
+void validate(const SweepConfig& s, const std::set<std::string>& given) {
   const std::string& o = s.origin;
-  MOBA_CHECK(!s.name.empty(), o, ": name must not be empty");
   // The name becomes part of every run folder's name under --runs-dir: "../../x" or "a/b"
   // would put runs elsewhere, so only a plain file name is accepted.
   const bool plain = s.name.front() != '.' &&
@@ -36,155 +56,102 @@ void validate(const SweepConfig& s) {
   MOBA_CHECK(plain, o, ": name '", s.name,
              "' must be a plain name (letters, digits, '-', '_', '.'; not starting with '.'): it "
              "names the run folders under --runs-dir");
-  MOBA_CHECK(!s.data.empty(), o,
-             ": data must name a folder of token shards or a synthetic "
-             "source");
-  try {
-    train::check_data_packing(s.data, s.data_packing);
-  } catch (const Error& e) {
-    throw Error(o + ": " + e.what());
-  }
-  MOBA_CHECK(!s.attention.empty(), o, ": attention must list at least one of \"full\", \"moba\"");
-  for (size_t i = 0; i < s.attention.size(); ++i) {
-    MOBA_CHECK(s.attention[i] == "full" || s.attention[i] == "moba", o,
-               ": attention entries must be \"full\" or \"moba\", got \"", s.attention[i], "\"");
+  for (const auto& [key, by] : kLadderSets)
+    MOBA_CHECK(!given.count(std::string("base.") + key), o, ": base.", key,
+               " is set per run by the ladder (", by, "); remove it from [base]");
+  for (size_t i = 0; i < s.attention.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       MOBA_CHECK(s.attention[i] != s.attention[j], o, ": attention lists \"", s.attention[i],
                  "\" twice");
-  }
   const LadderConfig& l = s.ladder;
-  MOBA_CHECK(!l.layers.empty(), o, ": ladder.layers must list at least one size");
-  for (size_t i = 0; i < l.layers.size(); ++i) {
-    MOBA_CHECK(l.layers[i] >= 1, o, ": ladder.layers entries must be >= 1, got ", l.layers[i]);
-    MOBA_CHECK(i == 0 || l.layers[i] > l.layers[i - 1], o,
+  for (size_t i = 1; i < l.layers.size(); ++i)
+    MOBA_CHECK(l.layers[i] > l.layers[i - 1], o,
                ": ladder.layers must increase (one run per size), got ", l.layers[i - 1], " then ",
                l.layers[i]);
-  }
-  MOBA_CHECK(l.head_dim >= 2 && l.head_dim % 2 == 0, o,
-             ": ladder.head_dim must be even and >= 2, got ", l.head_dim);
-  MOBA_CHECK(l.kv_heads >= 0, o, ": ladder.kv_heads must be >= 0 (0: = heads), got ", l.kv_heads);
+  MOBA_CHECK(l.head_dim % 2 == 0, o, ": ladder.head_dim must be even (RoPE), got ", l.head_dim);
   for (int64_t L : l.layers)
     MOBA_CHECK(l.kv_heads == 0 || L % l.kv_heads == 0, o, ": ladder.kv_heads (", l.kv_heads,
                ") must divide every size's heads, not ", L);
-  MOBA_CHECK(l.tokens_per_param > 0.0 && l.tokens_per_param < 1e6, o,
-             ": ladder.tokens_per_param must be in (0, 1e6), got ", l.tokens_per_param);
   MOBA_CHECK(l.tokens.empty() || l.tokens.size() == l.layers.size(), o, ": ladder.tokens has ",
              l.tokens.size(), " entries, ladder.layers ", l.layers.size(), "; give one per size");
-  for (double t : l.tokens)
-    MOBA_CHECK(t >= 1.0, o, ": ladder.tokens entries must be >= 1, got ", t);
-  MOBA_CHECK(s.lr.coefficient > 0.0 && s.lr.exponent >= 0.0 && s.lr.max > 0.0, o,
-             ": lr.coefficient and lr.max must be > 0 and lr.exponent >= 0");
-  MOBA_CHECK(s.warmup_fraction >= 0.0 && s.warmup_fraction < 1.0, o,
-             ": train.warmup_fraction must be in [0, 1), got ", s.warmup_fraction);
-  MOBA_CHECK(s.eval_points >= 1, o, ": eval.points must be >= 1, got ", s.eval_points);
-  MOBA_CHECK(s.log_every >= 0, o, ": log.every must be >= 0, got ", s.log_every);
-  MOBA_CHECK(s.estimate.flops_per_s >= 0.0 && s.estimate.seconds_per_token >= 0.0, o,
-             ": estimate.flops_per_s and estimate.seconds_per_token must be >= 0");
-  MOBA_CHECK(s.max_data_reads > 0.0, o, ": data_reads_max must be > 0, got ", s.max_data_reads);
-  MOBA_CHECK(s.data_train_tokens >= 0, o, ": data_train_tokens must be >= 0");
+  // [base]'s own relations, as far as they do not depend on the ladder.
+  try {
+    train::check_data_packing(s.base.data, s.base.data_packing);
+  } catch (const Error& e) {
+    throw Error(o + ": base." + e.what());
+  }
 }
 
 }  // namespace
 
-SweepConfig parse_sweep_config(const std::string& text, const std::string& origin) {
-  const toml::table root = parse_toml(text, origin);
-  SweepConfig s;
-  s.origin = origin;
-  s.runs_dir = "runs/";
-  {
-    TomlTable k = table_reader(&root, origin, "");
-    k.get("name", s.name);
-    k.get("data", s.data);
-    k.get("data_train_tokens", s.data_train_tokens);
-    k.get("data_packing", s.data_packing);
-    k.get("data_reads_max", s.max_data_reads);
-    std::string runs_dir;
-    k.get("runs_dir", runs_dir);
-    s.runs_dir = runs_dir.empty() ? "runs/" + s.name : runs_dir;
-    k.get_list("attention", s.attention);
-    for (const char* t : {"ladder", "model", "moba", "lr", "train", "eval", "log", "estimate"})
-      k.allow(t);
-    k.finish();
-  }
-  {
-    LadderConfig& l = s.ladder;
-    TomlTable k = table_reader(toml_subtable(root, "ladder", origin), origin, "ladder.");
-    k.get_list("layers", l.layers);
-    k.get("head_dim", l.head_dim);
-    k.get("kv_heads", l.kv_heads);
-    k.get("tokens_per_param", l.tokens_per_param);
-    k.get_list("tokens", l.tokens);
-    k.finish();
-  }
-  {
-    model::ModelConfig& m = s.model;
-    TomlTable k = table_reader(toml_subtable(root, "model", origin), origin, "model.");
-    k.get("vocab_size", m.vocab_size);
-    k.get("mlp_multiple_of", m.mlp_multiple_of);
-    k.get("seq_len", m.seq_len);
-    k.get("tied_embeddings", m.tied_embeddings);
-    k.get("rope_theta", m.rope_theta);
-    k.get("norm_eps", m.norm_eps);
-    k.get("init_std", m.init_std);
-    k.finish();
-  }
-  {
-    model::AttentionConfig& a = s.model.attention;
-    TomlTable k = table_reader(toml_subtable(root, "moba", origin), origin, "moba.");
-    k.get("block_size", a.block_size);
-    k.get("top_k", a.top_k);
-    k.finish();
-  }
-  {
-    TomlTable k = table_reader(toml_subtable(root, "lr", origin), origin, "lr.");
-    k.get("coefficient", s.lr.coefficient);
-    k.get("exponent", s.lr.exponent);
-    k.get("max", s.lr.max);
-    k.finish();
-  }
-  {
-    train::OptimConfig& t = s.train;
-    TomlTable k = table_reader(toml_subtable(root, "train", origin), origin, "train.");
-    k.get("batch_size", t.batch_size);
-    k.get("grad_accum", t.grad_accum);
-    k.get("warmup_fraction", s.warmup_fraction);
-    k.get("min_lr_ratio", t.min_lr_ratio);
-    k.get("weight_decay", t.weight_decay);
-    k.get("beta1", t.beta1);
-    k.get("beta2", t.beta2);
-    k.get("eps", t.eps);
-    k.get("grad_clip", t.grad_clip);
-    k.get("seed", t.seed);
-    k.finish();
-  }
-  {
-    TomlTable k = table_reader(toml_subtable(root, "eval", origin), origin, "eval.");
-    k.get("points", s.eval_points);
-    k.get("windows", s.eval.windows);
-    k.get("batch_size", s.eval.batch_size);
-    k.get("bucket_size", s.eval.bucket_size);
-    k.finish();
-  }
-  {
-    TomlTable k = table_reader(toml_subtable(root, "log", origin), origin, "log.");
-    k.get("every", s.log_every);
-    k.finish();
-  }
-  {
-    TomlTable k = table_reader(toml_subtable(root, "estimate", origin), origin, "estimate.");
-    k.get("flops_per_s", s.estimate.flops_per_s);
-    k.get("seconds_per_token", s.estimate.seconds_per_token);
-    k.get("note", s.estimate.note);
-    k.finish();
-  }
-  validate(s);
+const schema::Schema<SweepConfig>& sweep_schema() {
+  using namespace schema;
+  using S = SweepConfig;
+  static const Schema<S> s = [] {
+    std::vector<Field<S>> f = {
+        MOBA_FIELD(S, "name", name, nonempty(),
+                   "the sweep's name: run folders are NAME-L<size>-<attention>"),
+        MOBA_FIELD(S, "runs_dir", runs_dir, any(),
+                   "where the run folders go; \"\" = runs/NAME (`-o` overrides it)"),
+        MOBA_FIELD(S, "attention", attention, nonempty(),
+                   "the attention kinds each size trains with", {"full", "moba"}),
+        MOBA_FIELD(S, "data_train_tokens", data_train_tokens, at_least(0),
+                   "training tokens of base.data when its folder is not here (planning "
+                   "elsewhere); 0 = unknown"),
+        MOBA_FIELD(S, "data_reads_max", max_data_reads, above(0),
+                   "a run reading its training data more often is refused (--force-reuse)"),
+        MOBA_FIELD(S, "ladder.layers", ladder.layers, nonempty(at_least(1)),
+                   "one size per entry, increasing: layers = heads = L"),
+        MOBA_FIELD(S, "ladder.head_dim", ladder.head_dim, at_least(2),
+                   "D, even; width = D x L"),
+        MOBA_FIELD(S, "ladder.kv_heads", ladder.kv_heads, at_least(0),
+                   "key/value heads of every size (divides each L); 0 = heads"),
+        MOBA_FIELD(S, "ladder.tokens_per_param", ladder.tokens_per_param, within(0, 1e6, "()"),
+                   "r: tokens = r x non-embedding parameters (Chinchilla: 20)"),
+        MOBA_FIELD(S, "ladder.tokens", ladder.tokens, at_least(1),
+                   "explicit token budgets, one per size (replaces tokens_per_param); [] = none"),
+        MOBA_FIELD(S, "ladder.warmup_fraction", ladder.warmup_fraction, within(0, 1, "[)"),
+                   "train.warmup_steps = round(fraction x steps)"),
+        MOBA_FIELD(S, "ladder.eval_points", ladder.eval_points, at_least(1),
+                   "validations (and checkpoints) per run, evenly spaced, and at the end"),
+        MOBA_FIELD(S, "lr.coefficient", lr.coefficient, above(0),
+                   "lr = min(max, coefficient x (6ND)^-exponent)"),
+        MOBA_FIELD(S, "lr.exponent", lr.exponent, at_least(0), "see lr.coefficient"),
+        MOBA_FIELD(S, "lr.max", lr.max, above(0), "the cap of the rule"),
+        MOBA_FIELD(S, "estimate.flops_per_s", estimate.flops_per_s, at_least(0),
+                   "executed FLOP/s once the per-token overhead is paid; 0 with "
+                   "seconds_per_token = 0: no time estimate"),
+        MOBA_FIELD(S, "estimate.seconds_per_token", estimate.seconds_per_token, at_least(0),
+                   "per-token overhead"),
+        MOBA_FIELD(S, "estimate.note", estimate.note, any(),
+                   "where the figures come from (printed with the plan)"),
+    };
+    embed(f, train::run_schema().fields(), "base.", [](auto& c) -> auto& { return c.base; });
+    return Schema<S>(std::move(f), "docs/sweep.md");
+  }();
   return s;
 }
 
-SweepConfig load_sweep_config(const std::string& path) {
+std::string sweep_markdown() { return schema::markdown(sweep_schema(), "", "base."); }
+
+SweepConfig parse_sweep_config(const std::string& text, const std::string& origin,
+                               const std::vector<std::string>& sets) {
+  refuse_old_form(text, origin);
+  SweepConfig s;
+  s.origin = origin;
+  std::set<std::string> given;
+  schema::parse(sweep_schema(), text, origin, s, &given);
+  for (const std::string& set : sets) schema::apply_set(sweep_schema(), s, set, &given);
+  if (s.runs_dir.empty()) s.runs_dir = "runs/" + s.name;
+  s.base_sets_log_every = given.count("base.log.every") > 0;
+  validate(s, given);
+  return s;
+}
+
+SweepConfig load_sweep_config(const std::string& path, const std::vector<std::string>& sets) {
   MOBA_CHECK(std::filesystem::exists(path), "cannot read the sweep preset '", path,
              "' (presets are in sweeps/)");
-  return parse_sweep_config(read_regular_file(path, "sweep preset"), path);
+  return parse_sweep_config(read_regular_file(path, "sweep preset"), path, sets);
 }
 
 }  // namespace moba::scaling

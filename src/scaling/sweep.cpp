@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <functional>
 #include <vector>
 
 #include "core/build_info.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/progress.h"
@@ -38,19 +38,12 @@ const char* state_name(State s) {
   return "?";
 }
 
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 std::string run_status(const fs::path& dir) {
   const fs::path p = dir / "run.json";
   if (!fs::exists(p)) return "";
   try {
-    return nlohmann::json::parse(read_text(p)).value("status", "");
-  } catch (const nlohmann::json::exception&) {
+    return nlohmann::json::parse(read_regular_file(p.string(), "run.json")).value("status", "");
+  } catch (const std::exception&) {
     return "";  // torn or foreign: treated as started, not finished
   }
 }
@@ -60,12 +53,17 @@ State classify(const fs::path& dir, const train::RunConfig& cfg) {
   const bool started = fs::exists(dir / "config.toml") || fs::exists(dir / "run.json") ||
                        fs::exists(dir / "metrics.jsonl");
   if (!started) return State::fresh;
+  // The parsed configurations are compared, key by key (never the TOML text).
   const fs::path config = dir / "config.toml";
-  MOBA_CHECK(fs::exists(config) && train::same_run_config(train::load_run_config(dir.string()), cfg),
-             "'", dir.string(),
-             "' holds a run whose configuration differs from the plan's (",
-             fs::exists(config) ? "config.toml differs" : "no config.toml",
-             "): the preset or its data changed since; remove the folder or use another "
+  std::string changed = "\n  no config.toml";
+  if (fs::exists(config)) {
+    changed.clear();
+    for (const std::string& d : train::run_config_diff(train::load_run_config(dir.string()), cfg))
+      changed += "\n  " + d;
+  }
+  MOBA_CHECK(changed.empty(), "'", dir.string(),
+             "' holds a run whose configuration differs from the plan's:", changed,
+             "\nthe preset or its data changed since; remove the folder or use another "
              "--runs-dir");
   if (run_status(dir) == "finished") return State::finished;
   return train::has_checkpoint(dir.string()) ? State::resume : State::restart;
@@ -117,16 +115,19 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   }
   SweepSummary sum;
   if (o.plan_only) {
-    try {
-      check_data_reuse(plan, o.force_reuse);
-    } catch (const Error& e) {
-      if (o.out) std::fprintf(o.out, "\nrefused as it stands: %s\n", e.what());
-    }
+    for (const auto& check : {std::function<void()>([&] { check_data_reuse(plan, o.force_reuse); }),
+                              std::function<void()>([&] { check_supported(plan, o.device); })})
+      try {
+        check();
+      } catch (const Error& e) {
+        if (o.out) std::fprintf(o.out, "\nrefused as it stands: %s\n", e.what());
+      }
     return sum;
   }
   check_data_reuse(plan, o.force_reuse);
   check_device(o.device);
-  const std::string& data = plan.sweep.data;
+  check_supported(plan, o.device);  // every run, before the first one starts
+  const std::string& data = plan.sweep.base.data;
   MOBA_CHECK(data.rfind("synthetic:", 0) == 0 || fs::exists(fs::path(data) / "manifest.json"),
              "data '", data,
              "' is not a folder made by `moba prepare` (no manifest.json); "

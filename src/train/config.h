@@ -1,5 +1,8 @@
-// A training run's configuration: the TOML file `moba train --config` reads. Every key,
-// its default and its meaning are in docs/trainer.md; configs/ holds examples.
+// A training run's configuration: the TOML file `moba train --config` reads. Every key is
+// declared once, in run_schema() (key, member, type, range, default, one doc line); reading,
+// `--set key=value`, config.toml, run.json's "config", the comparison on resume and the
+// table in docs/trainer.md (`moba train --schema`) all derive from it. configs/ holds
+// examples.
 //
 //   name = "..."  data = "synthetic:assoc_recall"  data_packing = "document"
 //   [model] [attention] [train] [eval] [checkpoint] [log]
@@ -9,8 +12,11 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
+#include "core/schema.h"
 #include "model/config.h"
 
 namespace moba::train {
@@ -60,23 +66,36 @@ struct RunConfig {
   // Fills every automatic value (head_dim, kv_heads, mlp_hidden, steps/tokens,
   // bucket_size). validate() must pass first.
   RunConfig resolved() const;
-  void validate() const;  // throws moba::Error naming the key
+  // Throws moba::Error naming the key: every field's range, then check_relations(). For
+  // configurations built in code; the TOML reader checks each range as it reads the key.
+  void validate() const;
+  // The checks relating keys: exactly one of train.steps and train.tokens,
+  // eval.bucket_size <= model.seq_len, data_packing against data, the model's own.
+  void check_relations() const;
   int64_t tokens_planned() const { return train.steps * train.tokens_per_step(model.seq_len); }
 };
 
-// Throws moba::Error unless `packing` is "document" or "packed", and "document" for a
-// synthetic `data` source.
+// Throws moba::Error unless "packed" goes with token shards (a synthetic `data` source makes
+// its own rows: "document" only). `--data` may change the source after reading.
 void check_data_packing(const std::string& data, const std::string& packing);
 
-// Reads and validates a TOML file; errors name `path`, the key and the problem.
-RunConfig load_config(const std::string& path);
+// Every key of a run configuration.
+const schema::Schema<RunConfig>& run_schema();
+
+// Reads and validates a TOML file, then applies `sets` ("model.width=512", `moba train
+// --set`, type- and range-checked like the file; an unknown key is an error suggesting the
+// nearest); errors name `path` (or --set), the key and the problem. Returns it resolved.
+RunConfig load_config(const std::string& path, const std::vector<std::string>& sets = {});
 // Same, from text (tests); `origin` names it in messages.
-RunConfig parse_config(const std::string& toml_text, const std::string& origin);
+RunConfig parse_config(const std::string& toml_text, const std::string& origin,
+                       const std::vector<std::string>& sets = {});
 // The resolved configuration as TOML, every key written: what config.toml holds and what
-// the run prints at start. parse_config(to_toml(c)) gives c back. One exception to "every
-// key": data_packing is written only when it is not "document", so that run folders made
-// before the key existed still resume (their config.toml is compared as text).
+// the run prints at start. parse_config(to_toml(c)) gives c back.
 std::string to_toml(const RunConfig& resolved);
+// Every key as nested JSON ({"model": {"width": ...}, ...}): run.json's "config".
+nlohmann::json config_json(const RunConfig& resolved);
+// The Markdown table of every key (docs/trainer.md holds it; tests compare).
+std::string config_markdown();
 
 // A run folder's config.toml, and reading it back. Runs can be moved: a relative `data`
 // path (relative to the current folder when given) is stored relative to the run folder, and
@@ -84,9 +103,13 @@ std::string to_toml(const RunConfig& resolved);
 // data, or resumed from another folder, finds the same shards. Absolute paths and
 // "synthetic:..." are kept as they are. A run written before this rule (data relative to the
 // folder moba ran in) still loads when the path exists from the current folder.
+// `sets` as for load_config.
 std::string run_config_text(const RunConfig& resolved, const std::string& run_dir);
-RunConfig load_run_config(const std::string& run_dir);
-// The same run: equal configurations once both `data` paths are made absolute.
+RunConfig load_run_config(const std::string& run_dir, const std::vector<std::string>& sets = {});
+// How two configurations of a run differ, once both are resolved and their data paths made
+// absolute: "model.width: 256 -> 512" per key (empty: the same run). Resume and the sweep
+// compare parsed configurations this way, never TOML text.
+std::vector<std::string> run_config_diff(const RunConfig& before, const RunConfig& now);
 bool same_run_config(const RunConfig& a, const RunConfig& b);
 
 }  // namespace moba::train

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <sstream>
 
 #include "core/build_info.h"
 #include "core/error.h"
@@ -56,25 +57,35 @@ std::string format_bytes(double b) {
   return s;
 }
 
-void check_memory(const model::ModelConfig& cfg, int64_t batch_size, int64_t grad_accum,
-                  const std::string& device) {
+std::string memory_problem(const model::ModelConfig& cfg, int64_t batch_size, int64_t grad_accum,
+                           const std::string& device) {
   // Token counts are int64 in the trainer (tokens per step, cumulative tokens): keep the
   // products well inside 64 bits.
   const double step_tokens = static_cast<double>(batch_size) * static_cast<double>(grad_accum) *
                              static_cast<double>(cfg.seq_len);
-  MOBA_CHECK(step_tokens < 0x1p53, "train.batch_size x train.grad_accum x model.seq_len = ",
-             batch_size, " x ", grad_accum, " x ", cfg.seq_len,
-             " tokens per step is too large to count");
+  std::ostringstream os;
+  if (step_tokens >= 0x1p53) {
+    os << "train.batch_size x train.grad_accum x model.seq_len = " << batch_size << " x "
+       << grad_accum << " x " << cfg.seq_len << " tokens per step is too large to count";
+    return os.str();
+  }
   const MemoryEstimate m = estimate_memory(cfg, batch_size, device);
   const double have = machine_memory(device);
-  if (have <= 0) return;  // unknown: let the allocation decide
-  MOBA_CHECK(m.total() <= have, "the configuration needs at least ", format_bytes(m.total()),
-             " to train on ", device == "cuda" ? "the GPU" : "this machine", " (weights ",
-             format_bytes(m.weights), ", gradients ", format_bytes(m.gradients),
-             ", AdamW moments ", format_bytes(m.optimizer), ", activations of a micro-batch of ",
-             batch_size, " x ", cfg.seq_len, " tokens ", format_bytes(m.activations),
-             "), and it has ", format_bytes(have),
-             " in all: reduce model.layers, model.width, model.seq_len or train.batch_size");
+  if (have <= 0 || m.total() <= have) return "";  // unknown: let the allocation decide
+  os << "the configuration needs at least " << format_bytes(m.total()) << " to train on "
+     << (device == "cuda" ? "the GPU" : "this machine") << " (weights " << format_bytes(m.weights)
+     << ", gradients " << format_bytes(m.gradients) << ", AdamW moments "
+     << format_bytes(m.optimizer) << ", activations of a micro-batch of " << batch_size << " x "
+     << cfg.seq_len << " tokens " << format_bytes(m.activations) << "), and it has "
+     << format_bytes(have)
+     << " in all: reduce model.layers, model.width, model.seq_len or train.batch_size";
+  return os.str();
+}
+
+void check_memory(const model::ModelConfig& cfg, int64_t batch_size, int64_t grad_accum,
+                  const std::string& device) {
+  const std::string why = memory_problem(cfg, batch_size, grad_accum, device);
+  MOBA_CHECK(why.empty(), why);
 }
 
 }  // namespace moba::train

@@ -30,8 +30,11 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, int64_t batch_size
 // (cudaMemGetInfo) for "cuda"; 0 when unknown.
 double machine_memory(const std::string& device);
 
-// Throws moba::Error naming the sizes and both figures when the estimate exceeds the
-// machine's memory (or a size product would not fit in 64 bits). Call before allocating.
+// "" when the configuration fits, else why not, naming the sizes and both figures (the
+// estimate exceeds the machine's memory, or a size product would not fit in 64 bits).
+std::string memory_problem(const model::ModelConfig& cfg, int64_t batch_size, int64_t grad_accum,
+                           const std::string& device);
+// Throws moba::Error with memory_problem's reason. Call before allocating.
 void check_memory(const model::ModelConfig& cfg, int64_t batch_size, int64_t grad_accum,
                   const std::string& device);
 

@@ -22,6 +22,7 @@ class ModelCuda {};
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/schedule.h"
+#include "train/supports.h"
 
 namespace moba::train {
 namespace fs = std::filesystem;
@@ -37,7 +38,7 @@ double seconds_since(Clock::time_point t0) {
 std::string attention_signature(const model::ModelConfig& m) {
   const model::AttentionConfig& a = m.attention;
   std::ostringstream os;
-  os << (a.kind == model::AttentionKind::moba ? "moba" : "full");
+  os << model::attention_kind_name(a.kind);
   if (a.kind == model::AttentionKind::moba)
     os << " S=" << a.block_size << " K=" << a.top_k
        << " full_last_layers=" << a.full_attention_last_layers
@@ -80,10 +81,10 @@ void check_finite_gradients(const model::ParamLayout& layout, std::span<const fl
 }
 
 Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<BatchSource> data)
-    // The memory check before the first allocation below (model, parameters, moments).
-    : cfg_((cfg.validate(),
-            check_memory(cfg.model, cfg.train.batch_size, cfg.train.grad_accum, opt.device),
-            cfg.resolved())),
+    // `cfg` was validated where it entered (the TOML reader, the sweep planner). What this
+    // device can run (the GPU kernels' limits, the memory) is checked before the first
+    // allocation below (model, parameters, moments) and before RUN_DIR is touched.
+    : cfg_((check_supported(cfg, opt.device), cfg.resolved())),
       opt_(std::move(opt)),
       data_(data ? std::move(data) : make_batch_source(cfg_, opt_.data_dir)),
       model_(cfg_.model),
@@ -92,9 +93,6 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
       adam_(model_.layout(), cfg_.train) {
   const fs::path run(opt_.run_dir);
   MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
-  // The device first: a configuration the GPU kernels cannot run fails before RUN_DIR is touched.
-  MOBA_CHECK(opt_.device == "cpu" || opt_.device == "cuda", "--device must be cpu or cuda, got '",
-             opt_.device, "'");
   if (opt_.device == "cuda") {
 #ifdef MOBA_WITH_CUDA
     gpu_ = std::make_unique<model::cuda::ModelCuda>(cfg_.model);
@@ -119,9 +117,12 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
   // One command per run folder: a second `moba train` on it stops here, before writing.
   lock_ = std::make_unique<FolderLock>((run / ".lock").string(), opt_.run_dir);
   if (opt_.resume) {
-    MOBA_CHECK(same_run_config(load_run_config(opt_.run_dir), cfg_),
-               "--resume: the configuration differs from the one the run started with ('",
-               (run / "config.toml").string(), "'); resume with that file (or without --config)");
+    std::string changed;
+    for (const std::string& d : run_config_diff(load_run_config(opt_.run_dir), cfg_))
+      changed += "\n  " + d;
+    MOBA_CHECK(changed.empty(), "--resume: the configuration differs from the one the run "
+               "started with ('", (run / "config.toml").string(), "'):", changed,
+               "\nresume with that file (or without --config and --set)");
     if (has_checkpoint(opt_.run_dir)) {
       state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
       MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
@@ -204,23 +205,23 @@ bool Trainer::moba_phase() const { return moba_phase_at(cfg_, state_.tokens); }
 void Trainer::write_run_json(const char* status) const {
   const model::ModelConfig& m = cfg_.model;
   const model::ParamCounts pc = model::param_counts(m);
-  const nlohmann::json j = {{"name", cfg_.name},
-                            {"attention", model::attention_label(m)},
-                            {"block_size", m.attention.block_size},
-                            {"top_k", m.attention.top_k},
-                            {"layers", m.layers},
-                            {"heads", m.heads},
-                            {"kv_heads", m.kv_heads},
-                            {"width", m.width},
-                            {"head_dim", m.head_dim},
-                            {"seq_len", m.seq_len},
-                            {"vocab_size", m.vocab_size},
-                            {"params_non_embedding", pc.non_embedding},
-                            {"params_total", pc.total},
-                            {"tokens_planned", cfg_.tokens_planned()},
-                            {"status", status},
-                            {"bytes_per_token", data_->bytes_per_token()},
-                            {"validation_data", validation_data_}};
+  // The whole configuration under "config" (from the schema), and the keys `moba report`
+  // reads at the top level, copied from it.
+  const nlohmann::json config = config_json(cfg_);
+  nlohmann::json j = {{"name", cfg_.name},
+                      {"attention", model::attention_label(m)},
+                      {"params_non_embedding", pc.non_embedding},
+                      {"params_total", pc.total},
+                      {"tokens_planned", cfg_.tokens_planned()},
+                      {"status", status},
+                      {"bytes_per_token", data_->bytes_per_token()},
+                      {"validation_data", validation_data_},
+                      {"config", config}};
+  for (const auto& [table, key] : {std::pair{"attention", "block_size"}, {"attention", "top_k"},
+                                   {"model", "layers"}, {"model", "heads"}, {"model", "kv_heads"},
+                                   {"model", "width"}, {"model", "head_dim"}, {"model", "seq_len"},
+                                   {"model", "vocab_size"}})
+    j[key] = config[table][key];
   write_file_atomic((fs::path(opt_.run_dir) / "run.json").string(), j.dump(2) + "\n");
 }
 

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <random>
+#include <sstream>
 
 #include "attention/gate.h"
 #include "attention/stats.h"
@@ -21,24 +23,25 @@ using testing::write_file;
 
 const char* kTiny = R"(
 name = "t"
-data = "synthetic:assoc_recall"
 attention = ["full", "moba"]
 [ladder]
 layers = [2, 3]
 head_dim = 8
 tokens_per_param = 20
-[model]
+warmup_fraction = 0.1
+eval_points = 4
+[base]
+data = "synthetic:assoc_recall"
+[base.model]
 vocab_size = 256
 seq_len = 100
 mlp_multiple_of = 8
-[moba]
+[base.attention]
 block_size = 16
 top_k = 3
-[train]
+[base.train]
 batch_size = 2
-warmup_fraction = 0.1
-[eval]
-points = 4
+[base.eval]
 windows = 4
 )";
 
@@ -181,7 +184,7 @@ TEST(Plan, CountsDataReadsAndRefusesHeavyReuse) {
              R"({"vocab_size": 256, "stats": {"train": {"tokens": 10000000}}})");
   check_data_reuse(make_plan(s, (dir.path() / "big").string()), false);
   // A folder that is not here: the preset's figure, else unknown.
-  s.data = (dir.path() / "absent").string();
+  s.base.data = (dir.path() / "absent").string();
   EXPECT_LT(make_plan(s).runs[0].data_reads, 0);
   s.data_train_tokens = 1000;
   expect_error([&] { check_data_reuse(make_plan(s), false); }, "more than 4 times");
@@ -198,19 +201,18 @@ TEST(Plan, PresetErrorsNameTheKey) {
                "estimate.flops");
   expect_error(
       [&] {
-        parse_sweep_config(
-            "name = \"x\"\ndata = \"d\"\nattention = [\"sparse\"]\n[ladder]\nlayers = [1]\n",
-            "p.toml");
+        parse_sweep_config("name = \"x\"\nattention = [\"sparse\"]\n[ladder]\nlayers = [1]\n",
+                           "p.toml");
       },
-      "\"full\" or \"moba\"");
+      "attention must be a list of \"full\", \"moba\"");
   expect_error(
       [&] {
-        parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [3, 2]\n", "p.toml");
+        parse_sweep_config("name = \"x\"\n[ladder]\nlayers = [3, 2]\n", "p.toml");
       },
       "ladder.layers must increase");
   expect_error(
       [&] {
-        parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [2]\ntokens = [1, 2]\n",
+        parse_sweep_config("name = \"x\"\n[ladder]\nlayers = [2]\ntokens = [1, 2]\n",
                            "p.toml");
       },
       "one per size");
@@ -222,15 +224,18 @@ TEST(Plan, DataPackingReachesEveryRunConfig) {
   shards.replace(shards.find("synthetic:assoc_recall"), 22, "no/such/folder");
   for (const PlannedRun& r : make_plan(parse_sweep_config(shards, "p.toml")).runs)
     EXPECT_EQ(r.config.data_packing, "document");
-  const Plan p = make_plan(parse_sweep_config("data_packing = \"packed\"\n" + shards, "p.toml"));
+  const std::string packed = "[base]\ndata_packing = \"packed\"\n";
+  auto with = [&](std::string text, const std::string& line) {
+    return text.replace(text.find("[base]\n"), 7, "[base]\n" + line + "\n");
+  };
+  const Plan p = make_plan(parse_sweep_config(with(shards, "data_packing = \"packed\""), "p.toml"));
   ASSERT_EQ(p.runs.size(), 4u);
   for (const PlannedRun& r : p.runs) EXPECT_EQ(r.config.data_packing, "packed") << r.config.name;
   EXPECT_EQ(plan_json(p)["data_packing"], "packed");
-  expect_error([&] { parse_sweep_config("data_packing = \"rows\"\n" + shards, "p.toml"); },
-               "p.toml: data_packing must be \"document\"");
-  expect_error(
-      [&] { parse_sweep_config("data_packing = \"packed\"\n" + std::string(kTiny), "p.toml"); },
-      "applies to token shards");
+  expect_error([&] { parse_sweep_config(with(shards, "data_packing = \"rows\""), "p.toml"); },
+               "p.toml: base.data_packing must be \"document\" or \"packed\"");
+  expect_error([&] { parse_sweep_config(with(kTiny, "data_packing = \"packed\""), "p.toml"); },
+               "applies to token shards");
 }
 
 // Every preset in sweeps/ parses and plans (data need not be prepared here).
@@ -270,6 +275,95 @@ TEST(Plan, PresetsParseAndPlan) {
     EXPECT_NEAR(static_cast<double>(paper.runs[2 * i].params.non_embedding) / want[i], 1.0, 0.06)
         << "size " << i;
   EXPECT_NEAR(paper.runs[0].tokens / 10.8e9, 1.0, 1e-3);
+}
+
+}  // namespace
+}  // namespace moba::scaling
+
+namespace moba::scaling {
+namespace {
+
+using testing::expect_error;
+
+// [base] is moba train's format: its keys reach every run; the keys the ladder sets are
+// refused there; log.every is the ladder's (about 10 lines a run) unless [base] sets it.
+TEST(Preset, BaseIsTheTrainersFormat) {
+  auto with = [](const std::string& lines) {
+    std::string t = kTiny;
+    return t.replace(t.find("[base.train]\n"), 13, "[base.train]\n" + lines + "\n");
+  };
+  const Plan p = make_plan(parse_sweep_config(with("weight_decay = 0.2\nbeta2 = 0.99"), "p.toml"));
+  for (const PlannedRun& r : p.runs) {
+    EXPECT_EQ(r.config.train.weight_decay, 0.2);
+    EXPECT_EQ(r.config.train.beta2, 0.99);
+    EXPECT_EQ(r.config.log_every, std::max<int64_t>(1, r.config.train.steps / 10));
+    EXPECT_EQ(r.config.model.attention.block_size, 16);
+    EXPECT_EQ(r.config.eval.windows, 4);
+  }
+  const Plan logged = make_plan(parse_sweep_config(std::string(kTiny) + "[base.log]\nevery = 3\n", "p.toml"));
+  for (const PlannedRun& r : logged.runs) EXPECT_EQ(r.config.log_every, 3);
+  expect_error([&] { parse_sweep_config(with("lr = 0.1"), "p.toml"); },
+               "p.toml: base.train.lr is set per run by the ladder (the [lr] rule)");
+  expect_error([&] { parse_sweep_config(std::string(kTiny) + "[base.model]\nwidth = 64\n", "p.toml"); },
+               "p.toml");  // a table defined twice: a TOML error naming the file
+  std::string width = kTiny;
+  width.replace(width.find("vocab_size = 256"), 16, "vocab_size = 256\nwidth = 64");
+  expect_error([&] { parse_sweep_config(width, "p.toml"); },
+               "base.model.width is set per run by the ladder (ladder.head_dim x L)");
+  expect_error([&] { parse_sweep_config(with("colour = 1"), "p.toml"); },
+               "unknown key 'base.train.colour'");
+}
+
+// The form before [base] gets an error explaining the new one.
+TEST(Preset, OldFormIsExplained) {
+  expect_error([&] {
+    parse_sweep_config("name = \"x\"\n[ladder]\nlayers = [2]\n[moba]\nblock_size = 64\n", "old.toml");
+  }, "old.toml: 'moba' is a key of the preset's old form");
+  expect_error([&] {
+    parse_sweep_config("name = \"x\"\ndata = \"d\"\n[ladder]\nlayers = [2]\n", "old.toml");
+  }, "[model] -> [base.model], [moba] -> [base.attention]");
+}
+
+TEST(Preset, SetOverridesPresetAndBaseKeys) {
+  const SweepConfig s = parse_sweep_config(
+      kTiny, "p.toml", {"ladder.layers=[2]", "base.attention.top_k=2", "attention=[\"moba\"]"});
+  const Plan p = make_plan(s);
+  ASSERT_EQ(p.runs.size(), 1u);
+  EXPECT_EQ(p.runs[0].config.name, "t-L2-moba");
+  EXPECT_EQ(p.runs[0].config.model.attention.top_k, 2);
+  expect_error([&] { parse_sweep_config(kTiny, "p.toml", {"model.seq_len=64"}); },
+               "unknown key 'model.seq_len' (did you mean 'base.model.seq_len'?)");
+  expect_error([&] { parse_sweep_config(kTiny, "p.toml", {"ladder.layers=[3, 2]"}); },
+               "ladder.layers must increase");
+  expect_error([&] { parse_sweep_config(kTiny, "p.toml", {"base.model.width=64"}); },
+               "base.model.width is set per run by the ladder");
+}
+
+// Every planned run is checked against the device before any trains: the GPU kernels
+// refuse head dim 8 and blocks of 16, naming each run.
+TEST(Preset, UnsupportedRunsAreRefusedByThePlanner) {
+  const Plan p = make_plan(parse_sweep_config(kTiny, "p.toml"));
+  EXPECT_NO_THROW(check_supported(p, "cpu"));
+  expect_error([&] { check_supported(p, "cuda"); },
+               "t-L2-full: model.head_dim = 8: the GPU attention kernels take head dims 64 and 128");
+  expect_error([&] { check_supported(p, "cuda"); }, "t-L3-moba: model.head_dim = 8");
+  expect_error([&] { check_supported(p, "cuda"); }, "attention.block_size = 16");
+  const Plan gpu = make_plan(parse_sweep_config(
+      kTiny, "p.toml", {"ladder.head_dim=64", "base.attention.block_size=64", "base.model.seq_len=256"}));
+  EXPECT_NO_THROW(check_supported(gpu, "cuda"));
+}
+
+TEST(Preset, DocsTableMatchesTheSchema) {
+  std::ifstream f(std::string(MOBA_SOURCE_DIR) + "/docs/sweep.md");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string doc = ss.str();
+  const std::string begin = "<!-- moba sweep --schema -->\n", end = "<!-- end -->";
+  const size_t b = doc.find(begin), e = doc.find(end, b);
+  ASSERT_NE(b, std::string::npos) << "docs/sweep.md lacks " << begin;
+  ASSERT_NE(e, std::string::npos);
+  EXPECT_EQ(doc.substr(b + begin.size(), e - b - begin.size()), sweep_markdown())
+      << "regenerate the table: moba sweep --schema";
 }
 
 }  // namespace

@@ -26,24 +26,26 @@ using testing::write_file;
 
 // 2 sizes x 2 attention types; T = 32 in 4 MoBA blocks of 8 (K = 2: sparse); a few steps.
 SweepConfig micro(const std::string& data) {
-  SweepConfig s = parse_sweep_config("data = \"" + data + "\"\n" + R"(
+  SweepConfig s = parse_sweep_config(R"(
 name = "micro"
 attention = ["full", "moba"]
 [ladder]
 layers = [1, 2]
 head_dim = 4
 tokens = [768, 1024]            # 12 and 16 steps of 64 tokens
-[model]
+eval_points = 3
+[base]
+data = ")" + data + R"("
+[base.model]
 vocab_size = 256
 seq_len = 32
 mlp_multiple_of = 4
-[moba]
+[base.attention]
 block_size = 8
 top_k = 2
-[train]
+[base.train]
 batch_size = 2
-[eval]
-points = 3
+[base.eval]
 windows = 4
 bucket_size = 8
 )",

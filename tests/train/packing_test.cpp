@@ -164,7 +164,7 @@ TEST(PackedShards, TrainingRunResumesBitExactly) {
   for (size_t i = 0; i < pa.size(); ++i) ASSERT_EQ(pa[i], pb[i]) << "parameter " << i;
   std::ifstream f(dir / "whole/config.toml");
   const std::string saved((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  EXPECT_NE(saved.find("data_packing = 'packed'"), std::string::npos) << saved;
+  EXPECT_NE(saved.find("data_packing = \"packed\""), std::string::npos) << saved;
 }
 
 // A source whose every target is masked out (as a packed row of one-token documents

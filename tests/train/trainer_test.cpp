@@ -290,3 +290,81 @@ TEST(RunFolder, KilledBeforeTheFirstCheckpointResumesFromStepZero) {
 
 }  // namespace
 }  // namespace moba::train
+
+namespace moba::train {
+namespace {
+
+// Resume compares parsed configurations, not TOML text: the same run written another way
+// (keys reordered, defaults spelled out, integers for floats, tokens instead of steps)
+// resumes; a changed value is refused, naming the key and both values.
+TEST(RunFolder, ResumeComparesParsedConfigurations) {
+  TempDir dir;
+  const RunConfig cfg = tiny_config();
+  {
+    Trainer first(cfg, {dir / "r", "", false, nullptr});
+    first.run(4);
+  }
+  // 12 steps of 2 x 2 x 32 tokens = 1536 tokens; written as tokens, in another order.
+  const RunConfig same = parse_config(R"(
+[checkpoint]
+every = 4
+[eval]
+windows = 3
+batch_size = 2
+every = 5
+[train]
+tokens = 1500
+warmup_steps = 3
+lr = 0.01
+grad_accum = 2
+batch_size = 2
+weight_decay = 0.1   # the default, spelled out
+[attention]
+moba_to_full_at = 0.6
+full_attention_last_layers = 1
+top_k = 2
+block_size = 8
+[model]
+tied_embeddings = false
+seq_len = 32
+mlp_multiple_of = 16
+kv_heads = 2
+heads = 4
+layers = 2
+width = 32
+rope_theta = 10000   # an integer for a float
+vocab_size = 32
+)",
+                                      "other.toml", {"name=resume"});
+  ASSERT_TRUE(same_run_config(cfg, same));
+  {
+    Trainer again(same, {dir / "r", "", true, nullptr});
+    EXPECT_EQ(again.state().step, 4);
+  }
+  RunConfig changed = cfg;
+  changed.train.lr = 2e-2;
+  changed.model.attention.top_k = 3;
+  const std::string msg = message_of([&] { Trainer t(changed, {dir / "r", "", true, nullptr}); });
+  EXPECT_NE(msg.find("differs from the one the run started with"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.lr: 0.01 -> 0.02"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("attention.top_k: 2 -> 3"), std::string::npos) << msg;
+  // The same through --set on the run's own config.toml (moba train --resume --set ...).
+  EXPECT_TRUE(same_run_config(load_run_config(dir / "r"), cfg));
+  EXPECT_FALSE(same_run_config(load_run_config(dir / "r", {"train.lr=0.02"}), cfg));
+}
+
+// --device cuda with a configuration the GPU kernels cannot run stops before RUN_DIR is
+// made, naming the limit, in every build.
+TEST(RunFolder, UnsupportedDeviceConfigurationIsRefusedFirst) {
+  TempDir dir;
+  const std::string msg =
+      message_of([&] { Trainer t(tiny_config(), {dir / "r", "", false, nullptr, "cuda"}); });
+  EXPECT_NE(msg.find("model.head_dim = 8: the GPU attention kernels take head dims 64 and 128"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("attention.block_size = 8"), std::string::npos) << msg;
+  EXPECT_FALSE(std::filesystem::exists(dir / "r"));
+}
+
+}  // namespace
+}  // namespace moba::train

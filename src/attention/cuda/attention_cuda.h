@@ -22,11 +22,11 @@ namespace moba::attn::cuda {
 
 using bf16 = __nv_bfloat16;
 
-// Head dims with compiled kernels; block sizes S: powers of two >= 64 (a tile of 64 or
-// 128 queries or keys never straddles two blocks). K: 1..16.
+// Head dims with compiled kernels, the smallest block size, the largest top-k: the limits
+// declared in attention/layout.h (known to CPU-only builds too).
 bool head_dim_supported(int64_t D);
-constexpr int64_t kMinBlockSize = 64;
-constexpr int64_t kMaxTopK = 16;
+constexpr int64_t kMinBlockSize = kCudaMinBlockSize;
+constexpr int64_t kMaxTopK = kCudaMaxTopK;
 // Whether the sm_90a (wgmma) kernels run here for head dim D: the current device is sm_90
 // and the loaded image of the kernels was built for sm_90a (a build from sm_80 / compute_80
 // only, JIT-compiled on an H100, answers false). Where false, the mma.sync kernels run.

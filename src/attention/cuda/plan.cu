@@ -13,7 +13,7 @@
 
 namespace moba::attn::cuda {
 
-bool head_dim_supported(int64_t D) { return D == 64 || D == 128; }
+bool head_dim_supported(int64_t D) { return cuda_head_dim_supported(D); }
 
 namespace {
 

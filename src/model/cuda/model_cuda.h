@@ -44,10 +44,10 @@ void check_gpu_config(const ModelConfig& cfg);
 
 class ModelCuda {
  public:
-  // Throws moba::Error when the GPU kernels cannot run this configuration (head_dim not 64
-  // or 128, a MoBA block size not a power of two >= 64, top_k > 16, a width (model.width,
-  // heads x head_dim, kv_heads x head_dim, mlp_hidden, vocab_size) not a multiple of 8:
-  // cuBLASLt's 16-byte rows) or no device is there.
+  // Throws moba::Error when the GPU kernels cannot run this configuration
+  // (model::cuda_kernel_limits, which CPU-only builds know too: head dims 64 and 128, MoBA
+  // block sizes powers of two >= 64, top_k <= 16, widths multiples of 8) or no device is
+  // there. `cfg` must be valid (ModelConfig::validate).
   explicit ModelCuda(const ModelConfig& cfg);
   ~ModelCuda();
   ModelCuda(const ModelCuda&) = delete;
