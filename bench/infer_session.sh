@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 STEPS=${STEPS:-build test decode infer}
 BUILD=${BUILD:-build-gpu}
 MOBA="$BUILD/src/cli/moba"
-PASSKEY_LENGTHS=${PASSKEY_LENGTHS:-512,1024,2048,4096,8192}
+PASSKEY_LENGTHS=${PASSKEY_LENGTHS:-512,1024,2048,4096,8000}
 PASSKEY_DEPTHS=${PASSKEY_DEPTHS:-0,0.25,0.5,0.75,1}
 PASSKEY_TRIALS=${PASSKEY_TRIALS:-20}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -60,8 +60,25 @@ if has passkey; then
     cp "runs/passkey-L6-$a/metrics.jsonl" "$OUT/passkey-L6-$a.metrics.jsonl"
     log "passkey: eval ($a)"
     timeout 300 "$MOBA" eval passkey --run "runs/passkey-L6-$a" --device cuda \
-      --lengths "$PASSKEY_LENGTHS" --depths "$PASSKEY_DEPTHS" --trials "$PASSKEY_TRIALS" \
+      --lengths "$PASSKEY_LENGTHS" --depths "$PASSKEY_DEPTHS" --trials "$PASSKEY_TRIALS" --batch 8 \
       -o "$OUT/passkey-$a" 2>&1 | tail -12
+  done
+fi
+if has generate; then
+  for a in moba full; do
+    log "generate: runs/passkey-L6-$a, 400 bytes, temperature 0.8, seed 1 (cuda, then cpu)"
+    "$MOBA" generate --run "runs/passkey-L6-$a" --device cuda --prompt "It was a dark and stormy night; " \
+      -n 400 -t 0.8 --top-p 0.95 --seed 1 -o "$OUT/generate-$a-cuda.json" 2>&1 | tail -6
+    "$MOBA" generate --run "runs/passkey-L6-$a" --device cpu --prompt "It was a dark and stormy night; " \
+      -n 60 -t 0.8 --top-p 0.95 --seed 1 -o "$OUT/generate-$a-cpu.json" 2>&1 | tail -3
+    "$MOBA" generate --run "runs/passkey-L6-$a" --device cuda --plan --memory-gb 140 | tail -14
+  done
+fi
+if has prefillprof; then
+  log "prefillprof: MoBA prefill at 128K with each MoBA forward kernel"
+  for k in wgmma mma; do
+    echo "MOBA_MOBA_FWD=$k"
+    MOBA_MOBA_FWD=$k "$MOBA" bench infer --attention moba --prefill 131072 -T 8192 -B 1 --steps 4 2>&1 | grep -E "prefill"
   done
 fi
 log done
