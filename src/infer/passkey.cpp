@@ -203,9 +203,57 @@ std::vector<PasskeyOutcome> score_passkey(Engine& engine, const data::Tokenizer&
       out[c0 + b].continuation = tokenizer.decode(g);
       out[c0 + b].correct = passkey_correct(out[c0 + b].continuation, c.key);
     }
+    // Teacher-forced: the loss of each answer, the key's and the decoy's.
+    for (int which = 0; which < 2; ++which) {
+      std::vector<std::vector<int32_t>> answers;
+      int64_t len = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        const PasskeyCase& c = cases[c0 + std::min(static_cast<size_t>(b), n - 1)];
+        answers.push_back(tokenizer.encode(
+            PasskeyGenerator::answer_text(which == 0 ? c.key : passkey_decoy(c.key))));
+        len = std::max<int64_t>(len, static_cast<int64_t>(answers.back().size()));
+      }
+      std::vector<double> nll(static_cast<size_t>(B), 0.0);
+      std::vector<int64_t> scored(static_cast<size_t>(B), 0);
+      logits = engine.prefill(prompts);
+      for (int64_t s = 0; s < len; ++s) {
+        std::vector<int32_t> next(static_cast<size_t>(B));
+        for (int64_t b = 0; b < B; ++b) {
+          const std::vector<int32_t>& a = answers[static_cast<size_t>(b)];
+          const int64_t i = std::min<int64_t>(s, static_cast<int64_t>(a.size()) - 1);
+          next[static_cast<size_t>(b)] = a[static_cast<size_t>(i)];
+          if (s >= static_cast<int64_t>(a.size())) continue;
+          const float* row = &logits[static_cast<size_t>(b * V)];
+          double mx = row[0], z = 0.0;
+          for (int64_t v = 1; v < V; ++v) mx = std::max(mx, static_cast<double>(row[v]));
+          for (int64_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
+          nll[static_cast<size_t>(b)] += mx + std::log(z) - static_cast<double>(row[a[i]]);
+          ++scored[static_cast<size_t>(b)];
+        }
+        // Positions past a longer answer: room was checked for the key's answer only.
+        bool room = true;
+        for (int64_t b = 0; b < B; ++b) room = room && engine.length(b) < engine.capacity();
+        if (s + 1 < len && room) logits = engine.decode(next);
+        else if (s + 1 < len) break;
+      }
+      for (size_t b = 0; b < n; ++b) {
+        const double mean = nll[b] / static_cast<double>(std::max<int64_t>(1, scored[b]));
+        (which == 0 ? out[c0 + b].key_nll : out[c0 + b].decoy_nll) = mean;
+      }
+    }
     if (progress) progress(c0 + n, cases.size());
   }
   return out;
+}
+
+std::string passkey_decoy(const std::string& key) {
+  std::string d = key;
+  for (size_t i = 0; i < d.size(); ++i) {
+    MOBA_CHECK(d[i] >= '0' && d[i] <= '9', "a pass key holds digits only, got '", key, "'");
+    d[i] = static_cast<char>('0' + (d[i] - '0' + 5) % 10);
+  }
+  if (!d.empty() && d[0] == '0') d[0] = '9';  // (the key's first digit was 5)
+  return d;
 }
 
 PasskeyTable tabulate(const PasskeyGrid& grid, const std::vector<PasskeyCase>& cases,
@@ -217,6 +265,8 @@ PasskeyTable tabulate(const PasskeyGrid& grid, const std::vector<PasskeyCase>& c
   t.depths = grid.depths;
   t.trials = grid.trials;
   t.correct.assign(t.depths.size(), std::vector<int64_t>(t.lengths.size(), 0));
+  t.key_nll.assign(t.depths.size(), std::vector<double>(t.lengths.size(), 0.0));
+  t.decoy_nll = t.key_nll;
   std::vector<std::vector<int64_t>> seen = t.correct;
   for (size_t i = 0; i < cases.size(); ++i) {
     const auto l = std::find(t.lengths.begin(), t.lengths.end(), cases[i].length);
@@ -226,6 +276,8 @@ PasskeyTable tabulate(const PasskeyGrid& grid, const std::vector<PasskeyCase>& c
     const size_t li = static_cast<size_t>(l - t.lengths.begin()),
                  di = static_cast<size_t>(d - t.depths.begin());
     t.correct[di][li] += outcomes[i].correct;
+    t.key_nll[di][li] += outcomes[i].key_nll / static_cast<double>(t.trials);
+    t.decoy_nll[di][li] += outcomes[i].decoy_nll / static_cast<double>(t.trials);
     ++seen[di][li];
   }
   for (const auto& row : seen)
@@ -333,6 +385,9 @@ nlohmann::json run_passkey(const PasskeyRunOptions& opt, const EngineFactory& fa
     acc.push_back(row);
   }
   j["accuracy"] = acc;  // (depths, lengths)
+  // Teacher-forced answer losses (nats/token), (depths, lengths): the key's and a decoy's.
+  j["key_nll"] = table.key_nll;
+  j["decoy_nll"] = table.decoy_nll;
   j["correct"] = table.correct;
   int64_t total = 0;
   for (const auto& row : table.correct)
@@ -346,7 +401,9 @@ nlohmann::json run_passkey(const PasskeyRunOptions& opt, const EngineFactory& fa
                     {"key", cases[i].key},
                     {"needle_token", cases[i].needle_begin},
                     {"continuation", outcomes[i].continuation},
-                    {"correct", outcomes[i].correct}});
+                    {"correct", outcomes[i].correct},
+                    {"key_nll", outcomes[i].key_nll},
+                    {"decoy_nll", outcomes[i].decoy_nll}});
   j["cases"] = list;
 
   fs::create_directories(opt.out_dir);

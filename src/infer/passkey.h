@@ -94,7 +94,16 @@ bool passkey_correct(const std::string& continuation, const std::string& key);
 struct PasskeyOutcome {
   std::string continuation;  // the decoded greedy tokens
   bool correct = false;
+  // Teacher-forced loss (nats per token) of the answer " <key>", and of the same answer with a
+  // decoy key (passkey_decoy) the prompt never states: a model that reads the needle gives
+  // its key a lower loss than the decoy even where its greedy continuation is wrong; a model
+  // that ignores it gives both the same loss in expectation.
+  double key_nll = 0.0, decoy_nll = 0.0;
 };
+
+// A key of the same length that differs from `key` in every digit: each digit d becomes
+// (d + 5) mod 10, except that a leading 0 becomes 9 (keys start with 1..9).
+std::string passkey_decoy(const std::string& key);
 
 // Runs every case through the engine, engine.batch() prompts at a time (the last group is
 // padded with copies of its last prompt): prefill, then greedy decoding of answer_tokens
@@ -109,6 +118,8 @@ struct PasskeyTable {
   std::vector<double> depths;
   int64_t trials = 0;
   std::vector<std::vector<int64_t>> correct;  // (depths, lengths)
+  // Mean teacher-forced loss of the key's and the decoy's answers per cell (nats/token).
+  std::vector<std::vector<double>> key_nll, decoy_nll;  // (depths, lengths)
   double accuracy(size_t d, size_t l) const {
     return static_cast<double>(correct[d][l]) / static_cast<double>(trials);
   }

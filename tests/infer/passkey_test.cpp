@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -200,6 +202,16 @@ TEST(PasskeyGenerator, BadInputIsNamed) {
             std::string::npos);
 }
 
+TEST(PasskeyDecoy, DiffersInEveryDigit) {
+  EXPECT_EQ(passkey_decoy("71432"), "26987");
+  EXPECT_EQ(passkey_decoy("50000"), "95555");  // a leading 0 becomes 9
+  for (const std::string k : {"1", "5", "99999", "55555", "123456789012345678"}) {
+    const std::string d = passkey_decoy(k);
+    ASSERT_EQ(d.size(), k.size());
+    for (size_t i = 0; i < k.size(); ++i) EXPECT_NE(d[i], k[i]) << k;
+  }
+}
+
 TEST(PasskeyCorrect, LeadingDigitsMustEqualTheKey) {
   EXPECT_TRUE(passkey_correct(" 71432", "71432"));
   EXPECT_TRUE(passkey_correct("71432.", "71432"));
@@ -249,6 +261,15 @@ TEST(PasskeyScore, AnEngineThatKnowsScoresOneAndOneThatDoesNotZero) {
     for (size_t d = 0; d < 3; ++d)
       for (size_t l = 0; l < 2; ++l) EXPECT_EQ(t.accuracy(d, l), 1.0);
     for (size_t i = 0; i < cases.size(); ++i) EXPECT_EQ(good[i].continuation, " " + cases[i].key);
+    // Teacher-forced answer losses: the oracle puts logit 1 on each token of " <key>" and 0
+    // elsewhere (V = 256), so the key's answer costs ln(255 + e) - 1 per token; the decoy
+    // differs in its 5 digits (not the space), which cost 1 more each: 5/6 more per token.
+    const double hit = std::log(255.0 + std::exp(1.0)) - 1.0;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      EXPECT_NEAR(good[i].key_nll, hit, 1e-9) << i;
+      EXPECT_NEAR(good[i].decoy_nll, hit + 5.0 / 6.0, 1e-9) << i;
+    }
+    EXPECT_NEAR(tabulate(grid, cases, good).key_nll[1][1], hit, 1e-9);
     // An engine that answers a wrong number (the key with its last digit changed).
     ScriptedEngineDouble wrong(byte_model(512), batch, 512, [&](const std::vector<int32_t>& p) {
       std::vector<int32_t> a = oracle(*tok, p);
@@ -382,7 +403,9 @@ TEST(PasskeyFigure, DrawsATableOfAnyShape) {
   PasskeyTable t{.lengths = {1024, 2048, 4096, 8192, 16384, 32768},
                  .depths = {0, 0.1, 0.25, 0.5, 0.75, 0.9, 1},
                  .trials = 10,
-                 .correct = {}};
+                 .correct = {},
+                 .key_nll = {},
+                 .decoy_nll = {}};
   for (size_t d = 0; d < t.depths.size(); ++d) {
     t.correct.emplace_back();
     for (size_t l = 0; l < t.lengths.size(); ++l)
