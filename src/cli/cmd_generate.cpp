@@ -209,9 +209,16 @@ void run_generate(const GenerateOptions& o) {
                         {"prefill_tokens_per_s", prefill_tps}, {"decode_tokens", decoded},
                         {"decode_s", decode_s},     {"decode_tokens_per_s", decode_tps}};
     nlohmann::json items = nlohmann::json::array();
-    for (int64_t b = 0; b < batch; ++b)
+    for (int64_t b = 0; b < batch; ++b) {
+      // JSON holds UTF-8 only: a model may emit bytes that are not (a byte-level model can
+      // stop inside a character, or emit any byte); those become U+FFFD here, the tokens
+      // keep them exactly.
+      std::string text;
+      const int64_t replaced = data::append_valid_utf8(outputs[b], text);
       items.push_back({{"prompt", texts[b]}, {"prompt_tokens", prompts[b].size()},
-                       {"tokens", generated[b]}, {"text", outputs[b]}});
+                       {"tokens", generated[b]}, {"text", text},
+                       {"invalid_utf8_replaced", replaced}});
+    }
     j["outputs"] = items;
     write_file_atomic(o.out, j.dump(2) + "\n");
   }
