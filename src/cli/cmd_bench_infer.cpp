@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "cli/bench_model.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/plan.h"
@@ -33,33 +34,13 @@ struct BenchInferOptions {
   std::vector<int64_t> prefill = {131072};          // prompt lengths timed (batch 1)
   std::vector<int64_t> contexts = {32768, 131072};  // decode contexts
   std::vector<int64_t> batches = {1, 16};
-  int64_t layers = 12, width = 768, heads = 12, kv_heads = 0, head_dim = 0;
-  int64_t mlp_hidden = 2048, vocab = 8192, block_size = 512, top_k = 3;
+  BenchModelShape m;  // the decoder
   int steps = 32, warmup = 4, repeats = 3;
   uint64_t seed = 1;
   std::string json_path;
 };
 
 #ifdef MOBA_WITH_CUDA
-model::ModelConfig make_config(const BenchInferOptions& o, int64_t T, const std::string& attn) {
-  model::ModelConfig c;
-  c.vocab_size = o.vocab;
-  c.width = o.width;
-  c.layers = o.layers;
-  c.heads = o.heads;
-  c.kv_heads = o.kv_heads;
-  c.head_dim = o.head_dim;
-  c.mlp_hidden = o.mlp_hidden;
-  c.seq_len = T;
-  c.tied_embeddings = false;
-  c.attention.kind = attn == "moba" ? model::AttentionKind::moba : model::AttentionKind::full;
-  c.attention.block_size = o.block_size;
-  c.attention.top_k = o.top_k;
-  c = c.resolved();
-  c.validate();
-  return c;
-}
-
 std::vector<std::vector<int32_t>> random_prompts(int64_t B, int64_t T, int64_t V, uint64_t seed) {
   std::mt19937_64 gen(seed);
   std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(V - 1));
@@ -85,17 +66,17 @@ void run_bench_infer(const BenchInferOptions& o) {
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   nlohmann::json prefill_rows = nlohmann::json::array(), decode_rows = nlohmann::json::array();
   std::printf("# moba bench infer on %s: L %lld, C %lld, Hq %lld, V %lld, S %lld, K %lld\n\n",
-              prop.name, static_cast<long long>(o.layers), static_cast<long long>(o.width),
-              static_cast<long long>(o.heads), static_cast<long long>(o.vocab),
-              static_cast<long long>(o.block_size), static_cast<long long>(o.top_k));
+              prop.name, static_cast<long long>(o.m.layers), static_cast<long long>(o.m.width),
+              static_cast<long long>(o.m.heads), static_cast<long long>(o.m.vocab),
+              static_cast<long long>(o.m.block_size), static_cast<long long>(o.m.top_k));
   std::printf("| phase | attention | T | batch | ms | tokens/s |\n|---|---|---|---|---|---|\n");
   for (const std::string& attn : o.attention) {
     for (int64_t T : o.prefill) {
-      const model::ModelConfig cfg = make_config(o, T, attn);
+      const model::ModelConfig cfg = o.m.config(T, attn);
       std::vector<float> P(model::make_param_layout(cfg).total);
       model::init_params<float>(model::make_param_layout(cfg), o.seed, P);
       model::cuda::DecoderCuda dec(cfg, P, 1, T, true);
-      const auto prompts = random_prompts(1, T, o.vocab, o.seed + 1);
+      const auto prompts = random_prompts(1, T, o.m.vocab, o.seed + 1);
       dec.prefill(prompts);  // warm-up: cuBLASLt heuristics, allocations
       std::vector<double> ms;
       for (int r = 0; r < o.repeats; ++r) {
@@ -113,15 +94,15 @@ void run_bench_infer(const BenchInferOptions& o) {
     for (int64_t T : o.contexts)
       for (int64_t B : o.batches) {
         const int64_t cap = T + o.warmup + o.steps;
-        const model::ModelConfig cfg = make_config(o, cap, attn);
+        const model::ModelConfig cfg = o.m.config(cap, attn);
         std::vector<float> P(model::make_param_layout(cfg).total);
         model::init_params<float>(model::make_param_layout(cfg), o.seed, P);
         size_t free0 = 0, free1 = 0, total = 0;
         CUDA_CHECK(cudaDeviceSynchronize());
         CUDA_CHECK(cudaMemGetInfo(&free0, &total));
         model::cuda::DecoderCuda dec(cfg, P, B, cap, true);
-        dec.prefill(random_prompts(B, T, o.vocab, o.seed + 2));
-        const auto next = random_prompts(1, B * (o.warmup + o.steps), o.vocab, o.seed + 3)[0];
+        dec.prefill(random_prompts(B, T, o.m.vocab, o.seed + 2));
+        const auto next = random_prompts(1, B * (o.warmup + o.steps), o.m.vocab, o.seed + 3)[0];
         for (int i = 0; i < o.warmup; ++i)
           dec.decode(std::span<const int32_t>(next.data() + i * B, static_cast<size_t>(B)));
         const auto t0 = std::chrono::steady_clock::now();
@@ -171,10 +152,7 @@ void run_bench_infer(const BenchInferOptions& o) {
     std::ofstream f(o.json_path);
     MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
     f << nlohmann::json{{"device", prop.name},
-                        {"model", {{"layers", o.layers}, {"width", o.width}, {"heads", o.heads},
-                                   {"kv_heads", o.kv_heads}, {"head_dim", o.head_dim},
-                                   {"mlp_hidden", o.mlp_hidden}, {"vocab", o.vocab},
-                                   {"block_size", o.block_size}, {"top_k", o.top_k}}},
+                        {"model", o.m.json()},
                         {"steps", o.steps}, {"warmup", o.warmup},
                         {"prefill", prefill_rows}, {"decode", decode_rows}}
                 .dump(2)
@@ -199,15 +177,7 @@ void add_bench_infer(CLI::App* bench) {
   cmd->add_option("--context,-T", o.contexts, "Context lengths at which decode is timed")
       ->capture_default_str();
   cmd->add_option("--batch,-B", o.batches, "Batch sizes of the decode")->capture_default_str();
-  cmd->add_option("--layers", o.layers, "Layers")->capture_default_str();
-  cmd->add_option("--width", o.width, "Width C")->capture_default_str();
-  cmd->add_option("--heads", o.heads, "Query heads")->capture_default_str();
-  cmd->add_option("--kv-heads", o.kv_heads, "Key/value heads (0: = heads)")->capture_default_str();
-  cmd->add_option("--head-dim", o.head_dim, "Head dim (0: width / heads)")->capture_default_str();
-  cmd->add_option("--mlp-hidden", o.mlp_hidden, "SwiGLU hidden width")->capture_default_str();
-  cmd->add_option("--vocab", o.vocab, "Vocabulary")->capture_default_str();
-  cmd->add_option("--block-size,-S", o.block_size, "MoBA block size")->capture_default_str();
-  cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k")->capture_default_str();
+  o.m.add_options(cmd);
   cmd->add_option("--steps", o.steps, "Timed decode steps")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed decode steps first")->capture_default_str();
   cmd->add_option("--repeats", o.repeats, "Timed prefills (median reported)")

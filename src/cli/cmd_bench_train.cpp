@@ -15,6 +15,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "cli/bench_model.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "model/batch.h"
@@ -38,32 +39,13 @@ struct BenchTrainOptions {
   std::string device = "cpu";  // as in every command
   std::vector<int64_t> seq_lens = {8192};
   std::vector<std::string> attention = {"full", "moba"};
-  int64_t batch = 1, layers = 12, width = 768, heads = 12, kv_heads = 0, head_dim = 0;
-  int64_t mlp_hidden = 2048, vocab = 8192, block_size = 512, top_k = 3;
-  bool tied = false, profile = false;
+  int64_t batch = 1;
+  BenchModelShape m;  // the decoder
+  bool profile = false;
   int steps = 20, warmup = 5;
   uint64_t seed = 1;
   std::string json_path, peer_path;
 };
-
-model::ModelConfig make_config(const BenchTrainOptions& o, int64_t T, const std::string& attn) {
-  model::ModelConfig c;
-  c.vocab_size = o.vocab;
-  c.width = o.width;
-  c.layers = o.layers;
-  c.heads = o.heads;
-  c.kv_heads = o.kv_heads;
-  c.head_dim = o.head_dim;
-  c.mlp_hidden = o.mlp_hidden;
-  c.seq_len = T;
-  c.tied_embeddings = o.tied;
-  c.attention.kind = attn == "moba" ? model::AttentionKind::moba : model::AttentionKind::full;
-  c.attention.block_size = o.block_size;
-  c.attention.top_k = o.top_k;
-  c = c.resolved();
-  c.validate();
-  return c;
-}
 
 model::Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
   model::Batch b;
@@ -190,10 +172,10 @@ void run_bench_train(const BenchTrainOptions& o) {
 #endif
   std::printf("# moba bench train (%s): %lld layers, width %lld, %lld heads, batch %lld, "
               "vocab %lld, %s head; %d timed steps after %d warm-up\n\n",
-              device_name.c_str(), static_cast<long long>(o.layers),
-              static_cast<long long>(o.width), static_cast<long long>(o.heads),
-              static_cast<long long>(o.batch), static_cast<long long>(o.vocab),
-              o.tied ? "tied" : "untied", o.steps, o.warmup);
+              device_name.c_str(), static_cast<long long>(o.m.layers),
+              static_cast<long long>(o.m.width), static_cast<long long>(o.m.heads),
+              static_cast<long long>(o.batch), static_cast<long long>(o.m.vocab),
+              o.m.tied ? "tied" : "untied", o.steps, o.warmup);
   std::printf("| T | attention | ms/step | tokens/s | MFU (PEERS) | MFU (executed) | memory GB | "
               "vs torch eager | vs torch.compile | vs our full |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
@@ -205,7 +187,7 @@ void run_bench_train(const BenchTrainOptions& o) {
     for (const std::string& attn : o.attention) {
       MOBA_CHECK(attn == "full" || attn == "moba", "--attention takes full and/or moba, got '",
                  attn, "'");
-      const model::ModelConfig c = make_config(o, T, attn);
+      const model::ModelConfig c = o.m.config(T, attn);
       const auto t0 = std::chrono::steady_clock::now();
       std::fprintf(stderr, "bench train: T %lld, %s attention: %d warm-up + %d timed steps...\n",
                    static_cast<long long>(T), attn.c_str(), o.warmup, o.steps);
@@ -276,21 +258,10 @@ void run_bench_train(const BenchTrainOptions& o) {
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
     MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
-    f << nlohmann::json{{"device", device_name},
-                        {"layers", o.layers},
-                        {"width", o.width},
-                        {"heads", o.heads},
-                        {"kv_heads", o.kv_heads},
-                        {"mlp_hidden", o.mlp_hidden},
-                        {"vocab", o.vocab},
-                        {"batch", o.batch},
-                        {"tied", o.tied},
-                        {"block_size", o.block_size},
-                        {"top_k", o.top_k},
-                        {"steps", o.steps},
-                        {"warmup", o.warmup},
-                        {"rows", rows}}
-                .dump(2)
+    nlohmann::json j = o.m.json();  // the shape's keys at the top level, as before
+    j.update(nlohmann::json{{"device", device_name}, {"batch", o.batch}, {"steps", o.steps},
+                            {"warmup", o.warmup}, {"rows", rows}});
+    f << j.dump(2)
       << "\n";
   }
 }
@@ -309,17 +280,7 @@ void add_bench_train(CLI::App* bench) {
   cmd->add_option("--seq-len,-T", o.seq_lens, "Context lengths T")->capture_default_str();
   cmd->add_option("--attention", o.attention, "full and/or moba")->capture_default_str();
   cmd->add_option("--batch,-B", o.batch, "Rows per step")->capture_default_str();
-  cmd->add_option("--layers", o.layers, "Layers")->capture_default_str();
-  cmd->add_option("--width", o.width, "Width C")->capture_default_str();
-  cmd->add_option("--heads", o.heads, "Query heads")->capture_default_str();
-  cmd->add_option("--kv-heads", o.kv_heads, "Key/value heads (0: = heads)")->capture_default_str();
-  cmd->add_option("--head-dim", o.head_dim, "Head dim (0: width / heads)")->capture_default_str();
-  cmd->add_option("--mlp-hidden", o.mlp_hidden, "SwiGLU hidden width (0: 8C/3 rounded)")
-      ->capture_default_str();
-  cmd->add_option("--vocab", o.vocab, "Vocabulary")->capture_default_str();
-  cmd->add_option("--block-size,-S", o.block_size, "MoBA block size")->capture_default_str();
-  cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k")->capture_default_str();
-  cmd->add_flag("--tied", o.tied, "Tie the LM head to the embedding (PEERS.md: untied)");
+  o.m.add_options(cmd);
   cmd->add_flag("--profile", o.profile,
                 "cuda: 3 more steps with an event after every operation; prints ms per step "
                 "for matmuls, attention, gate, layer kernels, optimizer");

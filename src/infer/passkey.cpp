@@ -1,4 +1,5 @@
 #include "infer/passkey.h"
+#include "infer/run.h"
 
 #include <algorithm>
 #include <cmath>
@@ -288,19 +289,12 @@ PasskeyTable tabulate(const PasskeyGrid& grid, const std::vector<PasskeyCase>& c
 nlohmann::json run_passkey(const PasskeyRunOptions& opt, const EngineFactory& factory,
                            std::FILE* log) {
   opt.grid.validate();
-  MOBA_CHECK(!opt.run_dir.empty(), "a run folder is required (--run)");
-  MOBA_CHECK(fs::is_directory(opt.run_dir), "'", opt.run_dir, "' is not a folder");
-  MOBA_CHECK(fs::is_regular_file(fs::path(opt.run_dir) / "config.toml"), "'", opt.run_dir,
-             "' is not a run folder (no config.toml)");
-  MOBA_CHECK(train::has_checkpoint(opt.run_dir), "'", opt.run_dir,
-             "' holds no checkpoint to evaluate");
   MOBA_CHECK(!opt.out_dir.empty(), "an output folder is required (-o)");
-  MOBA_CHECK(opt.attention == "auto" || opt.attention == "moba" || opt.attention == "full",
-             "--attention must be auto, moba or full, got '", opt.attention, "'");
   MOBA_CHECK(opt.batch >= 1, "--batch must be >= 1, got ", opt.batch);
-  train::RunConfig cfg = train::load_run_config(opt.run_dir);
-  cfg.validate();
-  cfg = cfg.resolved();
+  // The run, its weights and the attention to run (infer/run.h); its own tokenizer is not
+  // needed: the filler's folder brings one.
+  const InferenceRun run = load_inference_run(opt.run_dir, opt.attention, "", false);
+  const train::RunConfig& cfg = run.cfg;
   const bool synthetic = cfg.data.rfind("synthetic:", 0) == 0;
   MOBA_CHECK(!opt.data_dir.empty() || !synthetic, "the run '", opt.run_dir,
              "' trained on the synthetic source ", cfg.data,
@@ -324,20 +318,15 @@ nlohmann::json run_passkey(const PasskeyRunOptions& opt, const EngineFactory& fa
              " tokens and its answer need ", capacity, " positions, more than the model's "
              "context (model.seq_len = ", cfg.model.seq_len, ")");
 
-  std::vector<float> params(static_cast<size_t>(model::make_param_layout(cfg.model).total));
-  const train::TrainState state =
-      train::load_checkpoint_weights(opt.run_dir, model::make_param_layout(cfg.model), params);
+  const train::TrainState& state = run.state;
   const bool has_moba = cfg.model.attention.kind == model::AttentionKind::moba;
-  MOBA_CHECK(opt.attention != "moba" || has_moba, "--attention moba: the run '", opt.run_dir,
-             "' has no MoBA layers (attention ", model::attention_label(cfg.model), ")");
-  const bool moba = opt.attention == "auto" ? has_moba && train::last_step_used_moba(cfg, state)
-                                            : opt.attention == "moba";
+  const bool moba = run.moba;
   EngineOptions eo;
   eo.device = opt.device;
   eo.batch = opt.batch;
   eo.capacity = capacity;
   eo.moba = moba;
-  std::unique_ptr<Engine> engine = factory(cfg.model, params, eo);
+  std::unique_ptr<Engine> engine = factory(cfg.model, run.params, eo);
 
   const std::string label = model::attention_label(cfg.model);
   const std::string attention =

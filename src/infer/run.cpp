@@ -15,7 +15,7 @@ InferenceRun load_inference_run(const std::string& run_dir, const std::string& a
   MOBA_CHECK(fs::exists(run_dir), "run folder '", run_dir, "' does not exist");
   MOBA_CHECK(fs::is_directory(run_dir), "'", run_dir, "' is not a folder");
   MOBA_CHECK(fs::is_regular_file(fs::path(run_dir) / "config.toml"), "'", run_dir,
-             "' is not a run folder (no config.toml; `moba train -o DIR` makes one)");
+             "' is not a run folder (no config.toml): `moba train -o DIR` makes one");
   MOBA_CHECK(attention == "auto" || attention == "moba" || attention == "full",
              "attention must be auto, moba or full, got '", attention, "'");
   InferenceRun r;

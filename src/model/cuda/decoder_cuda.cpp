@@ -64,12 +64,6 @@ struct DecoderCuda::Impl {
       layer_moba[l] = layer_uses_moba(cfg, l, use_moba);
       any_moba = any_moba || layer_moba[l];
     }
-    for (const LayerOffsets& o : layout.layers)
-      MOBA_CHECK(o.wk == o.wq + static_cast<size_t>(Hq * D * C) &&
-                     o.wv == o.wk + static_cast<size_t>(Hkv * D * C) &&
-                     o.w_up == o.w_gate + static_cast<size_t>(F * C),
-                 "DecoderCuda: wq, wk, wv (and w_gate, w_up) must be adjacent in the parameter "
-                 "layout");
     int devices = 0;
     const cudaError_t e = cudaGetDeviceCount(&devices);
     MOBA_CHECK(e == cudaSuccess && devices > 0, "--device cuda: no CUDA device (",

@@ -60,6 +60,15 @@ void check_gpu_config(const ModelConfig& cfg) {
   std::string limits;
   for (const std::string& why : cuda_kernel_limits(cfg)) limits += (limits.empty() ? "" : "; ") + why;
   MOBA_CHECK(limits.empty(), limits);
+  // The fused projections read [wq; wk; wv] and [w_gate; w_up] as one matrix each, and
+  // write their weights' gradients the same way: make_param_layout puts them end to end.
+  const ModelConfig c = cfg.resolved();
+  const size_t C = static_cast<size_t>(c.width), QD = static_cast<size_t>(c.heads * c.hd()),
+               KD = static_cast<size_t>(c.kv() * c.hd()), F = static_cast<size_t>(c.ffn());
+  for (const LayerOffsets& o : make_param_layout(c).layers)
+    MOBA_CHECK(o.wk == o.wq + QD * C && o.wv == o.wk + KD * C && o.w_up == o.w_gate + F * C,
+               "the GPU model needs wq, wk, wv (and w_gate, w_up) adjacent in the parameter "
+               "layout");
 }
 
 // Profiling categories (ModelCuda::set_profiling).
@@ -196,14 +205,6 @@ struct ModelCuda::Impl {
     norm_out.resize(sizeof(double));
     xs.resize(static_cast<size_t>(L + 1));
     layers.resize(static_cast<size_t>(L));
-    // The fused projections read [wq; wk; wv] and [w_gate; w_up] as one matrix each, and
-    // write their weights' gradients the same way: make_param_layout puts them end to end.
-    for (const LayerOffsets& o : layout.layers)
-      MOBA_CHECK(o.wk == o.wq + static_cast<size_t>(Hq * D * C) &&
-                     o.wv == o.wk + static_cast<size_t>(Hkv * D * C) &&
-                     o.w_up == o.w_gate + static_cast<size_t>(F * C),
-                 "ModelCuda: wq, wk, wv (and w_gate, w_up) must be adjacent in the parameter "
-                 "layout");
   }
 
   ~Impl() {
