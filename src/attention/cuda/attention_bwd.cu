@@ -136,7 +136,7 @@ void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, con
     return;
   }
   // 128 keys per CTA (8 warps): 64 keys with two CTAs per SM measured slower (v4 notes,
-  // results/attention/v4_bwd4.md).
+  // results/attention/v4/bwd4.md).
   backward<false>(plan, p, 8, stream);
 }
 
