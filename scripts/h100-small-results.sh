@@ -5,7 +5,9 @@
 #   scripts/h100-small-results.sh /work/.device/.../h100-small-runs.tar.xz [DEST]
 # DEST (default results/h100-small) then holds
 #   runs/<run>/{metrics.jsonl,run.json,config.toml}   every run, as trained (no checkpoints)
-#   plan.json, sweep.log, session.txt                 the sweep's plan, its log, the device facts
+#   plan.json                                         the sweep's plan
+#   logs.tar.xz (sweep.log, session.txt)              its log and the device facts, packed
+#                                                     (results/README.md: logs go in one archive)
 #   fit.txt, fits.json                                `moba fit` (both FLOP conventions)
 #   figures/*.png, figures/*.svg                      `moba plot` and the report's figures
 #   report.md                                         `moba report`: losses in nats per token
@@ -32,9 +34,11 @@ tar -xJf "$tar_file" -C "$stage"
 mkdir -p "$dest"
 rm -rf "$dest/runs" "$dest/figures" "$dest/report.md" "$dest/fits.json" "$dest/fit.txt"
 mv "$stage/runs" "$dest/runs"
-for f in plan.json sweep.log session.txt; do
-  if [[ -f $stage/$f ]]; then cp "$stage/$f" "$dest/$f"; else rm -f "$dest/$f"; fi
-done
+if [[ -f $stage/plan.json ]]; then cp "$stage/plan.json" "$dest/plan.json"; else rm -f "$dest/plan.json"; fi
+logs=()
+for f in sweep.log session.txt; do [[ -f $stage/$f ]] && logs+=("$f"); done
+rm -f "$dest/logs.tar.xz" "$dest/sweep.log" "$dest/session.txt"  # the last two: older layout
+if ((${#logs[@]})); then tar -cJf "$dest/logs.tar.xz" -C "$stage" "${logs[@]}"; fi
 n=$(compgen -G "$dest/runs/*/run.json" | wc -l)
 echo "h100-small-results: $n runs from $tar_file in $dest/runs"
 
@@ -46,7 +50,7 @@ grep -q "LM loss (bits/byte)" "$dest/report.md" ||
   { echo "h100-small-results: report.md has no bits per byte" >&2; exit 1; }
 
 # README.md: what this folder is, from the archive's own facts.
-summary=$(grep -E "^sweep .* trained, .* resumed" "$dest/sweep.log" 2>/dev/null | tail -1 || true)
+summary=$(grep -E "^sweep .* trained, .* resumed" "$stage/sweep.log" 2>/dev/null | tail -1 || true)
 {
   echo "# h100-small: the scaling sweep on one GPU"
   echo
@@ -55,10 +59,10 @@ summary=$(grep -E "^sweep .* trained, .* resumed" "$dest/sweep.log" 2>/dev/null 
   echo "the device\"). The report: [report.md](report.md) (losses in nats per token and bits per"
   echo "byte; byte-level tokens, so bits per byte = nats / ln 2)."
   echo
-  echo "## The session (session.txt, from the device)"
+  echo "## The session (session.txt in logs.tar.xz, from the device)"
   echo
   echo '```'
-  if [[ -f $dest/session.txt ]]; then cat "$dest/session.txt"; else echo "(no session.txt in the archive)"; fi
+  if [[ -f $stage/session.txt ]]; then cat "$stage/session.txt"; else echo "(no session.txt in the archive)"; fi
   echo '```'
   echo
   echo "Sweep: ${summary:-(no closing line in sweep.log: the sweep had not ended when the runs were collected)}"
@@ -89,7 +93,8 @@ summary=$(grep -E "^sweep .* trained, .* resumed" "$dest/sweep.log" 2>/dev/null 
   echo "- \`runs/<run>/\`: each run's \`metrics.jsonl\`, \`run.json\`, \`config.toml\` (docs/run_format.md;"
   echo "  no checkpoints). \`moba fit $dest/runs\` reproduces the fits."
   echo "- \`plan.json\`: the sweep's plan (sizes, tokens, FLOPs, estimated times, data reads, device)."
-  echo "- \`sweep.log\`: the sweep's whole output (plan, every run's progress and validation lines)."
+  echo "- \`logs.tar.xz\`: \`sweep.log\`, the sweep's whole output (plan, every run's progress and"
+  echo "  validation lines), and \`session.txt\` (\`tar -xJOf $dest/logs.tar.xz sweep.log\`)."
   echo "- \`fit.txt\`, \`fits.json\`: the fits, both FLOP conventions, every metric (\`moba report\`"
   echo "  rewrites \`fits.json\` with the same settings)."
   echo "- \`figures/\`: PNG and SVG, LM loss, trailing loss and LM loss 4K-6K (bucket 2), 6ND and"
