@@ -60,9 +60,9 @@ void print_study(const scaling::Study& s, const std::string& runs_dir) {
 
 void add_fit(CLI::App& app) {
   static FitOptions o;
-  CLI::App* cmd = app.add_subcommand(
-      "fit", "Fit L = A x C^-alpha to each attention type's compute-optimal frontier");
-  add_runs_dir(cmd, o.study);
+  CLI::App* cmd = add_scaling_command(
+      app, "fit",
+      "Fit L = A x C^-alpha to each attention type's compute-optimal frontier", o.study);
   cmd->add_option("--metric", o.study.metrics,
                   "lm, trailing or bucket:I (repeatable; default: all)");
   add_compute(cmd, o.study);

@@ -24,9 +24,9 @@ struct PlotOptions {
 
 void add_plot(CLI::App& app) {
   static PlotOptions o;
-  CLI::App* cmd = app.add_subcommand(
-      "plot", "Draw loss against PFLOP/s-days with the fitted projections (PNG and SVG)");
-  add_runs_dir(cmd, o.study);
+  CLI::App* cmd = add_scaling_command(
+      app, "plot",
+      "Draw loss against PFLOP/s-days with the fitted projections (PNG and SVG)", o.study);
   cmd->add_option("--out,-o", o.out_dir, "Folder for the figures")->required();
   cmd->add_option("--metric", o.study.metrics, "lm, trailing or bucket:I (repeatable)")
       ->capture_default_str();

@@ -20,9 +20,9 @@ struct ReportCliOptions {
 
 void add_report(CLI::App& app) {
   static ReportCliOptions o;
-  CLI::App* cmd = app.add_subcommand(
-      "report", "Write a Markdown report of a scaling study: runs, fits, ratios, figures");
-  add_runs_dir(cmd, o.study);
+  CLI::App* cmd = add_scaling_command(
+      app, "report",
+      "Write a Markdown report of a scaling study: runs, fits, ratios, figures", o.study);
   cmd->add_option("--out,-o", o.out_dir, "Folder for report.md, fits.json and figures/")->required();
   add_compute(cmd, o.study);
   cmd->add_option("--bucket", o.bucket,

@@ -38,10 +38,13 @@ inline std::vector<scaling::Compute> parse_computes(const std::string& s) {
   return {scaling::parse_compute(s)};
 }
 
-// The required positional RUNS_DIR.
-inline void add_runs_dir(CLI::App* cmd, StudyCliOptions& o) {
+// The subcommand `name` of app, with its required positional RUNS_DIR.
+inline CLI::App* add_scaling_command(CLI::App& app, const std::string& name,
+                                     const std::string& description, StudyCliOptions& o) {
+  CLI::App* cmd = app.add_subcommand(name, description);
   cmd->add_option("runs_dir", o.runs_dir, "Folder of run folders (run.json + metrics.jsonl)")
       ->required();
+  return cmd;
 }
 
 inline void add_compute(CLI::App* cmd, StudyCliOptions& o) {
