@@ -24,8 +24,13 @@ struct Dev {
   Dev(const Dev&) = delete;
 };
 
-double time_ms(int repeats, const std::function<void()>& fn) {
-  for (int i = 0; i < 3; ++i) fn();
+// Warm-up calls before the timed ones.
+constexpr int kWarmup = 3;
+
+}  // namespace
+
+double cuda_median_ms(int warmup, int repeats, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
   cudaEvent_t a, b;
   CUDA_CHECK(cudaEventCreate(&a));
   CUDA_CHECK(cudaEventCreate(&b));
@@ -44,8 +49,6 @@ double time_ms(int repeats, const std::function<void()>& fn) {
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
-
-}  // namespace
 
 nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
   using namespace moba::attn;
@@ -66,23 +69,25 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
   double dense_fwd = 0, dense_fb = 0, dense_ws = 0;
   if (!o.skip_dense) {
     acu::Plan dense(layout, cfg, opt);
-    dense_fwd = time_ms(o.repeats, [&] { acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p); });
-    dense_fb = time_ms(o.repeats, [&] {
+    dense_fwd = cuda_median_ms(kWarmup, o.repeats,
+                               [&] { acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p); });
+    dense_fb = cuda_median_ms(kWarmup, o.repeats, [&] {
       acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p);
       acu::dense_backward(dense, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
     });
     dense_ws = double(dense.peak_workspace_bytes());
   }
   acu::Plan plan(layout, cfg, opt);
-  const double gate = time_ms(o.repeats, [&] { acu::moba_gate(plan, q.p, k.p, sel.p); });
-  const double attn_fwd = time_ms(o.repeats, [&] {
+  const double gate =
+      cuda_median_ms(kWarmup, o.repeats, [&] { acu::moba_gate(plan, q.p, k.p, sel.p); });
+  const double attn_fwd = cuda_median_ms(kWarmup, o.repeats, [&] {
     acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
   });
-  const double moba_fwd = time_ms(o.repeats, [&] {
+  const double moba_fwd = cuda_median_ms(kWarmup, o.repeats, [&] {
     acu::moba_gate(plan, q.p, k.p, sel.p);
     acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
   });
-  const double moba_fb = time_ms(o.repeats, [&] {
+  const double moba_fb = cuda_median_ms(kWarmup, o.repeats, [&] {
     acu::moba_gate(plan, q.p, k.p, sel.p);
     acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
     acu::moba_backward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -18,5 +19,9 @@ struct CudaBenchShape {
 // One row of the table: ms, TFLOP/s, density, speed-up and memory for sequence length T.
 nlohmann::json bench_cuda_one(const CudaBenchShape& shape, int64_t T);
 std::string cuda_device_name();
+
+// The median of `repeats` CUDA-event timings of fn (milliseconds, on the current stream)
+// after `warmup` untimed calls: `moba bench attention --device cuda` and `moba bench decode`.
+double cuda_median_ms(int warmup, int repeats, const std::function<void()>& fn);
 
 }  // namespace moba::cli

@@ -44,27 +44,6 @@ struct BenchDecodeOptions {
   bool skip_dense = false;
 };
 
-double time_ms(int warmup, int repeats, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> ms;
-  for (int r = 0; r < repeats; ++r) {
-    CUDA_CHECK(cudaEventRecord(a));
-    fn();
-    CUDA_CHECK(cudaEventRecord(b));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float t = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 // The peer row of the same shape, or null.
 nlohmann::json peer_row(const nlohmann::json& peer, int64_t hkv, int64_t B, int64_t T) {
   if (peer.is_null()) return nullptr;
@@ -107,10 +86,10 @@ nlohmann::json bench_one(const BenchDecodeOptions& o, int64_t hkv, int64_t B, in
   nlohmann::json r;
   try {
     acu::DecodePlan plan(B, T, Hq, hkv, D, cfg, opt);
-    const double dense = o.skip_dense ? 0.0 : time_ms(o.warmup, o.repeats, [&] {
+    const double dense = o.skip_dense ? 0.0 : cuda_median_ms(o.warmup, o.repeats, [&] {
       acu::decode_dense(plan, cache, q, out, lse);
     });
-    const double moba = time_ms(o.warmup, o.repeats, [&] {
+    const double moba = cuda_median_ms(o.warmup, o.repeats, [&] {
       acu::decode_moba(plan, cache, q, out, lse, sel);
     });
     // Bytes MoBA reads: the rows of the union of each group's blocks (K and V), the means

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/scaling_options.h"
 #include "core/error.h"
 #include "scaling/study.h"
 
@@ -13,15 +14,7 @@ namespace moba::cli {
 namespace {
 
 struct FitOptions {
-  std::string runs_dir;
-  std::vector<std::string> metrics;        // empty: all
-  std::string compute = "both";            // 6nd, exec or both
-  bool irreducible = false;
-  bool include_failed = false;
-  int bootstrap = 1000;
-  uint64_t seed = 1;
-  int points_per_decade = 16;
-  std::string fit_from = "first-finish";
+  StudyCliOptions study;
   std::string json_path;
 };
 
@@ -65,46 +58,23 @@ void print_study(const scaling::Study& s, const std::string& runs_dir) {
 
 }  // namespace
 
-std::vector<scaling::Compute> parse_computes(const std::string& s) {
-  if (s == "both") return {scaling::Compute::k6nd, scaling::Compute::kExec};
-  MOBA_CHECK(s == "6nd" || s == "exec", "--compute must be 6nd, exec or both, got '", s, "'");
-  return {scaling::parse_compute(s)};
-}
-
 void add_fit(CLI::App& app) {
   static FitOptions o;
-  CLI::App* cmd = app.add_subcommand(
-      "fit", "Fit L = A x C^-alpha to each attention type's compute-optimal frontier");
-  cmd->add_option("runs_dir", o.runs_dir, "Folder of run folders (run.json + metrics.jsonl)")
-      ->required();
-  cmd->add_option("--metric", o.metrics, "lm, trailing or bucket:I (repeatable; default: all)");
-  cmd->add_option("--compute", o.compute, kComputeHelp)
-      ->capture_default_str();
-  cmd->add_flag("--irreducible", o.irreducible, "Fit L = E + A x C^-alpha (Levenberg-Marquardt)");
-  cmd->add_option("--bootstrap", o.bootstrap, "Bootstrap replicas over runs (0: no intervals)")
-      ->capture_default_str();
-  cmd->add_option("--seed", o.seed, "Seed of the bootstrap draws")->capture_default_str();
-  cmd->add_option("--grid", o.points_per_decade, "Frontier grid points per decade of compute")
-      ->capture_default_str();
-  cmd->add_option("--fit-from", o.fit_from,
-                  "Envelope part fitted: first-finish (from the first finished run's compute) or all")
-      ->capture_default_str();
-  cmd->add_flag("--include-failed", o.include_failed, "Keep runs whose status is \"failed\"");
+  CLI::App* cmd = add_scaling_command(
+      app, "fit",
+      "Fit L = A x C^-alpha to each attention type's compute-optimal frontier", o.study);
+  cmd->add_option("--metric", o.study.metrics,
+                  "lm, trailing or bucket:I (repeatable; default: all)");
+  add_compute(cmd, o.study);
+  add_fit_options(cmd, o.study, "Fit L = E + A x C^-alpha (Levenberg-Marquardt)",
+                  /*with_bootstrap=*/true);
   cmd->add_option("--out,-o", o.json_path,
                   "Also write everything (frontiers included) as JSON to this file");
   add_old_spelling(cmd, "--json", o.json_path, "--out");
   cmd->callback([] {
-    scaling::StudyOptions so;
-    for (const std::string& m : o.metrics) so.metrics.push_back(scaling::Metric::parse(m));
-    so.computes = parse_computes(o.compute);
-    so.irreducible = o.irreducible;
-    so.bootstrap = o.bootstrap;
-    so.seed = o.seed;
-    so.points_per_decade = o.points_per_decade;
-    so.include_failed = o.include_failed;
-    so.fit_from = scaling::parse_fit_from(o.fit_from);
-    const scaling::Study s = scaling::run_study(scaling::read_runs(o.runs_dir), so);
-    print_study(s, o.runs_dir);
+    const scaling::Study s =
+        scaling::run_study(scaling::read_runs(o.study.runs_dir), study_options(o.study));
+    print_study(s, o.study.runs_dir);
     if (!o.json_path.empty()) {
       std::ofstream f(o.json_path);
       MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");

@@ -4,54 +4,40 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/scaling_options.h"
 #include "scaling/plot.h"
 
 namespace moba::cli {
 namespace {
 
 struct PlotOptions {
-  std::string runs_dir, out_dir;
-  std::vector<std::string> metrics = {"lm"};
-  std::string compute = "both";
-  bool irreducible = false;
-  bool include_failed = false;
-  int points_per_decade = 16;
+  StudyCliOptions study = [] {
+    StudyCliOptions s;
+    s.metrics = {"lm"};  // the paper's figures
+    return s;
+  }();
+  std::string out_dir;
   double png_scale = 2.0;
-  std::string fit_from = "first-finish";
 };
 
 }  // namespace
 
 void add_plot(CLI::App& app) {
   static PlotOptions o;
-  CLI::App* cmd = app.add_subcommand(
-      "plot", "Draw loss against PFLOP/s-days with the fitted projections (PNG and SVG)");
-  cmd->add_option("runs_dir", o.runs_dir, "Folder of run folders (run.json + metrics.jsonl)")
-      ->required();
+  CLI::App* cmd = add_scaling_command(
+      app, "plot",
+      "Draw loss against PFLOP/s-days with the fitted projections (PNG and SVG)", o.study);
   cmd->add_option("--out,-o", o.out_dir, "Folder for the figures")->required();
-  cmd->add_option("--metric", o.metrics, "lm, trailing or bucket:I (repeatable)")
+  cmd->add_option("--metric", o.study.metrics, "lm, trailing or bucket:I (repeatable)")
       ->capture_default_str();
-  cmd->add_option("--compute", o.compute, kComputeHelp)
-      ->capture_default_str();
+  add_compute(cmd, o.study);
   cmd->add_option("--png-scale", o.png_scale, "PNG pixels per point of the 900 x 600 canvas")
       ->capture_default_str();
-  cmd->add_flag("--irreducible", o.irreducible, "Project L = E + A x C^-alpha");
-  cmd->add_option("--grid", o.points_per_decade, "Frontier grid points per decade of compute")
-      ->capture_default_str();
-  cmd->add_option("--fit-from", o.fit_from,
-                  "Envelope part fitted: first-finish (from the first finished run's compute) or all")
-      ->capture_default_str();
-  cmd->add_flag("--include-failed", o.include_failed, "Keep runs whose status is \"failed\"");
+  add_fit_options(cmd, o.study, "Project L = E + A x C^-alpha", /*with_bootstrap=*/false);
   cmd->callback([] {
-    scaling::StudyOptions so;
-    for (const std::string& m : o.metrics) so.metrics.push_back(scaling::Metric::parse(m));
-    so.computes = parse_computes(o.compute);
-    so.irreducible = o.irreducible;
+    scaling::StudyOptions so = study_options(o.study);
     so.bootstrap = 0;  // the figures show the fits, not their intervals
-    so.points_per_decade = o.points_per_decade;
-    so.include_failed = o.include_failed;
-    so.fit_from = scaling::parse_fit_from(o.fit_from);
-    const scaling::Study s = scaling::run_study(scaling::read_runs(o.runs_dir), so);
+    const scaling::Study s = scaling::run_study(scaling::read_runs(o.study.runs_dir), so);
     for (const std::string& n : s.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
     for (const scaling::Metric& m : so.metrics)
       for (scaling::Compute c : so.computes)

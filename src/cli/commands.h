@@ -22,11 +22,6 @@ void add_fit(CLI::App& app);     // moba fit
 void add_plot(CLI::App& app);    // moba plot (only in builds with cairo)
 void add_report(CLI::App& app);  // moba report
 
-// --compute of the scaling commands (fit, plot, report): "6nd", "exec" or "both", default
-// "both" in each.
-std::vector<scaling::Compute> parse_computes(const std::string& s);
-inline constexpr const char* kComputeHelp =
-    "Compute convention(s): 6nd (the paper's), exec (FLOPs executed) or both";
 void add_train(CLI::App& app);  // moba train
 void add_sweep(CLI::App& app);  // moba sweep
 void add_eval(CLI::App& app);   // moba eval

@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/random.h"
+
 namespace moba::data {
 
 // FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3), continued from
@@ -33,14 +35,7 @@ inline std::string hex64(uint64_t x) {
   return s;
 }
 
-// SplitMix64's finaliser: a bijection that spreads every input bit over the output, used
-// to turn FNV hashes and counters into well-mixed 64-bit values.
-inline constexpr uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+// splitmix64 (core/random.h) turns FNV hashes and counters into well-mixed 64-bit values.
 
 // A uniform double in [0, 1) from the top 53 bits of x.
 inline constexpr double unit_interval(uint64_t x) {

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/folder_lock.h"
 #include "core/safe_io.h"
+#include "core/timing.h"
 #include "data/pipeline.h"
 #include "data/shard.h"
 #include "data/sources.h"
@@ -28,11 +29,6 @@ namespace moba::data {
 namespace fs = std::filesystem;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

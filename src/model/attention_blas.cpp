@@ -73,40 +73,55 @@ void tile_softmax(const attn::Selection* sel, int64_t S, int64_t tok0, int64_t h
   }
 }
 
+// Runs task(scratch, base, n, kvh, kv) for each of the B * Hkv (sequence, kv head) pairs,
+// spread over the OpenMP threads: the sequence's rows [base, base + n), kv head kvh, whose
+// columns of K and V start at offset kv. Each thread has one Scratch, reused by its tasks;
+// tasks write disjoint parts of the outputs.
+template <typename Scratch, typename Task>
+void for_each_kv_task(const attn::Layout& layout, const Geometry& g, Task&& task) {
+  const int64_t work = layout.batch() * g.Hkv;
+#pragma omp parallel
+  {
+    Scratch scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < work; ++w) {
+      const int64_t b = w / g.Hkv, kvh = w % g.Hkv, base = layout.seq_begin(b);
+      task(scratch, base, layout.seq_len(b), kvh, base * g.ldk + kvh * g.D);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename Real>
 void attention_blas_forward(const attn::Layout& layout, const attn::Selection* sel,
                             int64_t block_size, double scale, const Real* q, const Real* k,
                             const Real* v, Real* out, Real* lse) {
-  const Geometry g = geometry(layout);
-  const int64_t B = layout.batch(), work = B * g.Hkv;
-#pragma omp parallel
-  {
+  struct Scratch {
     std::vector<Real> s;  // (R, keys) scores, then probabilities
     std::vector<uint8_t> allowed;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t w = 0; w < work; ++w) {
-      const int64_t b = w / g.Hkv, kvh = w % g.Hkv;
-      const int64_t base = layout.seq_begin(b), n = layout.seq_len(b);
-      const Real* kb = k + base * g.ldk + kvh * g.D;
-      const Real* vb = v + base * g.ldk + kvh * g.D;
-      for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; ++h)
-        for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
-          const int64_t rows = std::min(kTileRows, n - r0), keys = r0 + rows;
-          s.resize(static_cast<size_t>(rows * keys));
-          const Real* qt = q + (base + r0) * g.ldq + h * g.D;
-          // S (rows, keys) = Q_tile K[0:keys]^T
-          gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0), s.data(),
-                     keys);
-          tile_softmax<Real>(sel, block_size, base + r0, h, r0, rows, keys, scale, s.data(),
-                             lse + (base + r0) * g.Hq + h, nullptr, g.Hq, allowed);
-          // O_tile (rows, D) = P V[0:keys]
-          gemm<Real>(false, false, rows, g.D, keys, Real(1), s.data(), keys, vb, g.ldk, Real(0),
-                     out + (base + r0) * g.ldq + h * g.D, g.ldq);
-        }
-    }
-  }
+  };
+  const Geometry g = geometry(layout);
+  for_each_kv_task<Scratch>(layout, g, [&](Scratch& scratch, int64_t base, int64_t n, int64_t kvh,
+                                           int64_t kv) {
+    auto& [s, allowed] = scratch;
+    const Real* kb = k + kv;
+    const Real* vb = v + kv;
+    for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; ++h)
+      for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
+        const int64_t rows = std::min(kTileRows, n - r0), keys = r0 + rows;
+        s.resize(static_cast<size_t>(rows * keys));
+        const Real* qt = q + (base + r0) * g.ldq + h * g.D;
+        // S (rows, keys) = Q_tile K[0:keys]^T
+        gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0), s.data(),
+                   keys);
+        tile_softmax<Real>(sel, block_size, base + r0, h, r0, rows, keys, scale, s.data(),
+                           lse + (base + r0) * g.Hq + h, nullptr, g.Hq, allowed);
+        // O_tile (rows, D) = P V[0:keys]
+        gemm<Real>(false, false, rows, g.D, keys, Real(1), s.data(), keys, vb, g.ldk, Real(0),
+                   out + (base + r0) * g.ldq + h * g.D, g.ldq);
+      }
+  });
 }
 
 template <typename Real>
@@ -114,58 +129,55 @@ void attention_blas_backward(const attn::Layout& layout, const attn::Selection* 
                              int64_t block_size, double scale, const Real* q, const Real* k,
                              const Real* v, const Real* out, const Real* lse, const Real* dout,
                              Real* dq, Real* dk, Real* dv) {
-  const Geometry g = geometry(layout);
-  const int64_t B = layout.batch(), work = B * g.Hkv;
-#pragma omp parallel
-  {
+  struct Scratch {
     std::vector<Real> p, dp;  // (R, keys) probabilities, then their gradient
     std::vector<double> delta;
     std::vector<uint8_t> allowed;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t w = 0; w < work; ++w) {
-      const int64_t b = w / g.Hkv, kvh = w % g.Hkv;
-      const int64_t base = layout.seq_begin(b), n = layout.seq_len(b);
-      const Real* kb = k + base * g.ldk + kvh * g.D;
-      const Real* vb = v + base * g.ldk + kvh * g.D;
-      Real* dkb = dk + base * g.ldk + kvh * g.D;
-      Real* dvb = dv + base * g.ldk + kvh * g.D;
-      for (int64_t t = 0; t < n; ++t)  // this task owns dk, dv of (sequence, kv head)
-        for (int64_t d = 0; d < g.D; ++d) dkb[t * g.ldk + d] = dvb[t * g.ldk + d] = Real(0);
-      for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; ++h)
-        for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
-          const int64_t rows = std::min(kTileRows, n - r0), keys = r0 + rows;
-          const size_t row0 = static_cast<size_t>((base + r0) * g.ldq + h * g.D);
-          const Real* qt = q + row0;
-          const Real* dot = dout + row0;
-          p.resize(static_cast<size_t>(rows * keys));
-          dp.resize(p.size());
-          // P: recomputed from the scores and the forward's lse.
-          gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0), p.data(),
-                     keys);
-          tile_softmax<Real>(sel, block_size, base + r0, h, r0, rows, keys, scale, p.data(),
-                             nullptr, lse + (base + r0) * g.Hq + h, g.Hq, allowed);
-          // dV[0:keys] += P^T dO_tile;  dP (rows, keys) = dO_tile V[0:keys]^T
-          gemm<Real>(true, false, keys, g.D, rows, Real(1), p.data(), keys, dot, g.ldq, Real(1),
-                     dvb, g.ldk);
-          gemm<Real>(false, true, rows, keys, g.D, Real(1), dot, g.ldq, vb, g.ldk, Real(0),
-                     dp.data(), keys);
-          // dS = P * (dP - rowsum(dO * O)), times the scale: the gradient of the scores.
-          delta.assign(static_cast<size_t>(rows), 0.0);
-          for (int64_t i = 0; i < rows; ++i) {
-            for (int64_t d = 0; d < g.D; ++d)
-              delta[i] += static_cast<double>(dot[i * g.ldq + d]) * out[row0 + i * g.ldq + d];
-            for (int64_t j = 0; j < keys; ++j)
-              dp[i * keys + j] =
-                  static_cast<Real>(scale * p[i * keys + j] * (dp[i * keys + j] - delta[i]));
-          }
-          // dQ_tile = dS K[0:keys];  dK[0:keys] += dS^T Q_tile
-          gemm<Real>(false, false, rows, g.D, keys, Real(1), dp.data(), keys, kb, g.ldk, Real(0),
-                     dq + row0, g.ldq);
-          gemm<Real>(true, false, keys, g.D, rows, Real(1), dp.data(), keys, qt, g.ldq, Real(1),
-                     dkb, g.ldk);
+  };
+  const Geometry g = geometry(layout);
+  for_each_kv_task<Scratch>(layout, g, [&](Scratch& scratch, int64_t base, int64_t n, int64_t kvh,
+                                           int64_t kv) {
+    auto& [p, dp, delta, allowed] = scratch;
+    const Real* kb = k + kv;
+    const Real* vb = v + kv;
+    Real* dkb = dk + kv;
+    Real* dvb = dv + kv;
+    for (int64_t t = 0; t < n; ++t)  // this task owns dk, dv of (sequence, kv head)
+      for (int64_t d = 0; d < g.D; ++d) dkb[t * g.ldk + d] = dvb[t * g.ldk + d] = Real(0);
+    for (int64_t h = kvh * g.group; h < (kvh + 1) * g.group; ++h)
+      for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
+        const int64_t rows = std::min(kTileRows, n - r0), keys = r0 + rows;
+        const size_t row0 = static_cast<size_t>((base + r0) * g.ldq + h * g.D);
+        const Real* qt = q + row0;
+        const Real* dot = dout + row0;
+        p.resize(static_cast<size_t>(rows * keys));
+        dp.resize(p.size());
+        // P: recomputed from the scores and the forward's lse.
+        gemm<Real>(false, true, rows, keys, g.D, Real(1), qt, g.ldq, kb, g.ldk, Real(0), p.data(),
+                   keys);
+        tile_softmax<Real>(sel, block_size, base + r0, h, r0, rows, keys, scale, p.data(),
+                           nullptr, lse + (base + r0) * g.Hq + h, g.Hq, allowed);
+        // dV[0:keys] += P^T dO_tile;  dP (rows, keys) = dO_tile V[0:keys]^T
+        gemm<Real>(true, false, keys, g.D, rows, Real(1), p.data(), keys, dot, g.ldq, Real(1),
+                   dvb, g.ldk);
+        gemm<Real>(false, true, rows, keys, g.D, Real(1), dot, g.ldq, vb, g.ldk, Real(0),
+                   dp.data(), keys);
+        // dS = P * (dP - rowsum(dO * O)), times the scale: the gradient of the scores.
+        delta.assign(static_cast<size_t>(rows), 0.0);
+        for (int64_t i = 0; i < rows; ++i) {
+          for (int64_t d = 0; d < g.D; ++d)
+            delta[i] += static_cast<double>(dot[i * g.ldq + d]) * out[row0 + i * g.ldq + d];
+          for (int64_t j = 0; j < keys; ++j)
+            dp[i * keys + j] =
+                static_cast<Real>(scale * p[i * keys + j] * (dp[i * keys + j] - delta[i]));
         }
-    }
-  }
+        // dQ_tile = dS K[0:keys];  dK[0:keys] += dS^T Q_tile
+        gemm<Real>(false, false, rows, g.D, keys, Real(1), dp.data(), keys, kb, g.ldk, Real(0),
+                   dq + row0, g.ldq);
+        gemm<Real>(true, false, keys, g.D, rows, Real(1), dp.data(), keys, qt, g.ldq, Real(1),
+                   dkb, g.ldk);
+      }
+  });
 }
 
 #define MOBA_INSTANTIATE(Real)                                                                     \

@@ -53,24 +53,26 @@ void split_rows(bool ta, int64_t M, int64_t work, const Real* A, int64_t lda, Re
   }
 }
 
+// cblas_sgemm or cblas_dgemm, by the element type.
+void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+               const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, double alpha,
+               const double* A, int lda, const double* B, int ldb, double beta, double* C,
+               int ldc) {
+  cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 }  // namespace
 
-template <>
-void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  split_rows(ta, M, M * N * K, A, lda, C, ldc, [&](int64_t rows, const float* a, float* c) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a,
-                static_cast<int>(lda), B, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-  });
-}
-template <>
-void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
-                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  split_rows(ta, M, M * N * K, A, lda, C, ldc, [&](int64_t rows, const double* a, double* c) {
-    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a,
-                static_cast<int>(lda), B, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+template <typename Real>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, Real alpha, const Real* A, int64_t lda,
+          const Real* B, int64_t ldb, Real beta, Real* C, int64_t ldc) {
+  split_rows(ta, M, M * N * K, A, lda, C, ldc, [&](int64_t rows, const Real* a, Real* c) {
+    blas_gemm(ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a,
+              static_cast<int>(lda), B, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
   });
 }
 #else
@@ -92,10 +94,11 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, Real alpha, const R
     }
   }
 }
+#endif
+
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                            const double*, int64_t, double, double*, int64_t);
-#endif
 
 }  // namespace moba::model

@@ -7,6 +7,7 @@
 #include <exception>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/attention_cpu.h"
@@ -72,6 +73,26 @@ attn::Selection selection_of(const attn::Layout& l, int64_t K, const int32_t* se
   return s;
 }
 
+// The softmax scale of a call: 0 or below selects 1/sqrt(D).
+attn::Options options_of(double scale) { return {scale > 0 ? scale : 0.0}; }
+
+// What the MoBA forward and backward entry points share, checked in this order: the layout,
+// the configuration (block size S, top-k K), the caller's (N, Hq, K) selection, the options.
+struct MobaCall {
+  attn::Layout l;
+  attn::MobaConfig cfg;
+  attn::Selection s;
+  attn::Options opt;
+};
+MobaCall moba_call(const int64_t* cu, int64_t B, int64_t Hq, int64_t Hkv, int64_t D, int64_t S,
+                   int64_t K, double scale, const int32_t* sel) {
+  attn::Layout l = layout_of(cu, B, Hq, Hkv, D);
+  const attn::MobaConfig cfg{S, K};
+  cfg.validate();
+  attn::Selection s = selection_of(l, K, sel);
+  return {std::move(l), cfg, std::move(s), options_of(scale)};
+}
+
 // Calls f.template operator()<float or double>() after checking dtype.
 template <typename F>
 void dispatch(int dtype, F&& f) {
@@ -105,13 +126,10 @@ int moba_cpu_moba_forward(int dtype, const int64_t* cu, int64_t B, int64_t Hq, i
                           int64_t D, int64_t S, int64_t K, double scale, const int32_t* sel,
                           const void* q, const void* k, const void* v, void* o, void* lse) {
   return guard([&] {
-    const attn::Layout l = layout_of(cu, B, Hq, Hkv, D);
-    const attn::MobaConfig cfg{S, K};
-    cfg.validate();
-    const attn::Selection s = selection_of(l, K, sel);
-    const attn::Options opt{scale > 0 ? scale : 0.0};
+    const MobaCall c = moba_call(cu, B, Hq, Hkv, D, S, K, scale, sel);
+    const attn::Layout& l = c.l;
     dispatch(dtype, [&]<typename Real>() {
-      attn::cpu::moba_forward<Real>(l, cfg, s, opt, in<Real>(q, l.q_elems()),
+      attn::cpu::moba_forward<Real>(l, c.cfg, c.s, c.opt, in<Real>(q, l.q_elems()),
                                     in<Real>(k, l.kv_elems()), in<Real>(v, l.kv_elems()),
                                     out<Real>(o, l.q_elems()), out<Real>(lse, l.lse_elems()));
     });
@@ -123,14 +141,11 @@ int moba_cpu_moba_backward(int dtype, const int64_t* cu, int64_t B, int64_t Hq, 
                            const void* q, const void* k, const void* v, const void* o,
                            const void* lse, const void* dout, void* dq, void* dk, void* dv) {
   return guard([&] {
-    const attn::Layout l = layout_of(cu, B, Hq, Hkv, D);
-    const attn::MobaConfig cfg{S, K};
-    cfg.validate();
-    const attn::Selection s = selection_of(l, K, sel);
-    const attn::Options opt{scale > 0 ? scale : 0.0};
+    const MobaCall c = moba_call(cu, B, Hq, Hkv, D, S, K, scale, sel);
+    const attn::Layout& l = c.l;
     dispatch(dtype, [&]<typename Real>() {
       attn::cpu::moba_backward<Real>(
-          l, cfg, s, opt, in<Real>(q, l.q_elems()), in<Real>(k, l.kv_elems()),
+          l, c.cfg, c.s, c.opt, in<Real>(q, l.q_elems()), in<Real>(k, l.kv_elems()),
           in<Real>(v, l.kv_elems()), in<Real>(o, l.q_elems()), in<Real>(lse, l.lse_elems()),
           in<Real>(dout, l.q_elems()), out<Real>(dq, l.q_elems()), out<Real>(dk, l.kv_elems()),
           out<Real>(dv, l.kv_elems()));
@@ -143,7 +158,7 @@ int moba_cpu_dense_forward(int dtype, const int64_t* cu, int64_t B, int64_t Hq, 
                            void* o, void* lse) {
   return guard([&] {
     const attn::Layout l = layout_of(cu, B, Hq, Hkv, D);
-    const attn::Options opt{scale > 0 ? scale : 0.0};
+    const attn::Options opt = options_of(scale);
     dispatch(dtype, [&]<typename Real>() {
       attn::cpu::dense_forward<Real>(l, opt, in<Real>(q, l.q_elems()), in<Real>(k, l.kv_elems()),
                                      in<Real>(v, l.kv_elems()), out<Real>(o, l.q_elems()),
@@ -158,7 +173,7 @@ int moba_cpu_dense_backward(int dtype, const int64_t* cu, int64_t B, int64_t Hq,
                             void* dq, void* dk, void* dv) {
   return guard([&] {
     const attn::Layout l = layout_of(cu, B, Hq, Hkv, D);
-    const attn::Options opt{scale > 0 ? scale : 0.0};
+    const attn::Options opt = options_of(scale);
     dispatch(dtype, [&]<typename Real>() {
       attn::cpu::dense_backward<Real>(
           l, opt, in<Real>(q, l.q_elems()), in<Real>(k, l.kv_elems()), in<Real>(v, l.kv_elems()),

@@ -5,18 +5,11 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/random.h"
 #include "train/config.h"
 
 namespace moba::train {
 namespace {
-
-// splitmix64: decorrelates the seeds of neighbouring streams.
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 // Validation windows use streams far from the training ones.
 constexpr uint64_t kValidationStream = 1ULL << 62;
@@ -37,7 +30,7 @@ AssocRecallSource::AssocRecallSource(int64_t V, int64_t T, int64_t B, int64_t wi
 }
 
 std::vector<int32_t> AssocRecallSource::window(uint64_t stream) const {
-  std::mt19937_64 gen(mix(seed_ ^ mix(stream)));
+  std::mt19937_64 gen(splitmix64(seed_ ^ splitmix64(stream)));
   auto uniform = [&](int64_t n) { return static_cast<int64_t>(gen() % static_cast<uint64_t>(n)); };
   const int64_t n = n_, first_filler = 2 * n + n * n, fillers = V_ - first_filler;
   const int64_t L = T_ + 1, context = L / 2;

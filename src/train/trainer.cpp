@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/folder_lock.h"
 #include "core/safe_io.h"
+#include "core/timing.h"
 #include "data/dataset.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
@@ -27,11 +28,6 @@ class ModelCuda {};
 namespace moba::train {
 namespace fs = std::filesystem;
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // What state.json records of the attention: enough to tell a MoBA checkpoint from a
 // full-attention one, and MoBA runs of different block sizes or top-k apart.
