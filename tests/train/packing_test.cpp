@@ -156,8 +156,9 @@ TEST(PackedShards, TrainingRunResumesBitExactly) {
     ASSERT_EQ(a[i]["step"], b[i]["step"]) << "line " << i;
     EXPECT_TRUE(std::isfinite(a[i]["loss"].get<double>())) << "line " << i;
     EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "line " << i;
-    if (a[i]["kind"] == "train")
+    if (a[i]["kind"] == "train") {
       EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>()) << "line " << i;
+    }
   }
   const auto pa = whole.params(), pb = rest.params();
   ASSERT_EQ(pa.size(), pb.size());
