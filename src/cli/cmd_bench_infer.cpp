@@ -16,6 +16,7 @@
 #include "cli/bench_model.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/timing.h"
 #include "infer/plan.h"
 #include "model/config.h"
 #include "model/params.h"
@@ -48,10 +49,6 @@ std::vector<std::vector<int32_t>> random_prompts(int64_t B, int64_t T, int64_t V
   for (auto& s : p)
     for (int32_t& t : s) t = dist(gen);
   return p;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 double median(std::vector<double> x) {

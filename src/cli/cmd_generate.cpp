@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/timing.h"
 #include "core/safe_io.h"
 #include "data/text.h"
 #include "infer/engine.h"
@@ -68,10 +69,6 @@ std::vector<std::string> read_batch_file(const std::string& path) {
   }
   MOBA_CHECK(!prompts.empty(), "batch file '", path, "' holds no prompt");
   return prompts;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void run_generate(const GenerateOptions& o) {

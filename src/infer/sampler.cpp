@@ -5,18 +5,10 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/random.h"
 
 namespace moba::infer {
 namespace {
-
-// SplitMix64's finaliser (Steele, Lea and Flood 2014): a bijection of 64-bit words whose
-// outputs pass BigCrush for consecutive inputs.
-uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 void check_finite(std::span<const float> logits, int64_t sequence, int64_t step) {
   for (size_t i = 0; i < logits.size(); ++i)
@@ -36,7 +28,7 @@ void SamplerOptions::validate() const {
 }
 
 uint64_t counter_bits(uint64_t seed, uint64_t stream, uint64_t counter) {
-  return mix64(mix64(mix64(seed) ^ stream) ^ counter);
+  return splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ counter);
 }
 
 double counter_uniform(uint64_t seed, uint64_t stream, uint64_t counter) {
