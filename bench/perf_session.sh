@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Device calls for issue 16 (kernel speed) and issue 12's prefill bar: build; the attention
+# GPU tests; MoBA and dense timings with the per-phase breakdown at D 128 (H 16) and D 64
+# (H 12, the trainer's and the inference bench's shape); the 128K prefill of the 12-layer
+# model; an Nsight Compute pass over the MoBA forward's kernels at D 64, 128K.
+# Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
+#   STEPS="build test d128 d64 prefill ncu" bench/perf_session.sh
+# Carry .deps (header-only libraries, GoogleTest sources).
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+STEPS=${STEPS:-build test d128 d64 prefill}
+BUILD=${BUILD:-build-gpu}
+TARGETS=${TARGETS:-moba attention_gpu_test}
+MOBA="$BUILD/src/cli/moba"
+TAG=${TAG:-run}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+log() { echo "== $(date +%T) $*"; }
+
+if has build; then
+  log build
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOBA_CUDA=ON \
+    -DMOBA_EXTRA_INCLUDE="$PWD/.deps/include" -DMOBA_GTEST_SOURCE="$PWD/.deps/googletest" \
+    -DMOBA_BUILD_BENCH=OFF -DMOBA_GPU_TESTS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+  ninja -C "$BUILD" -j16 $TARGETS >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+  rm -f "$OUT/build.log" "$OUT/cmake.log"
+fi
+if has test; then
+  log "test: attention_gpu_test (every kernel against the CPU reference)"
+  OMP_NUM_THREADS=16 timeout 400 "$BUILD/tests/attention_gpu_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 \
+    | tee "$OUT/test-$TAG.log" | grep -E "^\[ *(FAILED|PASSED|SKIPPED) |Failure" | head -40
+fi
+if has model; then
+  log "model: model_gpu_test, model_cuda_test, decoder_cuda_test, decode_gpu_test"
+  for t in model_gpu_test model_cuda_test decoder_cuda_test decode_gpu_test; do
+    OMP_NUM_THREADS=16 timeout 300 "$BUILD/tests/$t" 2>&1 | tee "$OUT/$t-$TAG.log" \
+      | grep -E "^\[ *(FAILED|PASSED|SKIPPED) |Failure" | head -20
+  done
+fi
+if has memcheck; then
+  log memcheck
+  timeout 300 compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/attention_gpu_test" \
+    --gtest_filter='*dense_varlen_d64*:*moba_varlen_odd*:*moba_k1_d64*:*MobaWgmmaFwdGpu*varlen*:*MobaWgmmaBwdGpu*varlen*' \
+    >"$OUT/memcheck-$TAG.log" 2>&1
+  tail -3 "$OUT/memcheck-$TAG.log"
+fi
+if has d128; then
+  log "d128: B 1, H 16, D 128, S 512, K 3"
+  "$MOBA" bench attention --device cuda --dtype bf16 -T 8192 32768 131072 --heads 16 -D 128 \
+    -S 512 -K 3 --repeats 10 --out "$OUT/d128-$TAG.json" 2>&1 | tail -14
+fi
+if has d64; then
+  log "d64: B 1, H 12, D 64, S 512, K 3"
+  "$MOBA" bench attention --device cuda --dtype bf16 -T 8192 32768 131072 --heads 12 -D 64 \
+    -S 512 -K 3 --repeats 10 --out "$OUT/d64-$TAG.json" 2>&1 | tail -14
+fi
+if has prefill; then
+  log "prefill: 12 layers, width 768, 128K tokens, MoBA"
+  timeout 300 "$MOBA" bench infer --attention moba --prefill 131072 -T 8192 -B 1 --steps 4 2>&1 | grep -E "prefill"
+fi
+if has prefillfull; then
+  log "prefill: 12 layers, width 768, 128K tokens, full"
+  timeout 300 "$MOBA" bench infer --attention full --prefill 131072 -T 8192 -B 1 --steps 4 2>&1 | grep -E "prefill"
+fi
+if has ncu; then
+  log "ncu: the MoBA forward's kernels at D 64, H 12, T 128K"
+  timeout 300 ncu --clock-control none -k 'regex:moba_fwd|gate_mma|block_means|bucket' --launch-count 12 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    "$MOBA" bench attention --device cuda --dtype bf16 -T 131072 --heads 12 -D 64 -S 512 -K 3 \
+    --repeats 1 --skip-dense > "$OUT/ncu-$TAG.txt" 2>&1
+  grep -E "moba_fwd|gate_mma|block_means|bucket|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ|Stall" "$OUT/ncu-$TAG.txt" | head -120
+fi
+log done
