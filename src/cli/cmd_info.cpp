@@ -19,11 +19,14 @@ struct KernelSwitch {
   const char* first;   // accepted values; unset or empty = the default
   const char* second;
   const char* default_meaning;
+  bool count_ok = false;  // a positive whole number is accepted too
 };
 constexpr KernelSwitch kSwitches[] = {
     {"MOBA_DENSE_FWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
     {"MOBA_DENSE_BWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
     {"MOBA_MOBA_FWD", "mma", "wgmma", "wgmma where it runs and S is a multiple of 128"},
+    {"MOBA_MOBA_FWD_PAST", "persistent", "tiles",
+     "persistent (one CTA per SM over the past-block tiles; a number n: n CTAs)", true},
     {"MOBA_MOBA_BWD", "mma", "wgmma", "wgmma where it runs"},
     {"MOBA_RMSNORM_BWD", "fused", "split", "fused"},
 };
@@ -37,7 +40,10 @@ void print_switches() {
       std::printf("  %s: unset (default: %s)\n", s.name, s.default_meaning);
       continue;
     }
-    if (std::strcmp(v, s.first) == 0 || std::strcmp(v, s.second) == 0)
+    char* end = nullptr;
+    const long long n = std::strtoll(v, &end, 10);
+    const bool count = s.count_ok && end != v && *end == '\0' && n > 0;
+    if (std::strcmp(v, s.first) == 0 || std::strcmp(v, s.second) == 0 || count)
       std::printf("  %s=%s\n", s.name, v);
     else
       std::printf("  %s=%s (invalid: expected %s or %s; the kernels stop with an error)\n",

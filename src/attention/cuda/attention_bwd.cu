@@ -48,13 +48,8 @@ template <int D, int NW, bool MOBA>
 void launch_bwd(const AttnParams& p, dim3 grid, cudaStream_t stream) {
   constexpr int BR = 64;
   using T = BwdTraits<D, NW, BR>;
-  auto kernel = attn_bwd_kernel<D, NW, BR, MOBA>;
-  static bool configured = false;
-  if (!configured) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    T::kSmemBytes));
-    configured = true;
-  }
+  constexpr auto kernel = attn_bwd_kernel<D, NW, BR, MOBA>;
+  set_smem_once<kernel>(T::kSmemBytes);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -90,30 +85,13 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
 AttnParams bwd_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v,
                       const bf16* out, const float* lse, const bf16* dout, bf16* dq, bf16* dk,
                       bf16* dv) {
-  const Layout& l = plan.layout();
-  AttnParams p{};
-  p.q = q;
-  p.k = k;
-  p.v = v;
+  AttnParams p = plan_params(plan, q, k, v);
   p.o = const_cast<bf16*>(out);
   p.lse = const_cast<float*>(lse);
   p.dout = dout;
   p.dq = dq;
   p.dk = dk;
   p.dv = dv;
-  p.cu_seqlens = plan.dev().cu_seqlens;
-  p.block_offset = plan.dev().block_offset;
-  p.block_start = plan.dev().block_start;
-  p.N = static_cast<int>(l.tokens());
-  p.Hq = static_cast<int>(l.num_q_heads);
-  p.Hkv = static_cast<int>(l.num_kv_heads);
-  p.group = p.Hq / p.Hkv;
-  p.scale = plan.scale();
-  p.scale_log2 = plan.scale() * 1.4426950408889634f;
-  p.S = static_cast<int>(plan.config().block_size);
-  p.K = static_cast<int>(plan.config().top_k);
-  p.kp = p.K - 1;
-  p.heads_fastest = plan.max_seq_len() < 65536;  // see kLongSequence in attention_fwd.cu
   return p;
 }
 

@@ -165,13 +165,8 @@ template <int D>
 void launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStream_t stream) {
   using T = WgBwdTraits<D>;
   const WgBwdMaps m = wgbwd_maps(plan, p, r, T::kBr, T::kBc, T::kRowBox);
-  auto kernel = attn_bwd_wgmma_kernel<D>;
-  static bool configured = false;
-  if (!configured) {
-    wg_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
-                 T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
-    configured = true;
-  }
+  constexpr auto kernel = attn_bwd_wgmma_kernel<D>;
+  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
   kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
       m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, p);
   CUDA_CHECK_LAUNCH();

@@ -11,38 +11,11 @@ namespace {
 // longest tiles (measured on H100: at 128K heads-fastest was 6% slower, at 8K 15% faster).
 constexpr int64_t kLongSequence = 65536;
 
-AttnParams base_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v) {
-  const Layout& l = plan.layout();
-  AttnParams p{};
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.cu_seqlens = plan.dev().cu_seqlens;
-  p.block_offset = plan.dev().block_offset;
-  p.block_start = plan.dev().block_start;
-  p.N = static_cast<int>(l.tokens());
-  p.Hq = static_cast<int>(l.num_q_heads);
-  p.Hkv = static_cast<int>(l.num_kv_heads);
-  p.group = p.Hq / p.Hkv;
-  p.scale = plan.scale();
-  p.scale_log2 = plan.scale() * 1.4426950408889634f;
-  p.S = static_cast<int>(plan.config().block_size);
-  p.K = static_cast<int>(plan.config().top_k);
-  p.kp = p.K - 1;
-  p.heads_fastest = plan.max_seq_len() < kLongSequence;
-  return p;
-}
-
 template <int D, int NW, int MT, FwdMode MODE>
 void launch_fwd(const AttnParams& p, dim3 grid, cudaStream_t stream) {
   using T = FwdTraits<D, NW, MT>;
-  auto kernel = attn_fwd_kernel<D, NW, MT, MODE>;
-  static bool configured = false;  // raise the dynamic shared-memory limit once
-  if (!configured) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    T::kSmemBytes));
-    configured = true;
-  }
+  constexpr auto kernel = attn_fwd_kernel<D, NW, MT, MODE>;
+  set_smem_once<kernel>(T::kSmemBytes);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -73,9 +46,31 @@ void fwd_contiguous(const Plan& plan, const AttnParams& p, cudaStream_t stream) 
 
 }  // namespace
 
+AttnParams plan_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v) {
+  const Layout& l = plan.layout();
+  AttnParams p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.cu_seqlens = plan.dev().cu_seqlens;
+  p.block_offset = plan.dev().block_offset;
+  p.block_start = plan.dev().block_start;
+  p.N = static_cast<int>(l.tokens());
+  p.Hq = static_cast<int>(l.num_q_heads);
+  p.Hkv = static_cast<int>(l.num_kv_heads);
+  p.group = p.Hq / p.Hkv;
+  p.scale = plan.scale();
+  p.scale_log2 = plan.scale() * 1.4426950408889634f;
+  p.S = static_cast<int>(plan.config().block_size);
+  p.K = static_cast<int>(plan.config().top_k);
+  p.kp = p.K - 1;
+  p.heads_fastest = plan.max_seq_len() < kLongSequence;
+  return p;
+}
+
 void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16* out,
                    float* lse, cudaStream_t stream) {
-  AttnParams p = base_params(plan, q, k, v);
+  AttnParams p = plan_params(plan, q, k, v);
   p.o = out;
   p.lse = lse;
   if (wgmma_switch("MOBA_DENSE_FWD", plan.layout().head_dim)) {  // sm_90a
@@ -94,13 +89,13 @@ void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStrea
 
 void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
                   bf16* out, float* lse, cudaStream_t stream) {
-  AttnParams p = base_params(plan, q, k, v);
+  AttnParams p = plan_params(plan, q, k, v);
   p.o = out;
   p.lse = lse;
   p.sel = sel;
   const Layout& l = plan.layout();
   const int64_t D = l.head_dim;
-  // MOBA_MOBA_FWD=wgmma: the sm_90a kernels (attention_fwd_moba_wgmma.cu) for both phases
+  // MOBA_MOBA_FWD=wgmma: the sm_90a kernels (attention_fwd_wgmma.cu) for both phases
   // below, on the same gather index (tiles of 128 entries) and the same scratch.
   // Blocks of 64 keys keep the mma.sync kernels: a 128-row query tile would straddle two
   // blocks.
@@ -120,10 +115,10 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
       moba_forward_past_wgmma(plan, p, ix.max_tiles, stream);
       mark_phase("fwd_past_blocks_wgmma", stream);
     } else {
-    const dim3 grid(static_cast<unsigned>(ix.max_tiles));
-    if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
-    else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
-    mark_phase("fwd_past_blocks", stream);
+      const dim3 grid(static_cast<unsigned>(ix.max_tiles));
+      if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
+      else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
+      mark_phase("fwd_past_blocks", stream);
     }
   } else {
     // No past block anywhere: the merge reads nothing (every slot is invalid).

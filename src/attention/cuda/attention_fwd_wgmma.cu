@@ -1,10 +1,12 @@
-// Launcher of the sm_90a warpgroup forward (fwd_wgmma.cuh): tensor maps for q, k, v and
-// the same grid as the mma.sync dense forward. dense_forward takes it by default on an
-// sm_90 device when the kernel was built for sm_90a; MOBA_DENSE_FWD=mma selects the
-// mma.sync kernel, MOBA_DENSE_FWD=wgmma insists on this one (docs/kernel_notes.md,
-// "wgmma forward").
+// Launchers of the sm_90a warpgroup forwards (fwd_wgmma.cuh): tensor maps for q, k, v and
+// the grids. dense_forward takes the dense kernel by default on an sm_90 device when it was
+// built for sm_90a (MOBA_DENSE_FWD=mma selects the mma.sync kernel, =wgmma insists);
+// moba_forward takes the MoBA kernels (past blocks over the gather index's tiles, then the
+// current block with the merge) where S is a multiple of 128 (MOBA_MOBA_FWD). See
+// docs/kernel_notes.md ("wgmma forward", "v11", "v12").
 #include <cuda.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -17,67 +19,114 @@
 namespace moba::attn::cuda {
 namespace {
 
-template <int D>
-void launch(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
-  using T = WgFwdTraits<D>;
-  const Layout& l = plan.layout();
-  const int64_t N = l.tokens();
-  const CUtensorMap tq = wg_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
+constexpr const char* switch_name(WgFwdMode mode) {
+  return mode == WgFwdMode::kDense         ? "MOBA_DENSE_FWD=wgmma"
+         : mode == WgFwdMode::kMobaCurrent ? "MOBA_MOBA_FWD=wgmma (current-block kernel)"
+                                           : "MOBA_MOBA_FWD=wgmma (past-block kernel)";
+}
+
+// One launch of the kernel in mode MODE on `grid`. kMobaPast gathers Q itself (cp.async):
+// its tm_q parameter is unused (the K map stands in).
+template <int D, WgFwdMode MODE>
+void launch(const Plan& plan, const AttnParams& p, dim3 grid, cudaStream_t stream) {
+  using T = WgFwdTraits<D, MODE>;
+  constexpr auto kernel = attn_fwd_wgmma_kernel<D, MODE>;
+  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, switch_name(MODE));
+  const int64_t N = plan.layout().tokens();
   const CUtensorMap tk = wg_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
   const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
-  auto kernel = attn_fwd_wgmma_kernel<D>;
-  static bool configured = false;
-  if (!configured) {  // the register-pool check of setmaxnreg and the shared-memory limit
-    wg_configure(reinterpret_cast<const void*>(kernel), T::kThreads, T::kRegPoolNeeded,
-                 T::kSmemBytes, "MOBA_DENSE_FWD=wgmma");
-    configured = true;
-  }
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + T::kBr - 1) / T::kBr);
-  const dim3 grid = p.heads_fastest ? dim3(p.Hq, tiles, static_cast<unsigned>(l.batch()))
-                                    : dim3(tiles, p.Hq, static_cast<unsigned>(l.batch()));
+  const CUtensorMap tq = T::kPast ? tk : wg_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
   CUDA_CHECK_LAUNCH();
 }
 
-// The current device's compute capability (major * 10 + minor), cached per device: the
-// wgmma launchers ask on every call.
-int device_sm() {
-  static int cached[64] = {};  // 0 = not asked yet
+template <WgFwdMode MODE>
+void launch_d(const Plan& plan, const AttnParams& p, dim3 grid, cudaStream_t stream) {
+  const int64_t D = plan.layout().head_dim;
+  if (D == 64) launch<64, MODE>(plan, p, grid, stream);
+  else if (D == 128) launch<128, MODE>(plan, p, grid, stream);
+  else ::moba::detail::fail(__FILE__, __LINE__, switch_name(MODE), ": head dim ", D, " (64 or 128)");
+}
+
+// The contiguous kernels' grid (as the mma.sync forward): 128-row query tiles of the
+// longest sequence, heads fastest for short sequences.
+dim3 contiguous_grid(const Plan& plan, const AttnParams& p) {
+  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + 127) / 128);
+  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
+  return p.heads_fastest ? dim3(p.Hq, tiles, batch) : dim3(tiles, p.Hq, batch);
+}
+
+// The current device's compute capability (major * 10 + minor) and SM count, cached per
+// device: the wgmma launchers ask on every call.
+struct DeviceInfo {
+  int sm = 0, sms = 0;
+};
+const DeviceInfo& device_info() {
+  static DeviceInfo cached[64] = {};  // sm 0 = not asked yet
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
-  int& c = cached[dev & 63];
-  if (c == 0) {
+  DeviceInfo& c = cached[dev & 63];
+  if (c.sm == 0) {
     int major = 0, minor = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    c = major * 10 + minor;
+    CUDA_CHECK(cudaDeviceGetAttribute(&c.sms, cudaDevAttrMultiProcessorCount, dev));
+    c.sm = major * 10 + minor;
   }
   return c;
 }
 
-// Whether the wgmma kernel can run here: an sm_90 device (wgmma and setmaxnreg are
+// Whether the wgmma kernels can run here: an sm_90 device (wgmma and setmaxnreg are
 // sm_90a-only) and a kernel compiled for it (a build without sm_90a leaves a trap with a
-// handful of registers; see launch). Cached per device.
+// handful of registers; see wg_configure). Cached per device.
+template <int D>
+bool compiled_for_wgmma() {
+  using T = WgFwdTraits<D, WgFwdMode::kDense>;
+  cudaFuncAttributes fa{};
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_fwd_wgmma_kernel<D, WgFwdMode::kDense>));
+  return fa.numRegs * T::kThreads >= T::kRegPoolNeeded;
+}
 bool wgmma_runs_here(int D) {
   static int cached[64][2] = {};  // 0 unknown, 1 yes, 2 no
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   int& c = cached[dev & 63][D == 64 ? 0 : 1];
   if (c == 0) {
-    bool ok = device_sm() == 90 && (D == 64 || D == 128);
-    if (ok) {
-      cudaFuncAttributes fa{};
-      if (D == 64) {
-        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_fwd_wgmma_kernel<64>));
-        ok = fa.numRegs * WgFwdTraits<64>::kThreads >= WgFwdTraits<64>::kRegPoolNeeded;
-      } else {
-        CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_fwd_wgmma_kernel<128>));
-        ok = fa.numRegs * WgFwdTraits<128>::kThreads >= WgFwdTraits<128>::kRegPoolNeeded;
-      }
-    }
+    const bool ok = device_info().sm == 90 && (D == 64 ? compiled_for_wgmma<64>()
+                                              : D == 128 && compiled_for_wgmma<128>());
     c = ok ? 1 : 2;
   }
   return c == 1;
+}
+
+void check_moba_shape(const Plan& plan) {
+  const int64_t D = plan.layout().head_dim, S = plan.config().block_size;
+  if (D != 64 && D != 128)
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD=wgmma: head dim ", D, " (64 or 128)");
+  if (S % 128 != 0)
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD=wgmma: block size ", S,
+                         " (a multiple of 128; moba_forward keeps mma.sync for smaller blocks)");
+}
+
+// The past-block kernel's grid, from MOBA_MOBA_FWD_PAST: unset, empty or `persistent` =
+// one CTA per SM (384 threads of 168 registers fill an SM's register file), each taking
+// the gather index's tiles in turn (the default); `tiles` = one CTA per tile (the kernel
+// before v12: every CTA's prologue and epilogue exposed); a number n = n CTAs (tests: few
+// CTAs, many tiles each). Never more CTAs than tiles. Read on every call, as the other
+// switches.
+int64_t past_ctas(int64_t max_tiles) {
+  const char* e = std::getenv("MOBA_MOBA_FWD_PAST");
+  int64_t n = device_info().sms;
+  if (e != nullptr && *e != '\0' && std::strcmp(e, "persistent") != 0) {
+    char* end = nullptr;
+    const long long v = std::strtoll(e, &end, 10);
+    if (std::strcmp(e, "tiles") == 0) n = max_tiles;
+    else if (end != e && *end == '\0' && v > 0) n = v;
+    else
+      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD_PAST=", e,
+                           ": expected persistent, tiles or a number of CTAs");
+  }
+  return std::min(n, max_tiles);
 }
 
 }  // namespace
@@ -96,17 +145,29 @@ bool wgmma_switch(const char* var, int64_t head_dim) {
 }
 
 void wg_require_sm90(const char* what) {
-  const int sm = device_sm();
+  const int sm = device_info().sm;
   if (sm != 90)
     ::moba::detail::fail(__FILE__, __LINE__, what, " needs an sm_90 device (found sm_", sm, ")");
 }
 
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   wg_require_sm90("MOBA_DENSE_FWD=wgmma");
-  const int64_t D = plan.layout().head_dim;
-  if (D == 64) launch<64>(plan, p, stream);
-  else if (D == 128) launch<128>(plan, p, stream);
-  else ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_FWD=wgmma: head dim ", D, " (64 or 128)");
+  launch_d<WgFwdMode::kDense>(plan, p, contiguous_grid(plan, p), stream);
+}
+
+void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
+                             cudaStream_t stream) {
+  wg_require_sm90("MOBA_MOBA_FWD=wgmma");
+  check_moba_shape(plan);
+  if (max_tiles <= 0) return;
+  // max_tiles bounds the device's tile count (*p.num_tiles); CTAs without a tile exit.
+  launch_d<WgFwdMode::kMobaPast>(plan, p, dim3(static_cast<unsigned>(past_ctas(max_tiles))), stream);
+}
+
+void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
+  wg_require_sm90("MOBA_MOBA_FWD=wgmma");
+  check_moba_shape(plan);
+  launch_d<WgFwdMode::kMobaCurrent>(plan, p, contiguous_grid(plan, p), stream);
 }
 
 }  // namespace moba::attn::cuda

@@ -217,12 +217,8 @@ template <int D, int KM>
 void launch_gate(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* msplit, const Plan& plan,
                  int Hq, int Hkv, int S, int K, int32_t* sel) {
   constexpr int smem = (kGateRows + 3 * kGateBlocks) * (D + 8) * 2;
-  auto kernel = gate_mma_kernel<D, KM>;
-  static bool configured = false;
-  if (!configured) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+  constexpr auto kernel = gate_mma_kernel<D, KM>;
+  set_smem_once<kernel>(smem);
   kernel<<<grid, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
                                                plan.dev().block_offset, Hq, Hkv, S, K, sel);
   CUDA_CHECK_LAUNCH();

@@ -170,14 +170,8 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
   const dim3 sgrid(static_cast<unsigned>((N + kIndexTokens - 1) / kIndexTokens), Hq);
   const size_t sbytes = sizeof(int) * rows;
   if (smem_bins) {
-    static bool configured = false;
-    if (!configured) {
-      CUDA_CHECK(cudaFuncSetAttribute(bucket_smem_kernel<false>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * kMaxSmemBins));
-      CUDA_CHECK(cudaFuncSetAttribute(bucket_smem_kernel<true>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, 4 * kMaxSmemBins));
-      configured = true;
-    }
+    set_smem_once<bucket_smem_kernel<false>>(4 * kMaxSmemBins);
+    set_smem_once<bucket_smem_kernel<true>>(4 * kMaxSmemBins);
     bucket_smem_kernel<false><<<sgrid, threads, sbytes, stream>>>(
         sel, plan.dev().cu_seqlens, plan.dev().block_offset, B, N, Hq, Hkv, S, K, rows,
         ix.counts, nullptr);

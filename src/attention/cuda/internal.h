@@ -4,10 +4,12 @@
 #include <cuda.h>  // CUtensorMap (type only)
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/params.h"
+#include "core/cuda_check.cuh"
 
 namespace moba::attn::cuda {
 
@@ -27,6 +29,10 @@ enum ScratchSlot : int {
   kSlotLseT,     // (Hq, N padded to 4) fp32: lse * log2(e), transposed
   kNumSlots
 };
+
+// The parameters every attention launch shares (pointers, shapes, scale, MoBA's S and K,
+// the grid order), from the plan; the caller adds its outputs and MoBA lists.
+AttnParams plan_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v);
 
 struct GatherIndex {
   int32_t* counts = nullptr;
@@ -83,11 +89,37 @@ struct WgBwdMaps {
 struct WgBwdPrep;
 WgBwdMaps wgbwd_maps(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, int br, int bc,
                      int row_box);
-// Once per kernel: the register-pool check of setmaxnreg (a moba::Error naming `what`
-// if numRegs x threads < reg_pool_needed, e.g. a build without sm_90a) and the dynamic
-// shared-memory size.
+// The register-pool check of setmaxnreg (a moba::Error naming `what` if numRegs x threads
+// < reg_pool_needed, e.g. a build without sm_90a) and the dynamic shared-memory size.
 void wg_configure(const void* kernel, int threads, int reg_pool_needed, int smem_bytes,
                   const char* what);
+
+// Once per kernel instance and device (function attributes are per device), before its
+// first launch there: `configure()`. A failed configure is tried again on the next call.
+template <auto Kernel, typename F>
+void once_per_device(F&& configure) {
+  static std::atomic<uint64_t> done{0};  // bit d: device d (mod 64) is configured
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = uint64_t{1} << (dev & 63);
+  if (done.load(std::memory_order_acquire) & bit) return;
+  configure();
+  done.fetch_or(bit, std::memory_order_acq_rel);
+}
+// The dynamic shared-memory limit of Kernel raised to smem_bytes, once per device.
+template <auto Kernel>
+void set_smem_once(int smem_bytes) {
+  once_per_device<Kernel>([&] {
+    CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  });
+}
+// wg_configure of an sm_90a kernel, once per device.
+template <auto Kernel>
+void wg_configure_once(int threads, int reg_pool_needed, int smem_bytes, const char* what) {
+  once_per_device<Kernel>([&] {
+    wg_configure(reinterpret_cast<const void*>(Kernel), threads, reg_pool_needed, smem_bytes, what);
+  });
+}
 // Grid of the key-tile-major backwards: (Hkv, key tiles, B), or (key tiles, Hkv, B) when
 // heads_fastest is off.
 dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc);
@@ -110,13 +142,14 @@ void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
 // dq = bf16(dq_acc * scale) over rows x D elements (attention_bwd.cu).
 void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
 
-// sm_90a MoBA forward (wgmma + TMA, fwd_moba_wgmma.cuh; attention_fwd_moba_wgmma.cu),
+// sm_90a MoBA forward (wgmma + TMA, fwd_wgmma.cuh; attention_fwd_wgmma.cu),
 // moba_forward's default for S a multiple of 128 (wgmma_switch("MOBA_MOBA_FWD", D)). The
 // launchers fail with a message where the kernels cannot run (not an sm_90 device, no
 // sm_90a build, head dim not 64 or 128, S not a multiple of 128).
-// Past blocks: one CTA per gathered tile of <= 128 entries (p.entries, p.tiles,
-// p.num_tiles of build_gather_index with tile_rows 128); grid = max_tiles. Writes
-// p.part_o / p.part_lse exactly as FwdMode::kMobaPast.
+// Past blocks: the gathered tiles of <= 128 entries (p.entries, p.tiles, p.num_tiles of
+// build_gather_index with tile_rows 128), taken in turn by one persistent CTA per SM
+// (MOBA_MOBA_FWD_PAST=tiles: one CTA per tile, grid = max_tiles). Writes p.part_o /
+// p.part_lse exactly as FwdMode::kMobaPast.
 void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
                              cudaStream_t stream);
 // Current block (causal) + merge with the past partials; writes p.o and p.lse exactly as
