@@ -25,6 +25,16 @@ if has build; then
   ninja -C "$BUILD" -j16 $TARGETS >"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
   rm -f "$OUT/build.log" "$OUT/cmake.log"
 fi
+if has oldbuild; then
+  # The same benchmarks on an earlier commit, in the same call: carry
+  # `git archive REV | gzip > .deps/old.tar.gz`; its moba is built in /tmp/old/build.
+  log "oldbuild: $(ls -la .deps/old.tar.gz)"
+  rm -rf /tmp/old && mkdir -p /tmp/old && tar -xzf .deps/old.tar.gz -C /tmp/old
+  cmake -S /tmp/old -B /tmp/old/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOBA_CUDA=ON \
+    -DMOBA_EXTRA_INCLUDE="$PWD/.deps/include" -DMOBA_GTEST_SOURCE="$PWD/.deps/googletest" \
+    -DMOBA_BUILD_BENCH=OFF >/dev/null 2>&1 && ninja -C /tmp/old/build -j16 moba >/dev/null 2>&1 \
+    || echo "oldbuild: FAILED"
+fi
 if has test; then
   log "test: attention_gpu_test (every kernel against the CPU reference)"
   OMP_NUM_THREADS=16 timeout 400 "$BUILD/tests/attention_gpu_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 \
@@ -40,9 +50,22 @@ fi
 if has memcheck; then
   log memcheck
   timeout 300 compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/attention_gpu_test" \
-    --gtest_filter='*dense_varlen_d64*:*moba_varlen_odd*:*moba_k1_d64*:*MobaWgmmaFwdGpu*varlen*:*MobaWgmmaBwdGpu*varlen*' \
+    --gtest_filter='*dense_varlen_d64*:*moba_varlen_odd*:*moba_k1_d64*:*MobaWgmmaFwdGpu*varlen*' \
     >"$OUT/memcheck-$TAG.log" 2>&1
   tail -3 "$OUT/memcheck-$TAG.log"
+fi
+# Dense and MoBA timings of the earlier commit (oldbuild) and of this tree, alternately.
+if has ab; then
+  for round in 1 2; do
+    for which in old new; do
+      m="$MOBA"; [[ $which == old ]] && m=/tmp/old/build/src/cli/moba
+      log "ab round $round: $which, D 128 (H 16) and D 64 (H 12)"
+      "$m" bench attention --device cuda --dtype bf16 -T 8192 32768 131072 --heads 16 -D 128 \
+        -S 512 -K 3 --repeats 10 --out "$OUT/ab-$which-$round-d128.json" 2>&1 | grep -E "^\| [0-9]"
+      "$m" bench attention --device cuda --dtype bf16 -T 8192 32768 131072 --heads 12 -D 64 \
+        -S 512 -K 3 --repeats 10 --out "$OUT/ab-$which-$round-d64.json" 2>&1 | grep -E "^\| [0-9]"
+    done
+  done
 fi
 if has d128; then
   log "d128: B 1, H 16, D 128, S 512, K 3"

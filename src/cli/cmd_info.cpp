@@ -25,8 +25,8 @@ constexpr KernelSwitch kSwitches[] = {
     {"MOBA_DENSE_FWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
     {"MOBA_DENSE_BWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
     {"MOBA_MOBA_FWD", "mma", "wgmma", "wgmma where it runs and S is a multiple of 128"},
-    {"MOBA_MOBA_FWD_PAST", "persistent", "tiles",
-     "persistent (one CTA per SM over the past-block tiles; a number n: n CTAs)", true},
+    {"MOBA_MOBA_FWD_GRID", "persistent", "tiles",
+     "persistent (sm_90a MoBA forward: one CTA per SM over the tiles; a number n: n CTAs)", true},
     {"MOBA_MOBA_BWD", "mma", "wgmma", "wgmma where it runs"},
     {"MOBA_RMSNORM_BWD", "fused", "split", "fused"},
 };

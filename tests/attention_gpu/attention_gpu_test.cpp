@@ -661,24 +661,24 @@ TEST_P(MobaWgmmaFwdGpu, MatchesReference) {
     const cudaError_t err = cudaDeviceSynchronize();
     ASSERT_EQ(err, cudaSuccess) << "wgmma MoBA forward: " << cudaGetErrorString(err);
   }
-  // The past-block kernel's grid does not change a bit of the result: one CTA per tile,
+  // The persistent kernels' grid does not change a bit of the result: one CTA per tile,
   // and 1 or 3 persistent CTAs (each then takes many tiles: both Q buffers, the ring's
-  // phases across tiles, idle warpgroups of short tiles) against the default (one CTA per
-  // SM).
+  // phases across tiles, idle warpgroups of short tiles, tiles past a sequence's end)
+  // against the default (one CTA per SM).
   for (const char* grid : {"tiles", "3", "1"}) {
-    ScopedEnv env("MOBA_MOBA_FWD", "wgmma"), past("MOBA_MOBA_FWD_PAST", grid);
+    ScopedEnv env("MOBA_MOBA_FWD", "wgmma"), past("MOBA_MOBA_FWD_GRID", grid);
     DeviceBuffer<acu::bf16> o2(q.size());
     DeviceBuffer<float> lse2(l.lse_elems());
     o2.poison();
     lse2.poison();
     acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o2.ptr, lse2.ptr);
     const cudaError_t err = cudaDeviceSynchronize();
-    ASSERT_EQ(err, cudaSuccess) << "MOBA_MOBA_FWD_PAST=" << grid << ": " << cudaGetErrorString(err);
+    ASSERT_EQ(err, cudaSuccess) << "MOBA_MOBA_FWD_GRID=" << grid << ": " << cudaGetErrorString(err);
     auto same_bytes = [](const auto& a, const auto& b) {
       return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
     };
-    EXPECT_TRUE(same_bytes(o2.download(), o_wg.download())) << "MOBA_MOBA_FWD_PAST=" << grid << ": out differs";
-    EXPECT_TRUE(same_bytes(lse2.download(), lse_wg.download())) << "MOBA_MOBA_FWD_PAST=" << grid << ": lse differs";
+    EXPECT_TRUE(same_bytes(o2.download(), o_wg.download())) << "MOBA_MOBA_FWD_GRID=" << grid << ": out differs";
+    EXPECT_TRUE(same_bytes(lse2.download(), lse_wg.download())) << "MOBA_MOBA_FWD_GRID=" << grid << ": lse differs";
   }
   {
     ScopedEnv env("MOBA_MOBA_FWD", "mma");

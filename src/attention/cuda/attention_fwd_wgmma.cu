@@ -108,14 +108,14 @@ void check_moba_shape(const Plan& plan) {
                          " (a multiple of 128; moba_forward keeps mma.sync for smaller blocks)");
 }
 
-// The past-block kernel's grid, from MOBA_MOBA_FWD_PAST: unset, empty or `persistent` =
-// one CTA per SM (384 threads of 168 registers fill an SM's register file), each taking
-// the gather index's tiles in turn (the default); `tiles` = one CTA per tile (the kernel
-// before v12: every CTA's prologue and epilogue exposed); a number n = n CTAs (tests: few
-// CTAs, many tiles each). Never more CTAs than tiles. Read on every call, as the other
-// switches.
-int64_t past_ctas(int64_t max_tiles) {
-  const char* e = std::getenv("MOBA_MOBA_FWD_PAST");
+// The grid of the persistent MoBA kernels (past blocks, current block), from
+// MOBA_MOBA_FWD_GRID: unset, empty or `persistent` = one CTA per SM (384 threads of 168
+// registers fill an SM's register file), each taking its tiles in turn (the default);
+// `tiles` = one CTA per tile (as the kernels before v12: every CTA's prologue and epilogue
+// exposed); a number n = n CTAs (tests: few CTAs, many tiles each). Never more CTAs than
+// tiles. Read on every call, as the other switches.
+int64_t moba_ctas(int64_t max_tiles) {
+  const char* e = std::getenv("MOBA_MOBA_FWD_GRID");
   int64_t n = device_info().sms;
   if (e != nullptr && *e != '\0' && std::strcmp(e, "persistent") != 0) {
     char* end = nullptr;
@@ -123,7 +123,7 @@ int64_t past_ctas(int64_t max_tiles) {
     if (std::strcmp(e, "tiles") == 0) n = max_tiles;
     else if (end != e && *end == '\0' && v > 0) n = v;
     else
-      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD_PAST=", e,
+      ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD_GRID=", e,
                            ": expected persistent, tiles or a number of CTAs");
   }
   return std::min(n, max_tiles);
@@ -161,13 +161,19 @@ void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_
   check_moba_shape(plan);
   if (max_tiles <= 0) return;
   // max_tiles bounds the device's tile count (*p.num_tiles); CTAs without a tile exit.
-  launch_d<WgFwdMode::kMobaPast>(plan, p, dim3(static_cast<unsigned>(past_ctas(max_tiles))), stream);
+  launch_d<WgFwdMode::kMobaPast>(plan, p, dim3(static_cast<unsigned>(moba_ctas(max_tiles))), stream);
 }
 
 void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   wg_require_sm90("MOBA_MOBA_FWD=wgmma");
   check_moba_shape(plan);
-  launch_d<WgFwdMode::kMobaCurrent>(plan, p, contiguous_grid(plan, p), stream);
+  // The contiguous grid's tiles, in its order, taken in turn by the persistent CTAs.
+  const dim3 g = contiguous_grid(plan, p);
+  AttnParams pc = p;
+  pc.batch = static_cast<int>(g.z);
+  pc.q_tiles = static_cast<int>(p.heads_fastest ? g.y : g.x);
+  const int64_t tiles = static_cast<int64_t>(g.x) * g.y * g.z;
+  launch_d<WgFwdMode::kMobaCurrent>(plan, pc, dim3(static_cast<unsigned>(moba_ctas(tiles))), stream);
 }
 
 }  // namespace moba::attn::cuda

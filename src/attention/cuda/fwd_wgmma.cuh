@@ -4,12 +4,14 @@
 // docs/kernel_notes.md, "v9", "v11" and "v12"):
 //   kDense        causal attention over the whole sequence: out (N, Hq, D) bf16 and lse
 //                 (N, Hq) fp32 natural log, GQA, varlen (cu_seqlens).
-//   kMobaCurrent  MoBA's current block: CTA = 128 consecutive query rows of one (sequence,
-//                 head), keys from the start of the rows' MoBA block (S >= 128 and a
-//                 multiple of 128, so a tile of 128 rows lies inside one block and the key
-//                 tiles line up with the query tiles) up to the last row. The epilogue
-//                 merges the rows' past-block partials (part_o, part_lse, written by the
-//                 kMobaPast launch before) by log-sum-exp and writes out (bf16) and lse.
+//   kMobaCurrent  MoBA's current block, persistent: work item = 128 consecutive query rows
+//                 of one (sequence, head), taken in the contiguous grid's order (item
+//                 blockIdx.x, then + gridDim.x, ...); keys from the start of the rows' MoBA
+//                 block (S >= 128 and a multiple of 128, so a tile of 128 rows lies inside
+//                 one block and the key tiles line up with the query tiles) up to the last
+//                 row. The epilogue merges the rows' past-block partials (part_o, part_lse,
+//                 written by the kMobaPast launch before) by log-sum-exp and writes out
+//                 (bf16) and lse.
 //   kMobaPast     MoBA's past blocks, persistent: the grid's CTAs take the gather index's
 //                 tiles in turn (tile blockIdx.x, then + gridDim.x, ...), each tile <= 128
 //                 entries of one (full block, kv head) bucket, entry = (token * Hq + head)
@@ -32,8 +34,8 @@
 // arms the slot's "full" barriers with the byte count. Q comes by TMA (kDense,
 // kMobaCurrent) or, gathered row by row, by all 128 producer threads with cp.async
 // (kMobaPast: 16-byte copies with the 128B swizzle applied by hand, then wait +
-// fence.proxy.async + mbarrier arrive), into one of two Q buffers so that the next tile's
-// rows arrive while the consumers still work on this one. The ring position is a running
+// fence.proxy.async + mbarrier arrive); the persistent (MoBA) modes have two Q buffers so
+// that the next item's rows arrive while the consumers still work on this one. The ring position is a running
 // key-tile count shared by the producer and the consumers across work items. A consumer
 // warpgroup whose 64 rows are all past the tile's row count does no MMA: it still waits
 // for every key tile and frees its slot.
@@ -79,7 +81,8 @@ struct WgFwdTraits {
                 "setmaxnreg operand: multiple of 8 in [24, 256]");
   static_assert(kRegPoolNeeded <= 168 * kThreads, "register pool of __launch_bounds__(384, 1)");
   static constexpr int kColBlocks = D / 64;  // 128-byte swizzle column blocks (TMA boxes)
-  static constexpr int kQBufs = kPast ? 2 : 1;  // the persistent kernel's next rows
+  static constexpr bool kPersistent = MODE != WgFwdMode::kDense;
+  static constexpr int kQBufs = kPersistent ? 2 : 1;  // the persistent kernels' next rows
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;  // one K (or V) tile
   static constexpr int kBarBytes = 8 * (2 * kQBufs + 3 * kStages);
@@ -102,6 +105,28 @@ struct WgFwdItem {
   int ent0 = 0;       // kMobaPast: the first entry of the tile
 };
 
+// The query tile at (x, y, z) of the contiguous grid (extents ex, ey): the last query tiles
+// first; (Hq, tiles, B) heads fastest, else (tiles, Hq, B). False: the tile lies past its
+// sequence's end.
+template <WgFwdMode MODE>
+__device__ __forceinline__ bool wg_contiguous_item(const AttnParams& p, int x, int y, int z,
+                                                   int ex, int ey, WgFwdItem& it) {
+  constexpr int Br = 128, Bc = 128;
+  it.seq_start = p.cu_seqlens[z];
+  const int len = p.cu_seqlens[z + 1] - it.seq_start;
+  const int m = p.heads_fastest ? ey - 1 - y : ex - 1 - x;
+  if (m * Br >= len) return false;
+  it.head = p.heads_fastest ? x : y;
+  it.kvh = it.head / p.group;
+  it.first_tok = it.seq_start + m * Br;
+  it.count = min(Br, len - m * Br);
+  // kMobaCurrent: from the start of the rows' block (S is a multiple of Br: the tile lies
+  // in one block). The diagonal tile is the last.
+  it.k_begin = MODE == WgFwdMode::kDense ? it.seq_start : it.seq_start + (m * Br / p.S) * p.S;
+  it.n_tiles = (it.first_tok + it.count - it.k_begin + Bc - 1) / Bc;
+  return true;
+}
+
 template <int D, WgFwdMode MODE>
 __global__ void __launch_bounds__(384, 1)
     attn_fwd_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -121,7 +146,7 @@ __global__ void __launch_bounds__(384, 1)
   __nv_bfloat16* sV = sK + ST * Bc * D;                         // [ST][CB][Bc][64]
   uint64_t* bars = reinterpret_cast<uint64_t*>(sV + ST * Bc * D);
   uint64_t* full_q = bars;                // [QB]
-  uint64_t* q_empty = bars + QB;          // [QB] (kMobaPast only)
+  uint64_t* q_empty = bars + QB;          // [QB] (the persistent modes only)
   uint64_t* full_k = bars + 2 * QB;       // [ST]
   uint64_t* full_v = bars + 2 * QB + ST;  // [ST]
   uint64_t* empty = bars + 2 * QB + 2 * ST;  // [ST]
@@ -129,38 +154,34 @@ __global__ void __launch_bounds__(384, 1)
   // The CTA's work items. Every early exit is CTA-uniform and before any barrier.
   WgFwdItem item;
   int n_items = 1;
-  if constexpr (PAST) {
-    const int tiles = *p.num_tiles;
-    const int first = static_cast<int>(blockIdx.x), stride = static_cast<int>(gridDim.x);
-    if (first >= tiles) return;
-    n_items = (tiles - first + stride - 1) / stride;
+  if constexpr (MODE == WgFwdMode::kDense) {
+    if (!wg_contiguous_item<MODE>(p, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, item))
+      return;
   } else {
-    // The last query tiles first; grid (Hq, tiles, B) heads fastest, else (tiles, Hq, B).
-    const int b = blockIdx.z;
-    item.seq_start = p.cu_seqlens[b];
-    const int len = p.cu_seqlens[b + 1] - item.seq_start;
-    const int m = p.heads_fastest ? gridDim.y - 1 - blockIdx.y : gridDim.x - 1 - blockIdx.x;
-    if (m * Br >= len) return;
-    item.head = p.heads_fastest ? blockIdx.x : blockIdx.y;
-    item.kvh = item.head / p.group;
-    item.first_tok = item.seq_start + m * Br;
-    item.count = min(Br, len - m * Br);
-    // kMobaCurrent: from the start of the rows' block (S is a multiple of Br: the tile lies
-    // in one block). The diagonal tile is the last.
-    item.k_begin = MODE == WgFwdMode::kDense ? item.seq_start
-                                             : item.seq_start + (m * Br / p.S) * p.S;
-    item.n_tiles = (item.first_tok + item.count - item.k_begin + Bc - 1) / Bc;
+    const int total = PAST ? *p.num_tiles : p.batch * p.Hq * p.q_tiles;
+    const int first = static_cast<int>(blockIdx.x), stride = static_cast<int>(gridDim.x);
+    if (first >= total) return;
+    n_items = (total - first + stride - 1) / stride;
   }
-  // kMobaPast: item i of this CTA is tile blockIdx.x + i * gridDim.x.
-  auto past_item = [&](int i) {
-    WgFwdItem it;
-    const int4 t = p.tiles[blockIdx.x + i * gridDim.x];  // {first key, first entry, count, kvh}
-    it.k_begin = t.x;
-    it.ent0 = t.y;
-    it.count = t.z;
-    it.kvh = t.w;
-    it.n_tiles = p.S / Bc;
-    return it;
+  // Item i of a persistent CTA: tile blockIdx.x + i * gridDim.x of the gather index
+  // (kMobaPast) or of the contiguous grid (kMobaCurrent: false where the tile holds no row
+  // of its sequence; producer and consumers skip it alike).
+  auto next_item = [&](int i, WgFwdItem& it) -> bool {
+    const int t = static_cast<int>(blockIdx.x) + i * static_cast<int>(gridDim.x);
+    if constexpr (PAST) {
+      const int4 v = p.tiles[t];  // {first key token, first entry, count, kv head}
+      it.k_begin = v.x;
+      it.ent0 = v.y;
+      it.count = v.z;
+      it.kvh = v.w;
+      it.n_tiles = p.S / Bc;
+      return true;
+    } else if constexpr (MODE == WgFwdMode::kMobaCurrent) {
+      const int ex = p.heads_fastest ? p.Hq : p.q_tiles, ey = p.heads_fastest ? p.q_tiles : p.Hq;
+      return wg_contiguous_item<MODE>(p, t % ex, (t / ex) % ey, t / (ex * ey), ex, ey, it);
+    } else {
+      return true;  // kDense: the one item above
+    }
   };
 
   const int tid = threadIdx.x;
@@ -210,7 +231,8 @@ __global__ void __launch_bounds__(384, 1)
       const int my_row = 32 * w + lane;
       constexpr int CPR = T::kChunksPerRow, RPS = T::kRowsPerStep;
       for (int i = 0; i < n_items; ++i) {
-        const WgFwdItem it = past_item(i);
+        WgFwdItem it;
+        next_item(i, it);
         const int qb = i % 2;
         // The first item's first key tiles go out before its Q gather (fresh slots, no
         // waiting); later items gather Q first: their key tiles wait for ring slots that
@@ -246,16 +268,25 @@ __global__ void __launch_bounds__(384, 1)
         if (pt == 0)
           for (; issued < it.n_tiles; ++issued) issue_kv(it.kvh, it.k_begin + issued * Bc);
       }
-    } else {
-      if (pt == 0) {
-        tma_prefetch_desc(&tm_q);
-        tma_prefetch_desc(&tm_k);
-        tma_prefetch_desc(&tm_v);
-        mbar_arrive_expect_tx(full_q, T::kQBytes);
+    } else if (pt == 0) {
+      tma_prefetch_desc(&tm_q);
+      tma_prefetch_desc(&tm_k);
+      tma_prefetch_desc(&tm_v);
+      // Q, then K and V of every key tile, item by item (kMobaCurrent: into Q buffer qi % 2,
+      // free once the consumers are done with item qi - 2; qi counts the items with rows).
+      int qi = 0;
+      for (int i = 0; i < n_items; ++i) {
+        WgFwdItem it = item;
+        if (!next_item(i, it)) continue;
+        const int qb = qi % QB;
+        if constexpr (QB == 2) mbar_wait(&q_empty[qb], ((qi / 2) & 1) ^ 1);
+        ++qi;
+        __nv_bfloat16* q_dst = sQ + qb * Br * D;
+        mbar_arrive_expect_tx(&full_q[qb], T::kQBytes);
 #pragma unroll
         for (int cb = 0; cb < CB; ++cb)
-          tma_load_3d(sQ + cb * Br * 64, &tm_q, cb * 64, item.head, item.first_tok, full_q);
-        for (int j = 0; j < item.n_tiles; ++j) issue_kv(item.kvh, item.k_begin + j * Bc);
+          tma_load_3d(q_dst + cb * Br * 64, &tm_q, cb * 64, it.head, it.first_tok, &full_q[qb]);
+        for (int j = 0; j < it.n_tiles; ++j) issue_kv(it.kvh, it.k_begin + j * Bc);
       }
     }
     return;
@@ -270,10 +301,13 @@ __global__ void __launch_bounds__(384, 1)
   const uint32_t k_addr = smem_addr(sK);
   const uint32_t v_addr = smem_addr(sV);
   int ring = 0;  // key tiles consumed so far (the producer's count)
+  int qi = 0;    // items with rows so far (the producer's count): Q buffer qi % QB
 
   for (int i = 0; i < n_items; ++i) {
-    if constexpr (PAST) item = past_item(i);
-    const int qb = PAST ? i % 2 : 0;
+    if (!next_item(i, item)) continue;  // kMobaCurrent: a tile past its sequence's end
+    const int qb = qi % QB;
+    const uint32_t q_par = (qi / QB) & 1;
+    ++qi;
     if (wg_row0 >= item.count) {
       // No row of this warpgroup exists: no MMA, but every tile's slot must be freed by
       // both warpgroups. Waiting for the tile first keeps each arrival in its own phase.
@@ -284,7 +318,7 @@ __global__ void __launch_bounds__(384, 1)
         mbar_wait(&full_v[st], par);
         mbar_arrive(&empty[st]);
       }
-      if constexpr (PAST) mbar_arrive(&q_empty[qb]);
+      if constexpr (QB == 2) mbar_arrive(&q_empty[qb]);
       continue;
     }
 
@@ -297,7 +331,7 @@ __global__ void __launch_bounds__(384, 1)
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
     float s[Bc / 2];
 
-    mbar_wait(&full_q[qb], PAST ? (i / 2) & 1 : 0);
+    mbar_wait(&full_q[qb], q_par);
     for (int j = 0; j < item.n_tiles; ++j, ++ring) {
       const int st = ring % ST;
       const uint32_t par = (ring / ST) & 1;
@@ -378,8 +412,8 @@ __global__ void __launch_bounds__(384, 1)
       fence_regs(o);
       mbar_arrive(&empty[st]);  // this thread is done with slot st (K and V)
     }
-    // The last S MMA has read this item's Q rows: the buffer may be refilled (item i + 2).
-    if constexpr (PAST) mbar_arrive(&q_empty[qb]);
+    // The last S MMA has read this item's Q rows: the buffer may be refilled (item qi + 2).
+    if constexpr (QB == 2) mbar_arrive(&q_empty[qb]);
 
     // Epilogue. lse in natural log: (max * scale*log2e + log2 l) * ln 2.
     constexpr float kLn2 = 0.6931471805599453f;

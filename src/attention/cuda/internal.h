@@ -148,12 +148,12 @@ void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t strea
 // sm_90a build, head dim not 64 or 128, S not a multiple of 128).
 // Past blocks: the gathered tiles of <= 128 entries (p.entries, p.tiles, p.num_tiles of
 // build_gather_index with tile_rows 128), taken in turn by one persistent CTA per SM
-// (MOBA_MOBA_FWD_PAST=tiles: one CTA per tile, grid = max_tiles). Writes p.part_o /
+// (MOBA_MOBA_FWD_GRID=tiles: one CTA per tile, grid = max_tiles). Writes p.part_o /
 // p.part_lse exactly as FwdMode::kMobaPast.
 void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
                              cudaStream_t stream);
-// Current block (causal) + merge with the past partials; writes p.o and p.lse exactly as
-// FwdMode::kMobaCurrent.
+// Current block (causal) + merge with the past partials, persistent as the past blocks;
+// writes p.o and p.lse exactly as FwdMode::kMobaCurrent.
 void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
 
 }  // namespace moba::attn::cuda

@@ -43,6 +43,9 @@ struct AttnParams {
   const int32_t* entries;        // (bucket_offset[last])
   const int4* tiles;             // forward work list: {first key token, first entry, count, kvh}
   const int32_t* num_tiles;      // (1)
+  // The persistent sm_90a current-block kernel's work: batch x Hq x q_tiles query tiles of
+  // 128 rows (q_tiles = those of the longest sequence), in the contiguous grid's order.
+  int batch, q_tiles;
 };
 
 }  // namespace moba::attn::cuda
