@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "attention/cuda/mma.cuh"
@@ -505,6 +506,12 @@ T* device_alloc(size_t count, const char* what) {
   return static_cast<T*>(p);
 }
 
+// Frees each (cudaFree of nullptr does nothing): the destructors, and the constructors'
+// cleanup when an allocation fails part way.
+void free_device(std::initializer_list<void*> ptrs) {
+  for (void* p : ptrs) cudaFree(p);
+}
+
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
@@ -531,23 +538,13 @@ DecodeCache::DecodeCache(int64_t batch, int64_t capacity, int64_t kv_heads, int6
     len_dev_ = device_alloc<int32_t>(static_cast<size_t>(B_), "the lengths");
     cu_dev_ = device_alloc<int32_t>(static_cast<size_t>(B_ + 1), "cu_seqlens");
   } catch (...) {
-    cudaFree(k_);
-    cudaFree(v_);
-    cudaFree(means_);
-    cudaFree(len_dev_);
-    cudaFree(cu_dev_);
+    free_device({k_, v_, means_, len_dev_, cu_dev_});
     throw;
   }
   CUDA_CHECK(cudaMemset(len_dev_, 0, sizeof(int32_t) * static_cast<size_t>(B_)));
 }
 
-DecodeCache::~DecodeCache() {
-  cudaFree(k_);
-  cudaFree(v_);
-  cudaFree(means_);
-  cudaFree(len_dev_);
-  cudaFree(cu_dev_);
-}
+DecodeCache::~DecodeCache() { free_device({k_, v_, means_, len_dev_, cu_dev_}); }
 
 int64_t DecodeCache::max_len() const { return *std::max_element(len_.begin(), len_.end()); }
 
@@ -653,6 +650,8 @@ struct DecodePlan::Impl {
   int32_t* ublock = nullptr;
   unsigned long long* umask = nullptr;
   size_t bytes = 0;
+
+  ~Impl() { free_device({part_o, part_lse, scores, sel, ucount, ublock, umask}); }
 };
 
 DecodePlan::DecodePlan(int64_t batch, int64_t capacity, int64_t num_q_heads, int64_t num_kv_heads,
@@ -716,30 +715,13 @@ DecodePlan::DecodePlan(int64_t batch, int64_t capacity, int64_t num_q_heads, int
     im->bytes = sizeof(float) * rows * im->P * (im->D + 1) + sizeof(float) * rows * im->NB +
                 sizeof(int32_t) * rows * im->K + units * (sizeof(int32_t) * (1 + im->U) + 8 * im->U);
   } catch (...) {
-    cudaFree(im->part_o);
-    cudaFree(im->part_lse);
-    cudaFree(im->scores);
-    cudaFree(im->sel);
-    cudaFree(im->ucount);
-    cudaFree(im->ublock);
-    cudaFree(im->umask);
-    delete im;
+    delete im;  // frees what was allocated
     impl_ = nullptr;
     throw;
   }
 }
 
-DecodePlan::~DecodePlan() {
-  if (!impl_) return;
-  cudaFree(impl_->part_o);
-  cudaFree(impl_->part_lse);
-  cudaFree(impl_->scores);
-  cudaFree(impl_->sel);
-  cudaFree(impl_->ucount);
-  cudaFree(impl_->ublock);
-  cudaFree(impl_->umask);
-  delete impl_;
-}
+DecodePlan::~DecodePlan() { delete impl_; }
 
 size_t DecodePlan::workspace_bytes() const { return impl_->bytes; }
 

@@ -34,18 +34,30 @@ __device__ __forceinline__ void adamw_update(const AdamWParams& p, double c1, do
   wi = static_cast<float>(w);
 }
 
+// Parameter i through scalar accesses: the scalar kernel's every element, the vector
+// kernel's last n % 4.
+__device__ __forceinline__ void adamw_element(const AdamWParams& p, double c1, double c2, int64_t i,
+                                              float* __restrict__ params,
+                                              const float* __restrict__ grads,
+                                              float* __restrict__ m_state,
+                                              float* __restrict__ v_state,
+                                              const uint8_t* __restrict__ decay,
+                                              bf16* __restrict__ params_bf16) {
+  float mi = m_state[i], vi = v_state[i], wi = params[i];
+  adamw_update(p, c1, c2, grads[i], mi, vi, decay[i] != 0, wi);
+  m_state[i] = mi;
+  v_state[i] = vi;
+  params[i] = wi;
+  if (params_bf16) params_bf16[i] = __float2bfloat16_rn(wi);
+}
+
 __global__ void adamw_kernel(AdamWParams p, double c1, double c2, float* __restrict__ params,
                              const float* __restrict__ grads, float* __restrict__ m_state,
                              float* __restrict__ v_state, const uint8_t* __restrict__ decay,
                              bf16* __restrict__ params_bf16) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    float mi = m_state[i], vi = v_state[i], wi = params[i];
-    adamw_update(p, c1, c2, grads[i], mi, vi, decay[i] != 0, wi);
-    m_state[i] = mi;
-    v_state[i] = vi;
-    params[i] = wi;
-    if (params_bf16) params_bf16[i] = __float2bfloat16_rn(wi);
+    adamw_element(p, c1, c2, i, params, grads, m_state, v_state, decay, params_bf16);
   }
 }
 
@@ -76,12 +88,7 @@ __global__ void adamw_vec_kernel(AdamWParams p, double c1, double c2, float* __r
                                                             detail::pack2(w.z, w.w));
   }
   for (int64_t i = n4 * 4 + tid; i < p.n; i += stride) {
-    float mi = m_state[i], vi = v_state[i], wi = params[i];
-    adamw_update(p, c1, c2, grads[i], mi, vi, decay[i] != 0, wi);
-    m_state[i] = mi;
-    v_state[i] = vi;
-    params[i] = wi;
-    if (params_bf16) params_bf16[i] = __float2bfloat16_rn(wi);
+    adamw_element(p, c1, c2, i, params, grads, m_state, v_state, decay, params_bf16);
   }
 }
 

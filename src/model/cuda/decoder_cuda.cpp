@@ -10,18 +10,17 @@
 #include "model/cuda/layers_cuda.h"
 #include "model/cuda/matmul.h"
 #include "model/cuda/model_cuda.h"
+#include "model/cuda/model_dims.h"
 #include "model/cuda/model_kernels.h"
 #include "model/params.h"
 #include "model/rope.h"
 
 namespace moba::model::cuda {
 
-struct DecoderCuda::Impl {
+struct DecoderCuda::Impl : ModelDims {
   ModelConfig cfg;
   ParamLayout layout;
   int64_t B = 0, cap = 0;
-  int64_t C = 0, Hq = 0, Hkv = 0, D = 0, F = 0, V = 0, L = 0, QKV = 0;
-  attn::MobaConfig moba;
   std::vector<bool> layer_moba;  // (L)
   bool any_moba = false;
 
@@ -50,25 +49,13 @@ struct DecoderCuda::Impl {
     MOBA_CHECK(cap >= 1, "decoder capacity = ", cap, ": at least one token per sequence");
     MOBA_CHECK(params.size() == layout.total, "parameter array has ", params.size(),
                " elements, the model needs ", layout.total);
-    C = cfg.width;
-    Hq = cfg.heads;
-    Hkv = cfg.kv();
-    D = cfg.hd();
-    F = cfg.ffn();
-    V = cfg.vocab_size;
-    L = cfg.layers;
-    QKV = (Hq + 2 * Hkv) * D;
-    moba = {cfg.attention.block_size, cfg.attention.top_k};
+    set_dims(cfg);
     layer_moba.resize(static_cast<size_t>(L));
     for (int64_t l = 0; l < L; ++l) {
       layer_moba[l] = layer_uses_moba(cfg, l, use_moba);
       any_moba = any_moba || layer_moba[l];
     }
-    int devices = 0;
-    const cudaError_t e = cudaGetDeviceCount(&devices);
-    MOBA_CHECK(e == cudaSuccess && devices > 0, "--device cuda: no CUDA device (",
-               e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
-    CUDA_CHECK(cudaStreamCreate(&stream));
+    stream = create_stream_on_device();
     mm = std::make_unique<Matmul>(stream);
     rope = std::make_unique<RopeTableCuda>(RopeTable(cap, D, cfg.rope_theta));
     const size_t n = layout.total;
@@ -161,6 +148,14 @@ struct DecoderCuda::Impl {
     return out;
   }
 
+  // The gate's selections for M tokens, (M, Hq, K) int32 from sel: waits for the stream.
+  std::vector<int32_t> read_selections(int64_t M) {
+    std::vector<int32_t> h(static_cast<size_t>(M * Hq * moba.top_k));
+    CUDA_CHECK(cudaMemcpyAsync(h.data(), sel.p, 4 * h.size(), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return h;
+  }
+
   std::vector<float> prefill(const std::vector<std::vector<int32_t>>& prompts) {
     MOBA_CHECK(static_cast<int64_t>(prompts.size()) == B, "prefill: ", prompts.size(),
                " prompts for a decoder of batch ", B);
@@ -191,9 +186,7 @@ struct DecoderCuda::Impl {
         attn::cuda::moba_gate(plan, q.as<bf16>(), k.as<bf16>(), sel.as<int32_t>(), stream);
         if (recording) {
           const int64_t row = Hq * moba.top_k;
-          std::vector<int32_t> h(static_cast<size_t>(M * row));
-          CUDA_CHECK(cudaMemcpyAsync(h.data(), sel.p, 4 * h.size(), cudaMemcpyDeviceToHost, stream));
-          CUDA_CHECK(cudaStreamSynchronize(stream));
+          const std::vector<int32_t> h = read_selections(M);
           for (int64_t b = 0; b < B; ++b)
             sel_log[b][l].assign(h.begin() + cu[b] * row, h.begin() + cu[b + 1] * row);
         }
@@ -239,9 +232,7 @@ struct DecoderCuda::Impl {
                                 recording ? sel.as<int32_t>() : nullptr, stream);
         if (recording) {
           const int64_t row = Hq * moba.top_k;
-          std::vector<int32_t> h(static_cast<size_t>(B * row));
-          CUDA_CHECK(cudaMemcpyAsync(h.data(), sel.p, 4 * h.size(), cudaMemcpyDeviceToHost, stream));
-          CUDA_CHECK(cudaStreamSynchronize(stream));
+          const std::vector<int32_t> h = read_selections(B);
           for (int64_t b = 0; b < B; ++b)
             sel_log[b][l].insert(sel_log[b][l].end(), h.begin() + b * row, h.begin() + (b + 1) * row);
         }

@@ -74,39 +74,39 @@ __global__ void embedding_bwd_vec_kernel(EmbeddingParams p, const int32_t* __res
   }
 }
 
-void check(const EmbeddingParams& p) {
+template <typename Out>
+using EmbeddingKernel = void (*)(EmbeddingParams, const int32_t*, const bf16*, Out*);
+
+// The forward's and the backward's launch: the same checks, then the vector kernel when C and
+// both data pointers allow it, else the scalar one. in: the table (forward) or the output's
+// gradient (backward); out: the output or the table's gradient.
+template <typename Out>
+void launch(const char* what, EmbeddingKernel<Out> vec, EmbeddingKernel<Out> scalar,
+            const EmbeddingParams& p, const int32_t* tokens, const bf16* in, Out* out,
+            cudaStream_t stream) {
   MOBA_CHECK(p.M >= 0 && p.V >= 1 && p.C >= 1, "embedding: need M >= 0, V >= 1, C >= 1, got M = ",
              p.M, ", V = ", p.V, ", C = ", p.C);
+  if (p.M == 0) return;
+  MOBA_CHECK(tokens && in && out, what, ": null pointer");
+  if (p.C % 8 == 0 && detail::aligned16(in) && detail::aligned16(out))
+    vec<<<detail::grid_for(p.M * p.C / 8, kThreads), kThreads, 0, stream>>>(p, tokens, in, out);
+  else
+    scalar<<<detail::grid_for(p.M * p.C, kThreads), kThreads, 0, stream>>>(p, tokens, in, out);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 void embedding_forward(const EmbeddingParams& p, const int32_t* tokens, const bf16* table, bf16* out,
                        cudaStream_t stream) {
-  check(p);
-  if (p.M == 0) return;
-  MOBA_CHECK(tokens && table && out, "embedding_forward: null pointer");
-  if (p.C % 8 == 0 && detail::aligned16(table) && detail::aligned16(out))
-    embedding_fwd_vec_kernel<<<detail::grid_for(p.M * p.C / 8, kThreads), kThreads, 0, stream>>>(
-        p, tokens, table, out);
-  else
-    embedding_fwd_kernel<<<detail::grid_for(p.M * p.C, kThreads), kThreads, 0, stream>>>(
-        p, tokens, table, out);
-  CUDA_CHECK_LAUNCH();
+  launch<bf16>("embedding_forward", embedding_fwd_vec_kernel, embedding_fwd_kernel, p, tokens,
+               table, out, stream);
 }
 
 void embedding_backward(const EmbeddingParams& p, const int32_t* tokens, const bf16* dout,
                         float* dtable, cudaStream_t stream) {
-  check(p);
-  if (p.M == 0) return;
-  MOBA_CHECK(tokens && dout && dtable, "embedding_backward: null pointer");
-  if (p.C % 8 == 0 && detail::aligned16(dout) && detail::aligned16(dtable))
-    embedding_bwd_vec_kernel<<<detail::grid_for(p.M * p.C / 8, kThreads), kThreads, 0, stream>>>(
-        p, tokens, dout, dtable);
-  else
-    embedding_bwd_kernel<<<detail::grid_for(p.M * p.C, kThreads), kThreads, 0, stream>>>(
-        p, tokens, dout, dtable);
-  CUDA_CHECK_LAUNCH();
+  launch<float>("embedding_backward", embedding_bwd_vec_kernel, embedding_bwd_kernel, p, tokens,
+                dout, dtable, stream);
 }
 
 }  // namespace moba::model::cuda

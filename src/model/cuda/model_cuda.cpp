@@ -11,30 +11,12 @@
 #include "model/cuda/dev_buf.h"
 #include "model/cuda/layers_cuda.h"
 #include "model/cuda/matmul.h"
+#include "model/cuda/model_dims.h"
 #include "model/cuda/model_kernels.h"
 #include "model/rope.h"
 
 namespace moba::model::cuda {
 namespace {
-
-// Pinned host memory (page-locked, for asynchronous copies).
-struct HostBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  HostBuf() = default;
-  HostBuf(const HostBuf&) = delete;
-  HostBuf& operator=(const HostBuf&) = delete;
-  ~HostBuf() {
-    if (p) cudaFreeHost(p);
-  }
-  void reserve(size_t b) {
-    if (b <= bytes) return;
-    if (p) CUDA_CHECK(cudaFreeHost(p));
-    p = nullptr;
-    CUDA_CHECK(cudaMallocHost(&p, b));
-    bytes = b;
-  }
-};
 
 // (query, key) pairs MoBA attends for one query head over documents `cu`: for the query at
 // position t of its document, the keys of its own block up to t, plus min(K-1, t/S) past
@@ -78,7 +60,7 @@ const char* const kCatNames[kCats] = {"other (uploads, host gaps)", "matmuls (cu
                                       "layer kernels (norm, rope, swiglu, embed, CE)",
                                       "grad norm + AdamW"};
 
-struct ModelCuda::Impl {
+struct ModelCuda::Impl : ModelDims {
   // Profiling: while on, an event after every operation, charged to its category.
   bool profiling = false;
   std::vector<cudaEvent_t> event_pool;
@@ -114,9 +96,6 @@ struct ModelCuda::Impl {
   cudaStream_t stream = nullptr;
   std::unique_ptr<Matmul> mm;
   int64_t n = 0;  // parameters
-  int64_t C = 0, Hq = 0, Hkv = 0, D = 0, F = 0, V = 0, L = 0;
-  int64_t QKV = 0;  // (Hq + 2 Hkv) D: the fused QKV projection's width
-  attn::MobaConfig moba;
 
   // Parameters and optimizer state (layout.total elements each).
   DevBuf P, G, M1, M2, Pb, decay, norm_partial, norm_out;
@@ -166,21 +145,9 @@ struct ModelCuda::Impl {
       : cfg(c.resolved()), layout(make_param_layout(cfg)),
         rope_host(cfg.seq_len, cfg.hd(), cfg.rope_theta) {
     // `c` was validated where it entered (the trainer's reader, the bench's options).
-    C = cfg.width;
-    Hq = cfg.heads;
-    Hkv = cfg.kv();
-    D = cfg.hd();
-    F = cfg.ffn();
-    V = cfg.vocab_size;
-    L = cfg.layers;
-    QKV = (Hq + 2 * Hkv) * D;
-    moba = {cfg.attention.block_size, cfg.attention.top_k};
+    set_dims(cfg);
     check_gpu_config(cfg);
-    int devices = 0;
-    const cudaError_t e = cudaGetDeviceCount(&devices);
-    MOBA_CHECK(e == cudaSuccess && devices > 0, "--device cuda: no CUDA device (",
-               e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")");
-    CUDA_CHECK(cudaStreamCreate(&stream));
+    stream = create_stream_on_device();
     CUDA_CHECK(cudaEventCreateWithFlags(&stage_done, cudaEventDisableTiming));
     for (LossSlot& s : slots) CUDA_CHECK(cudaEventCreateWithFlags(&s.ready, cudaEventDisableTiming));
     mm = std::make_unique<Matmul>(stream);

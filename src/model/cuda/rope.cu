@@ -26,6 +26,55 @@ __device__ __forceinline__ void rotate(float a, float b, float c, float s, float
   yb = __fmaf_rn(__fmul_rn(sign, a), s, __fmul_rn(b, c));
 }
 
+// Pair (i, i + half) of a head for table row t: read from src, written rotated to dst (the
+// same head in place, or another buffer), or a NaN pair when t has no row rather than a
+// read past the table. Idx: the kernel's index type (the table offset t * half + i is
+// computed in it).
+template <typename Idx>
+__device__ __forceinline__ void rope_pair(const bf16* src, bf16* dst, Idx i, Idx half, int32_t t,
+                                          int64_t T, const float* __restrict__ cs,
+                                          const float* __restrict__ sn, float sign) {
+  if (t < 0 || t >= T) {
+    dst[i] = dst[i + half] = __float2bfloat16_rn(NAN);
+    return;
+  }
+  const float c = cs[t * half + i], s = sn[t * half + i];
+  float ya, yb;
+  rotate(__bfloat162float(src[i]), __bfloat162float(src[i + half]), c, s, sign, ya, yb);
+  dst[i] = __float2bfloat16_rn(ya);
+  dst[i + half] = __float2bfloat16_rn(yb);
+}
+
+// 8 pairs, as rope_pair: elements i..i+7 of a head (lo) with i+half..i+half+7 (hi), through
+// 16-byte loads and stores (src and dst may be the same), their cos/sin through float4 loads.
+// The NaN stores are two statements in the rotation's order: a chained *dlo = *dhi = nan
+// made nvcc merge the two paths' stores to dhi into four 4-byte stores in the QKV kernels.
+template <typename Idx>
+__device__ __forceinline__ void rope_pairs8(const uint4* slo, const uint4* shi, uint4* dlo,
+                                            uint4* dhi, Idx i, Idx half, int32_t t, int64_t T,
+                                            const float* __restrict__ cs,
+                                            const float* __restrict__ sn, float sign) {
+  if (t < 0 || t >= T) {
+    const uint32_t nan2 = detail::pack2(NAN, NAN);
+    const uint4 nan = make_uint4(nan2, nan2, nan2, nan2);
+    *dlo = nan;
+    *dhi = nan;
+    return;
+  }
+  float a[8], b[8], c[8], s[8];
+  detail::unpack8(*slo, a);
+  detail::unpack8(*shi, b);
+  detail::load8(cs + t * half + i, c);
+  detail::load8(sn + t * half + i, s);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float ae = a[e], be = b[e];
+    rotate(ae, be, c[e], s[e], sign, a[e], b[e]);
+  }
+  *dlo = detail::pack8(a);
+  *dhi = detail::pack8(b);
+}
+
 __global__ void rope_kernel(RopeParams p, int64_t T, int64_t half, const float* __restrict__ cs,
                             const float* __restrict__ sn, const int32_t* __restrict__ pos,
                             bf16* x) {
@@ -35,16 +84,7 @@ __global__ void rope_kernel(RopeParams p, int64_t T, int64_t half, const float* 
        k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = k % half, mh = k / half, m = mh / p.H;
     bf16* xr = x + mh * 2 * half;
-    const int32_t t = pos[m];
-    if (t < 0 || t >= T) {  // no table row: poison the output rather than read past the table
-      xr[i] = xr[i + half] = __float2bfloat16_rn(NAN);
-      continue;
-    }
-    const float c = cs[t * half + i], s = sn[t * half + i];
-    float ya, yb;
-    rotate(__bfloat162float(xr[i]), __bfloat162float(xr[i + half]), c, s, sign, ya, yb);
-    xr[i] = __float2bfloat16_rn(ya);
-    xr[i + half] = __float2bfloat16_rn(yb);
+    rope_pair<int64_t>(xr, xr, i, half, pos[m], T, cs, sn, sign);
   }
 }
 
@@ -61,24 +101,7 @@ __global__ void rope_vec_kernel(RopeParams p, int64_t T, int64_t half, const flo
     const int64_t i = (k % half8) * 8, mh = k / half8, m = mh / p.H;
     uint4* lo = reinterpret_cast<uint4*>(x + mh * 2 * half + i);
     uint4* hi = reinterpret_cast<uint4*>(x + mh * 2 * half + i + half);
-    const int32_t t = pos[m];
-    if (t < 0 || t >= T) {
-      const uint32_t nan2 = detail::pack2(NAN, NAN);
-      *lo = *hi = make_uint4(nan2, nan2, nan2, nan2);
-      continue;
-    }
-    float a[8], b[8], c[8], s[8];
-    detail::unpack8(*lo, a);
-    detail::unpack8(*hi, b);
-    detail::load8(cs + t * half + i, c);
-    detail::load8(sn + t * half + i, s);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float ae = a[e], be = b[e];
-      rotate(ae, be, c[e], s[e], sign, a[e], b[e]);
-    }
-    *lo = detail::pack8(a);
-    *hi = detail::pack8(b);
+    rope_pairs8<int64_t>(lo, hi, lo, hi, i, half, pos[m], T, cs, sn, sign);
   }
 }
 
@@ -143,16 +166,7 @@ __global__ void rope_qkv_kernel(QkvParts p, int64_t T, int64_t half_, const floa
       dst[i + half] = src[i + half];
       continue;
     }
-    const int32_t t = pos[m];
-    if (t < 0 || t >= T) {  // as rope_kernel: no table row, a NaN pair
-      dst[i] = dst[i + half] = __float2bfloat16_rn(NAN);
-      continue;
-    }
-    const float c = cs[t * half + i], s = sn[t * half + i];
-    float ya, yb;
-    rotate(__bfloat162float(src[i]), __bfloat162float(src[i + half]), c, s, p.sign, ya, yb);
-    dst[i] = __float2bfloat16_rn(ya);
-    dst[i + half] = __float2bfloat16_rn(yb);
+    rope_pair<Idx>(src, dst, i, half, pos[m], T, cs, sn, p.sign);
   }
 }
 
@@ -181,24 +195,7 @@ __global__ void rope_qkv_vec_kernel(QkvParts p, int64_t T, int64_t half_,
       *dhi = hi;
       continue;
     }
-    const int32_t t = pos[m];
-    if (t < 0 || t >= T) {
-      const uint32_t nan2 = detail::pack2(NAN, NAN);
-      *dlo = *dhi = make_uint4(nan2, nan2, nan2, nan2);
-      continue;
-    }
-    float a[8], b[8], c[8], s[8];
-    detail::unpack8(*slo, a);
-    detail::unpack8(*shi, b);
-    detail::load8(cs + t * half + i, c);
-    detail::load8(sn + t * half + i, s);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float ae = a[e], be = b[e];
-      rotate(ae, be, c[e], s[e], p.sign, a[e], b[e]);
-    }
-    *dlo = detail::pack8(a);
-    *dhi = detail::pack8(b);
+    rope_pairs8<Idx>(slo, shi, dlo, dhi, i, half, pos[m], T, cs, sn, p.sign);
   }
 }
 
@@ -218,23 +215,13 @@ void launch_qkv(const QkvParts& q, const RopeTableCuda& table, const int32_t* po
                           static_cast<const void*>(q.in_v), static_cast<const void*>(q.out_q),
                           static_cast<const void*>(q.out_k), static_cast<const void*>(q.out_v)})
     aligned = aligned && detail::aligned16(ptr);
-  if (vec && aligned) {
-    const unsigned grid = detail::grid_for(pairs / 8, kThreads);
-    if (idx32)
-      rope_qkv_vec_kernel<uint32_t><<<grid, kThreads, 0, stream>>>(q, table.T(), half, table.cos(),
-                                                                  table.sin(), pos);
-    else
-      rope_qkv_vec_kernel<int64_t><<<grid, kThreads, 0, stream>>>(q, table.T(), half, table.cos(),
-                                                                 table.sin(), pos);
-  } else {
-    const unsigned grid = detail::grid_for(pairs, kThreads);
-    if (idx32)
-      rope_qkv_kernel<uint32_t><<<grid, kThreads, 0, stream>>>(q, table.T(), half, table.cos(),
-                                                              table.sin(), pos);
-    else
-      rope_qkv_kernel<int64_t><<<grid, kThreads, 0, stream>>>(q, table.T(), half, table.cos(),
-                                                             table.sin(), pos);
-  }
+  using Kernel = void (*)(QkvParts, int64_t, int64_t, const float*, const float*, const int32_t*);
+  const bool vec8 = vec && aligned;
+  const Kernel kernel =
+      vec8 ? (idx32 ? rope_qkv_vec_kernel<uint32_t> : rope_qkv_vec_kernel<int64_t>)
+           : (idx32 ? rope_qkv_kernel<uint32_t> : rope_qkv_kernel<int64_t>);
+  kernel<<<detail::grid_for(vec8 ? pairs / 8 : pairs, kThreads), kThreads, 0, stream>>>(
+      q, table.T(), half, table.cos(), table.sin(), pos);
   CUDA_CHECK_LAUNCH();
 }
 
