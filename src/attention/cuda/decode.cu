@@ -24,6 +24,7 @@
 
 #include "attention/cuda/mma.cuh"
 #include "core/cuda_check.cuh"
+#include "core/cuda_once.h"
 #include "core/error.h"
 
 namespace moba::attn::cuda {
@@ -746,12 +747,8 @@ void check_cache(const DecodePlan::Impl& im, const DecodeCache& cache, bool moba
 template <int D, bool MOBA>
 void launch_attn(const AttnArgs& a, dim3 grid, cudaStream_t stream) {
   constexpr int smem = AttnTraits<D>::kSmemBytes;
-  auto kernel = decode_attn_kernel<D, MOBA>;
-  static bool configured = false;  // per instantiation (and device: one device per process)
-  if (!configured) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+  constexpr auto kernel = decode_attn_kernel<D, MOBA>;
+  set_smem_once<kernel>(smem);
   kernel<<<grid, kWarps * 32, smem, stream>>>(a);
   CUDA_CHECK_LAUNCH();
 }
