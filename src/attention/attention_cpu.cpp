@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
+#include "attention/attend_row.h"
 #include "core/error.h"
 
 namespace moba::attn::cpu {
@@ -33,12 +33,7 @@ Tensors tensors_of(const Layout& layout, const Options& opt) {
           layout.group(), opt.scale_for(layout)};
 }
 
-template <typename Real>
-double dot(const Real* a, const Real* b, int64_t D) {
-  double acc = 0.0;
-  for (int64_t d = 0; d < D; ++d) acc += static_cast<double>(a[d]) * static_cast<double>(b[d]);
-  return acc;
-}
+using detail::dot;
 
 template <typename Real>
 void forward_core(const Tensors& t, const void* ctx, RangeFn ranges_of, std::span<const Real> q,
@@ -55,27 +50,10 @@ void forward_core(const Tensors& t, const void* ctx, RangeFn ranges_of, std::spa
         ranges.clear();
         ranges_of(ctx, tok, h, ranges);
         const int64_t kvh = h / t.group;
-        const Real* qr = &q[(tok * t.Hq + h) * t.D];
-        s.clear();
-        double m = -std::numeric_limits<double>::infinity();
-        for (const KeyRange& r : ranges)
-          for (int64_t j = r.begin; j < r.end; ++j) {
-            s.push_back(t.scale * dot(qr, &k[(j * t.Hkv + kvh) * t.D], t.D));
-            m = std::max(m, s.back());
-          }
-        acc.assign(static_cast<size_t>(t.D), 0.0);
-        double l = 0.0;
-        size_t i = 0;
-        for (const KeyRange& r : ranges)
-          for (int64_t j = r.begin; j < r.end; ++j, ++i) {
-            const double p = std::exp(s[i] - m);
-            l += p;
-            const Real* vr = &v[(j * t.Hkv + kvh) * t.D];
-            for (int64_t d = 0; d < t.D; ++d) acc[d] += p * static_cast<double>(vr[d]);
-          }
-        Real* o = &out[(tok * t.Hq + h) * t.D];
-        for (int64_t d = 0; d < t.D; ++d) o[d] = static_cast<Real>(acc[d] / l);
-        lse[tok * t.Hq + h] = static_cast<Real>(m + std::log(l));
+        const size_t row = static_cast<size_t>((tok * t.Hq + h) * t.D);
+        lse[tok * t.Hq + h] = static_cast<Real>(detail::attend_row(
+            &q[row], t.D, t.scale, ranges, [&](int64_t j) { return &k[(j * t.Hkv + kvh) * t.D]; },
+            [&](int64_t j) { return &v[(j * t.Hkv + kvh) * t.D]; }, s, acc, &out[row]));
       }
     }
   }

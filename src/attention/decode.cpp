@@ -6,10 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <string>
 #include <utility>
 
+#include "attention/attend_row.h"
 #include "core/error.h"
 
 namespace moba::attn {
@@ -25,34 +25,15 @@ struct Range {
 
 // Softmax attention of one query row over `ranges` of sequence b's cached keys, kv head
 // kvh: out (D), returns the natural log-sum-exp of the scaled scores. `s` and `acc` are
-// scratch. Same arithmetic as attention_cpu.cpp's forward_core.
+// scratch. The row arithmetic is attend_row's, as in attention_cpu.cpp's forward.
 template <typename Real>
 double attend(const KVCache<Real>& c, int64_t b, int64_t kvh, const Real* qr, double scale,
               const std::vector<Range>& ranges, std::vector<double>& s, std::vector<double>& acc,
               Real* out) {
   const int64_t D = c.head_dim();
-  s.clear();
-  double m = -std::numeric_limits<double>::infinity();
-  for (const Range& r : ranges)
-    for (int64_t t = r.begin; t < r.end; ++t) {
-      const Real* kr = c.k(b, t) + kvh * D;
-      double dot = 0.0;
-      for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(qr[d]) * static_cast<double>(kr[d]);
-      s.push_back(scale * dot);
-      m = std::max(m, s.back());
-    }
-  acc.assign(static_cast<size_t>(D), 0.0);
-  double l = 0.0;
-  size_t i = 0;
-  for (const Range& r : ranges)
-    for (int64_t t = r.begin; t < r.end; ++t, ++i) {
-      const double p = std::exp(s[i] - m);
-      l += p;
-      const Real* vr = c.v(b, t) + kvh * D;
-      for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<double>(vr[d]);
-    }
-  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<Real>(acc[d] / l);
-  return m + std::log(l);
+  return detail::attend_row(
+      qr, D, scale, ranges, [&](int64_t t) { return c.k(b, t) + kvh * D; },
+      [&](int64_t t) { return c.v(b, t) + kvh * D; }, s, acc, out);
 }
 
 // Shared checks of both decode functions: heads, sizes, every sequence non-empty.

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -17,8 +16,10 @@
 #endif
 #include "attention/stats.h"
 #include "cli/commands.h"
+#include "cli/json_file.h"
 #include "core/error.h"
 #include "core/random.h"
+#include "core/timing.h"
 
 namespace moba::cli {
 namespace {
@@ -40,22 +41,27 @@ struct BenchAttentionOptions {
   bool skip_dense = false;
 };
 
-// Progress on stderr (the table on stdout is the result): a line before each T, and its
-// time after, so that a long T is not silence.
-struct Progress {
-  size_t n = 0;
-  std::chrono::steady_clock::time_point t0;
-  void start(size_t i, int64_t T) {
-    t0 = std::chrono::steady_clock::now();
+// One table row per sequence length: measure(T) between progress lines on stderr (the table
+// on stdout is the result, and a long T is not silence), then print(T, row), which may add to
+// the row, flushed at once. Returns the rows, for -o.
+template <typename Measure, typename Print>
+nlohmann::json bench_rows(const std::vector<int64_t>& seq_lens, Measure measure, Print print) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < seq_lens.size(); ++i) {
+    const int64_t T = seq_lens[i];
+    const auto t0 = Clock::now();
     std::fprintf(stderr, "bench attention: T %lld (%zu of %zu)...\n", static_cast<long long>(T),
-                 i + 1, n);
+                 i + 1, seq_lens.size());
     std::fflush(stderr);
-  }
-  void done(int64_t T) const {
+    nlohmann::json r = measure(T);
     std::fprintf(stderr, "bench attention: T %lld done in %.1f s\n", static_cast<long long>(T),
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                 seconds_since(t0));
+    print(T, r);
+    std::fflush(stdout);
+    rows.push_back(r);
   }
-};
+  return rows;
+}
 
 double median_ms(int repeats, const std::function<void()>& fn) {
   std::vector<double> ms;
@@ -125,12 +131,7 @@ nlohmann::json peer_row(const nlohmann::json& peer, int64_t T) {
 void run_bench_cuda(const BenchAttentionOptions& o) {
   MOBA_CHECK(o.dtype == "bf16" || o.dtype == "float",
              "--device cuda runs bf16 kernels: --dtype must be bf16, got '", o.dtype, "'");
-  nlohmann::json peer;
-  if (!o.peer_path.empty()) {
-    std::ifstream f(o.peer_path);
-    MOBA_CHECK(f.good(), "cannot read peer JSON '", o.peer_path, "'");
-    peer = nlohmann::json::parse(f);
-  }
+  const nlohmann::json peer = read_peer_json(o.peer_path);
   const CudaBenchShape shape{o.batch, o.heads, o.kv_heads ? o.kv_heads : o.heads, o.head_dim,
                              o.block_size, o.top_k, o.repeats, o.seed, o.skip_dense};
   std::printf("CUDA attention on %s: B=%lld Hq=%lld Hkv=%lld D=%lld S=%lld K=%lld bf16, causal, "
@@ -147,13 +148,8 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
               "attended (fwd+bwd) | MoBA speed-up over our dense (fwd+bwd) | cuDNN fwd+bwd ms "
               "| MoBA vs cuDNN | dense vs cuDNN | dense vs FA2 | peak MiB MoBA / dense |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  nlohmann::json rows = nlohmann::json::array();
-  Progress progress{o.seq_lens.size(), {}};
-  for (size_t i = 0; i < o.seq_lens.size(); ++i) {
-    const int64_t T = o.seq_lens[i];
-    progress.start(i, T);
-    nlohmann::json r = bench_cuda_one(shape, T);
-    progress.done(T);
+  auto measure = [&](int64_t T) { return bench_cuda_one(shape, T); };
+  auto print = [&](int64_t T, nlohmann::json& r) {
     const nlohmann::json pr = peer_row(peer, T);
     auto num = [](const nlohmann::json& j, const char* key) {
       return j.is_object() && j.contains(key) ? j[key].get<double>() : 0.0;
@@ -182,18 +178,13 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
                 ratio("moba_vs_cudnn_fwd_bwd").c_str(), ratio("dense_vs_cudnn_fwd_bwd").c_str(),
                 ratio("dense_vs_fa2_fwd_bwd").c_str(), num(r, "moba_peak_mib"),
                 num(r, "dense_peak_mib"));
-    std::fflush(stdout);
-    rows.push_back(r);
-  }
-  if (!o.json_path.empty()) {
-    std::ofstream f(o.json_path);
-    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
-    f << nlohmann::json{{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
-                        {"heads", o.heads}, {"head_dim", o.head_dim}, {"block_size", o.block_size},
-                        {"top_k", o.top_k}, {"repeats", o.repeats}, {"rows", rows}}
-                .dump(2)
-      << "\n";
-  }
+  };
+  const nlohmann::json rows = bench_rows(o.seq_lens, measure, print);
+  if (!o.json_path.empty())
+    write_json_file(o.json_path,
+                    {{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
+                     {"heads", o.heads}, {"head_dim", o.head_dim}, {"block_size", o.block_size},
+                     {"top_k", o.top_k}, {"repeats", o.repeats}, {"rows", rows}});
 }
 #endif
 
@@ -222,26 +213,19 @@ void run_bench_attention(const BenchAttentionOptions& o) {
               static_cast<long long>(o.top_k), o.dtype.c_str(), o.repeats);
   std::printf("| T | dense fwd ms | dense fwd+bwd ms | MoBA fwd ms | MoBA fwd+bwd ms | gate ms "
               "| density | MoBA speed-up (fwd+bwd) |\n|---|---|---|---|---|---|---|---|\n");
-  nlohmann::json rows = nlohmann::json::array();
-  Progress progress{o.seq_lens.size(), {}};
-  for (size_t i = 0; i < o.seq_lens.size(); ++i) {
-    const int64_t T = o.seq_lens[i];
-    progress.start(i, T);
-    nlohmann::json r = o.dtype == "float" ? bench_cpu_one<float>(o, T) : bench_cpu_one<double>(o, T);
-    progress.done(T);
+  auto measure = [&](int64_t T) {
+    return o.dtype == "float" ? bench_cpu_one<float>(o, T) : bench_cpu_one<double>(o, T);
+  };
+  auto print = [](int64_t T, const nlohmann::json& r) {
     std::printf("| %lld | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.2fx |\n",
                 static_cast<long long>(T), r["dense_fwd_ms"].get<double>(),
                 r["dense_fwd_bwd_ms"].get<double>(), r["moba_fwd_ms"].get<double>(),
                 r["moba_fwd_bwd_ms"].get<double>(), r["gate_ms"].get<double>(),
                 r["density"].get<double>(), r["speedup_fwd_bwd"].get<double>());
-    std::fflush(stdout);
-    rows.push_back(r);
-  }
-  if (!o.json_path.empty()) {
-    std::ofstream f(o.json_path);
-    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
-    f << nlohmann::json{{"device", o.device}, {"dtype", o.dtype}, {"rows", rows}}.dump(2) << "\n";
-  }
+  };
+  const nlohmann::json rows = bench_rows(o.seq_lens, measure, print);
+  if (!o.json_path.empty())
+    write_json_file(o.json_path, {{"device", o.device}, {"dtype", o.dtype}, {"rows", rows}});
 }
 
 }  // namespace

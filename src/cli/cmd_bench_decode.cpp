@@ -6,9 +6,7 @@
 // bench/decode_peers.py's JSON (PyTorch SDPA on the same shapes) and adds the speed-up of
 // MoBA over the best dense decode, ours or a peer's. Built only with the CUDA kernels.
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <set>
 #include <string>
@@ -20,8 +18,10 @@
 #include "attention/cuda/decode_cuda.h"
 #include "cli/bench_cuda.h"
 #include "cli/commands.h"
+#include "cli/json_file.h"
 #include "core/cuda_check.cuh"
 #include "core/error.h"
+#include "core/timing.h"
 
 namespace moba::cli {
 namespace {
@@ -151,12 +151,7 @@ void run_bench_decode(const BenchDecodeOptions& o) {
   MOBA_CHECK(o.repeats >= 1 && o.warmup >= 0, "--repeats must be >= 1 and --warmup >= 0");
   for (int64_t T : o.contexts) MOBA_CHECK(T >= 1, "--context must be >= 1, got ", T);
   for (int64_t B : o.batches) MOBA_CHECK(B >= 1, "--batch must be >= 1, got ", B);
-  nlohmann::json peer;
-  if (!o.peer_path.empty()) {
-    std::ifstream f(o.peer_path);
-    MOBA_CHECK(f.good(), "cannot read peer JSON '", o.peer_path, "'");
-    peer = nlohmann::json::parse(f);
-  }
+  const nlohmann::json peer = read_peer_json(o.peer_path);
   std::printf("CUDA decode attention on %s: one query token per sequence, Hq=%lld D=%lld S=%lld "
               "K=%lld bf16 cache, median of %d after %d warm-ups (CUDA events)\n",
               cuda_device_name().c_str(), static_cast<long long>(o.heads),
@@ -172,13 +167,12 @@ void run_bench_decode(const BenchDecodeOptions& o) {
   for (int64_t hkv : o.kv_heads)
     for (int64_t B : o.batches)
       for (int64_t T : o.contexts) {
-        const auto t0 = std::chrono::steady_clock::now();
+        const auto t0 = Clock::now();
         std::fprintf(stderr, "bench decode: Hkv %lld B %lld context %lld...\n",
                      static_cast<long long>(hkv), static_cast<long long>(B),
                      static_cast<long long>(T));
         nlohmann::json r = bench_one(o, hkv, B, T);
-        std::fprintf(stderr, "bench decode: done in %.1f s\n",
-                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        std::fprintf(stderr, "bench decode: done in %.1f s\n", seconds_since(t0));
         const nlohmann::json pr = peer_row(peer, hkv, B, T);
         if (pr.is_object()) {
           r["peer"] = pr;
@@ -213,16 +207,11 @@ void run_bench_decode(const BenchDecodeOptions& o) {
         std::fflush(stdout);
         rows.push_back(r);
       }
-  if (!o.json_path.empty()) {
-    std::ofstream f(o.json_path);
-    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
-    f << nlohmann::json{{"device", cuda_device_name()}, {"dtype", "bf16"}, {"heads", o.heads},
-                        {"head_dim", o.head_dim}, {"block_size", o.block_size},
-                        {"top_k", o.top_k}, {"repeats", o.repeats}, {"warmup", o.warmup},
-                        {"rows", rows}}
-                .dump(2)
-      << "\n";
-  }
+  if (!o.json_path.empty())
+    write_json_file(o.json_path, {{"device", cuda_device_name()}, {"dtype", "bf16"},
+                                  {"heads", o.heads}, {"head_dim", o.head_dim},
+                                  {"block_size", o.block_size}, {"top_k", o.top_k},
+                                  {"repeats", o.repeats}, {"warmup", o.warmup}, {"rows", rows}});
 }
 
 }  // namespace

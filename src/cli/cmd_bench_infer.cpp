@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +14,7 @@
 
 #include "cli/bench_model.h"
 #include "cli/commands.h"
+#include "cli/json_file.h"
 #include "core/error.h"
 #include "core/timing.h"
 #include "infer/plan.h"
@@ -145,16 +145,11 @@ void run_bench_infer(const BenchInferOptions& o) {
         std::printf("| decode | %lld | %lld | %.2fx |\n", m["T"].get<long long>(),
                     m["batch"].get<long long>(),
                     m["tokens_per_s"].get<double>() / f["tokens_per_s"].get<double>());
-  if (!o.json_path.empty()) {
-    std::ofstream f(o.json_path);
-    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
-    f << nlohmann::json{{"device", prop.name},
-                        {"model", o.m.json()},
-                        {"steps", o.steps}, {"warmup", o.warmup},
-                        {"prefill", prefill_rows}, {"decode", decode_rows}}
-                .dump(2)
-      << "\n";
-  }
+  if (!o.json_path.empty())
+    write_json_file(o.json_path, {{"device", prop.name},
+                                  {"model", o.m.json()},
+                                  {"steps", o.steps}, {"warmup", o.warmup},
+                                  {"prefill", prefill_rows}, {"decode", decode_rows}});
 }
 #else
 void run_bench_infer(const BenchInferOptions&) {

@@ -17,7 +17,9 @@
 
 #include "cli/bench_model.h"
 #include "cli/commands.h"
+#include "cli/json_file.h"
 #include "core/error.h"
+#include "core/timing.h"
 #include "model/batch.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -62,8 +64,6 @@ struct Timing {
   double ms_per_step = 0, flops_exec_per_step = 0, loss = 0, memory_gb = 0;
   std::vector<std::pair<std::string, double>> profile;  // ms per step per category
 };
-
-using Clock = std::chrono::steady_clock;
 
 Timing time_cpu(const BenchTrainOptions& o, const model::ModelConfig& c) {
   model::Model<float> m(c);
@@ -188,7 +188,7 @@ void run_bench_train(const BenchTrainOptions& o) {
       MOBA_CHECK(attn == "full" || attn == "moba", "--attention takes full and/or moba, got '",
                  attn, "'");
       const model::ModelConfig c = o.m.config(T, attn);
-      const auto t0 = std::chrono::steady_clock::now();
+      const auto t0 = Clock::now();
       std::fprintf(stderr, "bench train: T %lld, %s attention: %d warm-up + %d timed steps...\n",
                    static_cast<long long>(T), attn.c_str(), o.warmup, o.steps);
       std::fflush(stderr);
@@ -199,8 +199,7 @@ void run_bench_train(const BenchTrainOptions& o) {
       t = time_cpu(o, c);
 #endif
       std::fprintf(stderr, "bench train: T %lld, %s attention done in %.1f s\n",
-                   static_cast<long long>(T), attn.c_str(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                   static_cast<long long>(T), attn.c_str(), seconds_since(t0));
       const double tokens = static_cast<double>(o.batch * T);
       const double tps = tokens / (t.ms_per_step * 1e-3);
       const double mfu_peers = peers_flops_per_token(c) * tps / kH100PeakFlops;
@@ -256,13 +255,10 @@ void run_bench_train(const BenchTrainOptions& o) {
     for (const std::string& l : profile_lines) std::printf("- %s\n", l.c_str());
   }
   if (!o.json_path.empty()) {
-    std::ofstream f(o.json_path);
-    MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
     nlohmann::json j = o.m.json();  // the shape's keys at the top level, as before
     j.update(nlohmann::json{{"device", device_name}, {"batch", o.batch}, {"steps", o.steps},
                             {"warmup", o.warmup}, {"rows", rows}});
-    f << j.dump(2)
-      << "\n";
+    write_json_file(o.json_path, j);
   }
 }
 

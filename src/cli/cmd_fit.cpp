@@ -1,13 +1,12 @@
 // moba fit RUNS_DIR [-o fits.json]: the compute-optimal frontier of each attention type and its
 // power-law fit with bootstrap intervals, for every metric and both compute conventions.
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/json_file.h"
 #include "cli/scaling_options.h"
-#include "core/error.h"
 #include "scaling/study.h"
 
 namespace moba::cli {
@@ -75,11 +74,7 @@ void add_fit(CLI::App& app) {
     const scaling::Study s =
         scaling::run_study(scaling::read_runs(o.study.runs_dir), study_options(o.study));
     print_study(s, o.study.runs_dir);
-    if (!o.json_path.empty()) {
-      std::ofstream f(o.json_path);
-      MOBA_CHECK(f.good(), "cannot write JSON to '", o.json_path, "'");
-      f << scaling::to_json(s).dump(2) << "\n";
-    }
+    if (!o.json_path.empty()) write_json_file(o.json_path, scaling::to_json(s));
   });
 }
 

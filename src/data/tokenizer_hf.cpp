@@ -5,11 +5,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <tuple>
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/text_file.h"
 
 namespace moba::data {
 namespace fs = std::filesystem;
@@ -98,14 +98,6 @@ std::string utf8(uint32_t cp) {
 nlohmann::json added_token(int64_t id, const std::string& content) {
   return {{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
           {"rstrip", false},   {"normalized", false}, {"special", true}};
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  MOBA_CHECK(f.good(), "cannot read '", path.string(), "'");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 void write_json(const fs::path& path, const nlohmann::json& j) {
@@ -299,7 +291,7 @@ std::string write_hf_tokenizer(const std::string& data_dir, const std::string& o
   nlohmann::json manifest;
   std::string kind, model_file;
   try {
-    manifest = nlohmann::json::parse(read_file(manifest_path));
+    manifest = nlohmann::json::parse(read_text_file(manifest_path));
     kind = manifest.at("tokenizer").at("kind").get<std::string>();
     if (kind == "bpe") model_file = manifest.at("tokenizer").at("model").get<std::string>();
   } catch (const nlohmann::json::exception& e) {
@@ -313,7 +305,7 @@ std::string write_hf_tokenizer(const std::string& data_dir, const std::string& o
   }
   MOBA_CHECK(kind == "bpe", manifest_path.string(), ": unknown tokenizer kind '", kind, "'");
   const fs::path model_path = fs::path(data_dir) / model_file;
-  const std::string serialized = read_file(model_path);
+  const std::string serialized = read_text_file(model_path);
   const SpModel sp = parse_sentencepiece_model(serialized, model_path.string());
   const nlohmann::json tok = hf_bpe_tokenizer_json(sp, model_path.string());
   write_json(out / "tokenizer.json", tok);

@@ -6,11 +6,11 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/text_file.h"
 
 namespace moba::scaling {
 namespace {
@@ -79,16 +79,8 @@ std::string get_string(const json& obj, const char* key, const std::string& at) 
   return v->get<std::string>();
 }
 
-std::string read_text(const fs::path& file) {
-  std::ifstream f(file, std::ios::binary);
-  MOBA_CHECK(f.good(), "cannot read '", file.string(), "'");
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
-}
-
 RunInfo parse_run_json(const fs::path& file) {
-  const std::string text = read_text(file);
+  const std::string text = read_text_file(file);
   json j;
   try {
     j = json::parse(text);
@@ -203,7 +195,7 @@ void dedupe_by_step(std::vector<Point>& v, const char* kind, const fs::path& fil
 }
 
 void parse_metrics(const fs::path& file, Run& run) {
-  const std::string text = read_text(file);
+  const std::string text = read_text_file(file);
   size_t pos = 0;
   int64_t line_no = 0;
   while (pos < text.size()) {

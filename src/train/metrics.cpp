@@ -10,18 +10,15 @@
 
 namespace moba::train {
 
-MetricsLog::MetricsLog(const std::string& path) : path_(path) {
-  f_ = std::fopen(path.c_str(), "a");
+MetricsLog::MetricsLog(const std::string& path)
+    : path_(path), f_(std::fopen(path.c_str(), "a")) {
   MOBA_CHECK(f_, "cannot open '", path, "' for appending: ", std::strerror(errno));
-}
-
-MetricsLog::~MetricsLog() {
-  if (f_) std::fclose(f_);
 }
 
 void MetricsLog::write(const nlohmann::json& line) {
   const std::string s = line.dump() + "\n";
-  MOBA_CHECK(std::fwrite(s.data(), 1, s.size(), f_) == s.size() && std::fflush(f_) == 0,
+  MOBA_CHECK(std::fwrite(s.data(), 1, s.size(), f_.get()) == s.size() &&
+                 std::fflush(f_.get()) == 0,
              "writing '", path_, "' failed: ", std::strerror(errno));
 }
 

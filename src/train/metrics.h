@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -14,17 +15,17 @@ namespace moba::train {
 
 class MetricsLog {
  public:
-  // Opens `path` for appending (creating it).
+  // Opens `path` for appending (creating it); the file is closed with the log.
   explicit MetricsLog(const std::string& path);
-  ~MetricsLog();
-  MetricsLog(const MetricsLog&) = delete;
-  MetricsLog& operator=(const MetricsLog&) = delete;
 
   void write(const nlohmann::json& line);  // one line, flushed
 
  private:
+  struct Close {
+    void operator()(std::FILE* f) const { std::fclose(f); }
+  };
   std::string path_;
-  std::FILE* f_ = nullptr;
+  std::unique_ptr<std::FILE, Close> f_;
 };
 
 // A "val" line of metrics.jsonl (docs/run_format.md): the trainer writes it, `moba eval` prints
