@@ -181,10 +181,16 @@ void draw_panel(cairo_t* cr, const LrSearch& s, const Layout& lay, size_t index)
   cairo_set_dash(cr, nullptr, 0, 0);
   cairo_set_line_width(cr, 0.6);
   cairo_set_source_rgb(cr, 0.88, 0.88, 0.88);
-  for (const Tick& t : xt)
-    if (t.major) cairo_move_to(cr, p.px(t.value), p.y0), cairo_line_to(cr, p.px(t.value), p.y0 + p.h);
-  for (const Tick& t : yt)
-    if (t.major) cairo_move_to(cr, p.x0, p.py(t.value)), cairo_line_to(cr, p.x0 + p.w, p.py(t.value));
+  for (const Tick& t : xt) {
+    if (!t.major) continue;
+    cairo_move_to(cr, p.px(t.value), p.y0);
+    cairo_line_to(cr, p.px(t.value), p.y0 + p.h);
+  }
+  for (const Tick& t : yt) {
+    if (!t.major) continue;
+    cairo_move_to(cr, p.x0, p.py(t.value));
+    cairo_line_to(cr, p.x0 + p.w, p.py(t.value));
+  }
   cairo_stroke(cr);
   cairo_set_source_rgb(cr, 0.96, 0.93, 0.93);  // the diverged band
   cairo_rectangle(cr, p.x0, p.y0, p.w, kBand);
@@ -217,8 +223,8 @@ void draw_panel(cairo_t* cr, const LrSearch& s, const Layout& lay, size_t index)
   font(cr, 13, true);
   const LrCurve& first = *curves.front();
   centered(cr, p.x0 + p.w / 2, p.y0 - 10,
-           "L" + std::to_string(first.layers) + ": " + si(static_cast<double>(size)) +
-               " parameters, " + si(first.tokens) + " tokens");
+           "L" + std::to_string(first.layers) + ": N = " + si(static_cast<double>(size)) +
+               " (non-embedding), " + si(first.tokens) + " tokens");
   font(cr, 9);
   cairo_set_source_rgb(cr, 0.55, 0.3, 0.3);
   cairo_move_to(cr, p.x0 + 4, p.y0 + 9);

@@ -159,7 +159,8 @@ void power_fit(const std::vector<double>& x, const std::vector<double>& y, doubl
   c = std::exp(my + e * mx);
 }
 
-LrRuleFit fit_rule(const std::string& over, const std::vector<const LrCurve*>& curves) {
+LrRuleFit fit_rule(const std::string& over, const std::vector<const LrCurve*>& curves,
+                   double rule_exponent) {
   LrRuleFit f;
   f.over = over;
   std::vector<double> n, cc, lr;
@@ -177,10 +178,18 @@ LrRuleFit fit_rule(const std::string& over, const std::vector<const LrCurve*>& c
     power_fit(n, lr, f.c_n, f.e_n);
     power_fit(cc, lr, f.c_c, f.e_c);
   }
+  if (std::isfinite(rule_exponent) && !lr.empty()) {
+    double mean = 0;  // of ln(lr C^e): the coefficient's log, least squares at that e
+    for (size_t i = 0; i < lr.size(); ++i)
+      mean += (std::log(lr[i]) + rule_exponent * std::log(cc[i])) / static_cast<double>(lr.size());
+    f.c_fixed = std::exp(mean);
+  }
   return f;
 }
 
-std::string tied_label(int tied) { return tied == 1 ? "tied" : tied == 0 ? "untied" : "embeddings ?"; }
+std::string tied_label(int tied) {
+  return tied == 1 ? "tied" : tied == 0 ? "untied" : "embeddings ?";
+}
 
 json num(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
 
@@ -235,10 +244,21 @@ std::map<int64_t, double> read_rule_lrs(const fs::path& runs_dir) {
   return out;
 }
 
+double read_rule_exponent(const fs::path& runs_dir) {
+  const fs::path p = runs_dir / "plan.json";
+  if (!fs::is_regular_file(p)) return kNaN;
+  std::ifstream f(p);
+  const json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("lr_rule") || !j["lr_rule"].is_object()) return kNaN;
+  const json& e = j["lr_rule"].value("exponent", json());
+  return e.is_number() ? e.get<double>() : kNaN;
+}
+
 LrSearch analyze_lr_search(const std::vector<Run>& runs, const std::map<int64_t, double>& rule_lrs,
-                           double tolerance) {
+                           double tolerance, double rule_exponent) {
   LrSearch s;
   s.tolerance = tolerance;
+  s.rule_exponent = rule_exponent;
   using Key = std::tuple<int64_t, int64_t, std::string, int, std::string>;  // size, ..., warm-up
   std::map<Key, LrCurve> by_key;
   int without_lr = 0;
@@ -296,9 +316,9 @@ LrSearch analyze_lr_search(const std::vector<Run>& runs, const std::map<int64_t,
     if (!lines.count(cv.label())) order.push_back(cv.label());
     lines[cv.label()].push_back(&cv);
   }
-  s.rules.push_back(fit_rule("every curve", all));
+  s.rules.push_back(fit_rule("every curve", all, rule_exponent));
   for (const std::string& l : order)
-    if (lines.size() > 1) s.rules.push_back(fit_rule(l, lines[l]));
+    if (lines.size() > 1) s.rules.push_back(fit_rule(l, lines[l], rule_exponent));
   return s;
 }
 
@@ -341,14 +361,19 @@ std::string lr_search_markdown(const LrSearch& s) {
         "lr_opt = c x N^-e (N: non-embedding parameters), least squares in log space over the "
         "curves' fitted optima, and the same in C = 6ND, the form of the sweep's [lr] rule "
         "(lr.coefficient = c, lr.exponent = e). With two sizes the exponent passes exactly "
-        "through them: it carries no error estimate.\n\n"
-     << "| over | optima | sizes | c (N) | e (N) | c (C = 6ND) | e (C) |\n"
-     << "|---|---|---|---|---|---|---|\n";
+        "through them: it carries no error estimate. The last column keeps the sweep's own "
+        "exponent"
+     << (std::isfinite(s.rule_exponent) ? " (" + fmt("%g", s.rule_exponent) + ")" : std::string())
+     << " and fits only the coefficient, the rule to use when the sizes are too few or too "
+        "close to pin the exponent down.\n\n"
+     << "| over | optima | sizes | c (N) | e (N) | c (C = 6ND) | e (C) | c at the sweep's e |\n"
+     << "|---|---|---|---|---|---|---|---|\n";
   for (const LrRuleFit& f : s.rules) {
     const bool ok = std::isfinite(f.e_n);
     os << "| " << f.over << " | " << f.optima << " | " << f.sizes << " | "
        << (ok ? fmt("%.4g", f.c_n) : "-") << " | " << (ok ? fmt("%.3f", f.e_n) : "-") << " | "
-       << (ok ? fmt("%.4g", f.c_c) : "-") << " | " << (ok ? fmt("%.3f", f.e_c) : "-") << " |\n";
+       << (ok ? fmt("%.4g", f.c_c) : "-") << " | " << (ok ? fmt("%.3f", f.e_c) : "-") << " | "
+       << (std::isfinite(f.c_fixed) ? fmt("%.4g", f.c_fixed) : "-") << " |\n";
   }
   os << "\n## Runs\n\n| run | size | curve | lr | final loss | state |\n"
      << "|---|---|---|---|---|---|\n";
@@ -398,7 +423,9 @@ json lr_search_json(const LrSearch& s) {
                      {"optima", f.optima},
                      {"sizes", f.sizes},
                      {"n", {{"coefficient", num(f.c_n)}, {"exponent", num(f.e_n)}}},
-                     {"c_6nd", {{"coefficient", num(f.c_c)}, {"exponent", num(f.e_c)}}}});
+                     {"c_6nd", {{"coefficient", num(f.c_c)}, {"exponent", num(f.e_c)}}},
+                     {"c_6nd_at_sweep_exponent",
+                      {{"coefficient", num(f.c_fixed)}, {"exponent", num(s.rule_exponent)}}}});
   return {{"runs_dir", s.runs_dir.string()},
           {"tolerance", s.tolerance},
           {"counts",
@@ -414,7 +441,8 @@ json lr_search_json(const LrSearch& s) {
 
 std::vector<fs::path> write_lr_search(const fs::path& runs_dir, const fs::path& out_dir,
                                       double tolerance, double png_scale) {
-  LrSearch s = analyze_lr_search(read_runs(runs_dir), read_rule_lrs(runs_dir), tolerance);
+  LrSearch s = analyze_lr_search(read_runs(runs_dir), read_rule_lrs(runs_dir), tolerance,
+                                 read_rule_exponent(runs_dir));
   s.runs_dir = runs_dir;
   fs::create_directories(out_dir);
   std::vector<fs::path> out;

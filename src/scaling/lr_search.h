@@ -63,6 +63,9 @@ struct LrRuleFit {
   int sizes = 0;         // distinct sizes among them (an exponent needs two)
   double c_n = kNaN, e_n = kNaN;  // in N
   double c_c = kNaN, e_c = kNaN;  // in C = 6ND
+  // The coefficient in C at the sweep's own exponent (kept, not fitted): one optimum is
+  // enough, so this is the rule to use when too few sizes pin the exponent down.
+  double c_fixed = kNaN;
 };
 
 struct LrSearch {
@@ -70,6 +73,7 @@ struct LrSearch {
   double tolerance = 0.01;  // the flat range: losses within (1 + tolerance) x the best
   std::vector<LrCurve> curves;  // by size, attention, embeddings (tied first), warm-up
   std::vector<LrRuleFit> rules;  // every curve first, then one per (attention, embeddings, warm-up)
+  double rule_exponent = kNaN;   // the sweep's lr.exponent (plan.json), for LrRuleFit::c_fixed
   std::vector<std::string> notes;
   int count(const std::string& state) const;
 };
@@ -80,14 +84,15 @@ struct LrSearch {
 double warmup_fraction_of(int64_t warmup_steps, int64_t steps);
 
 // The sweep's rule per size (layers -> lr) from RUNS_DIR/plan.json; empty when it is absent
-// or predates the search.
+// or predates the search. And the rule's exponent (lr.exponent), NaN when absent.
 std::map<int64_t, double> read_rule_lrs(const std::filesystem::path& runs_dir);
+double read_rule_exponent(const std::filesystem::path& runs_dir);
 
 // Groups the runs into curves and fits them. Runs without a learning rate in run.json are
 // left out with a note. Throws moba::Error when no run has one.
 LrSearch analyze_lr_search(const std::vector<Run>& runs,
                            const std::map<int64_t, double>& rule_lrs = {},
-                           double tolerance = 0.01);
+                           double tolerance = 0.01, double rule_exponent = kNaN);
 
 std::string lr_search_markdown(const LrSearch& s);
 nlohmann::json lr_search_json(const LrSearch& s);

@@ -112,7 +112,8 @@ const schema::Schema<SweepConfig>& sweep_schema() {
   static const Schema<S> s = [] {
     std::vector<Field<S>> f = {
         MOBA_FIELD(S, "name", name, nonempty(),
-                   "the sweep's name: run folders are NAME-L<size>-<attention>"),
+                   "the sweep's name: run folders are NAME-L<size>-<attention>, and with a "
+                   "[search] grid -lr<m>x-<tied|untied>-wu<fraction>"),
         MOBA_FIELD(S, "runs_dir", runs_dir, any(),
                    "where the run folders go; \"\" = runs/NAME (`-o` overrides it)"),
         MOBA_FIELD(S, "attention", attention, nonempty(),

@@ -201,7 +201,7 @@ TEST(LrSearch, RuleAcrossSizes) {
                                  .loss = bowl(lr, star, 3.0 - 0.1 * static_cast<double>(layers))});
         }
       }
-  const LrSearch s = analyze_lr_search(read_runs(tmp.path()));
+  const LrSearch s = analyze_lr_search(read_runs(tmp.path()), {}, 0.01, e / 2);
   ASSERT_EQ(s.curves.size(), 8u);
   // Sorted by size, attention, tied first.
   EXPECT_EQ(s.curves[0].layers, 3);
@@ -232,6 +232,14 @@ TEST(LrSearch, RuleAcrossSizes) {
   // In C = 6ND with D = 12 N: lr* = c (C / 72)^(-e/2), so the [lr] exponent is e / 2.
   EXPECT_NEAR(s.rules[0].e_c, e / 2, 1e-9);
   EXPECT_NEAR(s.rules[0].c_c, c * std::sqrt(0.8) * std::pow(72.0, e / 2), 1e-9 * s.rules[0].c_c);
+  // At that exponent, kept instead of fitted, the same coefficient; at another one, the
+  // coefficient that matches the optima on average in log space.
+  EXPECT_NEAR(s.rules[0].c_fixed / s.rules[0].c_c, 1.0, 1e-9);
+  const LrSearch other = analyze_lr_search(read_runs(tmp.path()), {}, 0.01, 0.125);
+  double mean = 0;
+  for (const LrCurve& cv : other.curves)
+    mean += std::log(cv.fit_lr * std::pow(6.0 * static_cast<double>(cv.params_non_embedding) * cv.tokens, 0.125)) / 8;
+  EXPECT_NEAR(other.rules[0].c_fixed, std::exp(mean), 1e-9 * std::exp(mean));
   const std::string md = lr_search_markdown(s);
   EXPECT_NE(md.find("| every curve | 8 | 2 |"), std::string::npos) << md;
 }
@@ -266,8 +274,12 @@ TEST(LrSearch, RuleFromPlanJson) {
   ASSERT_EQ(m.size(), 2u);
   EXPECT_DOUBLE_EQ(m.at(3), 0.005);
   EXPECT_DOUBLE_EQ(m.at(4), 0.004);
+  EXPECT_TRUE(std::isnan(read_rule_exponent(tmp.path())));
+  write_file(tmp.path() / "plan.json", R"({"lr_rule": {"coefficient": 0.3, "exponent": 0.125}})");
+  EXPECT_DOUBLE_EQ(read_rule_exponent(tmp.path()), 0.125);
   write_file(tmp.path() / "plan.json", "not json");
   EXPECT_TRUE(read_rule_lrs(tmp.path()).empty());
+  EXPECT_TRUE(std::isnan(read_rule_exponent(tmp.path())));
 }
 
 TEST(LrSearch, WritesTableJsonAndFigure) {
