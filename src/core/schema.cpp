@@ -57,6 +57,9 @@ std::string format(const Value& v) {
       return list(std::get<std::vector<double>>(v), number_text);
     case Type::texts:
       return list(std::get<std::vector<std::string>>(v), quoted);
+    case Type::booleans:
+      return list(std::get<std::vector<bool>>(v),
+                  [](bool b) { return std::string(b ? "true" : "false"); });
   }
   return "?";
 }

@@ -28,15 +28,15 @@
 namespace moba::schema {
 
 // The types a key can have; Value's alternatives in the same order.
-enum class Type { integer, number, boolean, text, integers, numbers, texts };
+enum class Type { integer, number, boolean, text, integers, numbers, texts, booleans };
 using Value = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>,
-                           std::vector<double>, std::vector<std::string>>;
+                           std::vector<double>, std::vector<std::string>, std::vector<bool>>;
 
 inline const char* type_name(Type t) {
   constexpr const char* names[] = {"an integer",           "a number",
                                    "true or false",        "a string",
                                    "an array of integers", "an array of numbers",
-                                   "an array of strings"};
+                                   "an array of strings",  "an array of true or false"};
   return names[static_cast<int>(t)];
 }
 
@@ -119,6 +119,7 @@ constexpr Type type_of() {
   else if constexpr (std::is_same_v<M, std::string>) return Type::text;
   else if constexpr (std::is_same_v<M, std::vector<int64_t>>) return Type::integers;
   else if constexpr (std::is_same_v<M, std::vector<double>>) return Type::numbers;
+  else if constexpr (std::is_same_v<M, std::vector<bool>>) return Type::booleans;
   else {
     static_assert(std::is_same_v<M, std::vector<std::string>>, "no schema type for this member");
     return Type::texts;
@@ -283,6 +284,8 @@ std::string Field<Root>::check(const Value& v) const {
             for (const std::string& c : choices) l += (l.empty() ? "" : "\", \"") + c;
             return l;
           }() + "\"");
+      break;
+    case Type::booleans:
       break;
   }
   const bool empty = std::visit(

@@ -60,6 +60,11 @@ inline Value read_value(const toml::node& n, Type t, const std::string& key,
     for (const toml::node& e : *a) out.push_back(number(e));
     return out;
   }
+  if (t == Type::booleans) {
+    std::vector<bool> out;
+    for (const toml::node& e : *a) out.push_back(exact(e, static_cast<bool*>(nullptr)));
+    return out;
+  }
   std::vector<std::string> out;
   for (const toml::node& e : *a) out.push_back(exact(e, static_cast<std::string*>(nullptr)));
   return out;
@@ -183,7 +188,7 @@ template <class Root>
 std::string markdown(const Schema<Root>& s, const std::string& prefix = "",
                      const std::string& skip_prefix = "") {
   constexpr const char* kType[] = {"integer", "number", "bool", "string",
-                                   "integers", "numbers", "strings"};
+                                   "integers", "numbers", "strings", "bools"};
   const Root defaults{};
   std::ostringstream os;
   os << "| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n";

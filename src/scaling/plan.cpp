@@ -38,6 +38,15 @@ std::string bytes(double b) {
 
 constexpr double kPflopsDay = 1e15 * 86400.0;
 
+// A search run's grid values as planner table cells: "0.50 | untied | 0.1 (49 steps) | ".
+std::string search_cells(const PlannedRun& r) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "%.2f | %s | %g (%lld steps) | ",
+                r.config.train.lr / r.lr_rule, r.config.model.tied_embeddings ? "tied" : "untied",
+                r.warmup_fraction, static_cast<long long>(r.config.train.warmup_steps));
+  return buf;
+}
+
 // The data's training tokens and vocabulary from its manifest, without opening shards.
 struct DataFacts {
   int64_t train_tokens = 0, vocab_size = 0;
@@ -106,6 +115,21 @@ double exec_flops_per_token(const model::ModelConfig& cfg0) {
   return model::matmul_flops_per_token(c) + attention;
 }
 
+size_t SearchConfig::points() const {
+  const auto n = [](size_t k) { return std::max<size_t>(1, k); };
+  return n(lr.size() + lr_multipliers.size()) * n(tied_embeddings.size()) *
+         n(warmup_fractions.size());
+}
+
+std::string search_suffix(const SearchConfig& g, double lr_value, bool tied,
+                          double warmup_fraction) {
+  if (g.points() <= 1) return "";  // the plain ladder name: existing run folders stay valid
+  char buf[96];
+  std::snprintf(buf, sizeof buf, g.lr.empty() ? "-lr%gx-%s-wu%g" : "-lr%g-%s-wu%g", lr_value,
+                tied ? "tied" : "untied", warmup_fraction);
+  return buf;
+}
+
 double planned_lr(const LrRule& rule, double params, double tokens) {
   const double c = 6.0 * params * tokens;
   return std::min(rule.max, rule.coefficient * std::pow(c, -rule.exponent));
@@ -144,72 +168,107 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override,
              " is smaller than the data's vocabulary (", facts.vocab_size, ", ", data, ")");
   const bool synthetic = data.rfind("synthetic:", 0) == 0;
   const LadderConfig& l = s.ladder;
+  const SearchConfig& g = s.search;
+  // The grid's lists, each defaulting to the ladder's (or [base]'s) single value.
+  const bool absolute = !g.lr.empty();
+  const std::vector<double> lrs = absolute ? g.lr
+                                  : g.lr_multipliers.empty() ? std::vector<double>{1.0}
+                                                             : g.lr_multipliers;
+  const std::vector<bool> tieds = g.tied_embeddings.empty()
+                                      ? std::vector<bool>{s.base.model.tied_embeddings}
+                                      : g.tied_embeddings;
+  const std::vector<double> warmups =
+      g.warmup_fractions.empty() ? std::vector<double>{l.warmup_fraction} : g.warmup_fractions;
+  // The grid of one (size, attention): tied before untied, then warm-up, then lr.
+  struct Point {
+    bool tied;
+    double warmup, lr;
+  };
+  std::vector<Point> grid;
+  for (const bool tied : tieds)
+    for (const double warmup : warmups)
+      for (const double lr : lrs) grid.push_back({tied, warmup, lr});
   for (size_t i = 0; i < l.layers.size(); ++i) {
     const int64_t L = l.layers[i];
     for (const std::string& kind : s.attention) {
-      // [base], then what the ladder sets (plan.h).
-      train::RunConfig c = s.base;
-      c.name = s.name + "-L" + std::to_string(L) + "-" + kind;
-      c.data = data;
-      c.model.layers = L;
-      c.model.heads = L;
-      c.model.kv_heads = l.kv_heads;
-      c.model.head_dim = l.head_dim;
-      c.model.width = l.head_dim * L;
-      c.model.mlp_hidden = 0;
-      c.model.attention.kind = model::parse_attention_kind(kind, "attention");
-      const model::ParamCounts pc = model::param_counts(c.model);
-      const double target = l.tokens.empty()
-                                ? l.tokens_per_param * static_cast<double>(pc.non_embedding)
-                                : l.tokens[i];
-      const double per_step = static_cast<double>(c.train.tokens_per_step(c.model.seq_len));
-      c.train.steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(target / per_step)));
-      c.train.tokens = 0;
-      const double tokens = static_cast<double>(c.train.steps) * per_step;
-      c.train.lr = planned_lr(s.lr, static_cast<double>(pc.non_embedding), tokens);
-      c.train.warmup_steps = std::llround(l.warmup_fraction * static_cast<double>(c.train.steps));
-      if (!eval_data.empty()) c.eval.data = eval_data;
-      c.eval.every = std::max<int64_t>(1, c.train.steps / l.eval_points);
-      c.checkpoint_every = c.eval.every;
-      if (!s.base_sets_log_every) c.log_every = std::max<int64_t>(1, c.train.steps / 10);
-      try {
-        c.validate();  // the run as the ladder made it: the one check of its configuration
-      } catch (const Error& e) {
-        MOBA_CHECK(false, s.origin, ": size L = ", L, " (", kind, "): ", e.what());
+      for (const Point& pt : grid) {
+        // [base], then what the ladder sets (plan.h), then the grid point.
+        train::RunConfig c = s.base;
+        c.name = s.name + "-L" + std::to_string(L) + "-" + kind +
+                 search_suffix(g, pt.lr, pt.tied, pt.warmup);
+        c.data = data;
+        c.model.layers = L;
+        c.model.heads = L;
+        c.model.kv_heads = l.kv_heads;
+        c.model.head_dim = l.head_dim;
+        c.model.width = l.head_dim * L;
+        c.model.mlp_hidden = 0;
+        c.model.tied_embeddings = pt.tied;
+        c.model.attention.kind = model::parse_attention_kind(kind, "attention");
+        const model::ParamCounts pc = model::param_counts(c.model);
+        const double target = l.tokens.empty()
+                                  ? l.tokens_per_param * static_cast<double>(pc.non_embedding)
+                                  : l.tokens[i];
+        const double per_step = static_cast<double>(c.train.tokens_per_step(c.model.seq_len));
+        c.train.steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(target / per_step)));
+        c.train.tokens = 0;
+        const double tokens = static_cast<double>(c.train.steps) * per_step;
+        const double lr_rule = planned_lr(s.lr, static_cast<double>(pc.non_embedding), tokens);
+        c.train.lr = absolute ? pt.lr : lr_rule * pt.lr;
+        c.train.warmup_steps = std::llround(pt.warmup * static_cast<double>(c.train.steps));
+        if (!eval_data.empty()) c.eval.data = eval_data;
+        c.eval.every = std::max<int64_t>(1, c.train.steps / l.eval_points);
+        c.checkpoint_every = c.eval.every;
+        if (!s.base_sets_log_every) c.log_every = std::max<int64_t>(1, c.train.steps / 10);
+        try {
+          c.validate();  // the run as the ladder made it: the one check of its configuration
+        } catch (const Error& e) {
+          MOBA_CHECK(false, s.origin, ": size L = ", L, " (", c.name, "): ", e.what());
+        }
+        PlannedRun r;
+        r.config = c.resolved();
+        r.attention = kind;
+        r.size = static_cast<int64_t>(i);
+        r.params = pc;
+        r.tokens = tokens;
+        r.flops_6nd = 6.0 * static_cast<double>(pc.non_embedding) * tokens;
+        r.exec_per_token = exec_flops_per_token(r.config.model);
+        r.flops_exec = r.exec_per_token * tokens;
+        const model::ModelConfig& m = r.config.model;
+        r.attention_density = kind == "full" ? 1.0
+                                             : moba_pairs_per_sequence(m.seq_len, 1,
+                                                                       m.attention.block_size,
+                                                                       m.attention.top_k) /
+                                                   dense_pairs_per_sequence(m.seq_len, 1);
+        if (s.estimate.known()) {
+          const int64_t every = r.config.eval.every, steps = r.config.train.steps;
+          const double evals = static_cast<double>(steps / every + (steps % every != 0));
+          const double eval_tokens =
+              evals * static_cast<double>(r.config.eval.windows * m.seq_len) / 3.0;
+          const double per_token =
+              s.estimate.seconds_per_token +
+              (s.estimate.flops_per_s > 0 ? r.exec_per_token / s.estimate.flops_per_s : 0.0);
+          r.seconds = (tokens + eval_tokens) * per_token;
+        }
+        if (synthetic)
+          r.data_reads = 0;
+        else if (facts.train_tokens > 0)
+          r.data_reads = tokens / static_cast<double>(facts.train_tokens);
+        r.memory_bytes = memory_estimate(m, r.config.train.batch_size);
+        r.lr_rule = lr_rule;
+        r.lr_multiplier = absolute ? 0.0 : pt.lr;
+        r.warmup_fraction = pt.warmup;
+        plan.runs.push_back(std::move(r));
       }
-      PlannedRun r;
-      r.config = c.resolved();
-      r.attention = kind;
-      r.size = static_cast<int64_t>(i);
-      r.params = pc;
-      r.tokens = tokens;
-      r.flops_6nd = 6.0 * static_cast<double>(pc.non_embedding) * tokens;
-      r.exec_per_token = exec_flops_per_token(r.config.model);
-      r.flops_exec = r.exec_per_token * tokens;
-      const model::ModelConfig& m = r.config.model;
-      r.attention_density =
-          kind == "full"
-              ? 1.0
-              : moba_pairs_per_sequence(m.seq_len, 1, m.attention.block_size, m.attention.top_k) /
-                    dense_pairs_per_sequence(m.seq_len, 1);
-      if (s.estimate.known()) {
-        const int64_t every = r.config.eval.every, steps = r.config.train.steps;
-        const double evals = static_cast<double>(steps / every + (steps % every != 0));
-        const double eval_tokens =
-            evals * static_cast<double>(r.config.eval.windows * m.seq_len) / 3.0;
-        const double per_token =
-            s.estimate.seconds_per_token +
-            (s.estimate.flops_per_s > 0 ? r.exec_per_token / s.estimate.flops_per_s : 0.0);
-        r.seconds = (tokens + eval_tokens) * per_token;
-      }
-      if (synthetic)
-        r.data_reads = 0;
-      else if (facts.train_tokens > 0)
-        r.data_reads = tokens / static_cast<double>(facts.train_tokens);
-      r.memory_bytes = memory_estimate(m, r.config.train.batch_size);
-      plan.runs.push_back(std::move(r));
     }
   }
+  // Each run has a folder of its own: two grid values that print alike (0.1 and 0.1000001
+  // under %g) would share one.
+  for (size_t a = 0; a < plan.runs.size(); ++a)
+    for (size_t b = 0; b < a; ++b)
+      MOBA_CHECK(plan.runs[a].config.name != plan.runs[b].config.name, s.origin,
+                 ": two runs are named ", plan.runs[a].config.name,
+                 "; make the [search] values differ in their first six digits");
   return plan;
 }
 
@@ -246,7 +305,20 @@ void print_plan(std::FILE* f, const Plan& p) {
                p.runs.size(), s.ladder.layers.size());
   for (size_t i = 0; i < s.attention.size(); ++i)
     std::fprintf(f, "%s%s", i ? ", " : "", s.attention[i].c_str());
-  std::fprintf(f, "}; T = %lld, MoBA S = %lld, K = %lld, vocabulary %lld, head dim %lld\n",
+  const SearchConfig& g = s.search;
+  const bool grid = g.points() > 1;
+  std::fprintf(f, "}");
+  if (grid) {
+    const auto n = [](size_t k, const char* what) {
+      k = std::max<size_t>(1, k);
+      return std::to_string(k) + " " + what + (k > 1 ? "s" : "");
+    };
+    std::fprintf(f, " x %zu search points (%s x %s x %s)", g.points(),
+                 n(g.lr.size() + g.lr_multipliers.size(), "learning rate").c_str(),
+                 n(g.tied_embeddings.size(), "embedding").c_str(),
+                 n(g.warmup_fractions.size(), "warm-up").c_str());
+  }
+  std::fprintf(f, "; T = %lld, MoBA S = %lld, K = %lld, vocabulary %lld, head dim %lld\n",
                static_cast<long long>(m0.seq_len), static_cast<long long>(m0.attention.block_size),
                static_cast<long long>(m0.attention.top_k), static_cast<long long>(m0.vocab_size),
                static_cast<long long>(m0.head_dim));
@@ -257,12 +329,17 @@ void print_plan(std::FILE* f, const Plan& p) {
   else
     std::fprintf(f, "tokens: the preset's ladder.tokens (whole steps of %lld tokens); ",
                  static_cast<long long>(s.base.train.tokens_per_step(m0.seq_len)));
-  std::fprintf(f, "lr = min(%g, %g x (6ND)^-%g)\ndata: %s; %s rows\n\n", s.lr.max,
-               s.lr.coefficient, s.lr.exponent, p.data_note.c_str(), s.base.data_packing.c_str());
-  std::fprintf(f,
-               "| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | "
-               "6ND FLOPs | exec FLOPs | attn density | est. time | data reads | memory |\n"
-               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::fprintf(f, "lr = min(%g, %g x (6ND)^-%g)%s\ndata: %s; %s rows\n\n", s.lr.max,
+               s.lr.coefficient, s.lr.exponent,
+               !grid          ? ""
+               : g.lr.empty() ? ", times the search's multiplier"
+                              : "; the search's learning rates replace it",
+               p.data_note.c_str(), s.base.data_packing.c_str());
+  // With a search, the grid's three values of each run, after its name.
+  std::fprintf(f, "| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | %s"
+                  "6ND FLOPs | exec FLOPs | attn density | est. time | data reads | memory |\n"
+                  "|---|---|---|---|---|---|---|---|%s---|---|---|---|---|---|\n",
+               grid ? "lr / rule | embeddings | warm-up | " : "", grid ? "---|---|---|" : "");
   double f6 = 0, fe = 0;
   for (size_t i = 0; i < p.runs.size(); ++i) {
     const PlannedRun& r = p.runs[i];
@@ -273,12 +350,13 @@ void print_plan(std::FILE* f, const Plan& p) {
                     r.data_reads > s.max_data_reads ? " (!)" : "");
     std::fprintf(
         f,
-        "| %zu | %s | %lld | %lld | %s / %s | %s | %lld | %.2e | %.3e | %.3e | %.2f | "
+        "| %zu | %s | %lld | %lld | %s / %s | %s | %lld | %.2e | %s%.3e | %.3e | %.2f | "
         "%s | %s | %s |\n",
         i + 1, r.config.name.c_str(), static_cast<long long>(m.layers),
         static_cast<long long>(m.width), si(static_cast<double>(r.params.non_embedding)).c_str(),
         si(static_cast<double>(r.params.total)).c_str(), si(r.tokens).c_str(),
-        static_cast<long long>(r.config.train.steps), r.config.train.lr, r.flops_6nd, r.flops_exec,
+        static_cast<long long>(r.config.train.steps), r.config.train.lr,
+        grid ? search_cells(r).c_str() : "", r.flops_6nd, r.flops_exec,
         r.attention_density, r.seconds >= 0 ? train::format_duration(r.seconds).c_str() : "-",
         reads, bytes(r.memory_bytes).c_str());
     f6 += r.flops_6nd;
@@ -317,6 +395,11 @@ nlohmann::json plan_json(const Plan& p) {
                     {"tokens", r.tokens},
                     {"steps", r.config.train.steps},
                     {"lr", r.config.train.lr},
+                    {"lr_rule", r.lr_rule},
+                    {"lr_multiplier", r.lr_multiplier},
+                    {"tied_embeddings", m.tied_embeddings},
+                    {"warmup_fraction", r.warmup_fraction},
+                    {"warmup_steps", r.config.train.warmup_steps},
                     {"flops_6nd", r.flops_6nd},
                     {"flops_exec", r.flops_exec},
                     {"attention_density", r.attention_density},
@@ -334,6 +417,12 @@ nlohmann::json plan_json(const Plan& p) {
            {{"coefficient", p.sweep.lr.coefficient},
             {"exponent", p.sweep.lr.exponent},
             {"max", p.sweep.lr.max}}},
+          {"search",
+           {{"lr_multipliers", p.sweep.search.lr_multipliers},
+            {"lr", p.sweep.search.lr},
+            {"tied_embeddings", p.sweep.search.tied_embeddings},
+            {"warmup_fractions", p.sweep.search.warmup_fractions},
+            {"points", p.sweep.search.points()}}},
           {"runs", runs}};
 }
 

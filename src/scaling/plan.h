@@ -16,6 +16,9 @@
 //   lr     = lr.coefficient x C^-lr.exponent, C = 6ND in FLOPs, capped at lr.max
 //            (DeepSeek LLM's fitted rule, eta_opt = 0.3118 C^-0.125; with tokens = rN it
 //            is lr proportional to N^-0.25).
+// A `[search]` table turns each (size, attention) into a grid of runs around the ladder's
+// (docs/sweep.md, "Learning-rate search"): learning rates (multiples of the rule's, or
+// absolute values) x tied or untied embeddings x warm-up fractions, every combination.
 // The plan gives every run's parameters, tokens, FLOPs in both conventions (6ND, and
 // executed: matmuls plus attention over dense causal pairs or MoBA's selected pairs,
 // counted as the trainer counts them), an estimated time, a memory estimate and how many
@@ -61,6 +64,20 @@ struct ThroughputModel {
   bool known() const { return flops_per_s > 0.0 || seconds_per_token > 0.0; }
 };
 
+// The learning-rate search's grid; an empty list leaves that key at the ladder's value.
+// With more than one point, run names get "-lr<m>x" (or "-lr<value>"), "-tied" or
+// "-untied" and "-wu<fraction>", every part always, so that a run keeps its name when
+// another list grows (a second sweep with --set adds runs beside the first's).
+struct SearchConfig {
+  std::vector<double> lr_multipliers;    // x the rule's lr (after its cap)
+  std::vector<double> lr;                // absolute learning rates (instead of multipliers)
+  std::vector<bool> tied_embeddings;     // empty: base.model.tied_embeddings
+  std::vector<double> warmup_fractions;  // empty: ladder.warmup_fraction
+  bool given = false;                    // the preset has a [search] table (or --set one)
+  // Grid points per (size, attention): 1 without [search].
+  size_t points() const;
+};
+
 struct SweepConfig {
   std::string name = "sweep";
   std::string origin;  // the file it was read from (messages)
@@ -75,6 +92,7 @@ struct SweepConfig {
   bool base_sets_log_every = false;  // else log.every gives about 10 lines per run
   LadderConfig ladder;
   LrRule lr;
+  SearchConfig search;
   ThroughputModel estimate;
   double max_data_reads = 4.0;  // a run reading its data more often is refused
 };
@@ -106,13 +124,20 @@ struct PlannedRun {
   double seconds = -1;           // estimated; < 0 when the preset gives no throughput
   double data_reads = -1;        // tokens / training tokens; < 0 when unknown (synthetic: 0)
   double memory_bytes = 0;       // estimate for one micro-batch, see memory_estimate()
+  // Its point of the [search] grid: the rule's lr for its size, what multiplied it (0 when
+  // the grid gives absolute values), and the warm-up fraction its warm-up steps come from.
+  double lr_rule = 0;
+  double lr_multiplier = 1;
+  double warmup_fraction = 0;
 };
 
 struct Plan {
   SweepConfig sweep;
   std::string data_note;          // where the data figures come from
   int64_t data_train_tokens = 0;  // 0: unknown or synthetic
-  std::vector<PlannedRun> runs;   // by size, then attention in the preset's order
+  // By size, then attention in the preset's order, then the [search] grid: tied before
+  // untied, warm-up fractions and learning rates as listed.
+  std::vector<PlannedRun> runs;
   double max_data_reads() const;
   double total_seconds() const;  // < 0 when unknown
 };
@@ -129,6 +154,11 @@ double exec_flops_per_token(const model::ModelConfig& cfg);
 
 // Learning rate of a run of `params` non-embedding parameters trained on `tokens`.
 double planned_lr(const LrRule& rule, double params, double tokens);
+
+// The part of a run's name that its [search] point adds: "" for a grid of one point, else
+// "-lr0.5x-untied-wu0.1" (multipliers) or "-lr0.003-tied-wu0.02" (absolute values).
+std::string search_suffix(const SearchConfig& search, double lr_value, bool tied,
+                          double warmup_fraction);
 
 // Memory of training one micro-batch on a GPU in bf16: train::estimate_memory (the
 // trainer's own planner, which refuses a run that cannot fit), total.

@@ -74,6 +74,28 @@ void validate(const SweepConfig& s, const std::set<std::string>& given) {
                ") must divide every size's heads, not ", L);
   MOBA_CHECK(l.tokens.empty() || l.tokens.size() == l.layers.size(), o, ": ladder.tokens has ",
              l.tokens.size(), " entries, ladder.layers ", l.layers.size(), "; give one per size");
+  // [search]: one list of learning rates, the ratios or the values, never both; each list
+  // without repeats (a repeat would train the same run twice under one name).
+  const SearchConfig& g = s.search;
+  if (g.given)
+    MOBA_CHECK(g.lr.empty() != g.lr_multipliers.empty(), o,
+               ": [search] needs exactly one of search.lr_multipliers (times the [lr] rule's "
+               "value) and search.lr (absolute values), got ",
+               g.lr.empty() ? "neither" : "both");
+  MOBA_CHECK(g.tied_embeddings.empty() || !given.count("base.model.tied_embeddings"), o,
+             ": base.model.tied_embeddings is set per run by search.tied_embeddings; remove one");
+  const auto no_repeats = [&](const std::vector<double>& v, const char* key) {
+    for (size_t i = 0; i < v.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        MOBA_CHECK(v[i] != v[j], o, ": ", key, " lists ", v[i], " twice");
+  };
+  no_repeats(g.lr_multipliers, "search.lr_multipliers");
+  no_repeats(g.lr, "search.lr");
+  no_repeats(g.warmup_fractions, "search.warmup_fractions");
+  for (size_t i = 1; i < g.tied_embeddings.size(); ++i)
+    MOBA_CHECK(g.tied_embeddings[i] != g.tied_embeddings[0], o,
+               ": search.tied_embeddings lists ", g.tied_embeddings[0] ? "true" : "false",
+               " twice");
   // [base]'s own relations, as far as they do not depend on the ladder.
   try {
     train::check_data_packing(s.base.data, s.base.data_packing);
@@ -90,7 +112,8 @@ const schema::Schema<SweepConfig>& sweep_schema() {
   static const Schema<S> s = [] {
     std::vector<Field<S>> f = {
         MOBA_FIELD(S, "name", name, nonempty(),
-                   "the sweep's name: run folders are NAME-L<size>-<attention>"),
+                   "the sweep's name: run folders are NAME-L<size>-<attention>, and with a "
+                   "[search] grid -lr<m>x-<tied|untied>-wu<fraction>"),
         MOBA_FIELD(S, "runs_dir", runs_dir, any(),
                    "where the run folders go; \"\" = runs/NAME (`-o` overrides it)"),
         MOBA_FIELD(S, "attention", attention, nonempty(),
@@ -118,6 +141,16 @@ const schema::Schema<SweepConfig>& sweep_schema() {
                    "lr = min(max, coefficient x (6ND)^-exponent)"),
         MOBA_FIELD(S, "lr.exponent", lr.exponent, at_least(0), "see lr.coefficient"),
         MOBA_FIELD(S, "lr.max", lr.max, above(0), "the cap of the rule"),
+        MOBA_FIELD(S, "search.lr_multipliers", search.lr_multipliers, above(0),
+                   "learning-rate search: each (size, attention) trains once per value, at the "
+                   "[lr] rule's lr times it; [] = no search over lr"),
+        MOBA_FIELD(S, "search.lr", search.lr, within(0, 10, "()"),
+                   "the search's absolute learning rates instead (exactly one of the two lists "
+                   "in a [search] table)"),
+        MOBA_FIELD(S, "search.tied_embeddings", search.tied_embeddings, any(),
+                   "the search's embeddings, e.g. [true, false]; [] = base.model.tied_embeddings"),
+        MOBA_FIELD(S, "search.warmup_fractions", search.warmup_fractions, within(0, 1, "[)"),
+                   "the search's warm-up fractions; [] = ladder.warmup_fraction"),
         MOBA_FIELD(S, "estimate.flops_per_s", estimate.flops_per_s, at_least(0),
                    "executed FLOP/s once the per-token overhead is paid; 0 with "
                    "seconds_per_token = 0: no time estimate"),
@@ -144,6 +177,8 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
   for (const std::string& set : sets) schema::apply_set(sweep_schema(), s, set, &given);
   if (s.runs_dir.empty()) s.runs_dir = "runs/" + s.name;
   s.base_sets_log_every = given.count("base.log.every") > 0;
+  s.search.given = std::any_of(given.begin(), given.end(),
+                               [](const std::string& k) { return k.starts_with("search."); });
   validate(s, given);
   return s;
 }

@@ -23,6 +23,8 @@ constexpr double kW = 900, kH = 600;
 constexpr double kLeft = 92, kRight = 24, kTop = 52, kBottom = 92;
 using canvas::advance;
 using canvas::font;
+using canvas::show_sup;
+using canvas::sup_width;
 
 struct Frame {
   double x0 = kLeft, y0 = kTop, w = kW - kLeft - kRight, h = kH - kTop - kBottom;
@@ -36,32 +38,6 @@ struct Frame {
 
 void set_rgb(cairo_t* cr, const std::array<double, 3>& c, double alpha = 1.0) {
   cairo_set_source_rgba(cr, c[0], c[1], c[2], alpha);
-}
-
-// Width of base followed by a raised exponent at 70% size.
-double sup_width(cairo_t* cr, double size, const std::string& base, const std::string& exp) {
-  font(cr, size);
-  double w = advance(cr, base);
-  if (!exp.empty()) {
-    font(cr, size * 0.7);
-    w += 1 + advance(cr, exp);
-    font(cr, size);
-  }
-  return w;
-}
-
-// Draws base^exp with its baseline at y, starting at x.
-void show_sup(cairo_t* cr, double x, double y, double size, const std::string& base,
-              const std::string& exp) {
-  font(cr, size);
-  cairo_move_to(cr, x, y);
-  cairo_show_text(cr, base.c_str());
-  if (exp.empty()) return;
-  const double w = advance(cr, base);
-  font(cr, size * 0.7);
-  cairo_move_to(cr, x + w + 1, y - size * 0.42);
-  cairo_show_text(cr, exp.c_str());
-  font(cr, size);
 }
 
 void draw_axes(cairo_t* cr, const Figure& fig, const Frame& fr) {

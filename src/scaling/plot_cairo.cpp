@@ -26,6 +26,30 @@ double advance(cairo_t* cr, const std::string& s) {
   return e.x_advance;
 }
 
+double sup_width(cairo_t* cr, double size, const std::string& base, const std::string& exp) {
+  font(cr, size);
+  double w = advance(cr, base);
+  if (!exp.empty()) {
+    font(cr, size * 0.7);
+    w += 1 + advance(cr, exp);
+    font(cr, size);
+  }
+  return w;
+}
+
+void show_sup(cairo_t* cr, double x, double y, double size, const std::string& base,
+              const std::string& exp) {
+  font(cr, size);
+  cairo_move_to(cr, x, y);
+  cairo_show_text(cr, base.c_str());
+  if (exp.empty()) return;
+  const double w = advance(cr, base);
+  font(cr, size * 0.7);
+  cairo_move_to(cr, x + w + 1, y - size * 0.42);
+  cairo_show_text(cr, exp.c_str());
+  font(cr, size);
+}
+
 void write_png(const Paint& paint, double width, double height, const std::filesystem::path& file,
                double scale) {
   MOBA_CHECK(scale > 0 && scale <= 8, "PNG scale must be in (0, 8], got ", scale);

@@ -17,6 +17,11 @@ inline constexpr const char* kFont = "DejaVu Sans";
 void font(cairo_t* cr, double size, bool bold = false);
 // The horizontal advance of `s` in the current font.
 double advance(cairo_t* cr, const std::string& s);
+// Width of `base` followed by a raised exponent `exp` at 70% of `size`, and its drawing
+// with the baseline at y from x (an axis label "10" + "−3"; exp may be empty).
+double sup_width(cairo_t* cr, double size, const std::string& base, const std::string& exp);
+void show_sup(cairo_t* cr, double x, double y, double size, const std::string& base,
+              const std::string& exp);
 
 using Paint = std::function<void(cairo_t*)>;
 // `paint` on a width x height point canvas, rendered at `scale` pixels per point (in

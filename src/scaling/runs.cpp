@@ -116,6 +116,20 @@ RunInfo parse_run_json(const fs::path& file) {
   r.head_dim = get_int(j, "head_dim", at, false);
   r.vocab_size = get_int(j, "vocab_size", at, false);
   r.params_total = get_int(j, "params_total", at, false);
+  if (const json* c = find(j, "config"); c && c->is_object()) {
+    const std::string cat = at + " (config)";
+    if (const json* t = find(*c, "train"); t && t->is_object()) {
+      r.lr = get_number(*t, "lr", cat, false, kNaN);
+      r.steps = get_int(*t, "steps", cat, false);
+      if (find(*t, "warmup_steps")) r.warmup_steps = get_int(*t, "warmup_steps", cat, false);
+    }
+    if (const json* m = find(*c, "model"); m && m->is_object())
+      if (const json* tied = find(*m, "tied_embeddings")) {
+        MOBA_CHECK(tied->is_boolean(), cat, ": field 'model.tied_embeddings' must be true or "
+                   "false, got ", tied->dump());
+        r.tied_embeddings = tied->get<bool>() ? 1 : 0;
+      }
+  }
   return r;
 }
 
@@ -292,6 +306,12 @@ void write_run_json(const fs::path& dir, const RunInfo& r) {
                   {"status", r.status},
                   {"bytes_per_token", r.bytes_per_token}};
   if (!r.validation_data.empty()) j["validation_data"] = r.validation_data;
+  // The part of "config" that the learning-rate search reads, when the run has it.
+  if (std::isfinite(r.lr)) {
+    j["config"]["train"] = {{"lr", r.lr}, {"steps", r.steps}};
+    if (r.warmup_steps >= 0) j["config"]["train"]["warmup_steps"] = r.warmup_steps;
+  }
+  if (r.tied_embeddings >= 0) j["config"]["model"]["tied_embeddings"] = r.tied_embeddings == 1;
   std::ofstream f(dir / "run.json");
   MOBA_CHECK(f.good(), "cannot write '", (dir / "run.json").string(), "'");
   f << j.dump(2) << "\n";

@@ -25,6 +25,12 @@ struct RunInfo {
   std::string status;  // "running", "finished" or "failed"
   double bytes_per_token = 1.0;
   std::string validation_data;  // what the val lines were computed on ("" in older runs)
+  // From run.json's "config", what a learning-rate search varies (lr_search.h); absent
+  // from hand-made runs: NaN, 0 and -1.
+  double lr = kNaN;               // peak learning rate (train.lr)
+  int64_t steps = 0;              // train.steps
+  int64_t warmup_steps = -1;      // train.warmup_steps
+  int tied_embeddings = -1;       // model.tied_embeddings: 1, 0, or -1 when unknown
 };
 
 // One "val" line of metrics.jsonl. Absent or null losses are NaN.

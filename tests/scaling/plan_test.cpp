@@ -6,13 +6,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "attention/gate.h"
 #include "attention/stats.h"
 #include "scaling/temp_dir.h"
+#include "train/config.h"
 
 namespace moba::scaling {
 namespace {
@@ -364,6 +367,173 @@ TEST(Preset, DocsTableMatchesTheSchema) {
   ASSERT_NE(e, std::string::npos);
   EXPECT_EQ(doc.substr(b + begin.size(), e - b - begin.size()), sweep_markdown())
       << "regenerate the table: moba sweep --schema";
+}
+
+}  // namespace
+}  // namespace moba::scaling
+
+// The learning-rate search ([search]): each (size, attention) becomes the grid's runs.
+namespace moba::scaling {
+namespace {
+
+using testing::expect_error;
+
+std::string with_search(const std::string& lines) { return std::string(kTiny) + "[search]\n" + lines; }
+
+std::string plan_text(const Plan& p) {
+  std::FILE* f = std::tmpfile();
+  print_plan(f, p);
+  std::string text(static_cast<size_t>(std::ftell(f)), '\0');
+  std::rewind(f);
+  EXPECT_EQ(std::fread(text.data(), 1, text.size(), f), text.size());
+  std::fclose(f);
+  return text;
+}
+
+TEST(Search, GridExpandsEverySizeAndAttention) {
+  const Plan base = make_plan(parse_sweep_config(kTiny, "p.toml"));
+  const Plan p = make_plan(parse_sweep_config(
+      with_search("lr_multipliers = [0.5, 1, 4]\ntied_embeddings = [true, false]\n"
+                  "warmup_fractions = [0.1, 0.25]"),
+      "p.toml"));
+  EXPECT_EQ(p.sweep.search.points(), 12u);
+  ASSERT_EQ(p.runs.size(), 2u * 2u * 12u);  // sizes x attention x grid
+  // Order: size, attention, then tied before untied, warm-up, learning rate.
+  EXPECT_EQ(p.runs[0].config.name, "t-L2-full-lr0.5x-tied-wu0.1");
+  EXPECT_EQ(p.runs[1].config.name, "t-L2-full-lr1x-tied-wu0.1");
+  EXPECT_EQ(p.runs[2].config.name, "t-L2-full-lr4x-tied-wu0.1");
+  EXPECT_EQ(p.runs[3].config.name, "t-L2-full-lr0.5x-tied-wu0.25");
+  EXPECT_EQ(p.runs[6].config.name, "t-L2-full-lr0.5x-untied-wu0.1");
+  EXPECT_EQ(p.runs[12].config.name, "t-L2-moba-lr0.5x-tied-wu0.1");
+  EXPECT_EQ(p.runs.back().config.name, "t-L3-moba-lr4x-untied-wu0.25");
+  std::set<std::string> names;
+  for (const PlannedRun& r : p.runs) {
+    names.insert(r.config.name);
+    // The ladder's run of the same size and attention, with the grid's three values.
+    const PlannedRun& ladder = base.runs[static_cast<size_t>(r.size) * 2 + (r.attention == "moba")];
+    EXPECT_EQ(r.config.train.steps, ladder.config.train.steps);
+    EXPECT_EQ(r.params.non_embedding, ladder.params.non_embedding);
+    EXPECT_DOUBLE_EQ(r.lr_rule, ladder.config.train.lr);
+    EXPECT_DOUBLE_EQ(r.config.train.lr, ladder.config.train.lr * r.lr_multiplier);
+    EXPECT_EQ(r.config.train.warmup_steps,
+              std::llround(r.warmup_fraction * static_cast<double>(r.config.train.steps)));
+    const bool untied = r.config.name.find("-untied-") != std::string::npos;
+    EXPECT_EQ(r.config.model.tied_embeddings, !untied) << r.config.name;
+    EXPECT_EQ(r.params.total - ladder.params.total, untied ? 256 * r.config.model.width : 0);
+  }
+  EXPECT_EQ(names.size(), p.runs.size());
+  EXPECT_EQ(p.runs[3].config.train.warmup_steps, std::llround(0.25 * p.runs[3].config.train.steps));
+  // The planner says how many runs, from what, and shows each run's grid values.
+  const std::string text = plan_text(p);
+  EXPECT_NE(text.find("48 runs = 2 sizes x {full, moba} x 12 search points (3 learning rates x "
+                      "2 embeddings x 2 warm-ups)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("| lr / rule | embeddings | warm-up |"), std::string::npos) << text;
+  EXPECT_NE(text.find("| t-L2-full-lr4x-untied-wu0.1 |"), std::string::npos);
+  EXPECT_NE(text.find("| 4.00 | untied | 0.1 ("), std::string::npos) << text;
+  const nlohmann::json j = plan_json(p);
+  EXPECT_EQ(j["search"]["points"], 12);
+  EXPECT_EQ(j["runs"][6]["tied_embeddings"], false);
+  EXPECT_EQ(j["runs"][2]["lr_multiplier"], 4.0);
+}
+
+TEST(Search, AbsoluteLearningRates) {
+  const Plan p = make_plan(parse_sweep_config(with_search("lr = [0.001, 0.003]"), "p.toml"));
+  ASSERT_EQ(p.runs.size(), 2u * 2u * 2u);
+  // One embedding and one warm-up: base's and the ladder's, still named (a stable name).
+  EXPECT_EQ(p.runs[0].config.name, "t-L2-full-lr0.001-tied-wu0.1");
+  EXPECT_EQ(p.runs[1].config.name, "t-L2-full-lr0.003-tied-wu0.1");
+  EXPECT_DOUBLE_EQ(p.runs[0].config.train.lr, 0.001);
+  EXPECT_DOUBLE_EQ(p.runs[7].config.train.lr, 0.003);
+  EXPECT_EQ(p.runs[0].lr_multiplier, 0.0);
+  // Base's embeddings when the grid does not list them.
+  const Plan untied = make_plan(parse_sweep_config(
+      with_search("lr = [0.001, 0.003]"), "p.toml", {"base.model.tied_embeddings=false"}));
+  EXPECT_EQ(untied.runs[0].config.name, "t-L2-full-lr0.001-untied-wu0.1");
+  EXPECT_FALSE(untied.runs[0].config.model.tied_embeddings);
+}
+
+TEST(Search, RefusesAmbiguousGrids) {
+  expect_error([] { parse_sweep_config(with_search("lr = [0.001]\nlr_multipliers = [1, 2]"), "p.toml"); },
+               "p.toml: [search] needs exactly one of search.lr_multipliers");
+  expect_error([] { parse_sweep_config(with_search("lr = [0.001]\nlr_multipliers = [1, 2]"), "p.toml"); },
+               "got both");
+  expect_error([] { parse_sweep_config(with_search("tied_embeddings = [true, false]"), "p.toml"); },
+               "got neither");
+  expect_error([] { parse_sweep_config(kTiny, "p.toml", {"search.warmup_fractions=[0.1, 0.2]"}); },
+               "got neither");
+  expect_error([] { parse_sweep_config(with_search("lr_multipliers = [1, 2, 1]"), "p.toml"); },
+               "search.lr_multipliers lists 1 twice");
+  expect_error([] { parse_sweep_config(with_search("lr_multipliers = [1]\ntied_embeddings = [false, false]"),
+                                       "p.toml"); },
+               "search.tied_embeddings lists false twice");
+  expect_error([] { parse_sweep_config(with_search("lr_multipliers = [0, 1]"), "p.toml"); },
+               "search.lr_multipliers must be a list of values > 0");
+  expect_error([] { parse_sweep_config(with_search("lr_multipliers = [1]\ntied_embeddings = [1]"),
+                                       "p.toml"); },
+               "search.tied_embeddings must be an array of true or false");
+  expect_error([] { parse_sweep_config(with_search("lr_multipliers = [1]\nwarmup_fraction = [0.1]"),
+                                       "p.toml"); },
+               "did you mean 'search.warmup_fractions'");
+  expect_error([] { parse_sweep_config(with_search("lr_multipliers = [1]\ntied_embeddings = [true, false]"),
+                                       "p.toml", {"base.model.tied_embeddings=false"}); },
+               "base.model.tied_embeddings is set per run by search.tied_embeddings");
+  // Values that print alike would share a run folder.
+  expect_error([] { make_plan(parse_sweep_config(with_search("lr_multipliers = [1, 1.0000001]"), "p.toml")); },
+               "two runs are named t-L2-full-lr1x-tied-wu0.1");
+}
+
+// A preset without [search], or with a grid of one point, plans the ladder's runs exactly
+// as before: the same names (existing run folders stay valid) and configurations.
+TEST(Search, WithoutAGridThePlanIsUnchanged) {
+  const Plan p = make_plan(parse_sweep_config(kTiny, "p.toml"));
+  ASSERT_EQ(p.runs.size(), 4u);
+  const char* names[] = {"t-L2-full", "t-L2-moba", "t-L3-full", "t-L3-moba"};
+  for (size_t i = 0; i < 4; ++i) {
+    const PlannedRun& r = p.runs[i];
+    EXPECT_EQ(r.config.name, names[i]);
+    EXPECT_TRUE(r.config.model.tied_embeddings);
+    EXPECT_DOUBLE_EQ(r.config.train.lr,
+                     planned_lr(p.sweep.lr, static_cast<double>(r.params.non_embedding), r.tokens));
+    EXPECT_EQ(r.config.train.warmup_steps, std::llround(0.1 * static_cast<double>(r.config.train.steps)));
+  }
+  const std::string text = plan_text(p);
+  EXPECT_NE(text.find("4 runs = 2 sizes x {full, moba}; T = 100"), std::string::npos) << text;
+  EXPECT_NE(text.find("| # | run | L=H | C | params (non-emb / total) | tokens | steps | lr | 6ND FLOPs |"),
+            std::string::npos);
+  EXPECT_EQ(text.find("search"), std::string::npos);
+  for (const char* one : {"lr_multipliers = [1]", "lr_multipliers = [1]\ntied_embeddings = [true]\n"
+                                                  "warmup_fractions = [0.1]"}) {
+    SCOPED_TRACE(one);
+    const Plan q = make_plan(parse_sweep_config(with_search(one), "p.toml"));
+    ASSERT_EQ(q.runs.size(), p.runs.size());
+    for (size_t i = 0; i < p.runs.size(); ++i) {
+      EXPECT_EQ(q.runs[i].config.name, p.runs[i].config.name);
+      EXPECT_TRUE(train::run_config_diff(q.runs[i].config, p.runs[i].config).empty());
+    }
+  }
+}
+
+// sweeps/lr-search.toml: h100-small's two smallest sizes, its [base], 40 runs.
+TEST(Search, LrSearchPreset) {
+  const std::filesystem::path sweeps = std::filesystem::path(MOBA_SOURCE_DIR) / "sweeps";
+  const Plan p = make_plan(load_sweep_config((sweeps / "lr-search.toml").string()));
+  const Plan h = make_plan(load_sweep_config((sweeps / "h100-small.toml").string()));
+  ASSERT_EQ(p.runs.size(), 40u);
+  EXPECT_NO_THROW(check_data_reuse(p, false));
+  EXPECT_NO_THROW(check_supported(p, "cuda"));
+  for (const PlannedRun& r : p.runs) {
+    // The h100-small run of the same size and attention, at the grid's point.
+    const PlannedRun& ladder = h.runs[static_cast<size_t>(r.size) * 2 + (r.attention == "moba")];
+    EXPECT_EQ(r.config.train.steps, ladder.config.train.steps) << r.config.name;
+    EXPECT_DOUBLE_EQ(r.lr_rule, ladder.config.train.lr) << r.config.name;
+    EXPECT_EQ(r.config.model.seq_len, ladder.config.model.seq_len);
+    EXPECT_EQ(r.config.eval.windows, ladder.config.eval.windows);
+    EXPECT_EQ(r.config.train.weight_decay, ladder.config.train.weight_decay);
+  }
+  EXPECT_EQ(p.runs[0].config.name, "lr-search-L3-full-lr0.25x-tied-wu0.02");
+  EXPECT_LE(p.total_seconds(), 15 * 60.0);
 }
 
 }  // namespace
