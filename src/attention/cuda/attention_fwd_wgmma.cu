@@ -126,6 +126,10 @@ int64_t moba_ctas(int64_t max_tiles) {
       ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD_GRID=", e,
                            ": expected persistent, tiles or a number of CTAs");
   }
+  // An odd default: the CTAs stride through the tiles by the grid size, and in the
+  // current-block kernel a tile's work (1 to S/128 key tiles) repeats with the tile index
+  // mod S/128; an even stride would give some CTAs only the longest tiles.
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "persistent") == 0) n -= (n % 2 == 0 && n > 1);
   return std::min(n, max_tiles);
 }
 

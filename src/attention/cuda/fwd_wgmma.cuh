@@ -152,10 +152,10 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* empty = bars + 2 * QB + 2 * ST;  // [ST]
 
   // The CTA's work items. Every early exit is CTA-uniform and before any barrier.
-  WgFwdItem item;
+  WgFwdItem own;  // kDense: the CTA's one item
   int n_items = 1;
   if constexpr (MODE == WgFwdMode::kDense) {
-    if (!wg_contiguous_item<MODE>(p, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, item))
+    if (!wg_contiguous_item<MODE>(p, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, own))
       return;
   } else {
     const int total = PAST ? *p.num_tiles : p.batch * p.Hq * p.q_tiles;
@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(384, 1)
       // free once the consumers are done with item qi - 2; qi counts the items with rows).
       int qi = 0;
       for (int i = 0; i < n_items; ++i) {
-        WgFwdItem it = item;
+        WgFwdItem it = own;
         if (!next_item(i, it)) continue;
         const int qb = qi % QB;
         if constexpr (QB == 2) mbar_wait(&q_empty[qb], ((qi / 2) & 1) ^ 1);
@@ -300,26 +300,23 @@ __global__ void __launch_bounds__(384, 1)
   const int row0 = wg_row0 + wi * 16 + g;  // this thread's rows: row0, row0 + 8
   const uint32_t k_addr = smem_addr(sK);
   const uint32_t v_addr = smem_addr(sV);
-  int ring = 0;  // key tiles consumed so far (the producer's count)
-  int qi = 0;    // items with rows so far (the producer's count): Q buffer qi % QB
-
-  for (int i = 0; i < n_items; ++i) {
-    if (!next_item(i, item)) continue;  // kMobaCurrent: a tile past its sequence's end
-    const int qb = qi % QB;
-    const uint32_t q_par = (qi / QB) & 1;
-    ++qi;
+  int ring = 0;  // persistent modes: key tiles consumed so far (the producer's count)
+  // One work item: Q buffer qb, its fill's parity q_par.
+  auto consume = [&](const WgFwdItem& item, int qb, uint32_t q_par) {
     if (wg_row0 >= item.count) {
       // No row of this warpgroup exists: no MMA, but every tile's slot must be freed by
       // both warpgroups. Waiting for the tile first keeps each arrival in its own phase.
-      for (int j = 0; j < item.n_tiles; ++j, ++ring) {
-        const int st = ring % ST;
-        const uint32_t par = (ring / ST) & 1;
+      for (int j = 0; j < item.n_tiles; ++j) {
+        const int slot = T::kPersistent ? ring + j : j;
+        const int st = slot % ST;
+        const uint32_t par = (slot / ST) & 1;
         mbar_wait(&full_k[st], par);
         mbar_wait(&full_v[st], par);
         mbar_arrive(&empty[st]);
       }
       if constexpr (QB == 2) mbar_arrive(&q_empty[qb]);
-      continue;
+      if constexpr (T::kPersistent) ring += item.n_tiles;
+      return;
     }
 
     const int tok[2] = {item.first_tok + row0, item.first_tok + row0 + 8};  // contiguous modes
@@ -332,9 +329,10 @@ __global__ void __launch_bounds__(384, 1)
     float s[Bc / 2];
 
     mbar_wait(&full_q[qb], q_par);
-    for (int j = 0; j < item.n_tiles; ++j, ++ring) {
-      const int st = ring % ST;
-      const uint32_t par = (ring / ST) & 1;
+    for (int j = 0; j < item.n_tiles; ++j) {
+      const int slot = T::kPersistent ? ring + j : j;  // the ring position of key tile j
+      const int st = slot % ST;
+      const uint32_t par = (slot / ST) & 1;
       const int kt = item.k_begin + j * Bc;
 
       // S = Q K^T (K-major A and B; k-step kk = column block kk/4, +32 bytes per step).
@@ -412,6 +410,7 @@ __global__ void __launch_bounds__(384, 1)
       fence_regs(o);
       mbar_arrive(&empty[st]);  // this thread is done with slot st (K and V)
     }
+    if constexpr (T::kPersistent) ring += item.n_tiles;
     // The last S MMA has read this item's Q rows: the buffer may be refilled (item qi + 2).
     if constexpr (QB == 2) mbar_arrive(&q_empty[qb]);
 
@@ -490,6 +489,17 @@ __global__ void __launch_bounds__(384, 1)
               detail::pack_bf16(o[4 * x + 2 * h], o[4 * x + 2 * h + 1]);
         if (qd == 0) p.lse[row] = lse_tot;
       }
+    }
+  };
+  if constexpr (!T::kPersistent) {
+    consume(own, 0, 0);
+  } else {
+    int qi = 0;  // items with rows so far (the producer's count): Q buffer qi % 2
+    for (int i = 0; i < n_items; ++i) {
+      WgFwdItem it;
+      if (!next_item(i, it)) continue;  // kMobaCurrent: a tile past its sequence's end
+      consume(it, qi % 2, (qi / 2) & 1);
+      ++qi;
     }
   }
 #else
