@@ -56,7 +56,7 @@ if has memcheck; then
 fi
 # Dense and MoBA timings of the earlier commit (oldbuild) and of this tree, alternately.
 if has ab; then
-  for round in 1 2; do
+  for round in $(seq 1 ${ROUNDS:-2}); do
     for which in old new; do
       m="$MOBA"; [[ $which == old ]] && m=/tmp/old/build/src/cli/moba
       log "ab round $round: $which, D 128 (H 16) and D 64 (H 12)"

@@ -369,11 +369,8 @@ __global__ void __launch_bounds__(384, 1)
         for (int x = 0; x < Bc / 8; ++x) mx = fmaxf(mx, fmaxf(s[4 * x + 2 * h], s[4 * x + 2 * h + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(row_max[h], mx);
-        const float m_use = (m_new == -INFINITY ? 0.f : m_new) * p.scale_log2;
-        const float alpha = exp2f(fmaf(row_max[h], p.scale_log2, -m_use));
-        row_max[h] = m_new;
-        row_sum[h] *= alpha;
+        float alpha;
+        const float m_use = detail::softmax_step(row_max[h], row_sum[h], mx, p.scale_log2, alpha);
 #pragma unroll
         for (int x = 0; x < D / 8; ++x) {
           o[4 * x + 2 * h] *= alpha;

@@ -112,6 +112,18 @@ struct WgBwdPrep {
 };
 WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream);
 
+// The wgmma backwards' one sequence (attention_bwd_wgmma.cu): the device and shape checks
+// (a moba::Error naming `what`; MoBA: S a multiple of 128), the preparation kernel, the
+// kernel (launch64 / launch128 by head dim), phase `phase`, the dQ conversion.
+struct WgBwdRun {
+  const char* what;
+  const char* phase;
+  bool moba;
+  void (*launch64)(const Plan&, const AttnParams&, const WgBwdPrep&, cudaStream_t);
+  void (*launch128)(const Plan&, const AttnParams&, const WgBwdPrep&, cudaStream_t);
+};
+void wgbwd_run(Plan& plan, AttnParams p, const WgBwdRun& run, cudaStream_t stream);
+
 // sm_90a MoBA backward (wgmma + TMA, bwd_moba_wgmma.cuh), moba_backward's default for
 // S >= 128 (wgmma_switch("MOBA_MOBA_BWD", D); a CTA's 128 keys must lie in one block).
 // p: the backward's parameters with sel, entries and bucket_offset filled in (as for the
