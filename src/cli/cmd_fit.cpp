@@ -67,8 +67,9 @@ void add_fit(CLI::App& app) {
   add_compute(cmd, o.study);
   add_fit_options(cmd, o.study, "Fit L = E + A x C^-alpha (Levenberg-Marquardt)",
                   /*with_bootstrap=*/true);
-  cmd->add_option("--out,-o", o.json_path,
-                  "Also write everything (frontiers included) as JSON to this file");
+  // Listed last: the JSON is an extra, the table on stdout is fit's output.
+  add_out(cmd, {o.json_path, "Also write everything (frontiers included) as JSON to this file",
+                /*required=*/false});
   add_old_spelling(cmd, "--json", o.json_path, "--out");
   cmd->callback([] {
     const scaling::Study s =

@@ -57,12 +57,10 @@ void add_plot_lr(CLI::App* plot) {
 
 void add_plot(CLI::App& app) {
   static PlotOptions o;
-  CLI::App* cmd = add_scaling_command(
-      app, "plot",
-      "Draw loss against PFLOP/s-days with the fitted projections (PNG and SVG)", o.study);
   // Neither RUNS_DIR nor --out is required of `moba plot lr ...`, which has its own.
-  cmd->get_option("runs_dir")->required(false);
-  cmd->add_option("--out,-o", o.out_dir, "Folder for the figures (required)");
+  CLI::App* cmd = add_scaling_command(
+      app, "plot", "Draw loss against PFLOP/s-days with the fitted projections (PNG and SVG)",
+      o.study, {o.out_dir, "Folder for the figures (required)", /*required=*/false});
   cmd->add_option("--metric", o.study.metrics, "lm, trailing or bucket:I (repeatable)")
       ->capture_default_str();
   add_compute(cmd, o.study);

@@ -21,9 +21,8 @@ struct ReportCliOptions {
 void add_report(CLI::App& app) {
   static ReportCliOptions o;
   CLI::App* cmd = add_scaling_command(
-      app, "report",
-      "Write a Markdown report of a scaling study: runs, fits, ratios, figures", o.study);
-  cmd->add_option("--out,-o", o.out_dir, "Folder for report.md, fits.json and figures/")->required();
+      app, "report", "Write a Markdown report of a scaling study: runs, fits, ratios, figures",
+      o.study, {o.out_dir, "Folder for report.md, fits.json and figures/"});
   add_compute(cmd, o.study);
   cmd->add_option("--bucket", o.bucket,
                   "Position bucket to draw (-1: bucket 2, the paper's 4K-6K, when present)")

@@ -38,12 +38,35 @@ inline std::vector<scaling::Compute> parse_computes(const std::string& s) {
   return {scaling::parse_compute(s)};
 }
 
+// What a scaling command writes: -o/--out into `path` (a file or a folder; `help` says which).
+struct OutOption {
+  std::string& path;
+  std::string help;
+  bool required = true;
+};
+
+inline void add_out(CLI::App* cmd, const OutOption& out) {
+  cmd->add_option("--out,-o", out.path, out.help)->required(out.required);
+}
+
 // The subcommand `name` of app, with its required positional RUNS_DIR.
 inline CLI::App* add_scaling_command(CLI::App& app, const std::string& name,
                                      const std::string& description, StudyCliOptions& o) {
   CLI::App* cmd = app.add_subcommand(name, description);
   cmd->add_option("runs_dir", o.runs_dir, "Folder of run folders (run.json + metrics.jsonl)")
       ->required();
+  return cmd;
+}
+
+// The same with -o/--out listed right after RUNS_DIR. out.required holds for RUNS_DIR too:
+// only a command with a subcommand of its own that takes neither (`moba plot lr`) leaves
+// them optional, and checks them itself when it runs.
+inline CLI::App* add_scaling_command(CLI::App& app, const std::string& name,
+                                     const std::string& description, StudyCliOptions& o,
+                                     const OutOption& out) {
+  CLI::App* cmd = add_scaling_command(app, name, description, o);
+  cmd->get_option("runs_dir")->required(out.required);
+  add_out(cmd, out);
   return cmd;
 }
 

@@ -175,51 +175,25 @@ void draw_panel(cairo_t* cr, const LrSearch& s, const Layout& lay, size_t index)
   p.y_lo = lo - 0.06 * (hi - lo);
   p.y_hi = hi + 0.06 * (hi - lo);
 
-  // Grid, ticks, frame.
-  const std::vector<Tick> xt = log_ticks(std::pow(10.0, p.lx0), std::pow(10.0, p.lx1));
-  const std::vector<Tick> yt = log_ticks(p.y_lo, p.y_hi);
-  cairo_set_dash(cr, nullptr, 0, 0);
-  cairo_set_line_width(cr, 0.6);
-  cairo_set_source_rgb(cr, 0.88, 0.88, 0.88);
-  for (const Tick& t : xt) {
-    if (!t.major) continue;
-    cairo_move_to(cr, p.px(t.value), p.y0);
-    cairo_line_to(cr, p.px(t.value), p.y0 + p.h);
-  }
-  for (const Tick& t : yt) {
-    if (!t.major) continue;
-    cairo_move_to(cr, p.x0, p.py(t.value));
-    cairo_line_to(cr, p.x0 + p.w, p.py(t.value));
-  }
-  cairo_stroke(cr);
-  cairo_set_source_rgb(cr, 0.96, 0.93, 0.93);  // the diverged band
-  cairo_rectangle(cr, p.x0, p.y0, p.w, kBand);
-  cairo_fill(cr);
-  cairo_set_source_rgb(cr, 0, 0, 0);
-  cairo_set_line_width(cr, 1.0);
-  cairo_rectangle(cr, p.x0, p.y0, p.w, p.h);
-  cairo_stroke(cr);
-  const double fs = 12;
-  for (const Tick& t : xt) {
-    const double x = p.px(t.value);
-    cairo_set_source_rgb(cr, 0, 0, 0);
-    cairo_move_to(cr, x, p.y0 + p.h);
-    cairo_line_to(cr, x, p.y0 + p.h + (t.major ? 6 : 3));
-    cairo_stroke(cr);
-    if (t.major) {
-      const double w = canvas::sup_width(cr, fs, t.base, t.exponent);
-      canvas::show_sup(cr, x - w / 2, p.y0 + p.h + 22, fs, t.base, t.exponent);
-    }
-  }
-  for (const Tick& t : yt) {
-    if (!t.major) continue;
-    const double y = p.py(t.value);
-    cairo_move_to(cr, p.x0, y);
-    cairo_line_to(cr, p.x0 - 6, y);
-    cairo_stroke(cr);
-    const double w = canvas::sup_width(cr, fs, t.base, t.exponent);
-    canvas::show_sup(cr, p.x0 - 10 - w, y + fs * 0.36, fs, t.base, t.exponent);
-  }
+  // Grid, the diverged band over it, frame, ticks.
+  canvas::draw_axes(
+      cr,
+      {.x0 = p.x0,
+       .y0 = p.y0,
+       .w = p.w,
+       .h = p.h,
+       .x_ticks = log_ticks(std::pow(10.0, p.lx0), std::pow(10.0, p.lx1)),
+       .y_ticks = log_ticks(p.y_lo, p.y_hi),
+       .px = [&p](double lr) { return p.px(lr); },
+       .py = [&p](double loss) { return p.py(loss); },
+       .label_size = 12,
+       .x_label_drop = 22,
+       .minor_y = false},
+      [&p](cairo_t* c) {
+        cairo_set_source_rgb(c, 0.96, 0.93, 0.93);
+        cairo_rectangle(c, p.x0, p.y0, p.w, kBand);
+        cairo_fill(c);
+      });
   font(cr, 13, true);
   const LrCurve& first = *curves.front();
   centered(cr, p.x0 + p.w / 2, p.y0 - 10,

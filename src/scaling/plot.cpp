@@ -41,47 +41,15 @@ void set_rgb(cairo_t* cr, const std::array<double, 3>& c, double alpha = 1.0) {
 }
 
 void draw_axes(cairo_t* cr, const Figure& fig, const Frame& fr) {
-  const std::vector<Tick> xt = log_ticks(fig.x_lo, fig.x_hi), yt = log_ticks(fig.y_lo, fig.y_hi);
-  // Light grid at the labelled ticks.
-  cairo_set_line_width(cr, 0.6);
-  cairo_set_source_rgb(cr, 0.88, 0.88, 0.88);
-  for (const Tick& t : xt)
-    if (t.major) {
-      cairo_move_to(cr, fr.px(t.value), fr.y0);
-      cairo_line_to(cr, fr.px(t.value), fr.y0 + fr.h);
-    }
-  for (const Tick& t : yt)
-    if (t.major) {
-      cairo_move_to(cr, fr.x0, fr.py(t.value));
-      cairo_line_to(cr, fr.x0 + fr.w, fr.py(t.value));
-    }
-  cairo_stroke(cr);
-  // Frame and outward ticks.
-  cairo_set_source_rgb(cr, 0, 0, 0);
-  cairo_set_line_width(cr, 1.0);
-  cairo_rectangle(cr, fr.x0, fr.y0, fr.w, fr.h);
-  cairo_stroke(cr);
-  const double size = 13;
-  for (const Tick& t : xt) {
-    const double x = fr.px(t.value), len = t.major ? 6 : 3;
-    cairo_move_to(cr, x, fr.y0 + fr.h);
-    cairo_line_to(cr, x, fr.y0 + fr.h + len);
-    cairo_stroke(cr);
-    if (t.major) {
-      const double w = sup_width(cr, size, t.base, t.exponent);
-      show_sup(cr, x - w / 2, fr.y0 + fr.h + 24, size, t.base, t.exponent);
-    }
-  }
-  for (const Tick& t : yt) {
-    const double y = fr.py(t.value), len = t.major ? 6 : 3;
-    cairo_move_to(cr, fr.x0, y);
-    cairo_line_to(cr, fr.x0 - len, y);
-    cairo_stroke(cr);
-    if (t.major) {
-      const double w = sup_width(cr, size, t.base, t.exponent);
-      show_sup(cr, fr.x0 - 10 - w, y + size * 0.36, size, t.base, t.exponent);
-    }
-  }
+  // Grid, frame and outward ticks, as the learning-rate figure's panels have them.
+  canvas::draw_axes(cr, {.x0 = fr.x0,
+                         .y0 = fr.y0,
+                         .w = fr.w,
+                         .h = fr.h,
+                         .x_ticks = log_ticks(fig.x_lo, fig.x_hi),
+                         .y_ticks = log_ticks(fig.y_lo, fig.y_hi),
+                         .px = [&fr](double c) { return fr.px(c); },
+                         .py = [&fr](double l) { return fr.py(l); }});
   // Axis labels and title.
   font(cr, 14);
   double w = advance(cr, fig.x_label);

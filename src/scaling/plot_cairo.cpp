@@ -50,6 +50,54 @@ void show_sup(cairo_t* cr, double x, double y, double size, const std::string& b
   font(cr, size);
 }
 
+void draw_axes(cairo_t* cr, const Axes& a, const Paint& backdrop) {
+  cairo_set_dash(cr, nullptr, 0, 0);
+  cairo_set_line_width(cr, 0.6);
+  cairo_set_source_rgb(cr, 0.88, 0.88, 0.88);
+  for (const Tick& t : a.x_ticks)
+    if (t.major) {
+      cairo_move_to(cr, a.px(t.value), a.y0);
+      cairo_line_to(cr, a.px(t.value), a.y0 + a.h);
+    }
+  for (const Tick& t : a.y_ticks)
+    if (t.major) {
+      cairo_move_to(cr, a.x0, a.py(t.value));
+      cairo_line_to(cr, a.x0 + a.w, a.py(t.value));
+    }
+  cairo_stroke(cr);
+  if (backdrop) {
+    cairo_save(cr);
+    backdrop(cr);
+    cairo_restore(cr);
+  }
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_set_line_width(cr, 1.0);
+  cairo_rectangle(cr, a.x0, a.y0, a.w, a.h);
+  cairo_stroke(cr);
+  const double size = a.label_size;
+  for (const Tick& t : a.x_ticks) {
+    const double x = a.px(t.value);
+    cairo_move_to(cr, x, a.y0 + a.h);
+    cairo_line_to(cr, x, a.y0 + a.h + (t.major ? 6 : 3));
+    cairo_stroke(cr);
+    if (t.major) {
+      const double w = sup_width(cr, size, t.base, t.exponent);
+      show_sup(cr, x - w / 2, a.y0 + a.h + a.x_label_drop, size, t.base, t.exponent);
+    }
+  }
+  for (const Tick& t : a.y_ticks) {
+    if (!t.major && !a.minor_y) continue;
+    const double y = a.py(t.value);
+    cairo_move_to(cr, a.x0, y);
+    cairo_line_to(cr, a.x0 - (t.major ? 6 : 3), y);
+    cairo_stroke(cr);
+    if (t.major) {
+      const double w = sup_width(cr, size, t.base, t.exponent);
+      show_sup(cr, a.x0 - 10 - w, y + size * 0.36, size, t.base, t.exponent);
+    }
+  }
+}
+
 void write_png(const Paint& paint, double width, double height, const std::filesystem::path& file,
                double scale) {
   MOBA_CHECK(scale > 0 && scale <= 8, "PNG scale must be in (0, 8], got ", scale);

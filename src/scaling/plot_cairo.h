@@ -1,6 +1,7 @@
-// The cairo helpers every figure of moba draws with (the scaling figures, plot.cpp, and the
-// passkey heatmap, infer/passkey_plot.cpp): fonts, text widths, and the writing of one
-// drawing routine as a PNG and as an SVG. Builds with cairo only.
+// The cairo helpers every figure of moba draws with (the scaling figures, plot.cpp and
+// lr_plot.cpp, and the passkey heatmap, infer/passkey_plot.cpp): fonts, text widths, a
+// panel's frame, grid and ticks, and the writing of one drawing routine as a PNG and as an
+// SVG. Builds with cairo only.
 #pragma once
 
 #include <cairo.h>
@@ -8,6 +9,9 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
+
+#include "scaling/plot_axes.h"
 
 namespace moba::scaling::canvas {
 
@@ -24,6 +28,21 @@ void show_sup(cairo_t* cr, double x, double y, double size, const std::string& b
               const std::string& exp);
 
 using Paint = std::function<void(cairo_t*)>;
+
+// A plot panel's axes: its frame (top left x0, y0; w x h points), the ticks of each axis
+// and where a value lands on it (px, py: data value to points), and how the labels sit.
+struct Axes {
+  double x0 = 0, y0 = 0, w = 0, h = 0;
+  std::vector<Tick> x_ticks, y_ticks;
+  std::function<double(double)> px, py;
+  double label_size = 13;    // tick labels, points
+  double x_label_drop = 24;  // from the frame's bottom edge to the x labels' baseline
+  bool minor_y = true;       // short unlabelled ticks on the y axis as on the x axis
+};
+// Light grid lines at the labelled ticks, then `backdrop` (a fill that hides the grid where
+// it lies, such as the learning-rate figure's diverged band), then the frame with outward
+// ticks and their labels, in black.
+void draw_axes(cairo_t* cr, const Axes& a, const Paint& backdrop = {});
 // `paint` on a width x height point canvas, rendered at `scale` pixels per point (in
 // (0, 8]) into a PNG, or as an SVG. moba::Error naming the file when cairo cannot write it.
 void write_png(const Paint& paint, double width, double height, const std::filesystem::path& file,
