@@ -129,7 +129,7 @@ if has wgbwd; then
   rm -f "$OUT/wgbwd_cur.md"
 fi
 if has mwfwd; then
-  # The sm_90a MoBA forward (MOBA_MOBA_FWD=wgmma, fwd_moba_wgmma.cuh; written compile-only).
+  # The sm_90a MoBA forward (MOBA_MOBA_FWD=wgmma, fwd_wgmma.cuh; written compile-only).
   #   STEPS="build mwfwd" TARGETS="moba attention_gpu_test" bench/gpu_session.sh
   # Writes 4 files: mwfwd_test.log, mwfwd_memcheck.log, mwfwd_bench.md, mwfwd_bench.json.
   log "mwfwd: sm_90a MoBA forward (MOBA_MOBA_FWD=wgmma)"

@@ -35,10 +35,10 @@
 // kMobaCurrent) or, gathered row by row, by all 128 producer threads with cp.async
 // (kMobaPast: 16-byte copies with the 128B swizzle applied by hand, then wait +
 // fence.proxy.async + mbarrier arrive); the persistent (MoBA) modes have two Q buffers so
-// that the next item's rows arrive while the consumers still work on this one. The ring position is a running
-// key-tile count shared by the producer and the consumers across work items. A consumer
-// warpgroup whose 64 rows are all past the tile's row count does no MMA: it still waits
-// for every key tile and frees its slot.
+// that the next item's rows arrive while the consumers still work on this one. The ring
+// position is a running key-tile count shared by the producer and the consumers across
+// work items. A consumer warpgroup whose 64 rows are all past the tile's row count does no
+// MMA: it still waits for every key tile and frees its slot.
 // Varlen without bounds checks in the copies: query and key boxes may run past the sequence
 // (into the next sequence's tokens, or past N where TMA fills zeros); such keys are later
 // than every real query row of the tile, so the causal mask removes them, and rows past the
