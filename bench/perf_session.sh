@@ -37,7 +37,7 @@ if has oldbuild; then
 fi
 if has test; then
   log "test: attention_gpu_test (every kernel against the CPU reference)"
-  OMP_NUM_THREADS=16 timeout 400 "$BUILD/tests/attention_gpu_test" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} 2>&1 \
+  OMP_NUM_THREADS=16 timeout 400 "$BUILD/tests/attention_gpu_test" ${FILTER:+--gtest_filter=$FILTER} 2>&1 \
     | tee "$OUT/test-$TAG.log" | grep -E "^\[ *(FAILED|PASSED|SKIPPED) |Failure" | head -40
 fi
 if has model; then
