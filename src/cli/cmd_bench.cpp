@@ -236,11 +236,9 @@ void add_bench(CLI::App& app) {
   static BenchAttentionOptions o;  // defaults live here, CLI11 prints them in --help
   CLI::App* cmd = bench->add_subcommand(
       "attention", "Time dense and MoBA attention (fwd, fwd+bwd, gate) on random inputs");
-  cmd->add_option("--device", o.device,
-                  "cpu (the reference) or cuda (the kernels, bf16); cpu unless given, as in "
-                  "every command")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o.device,
+                    "cpu (the reference) or cuda (the kernels, bf16); cpu unless given, as in "
+                    "every command");
   cmd->add_option("--seq-len,-T", o.seq_lens, "Sequence lengths T")->capture_default_str();
   cmd->add_option("--batch,-B", o.batch, "Batch size B")->capture_default_str();
   cmd->add_option("--heads", o.heads, "Query heads Hq")->capture_default_str();

@@ -268,11 +268,9 @@ void add_bench_train(CLI::App* bench) {
   static BenchTrainOptions o;
   CLI::App* cmd = bench->add_subcommand(
       "train", "Time training steps (fwd, bwd, grad norm, AdamW) on random tokens: tokens/s, MFU");
-  cmd->add_option("--device", o.device,
-                  "cpu (float32) or cuda (bf16 mixed precision); cpu unless given, as in every "
-                  "command")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o.device,
+                    "cpu (float32) or cuda (bf16 mixed precision); cpu unless given, as in "
+                    "every command");
   cmd->add_option("--seq-len,-T", o.seq_lens, "Context lengths T")->capture_default_str();
   cmd->add_option("--attention", o.attention, "full and/or moba")->capture_default_str();
   cmd->add_option("--batch,-B", o.batch, "Rows per step")->capture_default_str();

@@ -95,10 +95,8 @@ void add_eval(CLI::App& app) {
                   "auto: the attention of the checkpoint's last training step (MoBA before a "
                   "MoBA-to-full switch); moba or full to choose")
       ->check(CLI::IsMember({"auto", "moba", "full"}));
-  cmd->add_option("--device", o.run.device,
-                  "cpu (float32) or cuda (bf16); cpu unless given, as in every command")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o.run.device,
+                    "cpu (float32) or cuda (bf16); cpu unless given, as in every command");
   cmd->add_option("--out,-o", o.json, "Also write the result (JSON) to this file");
   add_old_spelling(cmd, "--json", o.json, "--out");
   add_eval_passkey(cmd);

@@ -115,9 +115,7 @@ void add_eval_passkey(CLI::App* eval) {
                   "auto: the attention of the checkpoint's last training step; moba or full")
       ->check(CLI::IsMember({"auto", "moba", "full"}))
       ->capture_default_str();
-  cmd->add_option("--device", o.device, "cpu (float32) or cuda (bf16)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o.device, "cpu (float32) or cuda (bf16)");
   cmd->add_option("--out,-o", o.out_dir, "Output folder: passkey.json, passkey.png, passkey.svg")
       ->capture_default_str();
   cmd->callback([] { run_passkey_cmd(o); });

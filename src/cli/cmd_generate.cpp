@@ -245,9 +245,7 @@ void add_generate(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed: the same seed gives the same text")
       ->capture_default_str();
-  cmd->add_option("--device", o.device, "cpu (float32) or cuda (bf16)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o.device, "cpu (float32) or cuda (bf16)");
   cmd->add_option("--attention", o.attention,
                   "auto: the attention of the checkpoint's last training step; moba or full")
       ->check(CLI::IsMember({"auto", "moba", "full"}))

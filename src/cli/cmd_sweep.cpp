@@ -37,11 +37,10 @@ void add_sweep(CLI::App& app) {
   cmd->add_flag("--plan-only", o.plan_only,
                 "Print the plan (parameters, tokens, FLOPs, time, "
                 "data reads) and stop");
-  cmd->add_option("--device", o.device,
-                  "Where every run trains: cpu (float32) or cuda (bf16 mixed precision on the "
-                  "GPU; needs a build with the CUDA kernels); cpu unless given, as in every "
-                  "command")
-      ->capture_default_str();
+  add_device_option(cmd, o.device,
+                    "Where every run trains: cpu (float32) or cuda (bf16 mixed precision on the"
+                    " GPU; needs a build with the CUDA kernels); cpu unless given, as in every "
+                    "command");
   cmd->add_flag("--force-reuse", o.force_reuse,
                 "Train even if a run would read its training "
                 "data more than 4 times");

@@ -64,11 +64,9 @@ void add_train(CLI::App& app) {
   cmd->add_flag("--schema", o.schema,
                 "Print the table of every configuration key (docs/trainer.md) and exit");
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its checkpoint");
-  cmd->add_option("--device", o.device,
-                  "cpu (float32, OpenBLAS) or cuda (bf16 mixed precision on the GPU; "
-                  "docs/trainer_gpu.md); cpu unless given, as in every command")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o.device,
+                    "cpu (float32, OpenBLAS) or cuda (bf16 mixed precision on the GPU; "
+                    "docs/trainer_gpu.md); cpu unless given, as in every command");
   cmd->add_flag("--verbose,-v", o.verbose,
                 "Print the whole configuration at the start (default: one line naming "
                 "RUN_DIR/config.toml)");

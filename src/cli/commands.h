@@ -45,4 +45,13 @@ CLI::Option* add_old_spelling(CLI::App* cmd, const std::string& old_name, T& var
       });
 }
 
+// --device, the same option in every command: cpu or cuda (any other value is an argument
+// error, exit 2, worded alike everywhere), cpu unless given; `help` says what each means
+// for the command.
+inline CLI::Option* add_device_option(CLI::App* cmd, std::string& device, const std::string& help) {
+  return cmd->add_option("--device", device, help)
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+}
+
 }  // namespace moba::cli

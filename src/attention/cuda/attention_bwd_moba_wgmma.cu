@@ -29,8 +29,23 @@ void launch_moba(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cuda
 }  // namespace
 
 void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
-  wgbwd_run(plan, p, {"MOBA_MOBA_BWD=wgmma", "bwd_moba_wgmma", true, launch_moba<64>, launch_moba<128>},
-            stream);
+  wg_require_sm90("MOBA_MOBA_BWD=wgmma");
+  const Layout& l = plan.layout();
+  const int64_t D = l.head_dim, S = plan.config().block_size;
+  if (D != 64 && D != 128)
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_BWD=wgmma: head dim ", D, " (64 or 128)");
+  if (S < WgBwdTraits<64>::kBc || S % WgBwdTraits<64>::kBc != 0)
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_BWD=wgmma: block size ", S,
+                         " (a multiple of 128; moba_backward keeps S = 64 on the mma.sync kernel)");
+  const int64_t rows = l.tokens() * l.num_q_heads;
+  const WgBwdPrep r = wgbwd_prepare(plan, p, stream);
+
+  if (D == 64) launch_moba<64>(plan, p, r, stream);
+  else launch_moba<128>(plan, p, r, stream);
+  mark_phase("bwd_moba_wgmma", stream);
+
+  dq_convert(p, rows, D, stream);
+  mark_phase("bwd_dq_convert", stream);
 }
 
 }  // namespace moba::attn::cuda

@@ -139,13 +139,26 @@ __global__ void wg_prep_kernel(const __nv_bfloat16* __restrict__ o,
                                float* __restrict__ dq_acc) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
-  const float acc = detail::warp_row_delta_zero_dq<D>(o, dout, dq_acc, row, lane);
+  constexpr int kPer = D / 32;
+  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(o + static_cast<size_t>(row) * D + lane * kPer);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(dout + static_cast<size_t>(row) * D + lane * kPer);
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPer / 2; ++i) {
+    const float2 x = __bfloat1622float2(a[i]), y = __bfloat1622float2(b[i]);
+    acc += x.x * y.x + x.y * y.y;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) {
     const int tok = row / Hq, h = row % Hq;
     const size_t t = static_cast<size_t>(h) * n_pad + tok;
     delta_t[t] = acc;
     lse_t[t] = lse[row] * 1.4426950408889634f;
   }
+  float* z = dq_acc + static_cast<size_t>(row) * D + lane * kPer;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) z[i] = 0.f;
 }
 
 template <int D>
@@ -185,26 +198,21 @@ WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream) {
   return r;
 }
 
-void wgbwd_run(Plan& plan, AttnParams p, const WgBwdRun& run, cudaStream_t stream) {
-  wg_require_sm90(run.what);
+void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
+  wg_require_sm90("MOBA_DENSE_BWD=wgmma");
   const Layout& l = plan.layout();
-  const int64_t D = l.head_dim, S = plan.config().block_size;
+  const int64_t D = l.head_dim;
   if (D != 64 && D != 128)
-    ::moba::detail::fail(__FILE__, __LINE__, run.what, ": head dim ", D, " (64 or 128)");
-  if (run.moba && (S < WgBwdTraits<64>::kBc || S % WgBwdTraits<64>::kBc != 0))
-    ::moba::detail::fail(__FILE__, __LINE__, run.what, ": block size ", S,
-                         " (a multiple of 128; moba_backward keeps S = 64 on the mma.sync kernel)");
+    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: head dim ", D, " (64 or 128)");
   const int64_t rows = l.tokens() * l.num_q_heads;
   const WgBwdPrep r = wgbwd_prepare(plan, p, stream);
-  (D == 64 ? run.launch64 : run.launch128)(plan, p, r, stream);
-  mark_phase(run.phase, stream);
+
+  if (D == 64) launch<64>(plan, p, r, stream);
+  else launch<128>(plan, p, r, stream);
+  mark_phase("bwd_dense_wgmma", stream);
+
   dq_convert(p, rows, D, stream);
   mark_phase("bwd_dq_convert", stream);
-}
-
-void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
-  wgbwd_run(plan, p, {"MOBA_DENSE_BWD=wgmma", "bwd_dense_wgmma", false, launch<64>, launch<128>},
-            stream);
 }
 
 }  // namespace moba::attn::cuda

@@ -1,4 +1,4 @@
-// Launchers of the sm_90a warpgroup forwards (fwd_wgmma.cuh): tensor maps for q, k, v and
+// Launchers of the sm_90a warpgroup forwards (fwd_wgmma.cuh, fwd_moba_wgmma.cuh): tensor maps and
 // the grids. dense_forward takes the dense kernel by default on an sm_90 device when it was
 // built for sm_90a (MOBA_DENSE_FWD=mma selects the mma.sync kernel, =wgmma insists);
 // moba_forward takes the MoBA kernels (past blocks over the gather index's tiles, then the
@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "attention/cuda/attention_cuda.h"
+#include "attention/cuda/fwd_moba_wgmma.cuh"
 #include "attention/cuda/fwd_wgmma.cuh"
 #include "attention/cuda/internal.h"
 #include "core/cuda_check.cuh"
@@ -19,33 +20,43 @@
 namespace moba::attn::cuda {
 namespace {
 
-constexpr const char* switch_name(WgFwdMode mode) {
-  return mode == WgFwdMode::kDense         ? "MOBA_DENSE_FWD=wgmma"
-         : mode == WgFwdMode::kMobaCurrent ? "MOBA_MOBA_FWD=wgmma (current-block kernel)"
-                                           : "MOBA_MOBA_FWD=wgmma (past-block kernel)";
+dim3 contiguous_grid(const Plan& plan, const AttnParams& p);
+
+// The dense kernel: grid (Hq, query tiles, B) heads fastest, else (tiles, Hq, B).
+template <int D>
+void launch_dense(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
+  using T = WgFwdTraits<D>;
+  const int64_t N = plan.layout().tokens();
+  const CUtensorMap tq = wg_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
+  const CUtensorMap tk = wg_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
+  const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
+  constexpr auto kernel = attn_fwd_wgmma_kernel<D>;
+  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, "MOBA_DENSE_FWD=wgmma");
+  attn_fwd_wgmma_kernel<D><<<contiguous_grid(plan, p), T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
+  CUDA_CHECK_LAUNCH();
 }
 
-// One launch of the kernel in mode MODE on `grid`. kMobaPast gathers Q itself (cp.async):
-// its tm_q parameter is unused (the K map stands in).
-template <int D, WgFwdMode MODE>
-void launch(const Plan& plan, const AttnParams& p, dim3 grid, cudaStream_t stream) {
-  using T = WgFwdTraits<D, MODE>;
-  constexpr auto kernel = attn_fwd_wgmma_kernel<D, MODE>;
-  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, switch_name(MODE));
+// One launch of a MoBA kernel on a 1-D grid of persistent CTAs. kPast gathers Q itself
+// (cp.async): its tm_q parameter is unused (the K map stands in).
+template <int D, WgMobaMode MODE>
+void launch_moba(const Plan& plan, const AttnParams& p, unsigned ctas, cudaStream_t stream) {
+  using T = WgMobaFwdTraits<D, MODE>;
+  constexpr auto kernel = moba_fwd_wgmma_kernel<D, MODE>;
+  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes,
+                            T::kPast ? "MOBA_MOBA_FWD=wgmma (past-block kernel)"
+                                     : "MOBA_MOBA_FWD=wgmma (current-block kernel)");
   const int64_t N = plan.layout().tokens();
   const CUtensorMap tk = wg_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
   const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
   const CUtensorMap tq = T::kPast ? tk : wg_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
+  kernel<<<ctas, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
   CUDA_CHECK_LAUNCH();
 }
 
-template <WgFwdMode MODE>
-void launch_d(const Plan& plan, const AttnParams& p, dim3 grid, cudaStream_t stream) {
-  const int64_t D = plan.layout().head_dim;
-  if (D == 64) launch<64, MODE>(plan, p, grid, stream);
-  else if (D == 128) launch<128, MODE>(plan, p, grid, stream);
-  else ::moba::detail::fail(__FILE__, __LINE__, switch_name(MODE), ": head dim ", D, " (64 or 128)");
+template <WgMobaMode MODE>
+void launch_moba_d(const Plan& plan, const AttnParams& p, int64_t ctas, cudaStream_t stream) {
+  if (plan.layout().head_dim == 64) launch_moba<64, MODE>(plan, p, static_cast<unsigned>(ctas), stream);
+  else launch_moba<128, MODE>(plan, p, static_cast<unsigned>(ctas), stream);
 }
 
 // The contiguous kernels' grid (as the mma.sync forward): 128-row query tiles of the
@@ -81,9 +92,9 @@ const DeviceInfo& device_info() {
 // handful of registers; see wg_configure). Cached per device.
 template <int D>
 bool compiled_for_wgmma() {
-  using T = WgFwdTraits<D, WgFwdMode::kDense>;
+  using T = WgFwdTraits<D>;
   cudaFuncAttributes fa{};
-  CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_fwd_wgmma_kernel<D, WgFwdMode::kDense>));
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, attn_fwd_wgmma_kernel<D>));
   return fa.numRegs * T::kThreads >= T::kRegPoolNeeded;
 }
 bool wgmma_runs_here(int D) {
@@ -156,7 +167,10 @@ void wg_require_sm90(const char* what) {
 
 void dense_forward_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   wg_require_sm90("MOBA_DENSE_FWD=wgmma");
-  launch_d<WgFwdMode::kDense>(plan, p, contiguous_grid(plan, p), stream);
+  const int64_t D = plan.layout().head_dim;
+  if (D == 64) launch_dense<64>(plan, p, stream);
+  else if (D == 128) launch_dense<128>(plan, p, stream);
+  else ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_FWD=wgmma: head dim ", D, " (64 or 128)");
 }
 
 void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
@@ -165,7 +179,7 @@ void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_
   check_moba_shape(plan);
   if (max_tiles <= 0) return;
   // max_tiles bounds the device's tile count (*p.num_tiles); CTAs without a tile exit.
-  launch_d<WgFwdMode::kMobaPast>(plan, p, dim3(static_cast<unsigned>(moba_ctas(max_tiles))), stream);
+  launch_moba_d<WgMobaMode::kPast>(plan, p, moba_ctas(max_tiles), stream);
 }
 
 void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
@@ -177,7 +191,7 @@ void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStrea
   pc.batch = static_cast<int>(g.z);
   pc.q_tiles = static_cast<int>(p.heads_fastest ? g.y : g.x);
   const int64_t tiles = static_cast<int64_t>(g.x) * g.y * g.z;
-  launch_d<WgFwdMode::kMobaCurrent>(plan, pc, dim3(static_cast<unsigned>(moba_ctas(tiles))), stream);
+  launch_moba_d<WgMobaMode::kCurrent>(plan, pc, moba_ctas(tiles), stream);
 }
 
 }  // namespace moba::attn::cuda

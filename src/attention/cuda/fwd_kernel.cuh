@@ -199,8 +199,13 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
         const int x = 2 * mt + h;
         float mx = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        float alpha;
-        const float m_use = softmax_step(row_max[x], row_sum[x], mx, p.scale_log2, alpha);
+        const float m_new = fmaxf(row_max[x], mx);
+        // A row with every key masked so far has max -inf: use 0 so that exp2(-inf - -inf)
+        // (NaN) is never computed; its probabilities are exp2(-inf) = 0 either way.
+        const float m_use = (m_new == -INFINITY ? 0.f : m_new) * p.scale_log2;
+        const float alpha = exp2f(fmaf(row_max[x], p.scale_log2, -m_use));
+        row_max[x] = m_new;
+        row_sum[x] *= alpha;
 #pragma unroll
         for (int i = 0; i < D / 8; ++i) {
           acc[mt][i][2 * h] *= alpha;

@@ -112,18 +112,6 @@ struct WgBwdPrep {
 };
 WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream);
 
-// The wgmma backwards' one sequence (attention_bwd_wgmma.cu): the device and shape checks
-// (a moba::Error naming `what`; MoBA: S a multiple of 128), the preparation kernel, the
-// kernel (launch64 / launch128 by head dim), phase `phase`, the dQ conversion.
-struct WgBwdRun {
-  const char* what;
-  const char* phase;
-  bool moba;
-  void (*launch64)(const Plan&, const AttnParams&, const WgBwdPrep&, cudaStream_t);
-  void (*launch128)(const Plan&, const AttnParams&, const WgBwdPrep&, cudaStream_t);
-};
-void wgbwd_run(Plan& plan, AttnParams p, const WgBwdRun& run, cudaStream_t stream);
-
 // sm_90a MoBA backward (wgmma + TMA, bwd_moba_wgmma.cuh), moba_backward's default for
 // S >= 128 (wgmma_switch("MOBA_MOBA_BWD", D); a CTA's 128 keys must lie in one block).
 // p: the backward's parameters with sel, entries and bucket_offset filled in (as for the
@@ -134,7 +122,7 @@ void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream);
 // dq = bf16(dq_acc * scale) over rows x D elements (attention_bwd.cu).
 void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t stream);
 
-// sm_90a MoBA forward (wgmma + TMA, fwd_wgmma.cuh; attention_fwd_wgmma.cu),
+// sm_90a MoBA forward (wgmma + TMA, fwd_moba_wgmma.cuh; attention_fwd_wgmma.cu),
 // moba_forward's default for S a multiple of 128 (wgmma_switch("MOBA_MOBA_FWD", D)). The
 // launchers fail with a message where the kernels cannot run (not an sm_90 device, no
 // sm_90a build, head dim not 64 or 128, S not a multiple of 128).

@@ -12,7 +12,6 @@
 #pragma once
 
 #include <cuda_bf16.h>
-#include <cmath>
 #include <cstdint>
 
 namespace moba::attn::cuda::detail {
@@ -75,47 +74,6 @@ __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
   atomicAdd(p, a);
   atomicAdd(p + 1, b);
 #endif
-}
-
-// The online softmax's step for one row after a key tile whose scores' max (over the quad)
-// is mx: the new running max, row_sum scaled by alpha = exp2((old max - new max) *
-// scale*log2e) (the caller scales the row's output accumulators by alpha too), and the
-// exponent offset m_use = new max * scale*log2e, with 0 for a row whose keys are all masked
-// so far (max -inf), so that exp2(-inf - -inf) = NaN is never computed; its probabilities
-// are exp2(-inf) = 0 either way.
-__device__ __forceinline__ float softmax_step(float& row_max, float& row_sum, float mx,
-                                              float scale_log2, float& alpha) {
-  const float m_new = fmaxf(row_max, mx);
-  const float m_use = (m_new == -INFINITY ? 0.f : m_new) * scale_log2;
-  alpha = exp2f(fmaf(row_max, scale_log2, -m_use));
-  row_max = m_new;
-  row_sum *= alpha;
-  return m_use;
-}
-
-// One warp per (token, query head) row of the backward's preparation: returns
-// delta = rowsum(dO o O) of the row (in every lane) and zeroes the row of the fp32 dQ
-// accumulator.
-template <int D>
-__device__ __forceinline__ float warp_row_delta_zero_dq(const __nv_bfloat16* __restrict__ o,
-                                                        const __nv_bfloat16* __restrict__ dout,
-                                                        float* __restrict__ dq_acc, int row,
-                                                        int lane) {
-  constexpr int kPer = D / 32;  // 2 or 4 elements per lane
-  const size_t at = static_cast<size_t>(row) * D + lane * kPer;
-  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(o + at);
-  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(dout + at);
-  float acc = 0.f;
-#pragma unroll
-  for (int i = 0; i < kPer / 2; ++i) {
-    const float2 x = __bfloat1622float2(a[i]), y = __bfloat1622float2(b[i]);
-    acc += x.x * y.x + x.y * y.y;
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) dq_acc[at + i] = 0.f;
-  return acc;
 }
 
 }  // namespace moba::attn::cuda::detail

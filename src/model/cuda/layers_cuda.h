@@ -13,8 +13,6 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "model/cuda/dev_buf.h"
-
 namespace moba::model {
 struct RopeTable;
 }
@@ -83,18 +81,22 @@ void swiglu_backward_rows(int64_t M, int64_t F, const bf16* ab, const bf16* dh, 
 
 // ---- RoPE (rope.h) ---------------------------------------------------------------------
 // cos/sin (T, D/2) fp32 on the device, rounded from the CPU's double table (so both paths
-// share one set of angles). The arrays are DevBufs: freed with the table, not copyable.
+// share one set of angles). RAII; not copyable.
 class RopeTableCuda {
  public:
   explicit RopeTableCuda(const model::RopeTable& table);
+  ~RopeTableCuda();
+  RopeTableCuda(const RopeTableCuda&) = delete;
+  RopeTableCuda& operator=(const RopeTableCuda&) = delete;
   int64_t T() const { return T_; }
   int64_t half() const { return half_; }
-  const float* cos() const { return cos_.as<float>(); }  // (T, D/2)
-  const float* sin() const { return sin_.as<float>(); }  // (T, D/2)
+  const float* cos() const { return cos_; }  // (T, D/2)
+  const float* sin() const { return sin_; }  // (T, D/2)
 
  private:
   int64_t T_ = 0, half_ = 0;
-  DevBuf cos_, sin_;
+  float* cos_ = nullptr;
+  float* sin_ = nullptr;
 };
 struct RopeParams {
   int64_t M = 0, H = 0;  // tokens, heads; D = 2 * table.half()

@@ -247,10 +247,15 @@ RopeTableCuda::RopeTableCuda(const model::RopeTable& table) : T_(table.T), half_
     c[i] = static_cast<float>(table.cos[i]);
     s[i] = static_cast<float>(table.sin[i]);
   }
-  cos_.resize(n * sizeof(float));
-  sin_.resize(n * sizeof(float));
-  CUDA_CHECK(cudaMemcpy(cos_.p, c.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(sin_.p, s.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMalloc(&cos_, n * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&sin_, n * sizeof(float)));
+  CUDA_CHECK(cudaMemcpy(cos_, c.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(sin_, s.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+RopeTableCuda::~RopeTableCuda() {
+  cudaFree(cos_);  // no CUDA_CHECK: a destructor must not throw
+  cudaFree(sin_);
 }
 
 void rope_apply(const RopeParams& p, const RopeTableCuda& table, const int32_t* pos, bf16* x,
