@@ -236,23 +236,19 @@ void add_bench(CLI::App& app) {
   static BenchAttentionOptions o;  // defaults live here, CLI11 prints them in --help
   CLI::App* cmd = bench->add_subcommand(
       "attention", "Time dense and MoBA attention (fwd, fwd+bwd, gate) on random inputs");
+  cmd->add_option("--seq-len,-T", o.seq_lens, "Sequence lengths T")->capture_default_str();
   add_device_option(cmd, o.device,
                     "cpu (the reference) or cuda (the kernels, bf16); cpu unless given, as in "
                     "every command");
-  cmd->add_option("--seq-len,-T", o.seq_lens, "Sequence lengths T")->capture_default_str();
   cmd->add_option("--batch,-B", o.batch, "Batch size B")->capture_default_str();
-  cmd->add_option("--heads", o.heads, "Query heads Hq")->capture_default_str();
+  add_moba_shape_options(cmd, o.heads, o.head_dim, "Head dim D", o.block_size, o.top_k);
   cmd->add_option("--kv-heads", o.kv_heads, "Key/value heads Hkv (0: same as Hq)")
       ->capture_default_str();
-  cmd->add_option("--head-dim,-D", o.head_dim, "Head dim D")->capture_default_str();
-  cmd->add_option("--block-size,-S", o.block_size, "MoBA block size S")->capture_default_str();
-  cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k K (current block included)")
+  cmd->add_option("--dtype", o.dtype,
+                  "cpu: float or double; cuda runs bf16 (pass bf16, or leave the default)")
       ->capture_default_str();
-  cmd->add_option("--dtype", o.dtype, "cpu: float or double; cuda runs bf16 (pass bf16, or leave the default)")
-      ->capture_default_str();
-  cmd->add_option("--repeats", o.repeats, "Timed repeats (median reported)")->capture_default_str();
-  cmd->add_option("--seed", o.seed, "Random seed of the inputs")->capture_default_str();
-  cmd->add_option("--out,-o", o.json_path, "Also write the results as JSON to this file");
+  add_bench_run_options(cmd, o.repeats, "Timed repeats (median reported)", o.seed,
+                        "Random seed of the inputs", o.json_path);
   add_old_spelling(cmd, "--json", o.json_path, "--out");
   cmd->add_option("--peer", o.peer_path,
                   "cuda: JSON of bench/peer_sdpa.py (same shapes, same device call); the table "

@@ -224,15 +224,11 @@ void add_bench_decode(CLI::App* bench) {
       ->capture_default_str();
   cmd->add_option("--batch,-B", o.batches, "Batch sizes")->capture_default_str();
   cmd->add_option("--kv-heads", o.kv_heads, "Key/value head counts Hkv")->capture_default_str();
-  cmd->add_option("--heads", o.heads, "Query heads Hq")->capture_default_str();
-  cmd->add_option("--head-dim,-D", o.head_dim, "Head dim D (64 or 128)")->capture_default_str();
-  cmd->add_option("--block-size,-S", o.block_size, "MoBA block size S")->capture_default_str();
-  cmd->add_option("--top-k,-K", o.top_k, "MoBA top-k K (current block included)")
-      ->capture_default_str();
-  cmd->add_option("--repeats", o.repeats, "Timed repeats (median reported)")->capture_default_str();
+  add_moba_shape_options(cmd, o.heads, o.head_dim, "Head dim D (64 or 128)", o.block_size,
+                         o.top_k);
   cmd->add_option("--warmup", o.warmup, "Untimed calls before timing")->capture_default_str();
-  cmd->add_option("--seed", o.seed, "Random seed of the caches")->capture_default_str();
-  cmd->add_option("--out,-o", o.json_path, "Also write the results as JSON to this file");
+  add_bench_run_options(cmd, o.repeats, "Timed repeats (median reported)", o.seed,
+                        "Random seed of the caches", o.json_path);
   cmd->add_option("--peer", o.peer_path,
                   "JSON of bench/decode_peers.py (same shapes): adds the best dense decode");
   cmd->add_flag("--skip-dense", o.skip_dense, "Time MoBA only");

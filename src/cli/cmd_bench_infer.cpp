@@ -172,10 +172,8 @@ void add_bench_infer(CLI::App* bench) {
   o.m.add_options(cmd);
   cmd->add_option("--steps", o.steps, "Timed decode steps")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed decode steps first")->capture_default_str();
-  cmd->add_option("--repeats", o.repeats, "Timed prefills (median reported)")
-      ->capture_default_str();
-  cmd->add_option("--seed", o.seed, "Seed of weights and tokens")->capture_default_str();
-  cmd->add_option("--out,-o", o.json_path, "Also write the results as JSON to this file");
+  add_bench_run_options(cmd, o.repeats, "Timed prefills (median reported)", o.seed,
+                        "Seed of weights and tokens", o.json_path);
   cmd->callback([] { run_bench_infer(o); });
 }
 

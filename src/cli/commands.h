@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -51,6 +52,28 @@ CLI::Option* add_old_spelling(CLI::App* cmd, const std::string& old_name, T& var
 inline CLI::Option* add_device_option(CLI::App* cmd, std::string& device, const std::string& help) {
   return cmd->add_option("--device", device, help)
       ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+}
+
+// The options every benchmark ends with: timed repeats (the median is reported), the seed of
+// its random inputs, and -o/--out for the results as JSON.
+template <typename Repeats>
+void add_bench_run_options(CLI::App* cmd, Repeats& repeats, const std::string& repeats_help,
+                           uint64_t& seed, const std::string& seed_help, std::string& json_path) {
+  cmd->add_option("--repeats", repeats, repeats_help)->capture_default_str();
+  cmd->add_option("--seed", seed, seed_help)->capture_default_str();
+  cmd->add_option("--out,-o", json_path, "Also write the results as JSON to this file");
+}
+
+// The MoBA attention shape of the attention benchmarks (bench attention, bench decode):
+// query heads, head dim, block size, top-k (key/value heads differ: one value or a list).
+inline void add_moba_shape_options(CLI::App* cmd, int64_t& heads, int64_t& head_dim,
+                                   const std::string& head_dim_help, int64_t& block_size,
+                                   int64_t& top_k) {
+  cmd->add_option("--heads", heads, "Query heads Hq")->capture_default_str();
+  cmd->add_option("--head-dim,-D", head_dim, head_dim_help)->capture_default_str();
+  cmd->add_option("--block-size,-S", block_size, "MoBA block size S")->capture_default_str();
+  cmd->add_option("--top-k,-K", top_k, "MoBA top-k K (current block included)")
       ->capture_default_str();
 }
 

@@ -6,17 +6,17 @@
 
 #include <string>
 
+#include "core/noncopyable.h"
+
 namespace moba {
 
-class FolderLock {
+class FolderLock : NonCopyable {
  public:
   // Locks `lock_file` (created if needed; its folder must exist), writing our pid into it.
   // Throws moba::Error "'<what>' is in use by another moba command (pid N) ..." when another
   // process holds it. `what` names the folder in the message.
   FolderLock(const std::string& lock_file, const std::string& what);
   ~FolderLock();
-  FolderLock(const FolderLock&) = delete;
-  FolderLock& operator=(const FolderLock&) = delete;
 
  private:
   int fd_ = -1;

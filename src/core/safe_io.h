@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <string>
 
+#include "core/noncopyable.h"
+
 namespace moba {
 
 // `folder / name` where `name` was read from a file in `folder`: refuses an empty name, an
@@ -37,12 +39,10 @@ void write_file_atomic(const std::string& path, const std::string& text);
 
 // A file being written exclusively (see write_new_file); removed by the destructor unless
 // close() succeeded. For writers that stream (safetensors, shards).
-class NewFile {
+class NewFile : NonCopyable {
  public:
   explicit NewFile(const std::string& path);
   ~NewFile();
-  NewFile(const NewFile&) = delete;
-  NewFile& operator=(const NewFile&) = delete;
   void write(const void* data, size_t n);
   void close();  // fsync + close; throws with the OS error
   const std::string& path() const { return path_; }

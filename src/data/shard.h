@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "core/noncopyable.h"
+
 namespace moba::data {
 
 inline constexpr uint32_t kFormatVersion = 1;
@@ -30,12 +32,10 @@ inline constexpr size_t kHeaderBytes = 64;
 
 // Writes one shard and its index as documents arrive; finish() completes the headers
 // (count and checksum) so that a shard left behind by a crash fails every check.
-class ShardWriter {
+class ShardWriter : NonCopyable {
  public:
   ShardWriter(std::string bin_path, std::string idx_path, int dtype_bytes, int64_t vocab_size);
   ~ShardWriter();
-  ShardWriter(const ShardWriter&) = delete;
-  ShardWriter& operator=(const ShardWriter&) = delete;
 
   void add_document(std::span<const int32_t> ids);  // ids in [0, vocab_size), non-empty
   void finish();

@@ -139,26 +139,13 @@ __global__ void wg_prep_kernel(const __nv_bfloat16* __restrict__ o,
                                float* __restrict__ dq_acc) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
-  constexpr int kPer = D / 32;
-  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(o + static_cast<size_t>(row) * D + lane * kPer);
-  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(dout + static_cast<size_t>(row) * D + lane * kPer);
-  float acc = 0.f;
-#pragma unroll
-  for (int i = 0; i < kPer / 2; ++i) {
-    const float2 x = __bfloat1622float2(a[i]), y = __bfloat1622float2(b[i]);
-    acc += x.x * y.x + x.y * y.y;
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  const float acc = detail::warp_row_delta_zero_dq<D>(o, dout, dq_acc, row, lane);
   if (lane == 0) {
     const int tok = row / Hq, h = row % Hq;
     const size_t t = static_cast<size_t>(h) * n_pad + tok;
     delta_t[t] = acc;
     lse_t[t] = lse[row] * 1.4426950408889634f;
   }
-  float* z = dq_acc + static_cast<size_t>(row) * D + lane * kPer;
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) z[i] = 0.f;
 }
 
 template <int D>

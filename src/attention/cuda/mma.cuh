@@ -76,4 +76,29 @@ __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
 #endif
 }
 
+// One warp per (token, query head) row of the backward's preparation: returns
+// delta = rowsum(dO o O) of the row (in every lane) and zeroes the row of the fp32 dQ
+// accumulator.
+template <int D>
+__device__ __forceinline__ float warp_row_delta_zero_dq(const __nv_bfloat16* __restrict__ o,
+                                                        const __nv_bfloat16* __restrict__ dout,
+                                                        float* __restrict__ dq_acc, int row,
+                                                        int lane) {
+  constexpr int kPer = D / 32;  // 2 or 4 elements per lane
+  const size_t at = static_cast<size_t>(row) * D + lane * kPer;
+  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(o + at);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(dout + at);
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPer / 2; ++i) {
+    const float2 x = __bfloat1622float2(a[i]), y = __bfloat1622float2(b[i]);
+    acc += x.x * y.x + x.y * y.y;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) dq_acc[at + i] = 0.f;
+  return acc;
+}
+
 }  // namespace moba::attn::cuda::detail
