@@ -87,10 +87,10 @@ if has prefillfull; then
 fi
 if has ncu; then
   log "ncu: the MoBA forward's kernels at D 64, H 12, T 128K"
-  timeout 300 ncu --clock-control none -k 'regex:attn_fwd_wgmma|gate_mma|block_means|bucket' --launch-count 12 \
+  timeout 300 ncu --clock-control none -k 'regex:moba_fwd_wgmma|gate_mma|block_means|bucket' --launch-count 12 \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
     "$MOBA" bench attention --device cuda --dtype bf16 -T 131072 --heads 12 -D 64 -S 512 -K 3 \
     --repeats 1 --skip-dense > "$OUT/ncu-$TAG.txt" 2>&1
-  grep -E "attn_fwd_wgmma|gate_mma|block_means|bucket|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ|Stall" "$OUT/ncu-$TAG.txt" | head -120
+  grep -E "moba_fwd_wgmma|gate_mma|block_means|bucket|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ|Stall" "$OUT/ncu-$TAG.txt" | head -120
 fi
 log done
