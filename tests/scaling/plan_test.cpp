@@ -244,7 +244,7 @@ TEST(Plan, DataPackingReachesEveryRunConfig) {
 // Every preset in sweeps/ parses and plans (data need not be prepared here).
 TEST(Plan, PresetsParseAndPlan) {
   const std::filesystem::path sweeps = std::filesystem::path(MOBA_SOURCE_DIR) / "sweeps";
-  for (const char* name : {"cpu-tiny", "h100-small", "paper"}) {
+  for (const char* name : {"cpu-tiny", "h100-small", "h200", "h200-32k", "paper"}) {
     SCOPED_TRACE(name);
     const SweepConfig s = load_sweep_config((sweeps / (std::string(name) + ".toml")).string());
     const Plan p = make_plan(s);
@@ -271,6 +271,31 @@ TEST(Plan, PresetsParseAndPlan) {
   EXPECT_GE(h100.total_seconds(), 12 * 60.0);
   EXPECT_LE(h100.total_seconds(), 15 * 60.0);
   EXPECT_EQ(h100.runs.size(), 10u);
+  // h200 (issue 13, section 5): L = 3..8 at 20 tokens per parameter, accepted as planned
+  // (L8's 4.53 reads are within the preset's own limit), 25-32 minutes of one H200.
+  const Plan h200 = make_plan(load_sweep_config((sweeps / "h200.toml").string()));
+  EXPECT_EQ(h200.sweep.ladder.layers, (std::vector<int64_t>{3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(h200.sweep.ladder.tokens_per_param, 20.0);
+  EXPECT_GT(h200.max_data_reads(), 4.0);
+  EXPECT_NO_THROW(check_data_reuse(h200, false));
+  EXPECT_GE(h200.total_seconds(), 25 * 60.0);
+  EXPECT_LE(h200.total_seconds(), 32 * 60.0);
+  // h200-32k (section 4): T = 32768, rows of one document each (so only documents of at
+  // least T + 1 tokens), the last 2K bucket is positions 30K-32K (the trailing loss),
+  // within the default data limit, about 25 minutes; each size takes the 8K ladder's steps.
+  const Plan h32 = make_plan(load_sweep_config((sweeps / "h200-32k.toml").string()));
+  EXPECT_EQ(h32.sweep.base.data_packing, "document");
+  EXPECT_EQ(h32.sweep.max_data_reads, 4.0);
+  EXPECT_NO_THROW(check_data_reuse(h32, false));
+  EXPECT_GE(h32.total_seconds(), 20 * 60.0);
+  EXPECT_LE(h32.total_seconds(), 30 * 60.0);
+  for (const PlannedRun& r : h32.runs) {
+    SCOPED_TRACE(r.config.name);
+    EXPECT_EQ(r.config.model.seq_len, 32768);
+    const int64_t b = r.config.eval.bucket_size, T = r.config.model.seq_len;
+    EXPECT_EQ((T + b - 1) / b * b - b, 30720);  // the last bucket's first position
+    EXPECT_EQ(r.config.train.steps, h200.runs[static_cast<size_t>(r.size) * 2].config.train.steps);
+  }
   // The paper's Table 1: 545M ... 2.1B non-embedding parameters, tokens as listed.
   const Plan paper = make_plan(load_sweep_config((sweeps / "paper.toml").string()));
   const double want[] = {545e6, 822e6, 1.1e9, 1.5e9, 2.1e9};
