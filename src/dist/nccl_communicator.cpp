@@ -37,18 +37,27 @@ NcclCommunicator::NcclCommunicator(const NcclId& id, int rank, int size, int dev
   MOBA_CHECK(size >= 1 && rank >= 0 && rank < size, "NCCL communicator: rank ", rank,
              " outside a group of ", size);
   MOBA_CHECK(timeout.count() > 0, "NCCL communicator: the timeout must be > 0 ms");
-  CUDA_CHECK(cudaSetDevice(device));
-  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
-  ncclUniqueId uid;
-  std::memcpy(&uid, id.bytes.data(), sizeof(uid));
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;  // calls return ncclInProgress instead of blocking: settle() polls
-  ncclComm_t comm = nullptr;
-  const ncclResult_t r = ncclCommInitRankConfig(&comm, size, uid, rank, &config);
-  comm_ = comm;
-  if (r != ncclInProgress) check(r, "ncclCommInitRankConfig");
-  settle("ncclCommInitRankConfig");
+  // A constructor that throws runs no destructor: free what was made (fail() has aborted
+  // the NCCL communicator already).
+  try {
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
+    ncclUniqueId uid;
+    std::memcpy(&uid, id.bytes.data(), sizeof(uid));
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;  // calls return ncclInProgress instead of blocking: settle() polls
+    ncclComm_t comm = nullptr;
+    const ncclResult_t r = ncclCommInitRankConfig(&comm, size, uid, rank, &config);
+    comm_ = comm;
+    if (r != ncclInProgress) check(r, "ncclCommInitRankConfig");
+    settle("ncclCommInitRankConfig");
+  } catch (...) {
+    if (comm_) ncclCommAbort(comm_);
+    if (scratch_) cudaFree(scratch_);
+    if (stream_) cudaStreamDestroy(stream_);
+    throw;
+  }
 }
 
 NcclCommunicator::~NcclCommunicator() {
