@@ -1,0 +1,69 @@
+// The Communicator of data-parallel training on GPUs: one NCCL communicator per rank (one
+// process per GPU), the spans in device memory of that rank's GPU. Built only in CUDA builds
+// where NCCL is found (target moba_dist_nccl, docs/distributed.md).
+//
+// Nothing here waits forever: the communicator is non-blocking, and every call (the
+// creation included) polls NCCL's asynchronous error and its stream; an NCCL error, or a
+// call that does not complete within the timeout (a rank that died or hangs: NCCL cannot
+// say which), aborts the communicator and throws moba::Error naming the call and this rank.
+// After that the communicator is unusable (every call throws). Each operation is enqueued
+// on the communicator's own stream and waited for before returning: the caller's kernels
+// that wrote the buffer must be complete (or synchronized with that stream) first.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <span>
+#include <string>
+
+#include "core/noncopyable.h"
+#include "dist/communicator.h"
+
+struct ncclComm;     // nccl.h's ncclComm_t is ncclComm*
+struct CUstream_st;  // cudaStream_t
+
+namespace moba::dist {
+
+// NCCL's unique id (ncclUniqueId's 128 bytes): made once, by one process (rank 0), and
+// handed to the others out of band (a file, a TCP store) before they create their
+// communicators.
+struct NcclId {
+  std::array<char, 128> bytes{};
+};
+NcclId nccl_unique_id();
+
+class NcclCommunicator final : public Communicator, NonCopyable {  // owns an NCCL communicator
+ public:
+  // Collective over the `size` processes: rank `rank` on CUDA device `device`. Throws
+  // moba::Error when NCCL fails or the others do not join within `timeout`.
+  NcclCommunicator(const NcclId& id, int rank, int size, int device,
+                   std::chrono::milliseconds timeout = std::chrono::minutes(10));
+  ~NcclCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void all_reduce_sum(std::span<float> data) override;
+  void all_reduce_sum(std::span<double> data) override;
+  void broadcast(std::span<float> data, int root) override;
+  void broadcast(std::span<double> data, int root) override;
+  void barrier() override;
+
+  CUstream_st* stream() const { return stream_; }  // where the operations run
+
+ private:
+  void all_reduce(void* data, size_t count, int type, const char* what);
+  void bcast(void* data, size_t count, int type, int root, const char* what);
+  void check(int result, const char* call);  // throws on an NCCL error (aborting)
+  void settle(const char* call);             // waits out ncclInProgress, with the timeout
+  void wait(const char* call);               // waits for the stream, with the timeout
+  [[noreturn]] void fail(const std::string& why);
+
+  int rank_, size_, device_;
+  std::chrono::milliseconds timeout_;
+  ncclComm* comm_ = nullptr;
+  CUstream_st* stream_ = nullptr;
+  float* scratch_ = nullptr;  // one device float: the barrier's all-reduce
+  std::string broken_;        // why the communicator was aborted; empty while healthy
+};
+
+}  // namespace moba::dist

@@ -1,0 +1,71 @@
+// The NCCL communicator on a GPU (registered with -DMOBA_GPU_TESTS=ON, label gpu): one rank
+// runs the real calls (all-reduce, broadcast, barrier on device memory); a group of two
+// whose second rank never joins is an error after the timeout, not a hang. Groups of
+// several GPUs wait for a machine that has them.
+#include "dist/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <vector>
+
+#include "core/cuda_check.cuh"
+#include "core/error.h"
+
+namespace moba::dist {
+namespace {
+
+using namespace std::chrono_literals;
+
+bool have_device() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+template <typename Real>
+std::vector<Real> round_trip(NcclCommunicator& c, const std::vector<Real>& host, bool reduce) {
+  Real* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, host.size() * sizeof(Real)));
+  CUDA_CHECK(cudaMemcpy(d, host.data(), host.size() * sizeof(Real), cudaMemcpyHostToDevice));
+  if (reduce) c.all_reduce_sum(std::span<Real>(d, host.size()));
+  else c.broadcast(std::span<Real>(d, host.size()), 0);
+  std::vector<Real> out(host.size());
+  CUDA_CHECK(cudaMemcpy(out.data(), d, host.size() * sizeof(Real), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaFree(d));
+  return out;
+}
+
+TEST(NcclCommunicator, OneRankRunsEveryCall) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: NCCL tests skipped";
+  NcclCommunicator c(nccl_unique_id(), 0, 1, 0, 60000ms);
+  EXPECT_EQ(c.rank(), 0);
+  EXPECT_EQ(c.size(), 1);
+  const std::vector<float> f{1.5f, -2.0f, 3.25f};
+  const std::vector<double> d{1e-300, 2.0, -7.5, 0.1};
+  EXPECT_EQ(round_trip(c, f, true), f);  // the sum over one rank
+  EXPECT_EQ(round_trip(c, d, true), d);
+  EXPECT_EQ(round_trip(c, f, false), f);
+  EXPECT_EQ(round_trip(c, d, false), d);
+  c.barrier();
+  std::vector<double> one(1);
+  EXPECT_THROW(c.broadcast(std::span<double>(one.data(), 0), 1), Error);  // root outside
+}
+
+TEST(NcclCommunicator, MissingRankIsAnErrorNotAHang) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: NCCL tests skipped";
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    NcclCommunicator c(nccl_unique_id(), 0, 2, 0, 3000ms);  // rank 1 never comes
+    FAIL() << "expected moba::Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("ncclCommInitRankConfig did not complete within 3000 ms on rank 0 of 2"),
+              std::string::npos)
+        << msg;
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 60s);
+}
+
+}  // namespace
+}  // namespace moba::dist
