@@ -128,41 +128,37 @@ void NcclCommunicator::wait(const char* call) {
   }
 }
 
-void NcclCommunicator::all_reduce(void* data, size_t count, int type, const char* what) {
-  MOBA_CHECK(broken_.empty(), broken_);
-  CUDA_CHECK(cudaSetDevice(device_));
-  check(ncclAllReduce(data, data, count, static_cast<ncclDataType_t>(type), ncclSum, comm_,
-                      stream_),
-        what);
-  settle(what);
-  wait(what);
-}
-
-void NcclCommunicator::bcast(void* data, size_t count, int type, int root, const char* what) {
-  MOBA_CHECK(broken_.empty(), broken_);
+int NcclCommunicator::broadcast_root(int root) const {
   MOBA_CHECK(root >= 0 && root < size_, "NCCL broadcast: root ", root, " outside a group of ",
              size_);
+  return root;
+}
+
+void NcclCommunicator::collective(void* data, size_t count, int type, int root,
+                                  const char* what) {
+  MOBA_CHECK(broken_.empty(), broken_);
   CUDA_CHECK(cudaSetDevice(device_));
-  check(ncclBroadcast(data, data, count, static_cast<ncclDataType_t>(type), root, comm_,
-                      stream_),
+  const auto t = static_cast<ncclDataType_t>(type);
+  check(root < 0 ? ncclAllReduce(data, data, count, t, ncclSum, comm_, stream_)
+                 : ncclBroadcast(data, data, count, t, root, comm_, stream_),
         what);
   settle(what);
   wait(what);
 }
 
 void NcclCommunicator::all_reduce_sum(std::span<float> d) {
-  all_reduce(d.data(), d.size(), ncclFloat32, "ncclAllReduce");
+  collective(d.data(), d.size(), ncclFloat32, -1, "ncclAllReduce");
 }
 void NcclCommunicator::all_reduce_sum(std::span<double> d) {
-  all_reduce(d.data(), d.size(), ncclFloat64, "ncclAllReduce");
+  collective(d.data(), d.size(), ncclFloat64, -1, "ncclAllReduce");
 }
 void NcclCommunicator::broadcast(std::span<float> d, int root) {
-  bcast(d.data(), d.size(), ncclFloat32, root, "ncclBroadcast");
+  collective(d.data(), d.size(), ncclFloat32, broadcast_root(root), "ncclBroadcast");
 }
 void NcclCommunicator::broadcast(std::span<double> d, int root) {
-  bcast(d.data(), d.size(), ncclFloat64, root, "ncclBroadcast");
+  collective(d.data(), d.size(), ncclFloat64, broadcast_root(root), "ncclBroadcast");
 }
 // NCCL has no barrier: an all-reduce of one float is one (every rank must contribute).
-void NcclCommunicator::barrier() { all_reduce(scratch_, 1, ncclFloat32, "barrier"); }
+void NcclCommunicator::barrier() { collective(scratch_, 1, ncclFloat32, -1, "barrier"); }
 
 }  // namespace moba::dist

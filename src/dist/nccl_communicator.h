@@ -51,8 +51,10 @@ class NcclCommunicator final : public Communicator, NonCopyable {  // owns an NC
   CUstream_st* stream() const { return stream_; }  // where the operations run
 
  private:
-  void all_reduce(void* data, size_t count, int type, const char* what);
-  void bcast(void* data, size_t count, int type, int root, const char* what);
+  // One collective in place on the communicator's stream, waited for with the timeout:
+  // a sum over every rank (root < 0) or a broadcast from root.
+  void collective(void* data, size_t count, int type, int root, const char* what);
+  int broadcast_root(int root) const;  // root, checked to be a rank of the group
   void check(int result, const char* call);  // throws on an NCCL error (aborting)
   void settle(const char* call);             // waits out ncclInProgress, with the timeout
   void wait(const char* call);               // waits for the stream, with the timeout
