@@ -18,7 +18,9 @@
 # at data/books.tar.xz (a copy of the books archive, carried; data/ is ignored
 # by git). Settings (environment): PRESET (h100-small), CONFIG (sweeps/$PRESET.toml),
 # DEVICE (cuda), BUILD (build-gpu), RUNS_DIR (runs/$PRESET), DATA (data/books-byte),
-# ARCHIVE (data/books.tar.xz), JOBS (16), WAIT (30: seconds start watches the sweep).
+# ARCHIVE (data/books.tar.xz), JOBS (16), WAIT (30: seconds start watches the sweep),
+# SWEEP_SET (`;`-separated `--set` overrides of the preset, e.g. the lr-search's extension:
+# SWEEP_SET='ladder.layers=[4];search.lr_multipliers=[0.0625, 0.125]').
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-out}
@@ -134,6 +136,9 @@ start() {
   say "plan"
   local plan_args=(--config "$CONFIG" --device "$DEVICE" -o "$RUNS")
   [[ $DATA == data/books-byte ]] || plan_args+=(--data "$DATA")
+  local sets=()
+  [[ -n ${SWEEP_SET:-} ]] && IFS=';' read -ra sets <<<"$SWEEP_SET"
+  for kv in "${sets[@]}"; do plan_args+=(--set "$kv"); done
   "$MOBA" sweep "${plan_args[@]}" --plan-only | tee "$OUT/plan.md" ||
     die "plan: moba sweep --plan-only failed"
   grep -q "refused as it stands" "$OUT/plan.md" && die "plan: the sweep is refused (above)"
