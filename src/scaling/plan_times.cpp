@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <iomanip>
 #include <map>
 #include <sstream>
 
@@ -12,15 +13,17 @@
 #include "scaling/report.h"
 
 namespace moba::scaling {
+namespace {
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
-
-std::string fmt(const char* f, double x) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, x);
-  return buf;
+// x with `decimals` decimals ("-" when not finite), with its sign when `sign`.
+std::string fixed(double x, int decimals, bool sign = false) {
+  if (!std::isfinite(x)) return "-";
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(decimals) << (sign ? std::showpos : std::noshowpos) << x;
+  return os.str();
 }
 
 // The train line of `step`, or nullptr (lines ascend by step).
@@ -101,8 +104,8 @@ std::string PlanTimes::summary() const {
     if (r.compared() && std::fabs(r.error()) == max_abs_error()) worst = r.run;
   return "Planned against measured time: " + std::to_string(n) + " of " +
          std::to_string(rows.size()) + " runs compared, max |error| " +
-         fmt("%.1f", 100 * max_abs_error()) + "% (" + md_cell(worst) + "); every compared run within " +
-         fmt("%g", 100 * bar) + "%: " + (within_bar() ? "yes" : "**no**") +
+         fixed(100 * max_abs_error(), 1) + "% (" + md_cell(worst) + "); every compared run within " +
+         std::to_string(std::lround(100 * bar)) + "%: " + (within_bar() ? "yes" : "**no**") +
          (missing > 0 ? " (" + std::to_string(missing) + " not compared)" : "") + ".";
 }
 
@@ -160,7 +163,7 @@ std::string plan_times_markdown(const PlanTimes& t) {
     return md.str();
   }
   md << "Planned: `" << md_cell(t.plan.string()) << "`'s estimate per run"
-     << (t.device.empty() ? "" : " (planned for " + md_cell(t.device) + ")")
+     << (t.device.empty() ? "" : " (device " + md_cell(t.device) + ")")
      << ", the preset's [estimate] time model over the training tokens and every validation, "
         "without the process's start-up. Measured: the run's own clock over the same span, "
         "from the start of its training loop (model, data and validation windows already set "
@@ -169,16 +172,15 @@ std::string plan_times_markdown(const PlanTimes& t) {
         "untimed in metrics.jsonl and taken as the mean of the run's earlier pauses for "
         "them. Error: (planned - measured) / measured, positive when the plan overestimates; "
         "issue 13's bar is "
-     << fmt("%g", 100 * t.bar) << "%.\n\n";
+     << std::to_string(std::lround(100 * t.bar)) << "%.\n\n";
   md << "| run | planned (s) | measured (s) | error |\n|---|---|---|---|\n";
   for (const PlanTimeRow& r : t.rows) {
     md << "| " << md_cell(r.run) << " | "
-       << (std::isfinite(r.planned) ? fmt("%.1f", r.planned) : std::string("-")) << " | "
-       << (std::isfinite(r.measured) ? fmt("%.1f", r.measured) : std::string("-")) << " | ";
+       << fixed(r.planned, 1) << " | " << fixed(r.measured, 1) << " | ";
     if (!r.compared()) md << md_cell(r.state);
     else
-      md << fmt("%+.1f%%", 100 * r.error())
-         << (std::fabs(r.error()) > t.bar ? " (over " + fmt("%g", 100 * t.bar) + "%)" : "");
+      md << fixed(100 * r.error(), 1, true) << "%"
+         << (std::fabs(r.error()) > t.bar ? " (over " + std::to_string(std::lround(100 * t.bar)) + "%)" : "");
     md << " |\n";
   }
   if (t.not_in_plan > 0)
