@@ -385,6 +385,7 @@ std::string lr_search_markdown(const LrSearch& s) {
          << (std::isfinite(p.loss) ? fmt("%.4f", p.loss) : std::string("-")) << " | "
          << p.state << (static_cast<int>(i) == cv.best ? " (best)" : "") << " |\n";
     }
+  if (s.plan_times) os << "\n" << plan_times_markdown(*s.plan_times);
   if (!s.notes.empty()) {
     os << "\n## Notes\n\n";
     for (const std::string& n : s.notes) os << "- " << n << "\n";
@@ -441,9 +442,11 @@ json lr_search_json(const LrSearch& s) {
 
 std::vector<fs::path> write_lr_search(const fs::path& runs_dir, const fs::path& out_dir,
                                       double tolerance, double png_scale) {
-  LrSearch s = analyze_lr_search(read_runs(runs_dir), read_rule_lrs(runs_dir), tolerance,
+  const std::vector<Run> runs = read_runs(runs_dir);
+  LrSearch s = analyze_lr_search(runs, read_rule_lrs(runs_dir), tolerance,
                                  read_rule_exponent(runs_dir));
   s.runs_dir = runs_dir;
+  s.plan_times = plan_times(runs, runs_dir);
   fs::create_directories(out_dir);
   std::vector<fs::path> out;
   const auto write = [&](const fs::path& p, const std::string& text) {

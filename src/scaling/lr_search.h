@@ -9,11 +9,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "scaling/plan_times.h"
 #include "scaling/runs.h"
 
 namespace moba::scaling {
@@ -75,6 +77,8 @@ struct LrSearch {
   std::vector<LrRuleFit> rules;  // every curve first, then one per (attention, embeddings, warm-up)
   double rule_exponent = kNaN;   // the sweep's lr.exponent (plan.json), for LrRuleFit::c_fixed
   std::vector<std::string> notes;
+  // The plan's times against the runs' (plan_times.h), when a plan.json was found.
+  std::optional<PlanTimes> plan_times;
   int count(const std::string& state) const;
 };
 

@@ -51,9 +51,18 @@ std::string interval(const std::optional<Bootstrap>& b, Interval Bootstrap::*whi
   return " [" + num(i.lo) + ", " + num(i.hi) + "]";
 }
 
-// Text from run folders (names, statuses) as table cell text: a name holding '|' would cut
-// the table, one holding HTML would render as HTML. Markdown specials are escaped with a
-// backslash, HTML's with entities, line ends become spaces.
+using SizeKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
+SizeKey size_key(const Run& r) {
+  return {r.info.params_non_embedding, r.info.layers, r.info.heads, r.info.width, r.info.seq_len};
+}
+
+std::string size_label(const Run& r) {
+  return std::to_string(r.info.layers) + "L x " + std::to_string(r.info.heads) + "H x " +
+         std::to_string(r.info.width) + " (" + si(static_cast<double>(r.info.params_non_embedding)) + ")";
+}
+
+}  // namespace
+
 std::string md_cell(const std::string& s) {
   std::string out;
   for (char ch : s) {
@@ -71,18 +80,6 @@ std::string md_cell(const std::string& s) {
   }
   return out;
 }
-
-using SizeKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
-SizeKey size_key(const Run& r) {
-  return {r.info.params_non_embedding, r.info.layers, r.info.heads, r.info.width, r.info.seq_len};
-}
-
-std::string size_label(const Run& r) {
-  return std::to_string(r.info.layers) + "L x " + std::to_string(r.info.heads) + "H x " +
-         std::to_string(r.info.width) + " (" + si(static_cast<double>(r.info.params_non_embedding)) + ")";
-}
-
-}  // namespace
 
 std::vector<SizePair> pair_by_size(const std::vector<Run>& runs) {
   std::map<SizeKey, std::pair<std::vector<const Run*>, std::vector<const Run*>>> by;
@@ -112,7 +109,8 @@ std::vector<SizePair> pair_by_size(const std::vector<Run>& runs) {
 }
 
 std::string report_markdown(const Study& s, const std::string& runs_dir,
-                            const std::vector<ReportFigure>& figures) {
+                            const std::vector<ReportFigure>& figures,
+                            const std::optional<PlanTimes>& plan_times) {
   std::ostringstream md;
   const bool synthetic = std::all_of(s.runs.begin(), s.runs.end(), [](const Run& r) {
     return r.info.name.rfind("synthetic-", 0) == 0;
@@ -337,6 +335,8 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
           "too few points).\n";
   }
 
+  if (plan_times) md << "\n" << plan_times_markdown(*plan_times);
+
   // Figures.
   md << "\n## Figures\n\n";
   if (figures.empty())
@@ -352,7 +352,10 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
 }
 
 fs::path write_report(const fs::path& runs_dir, const fs::path& out_dir, const ReportOptions& o) {
-  Study s = run_study(read_runs(runs_dir), o.study);
+  std::vector<Run> runs = read_runs(runs_dir);
+  // Before the study, which may leave failed runs out: the comparison lists them as such.
+  const std::optional<PlanTimes> times = plan_times(runs, runs_dir);
+  Study s = run_study(std::move(runs), o.study);
   fs::create_directories(out_dir);
   std::vector<ReportFigure> figures;
   if (plotting_available()) {
@@ -392,7 +395,7 @@ fs::path write_report(const fs::path& runs_dir, const fs::path& out_dir, const R
   const fs::path report = out_dir / "report.md";
   std::ofstream f(report);
   MOBA_CHECK(f.good(), "cannot write '", report.string(), "'");
-  f << report_markdown(s, runs_dir.string(), figures);
+  f << report_markdown(s, runs_dir.string(), figures, times);
   return report;
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "scaling/plan_times.h"
 #include "scaling/study.h"
 
 namespace moba::scaling {
@@ -33,12 +34,21 @@ struct ReportFigure {
   std::string caption, path;
 };
 
-// The Markdown text.
+// The Markdown text; with plan_times (a plan.json was found), its section "Planned against
+// measured time".
 std::string report_markdown(const Study& s, const std::string& runs_dir,
-                            const std::vector<ReportFigure>& figures);
+                            const std::vector<ReportFigure>& figures,
+                            const std::optional<PlanTimes>& plan_times = std::nullopt);
+
+// Text from run folders (names, statuses) as table cell text: a name holding '|' would cut
+// the table, one holding HTML would render as HTML. Markdown specials are escaped with a
+// backslash, HTML's with entities, line ends become spaces.
+std::string md_cell(const std::string& s);
 
 // Reads the runs, fits, draws the figures (when cairo is built in) and writes
-// out_dir/report.md, out_dir/fits.json and out_dir/figures/. Returns report.md's path.
+// out_dir/report.md, out_dir/fits.json and out_dir/figures/; the report compares the plan's
+// times with the runs' when RUNS_DIR or its parent holds a plan.json (plan_times.h). Returns
+// report.md's path.
 std::filesystem::path write_report(const std::filesystem::path& runs_dir,
                                    const std::filesystem::path& out_dir,
                                    const ReportOptions& options);
