@@ -30,11 +30,20 @@ constexpr int64_t kSteps = 10;
 void write_run(const fs::path& dir, const std::string& name, double step_s, double pause,
                const std::string& status = "finished", int64_t last_step = kSteps) {
   // What the learning-rate search needs besides: a size, a learning rate, a warm-up.
-  write_run_json(dir / name, RunInfo{.name = name, .attention = "full", .layers = 3, .heads = 3,
-                                     .width = 192, .seq_len = 256, .vocab_size = 256,
-                                     .params_non_embedding = 1000, .tokens_planned = 1e4,
-                                     .status = status, .lr = 1e-3, .steps = kSteps,
-                                     .warmup_steps = 1, .tied_embeddings = 1});
+  RunInfo info;
+  info.name = name;
+  info.attention = "full";
+  info.layers = info.heads = 3;
+  info.width = 192;
+  info.seq_len = info.vocab_size = 256;
+  info.params_non_embedding = 1000;
+  info.tokens_planned = 1e4;
+  info.status = status;
+  info.lr = 1e-3;
+  info.steps = kSteps;
+  info.warmup_steps = 1;
+  info.tied_embeddings = 1;
+  write_run_json(dir / name, info);
   std::string lines;
   for (int64_t s = 1; s <= last_step; ++s) {
     const double t = static_cast<double>(s) * step_s + (s > 5 ? pause : 0.0);
