@@ -232,10 +232,7 @@ double warmup_fraction_of(int64_t warmup_steps, int64_t steps) {
 
 std::map<int64_t, double> read_rule_lrs(const fs::path& runs_dir) {
   std::map<int64_t, double> out;
-  const fs::path p = runs_dir / "plan.json";
-  if (!fs::is_regular_file(p)) return out;
-  std::ifstream f(p);
-  const json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
+  const json j = read_plan_json(runs_dir / "plan.json");
   if (!j.is_object() || !j.contains("runs") || !j["runs"].is_array()) return out;
   for (const json& r : j["runs"])
     if (r.is_object() && r.contains("layers") && r.contains("lr_rule") &&
@@ -245,10 +242,7 @@ std::map<int64_t, double> read_rule_lrs(const fs::path& runs_dir) {
 }
 
 double read_rule_exponent(const fs::path& runs_dir) {
-  const fs::path p = runs_dir / "plan.json";
-  if (!fs::is_regular_file(p)) return kNaN;
-  std::ifstream f(p);
-  const json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
+  const json j = read_plan_json(runs_dir / "plan.json");
   if (!j.is_object() || !j.contains("lr_rule") || !j["lr_rule"].is_object()) return kNaN;
   const json& e = j["lr_rule"].value("exponent", json());
   return e.is_number() ? e.get<double>() : kNaN;

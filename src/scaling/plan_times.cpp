@@ -109,6 +109,12 @@ std::string PlanTimes::summary() const {
          (missing > 0 ? " (" + std::to_string(missing) + " not compared)" : "") + ".";
 }
 
+json read_plan_json(const fs::path& path) {
+  if (!fs::is_regular_file(path)) return json(json::value_t::discarded);
+  std::ifstream f(path);
+  return json::parse(f, nullptr, /*allow_exceptions=*/false);
+}
+
 fs::path find_plan_json(const fs::path& runs_dir) {
   fs::path dir = fs::absolute(runs_dir).lexically_normal();
   if (dir.filename().empty()) dir = dir.parent_path();  // "runs/"
@@ -123,8 +129,7 @@ std::optional<PlanTimes> plan_times(const std::vector<Run>& runs, const fs::path
   if (p.empty()) return std::nullopt;
   PlanTimes t;
   t.plan = p;
-  std::ifstream f(p);
-  const json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
+  const json j = read_plan_json(p);
   if (!j.is_object() || !j.contains("runs") || !j["runs"].is_array()) {
     t.problem = p.string() + " is not a plan (`moba sweep` writes one with a \"runs\" array)";
     return t;

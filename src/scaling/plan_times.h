@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "scaling/runs.h"
 
 namespace moba::scaling {
@@ -47,6 +49,10 @@ struct PlanTimes {
   bool within_bar() const;       // every compared row's |error| <= bar
   std::string summary() const;   // the one-line verdict
 };
+
+// A plan.json (`moba sweep`'s plan) parsed; a discarded value when the file is missing or
+// is not JSON (the readers below treat both as "no plan").
+nlohmann::json read_plan_json(const std::filesystem::path& path);
 
 // RUNS_DIR/plan.json, else plan.json in RUNS_DIR's parent (a study kept as DIR/plan.json
 // beside DIR/runs/); empty when neither exists.

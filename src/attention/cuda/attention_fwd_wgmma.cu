@@ -20,7 +20,13 @@
 namespace moba::attn::cuda {
 namespace {
 
-dim3 contiguous_grid(const Plan& plan, const AttnParams& p);
+// The contiguous kernels' grid (as the mma.sync forward): 128-row query tiles of the
+// longest sequence, heads fastest for short sequences.
+dim3 contiguous_grid(const Plan& plan, const AttnParams& p) {
+  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + 127) / 128);
+  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
+  return p.heads_fastest ? dim3(p.Hq, tiles, batch) : dim3(tiles, p.Hq, batch);
+}
 
 // The dense kernel: grid (Hq, query tiles, B) heads fastest, else (tiles, Hq, B).
 template <int D>
@@ -32,7 +38,7 @@ void launch_dense(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
   constexpr auto kernel = attn_fwd_wgmma_kernel<D>;
   wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, "MOBA_DENSE_FWD=wgmma");
-  attn_fwd_wgmma_kernel<D><<<contiguous_grid(plan, p), T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
+  kernel<<<contiguous_grid(plan, p), T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -57,14 +63,6 @@ template <WgMobaMode MODE>
 void launch_moba_d(const Plan& plan, const AttnParams& p, int64_t ctas, cudaStream_t stream) {
   if (plan.layout().head_dim == 64) launch_moba<64, MODE>(plan, p, static_cast<unsigned>(ctas), stream);
   else launch_moba<128, MODE>(plan, p, static_cast<unsigned>(ctas), stream);
-}
-
-// The contiguous kernels' grid (as the mma.sync forward): 128-row query tiles of the
-// longest sequence, heads fastest for short sequences.
-dim3 contiguous_grid(const Plan& plan, const AttnParams& p) {
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + 127) / 128);
-  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
-  return p.heads_fastest ? dim3(p.Hq, tiles, batch) : dim3(tiles, p.Hq, batch);
 }
 
 // The current device's compute capability (major * 10 + minor) and SM count, cached per
@@ -127,20 +125,22 @@ void check_moba_shape(const Plan& plan) {
 // tiles. Read on every call, as the other switches.
 int64_t moba_ctas(int64_t max_tiles) {
   const char* e = std::getenv("MOBA_MOBA_FWD_GRID");
-  int64_t n = device_info().sms;
-  if (e != nullptr && *e != '\0' && std::strcmp(e, "persistent") != 0) {
+  int64_t n = 0;
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "persistent") == 0) {
+    // Odd: the CTAs stride through the tiles by the grid size, and in the current-block
+    // kernel a tile's work (1 to S/128 key tiles) repeats with the tile index mod S/128;
+    // an even stride would give some CTAs only the longest tiles.
+    n = device_info().sms;
+    n -= (n % 2 == 0 && n > 1);
+  } else if (std::strcmp(e, "tiles") == 0) {
+    n = max_tiles;
+  } else {
     char* end = nullptr;
-    const long long v = std::strtoll(e, &end, 10);
-    if (std::strcmp(e, "tiles") == 0) n = max_tiles;
-    else if (end != e && *end == '\0' && v > 0) n = v;
-    else
+    n = std::strtoll(e, &end, 10);
+    if (end == e || *end != '\0' || n <= 0)
       ::moba::detail::fail(__FILE__, __LINE__, "MOBA_MOBA_FWD_GRID=", e,
                            ": expected persistent, tiles or a number of CTAs");
   }
-  // An odd default: the CTAs stride through the tiles by the grid size, and in the
-  // current-block kernel a tile's work (1 to S/128 key tiles) repeats with the tile index
-  // mod S/128; an even stride would give some CTAs only the longest tiles.
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "persistent") == 0) n -= (n % 2 == 0 && n > 1);
   return std::min(n, max_tiles);
 }
 
