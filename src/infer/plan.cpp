@@ -63,11 +63,16 @@ Plan plan_inference(const PlanInput& in) {
   Terms t;
   t.cache_per_token = L * (2.0 * Hkv * D * e + 4.0 * Hkv * D / S);
   const double sel = moba ? 4.0 * Hq * static_cast<double>(m.attention.top_k) : 0.0;
+  // MoBA's attention scratch on the GPU, which the decoder keeps between prefills: the
+  // past blocks' fp32 partial outputs and lse and the gather entries, (N, Hq, K-1) each,
+  // and the block means' three bf16 terms (attention/cuda/internal.h's scratch slots).
+  const double kp = static_cast<double>(m.attention.top_k - 1);
+  const double moba_scratch = moba ? Hq * kp * (4.0 * D + 8.0) + 6.0 * Hkv * D / S : 0.0;
   if (cuda)  // model/cuda/decoder_cuda.cpp's buffers: x, x_mid, xn; the fused projections'
              // rows; q, o; k, v; h; lse, rstd; the selection; token ids and positions
     t.layer_per_token = e * (3 * C + std::max(Hq * D + 2 * Hkv * D, 2 * F) + 2 * Hq * D +
                              2 * Hkv * D + F) +
-                        4.0 * (Hq + 1) + sel + 8.0;
+                        4.0 * (Hq + 1) + sel + 8.0 + moba_scratch;
   else
     t.layer_per_token = e * (2 * C + 2 * Hq * D + 2 * Hkv * D + 3 * F) + 4.0 * (Hq + 2) + sel;
   p.params = model::param_counts(m).total;

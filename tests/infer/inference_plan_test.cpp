@@ -63,26 +63,30 @@ TEST(InferencePlan, CudaBf16ByHand) {
   // fp32 parameters and their bf16 copy (model/cuda/decoder_cuda.cpp).
   EXPECT_DOUBLE_EQ(p.weight_bytes, 108864.0 * 6);
   // The decoder's buffers per token: 2 x (3 x 64 + max(128, 352) + 2 x 64 + 2 x 32 + 176)
-  // + lse and rstd 4 x (4 + 1) + the selection 4 x 4 x 2 + ids and positions 8.
-  EXPECT_DOUBLE_EQ(p.layer_bytes_per_token, 2 * 912 + 20 + 32 + 8);
+  // + lse and rstd 4 x (4 + 1) + the selection 4 x 4 x 2 + ids and positions 8, + MoBA's
+  // attention scratch: Hq (K-1) = 4 partial outputs of 16 floats with their lse and gather
+  // entry, 4 x (4 x 16 + 8) = 288, and the means' three bf16 terms 6 x 2 x 16 / 8 = 24.
+  EXPECT_DOUBLE_EQ(p.layer_bytes_per_token, 2 * 912 + 20 + 32 + 8 + 288 + 24);
   EXPECT_DOUBLE_EQ(p.fixed_bytes, 32 << 20);
-  EXPECT_DOUBLE_EQ(p.total_bytes, 653184 + 128 * 288 + 128 * 1884 + 33554432);
+  EXPECT_DOUBLE_EQ(p.total_bytes, 653184 + 128 * 288 + 128 * 2196 + 33554432);
   EXPECT_EQ(p.max_context, -1);
-  // The bf16 weights alone; a one-token prompt's layer (1884 B) outweighs 256 logits, and
+  // The bf16 weights alone; a one-token prompt's layer (2196 B) outweighs 256 logits, and
   // 4096 logits (16 KiB) outweigh it.
   const Plan q = plan_inference({.model = small(), .device = "cuda", .context = 16, .prompt = 1,
                                  .weight_bytes_per_param = 2});
   EXPECT_DOUBLE_EQ(q.weight_bytes, 108864.0 * 2);
-  EXPECT_DOUBLE_EQ(q.prefill_bytes, 1884);
+  EXPECT_DOUBLE_EQ(q.prefill_bytes, 2196);
   model::ModelConfig big_vocab = small();
   big_vocab.vocab_size = 4096;
   EXPECT_DOUBLE_EQ(plan_inference({.model = big_vocab, .device = "cuda", .context = 16, .prompt = 1})
                        .prefill_bytes,
                    4096 * 4);
-  // Full attention: no selection in the layer's intermediates.
+  // Full attention: no selection in the layer's intermediates, no MoBA scratch.
   model::ModelConfig f = small();
   f.attention.kind = model::AttentionKind::full;
   EXPECT_DOUBLE_EQ(plan_inference({.model = f}).layer_bytes_per_token, 3448 - 32);
+  EXPECT_DOUBLE_EQ(plan_inference({.model = f, .device = "cuda"}).layer_bytes_per_token,
+                   2 * 912 + 20 + 8);
 }
 
 TEST(InferencePlan, MemoryTooSmallForTheWeightsFitsNothing) {

@@ -48,6 +48,10 @@ class Plan {
  public:
   // cfg is used by the MoBA functions only; dense attention ignores it.
   Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt);
+  // The same with this plan's own allocator instead of the one set_device_allocator set
+  // (e.g. a decoder's pool that keeps the scratch from one prefill to the next).
+  Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt,
+       const DeviceAllocator& allocator);
   ~Plan();
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;

@@ -53,6 +53,12 @@ namespace moba::attn::cuda {
 
 enum class WgMobaMode { kCurrent, kPast };
 
+// A hint: fetch the 128-byte line holding a (an address inside an allocation) into L2;
+// the thread does not wait for it.
+__device__ __forceinline__ void prefetch_l2(const void* a) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(a));
+}
+
 template <int D, WgMobaMode MODE>
 struct WgMobaFwdTraits {
   static_assert(D == 64 || D == 128, "wgmma MoBA forward: head dim 64 or 128");
@@ -118,6 +124,111 @@ __device__ __forceinline__ bool moba_current_item(const AttnParams& p, int x, in
   it.k_begin = it.seq_start + (m * Br / p.S) * p.S;
   it.n_tiles = (it.first_tok + it.count - it.k_begin + Bc - 1) / Bc;
   return true;
+}
+
+// kCurrent's merge of the rows row0 and row0 + 8 of a tile (o normalised, lse natural
+// log): out = sum_i exp(lse_i - lse_tot) out_i over the current part and each valid past
+// slot (slot sl holds a past block iff sel[sl] >= 0 and sel[sl] < c, c = the row's current
+// block; the selection is ascending with c last), then out (bf16) and lse_tot. The
+// arithmetic is in the order of one row, slot by slot; the loads are grouped so that few
+// round trips to memory are in series: both rows' selections and partial lse first (two
+// slots at a time), then each row's partial outputs (two slots at a time at D 64, one at D 128).
+template <int D>
+__device__ __forceinline__ void moba_merge_epilogue(const AttnParams& p, const WgMobaItem& item,
+                                                    int row0, const int (&tok)[2],
+                                                    const float (&lse)[2], float (&o)[D / 2]) {
+  constexpr int kSlots = 2;  // slots whose selections and lse are in flight together
+  constexpr int kSlotsO = D == 64 ? 2 : 1;  // ... whose partial outputs (registers: D 128 spills at 2)
+  const int qd = (threadIdx.x % 32) % 4;
+  const int kp = p.kp;
+  bool live[2];
+  size_t row[2];
+  int c[2];
+  float mx[2], lse_tot[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    live[h] = row0 + 8 * h < item.count;
+    row[h] = static_cast<size_t>(tok[h]) * p.Hq + item.head;
+    c[h] = (tok[h] - item.seq_start) / p.S;
+    mx[h] = lse[h];
+  }
+  // Slot sl of row h: its partial lse, or -inf when it holds no past block (no load).
+  auto slot_lse = [&](int h, int sl) -> float {
+    if (!live[h] || sl >= kp) return -INFINITY;
+    const int b = __ldg(p.sel + row[h] * p.K + sl);
+    return b >= 0 && b < c[h] ? __ldg(p.part_lse + row[h] * kp + sl) : -INFINITY;
+  };
+  for (int s0 = 0; s0 < kp; s0 += kSlots) {
+    float v[2][kSlots];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) v[h][j] = slot_lse(h, s0 + j);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j)
+        if (v[h][j] != -INFINITY) mx[h] = fmaxf(mx[h], v[h][j]);
+  }
+  float sum[2] = {expf(lse[0] - mx[0]), expf(lse[1] - mx[1])};
+  for (int s0 = 0; s0 < kp; s0 += kSlots) {  // the same loads again, now from L1
+    float v[2][kSlots];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) v[h][j] = slot_lse(h, s0 + j);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j)
+        if (v[h][j] != -INFINITY) sum[h] += expf(v[h][j] - mx[h]);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    lse_tot[h] = mx[h] + logf(sum[h]);
+    const float w_cur = expf(lse[h] - lse_tot[h]);
+#pragma unroll
+    for (int x = 0; x < D / 8; ++x) {
+      o[4 * x + 2 * h] *= w_cur;
+      o[4 * x + 2 * h + 1] *= w_cur;
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (!live[h]) continue;
+    for (int s0 = 0; s0 < kp; s0 += kSlotsO) {
+      float w[kSlotsO];
+      bool ok[kSlotsO];
+      float2 pv[kSlotsO][D / 8];
+#pragma unroll
+      for (int j = 0; j < kSlotsO; ++j) {
+        const float sl_lse = slot_lse(h, s0 + j);  // L1
+        ok[j] = sl_lse != -INFINITY;
+        w[j] = ok[j] ? expf(sl_lse - lse_tot[h]) : 0.f;
+        if (ok[j]) {
+          const float2* po = reinterpret_cast<const float2*>(
+              p.part_o + (row[h] * kp + s0 + j) * D + 2 * qd);
+#pragma unroll
+          for (int x = 0; x < D / 8; ++x) pv[j][x] = __ldg(po + x * 4);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kSlotsO; ++j) {
+        if (!ok[j]) continue;
+#pragma unroll
+        for (int x = 0; x < D / 8; ++x) {
+          o[4 * x + 2 * h] += w[j] * pv[j][x].x;
+          o[4 * x + 2 * h + 1] += w[j] * pv[j][x].y;
+        }
+      }
+    }
+    __nv_bfloat16* dst = p.o + row[h] * D;
+#pragma unroll
+    for (int x = 0; x < D / 8; ++x)
+      *reinterpret_cast<uint32_t*>(dst + 8 * x + 2 * qd) =
+          detail::pack_bf16(o[4 * x + 2 * h], o[4 * x + 2 * h + 1]);
+    if (qd == 0) p.lse[row[h]] = lse_tot[h];
+  }
 }
 
 template <int D, WgMobaMode MODE>
@@ -309,6 +420,26 @@ __global__ void __launch_bounds__(384, 1)
 
     const int tok[2] = {item.first_tok + row0, item.first_tok + row0 + 8};  // kCurrent
     const uint32_t q_addr = smem_addr(sQ + qb * Br * D) + wg_row0 * 128;
+    int entry[2] = {0, 0};  // kPast: the entries of this thread's rows (the epilogue's)
+    if constexpr (PAST) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        if (row0 + 8 * h < item.count) entry[h] = __ldg(p.entries + item.ent0 + row0 + 8 * h);
+    } else if (p.part_o != nullptr) {
+      // The merge's inputs of this thread's rows (selection, partial lse, partial outputs:
+      // kp * D * 4 bytes a row, one 128-byte line per lane of the quad in turn) are fetched
+      // into L2 now, while the key tiles run: the epilogue then waits on L2, not on HBM.
+      const int kp = p.kp;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (row0 + 8 * h >= item.count) continue;
+        const size_t row = static_cast<size_t>(tok[h]) * p.Hq + item.head;
+        const char* po = reinterpret_cast<const char*>(p.part_o + row * kp * D);
+        for (int off = qd * 128; off < kp * D * 4; off += 4 * 128) prefetch_l2(po + off);
+        if (qd == 0) prefetch_l2(p.part_lse + row * kp);
+        if (qd == 1) prefetch_l2(p.sel + row * p.K);
+      }
+    }
 
     float o[D / 2];
 #pragma unroll
@@ -402,71 +533,33 @@ __global__ void __launch_bounds__(384, 1)
 
     // Epilogue. lse in natural log: (max * scale*log2e + log2 l) * ln 2.
     constexpr float kLn2 = 0.6931471805599453f;
+    float lse[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float l = row_sum[h] + __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int r = row0 + 8 * h;  // row of the tile
-      if (r >= item.count) continue;
       const float inv = l > 0.f ? 1.f / l : 0.f;
-      const float lse = l > 0.f ? fmaf(row_max[h], p.scale_log2, log2f(l)) * kLn2 : -INFINITY;
-      if constexpr (PAST) {
-        // Normalised fp32 partial and lse of entry e (kPast's epilogue).
-        const int e = p.entries[item.ent0 + r];
-        float* dst = p.part_o + static_cast<size_t>(e) * D;
+      lse[h] = l > 0.f ? fmaf(row_max[h], p.scale_log2, log2f(l)) * kLn2 : -INFINITY;
+#pragma unroll
+      for (int x = 0; x < D / 8; ++x) {
+        o[4 * x + 2 * h] *= inv;
+        o[4 * x + 2 * h + 1] *= inv;
+      }
+    }
+    if constexpr (PAST) {
+      // Normalised fp32 partial and lse of each row's entry.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (row0 + 8 * h >= item.count) continue;
+        float* dst = p.part_o + static_cast<size_t>(entry[h]) * D;
 #pragma unroll
         for (int x = 0; x < D / 8; ++x)
           *reinterpret_cast<float2*>(dst + 8 * x + 2 * qd) =
-              make_float2(o[4 * x + 2 * h] * inv, o[4 * x + 2 * h + 1] * inv);
-        if (qd == 0) p.part_lse[e] = lse;
-      } else {
-        // kCurrent's merge: out = sum_i exp(lse_i - lse) out_i over the current part and
-        // each valid past slot (slot sl holds a past block iff sel[sl] >= 0 and sel[sl] < c,
-        // c = the row's current block; the selection is ascending with c last).
-        const int row = tok[h] * p.Hq + item.head;
-#pragma unroll
-        for (int x = 0; x < D / 8; ++x) {
-          o[4 * x + 2 * h] *= inv;
-          o[4 * x + 2 * h + 1] *= inv;
-        }
-        const int kp = p.kp;
-        const int c = (tok[h] - item.seq_start) / p.S;
-        const int32_t* sel = p.sel + static_cast<size_t>(row) * p.K;
-        const float* plse = p.part_lse + static_cast<size_t>(row) * kp;
-        float mx = lse;
-        for (int sl = 0; sl < kp; ++sl)
-          if (sel[sl] >= 0 && sel[sl] < c) mx = fmaxf(mx, __ldg(plse + sl));
-        float sum = expf(lse - mx);
-        for (int sl = 0; sl < kp; ++sl)
-          if (sel[sl] >= 0 && sel[sl] < c) sum += expf(__ldg(plse + sl) - mx);
-        const float lse_tot = mx + logf(sum);
-        const float w_cur = expf(lse - lse_tot);
-#pragma unroll
-        for (int x = 0; x < D / 8; ++x) {
-          o[4 * x + 2 * h] *= w_cur;
-          o[4 * x + 2 * h + 1] *= w_cur;
-        }
-        for (int sl = 0; sl < kp; ++sl) {
-          if (!(sel[sl] >= 0 && sel[sl] < c)) continue;
-          const float w = expf(__ldg(plse + sl) - lse_tot);
-          const float2* po = reinterpret_cast<const float2*>(
-              p.part_o + (static_cast<size_t>(row) * kp + sl) * D + 2 * qd);
-          float2 v[D / 8];
-#pragma unroll
-          for (int x = 0; x < D / 8; ++x) v[x] = __ldg(po + x * 4);
-#pragma unroll
-          for (int x = 0; x < D / 8; ++x) {
-            o[4 * x + 2 * h] += w * v[x].x;
-            o[4 * x + 2 * h + 1] += w * v[x].y;
-          }
-        }
-        __nv_bfloat16* dst = p.o + static_cast<size_t>(row) * D;
-#pragma unroll
-        for (int x = 0; x < D / 8; ++x)
-          *reinterpret_cast<uint32_t*>(dst + 8 * x + 2 * qd) =
-              detail::pack_bf16(o[4 * x + 2 * h], o[4 * x + 2 * h + 1]);
-        if (qd == 0) p.lse[row] = lse_tot;
+              make_float2(o[4 * x + 2 * h], o[4 * x + 2 * h + 1]);
+        if (qd == 0) p.part_lse[entry[h]] = lse[h];
       }
+    } else {
+      moba_merge_epilogue<D>(p, item, row0, tok, lse, o);
     }
   }
 #else

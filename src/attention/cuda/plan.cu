@@ -50,8 +50,12 @@ int32_t* upload(const DeviceAllocator& a, const std::vector<int32_t>& host) {
 void set_device_allocator(const DeviceAllocator& allocator) { g_allocator = allocator; }
 
 Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt)
+    : Plan(layout, cfg, opt, g_allocator) {}
+
+Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt,
+           const DeviceAllocator& allocator)
     : layout_(layout), cfg_(cfg), bufs_(kNumSlots, nullptr), sizes_(kNumSlots, 0),
-      alloc_(g_allocator) {
+      alloc_(allocator) {
   layout_.validate();
   cfg_.validate();
   const int64_t D = layout_.head_dim, S = cfg_.block_size, K = cfg_.top_k;

@@ -1,11 +1,14 @@
 #include "model/cuda/decoder_cuda.h"
 
 #include <algorithm>
+#include <map>
+#include <unordered_map>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/decode_cuda.h"
 #include "core/cuda_check.cuh"
 #include "core/error.h"
+#include "core/noncopyable.h"
 #include "model/cuda/dev_buf.h"
 #include "model/cuda/layers_cuda.h"
 #include "model/cuda/matmul.h"
@@ -16,6 +19,65 @@
 #include "model/rope.h"
 
 namespace moba::model::cuda {
+
+// The attention plans' scratch (MoBA's partial outputs: (N, Hq, K-1, D) fp32, 0.8 GB at
+// 128K tokens, H 12, D 64), kept from one prefill to the next instead of cudaMalloc'd and
+// cudaFree'd by every prefill's plan. Everything runs on the decoder's one stream, so a
+// buffer freed by one plan may serve the next at once. A buffer serves a request of at
+// least half its size; when cudaMalloc fails the idle buffers are released and it is tried
+// once more, so the pool never makes a request fail that would fit without it. The
+// inference planner counts this scratch (infer/plan.cpp).
+class ScratchPool : NonCopyable {
+ public:
+  ScratchPool() = default;
+  ~ScratchPool() {
+    for (const auto& [p, n] : size_) cudaFree(p);
+  }
+  attn::cuda::DeviceAllocator allocator() {
+    return {&ScratchPool::alloc, &ScratchPool::release, this};
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  static void* alloc(size_t bytes, void* ctx) {
+    auto* pool = static_cast<ScratchPool*>(ctx);
+    auto it = pool->idle_.lower_bound(bytes);
+    if (it != pool->idle_.end() && it->first / 2 <= bytes) {
+      void* p = it->second;
+      pool->idle_.erase(it);
+      return p;
+    }
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      pool->trim();
+      if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return nullptr;  // the plan reports the failed allocation
+      }
+    }
+    pool->size_[p] = bytes;
+    pool->bytes_ += bytes;
+    return p;
+  }
+  static void release(void* p, void* ctx) {
+    auto* pool = static_cast<ScratchPool*>(ctx);
+    pool->idle_.emplace(pool->size_.at(p), p);
+  }
+  void trim() {
+    CUDA_CHECK(cudaDeviceSynchronize());  // an idle buffer may still be read by the stream
+    for (const auto& [n, p] : idle_) {
+      cudaFree(p);
+      size_.erase(p);
+      bytes_ -= n;
+    }
+    idle_.clear();
+  }
+
+  std::multimap<size_t, void*> idle_;       // free buffers by size
+  std::unordered_map<void*, size_t> size_;  // every buffer held
+  size_t bytes_ = 0;
+};
 
 struct DecoderCuda::Impl : ModelDims {
   ModelConfig cfg;
@@ -31,6 +93,7 @@ struct DecoderCuda::Impl : ModelDims {
 
   std::vector<std::unique_ptr<attn::cuda::DecodeCache>> caches;  // (L)
   std::unique_ptr<attn::cuda::DecodePlan> dplan;
+  ScratchPool scratch;  // the prefill plans' device scratch
 
   // Activations for up to cap_M tokens (prefill) or B (decode); reused by every layer.
   int64_t cap_M = 0;
@@ -109,14 +172,15 @@ struct DecoderCuda::Impl : ModelDims {
                  ", outside the model's vocabulary [0, ", V, ")");
   }
 
-  // The attention sub-layer's input projections for M tokens at positions pos: q, k, v.
-  void qkv(int64_t M, int64_t l) {
+  // The attention sub-layer's input projections for M tokens at positions pos: q, and k, v
+  // into kd, vd ((M, Hkv, D) each).
+  void qkv(int64_t M, int64_t l, bf16* kd, bf16* vd) {
     const LayerOffsets& off = layout.layers[l];
     rmsnorm_forward({M, C, static_cast<float>(cfg.norm_eps)}, x.as<bf16>(),
                     P.as<float>() + off.attn_norm, xn.as<bf16>(), rstd.as<float>(), stream);
     mm->forward(M, C, QKV, xn.as<bf16>(), Pb.as<bf16>() + off.wq, rows.as<bf16>());
-    rope_split({M, Hq, Hkv}, *rope, pos.as<int32_t>(), rows.as<bf16>(), q.as<bf16>(),
-               k.as<bf16>(), v.as<bf16>(), stream);
+    rope_split({M, Hq, Hkv}, *rope, pos.as<int32_t>(), rows.as<bf16>(), q.as<bf16>(), kd, vd,
+               stream);
   }
 
   // After the attention output o: x += o Wo^T, then x += MLP(rmsnorm(x)).
@@ -177,26 +241,33 @@ struct DecoderCuda::Impl : ModelDims {
     if (recording) sel_log.assign(static_cast<size_t>(B), std::vector<std::vector<int32_t>>(L));
     CUDA_CHECK(cudaMemcpyAsync(tokens.p, ids.data(), 4 * M, cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(pos.p, positions.data(), 4 * M, cudaMemcpyHostToDevice, stream));
-    attn::cuda::Plan plan(attn::Layout::varlen(cu, Hq, Hkv, D), moba, attn::Options{});
+    attn::cuda::Plan plan(attn::Layout::varlen(cu, Hq, Hkv, D), moba, attn::Options{},
+                          scratch.allocator());
     embedding_forward({M, V, C}, tokens.as<int32_t>(), Pb.as<bf16>() + layout.embed, x.as<bf16>(),
                       stream);
     for (int64_t l = 0; l < L; ++l) {
-      qkv(M, l);
+      // One sequence: its packed K and V are rows [0, M) of the layer's cache, so the
+      // projections write them there and the attention reads them there (no copy of 2 x M
+      // rows a layer); a batch is packed in k, v and copied row range by row range.
+      bf16* kd = B == 1 ? caches[l]->k() : k.as<bf16>();
+      bf16* vd = B == 1 ? caches[l]->v() : v.as<bf16>();
+      qkv(M, l, kd, vd);
       if (layer_moba[l]) {
-        attn::cuda::moba_gate(plan, q.as<bf16>(), k.as<bf16>(), sel.as<int32_t>(), stream);
+        attn::cuda::moba_gate(plan, q.as<bf16>(), kd, sel.as<int32_t>(), stream);
         if (recording) {
           const int64_t row = Hq * moba.top_k;
           const std::vector<int32_t> h = read_selections(M);
           for (int64_t b = 0; b < B; ++b)
             sel_log[b][l].assign(h.begin() + cu[b] * row, h.begin() + cu[b + 1] * row);
         }
-        attn::cuda::moba_forward(plan, sel.as<int32_t>(), q.as<bf16>(), k.as<bf16>(),
-                                 v.as<bf16>(), o.as<bf16>(), lse.as<float>(), stream);
+        attn::cuda::moba_forward(plan, sel.as<int32_t>(), q.as<bf16>(), kd, vd, o.as<bf16>(),
+                                 lse.as<float>(), stream);
       } else {
-        attn::cuda::dense_forward(plan, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(),
-                                  lse.as<float>(), stream);
+        attn::cuda::dense_forward(plan, q.as<bf16>(), kd, vd, o.as<bf16>(), lse.as<float>(),
+                                  stream);
       }
-      caches[l]->fill(cu, k.as<bf16>(), v.as<bf16>(), stream);
+      if (B == 1) caches[l]->adopt({M}, stream);
+      else caches[l]->fill(cu, kd, vd, stream);
       rest_of_block(M, l);
     }
     for (int64_t b = 0; b < B; ++b)
@@ -225,7 +296,7 @@ struct DecoderCuda::Impl : ModelDims {
     embedding_forward({B, V, C}, tokens.as<int32_t>(), Pb.as<bf16>() + layout.embed, x.as<bf16>(),
                       stream);
     for (int64_t l = 0; l < L; ++l) {
-      qkv(B, l);
+      qkv(B, l, k.as<bf16>(), v.as<bf16>());
       caches[l]->append(k.as<bf16>(), v.as<bf16>(), stream);
       if (layer_moba[l]) {
         attn::cuda::decode_moba(*dplan, *caches[l], q.as<bf16>(), o.as<bf16>(), lse.as<float>(),
@@ -253,7 +324,8 @@ struct DecoderCuda::Impl : ModelDims {
     return b;
   }
   size_t device_bytes() const {
-    size_t b = cache_bytes() + dplan->workspace_bytes() + (size_t{32} << 20);  // + matmul ws
+    size_t b = cache_bytes() + dplan->workspace_bytes() + scratch.bytes() +
+               (size_t{32} << 20);  // + matmul ws
     for (const DevBuf* d : {&P, &Pb, &tokens, &pos, &x, &x_mid, &xn, &rstd, &rows, &q, &k, &v,
                             &o, &lse, &sel, &h, &x_last, &xn_last, &rstd_last, &logits})
       b += d->bytes;
