@@ -23,6 +23,7 @@
 #ifdef MOBA_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "attention/cuda/attention_cuda.h"
 #include "core/cuda_check.cuh"
 #include "model/cuda/decoder_cuda.h"
 #endif
@@ -37,6 +38,7 @@ struct BenchInferOptions {
   std::vector<int64_t> batches = {1, 16};
   BenchModelShape m;  // the decoder
   int steps = 32, warmup = 4, repeats = 3;
+  bool phases = false;  // one more prefill with per-phase CUDA events
   uint64_t seed = 1;
   std::string json_path;
 };
@@ -54,6 +56,38 @@ std::vector<std::vector<int32_t>> random_prompts(int64_t B, int64_t T, int64_t V
 double median(std::vector<double> x) {
   std::sort(x.begin(), x.end());
   return x[x.size() / 2];
+}
+
+// One more prefill with a CUDA event after every phase (the decoder's layers and the
+// attention launchers mark them): each phase's time summed over the layers, printed as a
+// table in the order of first appearance. The events cost a few microseconds each, so the
+// total comes out slightly above the timed prefills.
+nlohmann::json prefill_phases(model::cuda::DecoderCuda& dec,
+                              const std::vector<std::vector<int32_t>>& prompts,
+                              const std::string& attn, int64_t T) {
+  attn::cuda::enable_phase_timing(true);
+  dec.prefill(prompts);
+  const auto marks = attn::cuda::take_phase_times();
+  attn::cuda::enable_phase_timing(false);
+  std::vector<std::pair<std::string, double>> sum;
+  double total = 0;
+  for (const auto& [name, ms] : marks) {
+    auto it = std::find_if(sum.begin(), sum.end(), [&](const auto& e) { return e.first == name; });
+    if (it == sum.end()) sum.emplace_back(name, ms);
+    else it->second += ms;
+    total += ms;
+  }
+  std::printf("\nprefill phases, %s, T %lld (summed over the layers):\n\n| phase | ms | share |\n"
+              "|---|---|---|\n",
+              attn.c_str(), static_cast<long long>(T));
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [name, ms] : sum) {
+    std::printf("| %s | %.2f | %.1f%% |\n", name.c_str(), ms, 100.0 * ms / total);
+    j[name] = ms;
+  }
+  std::printf("| **total** | %.2f | |\n\n", total);
+  std::fflush(stdout);
+  return j;
 }
 
 void run_bench_infer(const BenchInferOptions& o) {
@@ -85,8 +119,10 @@ void run_bench_infer(const BenchInferOptions& o) {
       std::printf("| prefill | %s | %lld | 1 | %.1f | %.0f |\n", attn.c_str(),
                   static_cast<long long>(T), m, static_cast<double>(T) / (m * 1e-3));
       std::fflush(stdout);
-      prefill_rows.push_back({{"attention", attn}, {"T", T}, {"ms", m}, {"ms_all", ms},
-                              {"device_gb", static_cast<double>(dec.device_bytes()) / 1e9}});
+      nlohmann::json row = {{"attention", attn}, {"T", T}, {"ms", m}, {"ms_all", ms},
+                            {"device_gb", static_cast<double>(dec.device_bytes()) / 1e9}};
+      if (o.phases) row["phases_ms"] = prefill_phases(dec, prompts, attn, T);
+      prefill_rows.push_back(row);
     }
     for (int64_t T : o.contexts)
       for (int64_t B : o.batches) {
@@ -172,6 +208,9 @@ void add_bench_infer(CLI::App* bench) {
   o.m.add_options(cmd);
   cmd->add_option("--steps", o.steps, "Timed decode steps")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed decode steps first")->capture_default_str();
+  cmd->add_flag("--phases", o.phases,
+                "After the timed prefills, one more with CUDA events between phases: a table "
+                "of where the prefill's time goes");
   add_bench_run_options(cmd, o.repeats, "Timed prefills (median reported)", o.seed,
                         "Seed of weights and tokens", o.json_path);
   cmd->callback([] { run_bench_infer(o); });

@@ -134,5 +134,8 @@ namespace moba::attn::cuda {
 // the first measured from the call to enable, and clears the log.
 void enable_phase_timing(bool on, cudaStream_t stream = nullptr);
 std::vector<std::pair<const char*, float>> take_phase_times();
+// Records a phase boundary on stream when phase timing is on (callers outside the
+// attention, e.g. the decoder's layers, mark theirs too). name: a string literal.
+void mark_phase(const char* name, cudaStream_t stream);
 
 }  // namespace moba::attn::cuda

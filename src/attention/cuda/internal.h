@@ -42,8 +42,6 @@ struct GatherIndex {
   int64_t max_tiles = 0;  // grid size of the forward's gather launch (extra CTAs exit)
 };
 
-// Records a phase boundary when phase timing is on (see enable_phase_timing).
-void mark_phase(const char* name, cudaStream_t stream);
 
 void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream);
 // Counting sort of the selection's past slots into (full block, kv head) buckets.

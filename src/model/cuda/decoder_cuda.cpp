@@ -178,9 +178,12 @@ struct DecoderCuda::Impl : ModelDims {
     const LayerOffsets& off = layout.layers[l];
     rmsnorm_forward({M, C, static_cast<float>(cfg.norm_eps)}, x.as<bf16>(),
                     P.as<float>() + off.attn_norm, xn.as<bf16>(), rstd.as<float>(), stream);
+    mark("rmsnorm");
     mm->forward(M, C, QKV, xn.as<bf16>(), Pb.as<bf16>() + off.wq, rows.as<bf16>());
+    mark("matmul_qkv");
     rope_split({M, Hq, Hkv}, *rope, pos.as<int32_t>(), rows.as<bf16>(), q.as<bf16>(), kd, vd,
                stream);
+    mark("rope_split");
   }
 
   // After the attention output o: x += o Wo^T, then x += MLP(rmsnorm(x)).
@@ -188,12 +191,21 @@ struct DecoderCuda::Impl : ModelDims {
     const LayerOffsets& off = layout.layers[l];
     const bf16* W = Pb.as<bf16>();
     mm->forward(M, Hq * D, C, o.as<bf16>(), W + off.wo, x_mid.as<bf16>(), x.as<bf16>());
+    mark("matmul_o");
     rmsnorm_forward({M, C, static_cast<float>(cfg.norm_eps)}, x_mid.as<bf16>(),
                     P.as<float>() + off.mlp_norm, xn.as<bf16>(), rstd.as<float>(), stream);
+    mark("rmsnorm");
     mm->forward(M, C, 2 * F, xn.as<bf16>(), W + off.w_gate, rows.as<bf16>());
+    mark("matmul_gate_up");
     swiglu_forward_rows(M, F, rows.as<bf16>(), h.as<bf16>(), stream);
+    mark("swiglu");
     mm->forward(M, F, C, h.as<bf16>(), W + off.w_down, x.as<bf16>(), x_mid.as<bf16>());
+    mark("matmul_down");
   }
+
+  // A phase boundary for `moba bench infer --phases` (attention/cuda's phase timing; the
+  // attention launchers mark their own phases in between).
+  void mark(const char* name) { attn::cuda::mark_phase(name, stream); }
 
   // Logits (B, V) fp32 of the B rows in x_last.
   void head() {
@@ -245,6 +257,7 @@ struct DecoderCuda::Impl : ModelDims {
                           scratch.allocator());
     embedding_forward({M, V, C}, tokens.as<int32_t>(), Pb.as<bf16>() + layout.embed, x.as<bf16>(),
                       stream);
+    mark("embedding");
     for (int64_t l = 0; l < L; ++l) {
       // One sequence: its packed K and V are rows [0, M) of the layer's cache, so the
       // projections write them there and the attention reads them there (no copy of 2 x M
@@ -266,14 +279,17 @@ struct DecoderCuda::Impl : ModelDims {
         attn::cuda::dense_forward(plan, q.as<bf16>(), kd, vd, o.as<bf16>(), lse.as<float>(),
                                   stream);
       }
+      mark("attention_other");
       if (B == 1) caches[l]->adopt({M}, stream);
       else caches[l]->fill(cu, kd, vd, stream);
+      mark("kv_cache");
       rest_of_block(M, l);
     }
     for (int64_t b = 0; b < B; ++b)
       CUDA_CHECK(cudaMemcpyAsync(x_last.as<bf16>() + b * C, x.as<bf16>() + (cu[b + 1] - 1) * C,
                                  sizeof(bf16) * C, cudaMemcpyDeviceToDevice, stream));
     head();
+    mark("head");
     std::vector<float> out = read_logits();  // waits: the plan's memory is freed after it
     prefilled = true;
     return out;
