@@ -79,11 +79,13 @@ if has d64; then
 fi
 if has prefill; then
   log "prefill: 12 layers, width 768, 128K tokens, MoBA"
-  timeout 300 "$MOBA" bench infer --attention moba --prefill 131072 -T 8192 -B 1 --steps 4 2>&1 | grep -E "prefill"
+  timeout 300 "$MOBA" bench infer --attention moba --prefill 131072 -T 8192 -B 1 --steps 4 --phases \
+    --out "$OUT/prefill-moba-$TAG.json" 2>&1 | tee "$OUT/prefill-moba-$TAG.log" | grep -E "prefill|^\| [a-z_*]+ \| [0-9]"
 fi
 if has prefillfull; then
   log "prefill: 12 layers, width 768, 128K tokens, full"
-  timeout 300 "$MOBA" bench infer --attention full --prefill 131072 -T 8192 -B 1 --steps 4 2>&1 | grep -E "prefill"
+  timeout 300 "$MOBA" bench infer --attention full --prefill 131072 -T 8192 -B 1 --steps 4 --phases \
+    --out "$OUT/prefill-full-$TAG.json" 2>&1 | tee "$OUT/prefill-full-$TAG.log" | grep -E "prefill|^\| [a-z_*]+ \| [0-9]"
 fi
 if has ncu; then
   log "ncu: the MoBA forward's kernels at D 64, H 12, T 128K"

@@ -86,8 +86,18 @@ struct WgMobaFwdTraits {
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;  // one K (or V) tile
   static constexpr int kBarBytes = 8 * (2 * kQBufs + 3 * kStages);
+  // kCurrent at D 64: the merge's inputs of the tile (each consumer thread's two rows:
+  // selection, partial lse and partial outputs of up to kStageSlots past slots) are copied
+  // into shared memory with cp.async when the tile starts, so that the epilogue reads no
+  // global memory. Per consumer thread and row: K ints, kp floats, kp x D/8 float2. Larger
+  // K, or D 128 (no room: 193 KB are in use), read them from global memory (L2-prefetched).
+  static constexpr int kStageSlots = 2;  // kp <= 2, i.e. K <= 3
+  static constexpr bool kStaged = !kPast && D == 64;
+  static constexpr int kStagePoBytes = kStaged ? 256 * 2 * kStageSlots * (D / 8) * 8 : 0;
+  static constexpr int kStageIdxBytes = kStaged ? 256 * 2 * (2 * kStageSlots + 1) * 4 : 0;
   // +1024: the dynamic shared-memory base is aligned up to 1024 bytes in the kernel.
-  static constexpr int kSmemBytes = 1024 + kQBufs * kQBytes + 2 * kStages * kTileBytes + kBarBytes;
+  static constexpr int kSmemBytes = 1024 + kQBufs * kQBytes + 2 * kStages * kTileBytes + kBarBytes +
+                                    kStagePoBytes + kStageIdxBytes + 16;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
   // kPast's Q gather: 16-byte chunks per row, rows per warp instruction.
   static constexpr int kChunksPerRow = D / 8;
@@ -130,15 +140,19 @@ __device__ __forceinline__ bool moba_current_item(const AttnParams& p, int x, in
 // log): out = sum_i exp(lse_i - lse_tot) out_i over the current part and each valid past
 // slot (slot sl holds a past block iff sel[sl] >= 0 and sel[sl] < c, c = the row's current
 // block; the selection is ascending with c last), then out (bf16) and lse_tot. The
-// arithmetic is in the order of one row, slot by slot; the loads are grouped so that few
-// round trips to memory are in series: both rows' selections and partial lse first (two
-// slots at a time), then each row's partial outputs (two slots at a time at D 64, one at D 128).
-template <int D>
+// arithmetic is in the order of one row, slot by slot. The inputs come through accessors:
+// sel_at(h, sl), lse_at(h, sl) and po_at(h, sl, x) (the float2 at columns 8x + 2qd of the
+// slot's partial output), reading either the shared-memory copy or global memory; the
+// global loads are grouped so that few round trips are in series (both rows' selections
+// and lse two slots at a time, then each row's partial outputs: two slots at a time at D
+// 64, one at D 128, where two would spill).
+template <int D, typename SelAt, typename LseAt, typename PoAt>
 __device__ __forceinline__ void moba_merge_epilogue(const AttnParams& p, const WgMobaItem& item,
                                                     int row0, const int (&tok)[2],
-                                                    const float (&lse)[2], float (&o)[D / 2]) {
+                                                    const float (&lse)[2], float (&o)[D / 2],
+                                                    SelAt sel_at, LseAt lse_at, PoAt po_at) {
   constexpr int kSlots = 2;  // slots whose selections and lse are in flight together
-  constexpr int kSlotsO = D == 64 ? 2 : 1;  // ... whose partial outputs (registers: D 128 spills at 2)
+  constexpr int kSlotsO = D == 64 ? 2 : 1;  // ... whose partial outputs are
   const int qd = (threadIdx.x % 32) % 4;
   const int kp = p.kp;
   bool live[2];
@@ -152,11 +166,11 @@ __device__ __forceinline__ void moba_merge_epilogue(const AttnParams& p, const W
     c[h] = (tok[h] - item.seq_start) / p.S;
     mx[h] = lse[h];
   }
-  // Slot sl of row h: its partial lse, or -inf when it holds no past block (no load).
+  // Slot sl of row h: its partial lse, or -inf when it holds no past block.
   auto slot_lse = [&](int h, int sl) -> float {
     if (!live[h] || sl >= kp) return -INFINITY;
-    const int b = __ldg(p.sel + row[h] * p.K + sl);
-    return b >= 0 && b < c[h] ? __ldg(p.part_lse + row[h] * kp + sl) : -INFINITY;
+    const int b = sel_at(h, sl);
+    return b >= 0 && b < c[h] ? lse_at(h, sl) : -INFINITY;
   };
   for (int s0 = 0; s0 < kp; s0 += kSlots) {
     float v[2][kSlots];
@@ -171,7 +185,7 @@ __device__ __forceinline__ void moba_merge_epilogue(const AttnParams& p, const W
         if (v[h][j] != -INFINITY) mx[h] = fmaxf(mx[h], v[h][j]);
   }
   float sum[2] = {expf(lse[0] - mx[0]), expf(lse[1] - mx[1])};
-  for (int s0 = 0; s0 < kp; s0 += kSlots) {  // the same loads again, now from L1
+  for (int s0 = 0; s0 < kp; s0 += kSlots) {  // the same values again (L1 or shared memory)
     float v[2][kSlots];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
@@ -202,14 +216,12 @@ __device__ __forceinline__ void moba_merge_epilogue(const AttnParams& p, const W
       float2 pv[kSlotsO][D / 8];
 #pragma unroll
       for (int j = 0; j < kSlotsO; ++j) {
-        const float sl_lse = slot_lse(h, s0 + j);  // L1
+        const float sl_lse = slot_lse(h, s0 + j);
         ok[j] = sl_lse != -INFINITY;
         w[j] = ok[j] ? expf(sl_lse - lse_tot[h]) : 0.f;
         if (ok[j]) {
-          const float2* po = reinterpret_cast<const float2*>(
-              p.part_o + (row[h] * kp + s0 + j) * D + 2 * qd);
 #pragma unroll
-          for (int x = 0; x < D / 8; ++x) pv[j][x] = __ldg(po + x * 4);
+          for (int x = 0; x < D / 8; ++x) pv[j][x] = po_at(h, s0 + j, x);
         }
       }
 #pragma unroll
@@ -231,6 +243,15 @@ __device__ __forceinline__ void moba_merge_epilogue(const AttnParams& p, const W
   }
 }
 
+// cp.async of 4 or 8 bytes (L1-allocating .ca: the only sizes .cg lacks).
+template <int BYTES>
+__device__ __forceinline__ void cp_async_ca(void* smem_dst, const void* src) {
+  static_assert(BYTES == 4 || BYTES == 8, "cp.async.ca: 4 or 8 bytes here");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(wg::smem_addr(smem_dst)), "l"(src),
+               "n"(BYTES)
+               : "memory");
+}
+
 template <int D, WgMobaMode MODE>
 __global__ void __launch_bounds__(384, 1)
     moba_fwd_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -249,6 +270,10 @@ __global__ void __launch_bounds__(384, 1)
   __nv_bfloat16* sK = sQ + QB * Br * D;                         // [ST][CB][Bc][64]
   __nv_bfloat16* sV = sK + ST * Bc * D;                         // [ST][CB][Bc][64]
   uint64_t* bars = reinterpret_cast<uint64_t*>(sV + ST * Bc * D);
+  // kCurrent at D 64: the merge inputs' copies (T::kStaged), after the barriers.
+  float2* stage_po = reinterpret_cast<float2*>(smem + (QB * Br * D + 2 * ST * Bc * D) * 2 +
+                                               ((T::kBarBytes + 15) / 16) * 16);
+  int* stage_idx = reinterpret_cast<int*>(stage_po) + T::kStagePoBytes / 4;
   uint64_t* full_q = bars;                // [QB]
   uint64_t* q_empty = bars + QB;          // [QB]
   uint64_t* full_k = bars + 2 * QB;       // [ST]
@@ -425,6 +450,27 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
         if (row0 + 8 * h < item.count) entry[h] = __ldg(p.entries + item.ent0 + row0 + 8 * h);
+    } else if (T::kStaged && p.kp <= T::kStageSlots) {
+      // Copy this thread's merge inputs into its own shared-memory slots (layout [i][h][thread]
+      // per 4 or 8 bytes: a warp's accesses are consecutive); the epilogue waits for them.
+      const int ct = tid;  // consumer thread 0..255
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (row0 + 8 * h >= item.count) continue;
+        const size_t row = static_cast<size_t>(tok[h]) * p.Hq + item.head;
+        for (int i = 0; i < p.K; ++i)
+          cp_async_ca<4>(stage_idx + (i * 2 + h) * 256 + ct, p.sel + row * p.K + i);
+        if (p.part_o == nullptr) continue;  // no past block: no slot is valid
+        for (int sl = 0; sl < p.kp; ++sl) {
+          cp_async_ca<4>(stage_idx + ((T::kStageSlots + 1 + sl) * 2 + h) * 256 + ct,
+                         p.part_lse + row * p.kp + sl);
+          const float2* po = reinterpret_cast<const float2*>(p.part_o + (row * p.kp + sl) * D + 2 * qd);
+#pragma unroll
+          for (int x = 0; x < D / 8; ++x)
+            cp_async_ca<8>(stage_po + ((sl * 2 + h) * (D / 8) + x) * 256 + ct, po + x * 4);
+        }
+      }
+      detail::cp_async_commit();
     } else if (p.part_o != nullptr) {
       // The merge's inputs of this thread's rows (selection, partial lse, partial outputs:
       // kp * D * 4 bytes a row, one 128-byte line per lane of the quad in turn) are fetched
@@ -558,8 +604,28 @@ __global__ void __launch_bounds__(384, 1)
               make_float2(o[4 * x + 2 * h], o[4 * x + 2 * h + 1]);
         if (qd == 0) p.part_lse[entry[h]] = lse[h];
       }
+    } else if (T::kStaged && p.kp <= T::kStageSlots) {
+      detail::cp_async_wait<0>();  // this thread's copies (it reads only its own)
+      const int ct = tid;
+      moba_merge_epilogue<D>(
+          p, item, row0, tok, lse, o,
+          [&](int h, int sl) { return stage_idx[(sl * 2 + h) * 256 + ct]; },
+          [&](int h, int sl) {
+            return __int_as_float(stage_idx[((T::kStageSlots + 1 + sl) * 2 + h) * 256 + ct]);
+          },
+          [&](int h, int sl, int x) { return stage_po[((sl * 2 + h) * (D / 8) + x) * 256 + ct]; });
     } else {
-      moba_merge_epilogue<D>(p, item, row0, tok, lse, o);
+      const size_t rows[2] = {static_cast<size_t>(tok[0]) * p.Hq + item.head,
+                              static_cast<size_t>(tok[1]) * p.Hq + item.head};
+      const int qd2 = 2 * qd;
+      moba_merge_epilogue<D>(
+          p, item, row0, tok, lse, o,
+          [&](int h, int sl) { return __ldg(p.sel + rows[h] * p.K + sl); },
+          [&](int h, int sl) { return __ldg(p.part_lse + rows[h] * p.kp + sl); },
+          [&](int h, int sl, int x) {
+            return __ldg(reinterpret_cast<const float2*>(p.part_o + (rows[h] * p.kp + sl) * D + qd2) +
+                         x * 4);
+          });
     }
   }
 #else
