@@ -58,31 +58,33 @@ __global__ void block_means_kernel(const bf16* __restrict__ k, float* __restrict
   } else if (j >= L / S) {
     return;
   }
-  __shared__ double part[8][128];
-  const int tx = threadIdx.x, ty = threadIdx.y;  // (32, 8): 4 columns x 8 row slices
+  // 256 threads: D / 8 per row, each summing one 16-byte chunk (8 columns) of every
+  // (256 / (D / 8))-th row (D is 64 or 128: 32 or 16 row slices), then the slices' sums
+  // added in slice order.
+  constexpr int kThreads = 256;
+  __shared__ double part[kThreads * 8];  // (slices, D)
+  const int tpr = D / 8, slices = kThreads / tpr;
+  const int t = threadIdx.x, chunk = t % tpr, slice = t / tpr;
   const bf16* base = k + ((static_cast<size_t>(b) * T + static_cast<size_t>(j) * S) * Hkv + kvh) * D;
   const size_t row_stride = static_cast<size_t>(Hkv) * D;
-  double acc[4] = {0.0, 0.0, 0.0, 0.0};
-  for (int s = ty; s < S; s += 8) {
-    const bf16* r = base + s * row_stride;
+  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  for (int s = slice; s < S; s += slices) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(base + s * row_stride) + chunk);
+    const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-      if (tx + 32 * i < D) acc[i] += static_cast<double>(__bfloat162float(r[tx + 32 * i]));
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(h2[i]);
+      acc[2 * i] += static_cast<double>(f.x);
+      acc[2 * i + 1] += static_cast<double>(f.y);
+    }
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-    if (tx + 32 * i < D) part[ty][tx + 32 * i] = acc[i];
+  for (int i = 0; i < 8; ++i) part[slice * D + chunk * 8 + i] = acc[i];
   __syncthreads();
-  if (ty != 0) return;
-  float* dst = means + ((static_cast<size_t>(b) * NB + j) * Hkv + kvh) * D;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int d = tx + 32 * i;
-    if (d >= D) continue;
-    double sum = 0.0;
-    for (int y = 0; y < 8; ++y) sum += part[y][d];
-    dst[d] = static_cast<float>(sum / static_cast<double>(S));
-  }
+  if (t >= D) return;
+  double sum = 0.0;
+  for (int y = 0; y < slices; ++y) sum += part[y * D + t];
+  means[((static_cast<size_t>(b) * NB + j) * Hkv + kvh) * D + t] = static_cast<float>(sum / static_cast<double>(S));
 }
 
 // Writes k_new[b], v_new[b] at row len[b] of sequence b, then len[b] += 1.
@@ -562,7 +564,7 @@ void DecodeCache::upload_lengths_and_means(cudaStream_t stream, int64_t max_full
   if (max_full_blocks > 0) {
     block_means_kernel<<<dim3(static_cast<unsigned>(max_full_blocks), static_cast<unsigned>(Hkv_),
                               static_cast<unsigned>(B_)),
-                         dim3(32, 8), 0, stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
+                         256, 0, stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
                                                    static_cast<int>(Hkv_), static_cast<int>(D_),
                                                    static_cast<int>(S_),
                                                    static_cast<int>(T_ / S_), false);
@@ -623,8 +625,8 @@ void DecodeCache::append(const bf16* k_new, const bf16* v_new, cudaStream_t stre
   bool completes = false;
   for (int64_t b = 0; b < B_; ++b) completes |= ++len_[b] % S_ == 0;
   if (completes) {  // the mean of every block that this row completed
-    block_means_kernel<<<dim3(1, static_cast<unsigned>(Hkv_), static_cast<unsigned>(B_)), dim3(32, 8),
-                         0, stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
+    block_means_kernel<<<dim3(1, static_cast<unsigned>(Hkv_), static_cast<unsigned>(B_)), 256, 0,
+                         stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
                                       static_cast<int>(Hkv_), static_cast<int>(D_),
                                       static_cast<int>(S_), static_cast<int>(T_ / S_), true);
     CUDA_CHECK_LAUNCH();
