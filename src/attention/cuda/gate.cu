@@ -19,7 +19,6 @@ namespace moba::attn::cuda {
 namespace {
 
 constexpr int kGateRows = 128;   // query tokens per gate CTA (8 warps x 16 rows)
-constexpr int kGateBlocks = 64;  // past blocks scored per chunk (8 n-tiles per warp)
 constexpr int kGateThreads = 256;
 constexpr int kMaxPast = kMaxTopK - 1;
 
@@ -77,21 +76,69 @@ __device__ __forceinline__ void topk_insert(float (&val)[KM], int (&idx)[KM], in
   }
 }
 
+// topk_insert for the scan, where j is larger than every index in the list (each thread
+// visits its blocks in ascending order; empty slots hold index -1): (s, j) then ranks
+// before (t, i) exactly when s >= t, and an entry pushed down ranks before the next one
+// (the list is sorted), so one comparison per slot gives topk_insert's order, ties to the
+// more recent block included (NaN never enters, as there). The list is kept to its full
+// length KM: its first kp entries are the top kp all the same, and entries past kp never
+// enter the merge's top kp (each ranks after the kp entries above it in its own list).
+// `in` = false inserts nothing. Selects, not branches: those diverge within a warp.
+template <int KM>
+__device__ __forceinline__ void topk_push(float (&val)[KM], int (&idx)[KM], bool in,
+                                          float s, int j) {
+#pragma unroll
+  for (int i = 0; i < KM; ++i) {
+    const bool t = in & (s >= val[i]);
+    const float ts = val[i];
+    const int tj = idx[i];
+    val[i] = t ? s : ts;
+    idx[i] = t ? j : tj;
+    s = t ? ts : s;
+    j = t ? tj : j;
+  }
+}
+
+// Past blocks per chunk: 32, and 16 at D 128 with K <= 5, where that lets three CTAs share
+// an SM (61 KB each). Every score is the same sum in the same order whatever the chunk
+// (the chunk only picks which columns a pass covers).
+template <int D, int KM>
+constexpr int gate_chunk_blocks() {
+  return D == 128 && KM <= 4 ? 16 : 32;
+}
+// Q tile + two chunk buffers (3 terms each), padded rows: 45 KB at D 64, 61 KB at D 128
+// with 16-block chunks, 85 KB with 32.
+template <int D, int KM>
+constexpr int gate_smem_bytes() {
+  return (kGateRows + 2 * 3 * gate_chunk_blocks<D, KM>()) * (D + 8) * 2;
+}
+// CTAs per SM asked of ptxas (registers <= 65536 / (256 x this)): the most each instance
+// reaches without spills (checked with ptxas -v), within what shared memory allows.
+template <int D, int KM>
+constexpr int gate_min_ctas() {
+  if (KM > 8) return 1;
+  if (KM > 4) return 2;
+  return D == 64 ? 4 : 3;
+}
+
 // One CTA scores 128 query tokens of one head against every past block of their sequence
-// (tensor cores, the means in chunks of 64 blocks through shared memory), keeping per row
+// (tensor cores, the means in chunks of NB blocks through shared memory), keeping per row
 // a top-(K-1) list in registers: each thread sees two rows and a quarter of the columns;
 // the four lists of a row are merged by warp shuffles at the end. The (T, T/S) score matrix
-// never exists in memory.
+// never exists in memory. The chunks are double-buffered: chunk c+1 is copied (cp.async)
+// while chunk c is scored, and chunks 0 and 1 are both in flight with the Q tile.
 template <int D, int KM>
-__global__ void __launch_bounds__(kGateThreads) gate_mma_kernel(
+__global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_mma_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ msplit,
     const int32_t* __restrict__ cu_seqlens, const int32_t* __restrict__ block_offset, int Hq,
     int Hkv, int S, int K, int32_t* __restrict__ sel) {
   using namespace detail;
-  constexpr int LD = D + 8;  // padded rows: conflict-free ldmatrix
+  constexpr int NB = gate_chunk_blocks<D, KM>();
+  constexpr int LD = D + 8;          // padded rows: conflict-free ldmatrix
+  constexpr int kBuf = 3 * NB * LD;  // one chunk: [3 terms][NB blocks][LD]
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [128][LD]
-  __nv_bfloat16* sM = sQ + kGateRows * LD;                          // [3][64][LD]
+  __nv_bfloat16* sM = sQ + kGateRows * LD;                          // [2][kBuf]
   // Grid (Hq, row tiles, B): heads fastest, last tiles (most past blocks) first.
   const int b = blockIdx.z, h = blockIdx.x, m = gridDim.y - 1 - blockIdx.y;
   const int seq_start = cu_seqlens[b], len = cu_seqlens[b + 1] - seq_start;
@@ -100,31 +147,10 @@ __global__ void __launch_bounds__(kGateThreads) gate_mma_kernel(
   const int kp = K - 1;
   const int last = min(len, (m + 1) * kGateRows) - 1;
   const int cmax = last / S;  // the largest current block among the CTA's rows
-  int pos[2], cur[2];
-  for (int x = 0; x < 2; ++x) {
-    pos[x] = m * kGateRows + warp * 16 + g + 8 * x;
-    cur[x] = pos[x] / S;
-  }
-  // Rows whose current block is <= K-1 select every block up to it (MoBA = dense there);
-  // with K = 1 every row selects its current block alone.
-  if (qd < 2) {
-    const int x = qd;
-    if (pos[x] < len && (cur[x] <= kp || kp == 0)) {
-      int32_t* out = sel + (static_cast<size_t>(seq_start + pos[x]) * Hq + h) * K;
-      if (kp == 0) out[0] = cur[x];
-      else
-        for (int i = 0; i < K; ++i) out[i] = i <= cur[x] ? i : -1;
-    }
-  }
-  if (cmax <= kp || kp == 0) return;  // no row of the CTA needs scores
-
-  const int kvh = h / (Hq / Hkv);
-  load_rows<D, LD, kGateThreads>(sQ, kGateRows, q, [&](int r) -> const __nv_bfloat16* {
-    const int p = m * kGateRows + r;
-    return p < len ? q + (static_cast<size_t>(seq_start + p) * Hq + h) * D : nullptr;
-  });
-  cp_async_commit();
-
+  // This thread's rows g and g + 8 of the warp's 16 (x = 0, 1).
+  int cur[2];
+#pragma unroll
+  for (int x = 0; x < 2; ++x) cur[x] = (m * kGateRows + warp * 16 + g + 8 * x) / S;
   float val[2][KM];
   int idx[2][KM];
 #pragma unroll
@@ -134,68 +160,127 @@ __global__ void __launch_bounds__(kGateThreads) gate_mma_kernel(
       val[x][i] = -INFINITY;
       idx[x][i] = -1;
     }
-  uint32_t qa[D / 16][4];
-  const size_t mrow0 = static_cast<size_t>(block_offset[b]) * Hkv + kvh;
-  for (int j0 = 0; j0 < cmax; j0 += kGateBlocks) {
-    // 3 terms x 64 blocks; blocks past cmax are zero-filled (and never inserted).
-    load_rows<D, LD, kGateThreads>(sM, 3 * kGateBlocks, msplit, [&](int r) -> const __nv_bfloat16* {
-      const int part = r / kGateBlocks, j = j0 + r % kGateBlocks;
-      return j < cmax ? msplit + ((mrow0 + static_cast<size_t>(j) * Hkv) * 3 + part) * D : nullptr;
+  // Scores of row x are inserted for blocks j < lim[x]: its past blocks, none where the row
+  // selects densely (current block <= K-1, below).
+  int lim[2];
+#pragma unroll
+  for (int x = 0; x < 2; ++x) lim[x] = cur[x] > kp ? cur[x] : 0;
+  // Scores only where some row of the CTA has a past block to choose (current block > K-1;
+  // never with K = 1). The selections are all written at the end, from one address.
+  if (cmax > kp && kp > 0) {
+    const int kvh = h / (Hq / Hkv);
+    load_rows<D, LD, kGateThreads>(sQ, kGateRows, q, [&](int r) -> const __nv_bfloat16* {
+      const int p = m * kGateRows + r;
+      return p < len ? q + (static_cast<size_t>(seq_start + p) * Hq + h) * D : nullptr;
     });
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    if (j0 == 0) {
+    // Chunk copies: thread tid moves the 16 bytes at column c8 of buffer rows r0 + k * kStep
+    // (row = term * NB + block - j0), the same rows in every chunk, so each copy's term is a
+    // compile-time constant and only the chunk's first block j0 moves the source. Blocks at
+    // or past cmax are zero-filled (and never inserted); their source address is block 0's,
+    // which exists (cmax > 0 here).
+    constexpr int kStep = kGateThreads / (D / 8);  // buffer rows per pass: 32 (D 64), 16
+    static_assert(NB % kStep == 0, "a pass must not straddle two terms");
+    const int r0 = tid / (D / 8), c8 = (tid % (D / 8)) * 8;
+    const int jstride = Hkv * 3 * D;  // elements between blocks j and j + 1
+    const __nv_bfloat16* msrc =
+        msplit + (static_cast<size_t>(block_offset[b]) * Hkv + kvh) * 3 * D + c8;
+    auto load_chunk = [&](int buf, int j0) {
+      __nv_bfloat16* dst = sM + buf * kBuf + r0 * LD + c8;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldmatrix_x4(qa[kk], sQ + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+      for (int k = 0; k < 3 * NB / kStep; ++k) {
+        const int part = k * kStep / NB, j = j0 + r0 + (k * kStep) % NB;
+        const bool in = j < cmax;
+        cp_async_16(dst + k * kStep * LD,
+                    msrc + (in ? static_cast<int64_t>(j) * jstride + part * D : 0), in ? 16 : 0);
+      }
+    };
+    const int nchunks = (cmax + NB - 1) / NB;
+    load_chunk(0, 0);
+    cp_async_commit();  // group: Q tile + chunk 0
+    if (nchunks > 1) {
+      load_chunk(1, NB);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
-    float acc[kGateBlocks / 8][4];
+    __syncthreads();
+
+    uint32_t qa[D / 16][4];
 #pragma unroll
-    for (int i = 0; i < kGateBlocks / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int kk = 0; kk < D / 16; ++kk)
+      ldmatrix_x4(qa[kk], sQ + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+
+    for (int c = 0; c < nchunks; ++c) {
+      if (c > 0) {
+        cp_async_wait<0>();  // chunk c (the only group in flight)
+        // Chunk c is visible to all, and every warp is done with chunk c-1, whose buffer
+        // chunk c+1 now overwrites.
+        __syncthreads();
+        if (c + 1 < nchunks) {
+          load_chunk((c + 1) & 1, (c + 1) * NB);
+          cp_async_commit();
+        }
+      }
+      const __nv_bfloat16* sB = sM + (c & 1) * kBuf;
+      float acc[NB / 8][4];
 #pragma unroll
-    for (int part = 2; part >= 0; --part)  // smallest term first
+      for (int i = 0; i < NB / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
+      for (int part = 2; part >= 0; --part)  // smallest term first
 #pragma unroll
-        for (int np = 0; np < kGateBlocks / 16; ++np) {
-          uint32_t bm[4];
-          ldmatrix_x4(bm, sM + (part * kGateBlocks + np * 16 + lane % 8 + (lane / 16) * 8) * LD +
-                              kk * 16 + ((lane / 8) % 2) * 8);
-          mma_bf16(acc[2 * np], qa[kk], bm[0], bm[1]);
-          mma_bf16(acc[2 * np + 1], qa[kk], bm[2], bm[3]);
+        for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+          for (int np = 0; np < NB / 16; ++np) {
+            uint32_t bm[4];
+            ldmatrix_x4(bm, sB + (part * NB + np * 16 + lane % 8 + (lane / 16) * 8) * LD +
+                                kk * 16 + ((lane / 8) % 2) * 8);
+            mma_bf16(acc[2 * np], qa[kk], bm[0], bm[1]);
+            mma_bf16(acc[2 * np + 1], qa[kk], bm[2], bm[3]);
+          }
+      const int j0 = c * NB + 2 * qd;
+#pragma unroll
+      for (int nt = 0; nt < NB / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = j0 + nt * 8 + (e & 1), x = e / 2;
+          topk_push<KM>(val[x], idx[x], j < lim[x], acc[nt][e], j);
+        }
+    }
+    // Merge the quad's four lists of each row: after the xor-1 and xor-2 exchanges every
+    // thread of the quad holds the row's top-(K-1).
+#pragma unroll
+    for (int x = 0; x < 2; ++x)
+#pragma unroll
+      for (int step = 1; step <= 2; step *= 2) {
+        float ov[KM];
+        int oi[KM];
+#pragma unroll
+        for (int i = 0; i < KM; ++i) {
+          ov[i] = __shfl_xor_sync(0xffffffffu, val[x][i], step);
+          oi[i] = __shfl_xor_sync(0xffffffffu, idx[x][i], step);
         }
 #pragma unroll
-    for (int nt = 0; nt < kGateBlocks / 8; ++nt)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int j = j0 + nt * 8 + 2 * qd + (c & 1), x = c / 2;
-        if (j < cur[x] && cur[x] > kp) topk_insert<KM>(val[x], idx[x], kp, acc[nt][c], j);
+        for (int i = 0; i < KM; ++i) topk_insert<KM>(val[x], idx[x], kp, ov[i], oi[i]);
       }
-    __syncthreads();  // the next chunk overwrites sM
   }
-  // Merge the quad's four lists of each row: after the xor-1 and xor-2 exchanges every
-  // thread of the quad holds the row's top-(K-1).
-#pragma unroll
-  for (int x = 0; x < 2; ++x)
-#pragma unroll
-    for (int step = 1; step <= 2; step *= 2) {
-      float ov[KM];
-      int oi[KM];
-#pragma unroll
-      for (int i = 0; i < KM; ++i) {
-        ov[i] = __shfl_xor_sync(0xffffffffu, val[x][i], step);
-        oi[i] = __shfl_xor_sync(0xffffffffu, idx[x][i], step);
-      }
-#pragma unroll
-      for (int i = 0; i < KM; ++i) topk_insert<KM>(val[x], idx[x], kp, ov[i], oi[i]);
-    }
-  if (qd >= 2) return;
-  const int x = qd;  // thread qd = 0 writes row g, qd = 1 row g + 8
-  if (pos[x] >= len || cur[x] <= kp) return;
+  // Thread qd = x < 2 writes row x.
+  const int my_pos = m * kGateRows + warp * 16 + g + 8 * qd, my_cur = my_pos / S;
+  if (qd >= 2 || my_pos >= len) return;
+  int32_t* out = sel + (static_cast<size_t>(seq_start + my_pos) * Hq + h) * K;
+  // Rows whose current block is <= K-1 select every block up to it (MoBA = dense there);
+  // with K = 1 every row selects its current block alone.
+  if (kp == 0) {
+    out[0] = my_cur;
+    return;
+  }
+  if (my_cur <= kp) {
+    for (int i = 0; i < K; ++i) out[i] = i <= my_cur ? i : -1;
+    return;
+  }
   int ids[KM];
 #pragma unroll
-  for (int i = 0; i < KM; ++i) ids[i] = x == 0 ? idx[0][i] : idx[1][i];
+  for (int i = 0; i < KM; ++i) ids[i] = qd == 0 ? idx[0][i] : idx[1][i];  // not idx[qd]: registers
   // Slots: the K-1 winners in ascending block order, then the current block.
 #pragma unroll
   for (int i = 1; i < KM; ++i)
@@ -206,17 +291,16 @@ __global__ void __launch_bounds__(kGateThreads) gate_mma_kernel(
         ids[j2] = ids[j2 - 1];
         ids[j2 - 1] = t;
       }
-  int32_t* out = sel + (static_cast<size_t>(seq_start + pos[x]) * Hq + h) * K;
 #pragma unroll
   for (int i = 0; i < KM; ++i)
     if (i < kp) out[i] = ids[i];
-  out[kp] = cur[x];
+  out[kp] = my_cur;
 }
 
 template <int D, int KM>
 void launch_gate(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* msplit, const Plan& plan,
                  int Hq, int Hkv, int S, int K, int32_t* sel) {
-  constexpr int smem = (kGateRows + 3 * kGateBlocks) * (D + 8) * 2;
+  constexpr int smem = gate_smem_bytes<D, KM>();
   constexpr auto kernel = gate_mma_kernel<D, KM>;
   set_smem_once<kernel>(smem);
   kernel<<<grid, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
