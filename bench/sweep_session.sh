@@ -82,6 +82,19 @@ prepare() {
     return
   fi
   if [[ ! -f $CORPUS/.unpacked ]]; then
+    if [[ ! -f $ARCHIVE ]] && compgen -G "${ARCHIVE%.tar.xz}.part-*" >/dev/null; then
+      # The archive in pieces: with the tracked tree at ~35 MB the 34 MB archive and .deps no
+      # longer fit one call's 64 MiB, so a first call carries data/books.part-aa and copies
+      # it to /tmp/ (kept while the machine stays warm), the next carries the rest.
+      local parts=() n
+      for n in $(ls /tmp/"$(basename "${ARCHIVE%.tar.xz}")".part-* "${ARCHIVE%.tar.xz}".part-* 2>/dev/null |
+                 xargs -n1 basename | sort -u); do
+        if [[ -f $(dirname "$ARCHIVE")/$n ]]; then parts+=("$(dirname "$ARCHIVE")/$n"); else parts+=("/tmp/$n"); fi
+      done
+      say "data: joining ${parts[*]}"
+      cat "${parts[@]}" > "$ARCHIVE.tmp" && xz -t "$ARCHIVE.tmp" &&
+        mv "$ARCHIVE.tmp" "$ARCHIVE" || die "data: the pieces of $ARCHIVE do not join into a valid archive"
+    fi
     [[ -f $ARCHIVE ]] || die "data: $ARCHIVE is missing (copy the books archive there and carry it)"
     say "data: unpacking $ARCHIVE into $CORPUS"
     rm -rf "$CORPUS" "$CORPUS.tmp" && mkdir -p "$CORPUS.tmp" &&
