@@ -105,6 +105,13 @@ void dense_backward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, con
 // fp32 scores, top-(K-1) past blocks with ties to the more recent block, plus the current.
 void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel,
                cudaStream_t stream = nullptr);
+// The same, also writing the fp32 block means it computes (K > 1 only; with K = 1 the gate
+// computes none and this writes nothing) to means_out: the mean of full block j of sequence
+// b, kv head h, at means_out[((b * blocks_per_seq + j) * Hkv + h) * D + d] (the layout of
+// DecodeCache::means(), blocks_per_seq = its capacity / S), bit-equal to what the cache's
+// own kernel computes (both sum in double, exact for bf16). Returns whether it wrote them.
+bool moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, float* means_out,
+               int64_t blocks_per_seq, cudaStream_t stream = nullptr);
 // MoBA attention over a given selection (from moba_gate or the CPU gate).
 void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
                   bf16* out, float* lse, cudaStream_t stream = nullptr);

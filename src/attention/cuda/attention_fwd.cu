@@ -87,6 +87,18 @@ void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStrea
   gate_launch(plan, q, k, sel, stream);
 }
 
+bool moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, float* means_out,
+               int64_t blocks_per_seq, cudaStream_t stream) {
+  MOBA_CHECK(means_out != nullptr, "moba_gate: means_out is null");
+  for (int64_t b = 0; b < plan.layout().batch(); ++b)
+    MOBA_CHECK(plan.layout().seq_len(b) / plan.config().block_size <= blocks_per_seq,
+               "moba_gate: sequence ", b, " has ",
+               plan.layout().seq_len(b) / plan.config().block_size, " full blocks, more than "
+               "the means array's ", blocks_per_seq, " per sequence");
+  plan.set_indexed_selection(nullptr);
+  return gate_launch(plan, q, k, sel, stream, means_out, blocks_per_seq);
+}
+
 void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
                   bf16* out, float* lse, cudaStream_t stream) {
   AttnParams p = plan_params(plan, q, k, v);

@@ -602,7 +602,8 @@ void DecodeCache::fill(const std::vector<int64_t>& cu_seqlens, const bf16* k, co
   upload_lengths_and_means(stream, max_n / S_);
 }
 
-void DecodeCache::adopt(const std::vector<int64_t>& lengths, cudaStream_t stream) {
+void DecodeCache::adopt(const std::vector<int64_t>& lengths, cudaStream_t stream,
+                        bool means_written) {
   MOBA_CHECK(static_cast<int64_t>(lengths.size()) == B_, "DecodeCache::adopt: ", lengths.size(),
              " lengths, want batch = ", B_);
   int64_t max_n = 0;
@@ -612,7 +613,7 @@ void DecodeCache::adopt(const std::vector<int64_t>& lengths, cudaStream_t stream
     max_n = std::max(max_n, lengths[b]);
   }
   len_ = lengths;
-  upload_lengths_and_means(stream, max_n / S_);
+  upload_lengths_and_means(stream, means_written ? 0 : max_n / S_);
 }
 
 void DecodeCache::append(const bf16* k_new, const bf16* v_new, cudaStream_t stream) {

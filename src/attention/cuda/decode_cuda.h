@@ -61,7 +61,11 @@ class DecodeCache {
   // caller, e.g. benchmark caches filled with fill_random_bf16: no packed copy of a huge
   // prefill) and computes the mean of every full block. moba::Error when a length is
   // outside [0, capacity]. (Added by the implementation: not in the first API.)
-  void adopt(const std::vector<int64_t>& lengths, cudaStream_t stream = nullptr);
+  // means_written: the caller wrote means() of every full block too (the MoBA gate's
+  // moba_gate overload with means_out = means(), blocks_per_seq = capacity / S, computes
+  // them bit-equal while it scores), so they are not computed again.
+  void adopt(const std::vector<int64_t>& lengths, cudaStream_t stream = nullptr,
+             bool means_written = false);
 
  private:
   void upload_lengths_and_means(cudaStream_t stream, int64_t max_full_blocks);

@@ -26,31 +26,65 @@ constexpr int kMaxPast = kMaxTopK - 1;
 // mean to within ~2^-24 relative. q is bf16, so q . mean = q . hi + q . mid + q . lo are
 // three bf16 tensor-core products with fp32 accumulation: fp32 scores at MMA speed.
 // The mean is accumulated in double, as the CPU gate does, so both round the same value.
-__global__ void block_means_kernel(const __nv_bfloat16* __restrict__ k,
-                                   const int32_t* __restrict__ block_start, int S, int Hkv,
-                                   int D, __nv_bfloat16* __restrict__ msplit) {
+// f32 (may be null): the fp32 means too, row (b, j) at ((b * bps + j) * Hkv + kvh) * D, b the
+// row's sequence (block_offset: full blocks before each sequence, B + 1 entries).
+__global__ void __launch_bounds__(256) block_means_kernel(const __nv_bfloat16* __restrict__ k,
+                                                          const int32_t* __restrict__ block_start,
+                                                          int S, int Hkv, int D,
+                                                          __nv_bfloat16* __restrict__ msplit,
+                                                          float* __restrict__ f32,
+                                                          const int32_t* __restrict__ block_offset,
+                                                          int B, int64_t bps) {
+  // 256 threads: D / 8 per key row, each summing one 16-byte chunk (8 columns) of every
+  // (256 / (D / 8))-th row of the block (D 64: 32 row slices, D 128: 16), then the slices'
+  // sums added in slice order (bf16 sums are exact in double: the order does not matter).
+  constexpr int kThreads = 256;
+  __shared__ double part[kThreads * 8];  // (slices, D)
   const int row = blockIdx.x, kvh = blockIdx.y;
+  const int tpr = D / 8, slices = kThreads / tpr;
+  const int t = threadIdx.x, chunk = t % tpr, slice = t / tpr;
   const __nv_bfloat16* base = k + (static_cast<size_t>(block_start[row]) * Hkv + kvh) * D;
-  __shared__ double part[4][128];  // 4 slices of the block's S keys, D <= 128 columns
-  const int d = threadIdx.x, slice = threadIdx.y;
-  double acc = 0.0;
-  if (d < D) {
-#pragma unroll 8
-    for (int s = slice; s < S; s += 4)
-      acc += static_cast<double>(__bfloat162float(base[static_cast<size_t>(s) * Hkv * D + d]));
-    part[slice][d] = acc;
+  const size_t row_stride = static_cast<size_t>(Hkv) * D;
+  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  for (int s = slice; s < S; s += slices) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(base + s * row_stride) + chunk);
+    const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(h2[i]);
+      acc[2 * i] += static_cast<double>(f.x);
+      acc[2 * i + 1] += static_cast<double>(f.y);
+    }
   }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) part[slice * D + chunk * 8 + i] = acc[i];
   __syncthreads();
-  if (slice != 0 || d >= D) return;
-  const float m = static_cast<float>((part[0][d] + part[1][d] + part[2][d] + part[3][d]) / S);
+  if (t >= D) return;
+  double sum = 0.0;
+  for (int y = 0; y < slices; ++y) sum += part[y * D + t];
+  const float m = static_cast<float>(sum / S);
   const __nv_bfloat16 hi = __float2bfloat16_rn(m);
   const float r1 = m - __bfloat162float(hi);
   const __nv_bfloat16 mid = __float2bfloat16_rn(r1);
   const __nv_bfloat16 lo = __float2bfloat16_rn(r1 - __bfloat162float(mid));
-  __nv_bfloat16* dst = msplit + (static_cast<size_t>(row) * Hkv + kvh) * 3 * D + d;
+  __nv_bfloat16* dst = msplit + (static_cast<size_t>(row) * Hkv + kvh) * 3 * D + t;
   dst[0] = hi;
   dst[D] = mid;
   dst[2 * D] = lo;
+  if (f32 != nullptr) {
+    int b = 0;  // the last sequence whose first full block is <= row
+    for (int lo_b = 0, hi_b = B - 1; lo_b <= hi_b;) {
+      const int mid_b = (lo_b + hi_b) / 2;
+      if (block_offset[mid_b] <= row) {
+        b = mid_b;
+        lo_b = mid_b + 1;
+      } else {
+        hi_b = mid_b - 1;
+      }
+    }
+    const int64_t j = row - block_offset[b];
+    f32[((b * bps + j) * Hkv + kvh) * D + t] = m;
+  }
 }
 
 // Is (s, j) ranked before (t, i)? Higher score first; equal scores: the more recent block.
@@ -321,7 +355,8 @@ void launch_gate_d(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* ms
 
 }  // namespace
 
-void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream) {
+bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream,
+                 float* means_out, int64_t blocks_per_seq) {
   const Layout& l = plan.layout();
   const int S = static_cast<int>(plan.config().block_size), K = static_cast<int>(plan.config().top_k);
   const int Hq = static_cast<int>(l.num_q_heads), Hkv = static_cast<int>(l.num_kv_heads);
@@ -330,8 +365,9 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
   bf16* msplit = static_cast<bf16*>(
       plan.scratch(kSlotMeans, sizeof(bf16) * 3 * std::max<int64_t>(1, rows) * Hkv * D));
   if (rows > 0 && K > 1) {
-    block_means_kernel<<<dim3(rows, Hkv), dim3(128, 4), 0, stream>>>(k, plan.dev().block_start, S,
-                                                                     Hkv, D, msplit);
+    block_means_kernel<<<dim3(rows, Hkv), 256, 0, stream>>>(
+        k, plan.dev().block_start, S, Hkv, D, msplit, means_out, plan.dev().block_offset, B,
+        blocks_per_seq);
     CUDA_CHECK_LAUNCH();
   }
   const dim3 grid(Hq, static_cast<unsigned>((plan.max_seq_len() + kGateRows - 1) / kGateRows), B);
@@ -339,6 +375,7 @@ void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
   if (D == 64) launch_gate_d<64>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
   else launch_gate_d<128>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
   mark_phase("gate_scores_topk", stream);
+  return K > 1;  // every full block's mean (none when there is no full block)
 }
 
 }  // namespace moba::attn::cuda

@@ -43,7 +43,10 @@ struct GatherIndex {
 };
 
 
-void gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream);
+// means_out (may be null): also the fp32 block means, (B, blocks_per_seq, Hkv, D); returns
+// whether they were computed (K > 1; with K = 1 the gate needs no means and writes none).
+bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream,
+                 float* means_out = nullptr, int64_t blocks_per_seq = 0);
 // Counting sort of the selection's past slots into (full block, kv head) buckets.
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
                                cudaStream_t stream);

@@ -265,8 +265,13 @@ struct DecoderCuda::Impl : ModelDims {
       bf16* kd = B == 1 ? caches[l]->k() : k.as<bf16>();
       bf16* vd = B == 1 ? caches[l]->v() : v.as<bf16>();
       qkv(M, l, kd, vd);
+      bool means_written = false;  // the cache's block means, by the gate (one sequence)
       if (layer_moba[l]) {
-        attn::cuda::moba_gate(plan, q.as<bf16>(), kd, sel.as<int32_t>(), stream);
+        if (B == 1)
+          means_written = attn::cuda::moba_gate(plan, q.as<bf16>(), kd, sel.as<int32_t>(),
+                                                caches[l]->means(), cap / moba.block_size, stream);
+        else
+          attn::cuda::moba_gate(plan, q.as<bf16>(), kd, sel.as<int32_t>(), stream);
         if (recording) {
           const int64_t row = Hq * moba.top_k;
           const std::vector<int32_t> h = read_selections(M);
@@ -280,7 +285,7 @@ struct DecoderCuda::Impl : ModelDims {
                                   stream);
       }
       mark("attention_other");
-      if (B == 1) caches[l]->adopt({M}, stream);
+      if (B == 1) caches[l]->adopt({M}, stream, means_written);
       else caches[l]->fill(cu, kd, vd, stream);
       mark("kv_cache");
       rest_of_block(M, l);
