@@ -22,6 +22,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "attention/cuda/block_mean.cuh"
 #include "attention/cuda/mma.cuh"
 #include "core/cuda_check.cuh"
 #include "core/cuda_once.h"
@@ -47,9 +48,10 @@ constexpr int kMinSplitRows = 256;  // dense: rows per CTA at least (else the co
 // float: the value gate.h's block_means and the CPU KVCache compute, and the training GPU
 // gate before it splits the float into bf16 terms. last_only: only the block that the
 // sequence's last row completed (append), else every full block (grid.x covers them).
-__global__ void block_means_kernel(const bf16* __restrict__ k, float* __restrict__ means,
-                                   const int32_t* __restrict__ len, int T, int Hkv, int D, int S,
-                                   int NB, bool last_only) {
+__global__ void __launch_bounds__(kBlockMeanThreads)
+    block_means_kernel(const bf16* __restrict__ k, float* __restrict__ means,
+                       const int32_t* __restrict__ len, int T, int Hkv, int D, int S, int NB,
+                       bool last_only) {
   const int b = blockIdx.z, kvh = blockIdx.y, L = len[b];
   int j = blockIdx.x;
   if (last_only) {
@@ -58,33 +60,9 @@ __global__ void block_means_kernel(const bf16* __restrict__ k, float* __restrict
   } else if (j >= L / S) {
     return;
   }
-  // 256 threads: D / 8 per row, each summing one 16-byte chunk (8 columns) of every
-  // (256 / (D / 8))-th row (D is 64 or 128: 32 or 16 row slices), then the slices' sums
-  // added in slice order.
-  constexpr int kThreads = 256;
-  __shared__ double part[kThreads * 8];  // (slices, D)
-  const int tpr = D / 8, slices = kThreads / tpr;
-  const int t = threadIdx.x, chunk = t % tpr, slice = t / tpr;
   const bf16* base = k + ((static_cast<size_t>(b) * T + static_cast<size_t>(j) * S) * Hkv + kvh) * D;
-  const size_t row_stride = static_cast<size_t>(Hkv) * D;
-  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  for (int s = slice; s < S; s += slices) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(base + s * row_stride) + chunk);
-    const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(h2[i]);
-      acc[2 * i] += static_cast<double>(f.x);
-      acc[2 * i + 1] += static_cast<double>(f.y);
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i) part[slice * D + chunk * 8 + i] = acc[i];
-  __syncthreads();
-  if (t >= D) return;
-  double sum = 0.0;
-  for (int y = 0; y < slices; ++y) sum += part[y * D + t];
-  means[((static_cast<size_t>(b) * NB + j) * Hkv + kvh) * D + t] = static_cast<float>(sum / static_cast<double>(S));
+  const float m = block_mean_column(base, static_cast<size_t>(Hkv) * D, S, D);
+  if (static_cast<int>(threadIdx.x) < D) means[((static_cast<size_t>(b) * NB + j) * Hkv + kvh) * D + threadIdx.x] = m;
 }
 
 // Writes k_new[b], v_new[b] at row len[b] of sequence b, then len[b] += 1.
@@ -564,7 +542,7 @@ void DecodeCache::upload_lengths_and_means(cudaStream_t stream, int64_t max_full
   if (max_full_blocks > 0) {
     block_means_kernel<<<dim3(static_cast<unsigned>(max_full_blocks), static_cast<unsigned>(Hkv_),
                               static_cast<unsigned>(B_)),
-                         256, 0, stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
+                         kBlockMeanThreads, 0, stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
                                                    static_cast<int>(Hkv_), static_cast<int>(D_),
                                                    static_cast<int>(S_),
                                                    static_cast<int>(T_ / S_), false);
@@ -626,8 +604,8 @@ void DecodeCache::append(const bf16* k_new, const bf16* v_new, cudaStream_t stre
   bool completes = false;
   for (int64_t b = 0; b < B_; ++b) completes |= ++len_[b] % S_ == 0;
   if (completes) {  // the mean of every block that this row completed
-    block_means_kernel<<<dim3(1, static_cast<unsigned>(Hkv_), static_cast<unsigned>(B_)), 256, 0,
-                         stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
+    block_means_kernel<<<dim3(1, static_cast<unsigned>(Hkv_), static_cast<unsigned>(B_)),
+                         kBlockMeanThreads, 0, stream>>>(k_, means_, len_dev_, static_cast<int>(T_),
                                       static_cast<int>(Hkv_), static_cast<int>(D_),
                                       static_cast<int>(S_), static_cast<int>(T_ / S_), true);
     CUDA_CHECK_LAUNCH();

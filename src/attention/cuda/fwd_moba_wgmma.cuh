@@ -172,31 +172,26 @@ __device__ __forceinline__ void moba_merge_epilogue(const AttnParams& p, const W
     const int b = sel_at(h, sl);
     return b >= 0 && b < c[h] ? lse_at(h, sl) : -INFINITY;
   };
-  for (int s0 = 0; s0 < kp; s0 += kSlots) {
-    float v[2][kSlots];
+  // fn(h, lse) for every valid slot of both rows, in slot order per row; the loads of two
+  // slots of both rows are in flight together.
+  auto for_valid_slots = [&](auto fn) {
+    for (int s0 = 0; s0 < kp; s0 += kSlots) {
+      float v[2][kSlots];
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int j = 0; j < kSlots; ++j) v[h][j] = slot_lse(h, s0 + j);
+        for (int j = 0; j < kSlots; ++j) v[h][j] = slot_lse(h, s0 + j);
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int j = 0; j < kSlots; ++j)
-        if (v[h][j] != -INFINITY) mx[h] = fmaxf(mx[h], v[h][j]);
-  }
+        for (int j = 0; j < kSlots; ++j)
+          if (v[h][j] != -INFINITY) fn(h, v[h][j]);
+    }
+  };
+  for_valid_slots([&](int h, float v) { mx[h] = fmaxf(mx[h], v); });
   float sum[2] = {expf(lse[0] - mx[0]), expf(lse[1] - mx[1])};
-  for (int s0 = 0; s0 < kp; s0 += kSlots) {  // the same values again (L1 or shared memory)
-    float v[2][kSlots];
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int j = 0; j < kSlots; ++j) v[h][j] = slot_lse(h, s0 + j);
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int j = 0; j < kSlots; ++j)
-        if (v[h][j] != -INFINITY) sum[h] += expf(v[h][j] - mx[h]);
-  }
+  // The same values again (from L1 or shared memory).
+  for_valid_slots([&](int h, float v) { sum[h] += expf(v - mx[h]); });
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     lse_tot[h] = mx[h] + logf(sum[h]);

@@ -12,6 +12,7 @@
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
 #include "attention/cuda/fwd_kernel.cuh"
+#include "attention/cuda/block_mean.cuh"
 #include "attention/cuda/mma.cuh"
 #include "core/cuda_check.cuh"
 
@@ -28,41 +29,15 @@ constexpr int kMaxPast = kMaxTopK - 1;
 // The mean is accumulated in double, as the CPU gate does, so both round the same value.
 // f32 (may be null): the fp32 means too, row (b, j) at ((b * bps + j) * Hkv + kvh) * D, b the
 // row's sequence (block_offset: full blocks before each sequence, B + 1 entries).
-__global__ void __launch_bounds__(256) block_means_kernel(const __nv_bfloat16* __restrict__ k,
-                                                          const int32_t* __restrict__ block_start,
-                                                          int S, int Hkv, int D,
-                                                          __nv_bfloat16* __restrict__ msplit,
-                                                          float* __restrict__ f32,
-                                                          const int32_t* __restrict__ block_offset,
-                                                          int B, int64_t bps) {
-  // 256 threads: D / 8 per key row, each summing one 16-byte chunk (8 columns) of every
-  // (256 / (D / 8))-th row of the block (D 64: 32 row slices, D 128: 16), then the slices'
-  // sums added in slice order (bf16 sums are exact in double: the order does not matter).
-  constexpr int kThreads = 256;
-  __shared__ double part[kThreads * 8];  // (slices, D)
-  const int row = blockIdx.x, kvh = blockIdx.y;
-  const int tpr = D / 8, slices = kThreads / tpr;
-  const int t = threadIdx.x, chunk = t % tpr, slice = t / tpr;
+__global__ void __launch_bounds__(kBlockMeanThreads)
+    block_means_kernel(const __nv_bfloat16* __restrict__ k, const int32_t* __restrict__ block_start,
+                       int S, int Hkv, int D, __nv_bfloat16* __restrict__ msplit,
+                       float* __restrict__ f32, const int32_t* __restrict__ block_offset, int B,
+                       int64_t bps) {
+  const int row = blockIdx.x, kvh = blockIdx.y, t = threadIdx.x;
   const __nv_bfloat16* base = k + (static_cast<size_t>(block_start[row]) * Hkv + kvh) * D;
-  const size_t row_stride = static_cast<size_t>(Hkv) * D;
-  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  for (int s = slice; s < S; s += slices) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(base + s * row_stride) + chunk);
-    const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(h2[i]);
-      acc[2 * i] += static_cast<double>(f.x);
-      acc[2 * i + 1] += static_cast<double>(f.y);
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i) part[slice * D + chunk * 8 + i] = acc[i];
-  __syncthreads();
+  const float m = block_mean_column(base, static_cast<size_t>(Hkv) * D, S, D);
   if (t >= D) return;
-  double sum = 0.0;
-  for (int y = 0; y < slices; ++y) sum += part[y * D + t];
-  const float m = static_cast<float>(sum / S);
   const __nv_bfloat16 hi = __float2bfloat16_rn(m);
   const float r1 = m - __bfloat162float(hi);
   const __nv_bfloat16 mid = __float2bfloat16_rn(r1);
@@ -365,7 +340,7 @@ bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
   bf16* msplit = static_cast<bf16*>(
       plan.scratch(kSlotMeans, sizeof(bf16) * 3 * std::max<int64_t>(1, rows) * Hkv * D));
   if (rows > 0 && K > 1) {
-    block_means_kernel<<<dim3(rows, Hkv), 256, 0, stream>>>(
+    block_means_kernel<<<dim3(rows, Hkv), kBlockMeanThreads, 0, stream>>>(
         k, plan.dev().block_start, S, Hkv, D, msplit, means_out, plan.dev().block_offset, B,
         blocks_per_seq);
     CUDA_CHECK_LAUNCH();
