@@ -47,4 +47,18 @@ template <typename Real>
 Selection moba_gate(const Layout& layout, const MobaConfig& cfg, std::span<const Real> q,
                     std::span<const Real> k);
 
+// moba_gate's selection for consecutive tokens of one sequence, from block means computed
+// elsewhere: `part` shapes their queries q as one sequence of n tokens, the first at
+// position `first` of its sequence (so token i's current block is (first + i) / S); means
+// holds the sequence's full-block means from block 0, (blocks, Hkv, D) as block_means
+// makes them, at least the blocks before the last token's current block. Writes slots
+// (n, Hq, K) in Selection's order. Errors name token first_token + i: first_token is the
+// first token's index in the caller's numbering. moba_gate is this on each sequence with
+// first = 0 (first_token its packed index); context parallelism (dist/context_parallel.h)
+// runs it on one rank's shard with every rank's means.
+template <typename Real>
+void moba_gate_part(const Layout& part, const MobaConfig& cfg, int64_t first,
+                    std::span<const Real> q, std::span<const float> means,
+                    std::span<int32_t> slots, int64_t first_token);
+
 }  // namespace moba::attn

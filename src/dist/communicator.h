@@ -1,19 +1,24 @@
-// A group of ranks that train one model together (data parallel, docs/distributed.md):
-// the operations the gradient reduction and the parameter sync need, and nothing more.
-// Two implementations: FakeGroup's in-process ranks (fake_communicator.h, CPU tests) and
-// NCCL's (nccl_communicator.h, GPUs).
+// A group of ranks that work on one model together: the operations data-parallel training
+// (the gradient reduction, the parameter sync) and context parallelism (the block means'
+// all-gather, the block fetch) need, and nothing more (docs/distributed.md). Two
+// implementations: FakeGroup's in-process ranks (fake_communicator.h, CPU tests) and NCCL's
+// (nccl_communicator.h, GPUs).
 //
 // Every operation except rank() and size() is collective: all ranks of the group must call
-// it, in the same order, with the same element type, element count and root. A rank that
-// does not (it died, hung, or took another path) is an error on the ranks that did: each
-// implementation throws moba::Error within its timeout instead of waiting forever, and the
-// group is unusable afterwards (every later call throws too); the job must stop. Calls
-// return once the operation is complete on this rank: the buffer holds the result.
+// it, in the same order, with the same element type, element count and root (all_to_all_v:
+// counts that pair up, see there). A rank that does not (it died, hung, or took another
+// path) is an error on the ranks that did: each implementation throws moba::Error within
+// its timeout instead of waiting forever, and the group is unusable afterwards (every later
+// call throws too); the job must stop. Calls return once the operation is complete on this
+// rank: the buffer holds the result.
 //
 // Which memory a span may point to is the implementation's: host memory for the fake
-// group, device memory (of the communicator's GPU) for NCCL.
+// group, device memory (of the communicator's GPU) for NCCL. Send and receive buffers must
+// not overlap.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <span>
 
 namespace moba::dist {
@@ -33,6 +38,24 @@ class Communicator {
   virtual void broadcast(std::span<double> data, int root) = 0;
   // Returns once every rank has called it.
   virtual void barrier() = 0;
+
+  // Every rank's `send` (the same length n on all) concatenated in rank order: recv holds
+  // size() x n elements, rank r's at [r n, (r + 1) n).
+  virtual void all_gather(std::span<const float> send, std::span<float> recv) = 0;
+  virtual void all_gather(std::span<const double> send, std::span<double> recv) = 0;
+  virtual void all_gather(std::span<const int32_t> send, std::span<int32_t> recv) = 0;
+
+  // Personalized exchange: `send` is size() runs in rank order, send_counts[p] elements for
+  // rank p; `recv` receives size() runs in rank order, recv_counts[p] elements from rank p
+  // (each counts span has size() entries and sums to its buffer's length). Counts may
+  // differ between pairs and be 0, but must pair up: recv_counts[p] on rank r equals
+  // send_counts[r] on rank p. The run a rank sends itself is copied.
+  virtual void all_to_all_v(std::span<const float> send, std::span<const size_t> send_counts,
+                            std::span<float> recv, std::span<const size_t> recv_counts) = 0;
+  virtual void all_to_all_v(std::span<const double> send, std::span<const size_t> send_counts,
+                            std::span<double> recv, std::span<const size_t> recv_counts) = 0;
+  virtual void all_to_all_v(std::span<const int32_t> send, std::span<const size_t> send_counts,
+                            std::span<int32_t> recv, std::span<const size_t> recv_counts) = 0;
 };
 
 }  // namespace moba::dist

@@ -3,13 +3,16 @@
 //
 // Deterministic: all_reduce_sum adds the ranks' buffers in rank order, ((r0 + r1) + r2)
 // + ..., in the element type, whichever thread arrives last; so a test can reproduce the
-// sum bit for bit.
+// sum bit for bit. all_gather and all_to_all_v only copy.
 //
 // Failure: a rank that waits longer than the group's timeout for the others throws
 // moba::Error naming the ranks that did not arrive and the call; ranks that disagree (one
-// broadcasts while another reduces, different lengths or roots) throw naming both. Either
-// way the group is broken from then on: the ranks waiting are woken and throw the same
-// message, and every later call throws it, so that no thread is left waiting.
+// broadcasts while another reduces, different lengths or roots, all_to_all_v counts that do
+// not pair up) throw naming both; a rank whose own arguments are inconsistent (a root
+// outside the group, a receive buffer of the wrong length, counts that do not sum to their
+// buffer) throws naming itself. Either way the group is broken from then on: the ranks
+// waiting are woken and throw the same message, and every later call throws it, so that no
+// thread is left waiting.
 #pragma once
 
 #include <chrono>
@@ -48,18 +51,28 @@ class FakeGroup : NonCopyable {  // the communicators point back to the group
 
  private:
   class Rank;
-  enum class Op { all_reduce, broadcast, barrier };
-  enum class Type { none, f32, f64 };
+  enum class Op { all_reduce, broadcast, barrier, all_gather, all_to_all_v };
+  enum class Type { none, f32, f64, i32 };
   struct Arrival {  // what one rank brought to the current collective
     bool here = false;
     Op op = Op::barrier;
     Type type = Type::none;
-    void* data = nullptr;
-    size_t count = 0;
+    void* data = nullptr;  // in place, or what a gather or exchange receives into
+    size_t count = 0;      // elements of data; all_gather, all_to_all_v: of send
     int root = 0;
+    const void* send = nullptr;               // all_gather, all_to_all_v
+    const size_t* send_counts = nullptr;      // all_to_all_v
+    const size_t* recv_counts = nullptr;
+    size_t send_counts_len = 0, recv_counts_len = 0;  // entries; size each when correct
+    size_t recv_count = 0;  // all_gather, all_to_all_v: elements of data
   };
+  static size_t element_bytes(Type type);
 
-  void collective(int rank, Op op, Type type, void* data, size_t count, int root);
+  void collective(int rank, const Arrival& arrival);
+  // Breaks the group with `why` (waking the ranks waiting) and throws it; under the lock.
+  [[noreturn]] void fail(const std::string& why);
+  std::string check_arguments(int rank, const Arrival& a) const;  // "" when consistent
+  std::string check_agreement(int64_t call) const;  // "" when all ranks called alike
   void complete();  // the last arrival's work: reduce or copy, under the lock
   template <typename Real>
   void reduce_in_rank_order();

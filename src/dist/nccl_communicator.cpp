@@ -158,6 +158,81 @@ void NcclCommunicator::broadcast(std::span<float> d, int root) {
 void NcclCommunicator::broadcast(std::span<double> d, int root) {
   collective(d.data(), d.size(), ncclFloat64, broadcast_root(root), "ncclBroadcast");
 }
+void NcclCommunicator::gather(const void* send, size_t count, void* recv, size_t recv_count,
+                              int type) {
+  MOBA_CHECK(broken_.empty(), broken_);
+  MOBA_CHECK(recv_count == count * static_cast<size_t>(size_), "NCCL all_gather on rank ",
+             rank_, ": a receive buffer of ", recv_count, " elements for ", size_,
+             " ranks x ", count);
+  CUDA_CHECK(cudaSetDevice(device_));
+  check(ncclAllGather(send, recv, count, static_cast<ncclDataType_t>(type), comm_, stream_),
+        "ncclAllGather");
+  settle("ncclAllGather");
+  wait("ncclAllGather");
+}
+
+void NcclCommunicator::exchange(const void* send, size_t send_total,
+                                std::span<const size_t> send_counts, void* recv,
+                                size_t recv_total, std::span<const size_t> recv_counts,
+                                int type, size_t elem_bytes) {
+  MOBA_CHECK(broken_.empty(), broken_);
+  const auto R = static_cast<size_t>(size_);
+  MOBA_CHECK(send_counts.size() == R && recv_counts.size() == R, "NCCL all_to_all_v on rank ",
+             rank_, ": ", send_counts.size(), " send and ", recv_counts.size(),
+             " receive counts; it needs one of each per rank (", size_, ")");
+  size_t sent = 0, received = 0;
+  for (size_t p = 0; p < R; ++p) {
+    sent += send_counts[p];
+    received += recv_counts[p];
+  }
+  MOBA_CHECK(sent == send_total && received == recv_total, "NCCL all_to_all_v on rank ", rank_,
+             ": send counts sum to ", sent, " for ", send_total,
+             " elements, receive counts to ", received, " for ", recv_total);
+  CUDA_CHECK(cudaSetDevice(device_));
+  const auto t = static_cast<ncclDataType_t>(type);
+  // One group: NCCL matches each send with its peer's receive and runs them together, so
+  // the order of the calls below cannot deadlock.
+  check(ncclGroupStart(), "ncclGroupStart");
+  size_t s_at = 0, r_at = 0;
+  for (size_t p = 0; p < R; ++p) {
+    if (send_counts[p] > 0)
+      check(ncclSend(static_cast<const char*>(send) + s_at * elem_bytes, send_counts[p], t,
+                     static_cast<int>(p), comm_, stream_),
+            "ncclSend");
+    if (recv_counts[p] > 0)
+      check(ncclRecv(static_cast<char*>(recv) + r_at * elem_bytes, recv_counts[p], t,
+                     static_cast<int>(p), comm_, stream_),
+            "ncclRecv");
+    s_at += send_counts[p];
+    r_at += recv_counts[p];
+  }
+  check(ncclGroupEnd(), "ncclGroupEnd");
+  settle("all_to_all_v (ncclSend/ncclRecv)");
+  wait("all_to_all_v (ncclSend/ncclRecv)");
+}
+
+void NcclCommunicator::all_gather(std::span<const float> s, std::span<float> r) {
+  gather(s.data(), s.size(), r.data(), r.size(), ncclFloat32);
+}
+void NcclCommunicator::all_gather(std::span<const double> s, std::span<double> r) {
+  gather(s.data(), s.size(), r.data(), r.size(), ncclFloat64);
+}
+void NcclCommunicator::all_gather(std::span<const int32_t> s, std::span<int32_t> r) {
+  gather(s.data(), s.size(), r.data(), r.size(), ncclInt32);
+}
+void NcclCommunicator::all_to_all_v(std::span<const float> s, std::span<const size_t> sc,
+                                    std::span<float> r, std::span<const size_t> rc) {
+  exchange(s.data(), s.size(), sc, r.data(), r.size(), rc, ncclFloat32, sizeof(float));
+}
+void NcclCommunicator::all_to_all_v(std::span<const double> s, std::span<const size_t> sc,
+                                    std::span<double> r, std::span<const size_t> rc) {
+  exchange(s.data(), s.size(), sc, r.data(), r.size(), rc, ncclFloat64, sizeof(double));
+}
+void NcclCommunicator::all_to_all_v(std::span<const int32_t> s, std::span<const size_t> sc,
+                                    std::span<int32_t> r, std::span<const size_t> rc) {
+  exchange(s.data(), s.size(), sc, r.data(), r.size(), rc, ncclInt32, sizeof(int32_t));
+}
+
 // NCCL has no barrier: an all-reduce of one float is one (every rank must contribute).
 void NcclCommunicator::barrier() { collective(scratch_, 1, ncclFloat32, -1, "barrier"); }
 

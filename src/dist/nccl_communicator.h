@@ -47,6 +47,17 @@ class NcclCommunicator final : public Communicator, NonCopyable {  // owns an NC
   void broadcast(std::span<float> data, int root) override;
   void broadcast(std::span<double> data, int root) override;
   void barrier() override;
+  void all_gather(std::span<const float> send, std::span<float> recv) override;
+  void all_gather(std::span<const double> send, std::span<double> recv) override;
+  void all_gather(std::span<const int32_t> send, std::span<int32_t> recv) override;
+  // ncclSend/ncclRecv pairs in one NCCL group, the run to itself included; pairs with
+  // nothing to move post nothing.
+  void all_to_all_v(std::span<const float> send, std::span<const size_t> send_counts,
+                    std::span<float> recv, std::span<const size_t> recv_counts) override;
+  void all_to_all_v(std::span<const double> send, std::span<const size_t> send_counts,
+                    std::span<double> recv, std::span<const size_t> recv_counts) override;
+  void all_to_all_v(std::span<const int32_t> send, std::span<const size_t> send_counts,
+                    std::span<int32_t> recv, std::span<const size_t> recv_counts) override;
 
   CUstream_st* stream() const { return stream_; }  // where the operations run
 
@@ -54,6 +65,10 @@ class NcclCommunicator final : public Communicator, NonCopyable {  // owns an NC
   // One collective in place on the communicator's stream, waited for with the timeout:
   // a sum over every rank (root < 0) or a broadcast from root.
   void collective(void* data, size_t count, int type, int root, const char* what);
+  void gather(const void* send, size_t count, void* recv, size_t recv_count, int type);
+  void exchange(const void* send, size_t send_total, std::span<const size_t> send_counts,
+                void* recv, size_t recv_total, std::span<const size_t> recv_counts, int type,
+                size_t elem_bytes);
   int broadcast_root(int root) const;  // root, checked to be a rank of the group
   void check(int result, const char* call);  // throws on an NCCL error (aborting)
   void settle(const char* call);             // waits out ncclInProgress, with the timeout

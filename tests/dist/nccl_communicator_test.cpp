@@ -1,5 +1,6 @@
 // The NCCL communicator on a GPU (registered with -DMOBA_GPU_TESTS=ON, label gpu): one rank
-// runs the real calls (all-reduce, broadcast, barrier on device memory); a group of two
+// runs the real calls (all-reduce, broadcast, barrier, all-gather, all-to-all-v on device
+// memory); a group of two
 // whose second rank never joins is an error after the timeout, not a hang. Groups of
 // several GPUs wait for a machine that has them.
 #include "dist/nccl_communicator.h"
@@ -7,7 +8,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <vector>
 
 #include "core/cuda_check.cuh"
@@ -50,6 +53,43 @@ TEST(NcclCommunicator, OneRankRunsEveryCall) {
   c.barrier();
   std::vector<double> one(1);
   EXPECT_THROW(c.broadcast(std::span<double>(one.data(), 0), 1), Error);  // root outside
+}
+
+// Device copies of host vectors, freed at scope exit.
+template <typename T>
+struct DeviceVec {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DeviceVec(const std::vector<T>& host) : n(host.size()) {
+    CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+    if (n) CUDA_CHECK(cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceVec() { cudaFree(p); }
+  std::vector<T> host() const {
+    std::vector<T> h(n);
+    if (n) CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+TEST(NcclCommunicator, OneRankGathersAndExchanges) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: NCCL tests skipped";
+  NcclCommunicator c(nccl_unique_id(), 0, 1, 0, 60000ms);
+  const std::vector<int32_t> ids{3, -1, 7};
+  DeviceVec<int32_t> send(ids), recv(std::vector<int32_t>(3, 0));
+  c.all_gather(std::span<const int32_t>(send.p, 3), std::span<int32_t>(recv.p, 3));
+  EXPECT_EQ(recv.host(), ids);
+  const std::vector<double> rows{1.5, -2.0, 1e-300, 4.0};
+  DeviceVec<double> dsend(rows), drecv(std::vector<double>(4, 0.0));
+  const std::vector<size_t> counts{4};
+  c.all_to_all_v(std::span<const double>(dsend.p, 4), counts, std::span<double>(drecv.p, 4),
+                 counts);
+  EXPECT_EQ(drecv.host(), rows);
+  // Nothing to move is a valid exchange; a receive buffer of the wrong size is not.
+  const std::vector<size_t> none{0};
+  c.all_to_all_v(std::span<const float>(), none, std::span<float>(), none);
+  EXPECT_THROW(c.all_gather(std::span<const int32_t>(send.p, 3), std::span<int32_t>(recv.p, 2)),
+               Error);
 }
 
 TEST(NcclCommunicator, MissingRankIsAnErrorNotAHang) {

@@ -1,0 +1,189 @@
+#include "dist/context_parallel.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "attention/attend_row.h"
+#include "attention/gate.h"
+#include "core/error.h"
+
+namespace moba::dist {
+namespace {
+
+struct KeyRange {
+  int64_t begin, end;  // positions in the whole sequence, end exclusive
+};
+
+// The header every rank sends first: its shard's length, then what must be the same on all.
+enum Field { kTokens, kBlockSize, kTopK, kQHeads, kKvHeads, kHeadDim, kFields };
+constexpr const char* kFieldNames[kFields] = {"shard length", "block size S", "top-k K",
+                                              "query heads Hq", "kv heads Hkv", "head dim D"};
+
+int32_t narrow(int64_t x, const char* what) {
+  MOBA_CHECK(x <= std::numeric_limits<int32_t>::max(), "context parallel: ", what, " ", x,
+             " does not fit the int32 header");
+  return static_cast<int32_t>(x);
+}
+
+// The same verdict on every rank, since every rank checks all the headers.
+void check_headers(const std::vector<int32_t>& all, int R) {
+  auto at = [&](int r, int f) { return all[static_cast<size_t>(r * kFields + f)]; };
+  for (int r = 1; r < R; ++r)
+    for (int f = kBlockSize; f < kFields; ++f)
+      MOBA_CHECK(at(r, f) == at(0, f), "context parallel: the ranks disagree on the ",
+                 kFieldNames[f], ": rank 0 has ", at(0, f), ", rank ", r, " has ", at(r, f));
+  const int32_t S = at(0, kBlockSize);
+  for (int r = 0; r < R; ++r)
+    MOBA_CHECK(at(r, kTokens) % S == 0, "context parallel: rank ", r, "'s shard of ",
+               at(r, kTokens), " tokens is not a whole number of MoBA blocks of S = ", S,
+               " tokens (every rank must hold whole blocks)");
+  for (int r = 1; r < R; ++r)
+    MOBA_CHECK(at(r, kTokens) == at(0, kTokens), "context parallel: the shards differ in "
+               "length: rank 0 holds ", at(0, kTokens), " tokens, rank ", r, " holds ",
+               at(r, kTokens), " (rank r must hold positions [r T_r, (r + 1) T_r))");
+}
+
+}  // namespace
+
+template <typename Real>
+ContextParallelTraffic moba_forward_context_parallel(
+    Communicator& comm, const attn::Layout& shard, const attn::MobaConfig& cfg,
+    const attn::Options& opt, std::span<const Real> q, std::span<const Real> k,
+    std::span<const Real> v, std::span<Real> out, std::span<Real> lse) {
+  shard.validate();
+  cfg.validate();
+  MOBA_CHECK(shard.batch() == 1, "context parallel: a rank's shard is part of one sequence, "
+             "got a layout of ", shard.batch(), " sequences");
+  attn::check_size("q", q.size(), shard.q_elems());
+  attn::check_size("k", k.size(), shard.kv_elems());
+  attn::check_size("v", v.size(), shard.kv_elems());
+  attn::check_size("out", out.size(), shard.q_elems());
+  attn::check_size("lse", lse.size(), shard.lse_elems());
+  const double scale = opt.scale_for(shard);
+  const int R = comm.size(), me = comm.rank();
+  const auto Rz = static_cast<size_t>(R);
+  const int64_t T_r = shard.tokens(), S = cfg.block_size, K = cfg.top_k;
+  const int64_t Hq = shard.num_q_heads, Hkv = shard.num_kv_heads, D = shard.head_dim;
+  ContextParallelTraffic traffic;
+
+  // 1. The header: all ranks agree on the shape, or all throw the same error.
+  const int32_t header[kFields] = {narrow(T_r, "shard length"), narrow(S, "block size"),
+                                   narrow(K, "top-k"), narrow(Hq, "Hq"), narrow(Hkv, "Hkv"),
+                                   narrow(D, "D")};
+  std::vector<int32_t> headers(Rz * kFields);
+  comm.all_gather(std::span<const int32_t>(header), headers);
+  traffic.control_sent = traffic.control_received = (Rz - 1) * sizeof(header);
+  check_headers(headers, R);
+  const int64_t per_rank = T_r / S, blocks = per_rank * R;  // blocks of a shard, of all
+  MOBA_CHECK(blocks * Hkv <= std::numeric_limits<int32_t>::max(), "context parallel: ",
+             blocks, " blocks x ", Hkv, " kv heads overflow the int32 block ids");
+  const int64_t pos0 = me * T_r;  // this shard's first position
+
+  // 2. Block means: each rank's own, gathered in rank order = block order.
+  const std::vector<float> mine = attn::block_means(shard, cfg, k);  // (per_rank, Hkv, D)
+  std::vector<float> means(mine.size() * Rz);                        // (blocks, Hkv, D)
+  comm.all_gather(std::span<const float>(mine), means);
+  traffic.means_sent = traffic.means_received = (Rz - 1) * mine.size() * sizeof(float);
+
+  // 3. The gate of this shard's queries.
+  std::vector<int32_t> sel(shard.lse_elems() * static_cast<size_t>(K));  // (T_r, Hq, K)
+  attn::moba_gate_part(shard, cfg, pos0, q, std::span<const float>(means), sel, pos0);
+
+  // 4. The (block, kv head) pairs selected on other ranks, id block * Hkv + kv head. Owners
+  // hold consecutive blocks, so the ascending ids are grouped by owner in rank order.
+  std::vector<char> wanted(static_cast<size_t>(blocks * Hkv), 0);
+  for (int64_t i = 0; i < T_r; ++i)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t s = 0; s < K; ++s) {
+        const int32_t j = sel[static_cast<size_t>((i * Hq + h) * K + s)];
+        if (j >= 0 && j / per_rank != me)
+          wanted[static_cast<size_t>(j * Hkv + h / shard.group())] = 1;
+      }
+  std::vector<int32_t> ids;
+  std::vector<size_t> want(Rz, 0);  // ids per owner
+  for (int64_t id = 0; id < blocks * Hkv; ++id)
+    if (wanted[static_cast<size_t>(id)]) {
+      ids.push_back(static_cast<int32_t>(id));
+      ++want[static_cast<size_t>(id / Hkv / per_rank)];
+    }
+  std::vector<int32_t> want32(Rz), wants(Rz * Rz);  // wants: (asking rank, owner)
+  for (size_t p = 0; p < Rz; ++p) want32[p] = static_cast<int32_t>(want[p]);
+  comm.all_gather(std::span<const int32_t>(want32), wants);
+  std::vector<size_t> asked_by(Rz);
+  for (size_t p = 0; p < Rz; ++p) asked_by[p] = static_cast<size_t>(wants[p * Rz + me]);
+  std::vector<int32_t> asked(std::accumulate(asked_by.begin(), asked_by.end(), size_t{0}));
+  comm.all_to_all_v(std::span<const int32_t>(ids), want, asked, asked_by);
+  traffic.control_sent += (Rz - 1) * Rz * sizeof(int32_t) + ids.size() * sizeof(int32_t);
+  traffic.control_received += (Rz - 1) * Rz * sizeof(int32_t) + asked.size() * sizeof(int32_t);
+
+  // 5. Serve the requests: per (block, kv head), its S key rows then its S value rows.
+  const int64_t unit = 2 * S * D;
+  std::vector<Real> reply(asked.size() * static_cast<size_t>(unit));
+  for (size_t n = 0; n < asked.size(); ++n) {
+    const int64_t block = asked[n] / Hkv, kvh = asked[n] % Hkv, local = block - pos0 / S;
+    MOBA_CHECK(local >= 0 && local < per_rank, "context parallel: rank ", me,
+               " was asked for block ", block, ", which it does not hold");
+    Real* dst = &reply[n * static_cast<size_t>(unit)];
+    for (int64_t s = 0; s < S; ++s) {
+      const size_t row = static_cast<size_t>(((local * S + s) * Hkv + kvh) * D);
+      std::copy_n(&k[row], D, dst + s * D);
+      std::copy_n(&v[row], D, dst + (S + s) * D);
+    }
+  }
+  std::vector<size_t> reply_counts(Rz), fetch_counts(Rz);
+  for (size_t p = 0; p < Rz; ++p) {
+    reply_counts[p] = asked_by[p] * static_cast<size_t>(unit);
+    fetch_counts[p] = want[p] * static_cast<size_t>(unit);
+  }
+  std::vector<Real> fetched(ids.size() * static_cast<size_t>(unit));  // in ids' order
+  comm.all_to_all_v(std::span<const Real>(reply), reply_counts, std::span<Real>(fetched),
+                    fetch_counts);
+  traffic.blocks_fetched = static_cast<int64_t>(ids.size());
+  traffic.blocks_served = static_cast<int64_t>(asked.size());
+  traffic.kv_received = fetched.size() * sizeof(Real);
+  traffic.kv_sent = reply.size() * sizeof(Real);
+
+  // 6. Attention: moba_forward's ranges (each selected block, the current one cut at the
+  // query) and its row arithmetic; keys before the shard come from the fetched blocks.
+  std::vector<int32_t> slot_of(static_cast<size_t>(blocks * Hkv), -1);
+  for (size_t n = 0; n < ids.size(); ++n)
+    slot_of[static_cast<size_t>(ids[n])] = static_cast<int32_t>(n);
+  std::vector<KeyRange> ranges;
+  std::vector<double> s, acc;  // attend_row's scratch
+  for (int64_t i = 0; i < T_r; ++i) {
+    const int64_t pos = pos0 + i;
+    for (int64_t h = 0; h < Hq; ++h) {
+      const int64_t kvh = h / shard.group();
+      ranges.clear();
+      for (int64_t slot = 0; slot < K; ++slot) {
+        const int32_t j = sel[static_cast<size_t>((i * Hq + h) * K + slot)];
+        if (j >= 0) ranges.push_back({j * S, std::min((j + 1) * S, pos + 1)});
+      }
+      // Position p's row: in the shard, or row p % S of its fetched block (K, then V).
+      auto row = [&](std::span<const Real> local, int64_t p, int64_t half) -> const Real* {
+        if (p >= pos0) return &local[static_cast<size_t>(((p - pos0) * Hkv + kvh) * D)];
+        const int32_t n = slot_of[static_cast<size_t>((p / S) * Hkv + kvh)];
+        return &fetched[static_cast<size_t>(n * unit + (half * S + p % S) * D)];
+      };
+      const size_t qrow = static_cast<size_t>((i * Hq + h) * D);
+      lse[static_cast<size_t>(i * Hq + h)] = static_cast<Real>(attn::detail::attend_row(
+          &q[qrow], D, scale, ranges, [&](int64_t p) { return row(k, p, 0); },
+          [&](int64_t p) { return row(v, p, 1); }, s, acc, &out[qrow]));
+    }
+  }
+  return traffic;
+}
+
+#define MOBA_INSTANTIATE(Real)                                                               \
+  template ContextParallelTraffic moba_forward_context_parallel<Real>(                       \
+      Communicator&, const attn::Layout&, const attn::MobaConfig&, const attn::Options&,     \
+      std::span<const Real>, std::span<const Real>, std::span<const Real>, std::span<Real>,  \
+      std::span<Real>);
+MOBA_INSTANTIATE(float)
+MOBA_INSTANTIATE(double)
+#undef MOBA_INSTANTIATE
+
+}  // namespace moba::dist
