@@ -181,8 +181,11 @@ TEST(TrainerGpu, CpuCheckpointResumesOnTheGpu) {
   EXPECT_EQ(read_json(dir / "run/run.json")["status"], "finished");
   // Steps 1..4 from the CPU session, 5..12 from the GPU one, each once.
   int64_t expect = 1;
-  for (const nlohmann::json& l : read_lines(dir / "run/metrics.jsonl"))
-    if (l["kind"] == "train") EXPECT_EQ(l["step"].get<int64_t>(), expect++);
+  for (const nlohmann::json& l : read_lines(dir / "run/metrics.jsonl")) {
+    if (l["kind"] == "train") {
+      EXPECT_EQ(l["step"].get<int64_t>(), expect++);
+    }
+  }
   EXPECT_EQ(expect, 13);
 }
 
