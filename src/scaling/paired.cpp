@@ -78,24 +78,65 @@ std::optional<PairedStats> paired_stats(const SizePair& p, int resamples, uint64
 }
 
 std::string paired_verdict(const std::vector<PairedStats>& stats) {
-  if (stats.empty()) return "";
-  double bound = 0.0;
-  int better = 0, worse = 0;
-  int64_t windows = stats[0].windows;
+  std::vector<VerdictInterval> sizes;
   for (const PairedStats& s : stats) {
+    VerdictInterval v;
+    v.diff = s.diff;
+    v.ratio = s.ratio;
+    v.windows = s.windows;
+    sizes.push_back(v);
+  }
+  return paired_verdict(sizes);
+}
+
+std::string paired_verdict(const std::vector<VerdictInterval>& sizes) {
+  if (sizes.empty()) return "";
+  double bound = 0.0;
+  int better = 0, worse = 0, with_seeds = 0;
+  int64_t windows = -1;
+  for (const VerdictInterval& s : sizes) {
     bound = std::max({bound, std::abs(s.ratio.lo - 1.0), std::abs(s.ratio.hi - 1.0)});
     if (s.ratio.hi < 1.0) ++better;
     if (s.ratio.lo > 1.0) ++worse;
-    windows = std::min(windows, s.windows);
+    if (s.windows > 0) windows = windows < 0 ? s.windows : std::min(windows, s.windows);
+    with_seeds += s.seeds > 0;
   }
   char buf[512];
-  const int n = static_cast<int>(stats.size());
-  std::snprintf(buf, sizeof buf,
-                "MoBA's LM loss is within %.1f%% of full attention's at every size compared "
-                "(%d size%s, 95%% bootstrap intervals over %lld validation windows, paired by "
-                "window); ",
-                100.0 * bound, n, n == 1 ? "" : "s", static_cast<long long>(windows));
-  std::string v = buf;
+  const int n = static_cast<int>(sizes.size());
+  std::string v;
+  if (with_seeds == 0) {
+    std::snprintf(buf, sizeof buf,
+                  "MoBA's LM loss is within %.1f%% of full attention's at every size compared "
+                  "(%d size%s, 95%% bootstrap intervals over %lld validation windows, paired by "
+                  "window); ",
+                  100.0 * bound, n, n == 1 ? "" : "s", static_cast<long long>(windows));
+    v = buf;
+  } else {
+    // Which interval each size used, sizes with the same wording together.
+    std::vector<std::pair<std::string, std::string>> used;  // (wording, sizes)
+    for (const VerdictInterval& s : sizes) {
+      const std::string seeds = "the t interval over " + std::to_string(s.seeds) + " seeds";
+      const std::string boot =
+          "the window bootstrap over " + std::to_string(s.windows) + " windows";
+      std::string w;
+      if (s.seeds == 0) w = boot;
+      else if (s.windows == 0) w = seeds + " (windows not paired)";
+      else if (s.from_seeds) w = seeds + " (wider than the window bootstrap)";
+      else w = boot + " (wider than the t interval over " + std::to_string(s.seeds) + " seeds)";
+      auto it = std::find_if(used.begin(), used.end(), [&](const auto& u) { return u.first == w; });
+      if (it == used.end()) used.push_back({w, s.size}), it = used.end() - 1;
+      else it->second += (it->second.empty() || s.size.empty() ? "" : ", ") + s.size;
+    }
+    std::snprintf(buf, sizeof buf,
+                  "MoBA's LM loss is within %.1f%% of full attention's at every size compared "
+                  "(%d size%s; 95%% intervals, at each size with seeds the wider of the t "
+                  "interval over seeds and the window bootstrap: ",
+                  100.0 * bound, n, n == 1 ? "" : "s");
+    v = buf;
+    for (size_t i = 0; i < used.size(); ++i)
+      v += (i ? "; " : "") + used[i].first + (used[i].second.empty() ? "" : " at " + used[i].second);
+    v += "); ";
+  }
   if (better == 0 && worse == 0)
     v += "no interval excludes equality, so these runs cannot tell the two apart.";
   else {
@@ -105,8 +146,20 @@ std::string paired_verdict(const std::vector<PairedStats>& stats) {
                   better, better == 1 ? "" : "s", worse);
     v += buf;
   }
-  v += " Windows are one source of noise only: seed-to-seed variation of training is not in "
-       "these intervals.";
+  if (with_seeds == 0)
+    v += " Windows are one source of noise only: seed-to-seed variation of training is not in "
+         "these intervals.";
+  else if (with_seeds == n)
+    v += " Every size has seed replicas, so seed-to-seed variation of training is in these "
+         "intervals wherever it is the larger noise (section Seed noise).";
+  else {
+    std::snprintf(buf, sizeof buf,
+                  " Seed-to-seed variation of training is in the intervals of the %d size%s with "
+                  "seed replicas only (section Seed noise); at the other %d the windows are the "
+                  "one source of noise counted.",
+                  with_seeds, with_seeds == 1 ? "" : "s", n - with_seeds);
+    v += buf;
+  }
   return v;
 }
 

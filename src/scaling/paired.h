@@ -32,9 +32,23 @@ struct PairedStats {
 std::optional<PairedStats> paired_stats(const SizePair& p, int resamples, uint64_t seed,
                                         std::string* why);
 
+// The interval one size's verdict rests on (seeds.h, verdict_interval()): the window
+// bootstrap of its pair, or where the size has seed replicas the wider of that and the t
+// interval over the seeds.
+struct VerdictInterval {
+  std::string size;          // the size, as the report names it ("" in tests)
+  Estimate diff, ratio;      // the chosen interval: MoBA - full, MoBA / full
+  bool from_seeds = false;   // the t interval over seeds was chosen
+  int64_t seeds = 0;         // seeds at the size (0: no seed replicas)
+  int64_t windows = 0;       // validation windows of the bootstrap (0: not paired)
+};
+
 // One sentence stating what the intervals support across the sizes compared, e.g.
 // "MoBA's LM loss is within 1.3% of full attention's at every size compared (3 sizes, 95%
-// bootstrap intervals over 16 validation windows)". Empty when `stats` is empty.
+// bootstrap intervals over 16 validation windows)". Where sizes have seed replicas it says
+// which interval each size used. Empty when `sizes` is empty.
+std::string paired_verdict(const std::vector<VerdictInterval>& sizes);
+// The same with the window bootstrap at every size (no seeds).
 std::string paired_verdict(const std::vector<PairedStats>& stats);
 
 }  // namespace moba::scaling

@@ -130,6 +130,10 @@ std::string search_suffix(const SearchConfig& g, double lr_value, bool tied,
   return buf;
 }
 
+std::string seed_suffix(const SearchConfig& g, int64_t seed) {
+  return g.seeds.empty() ? "" : "-s" + std::to_string(seed);
+}
+
 double planned_lr(const LrRule& rule, double params, double tokens) {
   const double c = 6.0 * params * tokens;
   return std::min(rule.max, rule.coefficient * std::pow(c, -rule.exponent));
@@ -188,14 +192,22 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override,
   for (const bool tied : tieds)
     for (const double warmup : warmups)
       for (const double lr : lrs) grid.push_back({tied, warmup, lr});
+  // The seeds: the list's, else [base]'s one (no name suffix then).
+  const std::vector<int64_t> seeds =
+      g.seeds.empty() ? std::vector<int64_t>{static_cast<int64_t>(s.base.train.seed)} : g.seeds;
+  // (seed, attention) in the plan's order: both attention types of a seed adjacent.
+  std::vector<std::pair<int64_t, std::string>> slots;
+  for (const int64_t seed : seeds)
+    for (const std::string& kind : s.attention) slots.emplace_back(seed, kind);
   for (size_t i = 0; i < l.layers.size(); ++i) {
     const int64_t L = l.layers[i];
-    for (const std::string& kind : s.attention) {
+    for (const auto& [seed, kind] : slots) {
       for (const Point& pt : grid) {
-        // [base], then what the ladder sets (plan.h), then the grid point.
+        // [base], then what the ladder sets (plan.h), then the grid point and the seed.
         train::RunConfig c = s.base;
         c.name = s.name + "-L" + std::to_string(L) + "-" + kind +
-                 search_suffix(g, pt.lr, pt.tied, pt.warmup);
+                 search_suffix(g, pt.lr, pt.tied, pt.warmup) + seed_suffix(g, seed);
+        c.train.seed = static_cast<uint64_t>(seed);
         c.data = data;
         c.model.layers = L;
         c.model.heads = L;
@@ -258,6 +270,7 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override,
         r.lr_rule = lr_rule;
         r.lr_multiplier = absolute ? 0.0 : pt.lr;
         r.warmup_fraction = pt.warmup;
+        r.seed = seed;
         plan.runs.push_back(std::move(r));
       }
     }
@@ -317,6 +330,13 @@ void print_plan(std::FILE* f, const Plan& p) {
                  n(g.lr.size() + g.lr_multipliers.size(), "learning rate").c_str(),
                  n(g.tied_embeddings.size(), "embedding").c_str(),
                  n(g.warmup_fractions.size(), "warm-up").c_str());
+  }
+  if (!g.seeds.empty()) {
+    std::string list;
+    for (size_t i = 0; i < g.seeds.size(); ++i)
+      list += (i ? ", " : "") + std::to_string(g.seeds[i]);
+    std::fprintf(f, " x %zu seed%s (%s)", g.seeds.size(), g.seeds.size() == 1 ? "" : "s",
+                 list.c_str());
   }
   std::fprintf(f, "; T = %lld, MoBA S = %lld, K = %lld, vocabulary %lld, head dim %lld\n",
                static_cast<long long>(m0.seq_len), static_cast<long long>(m0.attention.block_size),
@@ -400,6 +420,7 @@ nlohmann::json plan_json(const Plan& p) {
                     {"tied_embeddings", m.tied_embeddings},
                     {"warmup_fraction", r.warmup_fraction},
                     {"warmup_steps", r.config.train.warmup_steps},
+                    {"seed", r.seed},
                     {"flops_6nd", r.flops_6nd},
                     {"flops_exec", r.flops_exec},
                     {"attention_density", r.attention_density},
@@ -422,6 +443,7 @@ nlohmann::json plan_json(const Plan& p) {
             {"lr", p.sweep.search.lr},
             {"tied_embeddings", p.sweep.search.tied_embeddings},
             {"warmup_fractions", p.sweep.search.warmup_fractions},
+            {"seeds", p.sweep.search.seeds},
             {"points", p.sweep.search.points()}}},
           {"runs", runs}};
 }

@@ -18,7 +18,8 @@
 //            is lr proportional to N^-0.25).
 // A `[search]` table turns each (size, attention) into a grid of runs around the ladder's
 // (docs/sweep.md, "Learning-rate search"): learning rates (multiples of the rule's, or
-// absolute values) x tied or untied embeddings x warm-up fractions, every combination.
+// absolute values) x tied or untied embeddings x warm-up fractions, every combination; its
+// `seeds` list trains each of those once per training seed (docs/sweep.md, "Seeds").
 // The plan gives every run's parameters, tokens, FLOPs in both conventions (6ND, and
 // executed: matmuls plus attention over dense causal pairs or MoBA's selected pairs,
 // counted as the trainer counts them), an estimated time, a memory estimate and how many
@@ -73,9 +74,15 @@ struct SearchConfig {
   std::vector<double> lr;                // absolute learning rates (instead of multipliers)
   std::vector<bool> tied_embeddings;     // empty: base.model.tied_embeddings
   std::vector<double> warmup_fractions;  // empty: ladder.warmup_fraction
-  bool given = false;                    // the preset has a [search] table (or --set one)
+  // Training seeds (train.seed: initialisation and batch order; seeds.h): each grid point
+  // trains once per seed, named "-s<seed>" after the grid's part; empty: base.train.seed,
+  // no suffix. Not part of points(): seeds replicate runs, the grid varies them.
+  std::vector<int64_t> seeds;
+  bool given = false;  // the preset sets a key of the learning-rate grid (not only seeds)
   // Grid points per (size, attention): 1 without [search].
   size_t points() const;
+  // Runs per grid point: the number of seeds, at least 1.
+  size_t replicas() const { return seeds.empty() ? 1 : seeds.size(); }
 };
 
 struct SweepConfig {
@@ -129,14 +136,16 @@ struct PlannedRun {
   double lr_rule = 0;
   double lr_multiplier = 1;
   double warmup_fraction = 0;
+  int64_t seed = 0;  // train.seed (search.seeds' value, else base.train.seed)
 };
 
 struct Plan {
   SweepConfig sweep;
   std::string data_note;          // where the data figures come from
   int64_t data_train_tokens = 0;  // 0: unknown or synthetic
-  // By size, then attention in the preset's order, then the [search] grid: tied before
-  // untied, warm-up fractions and learning rates as listed.
+  // By size, then seed (as listed), then attention in the preset's order, then the
+  // [search] grid: tied before untied, warm-up fractions and learning rates as listed. Both
+  // attention types of a seed are adjacent, so a sweep stopped early leaves whole pairs.
   std::vector<PlannedRun> runs;
   double max_data_reads() const;
   double total_seconds() const;  // < 0 when unknown
@@ -159,6 +168,9 @@ double planned_lr(const LrRule& rule, double params, double tokens);
 // "-lr0.5x-untied-wu0.1" (multipliers) or "-lr0.003-tied-wu0.02" (absolute values).
 std::string search_suffix(const SearchConfig& search, double lr_value, bool tied,
                           double warmup_fraction);
+
+// The part of a run's name that its seed adds: "" without search.seeds, else "-s<seed>".
+std::string seed_suffix(const SearchConfig& search, int64_t seed);
 
 // Memory of training one micro-batch on a GPU in bf16: train::estimate_memory (the
 // trainer's own planner, which refuses a run that cannot fit), total.

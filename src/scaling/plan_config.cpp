@@ -96,6 +96,14 @@ void validate(const SweepConfig& s, const std::set<std::string>& given) {
     MOBA_CHECK(g.tied_embeddings[i] != g.tied_embeddings[0], o,
                ": search.tied_embeddings lists ", g.tied_embeddings[0] ? "true" : "false",
                " twice");
+  // Seeds: distinct (a repeat would be the same run under one name), and the run's seed
+  // comes from the list alone.
+  for (size_t i = 0; i < g.seeds.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      MOBA_CHECK(g.seeds[i] != g.seeds[j], o, ": search.seeds lists ", g.seeds[i],
+                 " twice; each seed is one run per size and attention");
+  MOBA_CHECK(g.seeds.empty() || !given.count("base.train.seed"), o,
+             ": base.train.seed is set per run by search.seeds; remove one");
   // [base]'s own relations, as far as they do not depend on the ladder.
   try {
     train::check_data_packing(s.base.data, s.base.data_packing);
@@ -113,7 +121,7 @@ const schema::Schema<SweepConfig>& sweep_schema() {
     std::vector<Field<S>> f = {
         MOBA_FIELD(S, "name", name, nonempty(),
                    "the sweep's name: run folders are NAME-L<size>-<attention>, and with a "
-                   "[search] grid -lr<m>x-<tied|untied>-wu<fraction>"),
+                   "[search] grid -lr<m>x-<tied|untied>-wu<fraction>, with seeds -s<seed>"),
         MOBA_FIELD(S, "runs_dir", runs_dir, any(),
                    "where the run folders go; \"\" = runs/NAME (`-o` overrides it)"),
         MOBA_FIELD(S, "attention", attention, nonempty(),
@@ -151,6 +159,9 @@ const schema::Schema<SweepConfig>& sweep_schema() {
                    "the search's embeddings, e.g. [true, false]; [] = base.model.tied_embeddings"),
         MOBA_FIELD(S, "search.warmup_fractions", search.warmup_fractions, within(0, 1, "[)"),
                    "the search's warm-up fractions; [] = ladder.warmup_fraction"),
+        MOBA_FIELD(S, "search.seeds", search.seeds, at_least(0),
+                   "training seeds, distinct: every run once per seed (train.seed), named "
+                   "-s<seed>; both attention types of a seed pair up; [] = base.train.seed"),
         MOBA_FIELD(S, "estimate.flops_per_s", estimate.flops_per_s, at_least(0),
                    "executed FLOP/s once the per-token overhead is paid; 0 with "
                    "seconds_per_token = 0: no time estimate"),
@@ -177,8 +188,9 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& origi
   for (const std::string& set : sets) schema::apply_set(sweep_schema(), s, set, &given);
   if (s.runs_dir.empty()) s.runs_dir = "runs/" + s.name;
   s.base_sets_log_every = given.count("base.log.every") > 0;
-  s.search.given = std::any_of(given.begin(), given.end(),
-                               [](const std::string& k) { return k.starts_with("search."); });
+  s.search.given = std::any_of(given.begin(), given.end(), [](const std::string& k) {
+    return k.starts_with("search.") && k != "search.seeds";  // seeds alone need no lr list
+  });
   validate(s, given);
   return s;
 }

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "scaling/paired.h"
 #include "scaling/plot.h"
+#include "scaling/seeds.h"
 
 namespace moba::scaling {
 namespace {
@@ -91,6 +92,9 @@ std::vector<SizePair> pair_by_size(const std::vector<Run>& runs) {
   for (auto& [key, lists] : by)
     for (const Run* f : lists.first)
       for (const Run* m : lists.second) {
+        // Seed replicas pair within their seed (seeds.h): both types of a seed share its
+        // batches and windows. Runs whose seed is unknown pair with every run of the size.
+        if (f->info.seed >= 0 && m->info.seed >= 0 && f->info.seed != m->info.seed) continue;
         SizePair p{f, m};
         // The largest token count both evaluated with a finite LM loss.
         for (auto it = f->val.rbegin(); it != f->val.rend() && !p.full_point; ++it) {
@@ -244,6 +248,16 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
 
   // MoBA / full per size.
   const std::vector<SizePair> pairs = pair_by_size(s.runs);
+  std::vector<std::string> seed_notes;
+  const std::vector<SizeSeeds> seeds = seed_noise(pairs, &seed_notes);
+  // A pair's size, and its seed where the size has seed replicas.
+  std::vector<const SizeSeeds*> group_of(pairs.size(), nullptr);
+  for (const SizeSeeds& g : seeds)
+    for (size_t i : g.pairs) group_of[i] = &g;
+  const auto pair_label = [&](size_t i) {
+    return size_label(*pairs[i].full) +
+           (group_of[i] ? ", seed " + std::to_string(pairs[i].full->info.seed) : "");
+  };
   md << "\n## MoBA / full attention, per model size\n\n";
   if (pairs.empty()) {
     md << "No size has both a full-attention and a MoBA run.\n";
@@ -253,9 +267,10 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
           "| size | tokens | LM loss full | LM loss MoBA | LM bits/byte full / MoBA | MoBA / full | "
           "trailing full | trailing MoBA | MoBA / full (trailing) |\n"
           "|---|---|---|---|---|---|---|---|---|\n";
-    for (const SizePair& p : pairs) {
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      const SizePair& p = pairs[i];
       if (!p.full_point || !p.moba_point) continue;
-      md << "| " << size_label(*p.full) << " | " << si(p.full_point->tokens)
+      md << "| " << pair_label(i) << " | " << si(p.full_point->tokens)
          << (p.same_tokens ? "" : " / " + si(p.moba_point->tokens) + " (unequal)") << " | "
          << num(p.full_point->loss) << " | " << num(p.moba_point->loss) << " | "
          << num(bits_per_byte(p.full_point->loss, p.full->info.bytes_per_token)) << " / "
@@ -268,27 +283,37 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
 
   // Paired over validation windows.
   md << "\n## MoBA - full attention, paired over validation windows\n\n";
-  std::vector<PairedStats> paired;
+  std::vector<std::optional<PairedStats>> stats(pairs.size());
   std::string paired_rows, not_paired;
-  for (const SizePair& p : pairs) {
+  size_t nb = 0;
+  for (size_t i = 0; i < pairs.size(); ++i) {
     std::string why;
-    const std::optional<PairedStats> st = paired_stats(p, 2000, 1, &why);
-    if (!st) {
-      not_paired += "- " + size_label(*p.full) + ": " + why + "\n";
+    stats[i] = paired_stats(pairs[i], 2000, 1, &why);
+    if (!stats[i]) {
+      not_paired += "- " + pair_label(i) + ": " + why + "\n";
       continue;
     }
-    paired.push_back(*st);
+    const PairedStats& st = *stats[i];
+    nb = std::max(nb, st.bucket_diff.size());
     const auto est = [](const Estimate& e, int d) {
       return num(e.value, d) + " [" + num(e.lo, d) + ", " + num(e.hi, d) + "]";
     };
-    paired_rows += "| " + size_label(*p.full) + " | " + std::to_string(st->windows) + " | " +
-                   est(st->diff, 4) + " | " + est(st->ratio, 4) + " |";
-    for (const Estimate& b : st->bucket_diff) paired_rows += " " + est(b, 3) + " |";
+    paired_rows += "| " + pair_label(i) + " | " + std::to_string(st.windows) + " | " +
+                   est(st.diff, 4) + " | " + est(st.ratio, 4) + " |";
+    for (const Estimate& b : st.bucket_diff) paired_rows += " " + est(b, 3) + " |";
     paired_rows += "\n";
   }
-  if (!paired.empty()) {
-    size_t nb = 0;
-    for (const PairedStats& st : paired) nb = std::max(nb, st.bucket_diff.size());
+  // One interval per size for the verdict: a size with seed replicas once (the wider of its
+  // seeds' t interval and its lowest seed's window bootstrap), in the order of the sizes.
+  std::vector<VerdictInterval> verdict;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const SizeSeeds* g = group_of[i];
+    if (!g && stats[i])
+      verdict.push_back(verdict_interval(size_label(*pairs[i].full), stats[i], nullptr));
+    if (g && i == *std::min_element(g->pairs.begin(), g->pairs.end()))
+      verdict.push_back(verdict_interval(size_label(*pairs[i].full), stats[g->pairs.front()], g));
+  }
+  if (!paired_rows.empty()) {
     const int64_t bs = pairs.front().full_point ? pairs.front().full_point->bucket_size : 0;
     md << "At the largest token count both runs evaluated; 95% percentile bootstrap intervals "
           "(2000 resamples of the validation windows, the same resample for both runs).\n\n"
@@ -298,10 +323,69 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
          << si(static_cast<double>((b + 1) * bs)) << " |";
     md << "\n|---|---|---|---|";
     for (size_t b = 0; b < nb; ++b) md << "---|";
-    md << "\n";
-    md << paired_rows << "\n**Verdict.** " << paired_verdict(paired) << "\n";
+    md << "\n" << paired_rows;
   }
-  if (!not_paired.empty()) md << (paired.empty() ? "" : "\n") << "Not paired:\n\n" << not_paired;
+  if (!verdict.empty()) md << "\n**Verdict.** " << paired_verdict(verdict) << "\n";
+  if (!not_paired.empty())
+    md << (paired_rows.empty() && verdict.empty() ? "" : "\n") << "Not paired:\n\n" << not_paired;
+
+  // Seed noise.
+  md << "\n## Seed noise\n\n";
+  if (seeds.empty()) {
+    md << "No size has both attention types trained at two or more seeds (`[search] seeds`, "
+          "docs/sweep.md): the intervals above hold the noise of the validation windows "
+          "only.\n";
+  } else {
+    const auto list = [](const std::vector<double>& x, int d) {
+      std::string out;
+      for (size_t i = 0; i < x.size(); ++i) out += (i ? ", " : "") + num(x[i], d);
+      return out;
+    };
+    const auto seed_list = [](const std::vector<int64_t>& x) {
+      std::string out;
+      for (size_t i = 0; i < x.size(); ++i) out += (i ? ", " : "") + std::to_string(x[i]);
+      return out;
+    };
+    md << "Each size below was trained with both attention types at every seed listed "
+          "(train.seed: the initialisation and the order of training batches; the two types of "
+          "one seed see the same batches and validation windows). Final LM losses in nats per "
+          "token, at each run's last validation point; sd is the sample standard deviation "
+          "over the seeds (n - 1).\n\n"
+          "| size | attention | seeds | final LM loss per seed | mean | sd |\n"
+          "|---|---|---|---|---|---|\n";
+    for (const SizeSeeds& g : seeds)
+      for (const SeedLosses* l : {&g.full, &g.moba})
+        md << "| " << size_label(*pairs[g.pairs.front()].full) << " | "
+           << attention_label(l->attention) << " | " << seed_list(l->seeds) << " | "
+           << list(l->losses, 4) << " | " << num(l->stats.mean, 4) << " | "
+           << num(l->stats.sd, 4) << " |\n";
+    md << "\nMoBA - full per seed (nats/token, at the token count the pair is compared at "
+          "above), its mean over the seeds and the 95% t interval of that mean (Student t, "
+          "n - 1 degrees of freedom), beside the 95% window-bootstrap interval of the lowest "
+          "seed's pair. The verdict uses, per size, the wider of the two.\n\n"
+          "| size | seeds | MoBA - full per seed | mean | 95% t interval over seeds | "
+          "window bootstrap (lowest seed) | verdict uses |\n"
+          "|---|---|---|---|---|---|---|\n";
+    for (const SizeSeeds& g : seeds) {
+      const size_t lowest = g.pairs.front();
+      const VerdictInterval v =
+          verdict_interval(size_label(*pairs[lowest].full), stats[lowest], &g);
+      const std::optional<PairedStats>& w = stats[lowest];
+      md << "| " << v.size << " | " << seed_list(g.seeds) << " | " << list(g.diff, 4) << " | "
+         << num(g.diff_ci.mean, 4) << " | [" << num(g.diff_ci.lo, 4) << ", "
+         << num(g.diff_ci.hi, 4) << "] | "
+         << (w ? num(w->diff.value, 4) + " [" + num(w->diff.lo, 4) + ", " + num(w->diff.hi, 4) +
+                     "] (seed " + std::to_string(g.seeds.front()) + ")"
+               : "not paired")
+         << " | "
+         << (!w ? "t over seeds (windows not paired)"
+             : v.from_seeds ? "t over seeds (wider)"
+                            : "window bootstrap (wider)")
+         << " |\n";
+    }
+  }
+  if (!seed_notes.empty()) md << "\n";
+  for (const std::string& n : seed_notes) md << "- " << n << "\n";
 
   // Trailing loss.
   md << "\n## Trailing loss\n\n";

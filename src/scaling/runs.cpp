@@ -122,6 +122,15 @@ RunInfo parse_run_json(const fs::path& file) {
       r.lr = get_number(*t, "lr", cat, false, kNaN);
       r.steps = get_int(*t, "steps", cat, false);
       if (find(*t, "warmup_steps")) r.warmup_steps = get_int(*t, "warmup_steps", cat, false);
+      if (const json* seed = find(*t, "seed")) {
+        // An integer as the trainer writes it (uint64); the study's seeds fit int64.
+        MOBA_CHECK(seed->is_number_unsigned() ||
+                       (seed->is_number_integer() && seed->get<int64_t>() >= 0),
+                   cat, ": field 'train.seed' must be an integer >= 0, got ", seed->dump());
+        MOBA_CHECK(seed->get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX), cat,
+                   ": field 'train.seed' is above 2^63 - 1: ", seed->dump());
+        r.seed = static_cast<int64_t>(seed->get<uint64_t>());
+      }
     }
     if (const json* m = find(*c, "model"); m && m->is_object())
       if (const json* tied = find(*m, "tied_embeddings")) {
@@ -311,6 +320,7 @@ void write_run_json(const fs::path& dir, const RunInfo& r) {
     j["config"]["train"] = {{"lr", r.lr}, {"steps", r.steps}};
     if (r.warmup_steps >= 0) j["config"]["train"]["warmup_steps"] = r.warmup_steps;
   }
+  if (r.seed >= 0) j["config"]["train"]["seed"] = r.seed;
   if (r.tied_embeddings >= 0) j["config"]["model"]["tied_embeddings"] = r.tied_embeddings == 1;
   std::ofstream f(dir / "run.json");
   MOBA_CHECK(f.good(), "cannot write '", (dir / "run.json").string(), "'");

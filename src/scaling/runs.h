@@ -31,6 +31,8 @@ struct RunInfo {
   int64_t steps = 0;              // train.steps
   int64_t warmup_steps = -1;      // train.warmup_steps
   int tied_embeddings = -1;       // model.tied_embeddings: 1, 0, or -1 when unknown
+  // train.seed (initialisation and the order of training batches; seeds.h), -1 when unknown.
+  int64_t seed = -1;
 };
 
 // One "val" line of metrics.jsonl. Absent or null losses are NaN.

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "scaling/seeds.h"
 
 namespace moba::scaling {
 
@@ -43,6 +44,19 @@ Study run_study(std::vector<Run> runs, const StudyOptions& o) {
     MOBA_CHECK(std::find(present.begin(), present.end(), m) != present.end(), "metric '", m.id(),
                "' is not in any run's validation points; they carry: ", available);
 
+  // One run per (size, attention) in the fits: of seed replicas, the lowest seed (seeds.h).
+  s.in_fits = fit_runs(s.runs);
+  {
+    std::string replicas;
+    size_t n = 0;
+    for (size_t i = 0; i < s.runs.size(); ++i)
+      if (!s.in_fits[i]) replicas += (n++ ? ", " : "") + s.runs[i].info.name;
+    if (n > 0)
+      s.notes.push_back(std::to_string(n) + " seed replica" + (n == 1 ? "" : "s") +
+                        " left out of the fits (one run per size and attention type, the "
+                        "lowest seed): " + replicas);
+  }
+
   for (const char* a : {"moba", "full", "hybrid"})
     if (std::any_of(s.runs.begin(), s.runs.end(), [&](const Run& r) { return r.info.attention == a; }))
       s.attentions.push_back(a);
@@ -60,7 +74,7 @@ Study run_study(std::vector<Run> runs, const StudyOptions& o) {
         f.attention = a;
         f.compute = c;
         for (size_t i = 0; i < s.runs.size(); ++i) {
-          if (s.runs[i].info.attention != a) continue;
+          if (s.runs[i].info.attention != a || !s.in_fits[i]) continue;
           Curve cv = make_curve(s.runs[i], static_cast<int>(i), m, c);
           if (!cv.empty()) f.curves.push_back(std::move(cv));
         }
@@ -129,7 +143,8 @@ nlohmann::json interval_json(const Interval& i) { return {i.lo, i.hi}; }
 nlohmann::json to_json(const Study& s) {
   using nlohmann::json;
   json runs = json::array();
-  for (const Run& r : s.runs) {
+  for (size_t i = 0; i < s.runs.size(); ++i) {
+    const Run& r = s.runs[i];
     const ValPoint* last = r.last_val();
     runs.push_back({{"name", r.info.name},
                     {"dir", r.dir.string()},
@@ -139,6 +154,8 @@ nlohmann::json to_json(const Study& s) {
                     {"params_non_embedding", r.info.params_non_embedding},
                     {"tokens_planned", r.info.tokens_planned},
                     {"val_points", r.val.size()},
+                    {"seed", r.info.seed >= 0 ? json(r.info.seed) : json()},
+                    {"in_fits", i >= s.in_fits.size() || s.in_fits[i]},
                     {"final_loss", last && std::isfinite(last->loss) ? json(last->loss) : json()}});
   }
   json fits = json::array();

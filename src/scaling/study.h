@@ -44,6 +44,8 @@ struct Study {
   std::vector<std::string> attentions;  // present, in the order moba, full, hybrid
   std::vector<FitResult> fits;
   std::vector<std::string> notes;       // flagged runs, warnings, skipped fits
+  // Per run: used by the fits (seeds.h, fit_runs(): of seed replicas, the lowest seed only).
+  std::vector<bool> in_fits;
 
   const FitResult* find(const Metric& m, const std::string& attention, Compute c) const;
   std::string label(const Metric& m) const { return m.label(bucket_size); }

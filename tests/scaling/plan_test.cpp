@@ -563,3 +563,140 @@ TEST(Search, LrSearchPreset) {
 
 }  // namespace
 }  // namespace moba::scaling
+
+// Seed replicas ([search] seeds, docs/sweep.md "Seeds"): every run once per seed, named
+// -s<seed>, the seed in train.seed and nothing else changed; both attention types of a seed
+// next to each other.
+namespace moba::scaling {
+namespace {
+
+using testing::expect_error;
+
+std::string with_seeds(const std::string& lines) { return std::string(kTiny) + "[search]\n" + lines; }
+
+std::string plan_text_of(const Plan& p) {
+  std::FILE* f = std::tmpfile();
+  print_plan(f, p);
+  std::string text(static_cast<size_t>(std::ftell(f)), '\0');
+  std::rewind(f);
+  EXPECT_EQ(std::fread(text.data(), 1, text.size(), f), text.size());
+  std::fclose(f);
+  return text;
+}
+
+TEST(Seeds, EachSeedIsARunNamedWithItsSeed) {
+  const Plan base = make_plan(parse_sweep_config(kTiny, "p.toml"));
+  const Plan p = make_plan(parse_sweep_config(with_seeds("seeds = [3, 1, 7]"), "p.toml"));
+  EXPECT_EQ(p.sweep.search.points(), 1u);  // seeds replicate, they are not grid points
+  EXPECT_EQ(p.sweep.search.replicas(), 3u);
+  ASSERT_EQ(p.runs.size(), 2u * 3u * 2u);  // sizes x seeds x attention
+  // Size, then seed as listed, then attention.
+  const char* names[] = {"t-L2-full-s3", "t-L2-moba-s3", "t-L2-full-s1", "t-L2-moba-s1",
+                         "t-L2-full-s7", "t-L2-moba-s7", "t-L3-full-s3", "t-L3-moba-s3",
+                         "t-L3-full-s1", "t-L3-moba-s1", "t-L3-full-s7", "t-L3-moba-s7"};
+  const int64_t seeds[] = {3, 3, 1, 1, 7, 7, 3, 3, 1, 1, 7, 7};
+  for (size_t i = 0; i < p.runs.size(); ++i) {
+    const PlannedRun& r = p.runs[i];
+    SCOPED_TRACE(r.config.name);
+    EXPECT_EQ(r.config.name, names[i]);
+    EXPECT_EQ(r.seed, seeds[i]);
+    EXPECT_EQ(r.config.train.seed, static_cast<uint64_t>(seeds[i]));
+    // The ladder's run of the same size and attention, but for its name and seed.
+    const PlannedRun& ladder = base.runs[static_cast<size_t>(r.size) * 2 + (r.attention == "moba")];
+    EXPECT_EQ(ladder.config.train.seed, 1u);
+    train::RunConfig same = r.config;
+    same.name = ladder.config.name;
+    same.train.seed = ladder.config.train.seed;
+    EXPECT_TRUE(train::run_config_diff(same, ladder.config).empty());
+    EXPECT_EQ(train::run_config_diff(r.config, ladder.config).size(), seeds[i] == 1 ? 1u : 2u);
+  }
+  const std::string text = plan_text_of(p);
+  EXPECT_NE(text.find("12 runs = 2 sizes x {full, moba} x 3 seeds (3, 1, 7); T = 100"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("| 12 | t-L3-moba-s7 |"), std::string::npos) << text;
+  const nlohmann::json j = plan_json(p);
+  EXPECT_EQ(j["search"]["seeds"], (std::vector<int64_t>{3, 1, 7}));
+  EXPECT_EQ(j["runs"][4]["seed"], 7);
+  // One seed still names its runs (a run keeps its name when the list grows).
+  const Plan one = make_plan(parse_sweep_config(with_seeds("seeds = [0]"), "p.toml"));
+  ASSERT_EQ(one.runs.size(), 4u);
+  EXPECT_EQ(one.runs[0].config.name, "t-L2-full-s0");
+  EXPECT_EQ(one.runs[0].config.train.seed, 0u);
+  EXPECT_NE(plan_text_of(one).find("x 1 seed (0);"), std::string::npos);
+  // Without seeds: the ladder's names and base.train.seed.
+  const Plan none = make_plan(parse_sweep_config(kTiny, "p.toml", {"base.train.seed=5"}));
+  EXPECT_EQ(none.runs[0].config.name, "t-L2-full");
+  EXPECT_EQ(none.runs[0].seed, 5);
+  EXPECT_EQ(plan_text_of(none).find("seed"), std::string::npos);
+}
+
+TEST(Seeds, SeedsWithALearningRateGrid) {
+  const Plan p = make_plan(parse_sweep_config(
+      with_seeds("lr_multipliers = [0.5, 2]\nseeds = [1, 2]"), "p.toml"));
+  ASSERT_EQ(p.runs.size(), 2u * 2u * 2u * 2u);  // sizes x seeds x attention x lr
+  EXPECT_EQ(p.runs[0].config.name, "t-L2-full-lr0.5x-tied-wu0.1-s1");
+  EXPECT_EQ(p.runs[1].config.name, "t-L2-full-lr2x-tied-wu0.1-s1");
+  EXPECT_EQ(p.runs[2].config.name, "t-L2-moba-lr0.5x-tied-wu0.1-s1");
+  EXPECT_EQ(p.runs[4].config.name, "t-L2-full-lr0.5x-tied-wu0.1-s2");
+  EXPECT_EQ(p.runs[4].config.train.seed, 2u);
+  EXPECT_NE(plan_text_of(p).find("x 2 search points (2 learning rates x 1 embedding x 1 warm-up) "
+                                 "x 2 seeds (1, 2)"),
+            std::string::npos)
+      << plan_text_of(p);
+}
+
+TEST(Seeds, BadSeedListsAreRefused) {
+  expect_error([] { parse_sweep_config(with_seeds("seeds = [1, 2, 1]"), "p.toml"); },
+               "p.toml: search.seeds lists 1 twice");
+  expect_error([] { parse_sweep_config(with_seeds("seeds = [2, -1]"), "p.toml"); },
+               "search.seeds must be a list of values >= 0");
+  expect_error([] { parse_sweep_config(with_seeds("seeds = [1.5]"), "p.toml"); },
+               "search.seeds must be an array of integers");
+  expect_error([] { parse_sweep_config(with_seeds("seeds = 3"), "p.toml"); }, "search.seeds");
+  expect_error([] { parse_sweep_config(with_seeds("seed = [1, 2]"), "p.toml"); },
+               "did you mean 'search.seeds'");
+  expect_error([] { parse_sweep_config(with_seeds("seeds = [1, 2]"), "p.toml", {"base.train.seed=4"}); },
+               "base.train.seed is set per run by search.seeds; remove one");
+  expect_error([] { parse_sweep_config(kTiny, "p.toml", {"search.seeds=[5, 5]"}); },
+               "search.seeds lists 5 twice");
+  // Seeds alone need no learning-rate list; the grid's other keys still do.
+  EXPECT_NO_THROW(parse_sweep_config(with_seeds("seeds = [1, 2]"), "p.toml"));
+  expect_error([] { parse_sweep_config(with_seeds("seeds = [1, 2]\ntied_embeddings = [true, false]"),
+                                       "p.toml"); },
+               "got neither");
+}
+
+// sweeps/h200-seeds.toml: h200's two smallest sizes and recipe, three seeds, 12 runs.
+TEST(Seeds, H200SeedsPreset) {
+  const std::filesystem::path sweeps = std::filesystem::path(MOBA_SOURCE_DIR) / "sweeps";
+  const Plan p = make_plan(load_sweep_config((sweeps / "h200-seeds.toml").string()));
+  const Plan h = make_plan(load_sweep_config((sweeps / "h200.toml").string()));
+  ASSERT_EQ(p.runs.size(), 12u);
+  EXPECT_EQ(p.sweep.search.seeds, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_NO_THROW(check_data_reuse(p, false));
+  EXPECT_NO_THROW(check_supported(p, "cuda"));
+  std::set<std::string> names;
+  for (const PlannedRun& r : p.runs) {
+    SCOPED_TRACE(r.config.name);
+    names.insert(r.config.name);
+    // h200's run of the same size and attention, but for the name and seed.
+    const PlannedRun& ladder = h.runs[static_cast<size_t>(r.size) * 2 + (r.attention == "moba")];
+    EXPECT_EQ(ladder.config.model.layers, r.config.model.layers);
+    train::RunConfig same = r.config;
+    same.name = ladder.config.name;
+    same.train.seed = ladder.config.train.seed;
+    same.data = ladder.config.data;
+    EXPECT_EQ(train::run_config_diff(same, ladder.config), std::vector<std::string>{});
+    EXPECT_EQ(r.config.name, "h200-seeds-L" + std::to_string(r.config.model.layers) + "-" +
+                                 r.attention + "-s" + std::to_string(r.seed));
+  }
+  EXPECT_EQ(names.size(), 12u);
+  EXPECT_EQ(p.runs.front().config.model.layers, 3);
+  EXPECT_EQ(p.runs.back().config.model.layers, 4);
+  // The preset's comment gives the planned total: 2m14s at the h200 estimate.
+  EXPECT_NEAR(p.total_seconds(), 134.0, 1.0);
+}
+
+}  // namespace
+}  // namespace moba::scaling
