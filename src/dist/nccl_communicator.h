@@ -22,6 +22,7 @@
 
 struct ncclComm;     // nccl.h's ncclComm_t is ncclComm*
 struct CUstream_st;  // cudaStream_t
+struct CUevent_st;   // cudaEvent_t
 
 namespace moba::dist {
 
