@@ -97,7 +97,6 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
       params_(model_.layout().total),
       grads_(model_.layout().total),
       adam_(model_.layout(), cfg_.train) {
-  const fs::path run(opt_.run_dir);
   MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
   if (opt_.comm) {
     rank_ = opt_.comm->rank();
