@@ -1,14 +1,21 @@
 // moba train: trains a model from a TOML configuration into a run folder
 // (docs/trainer.md; the folder's format is docs/run_format.md).
-#include <filesystem>
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "core/error.h"
 #include "train/config.h"
 #include "train/trainer.h"
+#ifdef MOBA_WITH_NCCL
+#include <cuda_runtime.h>
+
+#include "dist/nccl_communicator.h"
+#endif
 
 namespace moba::cli {
 namespace {
@@ -23,7 +30,51 @@ struct TrainOptions {
   bool verbose = false;
   std::vector<std::string> sets;  // --set key=value, in order
   bool schema = false;
+  int gpus = 0;                  // --gpus N: N ranks (processes), one per GPU; 0: one process
+  int64_t dist_check_every = 100;
+  double dist_timeout_s = 600;   // a collective waiting longer fails the job
+  bool device_given = false;
 };
+
+// A rank of `moba train --gpus N` (started by the launcher, launcher.h): NCCL's communicator
+// over the ranks, this process on GPU LOCAL_RANK, then the trainer as rank RANK.
+void run_rank(const TrainOptions& o, const train::RunConfig& cfg, const RankEnv& env) {
+#ifdef MOBA_WITH_NCCL
+  MOBA_CHECK(o.device == "cuda", "rank ", env.rank, ": data-parallel training runs on GPUs "
+             "(--device cuda; `moba train --gpus N` sets it)");
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.dist_timeout_s * 1000));
+  int devices = 0;
+  MOBA_CHECK(cudaGetDeviceCount(&devices) == cudaSuccess && env.local_rank < devices, "rank ",
+             env.rank, ": LOCAL_RANK=", env.local_rank, " but this machine shows ", devices,
+             " CUDA device(s)");
+  MOBA_CHECK(cudaSetDevice(env.local_rank) == cudaSuccess, "rank ", env.rank,
+             ": cannot use CUDA device ", env.local_rank);
+  dist::NcclId id;
+  if (env.rank == 0) {
+    id = dist::nccl_unique_id();
+    publish_id(env.id_file, id.bytes);
+  } else {
+    const std::vector<char> bytes = wait_for_id(env.id_file, id.bytes.size(), timeout);
+    std::copy(bytes.begin(), bytes.end(), id.bytes.begin());
+  }
+  try {
+    dist::NcclCommunicator comm(id, env.rank, env.world, env.local_rank, timeout);
+    train::TrainerOptions t{o.out, o.data, o.resume, stderr, o.device, o.verbose, stdout};
+    t.comm = &comm;
+    t.dist_check_every = o.dist_check_every;
+    train::Trainer trainer(cfg, t);
+    trainer.run();
+  } catch (const dist::CollectiveTimeout& e) {  // exit code 4: waiting, not the culprit
+    throw dist::CollectiveTimeout("rank " + std::to_string(env.rank) + ": " + e.what());
+  } catch (const Error& e) {
+    throw Error("rank " + std::to_string(env.rank) + ": " + e.what());
+  }
+#else
+  (void)o, (void)cfg;
+  MOBA_CHECK(false, "rank ", env.rank, ": this build of moba has no NCCL (data-parallel "
+             "training needs a CUDA build that found NCCL; docs/distributed.md)");
+#endif
+}
 
 void run_train(const TrainOptions& o) {
   if (o.schema) {  // docs/trainer.md's table of keys
@@ -38,6 +89,39 @@ void run_train(const TrainOptions& o) {
   train::RunConfig cfg = o.config.empty() ? train::load_run_config(o.out, o.sets)
                                           : train::load_config(o.config, o.sets);
   if (!o.eval_data.empty()) cfg.eval.data = o.eval_data;
+  MOBA_CHECK(o.dist_check_every >= 0, "--dist-check-every must be >= 0, got ",
+             o.dist_check_every);
+  MOBA_CHECK(o.dist_timeout_s > 0, "--dist-timeout must be > 0 seconds, got ", o.dist_timeout_s);
+  if (const std::optional<RankEnv> env = rank_env()) {
+    MOBA_CHECK(o.gpus == 0, "--gpus inside a rank of `moba train --gpus` (",
+               kIdFileEnv, " is set): a rank does not launch ranks");
+    run_rank(o, cfg, *env);
+    return;
+  }
+  if (o.gpus > 0) {
+    MOBA_CHECK(!o.device_given || o.device == "cuda", "--gpus ", o.gpus,
+               " trains on GPUs: --device cpu contradicts it (leave --device out)");
+#ifndef MOBA_WITH_NCCL
+    MOBA_CHECK(false, "--gpus: this build of moba has no NCCL (data-parallel training needs a "
+               "CUDA build that found NCCL; docs/distributed.md)");
+#endif
+    MOBA_CHECK(cfg.train.batch_size % o.gpus == 0, "--gpus ", o.gpus, ": train.batch_size = ",
+               cfg.train.batch_size, " rows cannot be split evenly over ", o.gpus,
+               " GPUs; choose a batch size that is a multiple of the number of GPUs");
+    // The ranks: this command again, without --gpus, on the GPUs.
+    std::vector<std::string> command = without_option(process_args(), "--gpus");
+    MOBA_CHECK(!command.empty(), "internal: the command line was not recorded");
+    command[0] = self_executable();
+    if (!o.device_given) {
+      command.push_back("--device");
+      command.push_back("cuda");
+    }
+    LaunchOptions l;
+    l.ranks = o.gpus;
+    l.command = std::move(command);
+    launch(l);
+    return;
+  }
   // Progress (the summary, step and validation lines) on stderr; the closing line on stdout.
   train::Trainer trainer(cfg, {o.out, o.data, o.resume, stderr, o.device, o.verbose, stdout});
   trainer.run();
@@ -66,7 +150,21 @@ void add_train(CLI::App& app) {
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its checkpoint");
   add_device_option(cmd, o.device,
                     "cpu (float32, OpenBLAS) or cuda (bf16 mixed precision on the GPU; "
-                    "docs/trainer_gpu.md); cpu unless given, as in every command");
+                    "docs/trainer_gpu.md); cpu unless given, as in every command")
+      ->each([](const std::string&) { o.device_given = true; });
+  cmd->add_option("--gpus", o.gpus,
+                  "Data parallel over N GPUs of this machine: one process per GPU, each "
+                  "training on its rows of every batch (train.batch_size a multiple of N); "
+                  "implies --device cuda (docs/distributed.md)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--dist-check-every", o.dist_check_every,
+                  "With --gpus: compare the ranks' parameter checksums every this many steps "
+                  "(also before each checkpoint and at the end; 0: only then)")
+      ->capture_default_str();
+  cmd->add_option("--dist-timeout", o.dist_timeout_s,
+                  "With --gpus: seconds a rank waits for the others in a collective before "
+                  "the job stops (must cover a validation and a checkpoint by rank 0)")
+      ->capture_default_str();
   cmd->add_flag("--verbose,-v", o.verbose,
                 "Print the whole configuration at the start (default: one line naming "
                 "RUN_DIR/config.toml)");

@@ -9,8 +9,10 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "core/build_info.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 
 namespace {
 
@@ -68,6 +70,7 @@ bool took_options(const CLI::App* a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moba::cli::remember_args(argc, argv);  // `moba train --gpus N` starts its ranks with them
   CLI::App app{"moba: MoBA (Mixture of Block Attention) kernels, trainer and scaling study"};
   app.name("moba");  // in usage lines, whatever the path it was started by
   app.set_version_flag("--version", moba::version());
@@ -108,6 +111,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     return argument_error(app, e);
+  } catch (const moba::dist::CollectiveTimeout& e) {
+    std::fprintf(stderr, "moba: error: %s\n", e.what());
+    return moba::cli::kExitCollectiveTimeout;
   } catch (const moba::Error& e) {
     std::fprintf(stderr, "moba: error: %s\n", e.what());
     return 2;

@@ -20,8 +20,20 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
+
+#include "core/error.h"
 
 namespace moba::dist {
+
+// What a collective throws when the other ranks did not all come within the timeout (a
+// rank died, hung, or is still busy elsewhere): the rank throwing it is waiting, not the
+// culprit. `moba train` exits with code 4 on it, so that the launcher can tell the ranks
+// left waiting from the one that failed (src/cli/launcher.h).
+class CollectiveTimeout : public Error {
+ public:
+  explicit CollectiveTimeout(const std::string& what) : Error(what) {}
+};
 
 class Communicator {
  public:
@@ -56,6 +68,12 @@ class Communicator {
                             std::span<double> recv, std::span<const size_t> recv_counts) = 0;
   virtual void all_to_all_v(std::span<const int32_t> send, std::span<const size_t> send_counts,
                             std::span<int32_t> recv, std::span<const size_t> recv_counts) = 0;
+
+  // all_reduce_sum and all_gather on small arrays in host memory, whatever memory the
+  // implementation's other calls take (NCCL stages them through device memory): what the
+  // trainer exchanges besides the gradients (the step's loss, the parameter checksums).
+  virtual void all_reduce_sum_host(std::span<double> data) = 0;
+  virtual void all_gather_host(std::span<const int32_t> send, std::span<int32_t> recv) = 0;
 };
 
 }  // namespace moba::dist

@@ -47,6 +47,11 @@ class FakeGroup::Rank final : public Communicator {
                     std::span<int32_t> r, std::span<const size_t> rc) override {
     exchange(Type::i32, s, sc, r, rc);
   }
+  // Host memory is all this group knows.
+  void all_reduce_sum_host(std::span<double> d) override { all_reduce_sum(d); }
+  void all_gather_host(std::span<const int32_t> s, std::span<int32_t> r) override {
+    gather(Type::i32, s, r);
+  }
 
  private:
   template <typename T>

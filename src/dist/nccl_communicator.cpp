@@ -75,14 +75,27 @@ NcclCommunicator::~NcclCommunicator() {
     else ncclCommAbort(comm_);
   }
   if (scratch_) cudaFree(scratch_);
+  if (staging_) cudaFree(staging_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void NcclCommunicator::fail(const std::string& why) {
+void NcclCommunicator::fail(const std::string& why, bool timed_out) {
   broken_ = why;
   if (comm_) ncclCommAbort(comm_);  // unblocks this rank's kernels stuck in the collective
   comm_ = nullptr;
+  if (timed_out) throw CollectiveTimeout(broken_);
   throw Error(broken_);
+}
+
+void* NcclCommunicator::host_staging(size_t bytes) {
+  if (bytes > staging_bytes_) {
+    if (staging_) CUDA_CHECK(cudaFree(staging_));
+    staging_ = nullptr;
+    staging_bytes_ = 0;
+    CUDA_CHECK(cudaMalloc(&staging_, bytes));
+    staging_bytes_ = bytes;
+  }
+  return staging_;
 }
 
 void NcclCommunicator::check(int result, const char* call) {
@@ -104,7 +117,8 @@ void NcclCommunicator::settle(const char* call) {
     if (Clock::now() - t0 > timeout_)
       fail(std::string("NCCL ") + call + " did not complete within " +
            std::to_string(timeout_.count()) + " ms on rank " + std::to_string(rank_) + " of " +
-           std::to_string(size_) + " (a rank missing or hung); the communicator is aborted");
+           std::to_string(size_) + " (a rank missing or hung); the communicator is aborted",
+           true);
     std::this_thread::sleep_for(kPoll);
   }
 }
@@ -123,7 +137,8 @@ void NcclCommunicator::wait(const char* call) {
     if (Clock::now() - t0 > timeout_)
       fail(std::string("NCCL ") + call + " did not complete within " +
            std::to_string(timeout_.count()) + " ms on rank " + std::to_string(rank_) + " of " +
-           std::to_string(size_) + " (a rank missing or hung); the communicator is aborted");
+           std::to_string(size_) + " (a rank missing or hung); the communicator is aborted",
+           true);
     std::this_thread::sleep_for(kPoll);
   }
 }
@@ -231,6 +246,43 @@ void NcclCommunicator::all_to_all_v(std::span<const double> s, std::span<const s
 void NcclCommunicator::all_to_all_v(std::span<const int32_t> s, std::span<const size_t> sc,
                                     std::span<int32_t> r, std::span<const size_t> rc) {
   exchange(s.data(), s.size(), sc, r.data(), r.size(), rc, ncclInt32, sizeof(int32_t));
+}
+
+void NcclCommunicator::all_reduce_sum_host(std::span<double> d) {
+  MOBA_CHECK(broken_.empty(), broken_);
+  if (d.empty()) return barrier();  // every rank still takes part
+  CUDA_CHECK(cudaSetDevice(device_));
+  auto* dev = static_cast<double*>(host_staging(d.size_bytes()));
+  CUDA_CHECK(cudaMemcpy(dev, d.data(), d.size_bytes(), cudaMemcpyHostToDevice));
+  all_reduce_sum(std::span<double>(dev, d.size()));
+  CUDA_CHECK(cudaMemcpy(d.data(), dev, d.size_bytes(), cudaMemcpyDeviceToHost));
+}
+
+void NcclCommunicator::all_gather_host(std::span<const int32_t> s, std::span<int32_t> r) {
+  MOBA_CHECK(broken_.empty(), broken_);
+  MOBA_CHECK(r.size() == s.size() * static_cast<size_t>(size_), "NCCL all_gather on rank ",
+             rank_, ": a receive buffer of ", r.size(), " elements for ", size_, " ranks x ",
+             s.size());
+  CUDA_CHECK(cudaSetDevice(device_));
+  auto* dev = static_cast<int32_t*>(host_staging(s.size_bytes() + r.size_bytes()));
+  CUDA_CHECK(cudaMemcpy(dev, s.data(), s.size_bytes(), cudaMemcpyHostToDevice));
+  gather(dev, s.size(), dev + s.size(), r.size(), ncclInt32);
+  CUDA_CHECK(cudaMemcpy(r.data(), dev + s.size(), r.size_bytes(), cudaMemcpyDeviceToHost));
+}
+
+void NcclCommunicator::all_reduce_sum_async(std::span<float> d, CUevent_st* after) {
+  MOBA_CHECK(broken_.empty(), broken_);
+  CUDA_CHECK(cudaSetDevice(device_));
+  if (after) CUDA_CHECK(cudaStreamWaitEvent(stream_, after, 0));
+  check(ncclAllReduce(d.data(), d.data(), d.size(), ncclFloat32, ncclSum, comm_, stream_),
+        "ncclAllReduce");
+  settle("ncclAllReduce");  // enqueued (a non-blocking communicator may still be issuing)
+}
+
+void NcclCommunicator::wait_pending() {
+  MOBA_CHECK(broken_.empty(), broken_);
+  CUDA_CHECK(cudaSetDevice(device_));
+  wait("ncclAllReduce (gradient buckets)");
 }
 
 // NCCL has no barrier: an all-reduce of one float is one (every rank must contribute).

@@ -5,7 +5,8 @@
 // Nothing here waits forever: the communicator is non-blocking, and every call (the
 // creation included) polls NCCL's asynchronous error and its stream; an NCCL error, or a
 // call that does not complete within the timeout (a rank that died or hangs: NCCL cannot
-// say which), aborts the communicator and throws moba::Error naming the call and this rank.
+// say which), aborts the communicator and throws moba::Error naming the call and this rank
+// (CollectiveTimeout, communicator.h, for the timeout).
 // After that the communicator is unusable (every call throws). Each operation is enqueued
 // on the communicator's own stream and waited for before returning: the caller's kernels
 // that wrote the buffer must be complete (or synchronized with that stream) first.
@@ -21,6 +22,7 @@
 
 struct ncclComm;     // nccl.h's ncclComm_t is ncclComm*
 struct CUstream_st;  // cudaStream_t
+struct CUevent_st;   // cudaEvent_t
 
 namespace moba::dist {
 
@@ -58,6 +60,17 @@ class NcclCommunicator final : public Communicator, NonCopyable {  // owns an NC
                     std::span<double> recv, std::span<const size_t> recv_counts) override;
   void all_to_all_v(std::span<const int32_t> send, std::span<const size_t> send_counts,
                     std::span<int32_t> recv, std::span<const size_t> recv_counts) override;
+  // Host arrays, copied through a device buffer of the communicator's.
+  void all_reduce_sum_host(std::span<double> data) override;
+  void all_gather_host(std::span<const int32_t> send, std::span<int32_t> recv) override;
+
+  // Overlap (the data-parallel trainer's gradient buckets): enqueues an in-place sum of
+  // `data` (device memory) on the communicator's stream after `after` (a CUDA event
+  // recorded on the stream that produces data; nullptr: no wait) and returns without
+  // waiting for it. wait_pending() waits for everything enqueued so (with the timeout);
+  // the caller must not touch the buffers before.
+  void all_reduce_sum_async(std::span<float> data, CUevent_st* after);
+  void wait_pending();
 
   CUstream_st* stream() const { return stream_; }  // where the operations run
 
@@ -73,13 +86,17 @@ class NcclCommunicator final : public Communicator, NonCopyable {  // owns an NC
   void check(int result, const char* call);  // throws on an NCCL error (aborting)
   void settle(const char* call);             // waits out ncclInProgress, with the timeout
   void wait(const char* call);               // waits for the stream, with the timeout
-  [[noreturn]] void fail(const std::string& why);
+  // Aborts and throws: CollectiveTimeout when `timed_out`, else moba::Error.
+  [[noreturn]] void fail(const std::string& why, bool timed_out = false);
+  void* host_staging(size_t bytes);  // a device buffer of at least `bytes`, kept
 
   int rank_, size_, device_;
   std::chrono::milliseconds timeout_;
   ncclComm* comm_ = nullptr;
   CUstream_st* stream_ = nullptr;
   float* scratch_ = nullptr;  // one device float: the barrier's all-reduce
+  void* staging_ = nullptr;   // the host calls' device copy
+  size_t staging_bytes_ = 0;
   std::string broken_;        // why the communicator was aborted; empty while healthy
 };
 

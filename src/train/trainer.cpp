@@ -11,6 +11,7 @@
 #include "core/safe_io.h"
 #include "core/timing.h"
 #include "data/dataset.h"
+#include "train/data_parallel.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
 #else
@@ -18,6 +19,15 @@
 namespace moba::model::cuda {
 class ModelCuda {};
 }  // namespace moba::model::cuda
+#endif
+#ifdef MOBA_WITH_NCCL
+#include "dist/nccl_communicator.h"
+#include "train/data_parallel_cuda.h"
+#else
+// Likewise for the GPU's gradient reducer in a build without NCCL.
+namespace moba::train {
+class DeviceGradReducer {};
+}  // namespace moba::train
 #endif
 #include "train/memory.h"
 #include "train/metrics.h"
@@ -87,18 +97,36 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
       params_(model_.layout().total),
       grads_(model_.layout().total),
       adam_(model_.layout(), cfg_.train) {
-  const fs::path run(opt_.run_dir);
   MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
+  if (opt_.comm) {
+    rank_ = opt_.comm->rank();
+    world_ = opt_.comm->size();
+    MOBA_CHECK(cfg_.train.batch_size % world_ == 0, "data parallel: train.batch_size = ",
+               cfg_.train.batch_size, " rows cannot be split evenly over ", world_,
+               " ranks; choose a batch size that is a multiple of the number of GPUs");
+    MOBA_CHECK(opt_.dist_check_every >= 0, "dist_check_every must be >= 0, got ",
+               opt_.dist_check_every);
+    if (!writer()) opt_.progress = opt_.result = nullptr;  // rank 0 speaks for the job
+  }
   if (opt_.device == "cuda") {
 #ifdef MOBA_WITH_CUDA
     gpu_ = std::make_unique<model::cuda::ModelCuda>(cfg_.model);
-    peak_flops_ = model::cuda::device_peak_bf16_flops();
+    // The FLOPs logged are the job's, summed over the ranks: so is the peak.
+    peak_flops_ = model::cuda::device_peak_bf16_flops() * world_;
 #else
     MOBA_CHECK(false, "--device cuda: this build of moba has no CUDA kernels (configure with "
                "-DMOBA_CUDA=ON on a machine with the CUDA toolkit)");
 #endif
   }
   if (!opt_.data_dir.empty()) cfg_.data = opt_.data_dir;  // config.toml records what ran
+  if (writer()) prepare_run_dir();
+  else restore_or_init();  // the other ranks only read RUN_DIR: its checkpoint, on resume
+  finish_setup();
+}
+
+// Rank 0 (or the single process): the run folder, its lock and files, then the state.
+void Trainer::prepare_run_dir() {
+  const fs::path run(opt_.run_dir);
   const std::string config_text = run_config_text(cfg_, opt_.run_dir);
   MOBA_CHECK(!fs::exists(run) || fs::is_directory(run), "--out '", opt_.run_dir,
              "' exists and is not a folder");
@@ -119,25 +147,7 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
     MOBA_CHECK(changed.empty(), "--resume: the configuration differs from the one the run "
                "started with ('", (run / "config.toml").string(), "'):", changed,
                "\nresume with that file (or without --config and --set)");
-    if (has_checkpoint(opt_.run_dir)) {
-      state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
-      MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
-                 " differs from train.seed ", cfg_.train.seed);
-      // A checkpoint trained with other attention (MoBA weights in a full-attention run) would
-      // load silently: the tensors have the same shapes.
-      MOBA_CHECK(state_.attention.empty() || state_.attention == attention_signature(cfg_.model),
-                 "--resume: the checkpoint in '", opt_.run_dir, "' was trained with attention '",
-                 state_.attention, "', the configuration says '",
-                 attention_signature(cfg_.model), "'");
-    } else {
-      // Killed before its first checkpoint: nothing was kept, so the run starts again from
-      // step 0 (the data and the initialisation are functions of the seed: the same run).
-      if (opt_.progress)
-        std::fprintf(opt_.progress, "note: '%s' has no checkpoint yet; starting it from step 0\n",
-                     opt_.run_dir.c_str());
-      model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
-      state_.seed = cfg_.train.seed;
-    }
+    restore_or_init();
     truncate_metrics((run / "metrics.jsonl").string(), state_.step);
   } else {
     MOBA_CHECK(!fs::exists(run / "config.toml") && !fs::exists(run / "metrics.jsonl") &&
@@ -149,9 +159,37 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
                  "' is not empty and holds no moba run (it has '", e.path().filename().string(),
                  "'); choose a new or empty folder");
     write_file_atomic((run / "config.toml").string(), config_text);
-    model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
-    state_.seed = cfg_.train.seed;
+    restore_or_init();
   }
+}
+
+// The parameters, the optimizer and the position: from RUN_DIR's checkpoint on --resume,
+// else initialised from the seed. Reads RUN_DIR only.
+void Trainer::restore_or_init() {
+  if (opt_.resume && has_checkpoint(opt_.run_dir)) {
+    state_ = load_checkpoint(opt_.run_dir, model_.layout(), params_, adam_);
+    MOBA_CHECK(state_.seed == cfg_.train.seed, "--resume: checkpoint seed ", state_.seed,
+               " differs from train.seed ", cfg_.train.seed);
+    // A checkpoint trained with other attention (MoBA weights in a full-attention run) would
+    // load silently: the tensors have the same shapes.
+    MOBA_CHECK(state_.attention.empty() || state_.attention == attention_signature(cfg_.model),
+               "--resume: the checkpoint in '", opt_.run_dir, "' was trained with attention '",
+               state_.attention, "', the configuration says '",
+               attention_signature(cfg_.model), "'");
+    return;
+  }
+  // Killed before its first checkpoint: nothing was kept, so the run starts again from
+  // step 0 (the data and the initialisation are functions of the seed: the same run).
+  if (opt_.resume && opt_.progress)
+    std::fprintf(opt_.progress, "note: '%s' has no checkpoint yet; starting it from step 0\n",
+                 opt_.run_dir.c_str());
+  model::init_params<float>(model_.layout(), cfg_.train.seed, params_);
+  state_.seed = cfg_.train.seed;
+}
+
+// After the state: the device copy, the validation windows, run.json, the data-parallel
+// reducers and the ranks' first comparison.
+void Trainer::finish_setup() {
 #ifdef MOBA_WITH_CUDA
   if (gpu_) {
     gpu_->upload_params(params_);
@@ -161,6 +199,25 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
   state_.attention = attention_signature(cfg_.model);  // recorded by every checkpoint
   session_start_elapsed_ = state_.elapsed_s;
   attention_label_ = model::attention_label(cfg_.model);
+  if (opt_.comm) {
+    if (gpu_) {
+#ifdef MOBA_WITH_NCCL
+      auto* nccl = dynamic_cast<dist::NcclCommunicator*>(opt_.comm);
+      MOBA_CHECK(nccl != nullptr, "data parallel on --device cuda needs the NCCL communicator");
+      device_reducer_ = std::make_unique<DeviceGradReducer>(*nccl, *gpu_, opt_.dist_bucket_bytes);
+#else
+      MOBA_CHECK(false, "data parallel on --device cuda: this build of moba has no NCCL "
+                 "(docs/distributed.md, NCCL in the build)");
+#endif
+    } else {
+      host_reducer_ = std::make_unique<HostGradReducer>(model_.layout(), sizeof(float),
+                                                        opt_.dist_bucket_bytes);
+    }
+    // Every rank starts from the same weights (the same seed, or the same checkpoint): also
+    // the first meeting of the ranks, so that one that cannot start stops them all here.
+    check_ranks_agree(state_.step);
+  }
+  if (!writer()) return;  // validation and run.json are rank 0's
   if (cfg_.eval.data.empty()) {
     val_windows_ = data_->validation();
     validation_data_ = data_->describe();
@@ -199,6 +256,7 @@ bool last_step_used_moba(const RunConfig& cfg, const TrainState& state) {
 bool Trainer::moba_phase() const { return moba_phase_at(cfg_, state_.tokens); }
 
 void Trainer::write_run_json(const char* status) const {
+  if (!writer()) return;
   const model::ModelConfig& m = cfg_.model;
   const model::ParamCounts pc = model::param_counts(m);
   // The whole configuration under "config" (from the schema), and the keys `moba report`
@@ -228,28 +286,42 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& loss,
 #ifdef MOBA_WITH_CUDA
   const int64_t accum = cfg_.train.grad_accum;
   gpu_->zero_grads();
-  const int64_t first_batch = state_.next_batch;
+  // Data parallel: the sum over the ranks is the mean because each rank's loss scale holds
+  // 1 / world (and its slice's weight); the buckets are all-reduced during the last
+  // micro-batch's backward (DeviceGradReducer).
+  std::vector<std::pair<uint64_t, double>> ran;  // (micro-batch, weight) of each backward
   for (int64_t micro = 0; micro < accum; ++micro) {
-    const model::Batch batch = data_->train_batch(state_.next_batch);
-    try {
-      gpu_->train_micro_batch(batch, moba, 1.0 / static_cast<double>(accum));
-    } catch (const Error& e) {
-      MOBA_CHECK(false, "step ", step, ": ", e.what(),
-                 "; the run stopped, the last checkpoint is intact");
+    double w = 1.0;
+    const model::Batch batch = micro_batch(state_.next_batch, w);
+    if (device_reducer_ && micro == accum - 1) device_reducer_->arm();
+    if (w > 0.0) {  // a slice whose mask counts nothing has no loss and no gradient
+      try {
+        gpu_->train_micro_batch(batch, moba,
+                                w / (static_cast<double>(accum) * static_cast<double>(world_)));
+      } catch (const Error& e) {
+        MOBA_CHECK(false, "step ", step, ": ", e.what(),
+                   "; the run stopped, the last checkpoint is intact");
+      }
+      flops += gpu_->last_flops();
+      ran.emplace_back(state_.next_batch, w);
     }
-    flops += gpu_->last_flops();
     ++state_.next_batch;
   }
+#ifdef MOBA_WITH_NCCL
+  if (device_reducer_) device_reducer_->finish();
+#endif
   const std::vector<double> losses = gpu_->take_losses();
-  MOBA_CHECK(static_cast<int64_t>(losses.size()) == accum, "internal: ", losses.size(),
-             " losses for ", accum, " micro-batches");
-  for (int64_t micro = 0; micro < accum; ++micro) {
-    const double l = losses[micro];
+  MOBA_CHECK(losses.size() == ran.size(), "internal: ", losses.size(), " losses for ",
+             ran.size(), " micro-batches");
+  for (size_t i = 0; i < ran.size(); ++i) {
+    const double l = losses[i];
     MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
-               std::isnan(l) ? "NaN" : "inf", " (micro-batch ", first_batch + micro,
+               std::isnan(l) ? "NaN" : "inf", " (micro-batch ", ran[i].first,
+               world_ > 1 ? ", rank " + std::to_string(rank_) : std::string(),
                "); the run stopped, the last checkpoint is intact");
-    loss += l / static_cast<double>(accum);
+    loss += ran[i].second * l / static_cast<double>(accum);
   }
+  reduce_step_values(loss, flops);
   const double gnorm = gpu_->grad_norm();
   if (!std::isfinite(gnorm)) {  // find and name the tensor
     gpu_->download_grads(grads_);
@@ -272,7 +344,12 @@ double Trainer::cpu_train_step(int64_t step, double lr, bool moba, double& loss,
   std::fill(grads_.begin(), grads_.end(), 0.0f);
   const int64_t accum = cfg_.train.grad_accum;
   for (int64_t micro = 0; micro < accum; ++micro) {
-    const model::Batch batch = data_->train_batch(state_.next_batch);
+    double w = 1.0;
+    const model::Batch batch = micro_batch(state_.next_batch, w);
+    if (w == 0.0) {  // a slice whose mask counts nothing has no loss and no gradient
+      ++state_.next_batch;
+      continue;
+    }
     double l = 0.0;
     try {
       l = model_.forward(params_, batch, moba);
@@ -282,17 +359,47 @@ double Trainer::cpu_train_step(int64_t step, double lr, bool moba, double& loss,
     }
     MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
                std::isnan(l) ? "NaN" : "inf", " (micro-batch ", state_.next_batch,
+               world_ > 1 ? ", rank " + std::to_string(rank_) : std::string(),
                "); the run stopped, the last checkpoint is intact");
-    model_.backward(params_, grads_, 1.0 / static_cast<double>(accum));
-    loss += l / static_cast<double>(accum);
+    model_.backward(params_, grads_, w / static_cast<double>(accum));
+    loss += w * l / static_cast<double>(accum);
     flops += model_.last_flops();
     ++state_.next_batch;
   }
+  // Data parallel: every rank ends with the ranks' mean gradient, then takes the same step.
+  if (host_reducer_) host_reducer_->reduce<float>(*opt_.comm, grads_);
+  reduce_step_values(loss, flops);
   check_finite_gradients(model_.layout(), grads_, step);
   const double gnorm = grad_norm(grads_);
   clip_grads(grads_, gnorm, cfg_.train.grad_clip);
   adam_.step(params_, grads_, lr);
   return gnorm;
+}
+
+model::Batch Trainer::micro_batch(uint64_t index, double& weight) {
+  weight = 1.0;
+  if (!opt_.comm) return data_->train_batch(index);
+  // Every rank reads the same global micro-batch (so the data order does not depend on the
+  // number of ranks) and keeps its rows; its weight needs the whole batch's counts.
+  const model::Batch global = data_->train_batch(index);
+  weight = slice_weight(global, rank_, world_);
+  return rank_slice(global, rank_, world_);
+}
+
+void Trainer::reduce_step_values(double& loss, double& flops) {
+  if (!opt_.comm) return;
+  double v[2] = {loss, flops};
+  opt_.comm->all_reduce_sum_host(v);
+  loss = v[0] / static_cast<double>(world_);
+  flops = v[1];
+}
+
+void Trainer::check_ranks_agree(int64_t step) {
+  if (!opt_.comm) return;
+#ifdef MOBA_WITH_CUDA
+  if (gpu_) gpu_->download_params(params_);
+#endif
+  check_same_params(*opt_.comm, params_checksum<float>(params_), step);
 }
 
 double Trainer::train_step(double lr, bool moba) {
@@ -336,7 +443,8 @@ void Trainer::validate_now() {
 
 void Trainer::run(int64_t stop_after) {
   const fs::path run(opt_.run_dir);
-  MetricsLog log((run / "metrics.jsonl").string());
+  std::unique_ptr<MetricsLog> log;  // rank 0's
+  if (writer()) log = std::make_unique<MetricsLog>((run / "metrics.jsonl").string());
   const auto session_t0 = Clock::now();
   const int64_t steps = cfg_.train.steps;
   const double tokens_per_step =
@@ -375,19 +483,20 @@ void Trainer::run(int64_t stop_after) {
       ++session_steps_;
       state_.elapsed_s = session_start_elapsed_ + seconds_since(session_t0);
       const int64_t s = state_.step;
-      log.write({{"kind", "train"},
-                 {"step", s},
-                 {"tokens", state_.tokens},
-                 {"loss", losses_.back()},
-                 {"lr", lr},
-                 {"grad_norm", gnorm},
-                 {"tokens_per_s", tokens_per_step / dt},
-                 {"mfu", peak_flops_ > 0
-                             ? nlohmann::json((state_.flops_exec - flops_before) / dt / peak_flops_)
-                             : nlohmann::json(nullptr)},
-                 {"flops_6nd", state_.flops_6nd},
-                 {"flops_exec", state_.flops_exec},
-                 {"elapsed_s", state_.elapsed_s}});
+      if (log)
+        log->write({{"kind", "train"},
+                   {"step", s},
+                   {"tokens", state_.tokens},
+                   {"loss", losses_.back()},
+                   {"lr", lr},
+                   {"grad_norm", gnorm},
+                   {"tokens_per_s", tokens_per_step / dt},
+                   {"mfu", peak_flops_ > 0
+                               ? nlohmann::json((state_.flops_exec - flops_before) / dt / peak_flops_)
+                               : nlohmann::json(nullptr)},
+                   {"flops_6nd", state_.flops_6nd},
+                   {"flops_exec", state_.flops_exec},
+                   {"elapsed_s", state_.elapsed_s}});
       window_s += dt;
       window_steps += 1;
       window_flops += state_.flops_exec - flops_before;
@@ -403,12 +512,18 @@ void Trainer::run(int64_t stop_after) {
         window_s = window_flops = 0.0;
         window_steps = 0;
       }
-      if (due(cfg_.eval.every)) {
+      // Data parallel: the other ranks go on to the next step's collectives and wait there
+      // while rank 0 validates and writes (the communicator's timeout must cover both).
+      if (due(cfg_.eval.every) && writer()) {
         validate_now();
-        log.write(val_record(last_eval_, state_, last_eval_moba_));
+        log->write(val_record(last_eval_, state_, last_eval_moba_));
         print_eval(opt_.progress, s, last_eval_);
       }
-      if (due(cfg_.checkpoint_every)) {
+      const bool checkpoint = due(cfg_.checkpoint_every);
+      if (opt_.comm && (checkpoint || s == steps ||
+                        (opt_.dist_check_every > 0 && s % opt_.dist_check_every == 0)))
+        check_ranks_agree(s);  // what rank 0 saves is every rank's state
+      if (checkpoint && writer()) {
         state_.elapsed_s = session_start_elapsed_ + seconds_since(session_t0);
         sync_from_device();
         save_checkpoint(opt_.run_dir, model_.layout(), params_, adam_, state_);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/folder_lock.h"
+#include "dist/communicator.h"
 #include "model/model.h"
 #include "train/adamw.h"
 #include "train/batch_source.h"
@@ -28,6 +29,9 @@ class ModelCuda;
 
 namespace moba::train {
 
+class HostGradReducer;
+class DeviceGradReducer;
+
 struct TrainerOptions {
   std::string run_dir;           // RUN_DIR, created if needed
   std::string data_dir;          // overrides config.data when not empty
@@ -38,6 +42,18 @@ struct TrainerOptions {
   std::string device = "cpu";
   bool verbose = false;          // the whole configuration on `progress`, not one summary line
   std::FILE* result = nullptr;   // the closing "finished: ..." line; nullptr = `progress`
+  // Data parallel (docs/distributed.md): this process is rank comm->rank() of comm->size().
+  // Each rank trains on its rows of every global batch (train.batch_size rows, a multiple
+  // of the ranks), the gradients are averaged over the ranks, every rank takes the same
+  // step. Only rank 0 writes: the run folder, metrics, checkpoints, progress and result
+  // lines (the others' progress and result are ignored). nullptr: a single process. On
+  // the GPU path the communicator must be a dist::NcclCommunicator on this GPU.
+  dist::Communicator* comm = nullptr;
+  // Every this many steps (and at the last step, and before every checkpoint) the ranks
+  // compare a checksum of their parameters; a difference stops the job on every rank with
+  // an error naming the step and the ranks. 0: only at the start and before checkpoints.
+  int64_t dist_check_every = 100;
+  size_t dist_bucket_bytes = size_t{25} << 20;  // the gradient buckets' cap (grad_buckets.h)
 };
 
 class Trainer {
@@ -60,11 +76,16 @@ class Trainer {
   // the optimizer (done before every checkpoint). No-op on the CPU.
   void sync_from_device();
   bool on_gpu() const { return gpu_ != nullptr; }
+  int rank() const { return rank_; }
+  int world() const { return world_; }
   model::Model<float>& model() { return model_; }
   const std::vector<double>& step_losses() const { return losses_; }  // this session's
   const EvalResult& last_eval() const { return last_eval_; }
 
  private:
+  void prepare_run_dir();
+  void restore_or_init();
+  void finish_setup();
   bool moba_phase() const;
   double train_step(double lr, bool moba);  // returns the gradient norm before clipping
   void validate_now();
@@ -73,13 +94,23 @@ class Trainer {
   // into loss and flops, returns the gradient norm before clipping.
   double cpu_train_step(int64_t step, double lr, bool moba, double& loss, double& flops);
   double gpu_train_step(int64_t step, double lr, bool moba, double& loss, double& flops);
-
+  // The micro-batch `index` as this rank trains it: the whole global batch in a single
+  // process, else this rank's rows, with its loss weight (data_parallel.h; 1 alone).
+  model::Batch micro_batch(uint64_t index, double& weight);
+  // Data parallel: sums the step's (weighted) loss and FLOPs over the ranks.
+  void reduce_step_values(double& loss, double& flops);
+  // Data parallel: the ranks compare their parameters' checksum (data_parallel.h).
+  void check_ranks_agree(int64_t step);
+  bool writer() const { return rank_ == 0; }  // the rank that writes RUN_DIR
   RunConfig cfg_;
   TrainerOptions opt_;
   std::unique_ptr<FolderLock> lock_;  // RUN_DIR/.lock, held while the trainer lives
   std::unique_ptr<BatchSource> data_;
   model::Model<float> model_;
   std::unique_ptr<model::cuda::ModelCuda> gpu_;  // the CUDA path (TrainerOptions::device)
+  int rank_ = 0, world_ = 1;                     // TrainerOptions::comm's
+  std::unique_ptr<HostGradReducer> host_reducer_;      // data parallel, CPU
+  std::unique_ptr<DeviceGradReducer> device_reducer_;  // data parallel, GPU (NCCL)
   double peak_flops_ = 0.0;  // the device's dense bf16 peak for MFU; 0: unknown (CPU)
   std::vector<float> params_, grads_;
   AdamW adam_;

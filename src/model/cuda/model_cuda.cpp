@@ -394,6 +394,8 @@ struct ModelCuda::Impl : ModelDims {
     forward_done = true;
   }
 
+  ModelCuda::GradReadyHook grad_ready;  // set_grad_ready_hook
+
   void backward() {
     const int64_t M = cur_M;
     const RmsNormParams rn{M, C, static_cast<float>(cfg.norm_eps)};
@@ -409,6 +411,7 @@ struct ModelCuda::Impl : ModelDims {
     rmsnorm_backward(rn, xs[L].as<bf16>(), Pf + layout.final_norm, rstdf.as<float>(), dxn_, dx_,
                      Gf + layout.final_norm, false, norm_ws.p, stream);
     tick(kLayers);
+    if (grad_ready) grad_ready(layout.final_norm, stream);  // final_norm, an untied lm_head
     for (int64_t li = L - 1; li >= 0; --li) {
       const LayerOffsets& o = layout.layers[li];
       Layer& ly = layers[li];
@@ -459,9 +462,11 @@ struct ModelCuda::Impl : ModelDims {
       rmsnorm_backward(rn, xs[li].as<bf16>(), Pf + o.attn_norm, ly.rstd1.as<float>(), dxn_, dx_,
                        Gf + o.attn_norm, true, norm_ws.p, stream);
       tick(kLayers);
+      if (grad_ready) grad_ready(o.attn_norm, stream);  // layer li's tensors, and those after
     }
     embedding_backward({M, V, C}, inputs.as<int32_t>(), dx_, Gf + layout.embed, stream);
     tick(kLayers);
+    if (grad_ready) grad_ready(0, stream);
   }
 };
 
@@ -622,5 +627,9 @@ std::vector<int32_t> ModelCuda::selection(int64_t layer) const {
 }
 
 size_t ModelCuda::device_bytes() const { return impl_->bytes_now(); }
+
+void ModelCuda::set_grad_ready_hook(GradReadyHook hook) { impl_->grad_ready = std::move(hook); }
+cudaStream_t ModelCuda::stream() const { return impl_->stream; }
+float* ModelCuda::device_grads() { return impl_->G.as<float>(); }
 
 }  // namespace moba::model::cuda

@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -96,6 +97,17 @@ class ModelCuda {
   std::vector<std::pair<std::string, double>> take_profile();
   // Device memory this model holds now (parameters, state, activations, scratch), bytes.
   size_t device_bytes() const;
+
+  // Data parallel (train/data_parallel_cuda.h): while set, the backward calls
+  // hook(first, stream) each time the gradient elements at flat offsets >= first (the layout's
+  // order) have all been enqueued for the last time: after the LM head and the final norm
+  // (first = final_norm), after each layer from the last (first = that layer's attn_norm),
+  // and at the end (first = 0; the embedding, tied LM head included). The work is enqueued
+  // on `stream`, not done: the hook records an event there to wait for it. Empty: no calls.
+  using GradReadyHook = std::function<void(size_t first, cudaStream_t stream)>;
+  void set_grad_ready_hook(GradReadyHook hook);
+  cudaStream_t stream() const;  // where this model's work is enqueued
+  float* device_grads();        // the fp32 gradients, layout().total elements, on the device
 
  private:
   struct Impl;

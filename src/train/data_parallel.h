@@ -1,0 +1,60 @@
+// Data-parallel training's glue between the trainer and a dist::Communicator
+// (docs/distributed.md): which rows of a global batch a rank trains on and with what weight,
+// the gradients' mean over the ranks (in buckets), and the check that every rank holds the
+// same parameters.
+//
+// The data order is a function of the global batch alone: every rank asks the BatchSource
+// for the same micro-batch index (the one a single process would read), keeps its rows and
+// drops the others. So a run resumed on another number of ranks reads the same tokens in the
+// same order; only the sums' roundings differ.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "dist/communicator.h"
+#include "dist/grad_buckets.h"
+#include "model/batch.h"
+#include "model/params.h"
+
+namespace moba::train {
+
+// Rank `rank`'s rows of `global`: [rank B / world, (rank + 1) B / world), with their document
+// boundaries (shifted to start at 0) and loss mask. B must be a multiple of world
+// (moba::Error naming train.batch_size otherwise).
+model::Batch rank_slice(const model::Batch& global, int rank, int world);
+
+// The factor rank `rank` scales its slice's mean-loss gradient by, so that the ranks' sum
+// divided by world is the gradient of the global batch's mean loss: world x c_r / C, with
+// c_r the positions the slice counts and C the batch's (model::Batch::counted_positions).
+// Exactly 1 without a loss mask (every slice counts B T / world positions). Every rank can
+// compute every rank's factor: each holds the whole global batch.
+double slice_weight(const model::Batch& global, int rank, int world);
+
+// FNV-1a 64 of the parameters' bytes: equal on two ranks iff their parameters are, bit for
+// bit (up to a collision).
+template <typename Real>
+uint64_t params_checksum(std::span<const Real> params);
+
+// Collective: gathers every rank's checksum and throws moba::Error on every rank when they
+// differ, naming the step and the ranks whose parameters differ from rank 0's ("step 4:
+// the parameters differ across ranks (checksums: rank 0 ..., rank 1 ...); ranks 1 differ
+// from rank 0").
+void check_same_params(dist::Communicator& comm, uint64_t checksum, int64_t step);
+
+// The gradients' mean over the ranks, bucket by bucket (dist::GradBuckets, one bucket of
+// at most bucket_bytes per message), on host arrays laid out by a ParamLayout. With the
+// fake group the result is, bit for bit, (g_0 + ... + g_{N-1}) / N in rank order.
+class HostGradReducer {
+ public:
+  HostGradReducer(const model::ParamLayout& layout, size_t element_bytes, size_t bucket_bytes);
+  template <typename Real>
+  void reduce(dist::Communicator& comm, std::span<Real> grads);
+  const dist::GradBuckets& buckets() const { return buckets_; }
+
+ private:
+  model::ParamLayout layout_;
+  dist::GradBuckets buckets_;
+};
+
+}  // namespace moba::train
