@@ -68,6 +68,16 @@ inline bool cuda_head_dim_supported(int64_t D) {
   return false;
 }
 
+// The sizes the GPU kernels can index, known in every build (so CPU tests and tools can ask
+// too). Offsets into the (N, H, D) tensors and the scratch are 64-bit; what stays 32-bit:
+// token indices (cu_seqlens is int32), (token, query head) row ids token * Hq + head (lse,
+// delta, the kernels' row lists; formed for up to 128 rows past the end of a tile), and
+// MoBA's gather entries (token * Hq + head) * (K - 1) + slot with their int32 bucket
+// offsets; per-launch work counts B * Hq * (query tiles of 64) are int32, and the sequence
+// index is gridDim.z (<= 65535). Throws moba::Error naming the size and its limit. moba:
+// the MoBA configuration (its gather entries), or null for dense attention only.
+void check_cuda_sizes(const Layout& layout, const MobaConfig* moba);
+
 // Checks that a buffer has the number of elements the layout implies; `what` names it
 // in the message ("q", "dk", ...).
 void check_size(const char* what, size_t got, size_t want);

@@ -49,6 +49,59 @@ TEST(Layout, RejectsEmptyShapes) {
   expect_error([] { Layout::batched(1, 4, 0, 1, 4); }, "query heads Hq");
 }
 
+// The GPU kernels' size limits (check_cuda_sizes), known to CPU builds: offsets are 64-bit,
+// so the old blanket N * Hq * max(K, D) < 2^31 is gone; what remains is what the kernels
+// keep in 32 bits (token indices, row ids, gather entries, tile counts) and grid limits.
+TEST(CudaSizes, AcceptsLongContexts) {
+  const MobaConfig moba{512, 3};
+  // The old limit exactly (N * Hq * D = 2^31) and 2M tokens at H 16, D 128: training.
+  for (int64_t N : {int64_t{1} << 20, int64_t{2097152}}) {
+    const Layout l = Layout::batched(1, N, 16, 16, 128);
+    EXPECT_NO_THROW(check_cuda_sizes(l, nullptr)) << N;
+    EXPECT_NO_THROW(check_cuda_sizes(l, &moba)) << N;
+  }
+  // A 10M-token prefill with grouped-query attention (Hq 8, Hkv 2).
+  EXPECT_NO_THROW(check_cuda_sizes(Layout::batched(1, 10000000, 8, 2, 128), &moba));
+  // Packed: 65535 sequences (gridDim.z's limit) of 64 tokens.
+  EXPECT_NO_THROW(check_cuda_sizes(Layout::batched(65535, 64, 16, 4, 128), &moba));
+  // K = 16 at 8M tokens, H 16: the gather entries (N * Hq * 15 < 2^31) still fit.
+  const MobaConfig k16{512, 16};
+  EXPECT_NO_THROW(check_cuda_sizes(Layout::batched(1, 8000000, 16, 16, 128), &k16));
+}
+
+TEST(CudaSizes, RefusesWhatTheKernelsCannotIndex) {
+  // Tokens: cu_seqlens and token indices are int32.
+  expect_error([] { check_cuda_sizes(Layout::batched(1, int64_t{1} << 31, 1, 1, 64), nullptr); },
+               "N = 2147483648 tokens");
+  // (token, head) row ids: N * Hq near 2^31 (128 rows of margin past a tile's end).
+  expect_error([] { check_cuda_sizes(Layout::batched(1, int64_t{1} << 27, 16, 2, 128), nullptr); },
+               "N * Hq = 134217728 * 16");
+  expect_error([] { check_cuda_sizes(Layout::batched(1, (int64_t{1} << 26) - 64, 32, 1, 64), nullptr); },
+               "(N + 128) * Hq must be < 2^31");
+  // Gather entries: MoBA refuses what dense attention accepts.
+  const Layout l = Layout::batched(1, 10000000, 16, 16, 128);
+  EXPECT_NO_THROW(check_cuda_sizes(l, nullptr));
+  const MobaConfig k1{512, 1}, k16{512, 16};
+  EXPECT_NO_THROW(check_cuda_sizes(l, &k1));  // K = 1: no past slot
+  expect_error([&] { check_cuda_sizes(l, &k16); },
+               "N * Hq * (K - 1) = 10000000 * 16 * 15 gather entries");
+  // Sequences beyond gridDim.z.
+  expect_error([] { check_cuda_sizes(Layout::batched(65536, 4, 2, 2, 64), nullptr); },
+               "65536 sequences in one batch");
+  // Heads beyond a grid dimension.
+  expect_error([] { check_cuda_sizes(Layout::batched(1, 4, 70000, 70000, 64), nullptr); },
+               "Hq = 70000, Hkv = 70000 heads");
+  // Tile counts: 65535 sequences, one of them long.
+  std::vector<int64_t> cu(65536);
+  for (size_t b = 1; b < cu.size(); ++b) cu[b] = static_cast<int64_t>(b);
+  cu.back() = cu[cu.size() - 2] + 40000;
+  expect_error([&] { check_cuda_sizes(Layout::varlen(cu, 64, 8, 64), nullptr); },
+               "B * Hq * ceil(T / 64) = 65535 * 64 * 625 query tiles (T = 40000");
+  // Bytes beyond int64 (an absurd head dim).
+  expect_error([] { check_cuda_sizes(Layout::batched(1, 2, 1, 1, int64_t{1} << 60), nullptr); },
+               "more than 2^62");
+}
+
 TEST(MobaConfig, RejectsZeroBlockSizeAndTopK) {
   expect_error([] { MobaConfig{0, 3}.validate(); }, "block size S");
   expect_error([] { MobaConfig{4, 0}.validate(); }, "top-k K");

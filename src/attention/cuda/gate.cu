@@ -6,6 +6,7 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -140,7 +141,7 @@ template <int D, int KM>
 __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_mma_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ msplit,
     const int32_t* __restrict__ cu_seqlens, const int32_t* __restrict__ block_offset, int Hq,
-    int Hkv, int S, int K, int32_t* __restrict__ sel) {
+    int Hkv, int S, int K, int32_t* __restrict__ sel, int m_last) {
   using namespace detail;
   constexpr int NB = gate_chunk_blocks<D, KM>();
   constexpr int LD = D + 8;          // padded rows: conflict-free ldmatrix
@@ -148,8 +149,9 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_m
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [128][LD]
   __nv_bfloat16* sM = sQ + kGateRows * LD;                          // [2][kBuf]
-  // Grid (Hq, row tiles, B): heads fastest, last tiles (most past blocks) first.
-  const int b = blockIdx.z, h = blockIdx.x, m = gridDim.y - 1 - blockIdx.y;
+  // Grid (Hq, row tiles, B): heads fastest, last tiles (most past blocks) first. One launch
+  // covers at most 65535 row tiles (gridDim.y's limit): tiles m_last, m_last - 1, ...
+  const int b = blockIdx.z, h = blockIdx.x, m = m_last - static_cast<int>(blockIdx.y);
   const int seq_start = cu_seqlens[b], len = cu_seqlens[b + 1] - seq_start;
   if (m * kGateRows >= len) return;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, qd = lane % 4;
@@ -306,15 +308,25 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_m
   out[kp] = my_cur;
 }
 
+// gridDim.y's limit: the row tiles of one gate launch.
+constexpr int64_t kMaxGridY = 65535;
+
+// The gate over grid (Hq, row tiles, B), the row tiles in slices of at most kMaxGridY per
+// launch (more only past 8M tokens in one sequence), the last tiles (most work) first.
 template <int D, int KM>
 void launch_gate(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* msplit, const Plan& plan,
                  int Hq, int Hkv, int S, int K, int32_t* sel) {
   constexpr int smem = gate_smem_bytes<D, KM>();
   constexpr auto kernel = gate_mma_kernel<D, KM>;
   set_smem_once<kernel>(smem);
-  kernel<<<grid, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
-                                               plan.dev().block_offset, Hq, Hkv, S, K, sel);
-  CUDA_CHECK_LAUNCH();
+  const int64_t tiles = grid.y;
+  for (int64_t done = 0; done < tiles; done += kMaxGridY) {
+    const dim3 g(grid.x, static_cast<unsigned>(std::min(kMaxGridY, tiles - done)), grid.z);
+    kernel<<<g, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
+                                              plan.dev().block_offset, Hq, Hkv, S, K, sel,
+                                              static_cast<int>(tiles - 1 - done));
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 template <int D>

@@ -142,6 +142,9 @@ constexpr int kMaxSmemBins = 32768;  // 128 KB
 
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream) {
   const Layout& l = plan.layout();
+  // Entries (token * Hq + head) * (K - 1) + slot and the bucket offsets are int32 (the
+  // plan checked the dense sizes; this is MoBA's own limit).
+  check_cuda_sizes(l, &plan.config());
   const int S = static_cast<int>(plan.config().block_size), K = static_cast<int>(plan.config().top_k);
   const int Hq = static_cast<int>(l.num_q_heads), Hkv = static_cast<int>(l.num_kv_heads);
   const int N = static_cast<int>(l.tokens()), B = static_cast<int>(l.batch());

@@ -2,7 +2,6 @@
 // buffers of the kernels.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "attention/cuda/attention_cuda.h"
@@ -63,11 +62,9 @@ Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt,
   MOBA_CHECK(S >= kMinBlockSize && (S & (S - 1)) == 0,
              "CUDA MoBA needs a block size S that is a power of two >= ", kMinBlockSize, ", got ", S);
   MOBA_CHECK(K >= 1 && K <= kMaxTopK, "CUDA MoBA supports top-k K in 1..", kMaxTopK, ", got ", K);
-  // Entries of the gather lists are int32 (token * Hq + head) * (K - 1) + slot.
-  MOBA_CHECK(static_cast<double>(layout_.tokens()) * layout_.num_q_heads * std::max<int64_t>(K, D) <
-                 static_cast<double>(std::numeric_limits<int32_t>::max()),
-             "CUDA attention indexes (token, head) pairs in int32: N * Hq * max(K, D) must be "
-             "< 2^31, got N = ", layout_.tokens(), ", Hq = ", layout_.num_q_heads);
+  // Dense sizes here (MoBA's gather entries where MoBA runs: moba_gate, moba_forward,
+  // moba_backward): offsets are 64-bit, row ids and counts int32 (layout.h).
+  check_cuda_sizes(layout_, nullptr);
   scale_ = static_cast<float>(opt.scale_for(layout_));
   max_len_ = layout_.max_seq_len();
 
