@@ -4,7 +4,8 @@
 # analysis beside them.
 #   scripts/h100-small-results.sh /work/.device/.../h100-small-runs.tar.xz [DEST]
 # DEST (default results/h100-small) then holds
-#   runs/<run>/{metrics.jsonl,run.json,config.toml}   every run, as trained (no checkpoints)
+#   runs/<run>/{metrics.jsonl,run.json,config.toml}   every run, as trained (no checkpoints);
+#                                                     committed packed as runs.tar.xz
 #   plan.json                                         the sweep's plan
 #   logs.tar.xz (sweep.log, session.txt)              its log and the device facts, packed
 #                                                     (results/README.md: logs go in one archive)
@@ -100,4 +101,7 @@ summary=$(grep -E "^sweep .* trained, .* resumed" "$stage/sweep.log" 2>/dev/null
   echo "- \`figures/\`: PNG and SVG, LM loss, trailing loss and LM loss 4K-6K (bucket 2), 6ND and"
   echo "  executed FLOPs; \`report.md\` shows the PNGs."
 } >"$dest/README.md"
-echo "h100-small-results: wrote $dest/{report.md,fit.txt,fits.json,figures/,README.md}"
+# The run folders are committed packed (runs.tar.xz; runs/ and history/ are ignored by git).
+packed=(runs); [[ -d $dest/history ]] && packed+=(history)
+tar -cJf "$dest/runs.tar.xz" -C "$dest" "${packed[@]}"
+echo "h100-small-results: wrote $dest/{report.md,fit.txt,fits.json,figures/,README.md,runs.tar.xz}"
