@@ -694,8 +694,12 @@ TEST(Seeds, H200SeedsPreset) {
   EXPECT_EQ(names.size(), 12u);
   EXPECT_EQ(p.runs.front().config.model.layers, 3);
   EXPECT_EQ(p.runs.back().config.model.layers, 4);
-  // The preset's comment gives the planned total: 2m14s at the h200 estimate.
-  EXPECT_NEAR(p.total_seconds(), 134.0, 1.0);
+  // The same time model as h200's: three times its L3 and L4 runs (2m04s, the preset's comment).
+  double ladder_l3_l4 = 0;
+  for (const PlannedRun& r : h.runs)
+    if (r.config.model.layers <= 4) ladder_l3_l4 += r.seconds;
+  EXPECT_NEAR(p.total_seconds(), 3 * ladder_l3_l4, 1e-6 * p.total_seconds());
+  EXPECT_NEAR(p.total_seconds(), 124.0, 1.0);
 }
 
 }  // namespace
