@@ -18,7 +18,7 @@
 // With a grid of one CTA per tile either kernel is the plain (non-persistent) kernel.
 //
 // CTA = 3 warpgroups, as fwd_wgmma.cuh. Warpgroups 0, 1 (consumers): 64 query rows each.
-// Per key tile of Bc = 128:
+// Per key tile of Bc = 128 (the steps shared with the dense kernel, fwd_wgmma_step.cuh):
 //   S = Q K^T        wgmma m64n128k16, A = Q and B = K from shared memory (K-major, 128-byte
 //                    swizzle), D/16 k-steps, fp32 accumulators in registers;
 //   online softmax   on the accumulator layout (each row lives in one quad of lanes), causal
@@ -45,6 +45,7 @@
 
 #include <cmath>
 
+#include "attention/cuda/fwd_wgmma_step.cuh"
 #include "attention/cuda/mma.cuh"
 #include "attention/cuda/params.h"
 #include "attention/cuda/wgmma.cuh"
@@ -257,6 +258,7 @@ __global__ void __launch_bounds__(384, 1)
   using T = WgMobaFwdTraits<D, MODE>;
   constexpr bool PAST = T::kPast;
   constexpr int Br = T::kBr, Bc = T::kBc, ST = T::kStages, CB = T::kColBlocks, QB = T::kQBufs;
+  static_assert(T::kTileBytes == Bc * D * 2, "ring slots as fwd_wgmma_step.cuh lays them out");
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment: swizzle atoms (8 rows x 128 bytes) must start on it.
   const uint32_t raw_addr = smem_addr(smem_raw);
@@ -324,19 +326,9 @@ __global__ void __launch_bounds__(384, 1)
     const int pt = tid - 256;
     int ring = 0;  // key tiles issued so far: slot ring % ST, use ring / ST
     // K and V of the key tile at kt into the next ring slot, after both consumers freed it
-    // (parity 1 on a fresh barrier passes at once: the first ST tiles do not wait).
+    // (advances ring).
     auto issue_kv = [&](int kvh, int kt) {
-      const int s = ring % ST;
-      mbar_wait(&empty[s], ((ring / ST) & 1) ^ 1);
-      ++ring;
-      __nv_bfloat16* k_dst = sK + s * Bc * D;
-      __nv_bfloat16* v_dst = sV + s * Bc * D;
-      mbar_arrive_expect_tx(&full_k[s], T::kTileBytes);
-#pragma unroll
-      for (int cb = 0; cb < CB; ++cb) tma_load_3d(k_dst + cb * Bc * 64, &tm_k, cb * 64, kvh, kt, &full_k[s]);
-      mbar_arrive_expect_tx(&full_v[s], T::kTileBytes);
-#pragma unroll
-      for (int cb = 0; cb < CB; ++cb) tma_load_3d(v_dst + cb * Bc * 64, &tm_v, cb * 64, kvh, kt, &full_v[s]);
+      wgfwd_load_kv<D, Bc, ST>(ring, sK, sV, full_k, full_v, empty, &tm_k, &tm_v, kvh, kt);
     };
     if constexpr (PAST) {
       if (pt == 0) {
@@ -489,86 +481,12 @@ __global__ void __launch_bounds__(384, 1)
     float s[Bc / 2];
 
     mbar_wait(&full_q[qb], q_par);
-    for (int j = 0; j < item.n_tiles; ++j, ++ring) {
-      const int st = ring % ST;
-      const uint32_t par = (ring / ST) & 1;
-      const int kt = item.k_begin + j * Bc;
-
-      // S = Q K^T (K-major A and B; k-step kk = column block kk/4, +32 bytes per step).
-      mbar_wait(&full_k[st], par);
-      fence_regs(s);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t off = (kk % 4) * 32;  // k-step inside the 128-byte row
-        const uint64_t da = desc_kmajor_sw128(q_addr + (kk / 4) * (Br * 128) + off);
-        const uint64_t db = desc_kmajor_sw128(k_addr + st * T::kTileBytes + (kk / 4) * (Bc * 128) + off);
-        wgmma_ss<Bc>(s, da, db, kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(s);
-
-      // Causal mask: only the diagonal tile reaches past this warpgroup's first row. Past
-      // blocks lie entirely before their queries: no mask.
-      if (!PAST && kt + Bc - 1 > item.first_tok + wg_row0) {
-#pragma unroll
-        for (int x = 0; x < Bc / 8; ++x)
-#pragma unroll
-          for (int c = 0; c < 4; ++c)
-            if (kt + 8 * x + 2 * qd + (c & 1) > tok[c / 2]) s[4 * x + c] = -INFINITY;
-      }
-
-      // Online softmax (raw scores; scale*log2e folded into the exponent's FMA).
-      fence_regs(o);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int x = 0; x < Bc / 8; ++x) mx = fmaxf(mx, fmaxf(s[4 * x + 2 * h], s[4 * x + 2 * h + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(row_max[h], mx);
-        const float m_use = (m_new == -INFINITY ? 0.f : m_new) * p.scale_log2;
-        const float alpha = exp2f(fmaf(row_max[h], p.scale_log2, -m_use));
-        row_max[h] = m_new;
-        row_sum[h] *= alpha;
-#pragma unroll
-        for (int x = 0; x < D / 8; ++x) {
-          o[4 * x + 2 * h] *= alpha;
-          o[4 * x + 2 * h + 1] *= alpha;
-        }
-#pragma unroll
-        for (int x = 0; x < Bc / 8; ++x) {
-          s[4 * x + 2 * h] = exp2f(fmaf(s[4 * x + 2 * h], p.scale_log2, -m_use));
-          s[4 * x + 2 * h + 1] = exp2f(fmaf(s[4 * x + 2 * h + 1], p.scale_log2, -m_use));
-          row_sum[h] += s[4 * x + 2 * h] + s[4 * x + 2 * h + 1];
-        }
-      }
-      // P (bf16) in the A-fragment layout: k-step kk = accumulator columns 16kk..16kk+15.
-      uint32_t pa[Bc / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < Bc / 16; ++kk) {
-        pa[kk][0] = detail::pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = detail::pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = detail::pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = detail::pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-      }
-
-      // O += P V (V MN-major: 16 keys per k-step = 2 swizzle atoms = 2048 bytes).
-      mbar_wait(&full_v[st], par);
-      fence_regs(o);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < Bc / 16; ++kk) {
-        const uint64_t db = desc_mnmajor_sw128(v_addr + st * T::kTileBytes + kk * 2048, Bc * 128);
-        wgmma_rs<D>(o, pa[kk], db, 1);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(o);
-      mbar_arrive(&empty[st]);  // this thread is done with slot st (K and V)
-    }
+    // The key tiles (fwd_wgmma_step.cuh). Past blocks lie entirely before their queries: no
+    // mask; kCurrent masks the diagonal (last) tile.
+    for (int j = 0; j < item.n_tiles; ++j, ++ring)
+      wgfwd_key_tile<D, Br, Bc, !PAST>(q_addr, k_addr, v_addr, full_k, full_v, empty, ring % ST,
+                                       (ring / ST) & 1, item.k_begin + j * Bc, item.first_tok + wg_row0,
+                                       tok, qd, p.scale_log2, s, o, row_max, row_sum);
     // The last S MMA has read this item's Q rows: the buffer may be refilled (item qi + 2).
     mbar_arrive(&q_empty[qb]);
 

@@ -5,7 +5,8 @@
 // docs/kernel_notes.md, "v9").
 //
 // CTA = 3 warpgroups, 128 query rows of one head:
-//   warpgroups 0, 1 (consumers): 64 query rows each. Per key tile of Bc = 128:
+//   warpgroups 0, 1 (consumers): 64 query rows each. Per key tile of Bc = 128 (the steps
+//   shared with the MoBA kernels, fwd_wgmma_step.cuh):
 //     S = Q K^T        wgmma m64n128k16, A = Q and B = K from shared memory (K-major,
 //                      128-byte swizzle), D/16 k-steps, fp32 accumulators in registers;
 //     online softmax   on the accumulator layout (each row lives in one quad of lanes),
@@ -28,6 +29,7 @@
 
 #include <cmath>
 
+#include "attention/cuda/fwd_wgmma_step.cuh"
 #include "attention/cuda/mma.cuh"
 #include "attention/cuda/params.h"
 #include "attention/cuda/wgmma.cuh"
@@ -72,6 +74,7 @@ __global__ void __launch_bounds__(384, 1)
   using namespace wg;
   using T = WgFwdTraits<D>;
   constexpr int Br = T::kBr, Bc = T::kBc, ST = T::kStages, CB = T::kColBlocks;
+  static_assert(T::kTileBytes == Bc * D * 2, "ring slots as fwd_wgmma_step.cuh lays them out");
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment: swizzle atoms (8 rows x 128 bytes) must start on it.
   const uint32_t raw_addr = smem_addr(smem_raw);
@@ -121,17 +124,8 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int cb = 0; cb < CB; ++cb) tma_load_3d(sQ + cb * Br * 64, &tm_q, cb * 64, head, first_tok, full_q);
       for (int j = 0; j < n_tiles; ++j) {
-        const int s = j % ST;
-        const int kt = seq_start + j * Bc;
-        mbar_wait(&empty[s], ((j / ST) & 1) ^ 1);
-        __nv_bfloat16* k_dst = sK + s * Bc * D;
-        __nv_bfloat16* v_dst = sV + s * Bc * D;
-        mbar_arrive_expect_tx(&full_k[s], T::kTileBytes);
-#pragma unroll
-        for (int cb = 0; cb < CB; ++cb) tma_load_3d(k_dst + cb * Bc * 64, &tm_k, cb * 64, kvh, kt, &full_k[s]);
-        mbar_arrive_expect_tx(&full_v[s], T::kTileBytes);
-#pragma unroll
-        for (int cb = 0; cb < CB; ++cb) tma_load_3d(v_dst + cb * Bc * 64, &tm_v, cb * 64, kvh, kt, &full_v[s]);
+        int n = j;  // (advanced by the call; the loop counts for itself)
+        wgfwd_load_kv<D, Bc, ST>(n, sK, sV, full_k, full_v, empty, &tm_k, &tm_v, kvh, seq_start + j * Bc);
       }
     }
     return;
@@ -156,85 +150,11 @@ __global__ void __launch_bounds__(384, 1)
   float s[Bc / 2];
 
   mbar_wait(full_q, 0);
-  for (int j = 0; j < n_tiles; ++j) {
-    const int st = j % ST;
-    const uint32_t par = (j / ST) & 1;
-    const int kt = seq_start + j * Bc;
-
-    // S = Q K^T (K-major A and B; k-step kk = column block kk/4, +32 bytes per step).
-    mbar_wait(&full_k[st], par);
-    fence_regs(s);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;  // k-step inside the 128-byte row
-      const uint64_t da = desc_kmajor_sw128(q_addr + (kk / 4) * (Br * 128) + off);
-      const uint64_t db = desc_kmajor_sw128(k_addr + st * T::kTileBytes + (kk / 4) * (Bc * 128) + off);
-      wgmma_ss<Bc>(s, da, db, kk > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(s);
-
-    // Causal mask: only the diagonal tile reaches past this warpgroup's first row.
-    if (kt + Bc - 1 > first_tok + wg_row0) {
-#pragma unroll
-      for (int i = 0; i < Bc / 8; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          if (kt + 8 * i + 2 * qd + (c & 1) > tok[c / 2]) s[4 * i + c] = -INFINITY;
-    }
-
-    // Online softmax (raw scores; scale*log2e folded into the exponent's FMA).
-    fence_regs(o);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < Bc / 8; ++i) mx = fmaxf(mx, fmaxf(s[4 * i + 2 * h], s[4 * i + 2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(row_max[h], mx);
-      const float m_use = (m_new == -INFINITY ? 0.f : m_new) * p.scale_log2;
-      const float alpha = exp2f(fmaf(row_max[h], p.scale_log2, -m_use));
-      row_max[h] = m_new;
-      row_sum[h] *= alpha;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        o[4 * i + 2 * h] *= alpha;
-        o[4 * i + 2 * h + 1] *= alpha;
-      }
-#pragma unroll
-      for (int i = 0; i < Bc / 8; ++i) {
-        s[4 * i + 2 * h] = exp2f(fmaf(s[4 * i + 2 * h], p.scale_log2, -m_use));
-        s[4 * i + 2 * h + 1] = exp2f(fmaf(s[4 * i + 2 * h + 1], p.scale_log2, -m_use));
-        row_sum[h] += s[4 * i + 2 * h] + s[4 * i + 2 * h + 1];
-      }
-    }
-    // P (bf16) in the A-fragment layout: k-step kk = accumulator columns 16kk..16kk+15.
-    uint32_t pa[Bc / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < Bc / 16; ++kk) {
-      pa[kk][0] = detail::pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = detail::pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = detail::pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = detail::pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-
-    // O += P V (V MN-major: 16 keys per k-step = 2 swizzle atoms = 2048 bytes).
-    mbar_wait(&full_v[st], par);
-    fence_regs(o);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < Bc / 16; ++kk) {
-      const uint64_t db = desc_mnmajor_sw128(v_addr + st * T::kTileBytes + kk * 2048, Bc * 128);
-      wgmma_rs<D>(o, pa[kk], db, 1);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(o);
-    mbar_arrive(&empty[st]);  // this thread is done with slot st (K and V)
-  }
+  // The key tiles; the ring position from the loop counter (fwd_wgmma_step.cuh).
+  for (int j = 0; j < n_tiles; ++j)
+    wgfwd_key_tile<D, Br, Bc, true>(q_addr, k_addr, v_addr, full_k, full_v, empty, j % ST, (j / ST) & 1,
+                                    seq_start + j * Bc, first_tok + wg_row0, tok, qd, p.scale_log2, s,
+                                    o, row_max, row_sum);
 
   // Epilogue: normalise and write the rows of the sequence; lse in natural log.
   constexpr float kLn2 = 0.6931471805599453f;
