@@ -56,9 +56,7 @@ void backward(Plan& plan, AttnParams p, int nw, cudaStream_t stream) {
   mark_phase("bwd_delta_zero_dq", stream);
 
   const int bc = 16 * nw;
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc);
-  const dim3 grid = p.heads_fastest ? dim3(p.Hkv, tiles, static_cast<unsigned>(l.batch()))
-                                    : dim3(tiles, p.Hkv, static_cast<unsigned>(l.batch()));
+  const dim3 grid = tile_grid(plan, p, p.Hkv, bc);
   if (D == 64 && nw == 4) launch_bwd<64, 4, MOBA>(p, grid, stream);
   else if (D == 64) launch_bwd<64, 8, MOBA>(p, grid, stream);
   else if (nw == 4) launch_bwd<128, 4, MOBA>(p, grid, stream);

@@ -121,12 +121,6 @@ void wg_configure(const void* kernel, int threads, int reg_pool_needed, int smem
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
 }
 
-dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc) {
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + bc - 1) / bc);
-  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
-  return p.heads_fastest ? dim3(p.Hkv, tiles, batch) : dim3(tiles, p.Hkv, batch);
-}
-
 namespace {
 
 // One warp per (token, query head) row: delta = rowsum(dO o O) and lse * log2(e), written
@@ -148,15 +142,11 @@ __global__ void wg_prep_kernel(const __nv_bfloat16* __restrict__ o,
   }
 }
 
+constexpr const char* kWhat = "MOBA_DENSE_BWD=wgmma";
+
 template <int D>
 void launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStream_t stream) {
-  using T = WgBwdTraits<D>;
-  const WgBwdMaps m = wgbwd_maps(plan, p, r, T::kBr, T::kBc, T::kRowBox);
-  constexpr auto kernel = attn_bwd_wgmma_kernel<D>;
-  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, "MOBA_DENSE_BWD=wgmma");
-  kernel<<<wgbwd_grid(plan, p, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
-      m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, p);
-  CUDA_CHECK_LAUNCH();
+  wgbwd_launch<WgBwdTraits<D>, attn_bwd_wgmma_kernel<D>>(plan, p, r, kWhat, stream);
 }
 
 }  // namespace
@@ -185,21 +175,25 @@ WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream) {
   return r;
 }
 
-void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
-  wg_require_sm90("MOBA_DENSE_BWD=wgmma");
+void wgbwd_run(Plan& plan, AttnParams p, const char* what, const char* phase,
+               WgBwdLaunch launch64, WgBwdLaunch launch128, cudaStream_t stream) {
+  wg_require_sm90(what);
   const Layout& l = plan.layout();
   const int64_t D = l.head_dim;
   if (D != 64 && D != 128)
-    ::moba::detail::fail(__FILE__, __LINE__, "MOBA_DENSE_BWD=wgmma: head dim ", D, " (64 or 128)");
+    ::moba::detail::fail(__FILE__, __LINE__, what, ": head dim ", D, " (64 or 128)");
   const int64_t rows = l.tokens() * l.num_q_heads;
   const WgBwdPrep r = wgbwd_prepare(plan, p, stream);
 
-  if (D == 64) launch<64>(plan, p, r, stream);
-  else launch<128>(plan, p, r, stream);
-  mark_phase("bwd_dense_wgmma", stream);
+  (D == 64 ? launch64 : launch128)(plan, p, r, stream);
+  mark_phase(phase, stream);
 
   dq_convert(p, rows, D, stream);
   mark_phase("bwd_dq_convert", stream);
+}
+
+void dense_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
+  wgbwd_run(plan, p, kWhat, "bwd_dense_wgmma", launch<64>, launch<128>, stream);
 }
 
 }  // namespace moba::attn::cuda

@@ -34,9 +34,7 @@ void fwd_contiguous(const Plan& plan, const AttnParams& p, cudaStream_t stream) 
   const Layout& l = plan.layout();
   const int mt = row_slices(plan, MODE);
   const int br = 16 * kWarps * mt;
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + br - 1) / br);
-  const dim3 grid = p.heads_fastest ? dim3(p.Hq, tiles, static_cast<unsigned>(l.batch()))
-                                    : dim3(tiles, p.Hq, static_cast<unsigned>(l.batch()));
+  const dim3 grid = tile_grid(plan, p, p.Hq, br);
   const int64_t D = l.head_dim;
   if (D == 64 && mt == 1) launch_fwd<64, kWarps, 1, MODE>(p, grid, stream);
   else if (D == 64) launch_fwd<64, kWarps, 2, MODE>(p, grid, stream);
@@ -66,6 +64,13 @@ AttnParams plan_params(const Plan& plan, const bf16* q, const bf16* k, const bf1
   p.kp = p.K - 1;
   p.heads_fastest = plan.max_seq_len() < kLongSequence;
   return p;
+}
+
+dim3 tile_grid(const Plan& plan, const AttnParams& p, int heads, int tile) {
+  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + tile - 1) / tile);
+  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
+  const unsigned h = static_cast<unsigned>(heads);
+  return p.heads_fastest ? dim3(h, tiles, batch) : dim3(tiles, h, batch);
 }
 
 void dense_forward(Plan& plan, const bf16* q, const bf16* k, const bf16* v, bf16* out,

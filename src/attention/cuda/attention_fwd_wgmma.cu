@@ -22,11 +22,11 @@ namespace {
 
 // The contiguous kernels' grid (as the mma.sync forward): 128-row query tiles of the
 // longest sequence, heads fastest for short sequences.
-dim3 contiguous_grid(const Plan& plan, const AttnParams& p) {
-  const unsigned tiles = static_cast<unsigned>((plan.max_seq_len() + 127) / 128);
-  const unsigned batch = static_cast<unsigned>(plan.layout().batch());
-  return p.heads_fastest ? dim3(p.Hq, tiles, batch) : dim3(tiles, p.Hq, batch);
-}
+constexpr int kQueryTile = 128;
+static_assert(WgFwdTraits<64>::kBr == kQueryTile && WgFwdTraits<128>::kBr == kQueryTile &&
+                  WgMobaFwdTraits<64, WgMobaMode::kCurrent>::kBr == kQueryTile &&
+                  WgMobaFwdTraits<128, WgMobaMode::kCurrent>::kBr == kQueryTile,
+              "the contiguous grid's tiles are the kernels' query tiles");
 
 // The dense kernel: grid (Hq, query tiles, B) heads fastest, else (tiles, Hq, B).
 template <int D>
@@ -38,7 +38,7 @@ void launch_dense(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
   constexpr auto kernel = attn_fwd_wgmma_kernel<D>;
   wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, "MOBA_DENSE_FWD=wgmma");
-  kernel<<<contiguous_grid(plan, p), T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
+  kernel<<<tile_grid(plan, p, p.Hq, kQueryTile), T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -186,7 +186,7 @@ void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStrea
   wg_require_sm90("MOBA_MOBA_FWD=wgmma");
   check_moba_shape(plan);
   // The contiguous grid's tiles, in its order, taken in turn by the persistent CTAs.
-  const dim3 g = contiguous_grid(plan, p);
+  const dim3 g = tile_grid(plan, p, p.Hq, kQueryTile);
   AttnParams pc = p;
   pc.batch = static_cast<int>(g.z);
   pc.q_tiles = static_cast<int>(p.heads_fastest ? g.y : g.x);

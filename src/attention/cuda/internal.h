@@ -8,6 +8,7 @@
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/params.h"
+#include "core/cuda_check.cuh"
 #include "core/cuda_once.h"
 
 namespace moba::attn::cuda {
@@ -32,6 +33,10 @@ enum ScratchSlot : int {
 // The parameters every attention launch shares (pointers, shapes, scale, MoBA's S and K,
 // the grid order), from the plan; the caller adds its outputs and MoBA lists.
 AttnParams plan_params(const Plan& plan, const bf16* q, const bf16* k, const bf16* v);
+// The grid of a kernel over tiles of `tile` rows (queries or keys) of the longest sequence,
+// for each of `heads` heads and each sequence: (heads, tiles, B) where p.heads_fastest, else
+// (tiles, heads, B).
+dim3 tile_grid(const Plan& plan, const AttnParams& p, int heads, int tile);
 
 struct GatherIndex {
   int32_t* counts = nullptr;
@@ -101,9 +106,6 @@ void wg_configure_once(int threads, int reg_pool_needed, int smem_bytes, const c
     wg_configure(reinterpret_cast<const void*>(Kernel), threads, reg_pool_needed, smem_bytes, what);
   });
 }
-// Grid of the key-tile-major backwards: (Hkv, key tiles, B), or (key tiles, Hkv, B) when
-// heads_fastest is off.
-dim3 wgbwd_grid(const Plan& plan, const AttnParams& p, int bc);
 // Preparation kernel: delta = rowsum(dO o O) and lse * log2(e), transposed to (Hq, n_pad)
 // (n_pad = N rounded up to 4), and the fp32 dQ accumulator zeroed (p.dq_acc, p.delta set).
 struct WgBwdPrep {
@@ -112,6 +114,25 @@ struct WgBwdPrep {
   int64_t n_pad = 0;
 };
 WgBwdPrep wgbwd_prepare(Plan& plan, AttnParams& p, cudaStream_t stream);
+
+// One launch of a wgmma backward kernel with traits T (key-tile-major: grid tile_grid over
+// Hkv and T::kBc keys): its seven tensor maps, the register-pool check once per device (a
+// moba::Error naming `what`); `extra`: the kernel's parameters after p.
+template <class T, auto Kernel, class... Extra>
+void wgbwd_launch(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, const char* what,
+                  cudaStream_t stream, Extra... extra) {
+  const WgBwdMaps m = wgbwd_maps(plan, p, r, T::kBr, T::kBc, T::kRowBox);
+  wg_configure_once<Kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, what);
+  Kernel<<<tile_grid(plan, p, p.Hkv, T::kBc), T::kThreads, T::kSmemBytes, stream>>>(
+      m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, p, extra...);
+  CUDA_CHECK_LAUNCH();
+}
+// A wgmma backward around its kernel: the device and head-dim checks (errors naming
+// `what`), the preparation kernel, the kernel (launch64 or launch128 by head dim; its phase
+// named `phase`), then dQ to bf16 (attention_bwd_wgmma.cu).
+using WgBwdLaunch = void (*)(const Plan&, const AttnParams&, const WgBwdPrep&, cudaStream_t);
+void wgbwd_run(Plan& plan, AttnParams p, const char* what, const char* phase,
+               WgBwdLaunch launch64, WgBwdLaunch launch128, cudaStream_t stream);
 
 // sm_90a MoBA backward (wgmma + TMA, bwd_moba_wgmma.cuh), moba_backward's default for
 // S >= 128 (wgmma_switch("MOBA_MOBA_BWD", D); a CTA's 128 keys must lie in one block).
