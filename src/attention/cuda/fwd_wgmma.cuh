@@ -104,11 +104,7 @@ __global__ void __launch_bounds__(384, 1)
   const int wgi = tid / 128;  // warpgroup
   if (tid == 0) {
     mbar_init(full_q, 1);
-    for (int s = 0; s < ST; ++s) {
-      mbar_init(&full_k[s], 1);
-      mbar_init(&full_v[s], 1);
-      mbar_init(&empty[s], 256);  // every consumer thread arrives once per use
-    }
+    wgfwd_init_ring<ST>(full_k, full_v, empty);
     mbar_fence_init();
   }
   __syncthreads();

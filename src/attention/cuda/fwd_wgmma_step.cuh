@@ -4,6 +4,7 @@
 // per-key-tile sequence; they differ in where the rows and key ranges come from (one tile
 // per CTA from blockIdx, or persistent work items), in how Q arrives and in the epilogue.
 // What is here is that common part, as force-inlined steps:
+//   wgfwd_init_ring  the K/V ring's barriers (one thread, before the CTA's first sync)
 //   wgfwd_load_kv    producer: K and V of one key tile into the next ring slot
 //   wgfwd_key_tile   consumer: S = Q K^T, causal mask, online softmax, O += P V, slot freed
 // Both take the ring position (slot and parity) from a running key-tile count the caller
@@ -22,6 +23,19 @@
 #include "attention/cuda/wgmma.cuh"
 
 namespace moba::attn::cuda {
+
+// The barriers of the K/V ring's ST slots: full_k, full_v (one arrival: the producer's
+// arrive.expect_tx; then the TMA bytes) and empty (256 arrivals: every consumer thread once
+// per use, in wgfwd_key_tile). The caller fences the inits (mbar_fence_init) and syncs.
+template <int ST>
+__device__ __forceinline__ void wgfwd_init_ring(uint64_t* full_k, uint64_t* full_v, uint64_t* empty) {
+  using namespace wg;
+  for (int s = 0; s < ST; ++s) {
+    mbar_init(&full_k[s], 1);
+    mbar_init(&full_v[s], 1);
+    mbar_init(&empty[s], 256);  // every consumer thread arrives once per use
+  }
+}
 
 // K and V of the key tile at token kt (kv head kvh) into ring slot n % ST, the n-th tile
 // issued: waits until both consumer warpgroups freed the slot's previous use (parity 1 on
