@@ -62,7 +62,8 @@ struct LrRule {
 // flops_per_s when not given (0), so the two-figure form (seconds_per_token, flops_per_s)
 // is one rate for every FLOP. Full attention's rate covers every dense layer (a MoBA
 // run's full_attention_last_layers too); MoBA's covers its layers' attended pairs, the
-// gate's time included (the FLOPs do not count the gate: docs/sweep.md, "[estimate]").
+// gate's time included (the FLOPs do not count the gate: docs/sweep.md, "What the planner
+// prints").
 // Everything 0: no estimate.
 struct ThroughputModel {
   double flops_per_s = 0.0;        // executed FLOP/s of the FLOPs without a rate of their own
