@@ -37,6 +37,10 @@ void add_sweep(CLI::App& app) {
   cmd->add_flag("--plan-only", o.plan_only,
                 "Print the plan (parameters, tokens, FLOPs, time, "
                 "data reads) and stop");
+  cmd->add_option("--plan-json", o.plan_json,
+                  "Also write the plan as JSON to FILE (plan.json's content; with --plan-only "
+                  "too)")
+      ->type_name("FILE");
   add_device_option(cmd, o.device,
                     "Where every run trains: cpu (float32) or cuda (bf16 mixed precision on the"
                     " GPU; needs a build with the CUDA kernels); cpu unless given, as in every "

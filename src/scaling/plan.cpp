@@ -115,6 +115,40 @@ double exec_flops_per_token(const model::ModelConfig& cfg0) {
   return model::matmul_flops_per_token(c) + attention;
 }
 
+ExecFlops exec_flops_parts(const model::ModelConfig& cfg0) {
+  const model::ModelConfig c = cfg0.resolved();
+  const double T = static_cast<double>(c.seq_len);
+  ExecFlops f;
+  f.matmul = model::matmul_flops_per_token(c);
+  for (int64_t layer = 0; layer < c.layers; ++layer) {
+    if (model::layer_uses_moba(c, layer, true))
+      f.moba_attention += attn::attention_fwd_bwd_flops(
+                              moba_pairs_per_sequence(c.seq_len, c.heads, c.attention.block_size,
+                                                      c.attention.top_k),
+                              c.head_dim) /
+                          T;
+    else
+      f.full_attention +=
+          attn::attention_fwd_bwd_flops(dense_pairs_per_sequence(c.seq_len, c.heads), c.head_dim) / T;
+  }
+  return f;
+}
+
+TimeParts estimate_seconds(const ThroughputModel& m, const ExecFlops& per_token,
+                           double token_equivalents) {
+  // A part whose rate is 0 (no rate given and no flops_per_s) takes no time; the preset's
+  // validation refuses that for the parts its runs have.
+  const auto at = [&](double flops, double rate) {
+    return rate > 0 ? token_equivalents * flops / rate : 0.0;
+  };
+  TimeParts t;
+  t.per_token = token_equivalents * m.seconds_per_token;
+  t.matmul = at(per_token.matmul, m.matmul_rate());
+  t.full_attention = at(per_token.full_attention, m.full_attention_rate());
+  t.moba_attention = at(per_token.moba_attention, m.moba_attention_rate());
+  return t;
+}
+
 size_t SearchConfig::points() const {
   const auto n = [](size_t k) { return std::max<size_t>(1, k); };
   return n(lr.size() + lr_multipliers.size()) * n(tied_embeddings.size()) *
@@ -245,6 +279,7 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override,
         r.tokens = tokens;
         r.flops_6nd = 6.0 * static_cast<double>(pc.non_embedding) * tokens;
         r.exec_per_token = exec_flops_per_token(r.config.model);
+        r.exec_parts = exec_flops_parts(r.config.model);
         r.flops_exec = r.exec_per_token * tokens;
         const model::ModelConfig& m = r.config.model;
         r.attention_density = kind == "full" ? 1.0
@@ -252,15 +287,17 @@ Plan make_plan(const SweepConfig& s, const std::string& data_override,
                                                                        m.attention.block_size,
                                                                        m.attention.top_k) /
                                                    dense_pairs_per_sequence(m.seq_len, 1);
-        if (s.estimate.known()) {
+        {
+          // Every validation (eval.every apart, and at the end) forwards its windows: a
+          // third of a training token's work each.
           const int64_t every = r.config.eval.every, steps = r.config.train.steps;
           const double evals = static_cast<double>(steps / every + (steps % every != 0));
-          const double eval_tokens =
-              evals * static_cast<double>(r.config.eval.windows * m.seq_len) / 3.0;
-          const double per_token =
-              s.estimate.seconds_per_token +
-              (s.estimate.flops_per_s > 0 ? r.exec_per_token / s.estimate.flops_per_s : 0.0);
-          r.seconds = (tokens + eval_tokens) * per_token;
+          r.token_equivalents =
+              tokens + evals * static_cast<double>(r.config.eval.windows * m.seq_len) / 3.0;
+        }
+        if (s.estimate.known()) {
+          r.seconds_parts = estimate_seconds(s.estimate, r.exec_parts, r.token_equivalents);
+          r.seconds = r.seconds_parts.total();
         }
         if (synthetic)
           r.data_reads = 0;
@@ -389,10 +426,34 @@ void print_plan(std::FILE* f, const Plan& p) {
   const double t = p.total_seconds();
   if (t >= 0) std::fprintf(f, ", estimated time %s", train::format_duration(t).c_str());
   std::fprintf(f, "\n");
-  if (s.estimate.known())
+  const ThroughputModel& e = s.estimate;
+  if (e.known() && !e.split())
     std::fprintf(f, "estimate: %.3g us per token + executed FLOPs at %.3g FLOP/s%s%s\n",
-                 s.estimate.seconds_per_token * 1e6, s.estimate.flops_per_s,
-                 s.estimate.note.empty() ? "" : "; ", s.estimate.note.c_str());
+                 e.seconds_per_token * 1e6, e.flops_per_s, e.note.empty() ? "" : "; ",
+                 e.note.c_str());
+  if (e.split()) {
+    std::fprintf(f,
+                 "estimate: %.3g us per token + matmul FLOPs at %.3g FLOP/s + full attention's "
+                 "at %.3g + MoBA attention's (attended pairs, the gate's time included) at "
+                 "%.3g%s%s\n",
+                 e.seconds_per_token * 1e6, e.matmul_rate(), e.full_attention_rate(),
+                 e.moba_attention_rate(), e.note.empty() ? "" : "; ", e.note.c_str());
+  }
+  if (t >= 0) {
+    TimeParts sum;
+    for (const PlannedRun& r : p.runs) {
+      sum.per_token += r.seconds_parts.per_token;
+      sum.matmul += r.seconds_parts.matmul;
+      sum.full_attention += r.seconds_parts.full_attention;
+      sum.moba_attention += r.seconds_parts.moba_attention;
+    }
+    std::fprintf(f, "estimated time by part: per token %s, matmuls %s, full attention %s, MoBA "
+                    "attention %s\n",
+                 train::format_duration(sum.per_token).c_str(),
+                 train::format_duration(sum.matmul).c_str(),
+                 train::format_duration(sum.full_attention).c_str(),
+                 train::format_duration(sum.moba_attention).c_str());
+  }
   std::fprintf(f,
                "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (18 bytes "
                "per parameter + activations; train/memory.h)\n",
@@ -410,6 +471,7 @@ nlohmann::json plan_json(const Plan& p) {
                     {"heads", m.heads},
                     {"width", m.width},
                     {"head_dim", m.head_dim},
+                    {"seq_len", m.seq_len},
                     {"params_non_embedding", r.params.non_embedding},
                     {"params_total", r.params.total},
                     {"tokens", r.tokens},
@@ -424,7 +486,18 @@ nlohmann::json plan_json(const Plan& p) {
                     {"flops_6nd", r.flops_6nd},
                     {"flops_exec", r.flops_exec},
                     {"attention_density", r.attention_density},
+                    {"exec_per_token",
+                     {{"matmul", r.exec_parts.matmul},
+                      {"full_attention", r.exec_parts.full_attention},
+                      {"moba_attention", r.exec_parts.moba_attention}}},
+                    {"token_equivalents", r.token_equivalents},
                     {"seconds_estimated", r.seconds >= 0 ? nlohmann::json(r.seconds) : nullptr},
+                    {"seconds_estimated_parts",
+                     r.seconds >= 0 ? nlohmann::json{{"per_token", r.seconds_parts.per_token},
+                                                     {"matmul", r.seconds_parts.matmul},
+                                                     {"full_attention", r.seconds_parts.full_attention},
+                                                     {"moba_attention", r.seconds_parts.moba_attention}}
+                                    : nlohmann::json(nullptr)},
                     {"data_reads", r.data_reads >= 0 ? nlohmann::json(r.data_reads) : nullptr},
                     {"memory_bytes", r.memory_bytes}});
   }
@@ -438,6 +511,14 @@ nlohmann::json plan_json(const Plan& p) {
            {{"coefficient", p.sweep.lr.coefficient},
             {"exponent", p.sweep.lr.exponent},
             {"max", p.sweep.lr.max}}},
+          {"estimate",
+           {{"seconds_per_token", p.sweep.estimate.seconds_per_token},
+            {"flops_per_s", p.sweep.estimate.flops_per_s},
+            {"matmul_flops_per_s", p.sweep.estimate.matmul_rate()},
+            {"attention_flops_per_s",
+             {{"full", p.sweep.estimate.full_attention_rate()},
+              {"moba", p.sweep.estimate.moba_attention_rate()}}},
+            {"note", p.sweep.estimate.note}}},
           {"search",
            {{"lr_multipliers", p.sweep.search.lr_multipliers},
             {"lr", p.sweep.search.lr},

@@ -55,14 +55,39 @@ struct LrRule {
   double max = 0.05;
 };
 
-// How long a run takes: seconds = tokens x (seconds_per_token + executed FLOPs per token /
-// flops_per_s), plus validation forwards at a third of a training token's cost. Both 0:
-// no estimate.
+// How long a run takes: seconds = token equivalents x (seconds_per_token + matmul FLOPs per
+// token / matmul rate + full attention's FLOPs per token / its rate + MoBA attention's
+// attended FLOPs per token / its rate), token equivalents = training tokens + validation
+// window tokens / 3 (a forward without backward). Each of the three rates falls back to
+// flops_per_s when not given (0), so the two-figure form (seconds_per_token, flops_per_s)
+// is one rate for every FLOP. Full attention's rate covers every dense layer (a MoBA
+// run's full_attention_last_layers too); MoBA's covers its layers' attended pairs, the
+// gate's time included (the FLOPs do not count the gate: docs/sweep.md, "What the planner
+// prints").
+// Everything 0: no estimate.
 struct ThroughputModel {
-  double flops_per_s = 0.0;        // executed FLOP/s once the per-token overhead is paid
-  double seconds_per_token = 0.0;  // per-token overhead (small models are not FLOP-bound)
+  double flops_per_s = 0.0;        // executed FLOP/s of the FLOPs without a rate of their own
+  double seconds_per_token = 0.0;  // per-token time beside the FLOPs (norms, embeddings, launches)
+  double matmul_flops_per_s = 0.0;           // 0: flops_per_s
+  double full_attention_flops_per_s = 0.0;   // attention_flops_per_s.full; 0: flops_per_s
+  double moba_attention_flops_per_s = 0.0;   // attention_flops_per_s.moba; 0: flops_per_s
   std::string note;                // where the figures come from (printed with the plan)
-  bool known() const { return flops_per_s > 0.0 || seconds_per_token > 0.0; }
+  bool known() const {
+    return flops_per_s > 0.0 || seconds_per_token > 0.0 || split();
+  }
+  // Any of the three rates given (the split form).
+  bool split() const {
+    return matmul_flops_per_s > 0.0 || full_attention_flops_per_s > 0.0 ||
+           moba_attention_flops_per_s > 0.0;
+  }
+  // The rate each part runs at: its own, else flops_per_s (0: the part takes no time).
+  double matmul_rate() const { return matmul_flops_per_s > 0 ? matmul_flops_per_s : flops_per_s; }
+  double full_attention_rate() const {
+    return full_attention_flops_per_s > 0 ? full_attention_flops_per_s : flops_per_s;
+  }
+  double moba_attention_rate() const {
+    return moba_attention_flops_per_s > 0 ? moba_attention_flops_per_s : flops_per_s;
+  }
 };
 
 // The learning-rate search's grid; an empty list leaves that key at the ladder's value.
@@ -117,6 +142,25 @@ SweepConfig load_sweep_config(const std::string& path, const std::vector<std::st
 SweepConfig parse_sweep_config(const std::string& toml_text, const std::string& origin,
                                const std::vector<std::string>& sets = {});
 
+// Executed training FLOPs per token (forward + backward) by the rate they run at: the
+// matmuls (model::matmul_flops_per_token), full attention (dense causal pairs: every layer
+// of a full run, a MoBA run's full_attention_last_layers) and MoBA attention (the attended
+// pairs of its MoBA layers).
+struct ExecFlops {
+  double matmul = 0, full_attention = 0, moba_attention = 0;
+  double total() const { return matmul + full_attention + moba_attention; }
+};
+
+// A run's estimated seconds by part of the time model.
+struct TimeParts {
+  double per_token = 0, matmul = 0, full_attention = 0, moba_attention = 0;
+  double total() const { return per_token + matmul + full_attention + moba_attention; }
+};
+
+// The time model applied to `token_equivalents` tokens of `per_token` FLOPs.
+TimeParts estimate_seconds(const ThroughputModel& m, const ExecFlops& per_token,
+                           double token_equivalents);
+
 // One planned run.
 struct PlannedRun {
   train::RunConfig config;  // resolved: what the trainer gets
@@ -127,8 +171,11 @@ struct PlannedRun {
   double flops_6nd = 0;   // 6 x non-embedding params x tokens
   double flops_exec = 0;  // executed, forward + backward (docs/run_format.md)
   double exec_per_token = 0;
-  double attention_density = 1;  // attended pairs / dense causal pairs
-  double seconds = -1;           // estimated; < 0 when the preset gives no throughput
+  ExecFlops exec_parts;            // exec_per_token by part (their sum, up to rounding)
+  double attention_density = 1;    // attended pairs / dense causal pairs
+  double token_equivalents = 0;    // tokens + validation window tokens / 3
+  double seconds = -1;             // estimated; < 0 when the preset gives no throughput
+  TimeParts seconds_parts;         // seconds by part (all 0 without an estimate)
   double data_reads = -1;        // tokens / training tokens; < 0 when unknown (synthetic: 0)
   double memory_bytes = 0;       // estimate for one micro-batch, see memory_estimate()
   // Its point of the [search] grid: the rule's lr for its size, what multiplied it (0 when
@@ -160,6 +207,8 @@ double moba_pairs_per_sequence(int64_t T, int64_t heads, int64_t S, int64_t K);
 // Executed training FLOPs per token of a model (forward + backward): matmuls as the
 // trainer counts them plus attention, for the phase where MoBA layers use MoBA.
 double exec_flops_per_token(const model::ModelConfig& cfg);
+// The same by part (ExecFlops); total() equals exec_flops_per_token up to rounding.
+ExecFlops exec_flops_parts(const model::ModelConfig& cfg);
 
 // Learning rate of a run of `params` non-embedding parameters trained on `tokens`.
 double planned_lr(const LrRule& rule, double params, double tokens);

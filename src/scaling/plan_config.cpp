@@ -104,6 +104,29 @@ void validate(const SweepConfig& s, const std::set<std::string>& given) {
                  " twice; each seed is one run per size and attention");
   MOBA_CHECK(g.seeds.empty() || !given.count("base.train.seed"), o,
              ": base.train.seed is set per run by search.seeds; remove one");
+  // [estimate]: with a rate per part, every part the runs have needs one (its own, or
+  // flops_per_s for the rest), and flops_per_s must be needed when given.
+  const ThroughputModel& e = s.estimate;
+  if (e.split()) {
+    const bool moba = std::find(s.attention.begin(), s.attention.end(), "moba") != s.attention.end();
+    const bool full = std::find(s.attention.begin(), s.attention.end(), "full") != s.attention.end() ||
+                      (moba && s.base.model.attention.full_attention_last_layers > 0);
+    const std::pair<const char*, bool> parts[] = {
+        {"estimate.matmul_flops_per_s", e.matmul_flops_per_s == 0},
+        {"estimate.attention_flops_per_s.full", full && e.full_attention_flops_per_s == 0},
+        {"estimate.attention_flops_per_s.moba", moba && e.moba_attention_flops_per_s == 0}};
+    std::string missing;
+    for (const auto& [key, absent] : parts)
+      if (absent) missing += std::string(missing.empty() ? "" : ", ") + key;
+    MOBA_CHECK(e.flops_per_s > 0 || missing.empty(), o, ": [estimate] gives a rate per part but not ",
+               missing, " and no estimate.flops_per_s for the rest: those FLOPs would take no "
+               "time; give ", missing.find(',') == std::string::npos ? "it" : "them",
+               " or estimate.flops_per_s");
+    MOBA_CHECK(e.flops_per_s == 0 || !missing.empty(), o,
+               ": estimate.flops_per_s is not used: estimate.matmul_flops_per_s and "
+               "estimate.attention_flops_per_s (", moba && full ? "full and moba" : moba ? "moba" : "full",
+               ") give every part its rate; remove it");
+  }
   // [base]'s own relations, as far as they do not depend on the ladder.
   try {
     train::check_data_packing(s.base.data, s.base.data_packing);
@@ -163,10 +186,21 @@ const schema::Schema<SweepConfig>& sweep_schema() {
                    "training seeds, distinct: every run once per seed (train.seed), named "
                    "-s<seed>; both attention types of a seed pair up; [] = base.train.seed"),
         MOBA_FIELD(S, "estimate.flops_per_s", estimate.flops_per_s, at_least(0),
-                   "executed FLOP/s once the per-token overhead is paid; 0 with "
-                   "seconds_per_token = 0: no time estimate"),
+                   "executed FLOP/s of every FLOP without a rate of its own (below); 0 with "
+                   "every other estimate key 0: no time estimate"),
         MOBA_FIELD(S, "estimate.seconds_per_token", estimate.seconds_per_token, at_least(0),
-                   "per-token overhead"),
+                   "time per token (training, or validation at a third) beside the FLOPs"),
+        MOBA_FIELD(S, "estimate.matmul_flops_per_s", estimate.matmul_flops_per_s, above(0),
+                   "FLOP/s of the matmuls (6 x matmul weights per token); not given: "
+                   "estimate.flops_per_s"),
+        MOBA_FIELD(S, "estimate.attention_flops_per_s.full", estimate.full_attention_flops_per_s,
+                   above(0),
+                   "FLOP/s of full attention (dense causal pairs, every dense layer); not "
+                   "given: estimate.flops_per_s"),
+        MOBA_FIELD(S, "estimate.attention_flops_per_s.moba", estimate.moba_attention_flops_per_s,
+                   above(0),
+                   "FLOP/s of MoBA attention (its attended pairs' FLOPs; the gate's time "
+                   "included) at the preset's T; not given: estimate.flops_per_s"),
         MOBA_FIELD(S, "estimate.note", estimate.note, any(),
                    "where the figures come from (printed with the plan)"),
     };

@@ -144,6 +144,16 @@ std::optional<PlanTimes> plan_times(const std::vector<Run>& runs, const fs::path
     row.run = pr["name"].get<std::string>();
     const json est = pr.value("seconds_estimated", json());
     if (est.is_number()) row.planned = est.get<double>();
+    const json parts = pr.value("seconds_estimated_parts", json());
+    if (parts.is_object()) {
+      const auto part = [&](const char* k) {
+        return parts.contains(k) && parts[k].is_number() ? parts[k].get<double>() : kNaN;
+      };
+      row.planned_per_token = part("per_token");
+      row.planned_matmul = part("matmul");
+      row.planned_full_attention = part("full_attention");
+      row.planned_moba_attention = part("moba_attention");
+    }
     const json steps = pr.value("steps", json());
     const auto it = by_name.find(row.run);
     if (it == by_name.end()) {
@@ -178,10 +188,23 @@ std::string plan_times_markdown(const PlanTimes& t) {
         "them. Error: (planned - measured) / measured, positive when the plan overestimates; "
         "issue 13's bar is "
      << std::to_string(std::lround(100 * t.bar)) << "%.\n\n";
-  md << "| run | planned (s) | measured (s) | error |\n|---|---|---|---|\n";
+  // The planned time's parts, when the plan has them (plans since the split time model).
+  const bool parts = std::any_of(t.rows.begin(), t.rows.end(),
+                                 [](const PlanTimeRow& r) { return r.has_parts(); });
+  if (parts)
+    md << "Planned, by part of the time model: per-token time, matmuls, full attention, MoBA "
+          "attention (seconds; they add up to the planned time).\n\n"
+       << "| run | planned (s) | per token | matmuls | full attn. | MoBA attn. | measured (s) | "
+          "error |\n|---|---|---|---|---|---|---|---|\n";
+  else
+    md << "| run | planned (s) | measured (s) | error |\n|---|---|---|---|\n";
   for (const PlanTimeRow& r : t.rows) {
-    md << "| " << md_cell(r.run) << " | "
-       << fixed(r.planned, 1) << " | " << fixed(r.measured, 1) << " | ";
+    md << "| " << md_cell(r.run) << " | " << fixed(r.planned, 1) << " | ";
+    if (parts)
+      md << fixed(r.planned_per_token, 1) << " | " << fixed(r.planned_matmul, 1) << " | "
+         << fixed(r.planned_full_attention, 1) << " | " << fixed(r.planned_moba_attention, 1)
+         << " | ";
+    md << fixed(r.measured, 1) << " | ";
     if (!r.compared()) md << md_cell(r.state);
     else
       md << fixed(100 * r.error(), 1, true) << "%"
@@ -193,6 +216,31 @@ std::string plan_times_markdown(const PlanTimes& t) {
        << " not in the plan and left out.\n";
   md << "\n" << t.summary() << "\n";
   return md.str();
+}
+
+json plan_times_json(const PlanTimes& t) {
+  const auto num = [](double x) { return std::isfinite(x) ? json(x) : json(nullptr); };
+  json rows = json::array();
+  for (const PlanTimeRow& r : t.rows) {
+    json row = {{"run", r.run},
+                {"planned_s", num(r.planned)},
+                {"measured_s", num(r.measured)},
+                {"error", r.compared() ? num(r.error()) : json(nullptr)},
+                {"state", r.state}};
+    if (r.has_parts())
+      row["planned_parts_s"] = {{"per_token", num(r.planned_per_token)},
+                                {"matmul", num(r.planned_matmul)},
+                                {"full_attention", num(r.planned_full_attention)},
+                                {"moba_attention", num(r.planned_moba_attention)}};
+    rows.push_back(std::move(row));
+  }
+  return {{"plan", t.plan.string()},
+          {"device", t.device},
+          {"bar", t.bar},
+          {"problem", t.problem},
+          {"compared", t.compared()},
+          {"max_abs_error", num(t.max_abs_error())},
+          {"runs", rows}};
 }
 
 }  // namespace moba::scaling

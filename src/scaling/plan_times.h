@@ -4,6 +4,7 @@
 // `moba plot lr` show the comparison when they find a plan.json; issue 13's bar is 15%.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -30,6 +31,11 @@ double measured_seconds(const Run& run, int64_t steps, std::string* why = nullpt
 struct PlanTimeRow {
   std::string run;
   double planned = kNaN;   // plan.json's seconds_estimated
+  // plan.json's seconds_estimated_parts (the time model's parts: plan.h, TimeParts); NaN
+  // when the plan predates them.
+  double planned_per_token = kNaN, planned_matmul = kNaN, planned_full_attention = kNaN,
+         planned_moba_attention = kNaN;
+  bool has_parts() const { return std::isfinite(planned_per_token); }
   double measured = kNaN;  // measured_seconds()
   std::string state;       // "" when both are known, else why the row has no error
   // (planned - measured) / measured: positive when the planner overestimates.
@@ -62,8 +68,13 @@ std::filesystem::path find_plan_json(const std::filesystem::path& runs_dir);
 std::optional<PlanTimes> plan_times(const std::vector<Run>& runs,
                                     const std::filesystem::path& runs_dir);
 
-// The section "## Planned against measured time": what is compared, the table and the
-// summary line.
+// The section "## Planned against measured time": what is compared, the table (with the
+// planned time's parts when the plan has them) and the summary line.
 std::string plan_times_markdown(const PlanTimes& t);
+
+// The same as JSON (`moba report` writes it to OUT/plan_times.json): the plan's path, the
+// bar, and per run its name, planned seconds (and parts), measured seconds and error (null
+// where unknown) and the state.
+nlohmann::json plan_times_json(const PlanTimes& t);
 
 }  // namespace moba::scaling

@@ -476,6 +476,12 @@ fs::path write_report(const fs::path& runs_dir, const fs::path& out_dir, const R
     MOBA_CHECK(f.good(), "cannot write '", (out_dir / "fits.json").string(), "'");
     f << to_json(s).dump(2) << "\n";
   }
+  if (times) {
+    // The comparison's figures unrounded (scripts/fit-time-model.py reads them).
+    std::ofstream f(out_dir / "plan_times.json");
+    MOBA_CHECK(f.good(), "cannot write '", (out_dir / "plan_times.json").string(), "'");
+    f << plan_times_json(*times).dump(2) << "\n";
+  }
   const fs::path report = out_dir / "report.md";
   std::ofstream f(report);
   MOBA_CHECK(f.good(), "cannot write '", report.string(), "'");

@@ -47,8 +47,8 @@ std::string md_cell(const std::string& s);
 
 // Reads the runs, fits, draws the figures (when cairo is built in) and writes
 // out_dir/report.md, out_dir/fits.json and out_dir/figures/; the report compares the plan's
-// times with the runs' when RUNS_DIR or its parent holds a plan.json (plan_times.h). Returns
-// report.md's path.
+// times with the runs' when RUNS_DIR or its parent holds a plan.json (plan_times.h), and
+// then writes that comparison to out_dir/plan_times.json too. Returns report.md's path.
 std::filesystem::path write_report(const std::filesystem::path& runs_dir,
                                    const std::filesystem::path& out_dir,
                                    const ReportOptions& options);

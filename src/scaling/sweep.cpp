@@ -113,6 +113,11 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
                                     : "cpu (every run trains in float32 on the CPU)");
     std::fflush(o.out);
   }
+  if (!o.plan_json.empty()) {
+    nlohmann::json doc = plan_json(plan);
+    doc["device"] = o.device;
+    train::write_file_atomic(o.plan_json, doc.dump(2) + "\n");
+  }
   SweepSummary sum;
   if (o.plan_only) {
     for (const auto& check : {std::function<void()>([&] { check_data_reuse(plan, o.force_reuse); }),

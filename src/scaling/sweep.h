@@ -26,6 +26,7 @@ struct SweepOptions {
   std::string data;              // --data: overrides the preset's data
   std::string eval_data;         // --eval-data: every run's eval.data (validation corpus)
   bool plan_only = false;        // --plan-only: print the plan, train nothing
+  std::string plan_json;         // --plan-json: also write the plan (plan_json(), with the device) here
   bool force_reuse = false;      // --force-reuse: allow reading the data more than 4 times
   // --device: "cpu" or "cuda", every run's train::TrainerOptions::device. Not part of a
   // run's configuration: a run started on one device may be resumed on the other.
@@ -47,7 +48,8 @@ struct SweepSummary {
 
 // Plans, checks data reuse (and, for --device cuda, that this build has the CUDA kernels
 // and sees a device), writes RUNS_DIR/plan.json (with the device) and trains. With
-// plan_only, prints the plan and returns.
+// plan_only, prints the plan and returns. options.plan_json: the same JSON to that file as
+// well, with or without plan_only.
 SweepSummary run_sweep(const SweepConfig& sweep, const SweepOptions& options);
 
 }  // namespace moba::scaling

@@ -161,6 +161,194 @@ TEST(Plan, EstimatesTimeFromTheThroughputModel) {
               p.runs[0].seconds + p.runs[1].seconds + p.runs[2].seconds + p.runs[3].seconds, 1e-9);
 }
 
+// The split form: per-token time + matmul FLOPs, full attention's FLOPs and MoBA's attended
+// FLOPs each at its own rate, on kTiny's L = 2 worked by hand.
+TEST(Plan, EstimatesTimeByPartByHand) {
+  SweepConfig s = parse_sweep_config(kTiny, "tiny");
+  s.estimate.seconds_per_token = 1e-6;
+  s.estimate.matmul_flops_per_s = 1e9;
+  s.estimate.full_attention_flops_per_s = 2e9;
+  s.estimate.moba_attention_flops_per_s = 5e8;
+  const Plan p = make_plan(s);
+  // L = 2: C = 16, F = 48, V = 256, H = 2, D = 8, T = 100.
+  const double matmul = 6.0 * (2 * (4 * 16 * 16 + 3 * 16 * 48) + 256 * 16);  // 64512
+  // Dense: 2 heads x 100 x 101 / 2 = 10100 pairs a sequence, 14 x 8 FLOPs each, over 100
+  // tokens, in 2 layers: 22624 FLOPs per token.
+  const double full = 2 * 14.0 * 8 * 10100 / 100;
+  // MoBA, S = 16, K = 3: blocks 0..2 dense (1176 pairs), blocks 3..5 648 each, block 6 (4
+  // queries) 10 + 4 x 32 = 138: 3258 pairs a head, 6516 a sequence.
+  const double moba = 2 * 14.0 * 8 * 6516 / 100;
+  const PlannedRun &f = p.runs[0], &m = p.runs[1];
+  ASSERT_EQ(f.config.name, "t-L2-full");
+  EXPECT_DOUBLE_EQ(f.exec_parts.matmul, matmul);
+  EXPECT_DOUBLE_EQ(f.exec_parts.full_attention, full);
+  EXPECT_EQ(f.exec_parts.moba_attention, 0);
+  EXPECT_DOUBLE_EQ(m.exec_parts.matmul, matmul);
+  EXPECT_EQ(m.exec_parts.full_attention, 0);
+  EXPECT_DOUBLE_EQ(m.exec_parts.moba_attention, moba);
+  for (const PlannedRun& r : p.runs)
+    EXPECT_NEAR(r.exec_parts.total(), r.exec_per_token, 1e-12 * r.exec_per_token);
+  // Token equivalents: the tokens and every validation's 4 windows of 100 at a third.
+  const int64_t every = f.config.eval.every, steps = f.config.train.steps;
+  const double evals = static_cast<double>(steps / every + (steps % every != 0));
+  const double teq = f.tokens + evals * 4 * 100 / 3.0;
+  EXPECT_DOUBLE_EQ(f.token_equivalents, teq);
+  EXPECT_DOUBLE_EQ(m.token_equivalents, teq);
+  EXPECT_NEAR(f.seconds_parts.per_token, teq * 1e-6, 1e-12);
+  EXPECT_NEAR(f.seconds_parts.matmul, teq * 64512 / 1e9, 1e-9);
+  EXPECT_NEAR(f.seconds_parts.full_attention, teq * 22624 / 2e9, 1e-9);
+  EXPECT_EQ(f.seconds_parts.moba_attention, 0);
+  EXPECT_NEAR(f.seconds, teq * (1e-6 + 64512 / 1e9 + 22624 / 2e9), 1e-9);
+  EXPECT_NEAR(m.seconds, teq * (1e-6 + 64512 / 1e9 + 14595.84 / 5e8), 1e-9);
+  EXPECT_DOUBLE_EQ(m.seconds, m.seconds_parts.total());
+  // A MoBA run whose last layer is dense: that layer's pairs run at full attention's rate.
+  s.base.model.attention.full_attention_last_layers = 1;
+  const PlannedRun h = make_plan(s).runs[1];
+  EXPECT_DOUBLE_EQ(h.exec_parts.full_attention, full / 2);
+  EXPECT_DOUBLE_EQ(h.exec_parts.moba_attention, moba / 2);
+  EXPECT_NEAR(h.seconds, teq * (1e-6 + 64512 / 1e9 + 11312 / 2e9 + 7297.92 / 5e8), 1e-9);
+  // estimate_seconds alone: a part without a rate (none of its own, no flops_per_s) is free.
+  ThroughputModel only_matmul;
+  only_matmul.matmul_flops_per_s = 1e9;
+  const TimeParts t = estimate_seconds(only_matmul, {100, 200, 300}, 10);
+  EXPECT_DOUBLE_EQ(t.matmul, 1e-6);
+  EXPECT_EQ(t.full_attention + t.moba_attention + t.per_token, 0);
+}
+
+// The two-figure form is the split form with every rate at flops_per_s: same seconds, and
+// a split model whose rates all equal it plans the same times.
+TEST(Plan, OneRateFormIsEveryPartAtThatRate) {
+  SweepConfig s = parse_sweep_config(kTiny, "tiny");
+  s.estimate.flops_per_s = 3e9;
+  s.estimate.seconds_per_token = 2e-6;
+  const Plan one = make_plan(s);
+  s.estimate.flops_per_s = 0;
+  s.estimate.matmul_flops_per_s = s.estimate.full_attention_flops_per_s =
+      s.estimate.moba_attention_flops_per_s = 3e9;
+  const Plan split = make_plan(s);
+  for (size_t i = 0; i < one.runs.size(); ++i) {
+    const PlannedRun& r = one.runs[i];
+    EXPECT_NEAR(r.seconds, r.token_equivalents * (2e-6 + r.exec_per_token / 3e9),
+                1e-12 * r.seconds);
+    EXPECT_NEAR(split.runs[i].seconds, r.seconds, 1e-12 * r.seconds);
+    EXPECT_NEAR(r.seconds_parts.matmul, r.token_equivalents * r.exec_parts.matmul / 3e9,
+                1e-12 * r.seconds);
+  }
+  // A rate given beside flops_per_s takes its part; the others stay at flops_per_s.
+  s.estimate.flops_per_s = 3e9;
+  s.estimate.full_attention_flops_per_s = s.estimate.moba_attention_flops_per_s = 0;
+  s.estimate.matmul_flops_per_s = 6e9;
+  const PlannedRun& r = make_plan(s).runs[0];
+  EXPECT_NEAR(r.seconds,
+              r.token_equivalents * (2e-6 + r.exec_parts.matmul / 6e9 +
+                                     r.exec_parts.full_attention / 3e9),
+              1e-12 * r.seconds);
+}
+
+// [estimate]'s rate keys: parsed (dotted keys, or an inline table), > 0 when given, every
+// part the runs have given a rate, an unused flops_per_s refused.
+TEST(Plan, EstimateRateKeys) {
+  const std::string base = kTiny;
+  const auto attention = [&](const std::string& list) {
+    std::string text = base;
+    return text.replace(text.find("attention = [\"full\", \"moba\"]"), 28, "attention = " + list);
+  };
+  const SweepConfig s = parse_sweep_config(
+      base + "[estimate]\nseconds_per_token = 1e-7\nmatmul_flops_per_s = 3e14\n"
+             "attention_flops_per_s.full = 4e14\nattention_flops_per_s.moba = 2e14\n",
+      "p.toml");
+  EXPECT_EQ(s.estimate.matmul_flops_per_s, 3e14);
+  EXPECT_EQ(s.estimate.full_attention_flops_per_s, 4e14);
+  EXPECT_EQ(s.estimate.moba_attention_flops_per_s, 2e14);
+  EXPECT_EQ(s.estimate.flops_per_s, 0);
+  EXPECT_TRUE(s.estimate.split());
+  const SweepConfig inl = parse_sweep_config(
+      base + "[estimate]\nmatmul_flops_per_s = 3e14\n"
+             "attention_flops_per_s = { full = 4e14, moba = 2e14 }\n",
+      "p.toml");
+  EXPECT_EQ(inl.estimate.moba_attention_flops_per_s, 2e14);
+  // --set reaches them.
+  EXPECT_EQ(parse_sweep_config(base, "p.toml", {"estimate.flops_per_s=1e14",
+                                                "estimate.attention_flops_per_s.moba=5e13"})
+                .estimate.moba_attention_rate(),
+            5e13);
+  // A rate of 0, or below.
+  expect_error([&] {
+    parse_sweep_config(base + "[estimate]\nflops_per_s = 1e14\nmatmul_flops_per_s = 0\n", "p.toml");
+  }, "p.toml: estimate.matmul_flops_per_s must be > 0, got 0");
+  expect_error([&] {
+    parse_sweep_config(base + "[estimate]\nflops_per_s = 1e14\nattention_flops_per_s.moba = -1\n",
+                       "p.toml");
+  }, "estimate.attention_flops_per_s.moba must be > 0");
+  // A kind that is not an attention type.
+  expect_error([&] {
+    parse_sweep_config(base + "[estimate]\nattention_flops_per_s.sparse = 1e14\n", "p.toml");
+  }, "unknown key 'estimate.attention_flops_per_s.sparse'");
+  // A part left without a rate: named, with what to give.
+  expect_error([&] {
+    parse_sweep_config(base + "[estimate]\nmatmul_flops_per_s = 3e14\nattention_flops_per_s.full = 4e14\n",
+                       "p.toml");
+  }, "p.toml: [estimate] gives a rate per part but not estimate.attention_flops_per_s.moba and "
+     "no estimate.flops_per_s for the rest");
+  expect_error([&] {
+    parse_sweep_config(base + "[estimate]\nattention_flops_per_s.moba = 2e14\n", "p.toml");
+  }, "not estimate.matmul_flops_per_s, estimate.attention_flops_per_s.full and no");
+  // ... unless the preset has no run of that part: full attention only, no MoBA rate needed.
+  EXPECT_NO_THROW(parse_sweep_config(
+      attention("[\"full\"]") +
+          "[estimate]\nmatmul_flops_per_s = 3e14\nattention_flops_per_s.full = 4e14\n",
+      "p.toml"));
+  // ... but a MoBA run with dense last layers needs full attention's.
+  expect_error([&] {
+    parse_sweep_config(
+        attention("[\"moba\"]") +
+            "[estimate]\nmatmul_flops_per_s = 3e14\nattention_flops_per_s.moba = 2e14\n",
+        "p.toml", {"base.attention.full_attention_last_layers=1"});
+  }, "not estimate.attention_flops_per_s.full");
+  // flops_per_s beside a rate for every part would be silently unused.
+  expect_error([&] {
+    parse_sweep_config(base + "[estimate]\nflops_per_s = 1e14\nmatmul_flops_per_s = 3e14\n"
+                              "attention_flops_per_s.full = 4e14\nattention_flops_per_s.moba = 2e14\n",
+                       "p.toml");
+  }, "estimate.flops_per_s is not used");
+}
+
+// plan.json carries the time model and each run's parts: FLOPs per token, token
+// equivalents, planned seconds by part (summing to seconds_estimated).
+TEST(Plan, PlanJsonHasTheTimeModelsParts) {
+  SweepConfig s = parse_sweep_config(kTiny, "tiny");
+  s.estimate.seconds_per_token = 1e-6;
+  s.estimate.flops_per_s = 1e9;
+  s.estimate.moba_attention_flops_per_s = 5e8;
+  const Plan p = make_plan(s);
+  const nlohmann::json j = plan_json(p);
+  EXPECT_EQ(j["estimate"]["seconds_per_token"], 1e-6);
+  EXPECT_EQ(j["estimate"]["matmul_flops_per_s"], 1e9);  // flops_per_s's, as used
+  EXPECT_EQ(j["estimate"]["attention_flops_per_s"]["full"], 1e9);
+  EXPECT_EQ(j["estimate"]["attention_flops_per_s"]["moba"], 5e8);
+  ASSERT_EQ(j["runs"].size(), p.runs.size());
+  for (size_t i = 0; i < p.runs.size(); ++i) {
+    const nlohmann::json& r = j["runs"][i];
+    const PlannedRun& pr = p.runs[i];
+    SCOPED_TRACE(pr.config.name);
+    EXPECT_EQ(r["seq_len"], 100);
+    EXPECT_EQ(r["token_equivalents"].get<double>(), pr.token_equivalents);
+    EXPECT_EQ(r["exec_per_token"]["matmul"].get<double>(), pr.exec_parts.matmul);
+    EXPECT_EQ(r["exec_per_token"]["full_attention"].get<double>(), pr.exec_parts.full_attention);
+    EXPECT_EQ(r["exec_per_token"]["moba_attention"].get<double>(), pr.exec_parts.moba_attention);
+    const nlohmann::json& parts = r["seconds_estimated_parts"];
+    EXPECT_EQ(parts["matmul"].get<double>(), pr.seconds_parts.matmul);
+    EXPECT_NEAR(parts["per_token"].get<double>() + parts["matmul"].get<double>() +
+                    parts["full_attention"].get<double>() + parts["moba_attention"].get<double>(),
+                r["seconds_estimated"].get<double>(), 1e-12 * pr.seconds);
+    EXPECT_GT(parts[pr.attention == "full" ? "full_attention" : "moba_attention"].get<double>(), 0);
+  }
+  // Without an estimate: no seconds, no parts.
+  const nlohmann::json none = plan_json(make_plan(parse_sweep_config(kTiny, "tiny")));
+  EXPECT_TRUE(none["runs"][0]["seconds_estimated"].is_null());
+  EXPECT_TRUE(none["runs"][0]["seconds_estimated_parts"].is_null());
+}
+
 TEST(Plan, ExplicitTokenBudgets) {
   SweepConfig s = parse_sweep_config(kTiny, "tiny");
   s.ladder.tokens = {1000, 5000};
@@ -295,6 +483,42 @@ TEST(Plan, PresetsParseAndPlan) {
     const int64_t b = r.config.eval.bucket_size, T = r.config.model.seq_len;
     EXPECT_EQ((T + b - 1) / b * b - b, 30720);  // the last bucket's first position
     EXPECT_EQ(r.config.train.steps, h200.runs[static_cast<size_t>(r.size) * 2].config.train.steps);
+  }
+  // Their time model (docs/sweep.md, "h200 and h200-32k"): one per-token time and matmul
+  // rate, fitted at T = 8192; attention at the kernel benchmark's forward + backward rates
+  // at each preset's T (results/attention/v13/d64-call4.json, D 64 as the ladders), to the
+  // presets' three digits.
+  const ThroughputModel &e8 = h200.sweep.estimate, &e32 = h32.sweep.estimate;
+  EXPECT_TRUE(e8.split());
+  EXPECT_EQ(e8.flops_per_s, 0);
+  EXPECT_EQ(e32.seconds_per_token, e8.seconds_per_token);
+  EXPECT_EQ(e32.matmul_flops_per_s, e8.matmul_flops_per_s);
+  std::ifstream bench_file(std::filesystem::path(MOBA_SOURCE_DIR) / "results" / "attention" /
+                           "v13" / "d64-call4.json");
+  const nlohmann::json bench = nlohmann::json::parse(bench_file);
+  ASSERT_EQ(bench["head_dim"], h200.sweep.ladder.head_dim);
+  ASSERT_EQ(bench["block_size"], h200.sweep.base.model.attention.block_size);
+  ASSERT_EQ(bench["top_k"], h200.sweep.base.model.attention.top_k);
+  int matched = 0;
+  for (const nlohmann::json& row : bench["rows"]) {
+    const ThroughputModel* e = row["T"] == 8192 ? &e8 : row["T"] == 32768 ? &e32 : nullptr;
+    if (!e) continue;
+    ++matched;
+    SCOPED_TRACE(row["T"].get<int64_t>());
+    EXPECT_NEAR(e->full_attention_flops_per_s, row["dense_tflops_fwd_bwd"].get<double>() * 1e12,
+                0.005 * e->full_attention_flops_per_s);
+    EXPECT_NEAR(e->moba_attention_flops_per_s,
+                row["moba_attended_tflops_fwd_bwd"].get<double>() * 1e12,
+                0.005 * e->moba_attention_flops_per_s);
+  }
+  EXPECT_EQ(matched, 2);
+  // At 32K the same steps cost the same per token and in the matmuls: only attention (and
+  // the longer validation windows) differ from the 8K twin.
+  for (const PlannedRun& r : h32.runs) {
+    const PlannedRun& twin = h200.runs[static_cast<size_t>(r.size) * 2 + (r.attention == "moba")];
+    EXPECT_DOUBLE_EQ(r.exec_parts.matmul, twin.exec_parts.matmul);
+    EXPECT_NEAR(r.seconds_parts.matmul / r.token_equivalents,
+                twin.seconds_parts.matmul / twin.token_equivalents, 1e-15);
   }
   // The paper's Table 1: 545M ... 2.1B non-embedding parameters, tokens as listed.
   const Plan paper = make_plan(load_sweep_config((sweeps / "paper.toml").string()));
@@ -694,12 +918,17 @@ TEST(Seeds, H200SeedsPreset) {
   EXPECT_EQ(names.size(), 12u);
   EXPECT_EQ(p.runs.front().config.model.layers, 3);
   EXPECT_EQ(p.runs.back().config.model.layers, 4);
-  // The same time model as h200's: three times its L3 and L4 runs (2m04s, the preset's comment).
+  // The same time model as h200's, every figure: three times its L3 and L4 runs.
+  const ThroughputModel &e = p.sweep.estimate, &he = h.sweep.estimate;
+  EXPECT_EQ(e.seconds_per_token, he.seconds_per_token);
+  EXPECT_EQ(e.flops_per_s, he.flops_per_s);
+  EXPECT_EQ(e.matmul_flops_per_s, he.matmul_flops_per_s);
+  EXPECT_EQ(e.full_attention_flops_per_s, he.full_attention_flops_per_s);
+  EXPECT_EQ(e.moba_attention_flops_per_s, he.moba_attention_flops_per_s);
   double ladder_l3_l4 = 0;
   for (const PlannedRun& r : h.runs)
     if (r.config.model.layers <= 4) ladder_l3_l4 += r.seconds;
   EXPECT_NEAR(p.total_seconds(), 3 * ladder_l3_l4, 1e-6 * p.total_seconds());
-  EXPECT_NEAR(p.total_seconds(), 124.0, 1.0);
 }
 
 }  // namespace

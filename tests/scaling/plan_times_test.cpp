@@ -163,6 +163,51 @@ TEST(PlanTimes, LrSearchMarkdownHasTheTable) {
   EXPECT_NE(md.find("every compared run within 15%: **no**."), std::string::npos) << md;
 }
 
+// A plan with the time model's parts (plan.h, TimeParts): the table gains their columns,
+// and plan_times_json carries them with the unrounded times; a row without parts shows "-".
+TEST(PlanTimes, PartsOfThePlannedTime) {
+  TempDir tmp;
+  write_run(tmp.path(), "a", 1.0, 0.4);  // 10.8
+  write_run(tmp.path(), "b", 2.0, 0.0);  // 20
+  nlohmann::json plan = {
+      {"sweep", "t"},
+      {"runs",
+       {{{"name", "a"},
+         {"steps", kSteps},
+         {"seconds_estimated", 11.0},
+         {"seconds_estimated_parts",
+          {{"per_token", 2.0}, {"matmul", 3.0}, {"full_attention", 6.0}, {"moba_attention", 0.0}}}},
+        {{"name", "b"}, {"steps", kSteps}, {"seconds_estimated", 19.0}}}}};
+  write_file(tmp.path() / "plan.json", plan.dump(2));
+  const std::optional<PlanTimes> t = plan_times(read_runs(tmp.path()), tmp.path());
+  ASSERT_TRUE(t);
+  ASSERT_EQ(t->rows.size(), 2u);
+  EXPECT_TRUE(t->rows[0].has_parts());
+  EXPECT_EQ(t->rows[0].planned_full_attention, 6.0);
+  EXPECT_FALSE(t->rows[1].has_parts());
+  const std::string md = plan_times_markdown(*t);
+  for (const char* needle :
+       {"| run | planned (s) | per token | matmuls | full attn. | MoBA attn. | measured (s) | "
+        "error |",
+        "| a | 11.0 | 2.0 | 3.0 | 6.0 | 0.0 | 10.8 | +1.9% |",
+        "| b | 19.0 | - | - | - | - | 20.0 | -5.0% |"})
+    EXPECT_NE(md.find(needle), std::string::npos) << needle << "\n" << md;
+  const nlohmann::json j = plan_times_json(*t);
+  EXPECT_EQ(j["compared"], 2);
+  EXPECT_NEAR(j["max_abs_error"].get<double>(), 0.05, 1e-9);
+  ASSERT_EQ(j["runs"].size(), 2u);
+  EXPECT_EQ(j["runs"][0]["run"], "a");
+  EXPECT_NEAR(j["runs"][0]["measured_s"].get<double>(), 10.8, 1e-9);
+  EXPECT_NEAR(j["runs"][0]["error"].get<double>(), 11.0 / 10.8 - 1, 1e-12);
+  EXPECT_EQ(j["runs"][0]["planned_parts_s"]["matmul"], 3.0);
+  EXPECT_FALSE(j["runs"][1].contains("planned_parts_s"));
+  // Without parts anywhere: the four-column table, as before.
+  write_plan(tmp.path() / "plan.json", {{"a", 11.0}, {"b", 19.0}});
+  EXPECT_NE(plan_times_markdown(*plan_times(read_runs(tmp.path()), tmp.path()))
+                .find("| run | planned (s) | measured (s) | error |"),
+            std::string::npos);
+}
+
 // The report: the section with plan.json beside runs/, none (and no error) without it.
 TEST(PlanTimes, ReportSectionOnlyWithAPlan) {
   TempDir tmp;
@@ -183,6 +228,13 @@ TEST(PlanTimes, ReportSectionOnlyWithAPlan) {
       << with;
   EXPECT_NE(with.find("no run of the plan (1) has both an estimate and a measured time"),
             std::string::npos);
+  // ... and the comparison as JSON beside it (none without a plan).
+  EXPECT_FALSE(fs::exists(tmp.path() / "out1" / "plan_times.json"));
+  const nlohmann::json j = nlohmann::json::parse(read_file(tmp.path() / "out2" / "plan_times.json"));
+  EXPECT_EQ(j["runs"][0]["run"], name);
+  EXPECT_EQ(j["runs"][0]["planned_s"], 100.0);
+  EXPECT_TRUE(j["runs"][0]["measured_s"].is_null());
+  EXPECT_EQ(j["runs"][0]["state"], "no elapsed time recorded");
 }
 
 }  // namespace
