@@ -310,6 +310,14 @@ void check_supported(const Plan& plan, const std::string& device) {
              "\nchange the preset (or --set its keys) so that every run fits the device");
 }
 
+void plan_on_gpus(Plan& plan, int gpus) {
+  MOBA_CHECK(gpus >= 1, "--gpus must be >= 1, got ", gpus);
+  MOBA_CHECK(plan.gpus == 0, "internal: the plan is already on ", plan.gpus, " GPUs");
+  plan.gpus = gpus;
+  for (PlannedRun& r : plan.runs)
+    if (r.seconds >= 0) r.seconds /= gpus;
+}
+
 void print_plan(std::FILE* f, const Plan& p) {
   if (!f) return;
   const SweepConfig& s = p.sweep;
@@ -389,10 +397,23 @@ void print_plan(std::FILE* f, const Plan& p) {
   const double t = p.total_seconds();
   if (t >= 0) std::fprintf(f, ", estimated time %s", train::format_duration(t).c_str());
   std::fprintf(f, "\n");
-  if (s.estimate.known())
+  if (s.estimate.known()) {
     std::fprintf(f, "estimate: %.3g us per token + executed FLOPs at %.3g FLOP/s%s%s\n",
                  s.estimate.seconds_per_token * 1e6, s.estimate.flops_per_s,
                  s.estimate.note.empty() ? "" : "; ", s.estimate.note.c_str());
+    if (p.gpus > 0)
+      std::fprintf(f,
+                   "on %d GPUs: each run's time is that estimate / %d, assuming linear scaling "
+                   "(data parallel's aim; not measured yet, docs/distributed.md)\n",
+                   p.gpus, p.gpus);
+  }
+  if (p.gpus > 0)
+    std::fprintf(f,
+                 "data parallel over %d GPUs per run: tokens, steps and data reads as on one "
+                 "(the global batch of B = %lld rows is split, %lld per GPU; the memory column, for "
+                 "all B rows, bounds a GPU's)\n",
+                 p.gpus, static_cast<long long>(s.base.train.batch_size),
+                 static_cast<long long>(s.base.train.batch_size / p.gpus));
   std::fprintf(f,
                "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (18 bytes "
                "per parameter + activations; train/memory.h)\n",
@@ -429,6 +450,7 @@ nlohmann::json plan_json(const Plan& p) {
                     {"memory_bytes", r.memory_bytes}});
   }
   return {{"sweep", p.sweep.name},
+          {"gpus", p.gpus},
           {"preset", p.sweep.origin},
           {"data", p.sweep.base.data},
           {"data_packing", p.sweep.base.data_packing},
