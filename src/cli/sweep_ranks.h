@@ -26,10 +26,11 @@
 namespace moba::cli {
 
 struct SweepRanksOptions {
-  int gpus = 1;            // ranks per run, one per GPU
-  std::string program;     // each rank's executable: this moba (self_executable()); tests: a stand-in
-  double dist_timeout_s = 600;    // `moba train --dist-timeout`
-  int64_t dist_check_every = 100; // `moba train --dist-check-every`
+  int gpus = 1;  // ranks per run, one per GPU
+  // Each rank's executable: this moba (self_executable()); tests: a stand-in.
+  std::string program;
+  double dist_timeout_s = 600;     // `moba train --dist-timeout`
+  int64_t dist_check_every = 100;  // `moba train --dist-check-every`
   // The launcher's (launcher.h): after a rank fails, how long the others may take to exit.
   std::chrono::milliseconds grace{std::chrono::seconds(30)};
   std::chrono::milliseconds kill_grace{std::chrono::seconds(5)};

@@ -12,8 +12,8 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "train/checkpoint.h"
-#include "train/metrics.h"
 #include "train/data_parallel.h"
+#include "train/metrics.h"
 #include "train/progress.h"
 #include "train/trainer.h"
 
