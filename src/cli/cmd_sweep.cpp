@@ -1,6 +1,7 @@
 // moba sweep --config sweeps/NAME.toml: plans a ladder of model sizes x attention types and
 // trains them one after another into the runs folder (-o, default the preset's runs_dir;
-// docs/sweep.md).
+// docs/sweep.md); with --gpus N each run data parallel over N GPUs (sweep_ranks.h,
+// docs/distributed.md).
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -8,7 +9,10 @@
 #include "core/error.h"
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
+#include "cli/sweep_ranks.h"
 #include "scaling/sweep.h"
+#include "train/data_parallel.h"
 
 namespace moba::cli {
 
@@ -16,6 +20,8 @@ void add_sweep(CLI::App& app) {
   static scaling::SweepOptions o;
   static std::vector<std::string> sets;
   static bool schema = false;
+  static bool device_given = false;
+  static SweepRanksOptions ranks;
   CLI::App* cmd = app.add_subcommand(
       "sweep",
       "Train a scaling ladder (sizes x {full, MoBA}) from a preset; skips finished "
@@ -44,7 +50,21 @@ void add_sweep(CLI::App& app) {
   add_device_option(cmd, o.device,
                     "Where every run trains: cpu (float32) or cuda (bf16 mixed precision on the"
                     " GPU; needs a build with the CUDA kernels); cpu unless given, as in every "
-                    "command");
+                    "command")
+      ->each([](const std::string&) { device_given = true; });
+  cmd->add_option("--gpus", o.gpus,
+                  "Train every run data parallel over N GPUs of this machine, one process per "
+                  "GPU, the runs one after another (train.batch_size a multiple of N); implies "
+                  "--device cuda (docs/distributed.md)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--dist-check-every", ranks.dist_check_every,
+                  "With --gpus: compare the ranks' parameter checksums every this many steps "
+                  "(as moba train)")
+      ->capture_default_str();
+  cmd->add_option("--dist-timeout", ranks.dist_timeout_s,
+                  "With --gpus: seconds a rank waits for the others in a collective before its "
+                  "run stops (as moba train)")
+      ->capture_default_str();
   cmd->add_flag("--force-reuse", o.force_reuse,
                 "Train even if a run would read its training "
                 "data more than 4 times");
@@ -61,6 +81,17 @@ void add_sweep(CLI::App& app) {
     // stderr, the closing summary on stdout.
     o.out = o.plan_only ? stdout : stderr;
     o.result = stdout;
+    if (o.gpus > 0) {  // the same checks as `moba train --gpus`, before anything starts
+      train::check_gpus_device(o.gpus, o.device, device_given);
+      o.device = "cuda";
+      MOBA_CHECK(ranks.dist_check_every >= 0, "--dist-check-every must be >= 0, got ",
+                 ranks.dist_check_every);
+      MOBA_CHECK(ranks.dist_timeout_s > 0, "--dist-timeout must be > 0 seconds, got ",
+                 ranks.dist_timeout_s);
+      ranks.gpus = o.gpus;
+      ranks.program = self_executable();
+      o.launch_ranks = sweep_rank_launcher(ranks);
+    }
     scaling::run_sweep(scaling::load_sweep_config(o.config, sets), o);
   });
 }

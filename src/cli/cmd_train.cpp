@@ -10,6 +10,7 @@
 #include "cli/launcher.h"
 #include "core/error.h"
 #include "train/config.h"
+#include "train/data_parallel.h"
 #include "train/trainer.h"
 #ifdef MOBA_WITH_NCCL
 #include <cuda_runtime.h>
@@ -99,15 +100,9 @@ void run_train(const TrainOptions& o) {
     return;
   }
   if (o.gpus > 0) {
-    MOBA_CHECK(!o.device_given || o.device == "cuda", "--gpus ", o.gpus,
-               " trains on GPUs: --device cpu contradicts it (leave --device out)");
-#ifndef MOBA_WITH_NCCL
-    MOBA_CHECK(false, "--gpus: this build of moba has no NCCL (data-parallel training needs a "
-               "CUDA build that found NCCL; docs/distributed.md)");
-#endif
-    MOBA_CHECK(cfg.train.batch_size % o.gpus == 0, "--gpus ", o.gpus, ": train.batch_size = ",
-               cfg.train.batch_size, " rows cannot be split evenly over ", o.gpus,
-               " GPUs; choose a batch size that is a multiple of the number of GPUs");
+    train::check_gpus_device(o.gpus, o.device, o.device_given);
+    train::check_gpus_build();
+    train::check_gpus_batch(o.gpus, cfg.train.batch_size);
     // The ranks: this command again, without --gpus, on the GPUs.
     std::vector<std::string> command = without_option(process_args(), "--gpus");
     MOBA_CHECK(!command.empty(), "internal: the command line was not recorded");

@@ -175,6 +175,7 @@ void launch(const LaunchOptions& o) {
       MOBA_CHECK(false, "launcher: cannot start rank ", r, " (fork: ", why, ")");
     }
     if (pid == 0) {
+      if (o.stdout_to_stderr) ::dup2(2, 1);
       ::execve(argv[0], argv.data(), envp.data());
       // Only async-signal-safe calls between fork and exit.
       const char msg[] = "launcher: a rank could not be started (execve failed)\n";

@@ -40,6 +40,9 @@ struct LaunchOptions {
   // Between SIGTERM and SIGKILL.
   std::chrono::milliseconds kill_grace{std::chrono::seconds(5)};
   std::FILE* log = stderr;  // one line at the start, and what happened on failure
+  // The ranks' stdout goes to the launcher's stderr (`moba sweep --gpus`: rank 0's closing
+  // "finished" line joins its progress there, and stdout keeps only the sweep's summary).
+  bool stdout_to_stderr = false;
 };
 
 // Starts the ranks and returns once every one exited 0; otherwise stops them all and throws

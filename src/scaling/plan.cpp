@@ -347,6 +347,19 @@ void check_supported(const Plan& plan, const std::string& device) {
              "\nchange the preset (or --set its keys) so that every run fits the device");
 }
 
+void plan_on_gpus(Plan& plan, int gpus) {
+  MOBA_CHECK(gpus >= 1, "--gpus must be >= 1, got ", gpus);
+  MOBA_CHECK(plan.gpus == 0, "internal: the plan is already on ", plan.gpus, " GPUs");
+  plan.gpus = gpus;
+  for (PlannedRun& r : plan.runs) {
+    if (r.seconds < 0) continue;
+    r.seconds /= gpus;
+    for (double* part : {&r.seconds_parts.per_token, &r.seconds_parts.matmul,
+                         &r.seconds_parts.full_attention, &r.seconds_parts.moba_attention})
+      *part /= gpus;
+  }
+}
+
 void print_plan(std::FILE* f, const Plan& p) {
   if (!f) return;
   const SweepConfig& s = p.sweep;
@@ -454,6 +467,18 @@ void print_plan(std::FILE* f, const Plan& p) {
                  train::format_duration(sum.full_attention).c_str(),
                  train::format_duration(sum.moba_attention).c_str());
   }
+  if (e.known() && p.gpus > 0)
+    std::fprintf(f,
+                 "on %d GPUs: each run's time is that estimate / %d, assuming linear scaling "
+                 "(data parallel's aim; not measured yet, docs/distributed.md)\n",
+                 p.gpus, p.gpus);
+  if (p.gpus > 0)
+    std::fprintf(f,
+                 "data parallel over %d GPUs per run: tokens, steps and data reads as on one "
+                 "(the global batch of B = %lld rows is split, %lld per GPU; the memory column, for "
+                 "all B rows, bounds a GPU's)\n",
+                 p.gpus, static_cast<long long>(s.base.train.batch_size),
+                 static_cast<long long>(s.base.train.batch_size / p.gpus));
   std::fprintf(f,
                "memory: estimated for GPU bf16 training of one micro-batch of B = %lld (18 bytes "
                "per parameter + activations; train/memory.h)\n",
@@ -502,6 +527,7 @@ nlohmann::json plan_json(const Plan& p) {
                     {"memory_bytes", r.memory_bytes}});
   }
   return {{"sweep", p.sweep.name},
+          {"gpus", p.gpus},
           {"preset", p.sweep.origin},
           {"data", p.sweep.base.data},
           {"data_packing", p.sweep.base.data_packing},

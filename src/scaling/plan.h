@@ -194,6 +194,9 @@ struct Plan {
   // [search] grid: tied before untied, warm-up fractions and learning rates as listed. Both
   // attention types of a seed are adjacent, so a sweep stopped early leaves whole pairs.
   std::vector<PlannedRun> runs;
+  // Data parallel over this many GPUs per run (`moba sweep --gpus N`, plan_on_gpus); 0: one
+  // device per run.
+  int gpus = 0;
   double max_data_reads() const;
   double total_seconds() const;  // < 0 when unknown
 };
@@ -231,6 +234,12 @@ double memory_estimate(const model::ModelConfig& cfg, int64_t batch_size);
 // eval_data: every run validates on this prepared folder's val split (eval.data).
 Plan make_plan(const SweepConfig& sweep, const std::string& data_override = "",
                const std::string& eval_data = "");
+
+// Every run data parallel over `gpus` GPUs (gpus >= 1): its estimated time becomes the
+// one-GPU estimate / gpus, which assumes linear scaling (the aim of overlapping the
+// gradients' all-reduce with the backward; not measured yet, docs/distributed.md). Tokens,
+// steps and data reads do not change: the global batch is the same.
+void plan_on_gpus(Plan& plan, int gpus);
 
 // Throws moba::Error listing the runs that would read their data more than
 // sweep.max_data_reads times, unless force_reuse.

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/trainer.h"
@@ -86,15 +87,32 @@ struct EtaModel {
   }
 };
 
-// --device cuda needs the CUDA kernels compiled in and a device: checked once, before the
-// first run, so that a wrong build fails at once and not once per run.
-void check_device(const std::string& device) {
+// --device cuda needs the CUDA kernels compiled in and a device; --gpus N needs NCCL and N
+// devices: checked once, before the first run, so that a wrong build fails at once and not
+// once per run.
+void check_device(const std::string& device, int gpus) {
   if (device != "cuda") return;
+  if (gpus > 0) train::check_gpus_build();  // a build without NCCL: said first, as by moba train
   MOBA_CHECK(built_with_cuda(),
              "--device cuda: this moba was built without the CUDA kernels (configure with "
              "-DMOBA_CUDA=ON on a machine with nvcc; `moba info` says what a build has)");
   std::string why;
-  MOBA_CHECK(!cuda_devices(&why).empty(), "--device cuda: no CUDA device (", why, ")");
+  const size_t devices = cuda_devices(&why).size();
+  MOBA_CHECK(devices > 0, "--device cuda: no CUDA device (", why, ")");
+  MOBA_CHECK(devices >= static_cast<size_t>(gpus), "--gpus ", gpus, ": this machine shows ",
+             devices, " CUDA device(s)");
+}
+
+// --gpus N: every run's global batch split evenly over the N GPUs.
+void check_gpus_batches(const Plan& plan) {
+  if (plan.gpus > 0)
+    for (const PlannedRun& r : plan.runs)
+      train::check_gpus_batch(plan.gpus, r.config.train.batch_size, r.config.name);
+}
+
+// What the progress lines say the runs train on: "cpu", "cuda" or "2 GPUs".
+std::string where(const SweepOptions& o) {
+  return o.gpus > 0 ? std::to_string(o.gpus) + " GPUs" : o.device;
 }
 
 }  // namespace
@@ -105,12 +123,26 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   if (!o.runs_dir.empty()) sweep.runs_dir = o.runs_dir;
   MOBA_CHECK(o.device == "cpu" || o.device == "cuda", "--device must be cpu or cuda, got '",
              o.device, "'");
-  const Plan plan = make_plan(sweep, o.data, o.eval_data);
+  MOBA_CHECK(o.gpus >= 0, "--gpus must be >= 1, got ", o.gpus);
+  if (o.gpus > 0) {
+    train::check_gpus_device(o.gpus, o.device, true);
+    MOBA_CHECK(o.plan_only || o.launch_ranks, "internal: --gpus without a rank launcher");
+    MOBA_CHECK(o.interrupt_after_steps < 0, "internal: interrupt_after_steps is not for --gpus");
+  }
+  Plan plan = make_plan(sweep, o.data, o.eval_data);
+  if (o.gpus > 0) plan_on_gpus(plan, o.gpus);
   print_plan(o.out, plan);
   if (o.out) {
-    std::fprintf(o.out, "device: %s\n",
-                 o.device == "cuda" ? "cuda (every run trains in bf16 mixed precision on the GPU)"
-                                    : "cpu (every run trains in float32 on the CPU)");
+    if (o.gpus > 0)
+      std::fprintf(o.out,
+                   "device: %d GPUs (every run trains data parallel in bf16 mixed precision on "
+                   "%d GPUs of this machine, one process per GPU; the runs one after another)\n",
+                   o.gpus, o.gpus);
+    else
+      std::fprintf(o.out, "device: %s\n",
+                   o.device == "cuda"
+                       ? "cuda (every run trains in bf16 mixed precision on the GPU)"
+                       : "cpu (every run trains in float32 on the CPU)");
     std::fflush(o.out);
   }
   if (!o.plan_json.empty()) {
@@ -121,6 +153,7 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   SweepSummary sum;
   if (o.plan_only) {
     for (const auto& check : {std::function<void()>([&] { check_data_reuse(plan, o.force_reuse); }),
+                              std::function<void()>([&] { check_gpus_batches(plan); }),
                               std::function<void()>([&] { check_supported(plan, o.device); })})
       try {
         check();
@@ -130,7 +163,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     return sum;
   }
   check_data_reuse(plan, o.force_reuse);
-  check_device(o.device);
+  check_gpus_batches(plan);
+  if (o.check_machine) check_device(o.device, o.gpus);
   check_supported(plan, o.device);  // every run, before the first one starts
   const std::string& data = plan.sweep.base.data;
   MOBA_CHECK(data.rfind("synthetic:", 0) == 0 || fs::exists(fs::path(data) / "manifest.json"),
@@ -186,7 +220,7 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
           o.out,
           "\n=== sweep %s on %s: run %zu/%zu %s (%s non-embedding parameters, %s tokens, %s; "
           "%s) | sweep elapsed %s, ETA %s ===\n",
-          sweep.name.c_str(), o.device.c_str(), i + 1, n, r.config.name.c_str(),
+          sweep.name.c_str(), where(o).c_str(), i + 1, n, r.config.name.c_str(),
           train::format_count(static_cast<double>(r.params.non_embedding)).c_str(),
           train::format_count(r.tokens).c_str(), state_name(states[i]),
           r.seconds >= 0
@@ -201,18 +235,22 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     const bool resume = states[i] == State::resume;
     const auto run_t0 = Clock::now();
     try {
-      train::Trainer trainer(
-          r.config, {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr, o.device,
-                     o.verbose});
-      if (o.interrupt_after_steps >= 0) {
-        trainer.run(o.interrupt_after_steps);
-        sum.interrupted = true;
-        if (o.out)
-          std::fprintf(o.out, "sweep interrupted after step %lld of %s (test)\n",
-                       static_cast<long long>(trainer.state().step), r.config.name.c_str());
-        break;
+      if (o.gpus > 0) {  // N processes train it (rank 0 writes its folder); this one waits
+        o.launch_ranks({&r.config, dir.string(), resume, o.verbose});
+      } else {
+        train::Trainer trainer(
+            r.config, {dir.string(), "", resume, o.trainer_progress ? o.out : nullptr, o.device,
+                       o.verbose});
+        if (o.interrupt_after_steps >= 0) {
+          trainer.run(o.interrupt_after_steps);
+          sum.interrupted = true;
+          if (o.out)
+            std::fprintf(o.out, "sweep interrupted after step %lld of %s (test)\n",
+                         static_cast<long long>(trainer.state().step), r.config.name.c_str());
+          break;
+        }
+        trainer.run();
       }
-      trainer.run();
       resume ? ++sum.resumed : ++sum.trained;
     } catch (const Error& e) {
       ++sum.failed;
@@ -230,7 +268,8 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
     std::fprintf(out,
                  "\nsweep %s on %s: %d trained, %d resumed, %d skipped (finished before), %d "
                  "failed in %s; runs in %s\n",
-                 sweep.name.c_str(), o.device.c_str(), sum.trained, sum.resumed, sum.skipped, sum.failed,
+                 sweep.name.c_str(), where(o).c_str(), sum.trained, sum.resumed, sum.skipped,
+                 sum.failed,
                  train::format_duration(sum.seconds).c_str(), runs_dir.string().c_str());
     std::fflush(out);
   }

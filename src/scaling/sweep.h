@@ -10,15 +10,31 @@
 //                                                       another --runs-dir)
 // A run that fails (NaN, bad data) is reported and the sweep goes on; the sweep then
 // throws, listing the failed runs.
+//
+// With gpus = N (`moba sweep --gpus N`, docs/distributed.md) this process still decides
+// every run's fate from its folder as above (it is no rank: it trains nothing itself), and
+// hands each run to launch_ranks, which trains it data parallel over N GPUs, one process per
+// GPU (the CLI's: `moba train --gpus N`'s launcher), and returns once every rank exited 0.
+// A rank that fails or hangs fails that run (moba::Error naming the rank) like any failed
+// run; the next run gets fresh processes and a fresh NCCL communicator.
 #pragma once
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 
 #include "scaling/plan.h"
 
 namespace moba::scaling {
+
+// One run handed to SweepOptions::launch_ranks.
+struct RankRun {
+  const train::RunConfig* config = nullptr;  // resolved: what the trainer gets
+  std::string run_dir;                       // RUNS_DIR/<run name>
+  bool resume = false;                       // continue from its checkpoint
+  bool verbose = false;                      // SweepOptions::verbose
+};
 
 struct SweepOptions {
   std::string config;            // --config: the preset (sweeps/NAME.toml)
@@ -36,8 +52,16 @@ struct SweepOptions {
   bool trainer_progress = true;  // the trainer's own step lines (to `out`)
   bool verbose = false;          // each run's whole configuration (train::TrainerOptions)
   // Tests: the first run that trains stops after this many steps (as if killed) and the
-  // sweep returns. -1: off.
+  // sweep returns. -1: off. Not with gpus.
   int64_t interrupt_after_steps = -1;
+  // --gpus N: every run trains data parallel over N GPUs of this machine through
+  // launch_ranks (required then), one run after another; device must be "cuda", and every
+  // run's train.batch_size a multiple of N. 0: every run trains in this process.
+  int gpus = 0;
+  std::function<void(const RankRun&)> launch_ranks;
+  // Tests: false skips what --device cuda and --gpus check of this build and machine (the
+  // CUDA kernels, NCCL, enough devices), so that a stand-in rank program can play the GPUs.
+  bool check_machine = true;
 };
 
 struct SweepSummary {
@@ -47,9 +71,10 @@ struct SweepSummary {
 };
 
 // Plans, checks data reuse (and, for --device cuda, that this build has the CUDA kernels
-// and sees a device), writes RUNS_DIR/plan.json (with the device) and trains. With
-// plan_only, prints the plan and returns. options.plan_json: the same JSON to that file as
-// well, with or without plan_only.
+// and sees a device; for --gpus N, that it has NCCL, sees N devices and that N divides the
+// batch), writes RUNS_DIR/plan.json (with the device and the GPUs) and trains. With
+// plan_only, prints the plan (its times for N GPUs) and returns. options.plan_json: the same
+// JSON to that file as well, with or without plan_only.
 SweepSummary run_sweep(const SweepConfig& sweep, const SweepOptions& options);
 
 }  // namespace moba::scaling

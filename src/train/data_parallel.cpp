@@ -9,6 +9,30 @@
 
 namespace moba::train {
 
+bool built_with_nccl() {
+#ifdef MOBA_WITH_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
+void check_gpus_device(int gpus, const std::string& device, bool device_given) {
+  MOBA_CHECK(!device_given || device == "cuda", "--gpus ", gpus, " trains on GPUs: --device ",
+             device, " contradicts it (leave --device out)");
+}
+
+void check_gpus_build() {
+  MOBA_CHECK(built_with_nccl(), "--gpus: this build of moba has no NCCL (data-parallel "
+             "training needs a CUDA build that found NCCL; docs/distributed.md)");
+}
+
+void check_gpus_batch(int gpus, int64_t batch_size, const std::string& run) {
+  MOBA_CHECK(batch_size % gpus == 0, "--gpus ", gpus, ": ", run.empty() ? "" : "run " + run + ": ",
+             "train.batch_size = ", batch_size, " rows cannot be split evenly over ", gpus,
+             " GPUs; choose a batch size that is a multiple of the number of GPUs");
+}
+
 model::Batch rank_slice(const model::Batch& global, int rank, int world) {
   MOBA_CHECK(world >= 1 && rank >= 0 && rank < world, "data parallel: rank ", rank,
              " outside a group of ", world);

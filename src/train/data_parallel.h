@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "dist/communicator.h"
 #include "dist/grad_buckets.h"
@@ -30,6 +31,17 @@ model::Batch rank_slice(const model::Batch& global, int rank, int world);
 // Exactly 1 without a loss mask (every slice counts B T / world positions). Every rank can
 // compute every rank's factor: each holds the whole global batch.
 double slice_weight(const model::Batch& global, int rank, int world);
+
+// `--gpus N` of `moba train` and `moba sweep`, checked before any process starts (each
+// throws moba::Error worded alike in both commands):
+//  - the device: --gpus trains on GPUs, so a --device given must be cuda;
+//  - the build: data parallel needs a CUDA build that found NCCL (built_with_nccl());
+//  - the batch: train.batch_size rows split evenly over the N GPUs; `run` names the run
+//    in the message when not empty (a sweep's).
+bool built_with_nccl();
+void check_gpus_device(int gpus, const std::string& device, bool device_given);
+void check_gpus_build();
+void check_gpus_batch(int gpus, int64_t batch_size, const std::string& run = "");
 
 // FNV-1a 64 of the parameters' bytes: equal on two ranks iff their parameters are, bit for
 // bit (up to a collision).

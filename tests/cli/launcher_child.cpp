@@ -7,6 +7,7 @@
 // NCCL_NVLS_ENABLE and MOBA_NCCL_ID_FILE, and the id it got through the file (rank 0 makes
 // one, the others read it, as `moba train` does with NCCL's). Then, by MODE:
 //   ok      exit 0
+//   speak   print "rank R on stdout" on stdout and "rank R on stderr" on stderr, exit 0
 //   fail    rank RANK prints an error and exits 2; the others wait (as in a collective) for
 //           a minute, until the launcher stops them
 //   crash   rank RANK aborts (SIGABRT); the others wait as above
@@ -58,6 +59,11 @@ int main(int argc, char** argv) {
     f.close();
     const bool me = env->rank == target;
     if (mode == "ok") return 0;
+    if (mode == "speak") {
+      std::printf("rank %d on stdout\n", env->rank);
+      std::fprintf(stderr, "rank %d on stderr\n", env->rank);
+      return 0;
+    }
     if (mode == "fail" || mode == "crash") {
       if (!me) {
         std::this_thread::sleep_for(std::chrono::minutes(1));

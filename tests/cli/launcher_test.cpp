@@ -88,6 +88,28 @@ TEST(Launcher, IdFolderGivenIsUsedAndKept) {
   EXPECT_TRUE(std::filesystem::exists(dir / "ids/nccl_id"));
 }
 
+// `moba sweep --gpus`: the ranks' stdout joins their stderr, the launcher's stdout stays
+// clean; by default both are the launcher's own.
+TEST(Launcher, RanksStdoutCanGoToStderr) {
+  for (bool to_stderr : {false, true}) {
+    SCOPED_TRACE(to_stderr);
+    TempDir dir;
+    LaunchOptions o = child(dir, 2, "speak");
+    o.stdout_to_stderr = to_stderr;
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    launch(o);
+    const std::string out = ::testing::internal::GetCapturedStdout();
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    for (int r = 0; r < 2; ++r) {
+      const std::string said = "rank " + std::to_string(r) + " on stdout\n";
+      EXPECT_EQ(out.find(said) != std::string::npos, !to_stderr) << out;
+      EXPECT_EQ(err.find(said) != std::string::npos, to_stderr) << err;
+      EXPECT_NE(err.find("rank " + std::to_string(r) + " on stderr\n"), std::string::npos) << err;
+    }
+  }
+}
+
 TEST(Launcher, FailingRankIsNamedAndTheOthersStopped) {
   TempDir dir;
   const auto t0 = Clock::now();

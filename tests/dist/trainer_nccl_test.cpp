@@ -8,7 +8,9 @@
 //   GPU runs anyway, trainer_gpu_test.cpp); `moba train --gpus 1` through the launcher;
 // - two GPUs or more: two ranks (threads of this process, one GPU each) follow the one-GPU
 //   run to bf16 rounding, hold equal parameters, and only rank 0 writes; `moba train
-//   --gpus 2` through the launcher does the same from the command line.
+//   --gpus 2` through the launcher does the same from the command line;
+// - `moba sweep --gpus N` (N = 1 on one GPU, 2 on two): every run of a micro ladder follows
+//   the same sweep on one GPU in-process, and a second invocation skips them all.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -16,6 +18,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -196,6 +199,66 @@ TEST(TrainerNccl, ResumeOnAnotherGpuCount) {
                          dir / "split").c_str()),
             0);
   same_curve(dir / "whole/metrics.jsonl", dir / "split/metrics.jsonl", 1e-2);
+}
+
+// A micro ladder within the GPU kernels' limits: 2 sizes x {full, MoBA}, 8 and 12 steps.
+constexpr const char* kSweep = R"(
+name = "dp-sweep"
+attention = ["full", "moba"]
+[ladder]
+layers = [1, 2]
+head_dim = 64
+tokens = [8192, 12288]
+eval_points = 2
+[base]
+data = "synthetic:assoc_recall"
+[base.model]
+vocab_size = 64
+seq_len = 256
+[base.attention]
+block_size = 64
+top_k = 2
+[base.train]
+batch_size = 4
+[base.eval]
+windows = 4
+batch_size = 2
+)";
+
+// `moba sweep --gpus N` against `moba sweep --device cuda` (one GPU, in-process), run by run.
+void sweep_follows_one_gpu(int gpus, double tol) {
+  TempDir dir;
+  const std::string preset = dir / "dp-sweep.toml";
+  std::ofstream(preset) << kSweep;
+  const std::string moba = std::string(MOBA_BIN) + " sweep --config " + preset;
+  ASSERT_EQ(std::system((moba + " --device cuda -o " + dir / "one").c_str()), 0);
+  const std::string on_gpus = moba + " --gpus " + std::to_string(gpus) +
+                              " --dist-check-every 2 --dist-timeout 120 -o " + dir / "dp";
+  ASSERT_EQ(std::system(on_gpus.c_str()), 0);
+  const std::vector<std::string> runs = {"dp-sweep-L1-full", "dp-sweep-L1-moba",
+                                         "dp-sweep-L2-full", "dp-sweep-L2-moba"};
+  for (const std::string& r : runs) {
+    SCOPED_TRACE(r);
+    EXPECT_EQ(read_json(dir / ("dp/" + r + "/run.json"))["status"], "finished");
+    same_curve(dir / ("one/" + r + "/metrics.jsonl"), dir / ("dp/" + r + "/metrics.jsonl"), tol);
+  }
+  EXPECT_EQ(read_json(dir / "dp/plan.json")["gpus"], gpus);
+  // Again: every run is skipped, nothing is rewritten.
+  std::ifstream before_file(dir / "dp/dp-sweep-L2-moba/metrics.jsonl");
+  const std::string before{std::istreambuf_iterator<char>(before_file), {}};
+  ASSERT_EQ(std::system(on_gpus.c_str()), 0);
+  std::ifstream after_file(dir / "dp/dp-sweep-L2-moba/metrics.jsonl");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(after_file), {}), before);
+}
+
+TEST(TrainerNccl, SweepOnOneGpuThroughTheLauncher) {
+  if (devices() < 1) GTEST_SKIP() << "no CUDA device";
+  sweep_follows_one_gpu(1, 1e-3);  // one rank: the plain trainer's curve, as above
+}
+
+TEST(TrainerNccl, SweepOnTwoGpus) {
+  if (devices() < 2) GTEST_SKIP() << "needs 2 CUDA devices, this machine has " << devices();
+  sweep_follows_one_gpu(2, 1e-2);  // another split of each batch: bf16 rounding apart
 }
 
 }  // namespace
