@@ -6,6 +6,7 @@
 # every device call carries the tracked tree within its 64 MiB), and unpacked into the
 # ignored DEST/runs/ to be analysed.
 #   scripts/study-results.sh DEST ARCHIVE[:GLOB] [ARCHIVE[:GLOB] ...]
+#   scripts/study-results.sh --add DEST ARCHIVE[:GLOB] ...   (a later piece of the same study)
 # Each ARCHIVE is a <preset>-runs.tar.xz from the device; GLOB (default *) picks its run
 # folders by name. Runs of every archive go into DEST/runs/; a name met twice is an error.
 # Runs that an archive holds but GLOB leaves out go into DEST/runs-aside/ (packed with the
@@ -13,7 +14,8 @@
 # DEST then holds (all tracked but runs/ and runs-aside/):
 #   runs.tar.xz                 runs/ and runs-aside/, every run's metrics.jsonl, run.json,
 #                               config.toml (no checkpoints); unpack: tar -xJf DEST/runs.tar.xz -C DEST
-#   plans/<archive>.json        each sweep's plan.json; plan.json: their runs in one plan
+#   plans/<archive>.json        each sweep's plan.json (order.txt: the order they came in);
+#                               plan.json: their runs in one plan
 #   logs.tar.xz                 each sweep's sweep.log and session.txt, in <archive>/
 #   fit.txt, fits.json          moba fit (both FLOP conventions)
 #   figures/*.{png,svg}         moba plot: LM loss, trailing loss, bucket 2 (4K-6K)
@@ -21,10 +23,17 @@
 # DEST/README.md is not written: it is the study's own text.
 # MOBA (build/src/cli/moba) is the moba binary.
 # With DEST alone, the folder's committed runs.tar.xz is unpacked and the analysis rewritten.
+# With --add, the committed runs, plans and logs are kept and the archives' runs added to them
+# (a sweep resumed in a later session on a fresh device holds only its new runs, e.g. `--set
+# ladder.layers=[8]`). Plans are merged in the order they were added (plans/order.txt): a run
+# planned twice takes its latest plan's entry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dest=${1:?usage: scripts/study-results.sh DEST [ARCHIVE[:GLOB] ...]}
+add=0
+if [[ ${1:-} == --add ]]; then add=1; shift; fi
+dest=${1:?usage: scripts/study-results.sh [--add] DEST [ARCHIVE[:GLOB] ...]}
 shift
+((add == 0 || $# > 0)) || { echo "study-results: --add needs archives" >&2; exit 1; }
 moba=${MOBA:-build/src/cli/moba}
 [[ -x $moba ]] || { echo "study-results: no moba binary at $moba (set MOBA)" >&2; exit 1; }
 die() { echo "study-results: $*" >&2; exit 1; }
@@ -33,7 +42,18 @@ mkdir -p "$dest"
 if (($#)); then
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
-  rm -rf "$dest/runs" "$dest/runs-aside" "$dest/plans"
+  rm -rf "$dest/runs" "$dest/runs-aside"
+  if ((add)); then
+    [[ -f $dest/runs.tar.xz ]] || die "--add: $dest/runs.tar.xz is missing"
+    tar -xJf "$dest/runs.tar.xz" -C "$dest"
+    mkdir -p "$stage/logs"
+    [[ -f $dest/logs.tar.xz ]] && tar -xJf "$dest/logs.tar.xz" -C "$stage/logs"
+    if [[ ! -f $dest/plans/order.txt ]] && compgen -G "$dest/plans/*.json" >/dev/null; then
+      (cd "$dest/plans" && ls -1 ./*.json | sed 's#^./##') >"$dest/plans/order.txt"
+    fi
+  else
+    rm -rf "$dest/plans"
+  fi
   mkdir -p "$dest/runs" "$dest/runs-aside" "$dest/plans" "$stage/logs"
   for spec in "$@"; do
     archive=${spec%%:*}
@@ -52,22 +72,35 @@ if (($#)); then
       [[ -e $dest/runs/$base || -e $dest/runs-aside/$base ]] && die "run $base is in two archives"
       mv "$run" "$target/$base"
     done
-    [[ -f $stage/x/plan.json ]] && cp "$stage/x/plan.json" "$dest/plans/$name.json"
-    mkdir -p "$stage/logs/$name"
+    # A name already used by an earlier piece gets a number: h200-runs-2, -3, ...
+    piece=$name
+    n=2
+    while [[ -e $dest/plans/$piece.json || -e $stage/logs/$piece ]]; do piece=$name-$n; n=$((n + 1)); done
+    if [[ -f $stage/x/plan.json ]]; then
+      cp "$stage/x/plan.json" "$dest/plans/$piece.json"
+      echo "$piece.json" >>"$dest/plans/order.txt"
+    fi
+    mkdir -p "$stage/logs/$piece"
     for f in sweep.log session.txt; do
-      [[ -f $stage/x/$f ]] && cp "$stage/x/$f" "$stage/logs/$name/"
+      [[ -f $stage/x/$f ]] && cp "$stage/x/$f" "$stage/logs/$piece/"
     done
   done
   # One plan.json for moba report's "Planned against measured time": the first plan with
   # every plan's runs (the presets of one study share their time model).
   python3 - "$dest/plans" "$dest/plan.json" <<'PY'
 import json, pathlib, sys
-plans = sorted(pathlib.Path(sys.argv[1]).glob("*.json"))
+folder = pathlib.Path(sys.argv[1])
+order = folder / "order.txt"
+names = order.read_text().split() if order.exists() else sorted(p.name for p in folder.glob("*.json"))
+plans = [folder / n for n in names]
 if plans:
     merged = json.loads(plans[0].read_text())
-    for p in plans[1:]:
-        merged["runs"] += json.loads(p.read_text())["runs"]
-    merged["merged_from"] = [p.name for p in plans]
+    runs = {}  # name -> entry; a later plan's entry replaces an earlier one's, in its place
+    for p in plans:
+        for r in json.loads(p.read_text())["runs"]:
+            runs[r["name"]] = r
+    merged["runs"] = list(runs.values())
+    merged["merged_from"] = names
     pathlib.Path(sys.argv[2]).write_text(json.dumps(merged, indent=2) + "\n")
 PY
   tar -cJf "$dest/logs.tar.xz" -C "$stage/logs" .
