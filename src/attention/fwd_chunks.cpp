@@ -66,12 +66,14 @@ FwdScratch fwd_scratch_bytes(const Layout& layout, const MobaConfig& cfg, int64_
     s.chunk_tokens = std::max(s.chunk_tokens, z - a);
   const int64_t slots = s.chunk_tokens * layout.num_q_heads * kp;
   const int64_t buckets = rows * layout.num_kv_heads;
-  s.part_o = 4 * slots * layout.head_dim;
-  s.part_lse = 4 * slots;
-  s.entries = 4 * std::max<int64_t>(1, slots);
-  s.tiles = 16 * (slots / 128 + buckets + 1);
-  s.buckets = 2 * 4 * (buckets + 1);
-  s.num_tiles = 16;
+  // Each buffer at least 16 bytes (Plan::scratch's minimum).
+  auto buf = [](int64_t bytes) { return std::max<int64_t>(16, bytes); };
+  s.part_o = buf(4 * slots * layout.head_dim);
+  s.part_lse = buf(4 * slots);
+  s.entries = buf(4 * slots);
+  s.tiles = buf(16 * (slots / 128 + buckets + 1));
+  s.buckets = 2 * buf(4 * (buckets + 1));
+  s.num_tiles = buf(4);
   return s;
 }
 
