@@ -2,7 +2,9 @@
 # Device calls for issue 16 (kernel speed) and issue 12's prefill bar: build; the attention
 # GPU tests; MoBA and dense timings with the per-phase breakdown at D 128 (H 16) and D 64
 # (H 12, the trainer's and the inference bench's shape); the 128K prefill of the 12-layer
-# model; an Nsight Compute pass over the MoBA forward's kernels at D 64, 128K.
+# model; an Nsight Compute pass over the MoBA forward's kernels at D 64, 128K; the chunked
+# MoBA forward (v16: chunktest = its GPU tests and memcheck, chunk = time and peak memory
+# over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass).
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
 #   STEPS="build test d128 d64 prefill ncu" bench/perf_session.sh
 # Carry .deps (header-only libraries, GoogleTest sources).
@@ -53,6 +55,30 @@ if has memcheck; then
     --gtest_filter='*dense_varlen_d64*:*moba_varlen_odd*:*moba_k1_d64*:*MobaWgmmaFwdGpu*varlen*' \
     >"$OUT/memcheck-$TAG.log" 2>&1
   tail -3 "$OUT/memcheck-$TAG.log"
+fi
+if has chunktest; then
+  log "chunktest: the chunked MoBA forward's GPU tests, then memcheck on its varlen cases"
+  OMP_NUM_THREADS=16 timeout 300 "$BUILD/tests/attention_gpu_test" --gtest_filter='*MobaChunkFwdGpu*' 2>&1 \
+    | tee "$OUT/chunktest-$TAG.log" | grep -E "^\[ *(FAILED|PASSED|SKIPPED) |Failure|chunk [0-9]+:" | head -60
+  OMP_NUM_THREADS=16 timeout 300 compute-sanitizer --tool memcheck --leak-check no \
+    "$BUILD/tests/attention_gpu_test" --gtest_filter='*MobaChunkFwdGpu*varlen_d64*:*MobaChunkFwdGpu*varlen_s64*' \
+    >"$OUT/chunkmemcheck-$TAG.log" 2>&1
+  tail -3 "$OUT/chunkmemcheck-$TAG.log"
+fi
+# The chunked MoBA forward: MoBA fwd and fwd+bwd time and peak memory per chunk size (0 = one
+# pass, which also runs dense for the "peak MiB MoBA / dense" column), D 128 (H 16) and D 64
+# (H 12), 32K and 128K.
+if has chunk; then
+  for c in 0 ${CHUNKS:-2048 4096 8192 16384}; do
+    skip=--skip-dense; [[ $c == 0 ]] && skip=
+    log "chunk: --fwd-chunk $c"
+    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 131072 --heads 16 -D 128 \
+      -S 512 -K 3 --repeats 10 --fwd-chunk "$c" $skip --out "$OUT/chunk-$c-d128-$TAG.json" 2>&1 \
+      | grep -E "^\| [0-9]"
+    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 131072 --heads 12 -D 64 \
+      -S 512 -K 3 --repeats 10 --fwd-chunk "$c" $skip --out "$OUT/chunk-$c-d64-$TAG.json" 2>&1 \
+      | grep -E "^\| [0-9]"
+  done
 fi
 # Dense and MoBA timings of the earlier commit (oldbuild) and of this tree, alternately.
 if has ab; then

@@ -51,6 +51,9 @@ struct MobaConfig {
 
 struct Options {
   double softmax_scale = 0.0;  // 0 selects 1/sqrt(D)
+  // The CUDA MoBA forward's query chunk (fwd_chunks.h): tokens per chunk, a multiple of
+  // max(S, 128); 0 = one pass; -1 = the environment's MOBA_FWD_CHUNK_TOKENS (unset = 0).
+  int64_t fwd_chunk_tokens = -1;
 
   double scale_for(const Layout& l) const;
 };

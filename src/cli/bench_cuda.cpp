@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "attention/cuda/attention_cuda.h"
+#include "attention/fwd_chunks.h"
 #include "attention/stats.h"
 #include "core/cuda_check.cuh"
 
@@ -77,7 +78,10 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
     });
     dense_ws = double(dense.peak_workspace_bytes());
   }
-  acu::Plan plan(layout, cfg, opt);
+  Options moba_opt = opt;
+  moba_opt.fwd_chunk_tokens = o.fwd_chunk;
+  acu::Plan plan(layout, cfg, moba_opt);
+  const int64_t chunk = fwd_chunk_tokens(moba_opt);
   const double gate =
       cuda_median_ms(kWarmup, o.repeats, [&] { acu::moba_gate(plan, q.p, k.p, sel.p); });
   const double attn_fwd = cuda_median_ms(kWarmup, o.repeats, [&] {
@@ -123,6 +127,8 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
       {"gate_share_of_fwd", gate / moba_fwd},
       {"moba_peak_mib", (tensors + sel.bytes + double(plan.peak_workspace_bytes())) / 1048576.0},
       {"moba_workspace_mib", double(plan.peak_workspace_bytes()) / 1048576.0},
+      {"fwd_chunk_tokens", chunk},
+      {"fwd_chunks", fwd_chunks(layout, cfg, chunk).size()},
       {"device_used_mib", double(total_b - free_b) / 1048576.0},
       {"phases_ms", phases},
   };

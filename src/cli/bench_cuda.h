@@ -14,6 +14,9 @@ struct CudaBenchShape {
   int repeats;
   uint64_t seed;
   bool skip_dense;
+  // The MoBA forward's query chunk (attention/fwd_chunks.h): tokens, 0 = single pass,
+  // -1 = the environment's MOBA_FWD_CHUNK_TOKENS.
+  int64_t fwd_chunk = -1;
 };
 
 // One row of the table: ms, TFLOP/s, density, speed-up and memory for sequence length T.

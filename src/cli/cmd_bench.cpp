@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attention/attention_cpu.h"
+#include "attention/fwd_chunks.h"
 #ifdef MOBA_HAVE_CUDA_ATTENTION
 #include "cli/bench_cuda.h"
 #endif
@@ -39,6 +40,7 @@ struct BenchAttentionOptions {
   std::string json_path;
   std::string peer_path;  // JSON from bench/peer_sdpa.py, timed in the same device call
   bool skip_dense = false;
+  int64_t fwd_chunk = -1;  // MoBA forward's query chunk; -1: MOBA_FWD_CHUNK_TOKENS
 };
 
 // One table row per sequence length: measure(T) between progress lines on stderr (the table
@@ -133,13 +135,24 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
              "--device cuda runs bf16 kernels: --dtype must be bf16, got '", o.dtype, "'");
   const nlohmann::json peer = read_peer_json(o.peer_path);
   const CudaBenchShape shape{o.batch, o.heads, o.kv_heads ? o.kv_heads : o.heads, o.head_dim,
-                             o.block_size, o.top_k, o.repeats, o.seed, o.skip_dense};
+                             o.block_size, o.top_k, o.repeats, o.seed, o.skip_dense,
+                             o.fwd_chunk};
   std::printf("CUDA attention on %s: B=%lld Hq=%lld Hkv=%lld D=%lld S=%lld K=%lld bf16, causal, "
               "median of %d after 3 warm-ups (CUDA events)\n",
               cuda_device_name().c_str(), static_cast<long long>(o.batch),
               static_cast<long long>(o.heads), static_cast<long long>(shape.kv_heads),
               static_cast<long long>(o.head_dim), static_cast<long long>(o.block_size),
               static_cast<long long>(o.top_k), o.repeats);
+  {
+    attn::Options co;
+    co.fwd_chunk_tokens = o.fwd_chunk;
+    const int64_t c = attn::fwd_chunk_tokens(co);
+    if (c > 0)
+      std::printf("MoBA forward in chunks of %lld query tokens (--fwd-chunk / MOBA_FWD_CHUNK_TOKENS; "
+                  "the partials of one chunk at a time).\n", static_cast<long long>(c));
+    else
+      std::printf("MoBA forward in one pass (no --fwd-chunk, MOBA_FWD_CHUNK_TOKENS unset or 0).\n");
+  }
   std::printf("MoBA times include the gate. TFLOP/s: dense-equivalent = dense causal FLOPs / MoBA "
               "time; attended = FLOPs of the selected pairs / MoBA time. Peer ratios = peer ms / "
               "our ms (> 1: we are faster).\n\n");
@@ -254,6 +267,9 @@ void add_bench(CLI::App& app) {
                   "cuda: JSON of bench/peer_sdpa.py (same shapes, same device call); the table "
                   "shows our ratio to it");
   cmd->add_flag("--skip-dense", o.skip_dense, "cuda: time MoBA only");
+  cmd->add_option("--fwd-chunk", o.fwd_chunk,
+                  "cuda: the MoBA forward in chunks of this many query tokens (a multiple of "
+                  "max(S, 128); 0 = one pass; unset: MOBA_FWD_CHUNK_TOKENS, else one pass)");
   cmd->callback([] { run_bench_attention(o); });
   add_bench_train(bench);
   add_bench_infer(bench);

@@ -27,6 +27,8 @@ constexpr KernelSwitch kSwitches[] = {
     {"MOBA_MOBA_FWD", "mma", "wgmma", "wgmma where it runs and S is a multiple of 128"},
     {"MOBA_MOBA_FWD_GRID", "persistent", "tiles",
      "persistent (sm_90a MoBA forward: one CTA per SM over the tiles; a number n: n CTAs)", true},
+    {"MOBA_FWD_CHUNK_TOKENS", "0", "a positive multiple of max(S, 128)",
+     "0, the MoBA forward in one pass (n: in chunks of n query tokens)", true},
     {"MOBA_MOBA_BWD", "mma", "wgmma", "wgmma where it runs"},
     {"MOBA_RMSNORM_BWD", "fused", "split", "fused"},
 };

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "attention/fwd_chunks.h"
 #include "core/error.h"
 
 namespace moba::infer {
@@ -9,11 +10,19 @@ namespace {
 
 struct Terms {
   double cache_per_token = 0, layer_per_token = 0, weights = 0, logits_per_seq = 0, fixed = 0;
+  // MoBA's chunked forward (cuda): of layer_per_token, the bytes per token of the partials,
+  // lse and gather entries, held for at most `chunk` tokens (0: every token).
+  double chunked_per_token = 0;
+  int64_t chunk = 0;
+  // One layer's intermediates for n prefilled tokens.
+  double layer(double n) const {
+    const double c = static_cast<double>(chunk);
+    return n * layer_per_token - (chunk > 0 && n > c ? (n - c) * chunked_per_token : 0.0);
+  }
   // Bytes of B sequences of T tokens, prefilled T at a time.
   double total(int64_t B, int64_t T, int64_t prompt) const {
     const double b = static_cast<double>(B);
-    const double prefill = std::max(b * static_cast<double>(prompt) * layer_per_token,
-                                    b * logits_per_seq);
+    const double prefill = std::max(layer(b * static_cast<double>(prompt)), b * logits_per_seq);
     return weights + fixed + b * static_cast<double>(T) * cache_per_token + prefill;
   }
 };
@@ -68,6 +77,13 @@ Plan plan_inference(const PlanInput& in) {
   // and the block means' three bf16 terms (attention/cuda/internal.h's scratch slots).
   const double kp = static_cast<double>(m.attention.top_k - 1);
   const double moba_scratch = moba ? Hq * kp * (4.0 * D + 8.0) + 6.0 * Hkv * D / S : 0.0;
+  if (cuda && moba) {
+    attn::Options ao;
+    ao.fwd_chunk_tokens = in.fwd_chunk;
+    t.chunk = attn::fwd_chunk_tokens(ao);  // what the decoder's attention plans read
+    t.chunked_per_token = Hq * kp * (4.0 * D + 8.0);
+  }
+  p.fwd_chunk = t.chunk;
   if (cuda)  // model/cuda/decoder_cuda.cpp's buffers: x, x_mid, xn; the fused projections'
              // rows; q, o; k, v; h; lse, rstd; the selection; token ids and positions
     t.layer_per_token = e * (3 * C + std::max(Hq * D + 2 * Hkv * D, 2 * F) + 2 * Hq * D +
@@ -86,8 +102,7 @@ Plan plan_inference(const PlanInput& in) {
   p.cache_bytes = static_cast<double>(p.batch) * static_cast<double>(p.context) * t.cache_per_token;
   p.weight_bytes = t.weights;
   p.layer_bytes_per_token = t.layer_per_token;
-  p.prefill_layer_bytes =
-      static_cast<double>(p.batch) * static_cast<double>(p.prompt) * t.layer_per_token;
+  p.prefill_layer_bytes = t.layer(static_cast<double>(p.batch) * static_cast<double>(p.prompt));
   p.logits_bytes = static_cast<double>(p.batch) * t.logits_per_seq;
   p.prefill_bytes = std::max(p.prefill_layer_bytes, p.logits_bytes);
   p.fixed_bytes = t.fixed;
@@ -122,7 +137,7 @@ std::string plan_markdown(const Plan& p) {
     std::snprintf(line, sizeof line, "| %s | %s | %s |\n", term, bytes(b).c_str(), how.c_str());
     s += line;
   };
-  char how[160];
+  char how[224];
   std::snprintf(how, sizeof how, "%.0f B per cached token (K, V, block means) x %lld x %lld",
                 p.cache_bytes_per_token, static_cast<long long>(p.batch),
                 static_cast<long long>(p.context));
@@ -130,9 +145,16 @@ std::string plan_markdown(const Plan& p) {
   std::snprintf(how, sizeof how, "%lld parameters x %g B", static_cast<long long>(p.params),
                 p.weight_bytes_per_param);
   row("weights", p.weight_bytes, how);
-  std::snprintf(how, sizeof how, "max(one layer: %.0f B x %lld tokens, logits %s)",
-                p.layer_bytes_per_token, static_cast<long long>(p.batch * p.prompt),
-                bytes(p.logits_bytes).c_str());
+  if (p.fwd_chunk > 0)
+    std::snprintf(how, sizeof how,
+                  "max(one layer: %.0f B x %lld tokens, MoBA's partials for %lld at a time; "
+                  "logits %s)",
+                  p.layer_bytes_per_token, static_cast<long long>(p.batch * p.prompt),
+                  static_cast<long long>(p.fwd_chunk), bytes(p.logits_bytes).c_str());
+  else
+    std::snprintf(how, sizeof how, "max(one layer: %.0f B x %lld tokens, logits %s)",
+                  p.layer_bytes_per_token, static_cast<long long>(p.batch * p.prompt),
+                  bytes(p.logits_bytes).c_str());
   row("prefill", p.prefill_bytes, how);
   if (p.fixed_bytes > 0) row("workspace", p.fixed_bytes, "cuBLASLt");
   row("**total**", p.total_bytes, "");

@@ -12,7 +12,9 @@
 //                     fp32); a layer's per token: cpu e x (2C + 2 Hq D + 2 Hkv D + 3F) + 4 x
 //                     (Hq + 2); cuda (the decoder's buffers) e x (3C + max((Hq + 2 Hkv) D,
 //                     2F) + 2 Hq D + 2 Hkv D + F) + 4 (Hq + 1) + 8; + 4 Hq K for the MoBA
-//                     selection
+//                     selection; cuda MoBA's attention scratch Hq (K-1) (4D + 8) (partials,
+//                     lse, gather entries; for at most the forward's chunk of tokens where
+//                     it runs chunked) + 6 Hkv D / S (block means)
 //   fixed             cuda: the 32 MiB cuBLASLt workspace; cpu: 0
 #pragma once
 
@@ -31,6 +33,9 @@ struct PlanInput {
   int64_t prompt = 0;              // longest prompt prefilled in one call; 0 = context
   double memory_bytes = 0;         // > 0: also the longest context that fits in this
   double weight_bytes_per_param = 0;  // 0: the device's (cpu 4, cuda 6; see above)
+  // cuda MoBA: the forward's query chunk (attention/fwd_chunks.h; tokens, 0 = one pass,
+  // -1 = the environment's MOBA_FWD_CHUNK_TOKENS, which the decoder's plans read too).
+  int64_t fwd_chunk = -1;
 };
 
 struct Plan {
@@ -42,7 +47,9 @@ struct Plan {
   int64_t params = 0;
   double weight_bytes_per_param = 0, weight_bytes = 0;
   double layer_bytes_per_token = 0;  // one layer's prefill intermediates per token
-  double prefill_layer_bytes = 0;    // batch x prompt tokens of them
+  double prefill_layer_bytes = 0;    // batch x prompt tokens of them (MoBA's partials and
+                                     // gather entries: of at most fwd_chunk tokens)
+  int64_t fwd_chunk = 0;             // cuda MoBA's forward chunk, resolved (0: one pass)
   double logits_bytes = 0;           // batch x V fp32
   double prefill_bytes = 0;          // the larger of the two
   double fixed_bytes = 0;

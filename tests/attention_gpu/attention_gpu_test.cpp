@@ -17,6 +17,7 @@
 
 #include "attention/attention_cpu.h"
 #include "attention/cuda/attention_cuda.h"
+#include "attention/fwd_chunks.h"
 #include "attention/gate.h"
 #include "attention_gpu/naive_bf16.h"
 #include "attention/brute_force.h"
@@ -737,6 +738,145 @@ const MobaFwdCase kMobaFwdCases[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MobaWgmmaFwdGpu, ::testing::ValuesIn(kMobaFwdCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// The chunked forward (attention/fwd_chunks.h, docs/kernel_notes.md "v16"): the gather
+// index, past blocks and current block + merge per chunk of query tokens must give the
+// single pass's out and lse bit for bit (each query row's arithmetic is the same), for
+// chunks that split sequences mid-way, hold several sequences, equal the batch or exceed
+// it; on both kernel families (sm_90a where it runs and S is a multiple of 128, and
+// mma.sync); through the Plan option and the environment knob; with 1 and 3 persistent
+// CTAs. Also: against the fp64 CPU reference; the plan's scratch equals fwd_scratch_bytes
+// (the partials shrink to one chunk's); the backward after a chunked forward (which must
+// build its own gather index) against the reference.
+struct ChunkCase {
+  const char* name;
+  std::vector<int64_t> cu;
+  int64_t Hq, Hkv, D, S, K;
+};
+
+class MobaChunkFwdGpu : public ::testing::TestWithParam<ChunkCase> {};
+
+TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  const ChunkCase& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  const MobaConfig cfg{cs.S, cs.K};
+  const attn::Options opt;
+  const double scale = opt.scale_for(l);
+  auto rnd = [&](size_t n, uint64_t s) {
+    std::vector<float> x = random_normal<float>(n, s);
+    for (float& e : x) e = round_bf16(e);
+    return x;
+  };
+  const auto q = rnd(l.q_elems(), 801), k = rnd(l.kv_elems(), 802), v = rnd(l.kv_elems(), 803),
+             dout = rnd(l.q_elems(), 804);
+  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(q.size());
+  dq_in.upload(to_bf16(q));
+  dk_in.upload(to_bf16(k));
+  dv_in.upload(to_bf16(v));
+  ddo.upload(to_bf16(dout));
+  DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+  {
+    acu::Plan gate_plan(l, cfg, opt);
+    acu::moba_gate(gate_plan, dq_in.ptr, dk_in.ptr, dsel.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  const Selection sel{cfg.top_k, l.num_q_heads, dsel.download()};
+  std::vector<double> qd(q.begin(), q.end()), kd(k.begin(), k.end()), vd(v.begin(), v.end()),
+      dod(dout.begin(), dout.end());
+  std::vector<double> out(q.size()), lse(l.lse_elems()), rdq(q.size()), rdk(k.size()), rdv(v.size());
+  attn::cpu::moba_forward<double>(l, cfg, sel, opt, qd, kd, vd, out, lse);
+  attn::cpu::moba_backward<double>(l, cfg, sel, opt, qd, kd, vd, out, lse, dod, rdq, rdk, rdv);
+  const NaiveResult nv = naive_bf16(l, cfg.block_size, &sel, scale, q, k, v, dout);
+  auto same_bytes = [](const auto& a, const auto& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
+  };
+  const int64_t N = l.tokens(), G = attn::fwd_chunk_granule(cfg);
+  const int64_t whole = (N + G - 1) / G * G;  // the batch rounded up: N itself where G divides it
+  const int64_t sizes[] = {G, 2 * G, 3 * G, whole, whole + G};
+  const bool wg_ok = is_sm90() && cs.S % 128 == 0;
+  for (const char* family : {"wgmma", "mma"}) {
+    if (std::strcmp(family, "wgmma") == 0 && !wg_ok) continue;
+    SCOPED_TRACE(std::string("MOBA_MOBA_FWD=") + family);
+    ScopedEnv fam("MOBA_MOBA_FWD", family), off(attn::kFwdChunkEnv, "");
+    // The single pass (option 0, whatever the environment says).
+    attn::Options o0;
+    o0.fwd_chunk_tokens = 0;
+    acu::Plan ref_plan(l, cfg, o0);
+    DeviceBuffer<acu::bf16> o_ref(q.size());
+    DeviceBuffer<float> lse_ref(l.lse_elems());
+    o_ref.poison();
+    lse_ref.poison();
+    acu::moba_forward(ref_plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_ref.ptr, lse_ref.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(ref_plan.workspace_bytes(),
+              static_cast<size_t>(attn::fwd_scratch_bytes(l, cfg, 0).total()));
+    const auto ref_o = o_ref.download();
+    const auto ref_lse = lse_ref.download();
+    std::printf("    %s single pass:\n", family);
+    expect_close("out", from_bf16(ref_o), out, nv.out);
+    expect_close("lse", ref_lse, lse, nv.lse);
+
+    // A forward in chunks of C tokens (the Plan option, or the environment knob), compared
+    // bit for bit with the single pass.
+    auto chunked = [&](int64_t C, bool by_env, const char* grid) {
+      SCOPED_TRACE("chunk " + std::to_string(C) + (by_env ? " (environment)" : " (option)") +
+                   (grid ? std::string(" MOBA_MOBA_FWD_GRID=") + grid : std::string()));
+      attn::Options oc;
+      oc.fwd_chunk_tokens = by_env ? -1 : C;
+      const std::string c_str = std::to_string(C);
+      ScopedEnv knob(attn::kFwdChunkEnv, by_env ? c_str.c_str() : "");
+      ScopedEnv g("MOBA_MOBA_FWD_GRID", grid ? grid : "");
+      acu::Plan plan(l, cfg, oc);
+      DeviceBuffer<acu::bf16> o(q.size());
+      DeviceBuffer<float> ls(l.lse_elems());
+      o.poison();
+      ls.poison();
+      acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, ls.ptr);
+      const cudaError_t err = cudaDeviceSynchronize();
+      ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
+      EXPECT_TRUE(same_bytes(o.download(), ref_o)) << "out differs from the single pass";
+      EXPECT_TRUE(same_bytes(ls.download(), ref_lse)) << "lse differs from the single pass";
+      const attn::FwdScratch fs = attn::fwd_scratch_bytes(l, cfg, C);
+      EXPECT_EQ(plan.workspace_bytes(), static_cast<size_t>(fs.total()));
+      std::printf("    %s chunk %lld: %zu chunks, scratch %.2f MiB (single pass %.2f)\n", family,
+                  static_cast<long long>(C), attn::fwd_chunks(l, cfg, C).size(),
+                  fs.total() / 1048576.0, attn::fwd_scratch_bytes(l, cfg, 0).total() / 1048576.0);
+      if (C != G || by_env || grid) return;
+      // The backward after a chunked forward (its own gather index) against the reference.
+      DeviceBuffer<acu::bf16> gq(q.size()), gk(k.size()), gv(v.size());
+      gq.poison();
+      gk.poison();
+      gv.poison();
+      acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, ls.ptr, ddo.ptr,
+                         gq.ptr, gk.ptr, gv.ptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      std::printf("    backward after the chunked forward:\n");
+      expect_close("dq", from_bf16(gq.download()), rdq, nv.dq);
+      expect_close("dk", from_bf16(gk.download()), rdk, nv.dk);
+      expect_close("dv", from_bf16(gv.download()), rdv, nv.dv);
+    };
+    for (int64_t C : sizes) chunked(C, false, nullptr);
+    chunked(G, true, nullptr);
+    if (std::strcmp(family, "wgmma") == 0)
+      for (const char* grid : {"1", "3"}) chunked(2 * G, false, grid);
+  }
+}
+
+const ChunkCase kChunkCases[] = {
+    {"chunk_d128_s512_k3", {0, 4096}, 2, 1, 128, 512, 3},
+    {"chunk_gqa4_d64_s128_k2", {0, 3000}, 4, 1, 64, 128, 2},
+    {"chunk_d128_s128_k8", {0, 2500}, 2, 2, 128, 128, 8},
+    {"chunk_k1_d64_s256", {0, 1000}, 2, 1, 64, 256, 1},
+    {"chunk_varlen_d64_s128_k3", {0, 1, 78, 600, 1777, 1778, 3100}, 4, 1, 64, 128, 3},
+    {"chunk_varlen_d128_s256_k3", {0, 1, 78, 600, 1777, 3100}, 2, 1, 128, 256, 3},
+    {"chunk_varlen_d128_s128_k8", {0, 300, 1300, 1301, 2900}, 2, 2, 128, 128, 8},
+    {"chunk_s64_d128_k3", {0, 1500}, 2, 1, 128, 64, 3},
+    {"chunk_varlen_s64_d64_k8", {0, 200, 777, 1500}, 2, 2, 64, 64, 8},
+};
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MobaChunkFwdGpu, ::testing::ValuesIn(kChunkCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

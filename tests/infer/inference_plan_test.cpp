@@ -54,6 +54,29 @@ TEST(InferencePlan, CpuFloatByHand) {
             std::string::npos) << md;
 }
 
+// The chunked MoBA forward (attention/fwd_chunks.h): the partials, lse and gather entries
+// (288 B per token here) are held for one chunk of the prefill only.
+TEST(InferencePlan, CudaMobaChunkedForwardHoldsOneChunksPartials) {
+  const PlanInput one{.model = small(), .device = "cuda", .context = 1024, .prompt = 1024,
+                      .fwd_chunk = 0};
+  const Plan p0 = plan_inference(one);
+  EXPECT_EQ(p0.fwd_chunk, 0);
+  EXPECT_DOUBLE_EQ(p0.prefill_layer_bytes, 1024.0 * 2196);
+  PlanInput chunked = one;
+  chunked.fwd_chunk = 256;
+  const Plan p1 = plan_inference(chunked);
+  EXPECT_EQ(p1.fwd_chunk, 256);
+  EXPECT_DOUBLE_EQ(p1.layer_bytes_per_token, p0.layer_bytes_per_token);
+  EXPECT_DOUBLE_EQ(p1.prefill_layer_bytes, 1024.0 * 2196 - (1024 - 256) * 288.0);
+  EXPECT_DOUBLE_EQ(p0.total_bytes - p1.total_bytes, (1024 - 256) * 288.0);
+  EXPECT_NE(plan_markdown(p1).find("MoBA's partials for 256 at a time"), std::string::npos);
+  // A prompt within one chunk: as unchunked. The CPU engine has no such scratch.
+  chunked.prompt = 200;
+  EXPECT_DOUBLE_EQ(plan_inference(chunked).prefill_layer_bytes, 200.0 * 2196);
+  chunked.device = "cpu";
+  EXPECT_EQ(plan_inference(chunked).fwd_chunk, 0);
+}
+
 TEST(InferencePlan, CudaBf16ByHand) {
   const Plan p = plan_inference({.model = small(), .device = "cuda"});
   EXPECT_EQ(p.context, 128);  // model.seq_len

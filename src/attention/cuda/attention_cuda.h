@@ -73,6 +73,8 @@ class Plan {
   const Device& dev() const { return dev_; }
   int64_t full_blocks() const { return rows_; }  // full blocks over all sequences
   int64_t max_seq_len() const { return max_len_; }
+  // Options::fwd_chunk_tokens as given (-1: the environment's, read on every moba_forward).
+  int64_t fwd_chunk_option() const { return fwd_chunk_opt_; }
   // A device buffer kept for the plan's lifetime, identified by `slot`; grown on demand.
   void* scratch(int slot, size_t bytes);
   // The selection whose gather lists the scratch holds (set by moba_forward, cleared by
@@ -84,7 +86,7 @@ class Plan {
   Layout layout_;
   MobaConfig cfg_;
   float scale_ = 0.f;
-  int64_t rows_ = 0, max_len_ = 0;
+  int64_t rows_ = 0, max_len_ = 0, fwd_chunk_opt_ = -1;
   Device dev_;
   std::vector<void*> bufs_;
   std::vector<size_t> sizes_;

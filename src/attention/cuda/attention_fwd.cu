@@ -1,7 +1,12 @@
 // Forward launchers: tile choice and dispatch of attn_fwd_kernel, and the MoBA gate entry.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/fwd_kernel.cuh"
 #include "attention/cuda/internal.h"
+#include "attention/fwd_chunks.h"
 #include "core/cuda_check.cuh"
 
 namespace moba::attn::cuda {
@@ -63,6 +68,8 @@ AttnParams plan_params(const Plan& plan, const bf16* q, const bf16* k, const bf1
   p.K = static_cast<int>(plan.config().top_k);
   p.kp = p.K - 1;
   p.heads_fastest = plan.max_seq_len() < kLongSequence;
+  p.q_lo = 0;
+  p.q_hi = p.N;
   return p;
 }
 
@@ -104,6 +111,59 @@ bool moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, float* me
   return gate_launch(plan, q, k, sel, stream, means_out, blocks_per_seq);
 }
 
+namespace {
+
+// A partials buffer addressed by absolute slot: base - first slot x width floats, so that
+// the kernels' index (token * Hq + head) * kp + slot, for the chunk's tokens only, lands
+// inside the buffer. Integer arithmetic on the address (flat device address space): the
+// kernels never form an address outside the buffer.
+float* slot_base(float* base, int64_t first_slot, int64_t width) {
+  return reinterpret_cast<float*>(reinterpret_cast<uintptr_t>(base) -
+                                  static_cast<uintptr_t>(first_slot * width) * sizeof(float));
+}
+
+// The past blocks of the entries in the gather index ix (p.part_o / p.part_lse set).
+void past_blocks(Plan& plan, AttnParams& p, const GatherIndex& ix, bool wg, cudaStream_t stream) {
+  p.entries = ix.entries;
+  p.bucket_offset = ix.offsets;
+  p.tiles = ix.tiles;
+  p.num_tiles = ix.num_tiles;
+  if (wg) {
+    moba_forward_past_wgmma(plan, p, ix.max_tiles, stream);
+    mark_phase("fwd_past_blocks_wgmma", stream);
+  } else {
+    const dim3 grid(static_cast<unsigned>(ix.max_tiles));
+    if (plan.layout().head_dim == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
+    else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
+    mark_phase("fwd_past_blocks", stream);
+  }
+}
+
+// The current block + merge over p's rows: the whole batch (p.batch 0) or one chunk.
+void current_block(const Plan& plan, const AttnParams& p, bool wg, cudaStream_t stream) {
+  if (wg) {
+    moba_forward_current_wgmma(plan, p, stream);
+    mark_phase("fwd_current_block_merge_wgmma", stream);
+    return;
+  }
+  if (p.batch == 0) {
+    fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, stream);
+  } else {
+    const int mt = row_slices(plan, FwdMode::kMobaCurrent);
+    const unsigned tiles = static_cast<unsigned>(p.q_tiles), h = static_cast<unsigned>(p.Hq),
+                   b = static_cast<unsigned>(p.batch);
+    const dim3 grid = p.heads_fastest ? dim3(h, tiles, b) : dim3(tiles, h, b);
+    const int64_t D = plan.layout().head_dim;
+    if (D == 64 && mt == 1) launch_fwd<64, kWarps, 1, FwdMode::kMobaCurrent>(p, grid, stream);
+    else if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaCurrent>(p, grid, stream);
+    else if (mt == 1) launch_fwd<128, kWarps, 1, FwdMode::kMobaCurrent>(p, grid, stream);
+    else launch_fwd<128, kWarps, 2, FwdMode::kMobaCurrent>(p, grid, stream);
+  }
+  mark_phase("fwd_current_block_merge", stream);
+}
+
+}  // namespace
+
 void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
                   bf16* out, float* lse, cudaStream_t stream) {
   AttnParams p = plan_params(plan, q, k, v);
@@ -117,38 +177,61 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
   // Blocks of 64 keys keep the mma.sync kernels: a 128-row query tile would straddle two
   // blocks.
   const bool wg = wgmma_switch("MOBA_MOBA_FWD", D) && plan.config().block_size % 128 == 0;
-  // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
-  if (p.kp > 0 && plan.full_blocks() > 0) {
-    const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream);
-    plan.set_indexed_selection(sel);
-    const size_t slots = static_cast<size_t>(l.tokens()) * p.Hq * p.kp;
-    p.part_o = static_cast<float*>(plan.scratch(kSlotPartO, sizeof(float) * slots * D));
-    p.part_lse = static_cast<float*>(plan.scratch(kSlotPartLse, sizeof(float) * slots));
-    p.entries = ix.entries;
-    p.bucket_offset = ix.offsets;
-    p.tiles = ix.tiles;
-    p.num_tiles = ix.num_tiles;
-    if (wg) {
-      moba_forward_past_wgmma(plan, p, ix.max_tiles, stream);
-      mark_phase("fwd_past_blocks_wgmma", stream);
-    } else {
-      const dim3 grid(static_cast<unsigned>(ix.max_tiles));
-      if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
-      else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
-      mark_phase("fwd_past_blocks", stream);
-    }
-  } else {
+  if (p.kp == 0 || plan.full_blocks() == 0) {
     // No past block anywhere: the merge reads nothing (every slot is invalid).
     p.part_o = nullptr;
     p.part_lse = nullptr;
-  }
-  if (wg) {
-    moba_forward_current_wgmma(plan, p, stream);
-    mark_phase("fwd_current_block_merge_wgmma", stream);
+    current_block(plan, p, wg, stream);
     return;
   }
-  fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, stream);
-  mark_phase("fwd_current_block_merge", stream);
+  // The query chunks (attention/fwd_chunks.h; one = the single pass). Read on every call.
+  Options opt;
+  opt.fwd_chunk_tokens = plan.fwd_chunk_option();
+  const auto chunks = fwd_chunks(l, plan.config(), fwd_chunk_tokens(opt));
+  const FwdScratch fs = fwd_scratch_bytes(l, plan.config(), fwd_chunk_tokens(opt));
+  float* part_o = static_cast<float*>(plan.scratch(kSlotPartO, fs.part_o));
+  float* part_lse = static_cast<float*>(plan.scratch(kSlotPartLse, fs.part_lse));
+  if (chunks.size() == 1) {
+    // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
+    const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream);
+    plan.set_indexed_selection(sel);
+    p.part_o = part_o;
+    p.part_lse = part_lse;
+    past_blocks(plan, p, ix, wg, stream);
+    current_block(plan, p, wg, stream);
+    return;
+  }
+  // Chunked: per chunk of query tokens [t0, t1), the gather index of its entries, their
+  // past blocks (keys anywhere before them, from the whole K/V) into the one chunk's
+  // partials, then the current block + merge of its query tiles. The index then holds the
+  // last chunk's entries only: moba_backward must build its own.
+  plan.set_indexed_selection(nullptr);
+  const int64_t kp = p.kp, Hq = p.Hq;
+  const int br = wg ? kMobaFwdQueryTile : 16 * kWarps * row_slices(plan, FwdMode::kMobaCurrent);
+  const std::vector<int64_t>& cu = l.cu_seqlens;
+  int64_t b0 = 0;
+  for (const auto& [t0, t1] : chunks) {
+    const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream, t0, t1,
+                                              fs.chunk_tokens);
+    AttnParams pc = p;
+    pc.part_o = slot_base(part_o, t0 * Hq * kp, D);
+    pc.part_lse = slot_base(part_lse, t0 * Hq * kp, 1);
+    past_blocks(plan, pc, ix, wg, stream);
+    // The chunk's sequences b0..b1 and the most query tiles one of them has in it.
+    while (cu[b0 + 1] <= t0) ++b0;
+    int64_t b1 = b0, tiles = 0;
+    for (;; ++b1) {
+      const int64_t lo = std::max(t0, cu[b1]), hi = std::min(t1, cu[b1 + 1]);
+      tiles = std::max(tiles, (hi - lo + br - 1) / br);
+      if (cu[b1 + 1] >= t1) break;
+    }
+    pc.cu_seqlens = plan.dev().cu_seqlens + b0;
+    pc.batch = static_cast<int>(b1 - b0 + 1);
+    pc.q_tiles = static_cast<int>(tiles);
+    pc.q_lo = static_cast<int>(t0);
+    pc.q_hi = static_cast<int>(t1);
+    current_block(plan, pc, wg, stream);
+  }
 }
 
 }  // namespace moba::attn::cuda

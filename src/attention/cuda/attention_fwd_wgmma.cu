@@ -185,12 +185,17 @@ void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_
 void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   wg_require_sm90("MOBA_MOBA_FWD=wgmma");
   check_moba_shape(plan);
+  static_assert(WgMobaFwdTraits<64, WgMobaMode::kCurrent>::kBr == kMobaFwdQueryTile &&
+                    WgMobaFwdTraits<128, WgMobaMode::kCurrent>::kBr == kMobaFwdQueryTile,
+                "the chunked forward's tiles (attention_fwd.cu) are the kernel's");
   // The contiguous grid's tiles, in its order, taken in turn by the persistent CTAs.
-  const dim3 g = tile_grid(plan, p, p.Hq, kQueryTile);
   AttnParams pc = p;
-  pc.batch = static_cast<int>(g.z);
-  pc.q_tiles = static_cast<int>(p.heads_fastest ? g.y : g.x);
-  const int64_t tiles = static_cast<int64_t>(g.x) * g.y * g.z;
+  if (pc.batch == 0) {
+    const dim3 g = tile_grid(plan, p, p.Hq, kQueryTile);
+    pc.batch = static_cast<int>(g.z);
+    pc.q_tiles = static_cast<int>(p.heads_fastest ? g.y : g.x);
+  }
+  const int64_t tiles = static_cast<int64_t>(pc.batch) * pc.Hq * pc.q_tiles;
   launch_moba_d<WgMobaMode::kCurrent>(plan, pc, moba_ctas(tiles), stream);
 }
 

@@ -90,7 +90,12 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
     // CTAs of every head start in the first wave instead of ending the launch (short
     // sequences); else grid (tiles, Hq, B): CTAs running together share one head's K/V in
     // L2 (long sequences, where the tail is a small part).
-    const int m = p.heads_fastest ? gridDim.y - 1 - blockIdx.y : gridDim.x - 1 - blockIdx.x;
+    int m = p.heads_fastest ? gridDim.y - 1 - blockIdx.y : gridDim.x - 1 - blockIdx.x;
+    if constexpr (MODE == FwdMode::kMobaCurrent) {
+      // The launch's rows [q_lo, q_hi) (one chunk of the chunked forward; params.h).
+      m += max(0, p.q_lo - seq_start) / Br;
+      if (seq_start + m * Br >= p.q_hi) return;
+    }
     if (m * Br >= len) return;
     head = p.heads_fastest ? blockIdx.x : blockIdx.y;
     kvh = head / p.group;

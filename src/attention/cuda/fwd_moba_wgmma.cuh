@@ -117,15 +117,16 @@ struct WgMobaItem {
 };
 
 // The query tile at (x, y, z) of the contiguous grid (extents ex, ey): the last query tiles
-// first; (Hq, tiles, B) heads fastest, else (tiles, Hq, B). False: the tile lies past its
-// sequence's end.
+// first; (Hq, tiles, B) heads fastest, else (tiles, Hq, B), tiles counted from the first of
+// the launch's rows [q_lo, q_hi) in the sequence. False: the tile lies past its sequence's
+// end or past q_hi.
 __device__ __forceinline__ bool moba_current_item(const AttnParams& p, int x, int y, int z,
                                                   int ex, int ey, WgMobaItem& it) {
   constexpr int Br = 128, Bc = 128;
   it.seq_start = p.cu_seqlens[z];
   const int len = p.cu_seqlens[z + 1] - it.seq_start;
-  const int m = p.heads_fastest ? ey - 1 - y : ex - 1 - x;
-  if (m * Br >= len) return false;
+  const int m = max(0, p.q_lo - it.seq_start) / Br + (p.heads_fastest ? ey - 1 - y : ex - 1 - x);
+  if (m * Br >= len || it.seq_start + m * Br >= p.q_hi) return false;
   it.head = p.heads_fastest ? x : y;
   it.kvh = it.head / p.group;
   it.first_tok = it.seq_start + m * Br;

@@ -26,14 +26,17 @@ __device__ __forceinline__ int seq_of(const int32_t* cu, int B, int tok) {
 }
 
 // FILL = false: count entries per bucket; true: place each entry at its bucket's cursor.
+// The entries of query tokens [tok0, tok1).
 template <bool FILL>
 __global__ void bucket_kernel(const int32_t* __restrict__ sel, const int32_t* __restrict__ cu,
-                              const int32_t* __restrict__ block_offset, int B, int N, int Hq,
-                              int Hkv, int S, int K, int32_t* __restrict__ counts,
+                              const int32_t* __restrict__ block_offset, int B, int tok0, int tok1,
+                              int Hq, int Hkv, int S, int K, int32_t* __restrict__ counts,
                               int32_t* __restrict__ entries) {
   const int kp = K - 1;
-  const int64_t total = static_cast<int64_t>(N) * Hq * kp;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+  const int64_t total = static_cast<int64_t>(tok1) * Hq * kp;
+  for (int64_t e = static_cast<int64_t>(tok0) * Hq * kp +
+                   blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int row = static_cast<int>(e / kp), slot = static_cast<int>(e % kp);
     const int j = sel[static_cast<size_t>(row) * K + slot];
@@ -91,20 +94,20 @@ __global__ void __launch_bounds__(1024) bucket_scan_kernel(
 // kIndexTokens tokens of one query head, so all its entries fall in the buckets of one kv
 // head, one bin per full block (`rows` bins). Global atomics drop from one per entry to one
 // per (CTA, non-empty bin): the buckets of early blocks receive thousands of entries, and
-// same-address global atomics serialise.
+// same-address global atomics serialise. The CTAs cover query tokens [tok0, tok1).
 constexpr int kIndexTokens = 2048;
 
 template <bool FILL>
 __global__ void bucket_smem_kernel(const int32_t* __restrict__ sel, const int32_t* __restrict__ cu,
-                                   const int32_t* __restrict__ block_offset, int B, int N, int Hq,
-                                   int Hkv, int S, int K, int rows, int32_t* __restrict__ counts,
-                                   int32_t* __restrict__ entries) {
+                                   const int32_t* __restrict__ block_offset, int B, int tok0,
+                                   int tok1, int Hq, int Hkv, int S, int K, int rows,
+                                   int32_t* __restrict__ counts, int32_t* __restrict__ entries) {
   extern __shared__ int bins[];  // (rows)
   const int h = blockIdx.y, kvh = h / (Hq / Hkv), kp = K - 1;
   for (int i = threadIdx.x; i < rows; i += blockDim.x) bins[i] = 0;
   __syncthreads();
-  const int64_t e0 = static_cast<int64_t>(blockIdx.x) * kIndexTokens * kp;
-  const int64_t e1 = min(static_cast<int64_t>(N) * kp, e0 + static_cast<int64_t>(kIndexTokens) * kp);
+  const int64_t e0 = (tok0 + static_cast<int64_t>(blockIdx.x) * kIndexTokens) * kp;
+  const int64_t e1 = min(static_cast<int64_t>(tok1) * kp, e0 + static_cast<int64_t>(kIndexTokens) * kp);
   // Pass over the CTA's (token, slot) pairs; returns the row (full block) or -1.
   auto row_of = [&](int64_t i) {
     const int tok = static_cast<int>(i / kp), slot = static_cast<int>(i % kp);
@@ -140,28 +143,38 @@ constexpr int kMaxSmemBins = 32768;  // 128 KB
 
 }  // namespace
 
-GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream) {
+GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream,
+                               int64_t tok0, int64_t tok1, int64_t size_tokens) {
   const Layout& l = plan.layout();
+  if (tok1 < 0) tok1 = l.tokens();
+  if (size_tokens < 0) size_tokens = l.tokens();
+  MOBA_CHECK(0 <= tok0 && tok0 <= tok1 && tok1 <= l.tokens() && tok1 - tok0 <= size_tokens,
+             "build_gather_index: query tokens [", tok0, ", ", tok1, ") of ", l.tokens(),
+             " with scratch for ", size_tokens);
   // Entries (token * Hq + head) * (K - 1) + slot and the bucket offsets are int32 (the
   // plan checked the dense sizes; this is MoBA's own limit).
   check_cuda_sizes(l, &plan.config());
   const int S = static_cast<int>(plan.config().block_size), K = static_cast<int>(plan.config().top_k);
   const int Hq = static_cast<int>(l.num_q_heads), Hkv = static_cast<int>(l.num_kv_heads);
-  const int N = static_cast<int>(l.tokens()), B = static_cast<int>(l.batch());
+  const int B = static_cast<int>(l.batch());
   const int kp = K - 1;
   const int buckets = static_cast<int>(plan.full_blocks()) * Hkv;
   GatherIndex ix;
-  const int64_t max_entries = static_cast<int64_t>(N) * Hq * kp;
+  // Scratch for size_tokens query tokens (the longest chunk: every chunk's index fits the
+  // same buffers); the work list of this one's.
+  const int64_t max_entries = (tok1 - tok0) * Hq * kp;
+  const int64_t size_entries = size_tokens * Hq * kp;
   ix.max_tiles = max_entries / tile_rows + buckets + 1;
   ix.counts = static_cast<int32_t*>(plan.scratch(kSlotCounts, sizeof(int32_t) * (buckets + 1)));
   ix.offsets = static_cast<int32_t*>(plan.scratch(kSlotOffsets, sizeof(int32_t) * (buckets + 1)));
   ix.entries = static_cast<int32_t*>(
-      plan.scratch(kSlotEntries, sizeof(int32_t) * std::max<int64_t>(1, max_entries)));
-  ix.tiles = static_cast<int4*>(plan.scratch(kSlotTiles, sizeof(int4) * ix.max_tiles));
+      plan.scratch(kSlotEntries, sizeof(int32_t) * std::max<int64_t>(1, size_entries)));
+  ix.tiles = static_cast<int4*>(
+      plan.scratch(kSlotTiles, sizeof(int4) * (size_entries / tile_rows + buckets + 1)));
   ix.num_tiles = static_cast<int32_t*>(plan.scratch(kSlotNumTiles, sizeof(int32_t)));
   CUDA_CHECK(cudaMemsetAsync(ix.counts, 0, sizeof(int32_t) * (buckets + 1), stream));
   CUDA_CHECK(cudaMemsetAsync(ix.num_tiles, 0, sizeof(int32_t), stream));
-  if (kp == 0 || buckets == 0) {
+  if (kp == 0 || buckets == 0 || tok1 == tok0) {
     CUDA_CHECK(cudaMemsetAsync(ix.offsets, 0, sizeof(int32_t) * (buckets + 1), stream));
     return ix;
   }
@@ -170,18 +183,19 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
   const int rows = static_cast<int>(plan.full_blocks());
   // Shared-memory bins while one int per full block fits comfortably; else global atomics.
   const bool smem_bins = rows <= kMaxSmemBins;
-  const dim3 sgrid(static_cast<unsigned>((N + kIndexTokens - 1) / kIndexTokens), Hq);
+  const int t0 = static_cast<int>(tok0), t1 = static_cast<int>(tok1);
+  const dim3 sgrid(static_cast<unsigned>((t1 - t0 + kIndexTokens - 1) / kIndexTokens), Hq);
   const size_t sbytes = sizeof(int) * rows;
   if (smem_bins) {
     set_smem_once<bucket_smem_kernel<false>>(4 * kMaxSmemBins);
     set_smem_once<bucket_smem_kernel<true>>(4 * kMaxSmemBins);
     bucket_smem_kernel<false><<<sgrid, threads, sbytes, stream>>>(
-        sel, plan.dev().cu_seqlens, plan.dev().block_offset, B, N, Hq, Hkv, S, K, rows,
+        sel, plan.dev().cu_seqlens, plan.dev().block_offset, B, t0, t1, Hq, Hkv, S, K, rows,
         ix.counts, nullptr);
   } else {
     bucket_kernel<false><<<blocks, threads, 0, stream>>>(sel, plan.dev().cu_seqlens,
-                                                         plan.dev().block_offset, B, N, Hq, Hkv,
-                                                         S, K, ix.counts, nullptr);
+                                                         plan.dev().block_offset, B, t0, t1, Hq,
+                                                         Hkv, S, K, ix.counts, nullptr);
   }
   CUDA_CHECK_LAUNCH();
   bucket_scan_kernel<<<1, 1024, 0, stream>>>(ix.counts, buckets, Hkv, tile_rows,
@@ -190,12 +204,12 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
   CUDA_CHECK_LAUNCH();
   if (smem_bins)
     bucket_smem_kernel<true><<<sgrid, threads, sbytes, stream>>>(
-        sel, plan.dev().cu_seqlens, plan.dev().block_offset, B, N, Hq, Hkv, S, K, rows,
+        sel, plan.dev().cu_seqlens, plan.dev().block_offset, B, t0, t1, Hq, Hkv, S, K, rows,
         ix.counts, ix.entries);
   else
     bucket_kernel<true><<<blocks, threads, 0, stream>>>(sel, plan.dev().cu_seqlens,
-                                                        plan.dev().block_offset, B, N, Hq, Hkv, S,
-                                                        K, ix.counts, ix.entries);
+                                                        plan.dev().block_offset, B, t0, t1, Hq, Hkv,
+                                                        S, K, ix.counts, ix.entries);
   CUDA_CHECK_LAUNCH();
   mark_phase("gather_index", stream);
   return ix;

@@ -38,6 +38,9 @@ AttnParams plan_params(const Plan& plan, const bf16* q, const bf16* k, const bf1
 // (tiles, heads, B).
 dim3 tile_grid(const Plan& plan, const AttnParams& p, int heads, int tile);
 
+// Query rows per tile of the sm_90a MoBA current-block kernel (fwd_moba_wgmma.cuh).
+constexpr int kMobaFwdQueryTile = 128;
+
 struct GatherIndex {
   int32_t* counts = nullptr;
   int32_t* offsets = nullptr;  // (buckets + 1)
@@ -52,9 +55,12 @@ struct GatherIndex {
 // whether they were computed (K > 1; with K = 1 the gate needs no means and writes none).
 bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream,
                  float* means_out = nullptr, int64_t blocks_per_seq = 0);
-// Counting sort of the selection's past slots into (full block, kv head) buckets.
+// Counting sort of the selection's past slots into (full block, kv head) buckets: those
+// of query tokens [tok0, tok1) (tok1 -1 = N), in scratch sized for size_tokens query tokens
+// (-1 = N; the chunked forward's longest chunk, so that no chunk regrows the buffers).
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
-                               cudaStream_t stream);
+                               cudaStream_t stream, int64_t tok0 = 0, int64_t tok1 = -1,
+                               int64_t size_tokens = -1);
 
 // Whether the sm_90a kernels run here: an sm_90 device, head dim 64 or 128, a build for
 // sm_90a (checked on the dense forward kernel's register count; all wgmma kernels are
@@ -155,7 +161,9 @@ void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t strea
 void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,
                              cudaStream_t stream);
 // Current block (causal) + merge with the past partials, persistent as the past blocks;
-// writes p.o and p.lse exactly as FwdMode::kMobaCurrent.
+// writes p.o and p.lse exactly as FwdMode::kMobaCurrent. Its work: p.batch sequences from
+// p.cu_seqlens x Hq x p.q_tiles tiles of 128 rows within [p.q_lo, p.q_hi) (the chunked
+// forward sets them); p.batch 0 = the whole batch (tile_grid's tiles).
 void moba_forward_current_wgmma(const Plan& plan, const AttnParams& p, cudaStream_t stream);
 
 }  // namespace moba::attn::cuda

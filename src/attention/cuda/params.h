@@ -46,6 +46,12 @@ struct AttnParams {
   // The persistent sm_90a current-block kernel's work: batch x Hq x q_tiles query tiles of
   // 128 rows (q_tiles = those of the longest sequence), in the contiguous grid's order.
   int batch, q_tiles;
+  // The current-block kernels' query rows: packed tokens [q_lo, q_hi) (the whole batch
+  // unchunked; one chunk of the chunked forward, attention/fwd_chunks.h). A sequence's
+  // query tiles start at max(0, q_lo - its start) / tile (q_lo lies a multiple of the tile
+  // after its sequence's start); tiles at or past q_hi are skipped. cu_seqlens may then
+  // point at the chunk's first sequence, with batch (and the grid) over the chunk's ones.
+  int q_lo, q_hi;
 };
 
 }  // namespace moba::attn::cuda

@@ -6,6 +6,7 @@
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
+#include "attention/fwd_chunks.h"
 #include "attention/gate.h"
 #include "core/cuda_check.cuh"
 #include "core/error.h"
@@ -67,6 +68,8 @@ Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt,
   check_cuda_sizes(layout_, nullptr);
   scale_ = static_cast<float>(opt.scale_for(layout_));
   max_len_ = layout_.max_seq_len();
+  fwd_chunk_opt_ = opt.fwd_chunk_tokens;
+  if (fwd_chunk_opt_ >= 0) (void)fwd_chunks(layout_, cfg_, fwd_chunk_opt_);  // validates it
 
   std::vector<int32_t> cu, offset, start;
   for (int64_t c : layout_.cu_seqlens) cu.push_back(static_cast<int32_t>(c));

@@ -1,0 +1,55 @@
+// The chunked MoBA forward's host side (docs/kernel_notes.md, "v16"): which query tokens
+// each chunk of the CUDA forward covers, and the scratch the forward needs, in every build
+// so that CPU tests and the planners can check the sizes.
+//
+// The CUDA MoBA forward writes an fp32 partial output and lse for each (query token, query
+// head, past slot) before the current-block kernel merges them: N x Hq x (K-1) x (D + 1)
+// floats. Chunked, the gather index, the past-block kernel and the current-block + merge
+// kernel run per chunk of query tokens, and the partials hold one chunk's slots. A chunk
+// boundary inside a sequence lies a multiple of the granule max(S, 128) after the sequence's
+// start (so a query tile of 64 or 128 rows, and a MoBA block, never straddles two chunks);
+// a chunk holds at most `chunk_tokens` tokens and may hold the ends and starts of several
+// sequences.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "attention/layout.h"
+
+namespace moba::attn {
+
+// The environment knob of the chunk size (tokens; 0 or unset = one pass, unchunked).
+inline constexpr const char* kFwdChunkEnv = "MOBA_FWD_CHUNK_TOKENS";
+
+// Boundaries inside a sequence are multiples of this many tokens from its start: max(S, 128).
+int64_t fwd_chunk_granule(const MobaConfig& cfg);
+
+// The chunk size the CUDA forward uses: opt.fwd_chunk_tokens where >= 0, else the
+// environment's MOBA_FWD_CHUNK_TOKENS (unset or empty = 0), read on every call. 0 = off.
+// Throws moba::Error naming the value where it is not a number >= 0.
+int64_t fwd_chunk_tokens(const Options& opt);
+
+// The query-token ranges [first, last) of the chunks, in order, covering [0, N). 0 or a
+// size >= N gives the single range [0, N). Throws moba::Error unless chunk_tokens is 0 or a
+// positive multiple of fwd_chunk_granule(cfg).
+std::vector<std::pair<int64_t, int64_t>> fwd_chunks(const Layout& layout, const MobaConfig& cfg,
+                                                    int64_t chunk_tokens);
+
+// The MoBA forward's scratch (attention/cuda/internal.h's slots), bytes, for one plan:
+// partials and gather entries are sized by the longest chunk's tokens (N unchunked).
+struct FwdScratch {
+  int64_t chunk_tokens = 0;  // tokens of the longest chunk
+  int64_t part_o = 0;        // fp32 (chunk, Hq, K-1, D)
+  int64_t part_lse = 0;      // fp32 (chunk, Hq, K-1)
+  int64_t entries = 0;       // int32 (chunk, Hq, K-1)
+  int64_t tiles = 0;         // int4 work list: entries / 128 + buckets + 1
+  int64_t buckets = 0;       // counts and offsets: int32 (full blocks x Hkv + 1) each
+  int64_t num_tiles = 0;     // int32, padded to the scratch's 16-byte minimum
+  int64_t total() const { return part_o + part_lse + entries + tiles + buckets + num_tiles; }
+};
+// Zero where the forward needs no partials (K = 1 or no full block).
+FwdScratch fwd_scratch_bytes(const Layout& layout, const MobaConfig& cfg, int64_t chunk_tokens);
+
+}  // namespace moba::attn

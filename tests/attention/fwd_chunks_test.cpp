@@ -1,0 +1,166 @@
+// The chunked MoBA forward's host side (attention/fwd_chunks.h): the chunks cover the
+// tokens in order, none longer than asked, every boundary inside a sequence a multiple of
+// max(S, 128) after its start; the chunk size from the option or the environment; and the
+// forward's scratch, whose partials shrink from N to the chunk's tokens (issue 16's memory
+// bar: at 32K, Hq 16, D 128, K 3 the unchunked partials are 512 MiB).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "attention/fwd_chunks.h"
+#include "core/error.h"
+
+namespace moba::attn {
+namespace {
+
+void expect_error(const std::function<void()>& fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected moba::Error mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+        << "message '" << e.what() << "' does not mention '" << needle << "'";
+  }
+}
+
+// Every property of a chunking; returns the chunks.
+std::vector<std::pair<int64_t, int64_t>> check_chunks(const Layout& l, const MobaConfig& cfg,
+                                                      int64_t C) {
+  const auto ch = fwd_chunks(l, cfg, C);
+  const int64_t G = fwd_chunk_granule(cfg);
+  EXPECT_FALSE(ch.empty());
+  int64_t at = 0;
+  for (const auto& [a, z] : ch) {
+    EXPECT_EQ(a, at) << "chunks must be contiguous";
+    EXPECT_LT(a, z) << "empty chunk";
+    if (C > 0) {
+      EXPECT_LE(z - a, C) << "chunk longer than " << C;
+    }
+    // A boundary is a sequence start or a multiple of G after one.
+    for (int64_t b = 0; b < l.batch(); ++b)
+      if (l.seq_begin(b) < z && z < l.seq_begin(b) + l.seq_len(b)) {
+        EXPECT_EQ((z - l.seq_begin(b)) % G, 0) << "boundary " << z << " inside sequence " << b;
+      }
+    at = z;
+  }
+  EXPECT_EQ(at, l.tokens());
+  return ch;
+}
+
+TEST(FwdChunks, GranuleIsMaxOfBlockAnd128) {
+  EXPECT_EQ(fwd_chunk_granule({64, 3}), 128);
+  EXPECT_EQ(fwd_chunk_granule({128, 3}), 128);
+  EXPECT_EQ(fwd_chunk_granule({512, 3}), 512);
+}
+
+TEST(FwdChunks, OffOrLargerThanTheBatchIsOnePass) {
+  const Layout l = Layout::batched(1, 5000, 2, 1, 64);
+  const MobaConfig cfg{512, 3};
+  for (int64_t C : {int64_t{0}, int64_t{5120}, int64_t{1 << 20}}) {
+    const auto ch = check_chunks(l, cfg, C);
+    ASSERT_EQ(ch.size(), 1u) << C;
+    EXPECT_EQ(ch[0], (std::pair<int64_t, int64_t>{0, 5000}));
+  }
+}
+
+TEST(FwdChunks, OneSequenceSplitsAtMultiplesOfTheChunk) {
+  const Layout l = Layout::batched(1, 5000, 2, 1, 64);
+  const auto ch = check_chunks(l, {512, 3}, 2048);
+  ASSERT_EQ(ch.size(), 3u);
+  EXPECT_EQ(ch[0], (std::pair<int64_t, int64_t>{0, 2048}));
+  EXPECT_EQ(ch[1], (std::pair<int64_t, int64_t>{2048, 4096}));
+  EXPECT_EQ(ch[2], (std::pair<int64_t, int64_t>{4096, 5000}));
+}
+
+TEST(FwdChunks, VarlenBoundariesAlignInsideTheirSequence) {
+  // Starts not multiples of 128: a boundary inside sequence 2 (start 1077) lies at 1077 +
+  // a multiple of 256, and a chunk holds the end of one sequence and the start of another.
+  const Layout l = Layout::varlen({0, 1, 78, 1077, 3000, 3001, 4500}, 2, 1, 64);
+  for (int64_t S : {64, 128, 256}) {
+    const int64_t G = fwd_chunk_granule({S, 3});
+    for (int64_t C : {G, 2 * G, 3 * G, 8 * G, 16 * G, 40 * G}) {
+      SCOPED_TRACE("S " + std::to_string(S) + " C " + std::to_string(C));
+      check_chunks(l, {S, 3}, C);
+    }
+  }
+  // C 512, G 256: the first chunk holds sequences 0 and 1 and sequence 2's first 256
+  // tokens (78 + 256); then 512 tokens of sequence 2; then its last 231 and sequence 3's
+  // first 256.
+  const auto ch = fwd_chunks(l, {256, 3}, 512);
+  ASSERT_GE(ch.size(), 3u);
+  EXPECT_EQ(ch[0], (std::pair<int64_t, int64_t>{0, 334}));
+  EXPECT_EQ(ch[1], (std::pair<int64_t, int64_t>{334, 846}));
+  EXPECT_EQ(ch[2], (std::pair<int64_t, int64_t>{846, 1333}));
+}
+
+TEST(FwdChunks, RejectsSizesNotMultiplesOfTheGranule) {
+  const Layout l = Layout::batched(1, 5000, 2, 1, 64);
+  expect_error([&] { fwd_chunks(l, {512, 3}, 256); }, "multiple of max(block size, 128) = 512");
+  expect_error([&] { fwd_chunks(l, {64, 3}, 64); }, "multiple of max(block size, 128) = 128");
+  expect_error([&] { fwd_chunks(l, {64, 3}, -128); }, "positive multiple");
+}
+
+TEST(FwdChunks, ChunkSizeFromOptionOrEnvironment) {
+  const char* prev = std::getenv(kFwdChunkEnv);
+  const std::string saved = prev ? prev : "";
+  Options opt;
+  unsetenv(kFwdChunkEnv);
+  EXPECT_EQ(fwd_chunk_tokens(opt), 0) << "unset: unchunked";
+  setenv(kFwdChunkEnv, "8192", 1);
+  EXPECT_EQ(fwd_chunk_tokens(opt), 8192);
+  opt.fwd_chunk_tokens = 0;
+  EXPECT_EQ(fwd_chunk_tokens(opt), 0) << "the option wins over the environment";
+  opt.fwd_chunk_tokens = 4096;
+  EXPECT_EQ(fwd_chunk_tokens(opt), 4096);
+  opt.fwd_chunk_tokens = -1;
+  setenv(kFwdChunkEnv, "8k", 1);
+  expect_error([&] { fwd_chunk_tokens(opt); }, "MOBA_FWD_CHUNK_TOKENS=8k");
+  setenv(kFwdChunkEnv, "-512", 1);
+  expect_error([&] { fwd_chunk_tokens(opt); }, ">= 0");
+  opt.fwd_chunk_tokens = -2;
+  expect_error([&] { fwd_chunk_tokens(opt); }, "fwd_chunk_tokens");
+  if (prev) setenv(kFwdChunkEnv, saved.c_str(), 1);
+  else unsetenv(kFwdChunkEnv);
+}
+
+// Issue 16's case: 32K tokens, Hq 16, D 128, S 512, K 3.
+TEST(FwdChunks, ScratchAt32KShrinksToTheChunk) {
+  const Layout l = Layout::batched(1, 32768, 16, 16, 128);
+  const MobaConfig cfg{512, 3};
+  constexpr int64_t MiB = 1 << 20;
+  const FwdScratch whole = fwd_scratch_bytes(l, cfg, 0);
+  EXPECT_EQ(whole.chunk_tokens, 32768);
+  EXPECT_EQ(whole.part_o, 512 * MiB);  // 32K x 16 x 2 x 128 x 4
+  EXPECT_EQ(whole.part_lse, 4 * MiB);
+  EXPECT_EQ(whole.entries, 4 * MiB);
+  EXPECT_EQ(whole.buckets, 2 * 4 * (64 * 16 + 1));
+  EXPECT_EQ(whole.tiles, 16 * (32768 * 16 * 2 / 128 + 64 * 16 + 1));
+  const FwdScratch c8 = fwd_scratch_bytes(l, cfg, 8192);
+  EXPECT_EQ(c8.chunk_tokens, 8192);
+  EXPECT_EQ(c8.part_o, 128 * MiB);
+  EXPECT_EQ(c8.part_lse + c8.entries, 2 * MiB);
+  EXPECT_EQ(c8.buckets, whole.buckets);  // the buckets are over every full block still
+  // Issue 16's bar: MoBA's excess over dense was 1813 - 1286 = 527 MiB, the partials; at
+  // C = 8192 the forward's scratch is 390 MiB less (384 of partial outputs, 3 + 3 of lse
+  // and entries, 0.1 of work list).
+  EXPECT_EQ((whole.total() - c8.total()) / MiB, 390);
+  // K = 1, or no full block: no partials at all.
+  EXPECT_EQ(fwd_scratch_bytes(l, {512, 1}, 8192).total(), 0);
+  EXPECT_EQ(fwd_scratch_bytes(Layout::batched(1, 500, 2, 1, 64), {512, 3}, 0).total(), 0);
+}
+
+TEST(FwdChunks, ScratchIsSizedByTheLongestChunk) {
+  const Layout l = Layout::varlen({0, 1, 78, 1077, 3000, 3001, 4500}, 2, 1, 64);
+  const MobaConfig cfg{256, 3};
+  int64_t longest = 0;
+  for (const auto& [a, z] : fwd_chunks(l, cfg, 1024)) longest = std::max(longest, z - a);
+  const FwdScratch s = fwd_scratch_bytes(l, cfg, 1024);
+  EXPECT_EQ(s.chunk_tokens, longest);
+  EXPECT_EQ(s.part_o, 4 * longest * 2 * 2 * 64);
+}
+
+}  // namespace
+}  // namespace moba::attn
