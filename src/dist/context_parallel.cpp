@@ -1,9 +1,11 @@
 #include "dist/context_parallel.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/attend_row.h"
@@ -46,13 +48,49 @@ void check_headers(const std::vector<int32_t>& all, int R) {
                at(r, kTokens), " (rank r must hold positions [r T_r, (r + 1) T_r))");
 }
 
+// A query row's keys in moba_forward's order: each selected block of `sel` (ids in the
+// whole sequence) in full, the current one up to the query at position pos.
+void key_ranges(std::span<const int32_t> sel, int64_t S, int64_t pos,
+                std::vector<KeyRange>& ranges) {
+  ranges.clear();
+  for (int32_t j : sel)
+    if (j >= 0) ranges.push_back({j * S, std::min((j + 1) * S, pos + 1)});
+}
+
+// slot_of[id]: the index of (block, kv head) id among the fetched ids, -1 when not fetched.
+std::vector<int32_t> slots_of(const std::vector<int32_t>& ids, int64_t blocks, int64_t Hkv) {
+  std::vector<int32_t> slot_of(static_cast<size_t>(blocks * Hkv), -1);
+  for (size_t n = 0; n < ids.size(); ++n)
+    slot_of[static_cast<size_t>(ids[n])] = static_cast<int32_t>(n);
+  return slot_of;
+}
+
+// A buffer of the backward against the shard the forward saw.
+void check_saved_size(const char* what, size_t got, size_t want, const attn::Layout& shard,
+                      const char* shape) {
+  MOBA_CHECK(got == want, "context parallel backward: ", what, " has ", got,
+             " elements, but the forward's shard of ", shard.tokens(), " tokens (Hq = ",
+             shard.num_q_heads, ", Hkv = ", shard.num_kv_heads, ", D = ", shard.head_dim,
+             ") needs ", shape, " = ", want);
+}
+
 }  // namespace
+
+int64_t context_parallel_shard_tokens(int64_t T, int ranks, int64_t block_size) {
+  MOBA_CHECK(ranks >= 1 && block_size >= 1, "context parallel: need R >= 1 ranks and S >= 1, "
+             "got R = ", ranks, ", S = ", block_size);
+  MOBA_CHECK(T >= 1 && T % (ranks * block_size) == 0, "context parallel: a sequence of T = ",
+             T, " tokens cannot be split over R = ", ranks, " ranks in whole blocks of S = ",
+             block_size, ": T must be a multiple of R x S = ", ranks * block_size);
+  return T / ranks;
+}
 
 template <typename Real>
 ContextParallelTraffic moba_forward_context_parallel(
     Communicator& comm, const attn::Layout& shard, const attn::MobaConfig& cfg,
     const attn::Options& opt, std::span<const Real> q, std::span<const Real> k,
-    std::span<const Real> v, std::span<Real> out, std::span<Real> lse) {
+    std::span<const Real> v, std::span<Real> out, std::span<Real> lse,
+    ContextParallelSaved<Real>* saved) {
   shard.validate();
   cfg.validate();
   MOBA_CHECK(shard.batch() == 1, "context parallel: a rank's shard is part of one sequence, "
@@ -148,20 +186,16 @@ ContextParallelTraffic moba_forward_context_parallel(
 
   // 6. Attention: moba_forward's ranges (each selected block, the current one cut at the
   // query) and its row arithmetic; keys before the shard come from the fetched blocks.
-  std::vector<int32_t> slot_of(static_cast<size_t>(blocks * Hkv), -1);
-  for (size_t n = 0; n < ids.size(); ++n)
-    slot_of[static_cast<size_t>(ids[n])] = static_cast<int32_t>(n);
+  const std::vector<int32_t> slot_of = slots_of(ids, blocks, Hkv);
   std::vector<KeyRange> ranges;
   std::vector<double> s, acc;  // attend_row's scratch
   for (int64_t i = 0; i < T_r; ++i) {
     const int64_t pos = pos0 + i;
     for (int64_t h = 0; h < Hq; ++h) {
       const int64_t kvh = h / shard.group();
-      ranges.clear();
-      for (int64_t slot = 0; slot < K; ++slot) {
-        const int32_t j = sel[static_cast<size_t>((i * Hq + h) * K + slot)];
-        if (j >= 0) ranges.push_back({j * S, std::min((j + 1) * S, pos + 1)});
-      }
+      key_ranges(std::span<const int32_t>(sel).subspan(static_cast<size_t>((i * Hq + h) * K),
+                                                        static_cast<size_t>(K)),
+                 S, pos, ranges);
       // Position p's row: in the shard, or row p % S of its fetched block (K, then V).
       auto row = [&](std::span<const Real> local, int64_t p, int64_t half) -> const Real* {
         if (p >= pos0) return &local[static_cast<size_t>(((p - pos0) * Hkv + kvh) * D)];
@@ -174,6 +208,143 @@ ContextParallelTraffic moba_forward_context_parallel(
           [&](int64_t p) { return row(v, p, 1); }, s, acc, &out[qrow]));
     }
   }
+  if (saved) {
+    saved->shard = shard;
+    saved->cfg = cfg;
+    saved->scale = scale;
+    saved->rank = me;
+    saved->ranks = R;
+    saved->sel = std::move(sel);
+    saved->fetched_ids = std::move(ids);
+    saved->fetched_per_owner = std::move(want);
+    saved->fetched = std::move(fetched);
+    saved->served_ids = std::move(asked);
+    saved->served_per_rank = std::move(asked_by);
+  }
+  return traffic;
+}
+
+// The forward's row loop again, with backward_core's arithmetic (attention_cpu.cpp): per kv
+// head, per query in order, per query head of its group, per key of the row's ranges in
+// order. dq is then bit for bit the whole sequence's; so are dk, dv of keys only this rank's
+// queries read.
+template <typename Real>
+ContextParallelTraffic moba_backward_context_parallel(
+    Communicator& comm, const ContextParallelSaved<Real>& saved, std::span<const Real> q,
+    std::span<const Real> k, std::span<const Real> v, std::span<const Real> out,
+    std::span<const Real> lse, std::span<const Real> dout, std::span<Real> dq,
+    std::span<Real> dk, std::span<Real> dv) {
+  MOBA_CHECK(saved.ranks > 0, "context parallel backward: the saved state is empty; pass the "
+             "ContextParallelSaved that moba_forward_context_parallel filled on this rank");
+  const int R = comm.size(), me = comm.rank();
+  MOBA_CHECK(saved.ranks == R && saved.rank == me, "context parallel backward: the saved "
+             "state is rank ", saved.rank, "'s of a group of ", saved.ranks,
+             ", but this is rank ", me, " of ", R);
+  const attn::Layout& shard = saved.shard;
+  check_saved_size("q", q.size(), shard.q_elems(), shard, "T_r x Hq x D");
+  check_saved_size("k", k.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
+  check_saved_size("v", v.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
+  check_saved_size("out", out.size(), shard.q_elems(), shard, "T_r x Hq x D");
+  check_saved_size("lse", lse.size(), shard.lse_elems(), shard, "T_r x Hq");
+  check_saved_size("dout", dout.size(), shard.q_elems(), shard, "T_r x Hq x D");
+  check_saved_size("dq", dq.size(), shard.q_elems(), shard, "T_r x Hq x D");
+  check_saved_size("dk", dk.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
+  check_saved_size("dv", dv.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
+  const auto Rz = static_cast<size_t>(R);
+  const int64_t T_r = shard.tokens(), S = saved.cfg.block_size, K = saved.cfg.top_k;
+  const int64_t Hq = shard.num_q_heads, Hkv = shard.num_kv_heads, D = shard.head_dim;
+  const int64_t G = shard.group(), per_rank = T_r / S, blocks = per_rank * R, unit = 2 * S * D;
+  const int64_t pos0 = me * T_r;
+  const std::vector<int32_t>& ids = saved.fetched_ids;
+  const std::vector<int32_t>& asked = saved.served_ids;
+  MOBA_CHECK(saved.sel.size() == shard.lse_elems() * static_cast<size_t>(K) &&
+                 saved.fetched.size() == ids.size() * static_cast<size_t>(unit) &&
+                 saved.fetched_per_owner.size() == Rz && saved.served_per_rank.size() == Rz,
+             "context parallel backward: the saved state is inconsistent (its selection, "
+             "fetched K/V or counts do not match its shard)");
+  const double scale = saved.scale;
+
+  std::vector<double> dq_acc(dq.size(), 0.0), dk_acc(dk.size(), 0.0), dv_acc(dv.size(), 0.0);
+  std::vector<double> dfetch(saved.fetched.size(), 0.0);  // as `fetched`: S dK rows, S dV rows
+  const std::vector<int32_t> slot_of = slots_of(ids, blocks, Hkv);
+  std::vector<KeyRange> ranges;
+  for (int64_t kvh = 0; kvh < Hkv; ++kvh)
+    for (int64_t i = 0; i < T_r; ++i) {
+      const int64_t pos = pos0 + i;
+      for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h) {
+        key_ranges(std::span<const int32_t>(saved.sel).subspan(
+                       static_cast<size_t>((i * Hq + h) * K), static_cast<size_t>(K)),
+                   S, pos, ranges);
+        const size_t qrow = static_cast<size_t>((i * Hq + h) * D);
+        const Real* qr = &q[qrow];
+        const Real* dor = &dout[qrow];
+        const double delta = attn::detail::dot(dor, &out[qrow], D);  // rowsum(dO * O)
+        const double row_lse = static_cast<double>(lse[static_cast<size_t>(i * Hq + h)]);
+        for (const KeyRange& r : ranges)
+          for (int64_t p = r.begin; p < r.end; ++p) {
+            // Key p's K and V rows and their gradients' accumulators: in the shard, or row
+            // p % S of its fetched pair.
+            const Real *kr, *vr;
+            double *dkr, *dvr;
+            if (p >= pos0) {
+              const size_t row = static_cast<size_t>(((p - pos0) * Hkv + kvh) * D);
+              kr = &k[row], vr = &v[row], dkr = &dk_acc[row], dvr = &dv_acc[row];
+            } else {
+              const int32_t n = slot_of[static_cast<size_t>((p / S) * Hkv + kvh)];
+              MOBA_CHECK(n >= 0, "context parallel backward: block ", p / S, " of kv head ",
+                         kvh, " is selected but was not fetched (saved state inconsistent)");
+              const size_t krow = static_cast<size_t>(n * unit + (p % S) * D);
+              const size_t vrow = krow + static_cast<size_t>(S * D);
+              kr = &saved.fetched[krow], vr = &saved.fetched[vrow];
+              dkr = &dfetch[krow], dvr = &dfetch[vrow];
+            }
+            const double pr = std::exp(scale * attn::detail::dot(qr, kr, D) - row_lse);
+            const double dp = attn::detail::dot(dor, vr, D);
+            const double ds = pr * (dp - delta);
+            for (int64_t d = 0; d < D; ++d) {
+              dvr[d] += pr * static_cast<double>(dor[d]);
+              dq_acc[qrow + d] += scale * ds * static_cast<double>(kr[d]);
+              dkr[d] += scale * ds * static_cast<double>(qr[d]);
+            }
+          }
+      }
+    }
+
+  // The reverse of the forward's answer: the fetched pairs' gradients go back to their
+  // owners, in the element type, the served pairs' come in (by asking rank, then in its
+  // request order, as they were served).
+  std::vector<Real> back(dfetch.size());
+  std::transform(dfetch.begin(), dfetch.end(), back.begin(), [](double x) { return Real(x); });
+  std::vector<size_t> back_counts(Rz), in_counts(Rz);
+  for (size_t p = 0; p < Rz; ++p) {
+    back_counts[p] = saved.fetched_per_owner[p] * static_cast<size_t>(unit);
+    in_counts[p] = saved.served_per_rank[p] * static_cast<size_t>(unit);
+  }
+  std::vector<Real> incoming(asked.size() * static_cast<size_t>(unit));
+  comm.all_to_all_v(std::span<const Real>(back), back_counts, std::span<Real>(incoming),
+                    in_counts);
+  for (size_t n = 0; n < asked.size(); ++n) {
+    const int64_t block = asked[n] / Hkv, kvh = asked[n] % Hkv, local = block - pos0 / S;
+    MOBA_CHECK(local >= 0 && local < per_rank, "context parallel backward: rank ", me,
+               " received gradients of block ", block, ", which it does not hold");
+    const Real* src = &incoming[n * static_cast<size_t>(unit)];
+    for (int64_t s = 0; s < S; ++s) {
+      const size_t row = static_cast<size_t>(((local * S + s) * Hkv + kvh) * D);
+      for (int64_t d = 0; d < D; ++d) {
+        dk_acc[row + d] += static_cast<double>(src[s * D + d]);
+        dv_acc[row + d] += static_cast<double>(src[(S + s) * D + d]);
+      }
+    }
+  }
+  std::transform(dq_acc.begin(), dq_acc.end(), dq.begin(), [](double x) { return Real(x); });
+  std::transform(dk_acc.begin(), dk_acc.end(), dk.begin(), [](double x) { return Real(x); });
+  std::transform(dv_acc.begin(), dv_acc.end(), dv.begin(), [](double x) { return Real(x); });
+
+  ContextParallelTraffic traffic;
+  traffic.blocks_fetched = static_cast<int64_t>(ids.size());
+  traffic.blocks_served = static_cast<int64_t>(asked.size());
+  traffic.kv_sent = back.size() * sizeof(Real);
+  traffic.kv_received = incoming.size() * sizeof(Real);
   return traffic;
 }
 
@@ -181,6 +352,11 @@ ContextParallelTraffic moba_forward_context_parallel(
   template ContextParallelTraffic moba_forward_context_parallel<Real>(                       \
       Communicator&, const attn::Layout&, const attn::MobaConfig&, const attn::Options&,     \
       std::span<const Real>, std::span<const Real>, std::span<const Real>, std::span<Real>,  \
+      std::span<Real>, ContextParallelSaved<Real>*);                                         \
+  template ContextParallelTraffic moba_backward_context_parallel<Real>(                      \
+      Communicator&, const ContextParallelSaved<Real>&, std::span<const Real>,               \
+      std::span<const Real>, std::span<const Real>, std::span<const Real>,                   \
+      std::span<const Real>, std::span<const Real>, std::span<Real>, std::span<Real>,        \
       std::span<Real>);
 MOBA_INSTANTIATE(float)
 MOBA_INSTANTIATE(double)

@@ -15,6 +15,12 @@
 // bit for bit the rows of its shard from attn::cpu::moba_forward over the whole sequence
 // with moba_gate's selection.
 //
+// The backward (moba_backward_context_parallel) reuses the forward's selection and fetched
+// K/V, kept in a ContextParallelSaved: dq of the rank's queries through the same local and
+// fetched blocks; dk, dv of the fetched blocks computed where they were fetched and sent
+// back to their owners by the reverse all_to_all_v, the owner adding them to its own in a
+// fixed order. The gate has no gradient (docs/moba.md), as on one process.
+//
 // This is the CPU reference: q, k, v, out and lse in host memory, run over the fake group
 // (FakeGroup). The GPU path (the same protocol on device buffers over NCCL, with kernels
 // for the packing and the attention) is not written.
@@ -23,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "attention/layout.h"
 #include "dist/communicator.h"
@@ -43,6 +50,32 @@ struct ContextParallelTraffic {
   size_t control_received = 0, control_sent = 0;
 };
 
+// Tokens per rank of a sequence of T tokens split over R ranks in whole blocks of S:
+// T / R. Throws moba::Error naming T, R and S when T is not a multiple of R x S.
+int64_t context_parallel_shard_tokens(int64_t T, int ranks, int64_t block_size);
+
+// What the backward needs from one rank's forward (as attn::cpu::moba_backward needs out and
+// lse): the selection, the fetch's bookkeeping and the fetched K/V, held from the forward to
+// the backward: U_r x 2 S D elements for U_r fetched (block, kv head) pairs.
+template <typename Real>
+struct ContextParallelSaved {
+  attn::Layout shard;  // the forward's, one sequence of T_r tokens
+  attn::MobaConfig cfg;
+  double scale = 0.0;     // the softmax scale the forward used
+  int rank = -1, ranks = 0;  // the forward's communicator; ranks = 0: not filled
+  // (T_r, Hq, K) block ids in the whole sequence, ascending, -1 padding.
+  std::vector<int32_t> sel;
+  // Fetched pairs, id block x Hkv + kv head, ascending (so grouped by owner in rank order),
+  // their number per owner, and their K/V: per pair S key rows then S value rows of D.
+  std::vector<int32_t> fetched_ids;
+  std::vector<size_t> fetched_per_owner;
+  std::vector<Real> fetched;
+  // Pairs this rank served, as received: by asking rank, then in that rank's order; their
+  // number per asking rank.
+  std::vector<int32_t> served_ids;
+  std::vector<size_t> served_per_rank;
+};
+
 // MoBA forward of this rank's shard. `shard` is the shard's layout as one sequence of T_r
 // tokens (Layout::batched(1, T_r, Hq, Hkv, D)); q, out (T_r, Hq, D), k, v (T_r, Hkv, D),
 // lse (T_r, Hq) as in layout.h; the whole sequence is R x T_r tokens. Collective over
@@ -51,10 +84,30 @@ struct ContextParallelTraffic {
 // ranks' S, K, Hq, Hkv or D differ. An error on one rank only (a buffer size, a non-finite
 // gate score) is thrown there, and the others fail at their next collective
 // (communicator.h: FakeGroup::run releases them at once, NCCL after its timeout).
+// `saved`, when given, is overwritten with what the backward needs.
 template <typename Real>
 ContextParallelTraffic moba_forward_context_parallel(
     Communicator& comm, const attn::Layout& shard, const attn::MobaConfig& cfg,
     const attn::Options& opt, std::span<const Real> q, std::span<const Real> k,
-    std::span<const Real> v, std::span<Real> out, std::span<Real> lse);
+    std::span<const Real> v, std::span<Real> out, std::span<Real> lse,
+    ContextParallelSaved<Real>* saved = nullptr);
+
+// Gradients of sum(out * dout) over all ranks with respect to this rank's q, k and v, for
+// the forward's selection (the gate has none); dq, dk, dv (the shard's shapes) are
+// overwritten. q, k, v, out, lse are the forward's, `saved` what it filled on this rank.
+// Collective over the same group: one all_to_all_v, each rank sending back the dK, dV of
+// the pairs it fetched (per pair S rows of dK then S of dV, in the element type) and
+// adding those it receives to its own, in a fixed order: its own queries' contributions,
+// then each asking rank's in rank order, each rank's pairs in its request order; so the
+// result does not depend on timing. The traffic counts the pairs as the forward did
+// (blocks_fetched: pairs whose gradients this rank sends back), kv_sent the gradients sent,
+// kv_received those received; no means, no bookkeeping. Throws moba::Error when `saved` is
+// empty or from another rank or group size, or a buffer does not match its shard.
+template <typename Real>
+ContextParallelTraffic moba_backward_context_parallel(
+    Communicator& comm, const ContextParallelSaved<Real>& saved, std::span<const Real> q,
+    std::span<const Real> k, std::span<const Real> v, std::span<const Real> out,
+    std::span<const Real> lse, std::span<const Real> dout, std::span<Real> dq,
+    std::span<Real> dk, std::span<Real> dv);
 
 }  // namespace moba::dist
