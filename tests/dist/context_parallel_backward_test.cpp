@@ -30,6 +30,7 @@
 #include "attention/gate.h"
 #include "core/error.h"
 #include "dist/fake_communicator.h"
+#include "dist/cp_test_util.h"
 
 namespace moba::dist {
 namespace {
@@ -39,39 +40,13 @@ using attn::MobaConfig;
 using attn::Options;
 using attn::Selection;
 
-struct Problem {
-  int64_t blocks, S, Hq, Hkv, D, K;
-  int64_t tokens() const { return blocks * S; }
-  Layout whole() const { return Layout::batched(1, tokens(), Hq, Hkv, D); }
-  MobaConfig cfg() const { return {S, K}; }
-  std::string name() const {
-    return std::to_string(blocks) + " blocks of S = " + std::to_string(S) + ", Hq " +
-           std::to_string(Hq) + ", Hkv " + std::to_string(Hkv) + ", D " + std::to_string(D) +
-           ", K " + std::to_string(K);
-  }
-};
+using cptest::Inputs;
+using cptest::Problem;
 
-// q, k, v and the loss's weights dout, uniform in [-1, 1].
-template <typename Real>
-struct Inputs {
-  std::vector<Real> q, k, v, dout;
-};
-
+// q, k, v and dout.
 template <typename Real>
 Inputs<Real> random_inputs(const Layout& l, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  auto fill = [&](size_t n) {
-    std::vector<Real> x(n);
-    for (Real& e : x) e = static_cast<Real>(u(rng));
-    return x;
-  };
-  Inputs<Real> in;
-  in.q = fill(l.q_elems());
-  in.k = fill(l.kv_elems());
-  in.v = fill(l.kv_elems());
-  in.dout = fill(l.q_elems());
-  return in;
+  return cptest::random_inputs<Real>(l, seed, /*with_dout=*/true);
 }
 
 // The whole sequence's tensors, either from one process or concatenated over the ranks

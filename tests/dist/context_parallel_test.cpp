@@ -25,6 +25,7 @@
 #include "attention/gate.h"
 #include "core/error.h"
 #include "dist/fake_communicator.h"
+#include "dist/cp_test_util.h"
 
 namespace moba::dist {
 namespace {
@@ -35,32 +36,9 @@ using attn::Options;
 using attn::Selection;
 using namespace std::chrono_literals;
 
-struct Problem {
-  int64_t blocks, S, Hq, Hkv, D, K;
-  Layout whole() const { return Layout::batched(1, blocks * S, Hq, Hkv, D); }
-  MobaConfig cfg() const { return {S, K}; }
-};
-
-template <typename Real>
-struct Inputs {
-  std::vector<Real> q, k, v;
-};
-
-template <typename Real>
-Inputs<Real> random_inputs(const Layout& l, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(-1.0, 1.0);
-  auto fill = [&](size_t n) {
-    std::vector<Real> x(n);
-    for (Real& e : x) e = static_cast<Real>(u(rng));
-    return x;
-  };
-  Inputs<Real> in;
-  in.q = fill(l.q_elems());
-  in.k = fill(l.kv_elems());
-  in.v = fill(l.kv_elems());
-  return in;
-}
+using cptest::Inputs;
+using cptest::Problem;
+using cptest::random_inputs;
 
 template <typename Real>
 struct RankResult {
