@@ -19,6 +19,7 @@
 #include "attention/cuda/attention_cuda.h"
 #include "attention/fwd_chunks.h"
 #include "attention/gate.h"
+#include "attention_gpu/device_buffer.h"
 #include "attention_gpu/naive_bf16.h"
 #include "attention/brute_force.h"
 #include "core/cuda_check.cuh"
@@ -41,28 +42,6 @@ bool have_device() {
   return true;
 }
 
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t count) : n(count) {
-    CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(1, n)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  void upload(const std::vector<T>& h) {
-    CUDA_CHECK(cudaMemcpy(ptr, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    CUDA_CHECK(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
-    return h;
-  }
-  // All bits set: NaN in bf16 and fp32, -1 in int32. Anything a kernel fails to write stays
-  // NaN and fails the comparison.
-  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, sizeof(T) * std::max<size_t>(1, n))); }
-};
-
 std::vector<float> from_bf16(const std::vector<acu::bf16>& x) {
   std::vector<float> y(x.size());
   for (size_t i = 0; i < x.size(); ++i) y[i] = bf16_value(reinterpret_cast<const uint16_t&>(x[i]));
@@ -76,6 +55,34 @@ std::vector<acu::bf16> to_bf16(const std::vector<float>& x) {
   }
   return y;
 }
+
+// bf16-valued normal numbers: the GPU, the naive version and the reference see the same.
+std::vector<float> bf16_normal(size_t n, uint64_t seed) {
+  std::vector<float> x = random_normal<float>(n, seed);
+  for (float& e : x) e = round_bf16(e);
+  return x;
+}
+
+// A test's q, k, v and dout (the loss's weights), drawn from seeds seed .. seed + 3, on the
+// host and, as bf16, on the device.
+struct Bf16Inputs {
+  std::vector<float> q, k, v, dout;
+  DeviceBuffer<acu::bf16> dq_in, dk_in, dv_in, ddo;
+  Bf16Inputs(const Layout& l, uint64_t seed)
+      : q(bf16_normal(l.q_elems(), seed)),
+        k(bf16_normal(l.kv_elems(), seed + 1)),
+        v(bf16_normal(l.kv_elems(), seed + 2)),
+        dout(bf16_normal(l.q_elems(), seed + 3)),
+        dq_in(q.size()),
+        dk_in(k.size()),
+        dv_in(v.size()),
+        ddo(dout.size()) {
+    dq_in.upload(to_bf16(q));
+    dk_in.upload(to_bf16(k));
+    dv_in.upload(to_bf16(v));
+    ddo.upload(to_bf16(dout));
+  }
+};
 
 // The one error bound of bf16 kernels: twice the naive bf16 implementation's error, plus
 // a floor for outputs the naive version computes almost exactly (lse, in fp32).
@@ -159,19 +166,9 @@ TEST_P(AttentionGpu, MatchesReference) {
   static uint64_t seed = 1234;
   seed += 17;
   // bf16-valued inputs: the GPU, the naive version and the reference see the same numbers.
-  auto rnd = [&](size_t n, uint64_t s) {
-    std::vector<float> x = random_normal<float>(n, s);
-    for (float& e : x) e = round_bf16(e);
-    return x;
-  };
-  const auto q = rnd(l.q_elems(), seed), k = rnd(l.kv_elems(), seed + 1),
-             v = rnd(l.kv_elems(), seed + 2), dout = rnd(l.q_elems(), seed + 3);
-
-  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(dout.size());
-  dq_in.upload(to_bf16(q));
-  dk_in.upload(to_bf16(k));
-  dv_in.upload(to_bf16(v));
-  ddo.upload(to_bf16(dout));
+  Bf16Inputs in(l, seed);
+  const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  auto &dq_in = in.dq_in, &dk_in = in.dk_in, &dv_in = in.dv_in, &ddo = in.ddo;
   DeviceBuffer<acu::bf16> dout_o(q.size()), ddq(q.size()), ddk(k.size()), ddv(v.size());
   DeviceBuffer<float> dlse(l.lse_elems());
   DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
@@ -296,17 +293,9 @@ TEST_P(DenseWgmmaGpu, MatchesReference) {
   const MobaConfig cfg{64, 1};
   const attn::Options opt;
   const double scale = opt.scale_for(l);
-  auto rnd = [&](size_t n, uint64_t s) {
-    std::vector<float> x = random_normal<float>(n, s);
-    for (float& e : x) e = round_bf16(e);
-    return x;
-  };
-  const auto q = rnd(l.q_elems(), 501), k = rnd(l.kv_elems(), 502), v = rnd(l.kv_elems(), 503),
-             dout = rnd(l.q_elems(), 504);
-  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size());
-  dq_in.upload(to_bf16(q));
-  dk_in.upload(to_bf16(k));
-  dv_in.upload(to_bf16(v));
+  Bf16Inputs in(l, 501);
+  const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  auto &dq_in = in.dq_in, &dk_in = in.dk_in, &dv_in = in.dv_in;
   DeviceBuffer<acu::bf16> o_wg(q.size()), o_def(q.size());
   DeviceBuffer<float> lse_wg(l.lse_elems()), lse_def(l.lse_elems());
   for (auto* b : {&o_wg, &o_def}) b->poison();
@@ -396,18 +385,9 @@ TEST_P(DenseWgmmaBwdGpu, MatchesReference) {
   const MobaConfig cfg{64, 1};
   const attn::Options opt;
   const double scale = opt.scale_for(l);
-  auto rnd = [&](size_t n, uint64_t s) {
-    std::vector<float> x = random_normal<float>(n, s);
-    for (float& e : x) e = round_bf16(e);
-    return x;
-  };
-  const auto q = rnd(l.q_elems(), 601), k = rnd(l.kv_elems(), 602), v = rnd(l.kv_elems(), 603),
-             dout = rnd(l.q_elems(), 604);
-  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(dout.size());
-  dq_in.upload(to_bf16(q));
-  dk_in.upload(to_bf16(k));
-  dv_in.upload(to_bf16(v));
-  ddo.upload(to_bf16(dout));
+  Bf16Inputs in(l, 601);
+  const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  auto &dq_in = in.dq_in, &dk_in = in.dk_in, &dv_in = in.dv_in, &ddo = in.ddo;
   DeviceBuffer<acu::bf16> o(q.size());
   DeviceBuffer<float> lse(l.lse_elems());
   DeviceBuffer<acu::bf16> dq_wg(q.size()), dk_wg(k.size()), dv_wg(v.size());
@@ -483,18 +463,9 @@ TEST_P(MobaWgmmaBwdGpu, MatchesReference) {
   const MobaConfig cfg{cs.S, cs.K};
   const attn::Options opt;
   const double scale = opt.scale_for(l);
-  auto rnd = [&](size_t n, uint64_t s) {
-    std::vector<float> x = random_normal<float>(n, s);
-    for (float& e : x) e = round_bf16(e);
-    return x;
-  };
-  const auto q = rnd(l.q_elems(), 701), k = rnd(l.kv_elems(), 702), v = rnd(l.kv_elems(), 703),
-             dout = rnd(l.q_elems(), 704);
-  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(dout.size());
-  dq_in.upload(to_bf16(q));
-  dk_in.upload(to_bf16(k));
-  dv_in.upload(to_bf16(v));
-  ddo.upload(to_bf16(dout));
+  Bf16Inputs in(l, 701);
+  const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  auto &dq_in = in.dq_in, &dk_in = in.dk_in, &dv_in = in.dv_in, &ddo = in.ddo;
   DeviceBuffer<acu::bf16> o(q.size());
   DeviceBuffer<float> lse(l.lse_elems());
   DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
@@ -634,17 +605,9 @@ TEST_P(MobaWgmmaFwdGpu, MatchesReference) {
   const MobaConfig cfg{cs.S, cs.K};
   const attn::Options opt;
   const double scale = opt.scale_for(l);
-  auto rnd = [&](size_t n, uint64_t s) {
-    std::vector<float> x = random_normal<float>(n, s);
-    for (float& e : x) e = round_bf16(e);
-    return x;
-  };
-  const auto q = rnd(l.q_elems(), 701), k = rnd(l.kv_elems(), 702), v = rnd(l.kv_elems(), 703),
-             dout = rnd(l.q_elems(), 704);
-  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size());
-  dq_in.upload(to_bf16(q));
-  dk_in.upload(to_bf16(k));
-  dv_in.upload(to_bf16(v));
+  Bf16Inputs in(l, 701);
+  const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  auto &dq_in = in.dq_in, &dk_in = in.dk_in, &dv_in = in.dv_in;
   DeviceBuffer<acu::bf16> o_wg(q.size()), o_mma(q.size());
   DeviceBuffer<float> lse_wg(l.lse_elems()), lse_mma(l.lse_elems());
   DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
@@ -764,18 +727,9 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
   const MobaConfig cfg{cs.S, cs.K};
   const attn::Options opt;
   const double scale = opt.scale_for(l);
-  auto rnd = [&](size_t n, uint64_t s) {
-    std::vector<float> x = random_normal<float>(n, s);
-    for (float& e : x) e = round_bf16(e);
-    return x;
-  };
-  const auto q = rnd(l.q_elems(), 801), k = rnd(l.kv_elems(), 802), v = rnd(l.kv_elems(), 803),
-             dout = rnd(l.q_elems(), 804);
-  DeviceBuffer<acu::bf16> dq_in(q.size()), dk_in(k.size()), dv_in(v.size()), ddo(q.size());
-  dq_in.upload(to_bf16(q));
-  dk_in.upload(to_bf16(k));
-  dv_in.upload(to_bf16(v));
-  ddo.upload(to_bf16(dout));
+  Bf16Inputs in(l, 801);
+  const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  auto &dq_in = in.dq_in, &dk_in = in.dk_in, &dv_in = in.dv_in, &ddo = in.ddo;
   DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
   {
     acu::Plan gate_plan(l, cfg, opt);

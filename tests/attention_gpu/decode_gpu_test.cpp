@@ -23,6 +23,7 @@
 #include "attention/cuda/attention_cuda.h"  // fill_random_bf16
 #include "attention/cuda/decode_cuda.h"
 #include "attention/decode.h"
+#include "attention_gpu/device_buffer.h"
 #include "attention_gpu/naive_bf16.h"
 #include "core/cuda_check.cuh"
 #include "core/error.h"
@@ -43,27 +44,6 @@ bool have_device() {
   }
   return true;
 }
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t count) : n(count) {
-    CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(1, n)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  void upload(const std::vector<T>& h) {
-    CUDA_CHECK(cudaMemcpy(ptr, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    CUDA_CHECK(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
-    return h;
-  }
-  // All bits set: NaN in bf16 and fp32, -1 in int32: anything left unwritten fails.
-  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, sizeof(T) * std::max<size_t>(1, n))); }
-};
 
 std::vector<acu::bf16> to_bf16(const std::vector<float>& x) {
   std::vector<acu::bf16> y(x.size());

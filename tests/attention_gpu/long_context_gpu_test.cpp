@@ -37,6 +37,7 @@
 #include "attention/cuda/attention_cuda.h"
 #include "attention/gate.h"
 #include "attention/layout.h"
+#include "attention_gpu/device_buffer.h"
 #include "attention_gpu/naive_bf16.h"
 #include "attention_gpu/sampled_reference.h"
 #include "core/cuda_check.cuh"
@@ -64,28 +65,6 @@ size_t free_device_bytes() {
 }
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t count) : n(count) {
-    CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(1, n)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  // All bits set: NaN in bf16 and fp32, -1 in int32 (an unwritten element fails).
-  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, sizeof(T) * std::max<size_t>(1, n))); }
-  // Elements [first, first + count) to the host (bf16 as its bits).
-  template <typename H>
-  std::vector<H> download(size_t first, size_t count) const {
-    static_assert(sizeof(H) == sizeof(T), "host element of the device element's size");
-    std::vector<H> h(count);
-    CUDA_CHECK(cudaMemcpy(h.data(), ptr + first, sizeof(T) * count, cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
 
 // Sets an environment variable for a scope and restores the previous value (or absence).
 struct ScopedEnv {

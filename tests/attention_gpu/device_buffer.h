@@ -1,0 +1,46 @@
+// A device array for the GPU attention tests (attention_gpu_test, attention_long_gpu_test,
+// decode_gpu_test): owns cudaMalloc'd memory, uploads and downloads whole or in part, and
+// poisons itself so that anything a kernel fails to write fails the comparison.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+#include "core/cuda_check.cuh"
+
+namespace moba::test {
+
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceBuffer(size_t count) : n(count) {
+    CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(1, n)));
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void upload(const std::vector<T>& h) {
+    CUDA_CHECK(cudaMemcpy(ptr, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> h(n);
+    CUDA_CHECK(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
+    return h;
+  }
+  // Elements [first, first + count) to the host, as H of T's size (bf16 as its bits).
+  template <typename H>
+  std::vector<H> download(size_t first, size_t count) const {
+    static_assert(sizeof(H) == sizeof(T), "host element of the device element's size");
+    std::vector<H> h(count);
+    CUDA_CHECK(cudaMemcpy(h.data(), ptr + first, sizeof(T) * count, cudaMemcpyDeviceToHost));
+    return h;
+  }
+  // All bits set: NaN in bf16 and fp32, -1 in int32.
+  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, sizeof(T) * std::max<size_t>(1, n))); }
+};
+
+}  // namespace moba::test
