@@ -1,6 +1,7 @@
-// A device array for the GPU attention tests (attention_gpu_test, attention_long_gpu_test,
-// decode_gpu_test): owns cudaMalloc'd memory, uploads and downloads whole or in part, and
-// poisons itself so that anything a kernel fails to write fails the comparison.
+// A device array for the GPU tests (attention_gpu_test, attention_long_gpu_test,
+// decode_gpu_test, and the model's through model_gpu/gpu_compare.h): owns cudaMalloc'd
+// memory, uploads and downloads whole or in part, and poisons itself so that anything a
+// kernel fails to write fails the comparison.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -20,6 +21,7 @@ struct DeviceBuffer {
   explicit DeviceBuffer(size_t count) : n(count) {
     CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(1, n)));
   }
+  explicit DeviceBuffer(const std::vector<T>& h) : DeviceBuffer(h.size()) { upload(h); }
   ~DeviceBuffer() { cudaFree(ptr); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
@@ -27,6 +29,7 @@ struct DeviceBuffer {
     CUDA_CHECK(cudaMemcpy(ptr, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
   }
   std::vector<T> download() const {
+    CUDA_CHECK(cudaDeviceSynchronize());  // surfaces a kernel's fault here, not later
     std::vector<T> h(n);
     CUDA_CHECK(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
     return h;

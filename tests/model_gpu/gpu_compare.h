@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "attention_gpu/device_buffer.h"
 #include "attention_gpu/naive_bf16.h"  // round_bf16, bf16_bits, bf16_value
 #include "core/cuda_check.cuh"
 #include "core/random.h"
@@ -27,31 +28,6 @@ inline bool have_device() {
   }
   return true;
 }
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t count) : n(count) {
-    CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(1, n)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& h) : DeviceBuffer(h.size()) { upload(h); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const std::vector<T>& h) {
-    CUDA_CHECK(cudaMemcpy(ptr, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    CUDA_CHECK(cudaDeviceSynchronize());  // surfaces a kernel's fault here, not later
-    std::vector<T> h(n);
-    CUDA_CHECK(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
-    return h;
-  }
-  // All bits set: NaN in bf16 and fp32. An element a kernel fails to write stays NaN and
-  // fails the comparison.
-  void poison() { CUDA_CHECK(cudaMemset(ptr, 0xff, sizeof(T) * std::max<size_t>(1, n))); }
-};
 
 inline std::vector<float> from_bf16(const std::vector<bf16>& x) {
   std::vector<float> y(x.size());
