@@ -39,7 +39,11 @@ void fwd_contiguous(const Plan& plan, const AttnParams& p, cudaStream_t stream) 
   const Layout& l = plan.layout();
   const int mt = row_slices(plan, MODE);
   const int br = 16 * kWarps * mt;
-  const dim3 grid = tile_grid(plan, p, p.Hq, br);
+  // One chunk of the chunked MoBA forward (p.batch set): its sequences and query tiles.
+  const dim3 grid = p.batch == 0 ? tile_grid(plan, p, p.Hq, br)
+                    : p.heads_fastest
+                        ? dim3(p.Hq, static_cast<unsigned>(p.q_tiles), static_cast<unsigned>(p.batch))
+                        : dim3(static_cast<unsigned>(p.q_tiles), p.Hq, static_cast<unsigned>(p.batch));
   const int64_t D = l.head_dim;
   if (D == 64 && mt == 1) launch_fwd<64, kWarps, 1, MODE>(p, grid, stream);
   else if (D == 64) launch_fwd<64, kWarps, 2, MODE>(p, grid, stream);
@@ -146,19 +150,7 @@ void current_block(const Plan& plan, const AttnParams& p, bool wg, cudaStream_t 
     mark_phase("fwd_current_block_merge_wgmma", stream);
     return;
   }
-  if (p.batch == 0) {
-    fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, stream);
-  } else {
-    const int mt = row_slices(plan, FwdMode::kMobaCurrent);
-    const unsigned tiles = static_cast<unsigned>(p.q_tiles), h = static_cast<unsigned>(p.Hq),
-                   b = static_cast<unsigned>(p.batch);
-    const dim3 grid = p.heads_fastest ? dim3(h, tiles, b) : dim3(tiles, h, b);
-    const int64_t D = plan.layout().head_dim;
-    if (D == 64 && mt == 1) launch_fwd<64, kWarps, 1, FwdMode::kMobaCurrent>(p, grid, stream);
-    else if (D == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaCurrent>(p, grid, stream);
-    else if (mt == 1) launch_fwd<128, kWarps, 1, FwdMode::kMobaCurrent>(p, grid, stream);
-    else launch_fwd<128, kWarps, 2, FwdMode::kMobaCurrent>(p, grid, stream);
-  }
+  fwd_contiguous<FwdMode::kMobaCurrent>(plan, p, stream);
   mark_phase("fwd_current_block_merge", stream);
 }
 
@@ -187,8 +179,9 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
   // The query chunks (attention/fwd_chunks.h; one = the single pass). Read on every call.
   Options opt;
   opt.fwd_chunk_tokens = plan.fwd_chunk_option();
-  const auto chunks = fwd_chunks(l, plan.config(), fwd_chunk_tokens(opt));
-  const FwdScratch fs = fwd_scratch_bytes(l, plan.config(), fwd_chunk_tokens(opt));
+  const int64_t chunk_tokens = fwd_chunk_tokens(opt);
+  const auto chunks = fwd_chunks(l, plan.config(), chunk_tokens);
+  const FwdScratch fs = fwd_scratch_bytes(l, plan.config(), chunk_tokens);
   float* part_o = static_cast<float*>(plan.scratch(kSlotPartO, fs.part_o));
   float* part_lse = static_cast<float*>(plan.scratch(kSlotPartLse, fs.part_lse));
   if (chunks.size() == 1) {
