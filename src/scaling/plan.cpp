@@ -101,36 +101,35 @@ double moba_pairs_per_sequence(int64_t T, int64_t heads, int64_t S, int64_t K) {
   return pairs * static_cast<double>(heads);
 }
 
+namespace {
+
+// One layer's attention FLOPs (forward and backward) per token of a resolved config: MoBA's
+// attended pairs where the layer uses MoBA, else the dense causal pairs.
+double layer_attention_flops_per_token(const model::ModelConfig& c, int64_t layer) {
+  const double pairs =
+      model::layer_uses_moba(c, layer, true)
+          ? moba_pairs_per_sequence(c.seq_len, c.heads, c.attention.block_size, c.attention.top_k)
+          : dense_pairs_per_sequence(c.seq_len, c.heads);
+  return attn::attention_fwd_bwd_flops(pairs, c.head_dim) / static_cast<double>(c.seq_len);
+}
+
+}  // namespace
+
 double exec_flops_per_token(const model::ModelConfig& cfg0) {
   const model::ModelConfig c = cfg0.resolved();
-  const double T = static_cast<double>(c.seq_len);
   double attention = 0.0;
-  for (int64_t layer = 0; layer < c.layers; ++layer) {
-    const double pairs =
-        model::layer_uses_moba(c, layer, true)
-            ? moba_pairs_per_sequence(c.seq_len, c.heads, c.attention.block_size, c.attention.top_k)
-            : dense_pairs_per_sequence(c.seq_len, c.heads);
-    attention += attn::attention_fwd_bwd_flops(pairs, c.head_dim) / T;
-  }
+  for (int64_t layer = 0; layer < c.layers; ++layer)
+    attention += layer_attention_flops_per_token(c, layer);
   return model::matmul_flops_per_token(c) + attention;
 }
 
 ExecFlops exec_flops_parts(const model::ModelConfig& cfg0) {
   const model::ModelConfig c = cfg0.resolved();
-  const double T = static_cast<double>(c.seq_len);
   ExecFlops f;
   f.matmul = model::matmul_flops_per_token(c);
-  for (int64_t layer = 0; layer < c.layers; ++layer) {
-    if (model::layer_uses_moba(c, layer, true))
-      f.moba_attention += attn::attention_fwd_bwd_flops(
-                              moba_pairs_per_sequence(c.seq_len, c.heads, c.attention.block_size,
-                                                      c.attention.top_k),
-                              c.head_dim) /
-                          T;
-    else
-      f.full_attention +=
-          attn::attention_fwd_bwd_flops(dense_pairs_per_sequence(c.seq_len, c.heads), c.head_dim) / T;
-  }
+  for (int64_t layer = 0; layer < c.layers; ++layer)
+    (model::layer_uses_moba(c, layer, true) ? f.moba_attention : f.full_attention) +=
+        layer_attention_flops_per_token(c, layer);
   return f;
 }
 
