@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <thread>
 
 #include "core/error.h"
@@ -19,6 +20,20 @@ extern char** environ;
 
 namespace moba::cli {
 namespace fs = std::filesystem;
+
+TempFolder::TempFolder(const std::string& prefix, const std::string& purpose) {
+  std::string tmpl = (fs::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  MOBA_CHECK(::mkdtemp(tmpl.data()) != nullptr, "cannot create a folder under ",
+             fs::temp_directory_path().string(), " for ", purpose, " (", std::strerror(errno),
+             ")");
+  path_ = tmpl;
+}
+
+TempFolder::~TempFolder() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -50,30 +65,23 @@ std::vector<char*> pointers(std::vector<std::string>& strings) {
   return p;
 }
 
-// A fresh folder for the id file, removed with this object (only when we made it).
+// The id file's folder: the one given, or a fresh one removed at the end.
 class IdFolder {
  public:
   explicit IdFolder(const std::string& dir) {
-    if (!dir.empty()) {
+    if (dir.empty()) {
+      temp_.emplace("moba-launch", "NCCL's id");
+      path_ = temp_->path();
+    } else {
       path_ = dir;
       fs::create_directories(path_);
-      return;
     }
-    std::string tmpl = (fs::temp_directory_path() / "moba-launch-XXXXXX").string();
-    MOBA_CHECK(::mkdtemp(tmpl.data()) != nullptr, "launcher: cannot create a folder under ",
-               fs::temp_directory_path().string(), " for NCCL's id (", std::strerror(errno), ")");
-    path_ = tmpl;
-    owned_ = true;
-  }
-  ~IdFolder() {
-    std::error_code ec;
-    if (owned_) fs::remove_all(path_, ec);
   }
   const fs::path& path() const { return path_; }
 
  private:
+  std::optional<TempFolder> temp_;
   fs::path path_;
-  bool owned_ = false;
 };
 
 struct Child {

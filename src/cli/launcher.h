@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <span>
 #include <string>
@@ -27,6 +28,20 @@ namespace moba::cli {
 // (dist::CollectiveTimeout); `moba` exits with it, the launcher reads it.
 inline constexpr int kExitCollectiveTimeout = 4;
 inline constexpr const char* kIdFileEnv = "MOBA_NCCL_ID_FILE";
+
+// A fresh folder under the system's temp folder (`<prefix>-XXXXXX`), removed with this
+// object; `purpose` names it in the error if it cannot be made.
+class TempFolder {
+ public:
+  TempFolder(const std::string& prefix, const std::string& purpose);
+  ~TempFolder();
+  TempFolder(const TempFolder&) = delete;
+  TempFolder& operator=(const TempFolder&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 struct LaunchOptions {
   int ranks = 1;                     // processes, one per GPU (>= 1)

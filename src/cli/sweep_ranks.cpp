@@ -1,9 +1,5 @@
 #include "cli/sweep_ranks.h"
 
-#include <stdlib.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -15,29 +11,6 @@
 namespace moba::cli {
 namespace fs = std::filesystem;
 namespace {
-
-// A fresh folder under the system's temp folder for one run's configuration and NCCL id,
-// removed with this object.
-class RunFolder {
- public:
-  RunFolder() {
-    std::string tmpl = (fs::temp_directory_path() / "moba-sweep-XXXXXX").string();
-    MOBA_CHECK(::mkdtemp(tmpl.data()) != nullptr, "sweep: cannot create a folder under ",
-               fs::temp_directory_path().string(), " for a run's ranks (", std::strerror(errno),
-               ")");
-    path_ = tmpl;
-  }
-  ~RunFolder() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  RunFolder(const RunFolder&) = delete;
-  RunFolder& operator=(const RunFolder&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // A number as `moba train` parses it back exactly (max_digits10).
 std::string exact(double x) {
@@ -74,7 +47,8 @@ std::function<void(const scaling::RankRun&)> sweep_rank_launcher(SweepRanksOptio
   MOBA_CHECK(!o.program.empty(), "internal: the sweep's rank program is not set");
   return [o](const scaling::RankRun& run) {
     MOBA_CHECK(run.config != nullptr, "internal: a sweep run without a configuration");
-    const RunFolder folder;
+    // One run's configuration and NCCL id, removed after the run.
+    const TempFolder folder("moba-sweep", "a run's ranks");
     const std::string config_file = (folder.path() / (run.config->name + ".toml")).string();
     write_file_atomic(config_file, train::to_toml(*run.config));
     LaunchOptions l;
