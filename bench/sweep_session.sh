@@ -7,6 +7,7 @@
 #   bench/sweep_session.sh poll [S]  waits up to S seconds (default 0) for the sweep to end,
 #                                    then prints its state and last progress lines; once it
 #                                    has ended, also collects (below) [= bench/sweep_poll.sh S]
+#   bench/sweep_session.sh prepare   build and prepare the data only (start does both too)
 #   bench/sweep_session.sh collect   every run's metrics.jsonl, run.json and config.toml,
 #                                    plan.json, the sweep's log and the session facts in ONE
 #                                    file, $OUT/<preset>-runs.tar.xz (never checkpoints);
@@ -217,8 +218,9 @@ poll() {
 
 case ${1:-} in
   start) start ;;
+  prepare) build && prepare ;;  # the data alone (e.g. while the GPU runs tests), no sweep
   poll) poll "${2:-0}" ;;
   collect) collect ;;
   state) state ;;
-  *) echo "usage: $0 start|poll [SECONDS]|collect|state   (docs/sweep.md, \"h100-small on the device\")" >&2; exit 2 ;;
+  *) echo "usage: $0 start|prepare|poll [SECONDS]|collect|state   (docs/sweep.md, \"h100-small on the device\")" >&2; exit 2 ;;
 esac
