@@ -92,6 +92,39 @@ void expect_bound(const char* what, const ErrAcc& e) {
   EXPECT_LE(eg, bound) << what;
 }
 
+// Per sampled row, its largest error over its largest reference value; the worst row kept.
+// Rows that attend millions of keys have outputs (weighted means of many random values) and
+// dq far below 1, where ErrAcc's scale max(1, |ref|) would pass wrong keys: this check is
+// relative to each row's own size (bf16 output rounding alone is ~2^-9 of it).
+struct RowRelAcc {
+  double gpu = 0.0, naive = 0.0;
+  size_t rows = 0;
+  bool finite = true;
+  void add_row(const Bits& g, const std::vector<float>& n, const std::vector<double>& r) {
+    double eg = 0.0, en = 0.0, mr = 0.0;
+    for (size_t d = 0; d < r.size(); ++d) {
+      const double gv = bf16_value(g[d]);
+      finite = finite && std::isfinite(gv);
+      eg = std::max(eg, std::abs(gv - r[d]));
+      en = std::max(en, std::abs(double(n[d]) - r[d]));
+      mr = std::max(mr, std::abs(r[d]));
+    }
+    if (mr == 0.0) return;
+    gpu = std::max(gpu, eg / mr);
+    naive = std::max(naive, en / mr);
+    ++rows;
+  }
+};
+
+void expect_row_bound(const char* what, const RowRelAcc& e) {
+  ASSERT_GT(e.rows, 0u) << what << ": no row sampled";
+  ASSERT_TRUE(e.finite) << what << ": NaN or inf in a sampled row (left unwritten?)";
+  const double bound = 2.0 * e.naive + 1e-5;
+  std::printf("    %-4s %9zu rows, relative to each row's size: gpu err %.3e  naive bf16 err %.3e"
+              "  bound %.3e\n", what, e.rows, e.gpu, e.naive, bound);
+  EXPECT_LE(e.gpu, bound) << what << " (per row)";
+}
+
 // The GPU's slots of a sampled token (all heads) against the CPU gate (moba_gate_part on
 // that one token): equal, or a different past pick that ties within fp32 rounding.
 void check_gate_token(const Layout& l, const MobaConfig& cfg, const std::vector<float>& means,
@@ -240,6 +273,7 @@ TEST(LongContextGpu, MobaTrain2MTokens) {
     std::printf("    %s kernels (plan workspace peak %.2f GiB):\n", path,
                 plan.peak_workspace_bytes() / kGiB);
     ErrAcc e_out, e_lse, e_dq, e_dk, e_dv;
+    RowRelAcc r_out, r_dq;
     for (const Sample& s : samples) {
       const size_t row = static_cast<size_t>(s.tok * H + s.h);
       const Bits go = o.download<uint16_t>(row * D, D), gq = dq.download<uint16_t>(row * D, D);
@@ -249,6 +283,8 @@ TEST(LongContextGpu, MobaTrain2MTokens) {
         e_out.add(bf16_value(go[d]), s.r.n_out[d], s.r.out[d]);
         e_dq.add(bf16_value(gq[d]), s.r.n_dq[d], s.r.dq[d]);
       }
+      r_out.add_row(go, s.r.n_out, s.r.out);
+      r_dq.add_row(gq, s.r.n_dq, s.r.dq);
     }
     for (const KeyGrads& g : grads) {
       const size_t first = static_cast<size_t>(g.k0 * H * D), count = static_cast<size_t>((g.k1 - g.k0) * H * D);
@@ -266,6 +302,8 @@ TEST(LongContextGpu, MobaTrain2MTokens) {
     expect_bound("dq", e_dq);
     expect_bound("dk", e_dk);
     expect_bound("dv", e_dv);
+    expect_row_bound("out", r_out);
+    expect_row_bound("dq", r_dq);
   };
   run_and_check("default");
   {
@@ -341,19 +379,84 @@ TEST(LongContextGpu, MobaPrefill10MTokensGqa) {
     std::printf("    %s kernels (plan workspace peak %.2f GiB):\n", path,
                 plan.peak_workspace_bytes() / kGiB);
     ErrAcc e_out, e_lse;
+    RowRelAcc r_out;
     for (const Sample& s : samples) {
       const size_t row = static_cast<size_t>(s.tok * Hq + s.h);
       const Bits go = o.download<uint16_t>(row * D, D);
       e_lse.add(lse.download<float>(row, 1)[0], s.r.n_lse, s.r.lse);
       for (int64_t d = 0; d < D; ++d) e_out.add(bf16_value(go[d]), s.r.n_out[d], s.r.out[d]);
+      r_out.add_row(go, s.r.n_out, s.r.out);
     }
     expect_bound("out", e_out);
     expect_bound("lse", e_lse);
+    expect_row_bound("out", r_out);
   };
   run_and_check("default");
   {
     ScopedEnv f("MOBA_MOBA_FWD", "mma");
     run_and_check("mma.sync");
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The dense forward's lse over a million keys, both kernels (wgmma and mma.sync), D 64 and
+// 128, GQA (2 query heads on 1 kv head). A fast guard (about a second of GPU, seconds of CPU)
+// for the online softmax's rescale: exp2f(fmaf(old max, scale_log2, -m_use)) was not 1 while
+// the max held but 2^(m_use's rounding residual), up to 1 + 1.7e-7 and of one sign, so
+// row_sum and o gained that factor per key tile: o / row_sum stayed right, the lse drifted
+// with the number of tiles (2.2e-3 nats at 2M keys, found by DenseTrain2MTokens on the H200,
+// 2026-12-03; about half that at 1M). Rows of the last tokens and 16 spread over the second
+// half, each against the fp64 reference over all its keys.
+TEST(LongContextGpu, DenseLseOverAMillionKeys) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU long-context tests skipped";
+  const int64_t N = 1048576, Hq = 2, Hkv = 1;
+  for (const int64_t D : {int64_t{64}, int64_t{128}}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    const Layout l = Layout::batched(1, N, Hq, Hkv, D);
+    const attn::Options opt;
+    const double scale = opt.scale_for(l);
+    const size_t qn = l.q_elems(), kvn = l.kv_elems(), rows = l.lse_elems();
+    DeviceBuffer<acu::bf16> q(qn), k(kvn), v(kvn), o(qn);
+    DeviceBuffer<float> lse(rows);
+    acu::fill_random_bf16(q.ptr, qn, 401 + D);
+    acu::fill_random_bf16(k.ptr, kvn, 402 + D);
+    acu::fill_random_bf16(v.ptr, kvn, 403 + D);
+    acu::Plan plan(l, MobaConfig{64, 1}, opt);
+    HostKV kv{k.download<uint16_t>(0, kvn), v.download<uint16_t>(0, kvn), Hkv, D};
+    struct Sample {
+      int64_t tok, h;
+      std::vector<float> q;
+      RowResult r;
+    };
+    std::vector<Sample> samples;
+    for (int64_t i = 0; i < 16; ++i) samples.push_back({N / 2 + i * (N / 2 - 1) / 15, i % Hq, {}, {}});
+    for (int64_t t = N - 4; t < N; ++t)
+      for (int64_t h = 0; h < Hq; ++h) samples.push_back({t, h, {}, {}});
+    for (Sample& s : samples)
+      s.q = to_float(q.download<uint16_t>(static_cast<size_t>(s.tok * Hq + s.h) * D, D).data(), D);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t i = 0; i < samples.size(); ++i)
+      samples[i].r = row_reference(kv, 0, key_ranges(nullptr, 0, 0, samples[i].tok), samples[i].q.data(),
+                                   nullptr, scale);
+    for (const char* path : {"wgmma", "mma"}) {
+      SCOPED_TRACE(path);
+      ScopedEnv kernel("MOBA_DENSE_FWD", path);
+      o.poison();
+      lse.poison();
+      acu::dense_forward(plan, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr);
+      const cudaError_t err = cudaDeviceSynchronize();
+      ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
+      std::printf("    D %lld, %s kernel, %zu rows:\n", static_cast<long long>(D), path, samples.size());
+      ErrAcc e_lse;
+      RowRelAcc r_out;
+      for (const Sample& s : samples) {
+        const size_t row = static_cast<size_t>(s.tok * Hq + s.h);
+        e_lse.add(lse.download<float>(row, 1)[0], s.r.n_lse, s.r.lse);
+        r_out.add_row(o.download<uint16_t>(row * D, D), s.r.n_out, s.r.out);
+      }
+      expect_bound("lse", e_lse);
+      expect_row_bound("out", r_out);
+    }
   }
 }
 
@@ -429,6 +532,7 @@ TEST(LongContextGpu, DenseTrain2MTokens) {
   }
   g.finish(scale);
   ErrAcc e_out, e_lse, e_dq, e_dk, e_dv;
+  RowRelAcc r_out, r_dq;
   for (const Sample& s : samples) {
     const size_t row = static_cast<size_t>(s.tok * H + s.h);
     const Bits go = o.download<uint16_t>(row * D, D), gq = dq.download<uint16_t>(row * D, D);
@@ -437,6 +541,8 @@ TEST(LongContextGpu, DenseTrain2MTokens) {
       e_out.add(bf16_value(go[d]), s.r.n_out[d], s.r.out[d]);
       e_dq.add(bf16_value(gq[d]), s.r.n_dq[d], s.r.dq[d]);
     }
+    r_out.add_row(go, s.r.n_out, s.r.out);
+    r_dq.add_row(gq, s.r.n_dq, s.r.dq);
   }
   const Bits gk = dk.download<uint16_t>(k0 * H * D, 64 * H * D), gv = dv.download<uint16_t>(k0 * H * D, 64 * H * D);
   for (int64_t j = 0; j < 64; ++j)
@@ -450,6 +556,8 @@ TEST(LongContextGpu, DenseTrain2MTokens) {
   expect_bound("dq", e_dq);
   expect_bound("dk", e_dk);
   expect_bound("dv", e_dv);
+  expect_row_bound("out", r_out);
+  expect_row_bound("dq", r_dq);
 }
 
 }  // namespace

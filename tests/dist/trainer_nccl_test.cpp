@@ -253,7 +253,11 @@ void sweep_follows_one_gpu(int gpus, double tol) {
 
 TEST(TrainerNccl, SweepOnOneGpuThroughTheLauncher) {
   if (devices() < 1) GTEST_SKIP() << "no CUDA device";
-  sweep_follows_one_gpu(1, 1e-3);  // one rank: the plain trainer's curve, as above
+  // One rank: the plain trainer's curve, as above, within the GPU's own run-to-run spread (the
+  // backward's atomic dK/dV sums are not bit-reproducible): on the H200 the last validation of
+  // the L2 MoBA run differed by 2.1e-3 relative (2026-12-03), identical configurations rerun
+  // 0.003-0.012 nats apart in the h200 ladder.
+  sweep_follows_one_gpu(1, 1e-2);
 }
 
 TEST(TrainerNccl, SweepOnTwoGpus) {

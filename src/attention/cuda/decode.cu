@@ -364,8 +364,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attn_kernel(const AttnArgs
       float mx = fmaxf(tmax[hh], __shfl_xor_sync(0xffffffffu, tmax[hh], 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(row_max[hh], mx);
-      const float m_use = (m_new == -INFINITY ? 0.f : m_new) * sl2;
-      const float alpha = exp2f(fmaf(row_max[hh], sl2, -m_use));
+      const float m_use = __fmul_rn(m_new == -INFINITY ? 0.f : m_new, sl2);
+      const float alpha = exp2f(__fmul_rn(row_max[hh], sl2) - m_use);  // see fwd_kernel.cuh
       row_max[hh] = m_new;
       row_sum[hh] *= alpha;
 #pragma unroll

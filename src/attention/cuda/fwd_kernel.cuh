@@ -207,8 +207,15 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
         const float m_new = fmaxf(row_max[x], mx);
         // A row with every key masked so far has max -inf: use 0 so that exp2(-inf - -inf)
         // (NaN) is never computed; its probabilities are exp2(-inf) = 0 either way.
-        const float m_use = (m_new == -INFINITY ? 0.f : m_new) * p.scale_log2;
-        const float alpha = exp2f(fmaf(row_max[x], p.scale_log2, -m_use));
+        const float m_use = __fmul_rn(m_new == -INFINITY ? 0.f : m_new, p.scale_log2);
+        // The rescale is exactly 1 while the max holds: the old max times scale_log2, rounded
+        // as m_use was when it was the new max, minus m_use (both products __fmul_rn, so that
+        // no fused multiply-add is contracted from them).
+        // exp2f(fmaf(old, scale_log2, -m_use)) left fmaf's exact residual of m_use's rounding,
+        // up to 1.7e-7 and of one sign while the max holds: row_sum and o gained that factor
+        // per key tile, so o / row_sum stayed right but the lse drifted with the tile count
+        // (2.2e-3 nats at 2M keys on the H200, 2026-12-03; 4.5e-7 after, in emulation).
+        const float alpha = exp2f(__fmul_rn(row_max[x], p.scale_log2) - m_use);
         row_max[x] = m_new;
         row_sum[x] *= alpha;
 #pragma unroll
