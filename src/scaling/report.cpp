@@ -64,6 +64,31 @@ std::string size_label(const Run& r) {
 
 }  // namespace
 
+std::string ratio_trend(const PowerLaw& full, const PowerLaw& moba, double c_lo, double c_hi) {
+  auto ratio = [&](double c) { return moba(c) / full(c); };
+  const double r_lo = ratio(c_lo), r_hi = ratio(c_hi);
+  std::ostringstream o;
+  o << "Over the fitted range of compute the ratio goes from " << num(r_lo, 4) << " to "
+    << num(r_hi, 4) << ": ";
+  if ((r_lo - 1) * (r_hi - 1) < 0) {
+    double a = std::log(c_lo), b = std::log(c_hi);
+    for (int i = 0; i < 100; ++i) {
+      const double mid = 0.5 * (a + b);
+      if ((ratio(std::exp(a)) < 1) == (ratio(std::exp(mid)) < 1)) a = mid;
+      else b = mid;
+    }
+    char cbuf[32];
+    std::snprintf(cbuf, sizeof cbuf, "%.3g", std::exp(0.5 * (a + b)));
+    o << "the fits cross at C = " << cbuf << " PFLOP/s-days, MoBA " << (r_lo < 1 ? "lower" : "higher")
+      << " below it and " << (r_lo < 1 ? "higher" : "lower") << " above it.";
+  } else {
+    o << "the gap " << (std::fabs(r_hi - 1) < std::fabs(r_lo - 1) ? "narrows" : "widens")
+      << " with compute, MoBA " << (r_hi < 1 ? "lower" : r_hi > 1 ? "higher" : "equal")
+      << " throughout.";
+  }
+  return o.str();
+}
+
 std::string md_cell(const std::string& s) {
   std::string out;
   for (char ch : s) {
@@ -408,12 +433,7 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
       md << "| " << cbuf << (c > c_hi * 1.001 ? " (extrapolated)" : "") << " | " << num(lf)
          << " | " << num(lm) << " | " << num(lm / lf, 4) << " |\n";
     }
-    const double r_lo = tm->fit->law(c_lo) / tf->fit->law(c_lo);
-    const double r_hi = tm->fit->law(c_hi) / tf->fit->law(c_hi);
-    md << "\nOver the fitted range of compute the ratio goes from " << num(r_lo, 4) << " to "
-       << num(r_hi, 4) << ": the gap "
-       << (std::fabs(r_hi - 1) < std::fabs(r_lo - 1) ? "narrows" : "does not narrow")
-       << " with compute.\n";
+    md << "\n" << ratio_trend(tf->fit->law, tm->fit->law, c_lo, c_hi) << "\n";
   } else {
     md << "No trailing-loss fit for both attention types (the runs carry no trailing loss, or "
           "too few points).\n";

@@ -40,6 +40,12 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
                             const std::vector<ReportFigure>& figures,
                             const std::optional<PlanTimes>& plan_times = std::nullopt);
 
+// The sentence after the report's projected trailing-loss ratios: how MoBA / full moves over
+// the fitted range of compute [c_lo, c_hi], from the two laws. Where the ratio crosses 1 in
+// the range it names the crossing compute (bisection in log C) and which side is lower;
+// else whether the gap to 1 narrows or widens and which type is lower throughout.
+std::string ratio_trend(const PowerLaw& full, const PowerLaw& moba, double c_lo, double c_hi);
+
 // Text from run folders (names, statuses) as table cell text: a name holding '|' would cut
 // the table, one holding HTML would render as HTML. Markdown specials are escaped with a
 // backslash, HTML's with entities, line ends become spaces.

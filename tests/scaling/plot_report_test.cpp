@@ -140,6 +140,31 @@ TEST(Report, MentionsEveryRunAndTheFits) {
   }
 }
 
+// The sentence under the projected trailing-loss ratios: a crossing inside the range is
+// named (with its compute), else whether the gap narrows or widens and who is lower.
+TEST(Report, RatioTrendNamesACrossingOrTheGapsDirection) {
+  const PowerLaw full{2.0, 0.10};
+  // MoBA = 2.2 C^-0.08: MoBA / full = 1.1 C^0.02, 1 at C = 1.1^-50 = 8.52e-3.
+  const PowerLaw moba{2.2, 0.08};
+  const std::string cross = ratio_trend(full, moba, 1e-6, 1.0);
+  EXPECT_NE(cross.find("from 0.8344 to 1.1000: the fits cross at C = 0.00852 PFLOP/s-days, MoBA lower below it and "
+                       "higher above it."),
+            std::string::npos)
+      << cross;
+  // Crossing the other way round: 0.9 C^-0.02, 1 at C = 0.9^50.
+  const std::string back = ratio_trend(full, PowerLaw{1.8, 0.12}, 1e-6, 1.0);
+  EXPECT_NE(back.find("MoBA higher below it and lower above it."), std::string::npos) << back;
+  // No crossing in [1e-6, 1e-3]: MoBA lower throughout, the gap to 1 narrowing...
+  const std::string narrows = ratio_trend(full, moba, 1e-6, 1e-3);
+  EXPECT_NE(narrows.find("the gap narrows with compute, MoBA lower throughout."), std::string::npos)
+      << narrows;
+  // ...and past the crossing, MoBA higher and the gap widening.
+  const std::string widens = ratio_trend(full, moba, 1e-1, 1.0);
+  EXPECT_NE(widens.find("the gap widens with compute, MoBA higher throughout."), std::string::npos)
+      << widens;
+  EXPECT_EQ(widens.find("cross"), std::string::npos) << widens;
+}
+
 // Losses in nats per token and bits per byte: the run table's LM and trailing losses, the
 // per-size LM losses, and the fits' conversion, from run.json's bytes_per_token (2 here,
 // as a BPE tokenizer would have; 1 for byte-level tokens).
