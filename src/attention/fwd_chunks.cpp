@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "attention/gate.h"
@@ -57,23 +58,48 @@ std::vector<std::pair<int64_t, int64_t>> fwd_chunks(const Layout& layout, const 
   return out;
 }
 
+std::vector<int32_t> fwd_index_pieces(const std::vector<std::pair<int64_t, int64_t>>& chunks) {
+  MOBA_CHECK(!chunks.empty(), "fwd_index_pieces: no chunks");
+  MOBA_CHECK(chunks.back().second <= std::numeric_limits<int32_t>::max(),
+             "fwd_index_pieces: ", chunks.back().second, " tokens do not fit int32");
+  std::vector<int32_t> out;
+  int64_t at = 0;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const auto [a, z] = chunks[c];
+    MOBA_CHECK(a == at && z > a, "fwd_index_pieces: chunk ", c, " is [", a, ", ", z,
+               "), expected a non-empty range from ", at);
+    for (int64_t t = a; t < z; t += kIndexPieceTokens) {
+      out.push_back(static_cast<int32_t>(t));
+      out.push_back(static_cast<int32_t>(c));
+    }
+    at = z;
+  }
+  out.push_back(static_cast<int32_t>(at));
+  out.push_back(static_cast<int32_t>(chunks.size()));
+  return out;
+}
+
 FwdScratch fwd_scratch_bytes(const Layout& layout, const MobaConfig& cfg, int64_t chunk_tokens) {
   FwdScratch s;
   const int64_t rows = full_block_offset(layout, cfg, layout.batch());
   const int64_t kp = cfg.top_k - 1;
   if (kp == 0 || rows == 0) return s;
-  for (const auto& [a, z] : fwd_chunks(layout, cfg, chunk_tokens))
-    s.chunk_tokens = std::max(s.chunk_tokens, z - a);
+  const auto chunks = fwd_chunks(layout, cfg, chunk_tokens);
+  s.chunks = static_cast<int64_t>(chunks.size());
+  for (const auto& [a, z] : chunks) s.chunk_tokens = std::max(s.chunk_tokens, z - a);
   const int64_t slots = s.chunk_tokens * layout.num_q_heads * kp;
-  const int64_t buckets = rows * layout.num_kv_heads;
+  const int64_t all = layout.tokens() * layout.num_q_heads * kp;
+  const int64_t buckets = s.chunks * rows * layout.num_kv_heads;
   // Each buffer at least 16 bytes (Plan::scratch's minimum).
   auto buf = [](int64_t bytes) { return std::max<int64_t>(16, bytes); };
   s.part_o = buf(4 * slots * layout.head_dim);
   s.part_lse = buf(4 * slots);
-  s.entries = buf(4 * slots);
-  s.tiles = buf(16 * (slots / 128 + buckets + 1));
+  s.entries = buf(4 * all);
+  // Tiles of <= 128 entries of one bucket: sum over buckets of ceil(count / 128) <=
+  // entries / 128 + the non-empty buckets.
+  s.tiles = buf(16 * (all / 128 + buckets + 1));
   s.buckets = 2 * buf(4 * (buckets + 1));
-  s.num_tiles = buf(4);
+  s.chunk_tiles = buf(4 * (s.chunks + 1));
   return s;
 }
 

@@ -37,17 +37,35 @@ int64_t fwd_chunk_tokens(const Options& opt);
 std::vector<std::pair<int64_t, int64_t>> fwd_chunks(const Layout& layout, const MobaConfig& cfg,
                                                     int64_t chunk_tokens);
 
-// The MoBA forward's scratch (attention/cuda/internal.h's slots), bytes, for one plan:
-// partials and gather entries are sized by the longest chunk's tokens (N unchunked).
+// Query tokens per CTA of the gather index's count and fill kernels
+// (attention/cuda/gather_index.cu): a CTA bins the entries of this many tokens of one head.
+inline constexpr int64_t kIndexPieceTokens = 2048;
+
+// The gather index's CTA pieces of a chunking (docs/kernel_notes.md, "v18"): each chunk of
+// `chunks` (fwd_chunks' ranges, contiguous from 0) cut into pieces of at most
+// kIndexPieceTokens tokens, in order, so that a CTA's tokens lie in one chunk. Flattened
+// for the device as int32 pairs {first token, chunk}, pieces + 1 of them: the last is
+// {N, number of chunks}, so that piece i holds tokens [x_i, x_{i+1}) of chunk y_i. Throws
+// moba::Error naming the problem where the ranges are empty, not contiguous from 0 or past
+// int32.
+std::vector<int32_t> fwd_index_pieces(const std::vector<std::pair<int64_t, int64_t>>& chunks);
+
+// The MoBA forward's scratch (attention/cuda/internal.h's slots), bytes, for one plan. The
+// partials are sized by the longest chunk's tokens (N unchunked); the gather index is the
+// whole batch's, built once for all chunks, its buckets keyed by (chunk, full block, kv
+// head) so that the tiles come out in chunk order.
 struct FwdScratch {
+  int64_t chunks = 0;        // number of chunks (1 unchunked)
   int64_t chunk_tokens = 0;  // tokens of the longest chunk
   int64_t part_o = 0;        // fp32 (chunk, Hq, K-1, D)
   int64_t part_lse = 0;      // fp32 (chunk, Hq, K-1)
-  int64_t entries = 0;       // int32 (chunk, Hq, K-1)
-  int64_t tiles = 0;         // int4 work list: entries / 128 + buckets + 1
-  int64_t buckets = 0;       // counts and offsets: int32 (full blocks x Hkv + 1) each
-  int64_t num_tiles = 0;     // int32, padded to the scratch's 16-byte minimum
-  int64_t total() const { return part_o + part_lse + entries + tiles + buckets + num_tiles; }
+  int64_t entries = 0;       // int32 (N, Hq, K-1): the whole batch's
+  int64_t tiles = 0;         // int4 work list: entries / 128 + chunks x buckets + 1
+  int64_t buckets = 0;       // counts and offsets: int32 (chunks x full blocks x Hkv + 1) each
+  int64_t chunk_tiles = 0;   // int32 (chunks + 1): each chunk's first tile, then the total
+  int64_t total() const {
+    return part_o + part_lse + entries + tiles + buckets + chunk_tiles;
+  }
 };
 // Zero where the forward needs no partials (K = 1 or no full block).
 FwdScratch fwd_scratch_bytes(const Layout& layout, const MobaConfig& cfg, int64_t chunk_tokens);

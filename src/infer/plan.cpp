@@ -10,8 +10,9 @@ namespace {
 
 struct Terms {
   double cache_per_token = 0, layer_per_token = 0, weights = 0, logits_per_seq = 0, fixed = 0;
-  // MoBA's chunked forward (cuda): of layer_per_token, the bytes per token of the partials,
-  // lse and gather entries, held for at most `chunk` tokens (0: every token).
+  // MoBA's chunked forward (cuda): of layer_per_token, the bytes per token of the partials
+  // and their lse, held for at most `chunk` tokens (0: every token). The gather index is
+  // the whole batch's either way (attention/fwd_chunks.h, v18).
   double chunked_per_token = 0;
   int64_t chunk = 0;
   // One layer's intermediates for n prefilled tokens.
@@ -81,7 +82,7 @@ Plan plan_inference(const PlanInput& in) {
     attn::Options ao;
     ao.fwd_chunk_tokens = in.fwd_chunk;
     t.chunk = attn::fwd_chunk_tokens(ao);  // what the decoder's attention plans read
-    t.chunked_per_token = Hq * kp * (4.0 * D + 8.0);
+    t.chunked_per_token = Hq * kp * (4.0 * D + 4.0);
   }
   p.fwd_chunk = t.chunk;
   if (cuda)  // model/cuda/decoder_cuda.cpp's buffers: x, x_mid, xn; the fused projections'

@@ -48,7 +48,7 @@ struct Plan {
   double weight_bytes_per_param = 0, weight_bytes = 0;
   double layer_bytes_per_token = 0;  // one layer's prefill intermediates per token
   double prefill_layer_bytes = 0;    // batch x prompt tokens of them (MoBA's partials and
-                                     // gather entries: of at most fwd_chunk tokens)
+                                     // their lse: of at most fwd_chunk tokens)
   int64_t fwd_chunk = 0;             // cuda MoBA's forward chunk, resolved (0: one pass)
   double logits_bytes = 0;           // batch x V fp32
   double prefill_bytes = 0;          // the larger of the two

@@ -126,30 +126,95 @@ TEST(FwdChunks, ChunkSizeFromOptionOrEnvironment) {
   else unsetenv(kFwdChunkEnv);
 }
 
-// Issue 16's case: 32K tokens, Hq 16, D 128, S 512, K 3.
+// Issue 16's case: 32K tokens, Hq 16, D 128, S 512, K 3. The partials shrink to the
+// chunk's; the gather index is the whole batch's (built once for all chunks), its buckets
+// and work list grow by a chunk's buckets (64 blocks x 16 kv heads) per extra chunk.
 TEST(FwdChunks, ScratchAt32KShrinksToTheChunk) {
   const Layout l = Layout::batched(1, 32768, 16, 16, 128);
   const MobaConfig cfg{512, 3};
   constexpr int64_t MiB = 1 << 20;
   const FwdScratch whole = fwd_scratch_bytes(l, cfg, 0);
+  EXPECT_EQ(whole.chunks, 1);
   EXPECT_EQ(whole.chunk_tokens, 32768);
   EXPECT_EQ(whole.part_o, 512 * MiB);  // 32K x 16 x 2 x 128 x 4
   EXPECT_EQ(whole.part_lse, 4 * MiB);
   EXPECT_EQ(whole.entries, 4 * MiB);
   EXPECT_EQ(whole.buckets, 2 * 4 * (64 * 16 + 1));
   EXPECT_EQ(whole.tiles, 16 * (32768 * 16 * 2 / 128 + 64 * 16 + 1));
+  EXPECT_EQ(whole.chunk_tiles, 16);  // 2 int32, padded to 16 bytes
   const FwdScratch c8 = fwd_scratch_bytes(l, cfg, 8192);
+  EXPECT_EQ(c8.chunks, 4);
   EXPECT_EQ(c8.chunk_tokens, 8192);
   EXPECT_EQ(c8.part_o, 128 * MiB);
-  EXPECT_EQ(c8.part_lse + c8.entries, 2 * MiB);
-  EXPECT_EQ(c8.buckets, whole.buckets);  // the buckets are over every full block still
+  EXPECT_EQ(c8.part_lse, 1 * MiB);
+  EXPECT_EQ(c8.entries, whole.entries);  // one index for every chunk: the whole batch's
+  EXPECT_EQ(c8.buckets, 2 * 4 * (4 * 64 * 16 + 1));
+  EXPECT_EQ(c8.tiles, 16 * (32768 * 16 * 2 / 128 + 4 * 64 * 16 + 1));
+  EXPECT_EQ(c8.chunk_tiles, 4 * 5);
   // Issue 16's bar: MoBA's excess over dense was 1813 - 1286 = 527 MiB, the partials; at
-  // C = 8192 the forward's scratch is 390 MiB less (384 of partial outputs, 3 + 3 of lse
-  // and entries, 0.1 of work list).
-  EXPECT_EQ((whole.total() - c8.total()) / MiB, 390);
+  // C = 8192 the forward's scratch is 387 MiB less (384 of partial outputs, 3 of lse),
+  // less 72 KiB more of buckets and tiles (3 more chunks of 1024 buckets: 8 + 16 bytes
+  // each) and 4 bytes of chunk_tiles.
+  EXPECT_EQ(whole.total() - c8.total(), 387 * MiB - 3 * 1024 * (8 + 16) - 4);
   // K = 1, or no full block: no partials at all.
   EXPECT_EQ(fwd_scratch_bytes(l, {512, 1}, 8192).total(), 0);
   EXPECT_EQ(fwd_scratch_bytes(Layout::batched(1, 500, 2, 1, 64), {512, 3}, 0).total(), 0);
+}
+
+// v18's sizes for the notes: at 2M tokens, Hq 16, D 128, S 512, K 3 and C 64K, the whole
+// index (entries 256 MiB, 32 chunks x 65536 buckets) next to the partials it lets shrink.
+TEST(FwdChunks, ScratchAt2MTokens) {
+  const Layout l = Layout::batched(1, int64_t{1} << 21, 16, 16, 128);
+  const MobaConfig cfg{512, 3};
+  constexpr int64_t MiB = 1 << 20;
+  const FwdScratch whole = fwd_scratch_bytes(l, cfg, 0);
+  const FwdScratch c = fwd_scratch_bytes(l, cfg, 65536);
+  EXPECT_EQ(whole.part_o, 32768 * MiB);  // 2M x 16 x 2 x 128 x 4 = 32 GiB
+  EXPECT_EQ(c.chunks, 32);
+  EXPECT_EQ(c.part_o, 1024 * MiB);
+  EXPECT_EQ(c.entries, 256 * MiB);
+  EXPECT_EQ(c.buckets, 2 * 4 * (32 * 4096 * 16 + 1));           // 16 MiB + 8
+  EXPECT_EQ(c.tiles, 16 * ((int64_t{1} << 26) / 128 + 32 * 4096 * 16 + 1));  // 40 MiB + 16
+  EXPECT_EQ(c.chunk_tiles, 4 * 33);
+}
+
+TEST(FwdChunks, IndexPiecesStayInsideTheirChunk) {
+  // One chunk: pieces of 2048 tokens, the last shorter; the sentinel {N, 1}.
+  EXPECT_EQ(fwd_index_pieces({{0, 5000}}),
+            (std::vector<int32_t>{0, 0, 2048, 0, 4096, 0, 5000, 1}));
+  // Chunks of 2560 (> kIndexPieceTokens): two pieces per chunk, the second 512 tokens.
+  const Layout l = Layout::batched(1, 6000, 2, 1, 64);
+  const auto ch = check_chunks(l, {512, 3}, 2560);
+  EXPECT_EQ(fwd_index_pieces(ch), (std::vector<int32_t>{0, 0, 2048, 0, 2560, 1, 4608, 1, 5120,
+                                                        2, 6000, 3}));
+  // Varlen chunks: every piece non-empty, at most kIndexPieceTokens, inside one chunk, in
+  // order.
+  const Layout v = Layout::varlen({0, 1, 78, 1077, 3000, 3001, 9500}, 2, 1, 64);
+  for (int64_t C : {int64_t{0}, int64_t{256}, int64_t{2304}, int64_t{4096}, int64_t{6144}}) {
+    SCOPED_TRACE("C " + std::to_string(C));
+    const auto chunks = check_chunks(v, {256, 3}, C);
+    const auto p = fwd_index_pieces(chunks);
+    ASSERT_EQ(p.size() % 2, 0u);
+    const size_t n = p.size() / 2 - 1;
+    EXPECT_EQ(p[2 * n], v.tokens());
+    EXPECT_EQ(p[2 * n + 1], static_cast<int32_t>(chunks.size()));
+    EXPECT_EQ(p[0], 0);
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t a = p[2 * i], z = p[2 * i + 2], c = p[2 * i + 1];
+      ASSERT_LT(c, static_cast<int64_t>(chunks.size()));
+      EXPECT_LT(a, z);
+      EXPECT_LE(z - a, kIndexPieceTokens);
+      EXPECT_GE(a, chunks[c].first);
+      EXPECT_LE(z, chunks[c].second);
+      if (i > 0) {
+        EXPECT_LE(p[2 * i - 1], c) << "chunks in order";
+      }
+    }
+  }
+  expect_error([] { fwd_index_pieces({}); }, "no chunks");
+  expect_error([] { fwd_index_pieces({{0, 100}, {120, 200}}); }, "chunk 1 is [120, 200)");
+  expect_error([] { fwd_index_pieces({{0, 0}}); }, "non-empty range from 0");
+  expect_error([] { fwd_index_pieces({{0, int64_t{1} << 32}}); }, "do not fit int32");
 }
 
 TEST(FwdChunks, ScratchIsSizedByTheLongestChunk) {

@@ -23,6 +23,7 @@
 #include "attention_gpu/naive_bf16.h"
 #include "attention/brute_force.h"
 #include "core/cuda_check.cuh"
+#include "core/error.h"
 #include "core/random.h"
 
 namespace moba::test {
@@ -711,7 +712,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MobaWgmmaFwdGpu, ::testing::ValuesIn(kMobaFwdCa
 // mma.sync); through the Plan option and the environment knob; with 1 and 3 persistent
 // CTAs. Also: against the fp64 CPU reference; the plan's scratch equals fwd_scratch_bytes
 // (the partials shrink to one chunk's); the backward after a chunked forward (which must
-// build its own gather index) against the reference.
+// build its own gather index) against the reference. v18 (one gather index for all chunks,
+// its count and fill CTAs on pieces of <= kIndexPieceTokens tokens of one chunk): chunks of
+// kIndexPieceTokens + G (two pieces in a chunk), the global-atomics count and fill
+// (MOBA_GATHER_BINS=global) unchunked and chunked, and one plan whose chunk size changes
+// between forwards (its pieces re-uploaded).
 struct ChunkCase {
   const char* name;
   std::vector<int64_t> cu;
@@ -748,7 +753,7 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
   };
   const int64_t N = l.tokens(), G = attn::fwd_chunk_granule(cfg);
   const int64_t whole = (N + G - 1) / G * G;  // the batch rounded up: N itself where G divides it
-  const int64_t sizes[] = {G, 2 * G, 3 * G, whole, whole + G};
+  const int64_t sizes[] = {G, 2 * G, 3 * G, attn::kIndexPieceTokens + G, whole, whole + G};
   const bool wg_ok = is_sm90() && cs.S % 128 == 0;
   for (const char* family : {"wgmma", "mma"}) {
     if (std::strcmp(family, "wgmma") == 0 && !wg_ok) continue;
@@ -774,17 +779,10 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
 
     // A forward in chunks of C tokens (the Plan option, or the environment knob), compared
     // bit for bit with the single pass.
-    auto chunked = [&](int64_t C, bool by_env, const char* grid) {
-      SCOPED_TRACE("chunk " + std::to_string(C) + (by_env ? " (environment)" : " (option)") +
-                   (grid ? std::string(" MOBA_MOBA_FWD_GRID=") + grid : std::string()));
-      attn::Options oc;
-      oc.fwd_chunk_tokens = by_env ? -1 : C;
-      const std::string c_str = std::to_string(C);
-      ScopedEnv knob(attn::kFwdChunkEnv, by_env ? c_str.c_str() : "");
-      ScopedEnv g("MOBA_MOBA_FWD_GRID", grid ? grid : "");
-      acu::Plan plan(l, cfg, oc);
-      DeviceBuffer<acu::bf16> o(q.size());
-      DeviceBuffer<float> ls(l.lse_elems());
+    DeviceBuffer<acu::bf16> o(q.size());
+    DeviceBuffer<float> ls(l.lse_elems());
+    // One forward on plan, compared bit for bit with the single pass.
+    auto forward_equals_single_pass = [&](acu::Plan& plan) {
       o.poison();
       ls.poison();
       acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, ls.ptr);
@@ -792,12 +790,37 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
       ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
       EXPECT_TRUE(same_bytes(o.download(), ref_o)) << "out differs from the single pass";
       EXPECT_TRUE(same_bytes(ls.download(), ref_lse)) << "lse differs from the single pass";
+    };
+    auto chunked = [&](int64_t C, bool by_env, const char* grid, bool global_bins = false) {
+      SCOPED_TRACE("chunk " + std::to_string(C) + (by_env ? " (environment)" : " (option)") +
+                   (grid ? std::string(" MOBA_MOBA_FWD_GRID=") + grid : std::string()) +
+                   (global_bins ? " MOBA_GATHER_BINS=global" : ""));
+      attn::Options oc;
+      oc.fwd_chunk_tokens = by_env ? -1 : C;
+      const std::string c_str = std::to_string(C);
+      ScopedEnv knob(attn::kFwdChunkEnv, by_env ? c_str.c_str() : "");
+      ScopedEnv g("MOBA_MOBA_FWD_GRID", grid ? grid : "");
+      ScopedEnv bins("MOBA_GATHER_BINS", global_bins ? "global" : "");
+      acu::Plan plan(l, cfg, oc);
+      forward_equals_single_pass(plan);
+      if (::testing::Test::HasFatalFailure()) return;
       const attn::FwdScratch fs = attn::fwd_scratch_bytes(l, cfg, C);
       EXPECT_EQ(plan.workspace_bytes(), static_cast<size_t>(fs.total()));
-      std::printf("    %s chunk %lld: %zu chunks, scratch %.2f MiB (single pass %.2f)\n", family,
-                  static_cast<long long>(C), attn::fwd_chunks(l, cfg, C).size(),
-                  fs.total() / 1048576.0, attn::fwd_scratch_bytes(l, cfg, 0).total() / 1048576.0);
-      if (C != G || by_env || grid) return;
+      std::printf("    %s chunk %lld%s: %zu chunks, scratch %.2f MiB (single pass %.2f)\n",
+                  family, static_cast<long long>(C), global_bins ? " (global bins)" : "",
+                  attn::fwd_chunks(l, cfg, C).size(), fs.total() / 1048576.0,
+                  attn::fwd_scratch_bytes(l, cfg, 0).total() / 1048576.0);
+      if (by_env) {
+        // The same plan, the environment's chunk size changed: the index's pieces follow.
+        const std::string c2 = std::to_string(2 * C);
+        ScopedEnv knob2(attn::kFwdChunkEnv, c2.c_str());
+        SCOPED_TRACE("then chunk " + c2 + " on the same plan");
+        forward_equals_single_pass(plan);
+        ScopedEnv knob3(attn::kFwdChunkEnv, c_str.c_str());
+        SCOPED_TRACE("then chunk " + c_str + " again");
+        forward_equals_single_pass(plan);
+      }
+      if (C != G || by_env || grid || global_bins) return;
       // The backward after a chunked forward (its own gather index) against the reference.
       DeviceBuffer<acu::bf16> gq(q.size()), gk(k.size()), gv(v.size());
       gq.poison();
@@ -813,6 +836,22 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
     };
     for (int64_t C : sizes) chunked(C, false, nullptr);
     chunked(G, true, nullptr);
+    for (int64_t C : {int64_t{0}, G, attn::kIndexPieceTokens + G}) chunked(C, false, nullptr, true);
+    {
+      // A bad knob is an error naming its value, raised before any launch.
+      ScopedEnv bad("MOBA_GATHER_BINS", "atomics");
+      attn::Options oc;
+      oc.fwd_chunk_tokens = G;
+      acu::Plan plan(l, cfg, oc);
+      try {
+        acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, ls.ptr);
+        ADD_FAILURE() << "MOBA_GATHER_BINS=atomics accepted";
+      } catch (const moba::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("MOBA_GATHER_BINS=atomics"), std::string::npos)
+            << e.what();
+      }
+      CUDA_CHECK(cudaDeviceSynchronize());
+    }
     if (std::strcmp(family, "wgmma") == 0)
       for (const char* grid : {"1", "3"}) chunked(2 * G, false, grid);
   }
@@ -828,6 +867,10 @@ const ChunkCase kChunkCases[] = {
     {"chunk_varlen_d128_s128_k8", {0, 300, 1300, 1301, 2900}, 2, 2, 128, 128, 8},
     {"chunk_s64_d128_k3", {0, 1500}, 2, 1, 128, 64, 3},
     {"chunk_varlen_s64_d64_k8", {0, 200, 777, 1500}, 2, 2, 64, 64, 8},
+    // Longer than kIndexPieceTokens + G: chunks of two count / fill pieces, varlen (named
+    // outside perf_session.sh's memcheck filter *varlen_d64*, for time: chunk_varlen_d64's
+    // chunks of 2048 + G hold two pieces too).
+    {"chunk_long_varlen_s128_d64_k3", {0, 5, 2100, 2101, 6000}, 2, 1, 64, 128, 3},
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MobaChunkFwdGpu, ::testing::ValuesIn(kChunkCases),

@@ -54,8 +54,9 @@ TEST(InferencePlan, CpuFloatByHand) {
             std::string::npos) << md;
 }
 
-// The chunked MoBA forward (attention/fwd_chunks.h): the partials, lse and gather entries
-// (288 B per token here) are held for one chunk of the prefill only.
+// The chunked MoBA forward (attention/fwd_chunks.h): the partials and their lse (272 B per
+// token here: Hq 4 x (K-1) 1 x (4 D + 4), D 16) are held for one chunk of the prefill
+// only; the gather entries (16 B per token) for the whole batch (one index for all chunks).
 TEST(InferencePlan, CudaMobaChunkedForwardHoldsOneChunksPartials) {
   const PlanInput one{.model = small(), .device = "cuda", .context = 1024, .prompt = 1024,
                       .fwd_chunk = 0};
@@ -67,8 +68,8 @@ TEST(InferencePlan, CudaMobaChunkedForwardHoldsOneChunksPartials) {
   const Plan p1 = plan_inference(chunked);
   EXPECT_EQ(p1.fwd_chunk, 256);
   EXPECT_DOUBLE_EQ(p1.layer_bytes_per_token, p0.layer_bytes_per_token);
-  EXPECT_DOUBLE_EQ(p1.prefill_layer_bytes, 1024.0 * 2196 - (1024 - 256) * 288.0);
-  EXPECT_DOUBLE_EQ(p0.total_bytes - p1.total_bytes, (1024 - 256) * 288.0);
+  EXPECT_DOUBLE_EQ(p1.prefill_layer_bytes, 1024.0 * 2196 - (1024 - 256) * 272.0);
+  EXPECT_DOUBLE_EQ(p0.total_bytes - p1.total_bytes, (1024 - 256) * 272.0);
   EXPECT_NE(plan_markdown(p1).find("MoBA's partials for 256 at a time"), std::string::npos);
   // A prompt within one chunk: as unchunked. The CPU engine has no such scratch.
   chunked.prompt = 200;

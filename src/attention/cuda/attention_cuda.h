@@ -77,6 +77,13 @@ class Plan {
   int64_t fwd_chunk_option() const { return fwd_chunk_opt_; }
   // A device buffer kept for the plan's lifetime, identified by `slot`; grown on demand.
   void* scratch(int slot, size_t bytes);
+  // The chunked gather index's CTA pieces for chunks of `chunk_tokens` (fwd_chunks.h's
+  // fwd_index_pieces: int32 pairs {first token, chunk}), on the device. Uploaded once per
+  // chunk size: by the constructor where Options::fwd_chunk_tokens chunks the batch, else
+  // on first use; a call with another size synchronises the device, frees the old copy and
+  // uploads the new one. Like cu_seqlens, not in workspace_bytes() (8 bytes per 2048
+  // tokens and per chunk).
+  const int32_t* index_pieces(int64_t chunk_tokens);
   // The selection whose gather lists the scratch holds (set by moba_forward, cleared by
   // moba_gate), so that moba_backward can reuse them.
   const int32_t* indexed_selection() const { return indexed_sel_; }
@@ -88,6 +95,8 @@ class Plan {
   float scale_ = 0.f;
   int64_t rows_ = 0, max_len_ = 0, fwd_chunk_opt_ = -1;
   Device dev_;
+  int32_t* pieces_ = nullptr;  // index_pieces' device copy, for chunks of pieces_chunk_
+  int64_t pieces_chunk_ = 0;
   std::vector<void*> bufs_;
   std::vector<size_t> sizes_;
   size_t ws_bytes_ = 0, ws_peak_ = 0;

@@ -126,17 +126,22 @@ float* slot_base(float* base, int64_t first_slot, int64_t width) {
                                   static_cast<uintptr_t>(first_slot * width) * sizeof(float));
 }
 
-// The past blocks of the entries in the gather index ix (p.part_o / p.part_lse set).
-void past_blocks(Plan& plan, AttnParams& p, const GatherIndex& ix, bool wg, cudaStream_t stream) {
+// The past blocks of chunk c's entries in the gather index ix (the whole batch's when ix
+// has one chunk) over the query tokens [t0, t1) (p.part_o / p.part_lse set): its tiles
+// [chunk_tiles[c], chunk_tiles[c + 1]), the grid bounded by its entries.
+void past_blocks(Plan& plan, AttnParams& p, const GatherIndex& ix, int64_t c, int64_t t0,
+                 int64_t t1, bool wg, cudaStream_t stream) {
   p.entries = ix.entries;
-  p.bucket_offset = ix.offsets;
+  p.bucket_offset = ix.offsets;  // (chunk, block, kv head) buckets; the past kernels never read it
   p.tiles = ix.tiles;
-  p.num_tiles = ix.num_tiles;
+  p.tile_first = ix.chunks > 1 ? ix.chunk_tiles + c : nullptr;  // chunk_tiles[0] is 0
+  p.num_tiles = ix.chunk_tiles + c + 1;
+  const int64_t max_tiles = ix.max_tiles(plan, t0, t1);
   if (wg) {
-    moba_forward_past_wgmma(plan, p, ix.max_tiles, stream);
+    moba_forward_past_wgmma(plan, p, max_tiles, stream);
     mark_phase("fwd_past_blocks_wgmma", stream);
   } else {
-    const dim3 grid(static_cast<unsigned>(ix.max_tiles));
+    const dim3 grid(static_cast<unsigned>(max_tiles));
     if (plan.layout().head_dim == 64) launch_fwd<64, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
     else launch_fwd<128, kWarps, 2, FwdMode::kMobaPast>(p, grid, stream);
     mark_phase("fwd_past_blocks", stream);
@@ -184,32 +189,32 @@ void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, 
   const FwdScratch fs = fwd_scratch_bytes(l, plan.config(), chunk_tokens);
   float* part_o = static_cast<float*>(plan.scratch(kSlotPartO, fs.part_o));
   float* part_lse = static_cast<float*>(plan.scratch(kSlotPartLse, fs.part_lse));
+  // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V), one
+  // index for all chunks (its buckets chunk-major; one memset, count, scan and fill).
+  const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream, chunk_tokens);
   if (chunks.size() == 1) {
-    // Past blocks: gathered tiles of 128 entries (more rows per loaded block of K/V).
-    const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream);
     plan.set_indexed_selection(sel);
     p.part_o = part_o;
     p.part_lse = part_lse;
-    past_blocks(plan, p, ix, wg, stream);
+    past_blocks(plan, p, ix, 0, 0, l.tokens(), wg, stream);
     current_block(plan, p, wg, stream);
     return;
   }
-  // Chunked: per chunk of query tokens [t0, t1), the gather index of its entries, their
-  // past blocks (keys anywhere before them, from the whole K/V) into the one chunk's
-  // partials, then the current block + merge of its query tiles. The index then holds the
-  // last chunk's entries only: moba_backward must build its own.
+  // Chunked: per chunk of query tokens [t0, t1), the past blocks of its entries (keys
+  // anywhere before them, from the whole K/V) into the one chunk's partials, then the
+  // current block + merge of its query tiles. The index's buckets are (chunk, block, kv
+  // head), not the backward's (block, kv head): moba_backward must build its own.
   plan.set_indexed_selection(nullptr);
   const int64_t kp = p.kp, Hq = p.Hq;
   const int br = wg ? kMobaFwdQueryTile : 16 * kWarps * row_slices(plan, FwdMode::kMobaCurrent);
   const std::vector<int64_t>& cu = l.cu_seqlens;
   int64_t b0 = 0;
-  for (const auto& [t0, t1] : chunks) {
-    const GatherIndex ix = build_gather_index(plan, sel, 16 * kWarps * 2, stream, t0, t1,
-                                              fs.chunk_tokens);
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const auto [t0, t1] = chunks[c];
     AttnParams pc = p;
     pc.part_o = slot_base(part_o, t0 * Hq * kp, D);
     pc.part_lse = slot_base(part_lse, t0 * Hq * kp, 1);
-    past_blocks(plan, pc, ix, wg, stream);
+    past_blocks(plan, pc, ix, static_cast<int64_t>(c), t0, t1, wg, stream);
     // The chunk's sequences b0..b1 and the most query tiles one of them has in it.
     while (cu[b0 + 1] <= t0) ++b0;
     int64_t b1 = b0, tiles = 0;

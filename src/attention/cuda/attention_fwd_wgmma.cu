@@ -178,7 +178,8 @@ void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_
   wg_require_sm90("MOBA_MOBA_FWD=wgmma");
   check_moba_shape(plan);
   if (max_tiles <= 0) return;
-  // max_tiles bounds the device's tile count (*p.num_tiles); CTAs without a tile exit.
+  // max_tiles bounds the device's tile count (*p.num_tiles - *p.tile_first); CTAs without a
+  // tile exit.
   launch_moba_d<WgMobaMode::kPast>(plan, p, moba_ctas(max_tiles), stream);
 }
 

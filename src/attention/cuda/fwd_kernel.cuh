@@ -72,8 +72,10 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
 
   int kvh, k_begin, k_end, first_tok = 0, head = 0, seq_start = 0;
   if constexpr (MODE == FwdMode::kMobaPast) {
-    if (static_cast<int>(blockIdx.x) >= *p.num_tiles) return;
-    const int4 t = p.tiles[blockIdx.x];
+    // The launch's tiles [first, *num_tiles): one chunk's of the whole batch's index.
+    const int first = p.tile_first != nullptr ? *p.tile_first : 0;
+    if (static_cast<int>(blockIdx.x) >= *p.num_tiles - first) return;
+    const int4 t = p.tiles[first + static_cast<int>(blockIdx.x)];
     k_begin = t.x;
     k_end = t.x + p.S;
     kvh = t.w;

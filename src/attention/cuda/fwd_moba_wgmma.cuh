@@ -10,7 +10,8 @@
 //             rows' past-block partials (part_o, part_lse, written by the kPast launch
 //             before) by log-sum-exp and writes out (bf16) and lse.
 //   kPast     MoBA's past blocks: the CTAs take the gather index's tiles in turn (tile
-//             blockIdx.x, then + gridDim.x, ...), each tile <= 128 entries of one (full
+//             blockIdx.x, then + gridDim.x, ..., counted from *p.tile_first: the chunked
+//             forward's chunk, docs/kernel_notes.md "v18"), each tile <= 128 entries of one (full
 //             block, kv head) bucket, entry = (token * Hq + head) * kp + slot; keys = the
 //             whole block (S keys, contiguous from the tile's first key token), no mask.
 //             Writes the normalised fp32 partial output and the lse per entry; rows past
@@ -280,7 +281,9 @@ __global__ void __launch_bounds__(384, 1)
 
   // The CTA's work items. Every early exit is CTA-uniform and before any barrier.
   WgMobaItem item;
-  const int total = PAST ? *p.num_tiles : p.batch * p.Hq * p.q_tiles;
+  // kPast: the launch's tiles [tile0, *num_tiles), one chunk's of the whole batch's index.
+  const int tile0 = PAST && p.tile_first != nullptr ? *p.tile_first : 0;
+  const int total = PAST ? *p.num_tiles - tile0 : p.batch * p.Hq * p.q_tiles;
   const int first = static_cast<int>(blockIdx.x), stride = static_cast<int>(gridDim.x);
   if (first >= total) return;
   const int n_items = (total - first + stride - 1) / stride;
@@ -290,7 +293,7 @@ __global__ void __launch_bounds__(384, 1)
   auto next_item = [&](int i, WgMobaItem& it) -> bool {
     const int t = static_cast<int>(blockIdx.x) + i * static_cast<int>(gridDim.x);
     if constexpr (PAST) {
-      const int4 v = p.tiles[t];  // {first key token, first entry, count, kv head}
+      const int4 v = p.tiles[tile0 + t];  // {first key token, first entry, count, kv head}
       it.k_begin = v.x;
       it.ent0 = v.y;
       it.count = v.z;

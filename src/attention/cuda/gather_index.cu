@@ -1,16 +1,23 @@
 // Gather lists of MoBA on the device: from a selection, the entries (token, query head,
-// slot) that chose each (full block, kv head) bucket, by a counting sort (count, scan,
-// fill), plus the forward's work list of tiles of at most `tile_rows` entries of one bucket.
-// Entry order inside a bucket depends on atomics: per-entry results do not (each row is
-// computed alone); dK/dV sums may differ in the last bit between runs.
+// slot) that chose each bucket, by a counting sort (count, scan, fill), plus the forward's
+// work list of tiles of at most `tile_rows` entries of one bucket. A bucket is (chunk, full
+// block, kv head), chunk-major, for the chunked forward's chunks (attention/fwd_chunks.h;
+// one chunk unchunked): one index for all chunks (docs/kernel_notes.md, "v18"). Entry order
+// inside a bucket depends on atomics: per-entry results do not (each row is computed
+// alone); dK/dV sums may differ in the last bit between runs.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
+#include "attention/fwd_chunks.h"
 #include "core/cuda_check.cuh"
+#include "core/error.h"
 
 namespace moba::attn::cuda {
 namespace {
@@ -25,18 +32,31 @@ __device__ __forceinline__ int seq_of(const int32_t* cu, int B, int tok) {
   return lo;
 }
 
+// The CTA pieces of the chunked index (Plan::index_pieces): n + 1 int2 {first token,
+// chunk}, piece i = tokens [pieces[i].x, pieces[i + 1].x) of chunk pieces[i].y; null = one
+// chunk. The chunk of a packed token: that of the last piece starting at or before it.
+__device__ __forceinline__ int chunk_of(const int2* pieces, int n, int tok) {
+  if (pieces == nullptr) return 0;
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (pieces[mid].x <= tok) lo = mid; else hi = mid - 1;
+  }
+  return pieces[lo].y;
+}
+
 // FILL = false: count entries per bucket; true: place each entry at its bucket's cursor.
-// The entries of query tokens [tok0, tok1).
+// Every entry of the batch, one global atomic each; bucket = chunk x buckets + (full block
+// x Hkv + kv head).
 template <bool FILL>
 __global__ void bucket_kernel(const int32_t* __restrict__ sel, const int32_t* __restrict__ cu,
-                              const int32_t* __restrict__ block_offset, int B, int tok0, int tok1,
-                              int Hq, int Hkv, int S, int K, int32_t* __restrict__ counts,
+                              const int32_t* __restrict__ block_offset, int B, int N,
+                              const int2* __restrict__ pieces, int n_pieces, int Hq, int Hkv,
+                              int S, int K, int buckets, int32_t* __restrict__ counts,
                               int32_t* __restrict__ entries) {
   const int kp = K - 1;
-  const int64_t total = static_cast<int64_t>(tok1) * Hq * kp;
-  for (int64_t e = static_cast<int64_t>(tok0) * Hq * kp +
-                   blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-       e < total;
+  const int64_t total = static_cast<int64_t>(N) * Hq * kp;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int row = static_cast<int>(e / kp), slot = static_cast<int>(e % kp);
     const int j = sel[static_cast<size_t>(row) * K + slot];
@@ -44,17 +64,20 @@ __global__ void bucket_kernel(const int32_t* __restrict__ sel, const int32_t* __
     const int tok = row / Hq, h = row % Hq;
     const int b = seq_of(cu, B, tok);
     if (j >= (tok - cu[b]) / S) continue;  // the current block, not a past one
-    const int bucket = (block_offset[b] + j) * Hkv + h / (Hq / Hkv);
+    const int bucket = chunk_of(pieces, n_pieces, tok) * buckets +
+                       (block_offset[b] + j) * Hkv + h / (Hq / Hkv);
     const int at = atomicAdd(&counts[bucket], 1);
     if (FILL) entries[at] = static_cast<int32_t>(e);
   }
 }
 
-// One CTA: offsets = exclusive scan of counts, cursors = offsets, and the tile list.
+// One CTA: offsets = exclusive scan of counts over all chunks' buckets, cursors = offsets,
+// the tile list (in bucket order, so chunk by chunk) and chunk_tiles: each chunk's first
+// tile (written by the thread holding the chunk's first bucket), then the total.
 __global__ void __launch_bounds__(1024) bucket_scan_kernel(
-    int32_t* __restrict__ counts, int num_buckets, int Hkv, int tile_rows,
+    int32_t* __restrict__ counts, int num_buckets, int buckets, int Hkv, int tile_rows,
     const int32_t* __restrict__ block_start, int32_t* __restrict__ offsets,
-    int4* __restrict__ tiles, int32_t* __restrict__ num_tiles) {
+    int4* __restrict__ tiles, int32_t* __restrict__ chunk_tiles) {
   __shared__ int s_e[1024], s_t[1024];
   const int tid = threadIdx.x;
   const int per = (num_buckets + 1023) / 1024;
@@ -76,38 +99,56 @@ __global__ void __launch_bounds__(1024) bucket_scan_kernel(
   }
   e = s_e[tid] - e;
   t = s_t[tid] - t;
+  int chunk = lo / buckets, local = lo % buckets;  // bucket lo = chunk x buckets + local
   for (int i = lo; i < hi; ++i) {
+    if (local == 0) chunk_tiles[chunk] = t;
     const int cnt = counts[i];
     offsets[i] = e;
     for (int x = 0; x < cnt; x += tile_rows)
-      tiles[t++] = make_int4(block_start[i / Hkv], e + x, min(tile_rows, cnt - x), i % Hkv);
+      tiles[t++] = make_int4(block_start[local / Hkv], e + x, min(tile_rows, cnt - x), local % Hkv);
     counts[i] = e;  // becomes the fill cursor
     e += cnt;
+    if (++local == buckets) {
+      local = 0;
+      ++chunk;
+    }
   }
   if (tid == 1023) {
     offsets[num_buckets] = s_e[1023];
-    *num_tiles = s_t[1023];
+    chunk_tiles[num_buckets / buckets] = s_t[1023];
   }
 }
 
 // The same counting sort with the counts first gathered in shared memory: a CTA takes
-// kIndexTokens tokens of one query head, so all its entries fall in the buckets of one kv
-// head, one bin per full block (`rows` bins). Global atomics drop from one per entry to one
-// per (CTA, non-empty bin): the buckets of early blocks receive thousands of entries, and
-// same-address global atomics serialise. The CTAs cover query tokens [tok0, tok1).
-constexpr int kIndexTokens = 2048;
+// kIndexTokens tokens of one query head, all in one chunk (its piece), so all its entries
+// fall in the buckets of one (chunk, kv head), one bin per full block (`rows` bins).
+// Global atomics drop from one per entry to one per (CTA, non-empty bin): the buckets of
+// early blocks receive thousands of entries, and same-address global atomics serialise.
+// Without pieces (one chunk): CTA x takes tokens [x kIndexTokens, (x + 1) kIndexTokens).
+constexpr int kIndexTokens = static_cast<int>(kIndexPieceTokens);
 
 template <bool FILL>
 __global__ void bucket_smem_kernel(const int32_t* __restrict__ sel, const int32_t* __restrict__ cu,
-                                   const int32_t* __restrict__ block_offset, int B, int tok0,
-                                   int tok1, int Hq, int Hkv, int S, int K, int rows,
-                                   int32_t* __restrict__ counts, int32_t* __restrict__ entries) {
+                                   const int32_t* __restrict__ block_offset, int B, int N,
+                                   const int2* __restrict__ pieces, int Hq, int Hkv, int S,
+                                   int K, int rows, int32_t* __restrict__ counts,
+                                   int32_t* __restrict__ entries) {
   extern __shared__ int bins[];  // (rows)
   const int h = blockIdx.y, kvh = h / (Hq / Hkv), kp = K - 1;
+  int tok0, tok1, chunk = 0;
+  if (pieces != nullptr) {
+    const int2 a = pieces[blockIdx.x];
+    tok0 = a.x;
+    chunk = a.y;
+    tok1 = pieces[blockIdx.x + 1].x;
+  } else {
+    tok0 = static_cast<int>(blockIdx.x) * kIndexTokens;
+    tok1 = min(N, tok0 + kIndexTokens);
+  }
+  int32_t* chunk_counts = counts + static_cast<size_t>(chunk) * rows * Hkv;
   for (int i = threadIdx.x; i < rows; i += blockDim.x) bins[i] = 0;
   __syncthreads();
-  const int64_t e0 = (tok0 + static_cast<int64_t>(blockIdx.x) * kIndexTokens) * kp;
-  const int64_t e1 = min(static_cast<int64_t>(tok1) * kp, e0 + static_cast<int64_t>(kIndexTokens) * kp);
+  const int64_t e0 = static_cast<int64_t>(tok0) * kp, e1 = static_cast<int64_t>(tok1) * kp;
   // Pass over the CTA's (token, slot) pairs; returns the row (full block) or -1.
   auto row_of = [&](int64_t i) {
     const int tok = static_cast<int>(i / kp), slot = static_cast<int>(i % kp);
@@ -125,7 +166,7 @@ __global__ void bucket_smem_kernel(const int32_t* __restrict__ sel, const int32_
   for (int i = threadIdx.x; i < rows; i += blockDim.x) {
     const int n = bins[i];
     if (n == 0) continue;
-    const int base = atomicAdd(&counts[i * Hkv + kvh], n);  // FILL: counts are the cursors
+    const int base = atomicAdd(&chunk_counts[i * Hkv + kvh], n);  // FILL: counts are the cursors
     if (FILL) bins[i] = base;
   }
   if (!FILL) return;
@@ -141,75 +182,99 @@ __global__ void bucket_smem_kernel(const int32_t* __restrict__ sel, const int32_
 
 constexpr int kMaxSmemBins = 32768;  // 128 KB
 
+// MOBA_GATHER_BINS, read on every call (a test knob: the global-atomics kernels are
+// otherwise reached only beyond kMaxSmemBins full blocks, ~16M tokens at S 512): unset,
+// empty or `smem` = the default (shared-memory bins where the full blocks fit); `global` =
+// global atomics always; anything else is an error naming the value.
+bool force_global_bins() {
+  const char* e = std::getenv("MOBA_GATHER_BINS");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "smem") == 0) return false;
+  MOBA_CHECK(std::strcmp(e, "global") == 0, "MOBA_GATHER_BINS=", e,
+             ": expected smem (the default) or global");
+  return true;
+}
+
 }  // namespace
 
-GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream,
-                               int64_t tok0, int64_t tok1, int64_t size_tokens) {
+int64_t GatherIndex::max_tiles(const Plan& plan, int64_t t0, int64_t t1) const {
   const Layout& l = plan.layout();
-  if (tok1 < 0) tok1 = l.tokens();
-  if (size_tokens < 0) size_tokens = l.tokens();
-  MOBA_CHECK(0 <= tok0 && tok0 <= tok1 && tok1 <= l.tokens() && tok1 - tok0 <= size_tokens,
-             "build_gather_index: query tokens [", tok0, ", ", tok1, ") of ", l.tokens(),
-             " with scratch for ", size_tokens);
+  return (t1 - t0) * l.num_q_heads * (plan.config().top_k - 1) / tile_rows + buckets + 1;
+}
+
+GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cudaStream_t stream,
+                               int64_t chunk_tokens) {
+  const Layout& l = plan.layout();
+  MOBA_CHECK(tile_rows > 0, "build_gather_index: tile_rows must be > 0, got ", tile_rows);
+  const bool global_bins = force_global_bins();  // validates the knob before any launch
   // Entries (token * Hq + head) * (K - 1) + slot and the bucket offsets are int32 (the
   // plan checked the dense sizes; this is MoBA's own limit).
   check_cuda_sizes(l, &plan.config());
   const int S = static_cast<int>(plan.config().block_size), K = static_cast<int>(plan.config().top_k);
   const int Hq = static_cast<int>(l.num_q_heads), Hkv = static_cast<int>(l.num_kv_heads);
-  const int B = static_cast<int>(l.batch());
+  const int B = static_cast<int>(l.batch()), N = static_cast<int>(l.tokens());
   const int kp = K - 1;
-  const int buckets = static_cast<int>(plan.full_blocks()) * Hkv;
+  const int rows = static_cast<int>(plan.full_blocks());
+  const auto chunks = fwd_chunks(l, plan.config(), chunk_tokens);
   GatherIndex ix;
-  // Scratch for size_tokens query tokens (the longest chunk: every chunk's index fits the
-  // same buffers); the work list of this one's.
-  const int64_t max_entries = (tok1 - tok0) * Hq * kp;
-  const int64_t size_entries = size_tokens * Hq * kp;
-  ix.max_tiles = max_entries / tile_rows + buckets + 1;
-  ix.counts = static_cast<int32_t*>(plan.scratch(kSlotCounts, sizeof(int32_t) * (buckets + 1)));
-  ix.offsets = static_cast<int32_t*>(plan.scratch(kSlotOffsets, sizeof(int32_t) * (buckets + 1)));
+  ix.chunks = static_cast<int64_t>(chunks.size());
+  ix.buckets = static_cast<int64_t>(rows) * Hkv;
+  ix.tile_rows = tile_rows;
+  const int64_t num_buckets = ix.chunks * ix.buckets;
+  MOBA_CHECK(num_buckets < std::numeric_limits<int32_t>::max(), "build_gather_index: ",
+             ix.chunks, " chunks x ", ix.buckets, " buckets (full blocks x kv heads) = ",
+             num_buckets, " do not fit int32; use larger chunks (", kFwdChunkEnv, ")");
+  const int64_t num_entries = static_cast<int64_t>(N) * Hq * kp;
+  ix.counts = static_cast<int32_t*>(plan.scratch(kSlotCounts, sizeof(int32_t) * (num_buckets + 1)));
+  ix.offsets = static_cast<int32_t*>(plan.scratch(kSlotOffsets, sizeof(int32_t) * (num_buckets + 1)));
   ix.entries = static_cast<int32_t*>(
-      plan.scratch(kSlotEntries, sizeof(int32_t) * std::max<int64_t>(1, size_entries)));
+      plan.scratch(kSlotEntries, sizeof(int32_t) * std::max<int64_t>(1, num_entries)));
   ix.tiles = static_cast<int4*>(
-      plan.scratch(kSlotTiles, sizeof(int4) * (size_entries / tile_rows + buckets + 1)));
-  ix.num_tiles = static_cast<int32_t*>(plan.scratch(kSlotNumTiles, sizeof(int32_t)));
-  CUDA_CHECK(cudaMemsetAsync(ix.counts, 0, sizeof(int32_t) * (buckets + 1), stream));
-  CUDA_CHECK(cudaMemsetAsync(ix.num_tiles, 0, sizeof(int32_t), stream));
-  if (kp == 0 || buckets == 0 || tok1 == tok0) {
-    CUDA_CHECK(cudaMemsetAsync(ix.offsets, 0, sizeof(int32_t) * (buckets + 1), stream));
+      plan.scratch(kSlotTiles, sizeof(int4) * (num_entries / tile_rows + num_buckets + 1)));
+  ix.chunk_tiles = static_cast<int32_t*>(
+      plan.scratch(kSlotChunkTiles, sizeof(int32_t) * (ix.chunks + 1)));
+  CUDA_CHECK(cudaMemsetAsync(ix.counts, 0, sizeof(int32_t) * (num_buckets + 1), stream));
+  if (kp == 0 || ix.buckets == 0) {
+    CUDA_CHECK(cudaMemsetAsync(ix.offsets, 0, sizeof(int32_t) * (num_buckets + 1), stream));
+    CUDA_CHECK(cudaMemsetAsync(ix.chunk_tiles, 0, sizeof(int32_t) * (ix.chunks + 1), stream));
     return ix;
   }
+  // The count and fill kernels' CTAs: pieces of <= kIndexTokens tokens of one chunk (read
+  // from the plan's device copy when chunked; computed from blockIdx.x for one chunk).
+  int64_t n_pieces = 0;
+  for (const auto& [a, z] : chunks) n_pieces += (z - a + kIndexTokens - 1) / kIndexTokens;
+  const int2* pieces =
+      ix.chunks > 1 ? reinterpret_cast<const int2*>(plan.index_pieces(chunk_tokens)) : nullptr;
   const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((max_entries + threads - 1) / threads, 4096));
-  const int rows = static_cast<int>(plan.full_blocks());
+  const int blocks = static_cast<int>(std::min<int64_t>((num_entries + threads - 1) / threads, 4096));
   // Shared-memory bins while one int per full block fits comfortably; else global atomics.
-  const bool smem_bins = rows <= kMaxSmemBins;
-  const int t0 = static_cast<int>(tok0), t1 = static_cast<int>(tok1);
-  const dim3 sgrid(static_cast<unsigned>((t1 - t0 + kIndexTokens - 1) / kIndexTokens), Hq);
+  const bool smem_bins = rows <= kMaxSmemBins && !global_bins;
+  const dim3 sgrid(static_cast<unsigned>(n_pieces), Hq);
   const size_t sbytes = sizeof(int) * rows;
+  const int nb = static_cast<int>(ix.buckets), np = static_cast<int>(n_pieces);
+  const Plan::Device& d = plan.dev();
   if (smem_bins) {
     set_smem_once<bucket_smem_kernel<false>>(4 * kMaxSmemBins);
     set_smem_once<bucket_smem_kernel<true>>(4 * kMaxSmemBins);
     bucket_smem_kernel<false><<<sgrid, threads, sbytes, stream>>>(
-        sel, plan.dev().cu_seqlens, plan.dev().block_offset, B, t0, t1, Hq, Hkv, S, K, rows,
-        ix.counts, nullptr);
+        sel, d.cu_seqlens, d.block_offset, B, N, pieces, Hq, Hkv, S, K, rows, ix.counts, nullptr);
   } else {
-    bucket_kernel<false><<<blocks, threads, 0, stream>>>(sel, plan.dev().cu_seqlens,
-                                                         plan.dev().block_offset, B, t0, t1, Hq,
-                                                         Hkv, S, K, ix.counts, nullptr);
+    bucket_kernel<false><<<blocks, threads, 0, stream>>>(sel, d.cu_seqlens, d.block_offset, B, N,
+                                                         pieces, np, Hq, Hkv, S, K, nb, ix.counts,
+                                                         nullptr);
   }
   CUDA_CHECK_LAUNCH();
-  bucket_scan_kernel<<<1, 1024, 0, stream>>>(ix.counts, buckets, Hkv, tile_rows,
-                                             plan.dev().block_start, ix.offsets, ix.tiles,
-                                             ix.num_tiles);
+  bucket_scan_kernel<<<1, 1024, 0, stream>>>(ix.counts, static_cast<int>(num_buckets), nb, Hkv,
+                                             tile_rows, d.block_start, ix.offsets, ix.tiles,
+                                             ix.chunk_tiles);
   CUDA_CHECK_LAUNCH();
   if (smem_bins)
     bucket_smem_kernel<true><<<sgrid, threads, sbytes, stream>>>(
-        sel, plan.dev().cu_seqlens, plan.dev().block_offset, B, t0, t1, Hq, Hkv, S, K, rows,
-        ix.counts, ix.entries);
+        sel, d.cu_seqlens, d.block_offset, B, N, pieces, Hq, Hkv, S, K, rows, ix.counts,
+        ix.entries);
   else
-    bucket_kernel<true><<<blocks, threads, 0, stream>>>(sel, plan.dev().cu_seqlens,
-                                                        plan.dev().block_offset, B, t0, t1, Hq, Hkv,
-                                                        S, K, ix.counts, ix.entries);
+    bucket_kernel<true><<<blocks, threads, 0, stream>>>(sel, d.cu_seqlens, d.block_offset, B, N,
+                                                        pieces, np, Hq, Hkv, S, K, nb, ix.counts,
+                                                        ix.entries);
   CUDA_CHECK_LAUNCH();
   mark_phase("gather_index", stream);
   return ix;

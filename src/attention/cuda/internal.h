@@ -20,11 +20,11 @@ enum ScratchSlot : int {
   kSlotPartO,    // (N, Hq, K-1, D) fp32
   kSlotPartLse,  // (N, Hq, K-1) fp32
   kSlotMeans,    // (full blocks, Hkv, 3, D) bf16: hi, mid, lo terms of the fp32 means
-  kSlotCounts,   // (buckets + 1) int32
-  kSlotOffsets,  // (buckets + 1) int32
+  kSlotCounts,   // (chunks x buckets + 1) int32
+  kSlotOffsets,  // (chunks x buckets + 1) int32
   kSlotEntries,  // (N * Hq * (K-1)) int32
   kSlotTiles,    // (max tiles) int4
-  kSlotNumTiles, // (1) int32
+  kSlotChunkTiles,  // (chunks + 1) int32: each chunk's first tile, then the tile count
   kSlotDeltaT,   // (Hq, N padded to 4) fp32: delta of the wgmma backward, transposed
   kSlotLseT,     // (Hq, N padded to 4) fp32: lse * log2(e), transposed
   kNumSlots
@@ -41,26 +41,38 @@ dim3 tile_grid(const Plan& plan, const AttnParams& p, int heads, int tile);
 // Query rows per tile of the sm_90a MoBA current-block kernel (fwd_moba_wgmma.cuh).
 constexpr int kMobaFwdQueryTile = 128;
 
+// The gather index of the whole batch (gather_index.cu): a counting sort of the
+// selection's past slots into buckets (chunk, full block, kv head), chunk-major, where the
+// chunks are the chunked forward's (attention/fwd_chunks.h; one chunk unchunked). The tiles
+// of <= tile_rows entries of one bucket thus come out in chunk order: chunk c's are
+// tiles[chunk_tiles[c] .. chunk_tiles[c + 1]). Entries stay absolute ((token * Hq + head) *
+// (K-1) + slot) whatever the chunking.
 struct GatherIndex {
   int32_t* counts = nullptr;
-  int32_t* offsets = nullptr;  // (buckets + 1)
-  int32_t* entries = nullptr;
-  int4* tiles = nullptr;
-  int32_t* num_tiles = nullptr;
-  int64_t max_tiles = 0;  // grid size of the forward's gather launch (extra CTAs exit)
+  int32_t* offsets = nullptr;  // (chunks x buckets + 1): bucket starts in entries
+  int32_t* entries = nullptr;  // (N, Hq, K-1) at most
+  int4* tiles = nullptr;       // {first key token, first entry, count, kv head}
+  int32_t* chunk_tiles = nullptr;  // (chunks + 1), device
+  int64_t chunks = 1;
+  int64_t buckets = 0;         // per chunk: full blocks x Hkv
+  int tile_rows = 0;
+  // The grid bound of a launch over the tiles of the query tokens [t0, t1) of one chunk
+  // (the whole batch unchunked): its entries / tile_rows + buckets + 1 (extra CTAs exit).
+  int64_t max_tiles(const Plan& plan, int64_t t0, int64_t t1) const;
 };
-
 
 // means_out (may be null): also the fp32 block means, (B, blocks_per_seq, Hkv, D); returns
 // whether they were computed (K > 1; with K = 1 the gate needs no means and writes none).
 bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream,
                  float* means_out = nullptr, int64_t blocks_per_seq = 0);
-// Counting sort of the selection's past slots into (full block, kv head) buckets: those
-// of query tokens [tok0, tok1) (tok1 -1 = N), in scratch sized for size_tokens query tokens
-// (-1 = N; the chunked forward's longest chunk, so that no chunk regrows the buffers).
+// The gather index of the selection's past slots, for the chunks of `chunk_tokens` (0 = one
+// chunk, the single pass and the backward's layout: bucket (full block, kv head)). One
+// memset, one count, one scan and one fill kernel for all chunks. The count and fill
+// kernels' CTAs take pieces of <= kIndexPieceTokens tokens of one chunk (Plan::
+// index_pieces); where the full blocks exceed the shared-memory bins (or
+// MOBA_GATHER_BINS=global, a test knob) they count with global atomics instead.
 GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows,
-                               cudaStream_t stream, int64_t tok0 = 0, int64_t tok1 = -1,
-                               int64_t size_tokens = -1);
+                               cudaStream_t stream, int64_t chunk_tokens = 0);
 
 // Whether the sm_90a kernels run here: an sm_90 device, head dim 64 or 128, a build for
 // sm_90a (checked on the dense forward kernel's register count; all wgmma kernels are
@@ -154,8 +166,8 @@ void dq_convert(const AttnParams& p, int64_t rows, int64_t D, cudaStream_t strea
 // moba_forward's default for S a multiple of 128 (wgmma_switch("MOBA_MOBA_FWD", D)). The
 // launchers fail with a message where the kernels cannot run (not an sm_90 device, no
 // sm_90a build, head dim not 64 or 128, S not a multiple of 128).
-// Past blocks: the gathered tiles of <= 128 entries (p.entries, p.tiles, p.num_tiles of
-// build_gather_index with tile_rows 128), taken in turn by one persistent CTA per SM
+// Past blocks: the gathered tiles of <= 128 entries (p.entries, p.tiles, p.tile_first,
+// p.num_tiles of build_gather_index with tile_rows 128: one chunk's range), taken in turn by one persistent CTA per SM
 // (MOBA_MOBA_FWD_GRID=tiles: one CTA per tile, grid = max_tiles). Writes p.part_o /
 // p.part_lse exactly as FwdMode::kMobaPast.
 void moba_forward_past_wgmma(const Plan& plan, const AttnParams& p, int64_t max_tiles,

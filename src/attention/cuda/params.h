@@ -42,7 +42,10 @@ struct AttnParams {
   const int32_t* bucket_offset;  // (rows * Hkv + 1)
   const int32_t* entries;        // (bucket_offset[last])
   const int4* tiles;             // forward work list: {first key token, first entry, count, kvh}
-  const int32_t* num_tiles;      // (1)
+  // The past kernels' tiles are tiles[first .. *num_tiles), first = *tile_first (null: 0):
+  // one chunk's range of the whole batch's index (GatherIndex::chunk_tiles c and c + 1).
+  const int32_t* num_tiles;      // (1) the end of the launch's tiles
+  const int32_t* tile_first;     // (1) or null
   // The persistent sm_90a current-block kernel's work: batch x Hq x q_tiles query tiles of
   // 128 rows (q_tiles = those of the longest sequence), in the contiguous grid's order.
   int batch, q_tiles;

@@ -82,12 +82,29 @@ Plan::Plan(const Layout& layout, const MobaConfig& cfg, const Options& opt,
   dev_.cu_seqlens = upload(alloc_, cu);
   dev_.block_offset = upload(alloc_, offset);
   dev_.block_start = upload(alloc_, start);
+  if (fwd_chunk_opt_ > 0 && fwd_chunks(layout_, cfg_, fwd_chunk_opt_).size() > 1)
+    (void)index_pieces(fwd_chunk_opt_);
+}
+
+const int32_t* Plan::index_pieces(int64_t chunk_tokens) {
+  if (pieces_ != nullptr && pieces_chunk_ == chunk_tokens) return pieces_;
+  const std::vector<int32_t> host = fwd_index_pieces(fwd_chunks(layout_, cfg_, chunk_tokens));
+  if (pieces_ != nullptr) {
+    // Freed at once: the stream may still read the old pieces, so wait for the device.
+    CUDA_CHECK(cudaDeviceSynchronize());
+    device_free(alloc_, pieces_);
+    pieces_ = nullptr;
+  }
+  pieces_ = upload(alloc_, host);
+  pieces_chunk_ = chunk_tokens;
+  return pieces_;
 }
 
 Plan::~Plan() {
   device_free(alloc_, dev_.cu_seqlens);
   device_free(alloc_, dev_.block_offset);
   device_free(alloc_, dev_.block_start);
+  device_free(alloc_, pieces_);
   for (void* p : bufs_) device_free(alloc_, p);
 }
 
