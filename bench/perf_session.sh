@@ -4,7 +4,8 @@
 # (H 12, the trainer's and the inference bench's shape); the 128K prefill of the 12-layer
 # model; an Nsight Compute pass over the MoBA forward's kernels at D 64, 128K; the chunked
 # MoBA forward (v16: chunktest = its GPU tests and memcheck, chunk = time and peak memory
-# over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass).
+# over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass); long = MoBA
+# alone from 128K to 2M tokens, dense1m = MoBA and dense at 1M.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
 #   STEPS="build test d128 d64 prefill ncu" bench/perf_session.sh
 # Carry .deps (header-only libraries, GoogleTest sources).
@@ -92,6 +93,21 @@ if has ab; then
         -S 512 -K 3 --repeats 10 --out "$OUT/ab-$which-$round-d64.json" 2>&1 | grep -E "^\| [0-9]"
     done
   done
+fi
+# MoBA alone at long T (issue 16: time growing no faster than T log T), D 128 (H 16) and
+# D 64 (H 12), 128K to 2M; then MoBA against our dense at 1M (one repeat: dense fwd+bwd is
+# ~30 s there).
+if has long; then
+  log "long: MoBA alone, 128K..2M"
+  "$MOBA" bench attention --device cuda --dtype bf16 -T 131072 262144 524288 1048576 2097152 \
+    --heads 16 -D 128 -S 512 -K 3 --repeats 3 --skip-dense --out "$OUT/long-d128-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+  "$MOBA" bench attention --device cuda --dtype bf16 -T 131072 262144 524288 1048576 2097152 \
+    --heads 12 -D 64 -S 512 -K 3 --repeats 3 --skip-dense --out "$OUT/long-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+fi
+if has dense1m; then
+  log "dense1m: MoBA and our dense at 1M, D 128, H 16"
+  timeout 400 "$MOBA" bench attention --device cuda --dtype bf16 -T 1048576 --heads 16 -D 128 \
+    -S 512 -K 3 --repeats 1 --out "$OUT/dense1m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
 fi
 if has d128; then
   log "d128: B 1, H 16, D 128, S 512, K 3"
