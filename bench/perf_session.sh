@@ -5,7 +5,8 @@
 # model; an Nsight Compute pass over the MoBA forward's kernels at D 64, 128K; the chunked
 # MoBA forward (v16: chunktest = its GPU tests and memcheck, chunk = time and peak memory
 # over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass); long = MoBA
-# alone from 128K to 2M tokens, dense1m = MoBA and dense at 1M.
+# alone from 128K to 2M tokens, dense1m = MoBA and dense at 1M; peer = PyTorch SDPA's cuDNN
+# and flash at both shapes, which d128 and d64 then compare with.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
 #   STEPS="build test d128 d64 prefill ncu" bench/perf_session.sh
 # Carry .deps (header-only libraries, GoogleTest sources).
@@ -109,15 +110,23 @@ if has dense1m; then
   timeout 400 "$MOBA" bench attention --device cuda --dtype bf16 -T 1048576 --heads 16 -D 128 \
     -S 512 -K 3 --repeats 1 --out "$OUT/dense1m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
 fi
+# The peers (PyTorch SDPA: cuDNN and flash backends) at both shapes, before d128 / d64, which
+# then print our ratios to them (issue 16: dense at least 1.0x cuDNN at D 64 and 128).
+if has peer; then
+  log "peer: PyTorch SDPA at D 128 (H 16) and D 64 (H 12)"
+  python3 bench/peer_sdpa.py -T 8192 32768 131072 --heads 16 -D 128 --json "$OUT/peer-d128-$TAG.json" 2>&1 | tail -4
+  python3 bench/peer_sdpa.py -T 8192 32768 131072 --heads 12 -D 64 --json "$OUT/peer-d64-$TAG.json" 2>&1 | tail -4
+fi
+peer_of() { [[ -f $OUT/peer-$1-$TAG.json ]] && echo "--peer $OUT/peer-$1-$TAG.json"; }
 if has d128; then
   log "d128: B 1, H 16, D 128, S 512, K 3"
   "$MOBA" bench attention --device cuda --dtype bf16 -T 8192 32768 131072 --heads 16 -D 128 \
-    -S 512 -K 3 --repeats 10 --out "$OUT/d128-$TAG.json" 2>&1 | tail -14
+    -S 512 -K 3 --repeats 10 $(peer_of d128) --out "$OUT/d128-$TAG.json" 2>&1 | tail -14
 fi
 if has d64; then
   log "d64: B 1, H 12, D 64, S 512, K 3"
   "$MOBA" bench attention --device cuda --dtype bf16 -T 8192 32768 131072 --heads 12 -D 64 \
-    -S 512 -K 3 --repeats 10 --out "$OUT/d64-$TAG.json" 2>&1 | tail -14
+    -S 512 -K 3 --repeats 10 $(peer_of d64) --out "$OUT/d64-$TAG.json" 2>&1 | tail -14
 fi
 if has prefill; then
   log "prefill: 12 layers, width 768, 128K tokens, MoBA"

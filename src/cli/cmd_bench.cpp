@@ -134,6 +134,7 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
   MOBA_CHECK(o.dtype == "bf16" || o.dtype == "float",
              "--device cuda runs bf16 kernels: --dtype must be bf16, got '", o.dtype, "'");
   const nlohmann::json peer = read_peer_json(o.peer_path);
+  check_peer_shape(peer, o.peer_path, {{"batch", o.batch}, {"heads", o.heads}, {"head_dim", o.head_dim}});
   const CudaBenchShape shape{o.batch, o.heads, o.kv_heads ? o.kv_heads : o.heads, o.head_dim,
                              o.block_size, o.top_k, o.repeats, o.seed, o.skip_dense,
                              o.fwd_chunk};
