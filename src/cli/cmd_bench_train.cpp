@@ -63,6 +63,12 @@ model::Batch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
 struct Timing {
   double ms_per_step = 0, flops_exec_per_step = 0, loss = 0, memory_gb = 0;
   std::vector<std::pair<std::string, double>> profile;  // ms per step per category
+  struct Op {
+    std::string op, category;
+    double ms = 0;      // per step, summed over layers
+    double per_step = 0;  // launches per step
+  };
+  std::vector<Op> ops;  // the same per operation, largest first
 };
 
 Timing time_cpu(const BenchTrainOptions& o, const model::ModelConfig& c) {
@@ -125,6 +131,9 @@ Timing time_cuda(const BenchTrainOptions& o, const model::ModelConfig& c) {
   if (profiled) {
     t.profile = m.take_profile();
     for (auto& [name, ms] : t.profile) ms /= profiled;
+    for (const auto& op : m.take_op_profile())
+      t.ops.push_back({op.op, op.category, op.ms / profiled,
+                       static_cast<double>(op.count) / profiled});
   }
   return t;
 }
@@ -181,7 +190,7 @@ void run_bench_train(const BenchTrainOptions& o) {
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   nlohmann::json rows = nlohmann::json::array();
-  std::vector<std::string> profile_lines;
+  std::vector<std::string> profile_lines, op_tables;
   for (int64_t T : o.seq_lens) {
     double full_tps = 0;
     for (const std::string& attn : o.attention) {
@@ -245,6 +254,26 @@ void run_bench_train(const BenchTrainOptions& o) {
         }
         row["profile_ms_per_step"] = prof;
         profile_lines.push_back("T " + std::to_string(T) + " " + attn + ": " + line);
+        if (!t.ops.empty()) {
+          nlohmann::json ops = nlohmann::json::array();
+          std::string table = "\nT " + std::to_string(T) + " " + attn +
+                              ", ms per step by operation (summed over layers):\n\n"
+                              "| operation | category | ms | share | launches per step |\n"
+                              "|---|---|---|---|---|\n";
+          double total = 0;
+          for (const auto& op : t.ops) total += op.ms;
+          for (const auto& op : t.ops) {
+            ops.push_back({{"op", op.op}, {"category", op.category}, {"ms", op.ms},
+                           {"launches_per_step", op.per_step}});
+            char buf[256];
+            std::snprintf(buf, sizeof buf, "| %s | %s | %.3f | %.1f%% | %.0f |\n", op.op.c_str(),
+                          op.category.c_str(), op.ms, total > 0 ? 100 * op.ms / total : 0.0,
+                          op.per_step);
+            table += buf;
+          }
+          row["profile_ops"] = ops;
+          op_tables.push_back(table);
+        }
       }
       rows.push_back(row);
     }
@@ -253,6 +282,7 @@ void run_bench_train(const BenchTrainOptions& o) {
     std::printf("\nms per step by category (%s; events after every operation):\n",
                 "3 profiled steps after the timed ones");
     for (const std::string& l : profile_lines) std::printf("- %s\n", l.c_str());
+    for (const std::string& t : op_tables) std::printf("%s", t.c_str());
   }
   if (!o.json_path.empty()) {
     nlohmann::json j = o.m.json();  // the shape's keys at the top level, as before

@@ -51,6 +51,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -429,6 +430,43 @@ TEST(ModelCudaStep, AdamWMatchesCpuOptimizerAndRefreshesTheBf16Copy) {
   const double moved = std::abs(fl[0] - g.loss) / g.loss;
   std::printf("    the step moved the loss by %.3e (relative) from %.7f\n", moved, g.loss);
   EXPECT_GT(moved, 1e-2) << "the step should move the loss well beyond the bound";
+}
+
+// ---- Profile -----------------------------------------------------------------------------
+// `moba bench train --profile`'s two views of the same event intervals: by category and by
+// operation. Both sum to the same time; each layer operation appears once per layer (3 layers,
+// 2 of them MoBA: the gate and MoBA attention twice, dense attention once, per micro-batch).
+TEST(ModelCudaProfile, OperationsSumToTheCategories) {
+  SKIP_WITHOUT_DEVICE();
+  const ModelConfig cfg = tiny_config(1, false);
+  mc::ModelCuda gpu(cfg);
+  gpu.upload_params(test_params(gpu.layout(), 808));
+  const Batch batch = make_batch(cfg.vocab_size, 909, true);
+  gpu.set_profiling(true);
+  for (int i = 0; i < 2; ++i) run_gpu(gpu, batch, true);
+  const auto ops = gpu.take_op_profile();
+  const auto cats = gpu.take_profile();
+  gpu.set_profiling(false);
+  double by_op = 0, by_cat = 0;
+  for (const auto& [name, ms] : cats) by_cat += ms;
+  std::map<std::string, int64_t> count;
+  for (const auto& op : ops) {
+    by_op += op.ms;
+    count[op.op] = op.count;
+    EXPECT_GE(op.ms, 0.0) << op.op;
+  }
+  ASSERT_GT(by_cat, 0.0);
+  EXPECT_NEAR(by_op, by_cat, 1e-6 * by_cat);
+  for (size_t i = 1; i < ops.size(); ++i) EXPECT_GE(ops[i - 1].ms, ops[i].ms) << "largest first";
+  EXPECT_EQ(count["fwd matmul qkv"], 2 * cfg.layers);
+  EXPECT_EQ(count["bwd rmsnorm (mlp)"], 2 * cfg.layers);
+  EXPECT_EQ(count["fwd attention (MoBA)"], 2 * 2);
+  EXPECT_EQ(count["fwd MoBA gate"], 2 * 2);
+  EXPECT_EQ(count["fwd attention (dense)"], 2 * 1);
+  EXPECT_EQ(count["bwd attention (dense)"], 2 * 1);
+  EXPECT_EQ(count["cross-entropy (fwd + grad)"], 2);
+  // Taken: both views start again from zero.
+  EXPECT_TRUE(gpu.take_op_profile().empty());
 }
 
 // ---- Determinism ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/stats.h"
@@ -64,9 +65,22 @@ struct ModelCuda::Impl : ModelDims {
   // Profiling: while on, an event after every operation, charged to its category.
   bool profiling = false;
   std::vector<cudaEvent_t> event_pool;
-  std::vector<std::pair<int, cudaEvent_t>> marks;
+  // Each mark: the category and operation (a static string) of the interval it ends.
+  struct Mark {
+    int cat;
+    const char* op;
+    cudaEvent_t e;
+  };
+  std::vector<Mark> marks;
   double cat_ms[kCats] = {};
-  void tick(int cat) {
+  // Per operation (summed over layers): its category, its milliseconds and its count.
+  struct OpTime {
+    int cat = kOther;
+    double ms = 0.0;
+    int64_t count = 0;
+  };
+  std::map<std::string, OpTime> op_ms;
+  void tick(int cat, const char* op = "other") {
     if (!profiling) return;
     if (marks.size() >= event_pool.size()) {
       cudaEvent_t e;
@@ -75,18 +89,22 @@ struct ModelCuda::Impl : ModelDims {
     }
     cudaEvent_t e = event_pool[marks.size()];
     CUDA_CHECK(cudaEventRecord(e, stream));
-    marks.emplace_back(cat, e);
+    marks.push_back({cat, op, e});
   }
   void collect_profile() {  // waits; keeps the last mark as the next interval's start
     if (marks.empty()) return;
-    CUDA_CHECK(cudaEventSynchronize(marks.back().second));
+    CUDA_CHECK(cudaEventSynchronize(marks.back().e));
     for (size_t i = 1; i < marks.size(); ++i) {
       float ms = 0.f;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i - 1].second, marks[i].second));
-      cat_ms[marks[i].first] += ms;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i - 1].e, marks[i].e));
+      cat_ms[marks[i].cat] += ms;
+      OpTime& t = op_ms[marks[i].op];
+      t.cat = marks[i].cat;
+      t.ms += ms;
+      ++t.count;
     }
     std::swap(event_pool[0], event_pool[marks.size() - 1]);
-    marks.assign(1, {kOther, event_pool[0]});
+    marks.assign(1, {kOther, "other", event_pool[0]});
   }
 
   ModelConfig cfg;
@@ -315,7 +333,7 @@ struct ModelCuda::Impl : ModelDims {
     const bf16* W = Pb.as<bf16>();
     const float* Pf = P.as<float>();
     embedding_forward({M, V, C}, inputs.as<int32_t>(), W + layout.embed, xs[0].as<bf16>(), stream);
-    tick(kLayers);
+    tick(kLayers, "fwd embedding");
     layer_moba.assign(static_cast<size_t>(L), false);
     double attn_flops = 0.0;
     for (int64_t li = 0; li < L; ++li) {
@@ -325,57 +343,57 @@ struct ModelCuda::Impl : ModelDims {
       layer_moba[li] = use_moba;
       const bf16* x = xs[li].as<bf16>();
       rmsnorm_forward(rn, x, Pf + o.attn_norm, ly.xn1.as<bf16>(), ly.rstd1.as<float>(), stream);
-      tick(kLayers);
+      tick(kLayers, "fwd rmsnorm (attention)");
       // One matmul against [wq; wk; wv] into the rows scratch, then RoPE on q and k and the
       // split into the contiguous q, k, v the attention kernels read.
       mm->forward(M, C, QKV, ly.xn1.as<bf16>(), W + o.wq, rows.as<bf16>());
-      tick(kMatmul);
+      tick(kMatmul, "fwd matmul qkv");
       rope_split({M, Hq, Hkv}, *rope, pos.as<int32_t>(), rows.as<bf16>(), ly.q.as<bf16>(),
                  ly.k.as<bf16>(), ly.v.as<bf16>(), stream);
-      tick(kLayers);
+      tick(kLayers, "fwd rope + split");
       if (use_moba) {
         attn::cuda::moba_gate(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.sel.as<int32_t>(), stream);
-        tick(kGate);
+        tick(kGate, "fwd MoBA gate");
         attn::cuda::moba_forward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
                                  ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(), stream);
-        tick(kAttention);
+        tick(kAttention, "fwd attention (MoBA)");
       } else {
         attn::cuda::dense_forward(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.v.as<bf16>(),
                                   ly.o.as<bf16>(), ly.lse.as<float>(), stream);
-        tick(kAttention);
+        tick(kAttention, "fwd attention (dense)");
       }
       attn_flops += attn::attention_fwd_bwd_flops(use_moba ? moba_pairs : dense_pairs, D);
       // x_mid = x + o Wo^T, the residual add fused into the matmul.
       mm->forward(M, Hq * D, C, ly.o.as<bf16>(), W + o.wo, ly.x_mid.as<bf16>(), x);
-      tick(kMatmul);
+      tick(kMatmul, "fwd matmul wo (+ residual)");
       rmsnorm_forward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.xn2.as<bf16>(),
                       ly.rstd2.as<float>(), stream);
-      tick(kLayers);
+      tick(kLayers, "fwd rmsnorm (mlp)");
       // One matmul against [w_gate; w_up]: rows [a | b].
       mm->forward(M, C, 2 * F, ly.xn2.as<bf16>(), W + o.w_gate, ly.ab.as<bf16>());
-      tick(kMatmul);
+      tick(kMatmul, "fwd matmul gate/up");
       swiglu_forward_rows(M, F, ly.ab.as<bf16>(), ly.h.as<bf16>(), stream);
-      tick(kLayers);
+      tick(kLayers, "fwd swiglu");
       mm->forward(M, F, C, ly.h.as<bf16>(), W + o.w_down, xs[li + 1].as<bf16>(),
                   ly.x_mid.as<bf16>());
-      tick(kMatmul);
+      tick(kMatmul, "fwd matmul down (+ residual)");
     }
     rmsnorm_forward(rn, xs[L].as<bf16>(), Pf + layout.final_norm, xnf.as<bf16>(),
                     rstdf.as<float>(), stream);
-    tick(kLayers);
+    tick(kLayers, "fwd rmsnorm (final)");
     mm->forward(M, C, V, xnf.as<bf16>(), W + layout.lm_head, logits.as<bf16>());
-    tick(kMatmul);
+    tick(kMatmul, "fwd matmul lm head");
     const CrossEntropyParams ce{M, V, LogitsType::kBf16};
     const uint8_t* mk = has_mask ? mask.as<uint8_t>() : nullptr;
     if (loss_scale) {  // the logits become their gradient, in place
       cross_entropy_fused(ce, logits.p, targets.as<int32_t>(), mk,
                           static_cast<float>(*loss_scale / static_cast<double>(counted)),
                           losses.as<float>(), lse_ce.as<float>(), logits.p, stream);
-      tick(kLayers);
+      tick(kLayers, "cross-entropy (fwd + grad)");
     } else {
       cross_entropy_forward(ce, logits.p, targets.as<int32_t>(), mk, losses.as<float>(),
                             lse_ce.as<float>(), stream);
-      tick(kLayers);
+      tick(kLayers, "cross-entropy (fwd)");
     }
     flops = matmul_flops_per_token(cfg) * static_cast<double>(M) + attn_flops;
 
@@ -405,67 +423,67 @@ struct ModelCuda::Impl : ModelDims {
     bf16 *dx_ = dx.as<bf16>(), *dxn_ = dxn.as<bf16>();
     // The logits hold their gradient (cross_entropy_fused).
     mm->backward_data(M, C, V, logits.as<bf16>(), W + layout.lm_head, dxn_, false);
-    tick(kMatmul);
+    tick(kMatmul, "bwd matmul lm head (data)");
     mm->backward_weight(M, C, V, xnf.as<bf16>(), logits.as<bf16>(), Gf + layout.lm_head);
-    tick(kMatmul);
+    tick(kMatmul, "bwd matmul lm head (weight)");
     rmsnorm_backward(rn, xs[L].as<bf16>(), Pf + layout.final_norm, rstdf.as<float>(), dxn_, dx_,
                      Gf + layout.final_norm, false, norm_ws.p, stream);
-    tick(kLayers);
+    tick(kLayers, "bwd rmsnorm (final)");
     if (grad_ready) grad_ready(layout.final_norm, stream);  // final_norm, an untied lm_head
     for (int64_t li = L - 1; li >= 0; --li) {
       const LayerOffsets& o = layout.layers[li];
       Layer& ly = layers[li];
       // x_out = x_mid + w_down(swiglu(a, b)): dx flows on unchanged and into the MLP.
       mm->backward_data(M, F, C, dx_, W + o.w_down, dh.as<bf16>(), false);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul down (data)");
       mm->backward_weight(M, F, C, ly.h.as<bf16>(), dx_, Gf + o.w_down);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul down (weight)");
       // [da | db] rows, then one matmul each for dxn (K = 2F) and for the gradient of
       // [w_gate; w_up] (N = 2F).
       bf16* dab = rows.as<bf16>();
       swiglu_backward_rows(M, F, ly.ab.as<bf16>(), dh.as<bf16>(), dab, stream);
-      tick(kLayers);
+      tick(kLayers, "bwd swiglu");
       mm->backward_data(M, C, 2 * F, dab, W + o.w_gate, dxn_, false);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul gate/up (data)");
       mm->backward_weight(M, C, 2 * F, ly.xn2.as<bf16>(), dab, Gf + o.w_gate);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul gate/up (weight)");
       rmsnorm_backward(rn, ly.x_mid.as<bf16>(), Pf + o.mlp_norm, ly.rstd2.as<float>(), dxn_, dx_,
                        Gf + o.mlp_norm, true, norm_ws.p, stream);
-      tick(kLayers);
+      tick(kLayers, "bwd rmsnorm (mlp)");
       // x_mid = x_in + wo(attention(rope(q), rope(k), v)).
       mm->backward_data(M, Hq * D, C, dx_, W + o.wo, dout.as<bf16>(), false);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul wo (data)");
       mm->backward_weight(M, Hq * D, C, ly.o.as<bf16>(), dx_, Gf + o.wo);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul wo (weight)");
       if (layer_moba[li]) {
         attn::cuda::moba_backward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
                                   ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(),
                                   dout.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(),
                                   stream);
-        tick(kAttention);
+        tick(kAttention, "bwd attention (MoBA)");
       } else {
         attn::cuda::dense_backward(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.v.as<bf16>(),
                                    ly.o.as<bf16>(), ly.lse.as<float>(), dout.as<bf16>(),
                                    dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), stream);
-        tick(kAttention);
+        tick(kAttention, "bwd attention (dense)");
       }
       // dq, dk rotated back and dv, merged into [dq | dk | dv] rows; then one matmul each
       // for dxn (K = (Hq + 2 Hkv) D) and for the gradient of [wq; wk; wv].
       bf16* dqkv = rows.as<bf16>();
       rope_merge({M, Hq, Hkv}, *rope, pos.as<int32_t>(), dq.as<bf16>(), dk.as<bf16>(),
                  dv.as<bf16>(), dqkv, stream);
-      tick(kLayers);
+      tick(kLayers, "bwd rope + merge");
       mm->backward_data(M, C, QKV, dqkv, W + o.wq, dxn_, false);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul qkv (data)");
       mm->backward_weight(M, C, QKV, ly.xn1.as<bf16>(), dqkv, Gf + o.wq);
-      tick(kMatmul);
+      tick(kMatmul, "bwd matmul qkv (weight)");
       rmsnorm_backward(rn, xs[li].as<bf16>(), Pf + o.attn_norm, ly.rstd1.as<float>(), dxn_, dx_,
                        Gf + o.attn_norm, true, norm_ws.p, stream);
-      tick(kLayers);
+      tick(kLayers, "bwd rmsnorm (attention)");
       if (grad_ready) grad_ready(o.attn_norm, stream);  // layer li's tensors, and those after
     }
     embedding_backward({M, V, C}, inputs.as<int32_t>(), dx_, Gf + layout.embed, stream);
-    tick(kLayers);
+    tick(kLayers, "bwd embedding");
     if (grad_ready) grad_ready(0, stream);
   }
 };
@@ -572,7 +590,7 @@ double ModelCuda::grad_norm() {
   m.tick(kOther);
   sum_of_squares(m.G.as<float>(), m.n, m.norm_partial.as<double>(), m.norm_out.as<double>(),
                  m.stream);
-  m.tick(kOptimizer);
+  m.tick(kOptimizer, "grad norm");
   double sq = 0.0;
   CUDA_CHECK(cudaMemcpyAsync(&sq, m.norm_out.p, sizeof sq, cudaMemcpyDeviceToHost, m.stream));
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -592,7 +610,7 @@ void ModelCuda::adamw_step(const AdamWStep& s) {
   p.grad_scale = s.grad_scale;
   cuda::adamw_step(p, m.P.as<float>(), m.G.as<float>(), m.M1.as<float>(), m.M2.as<float>(),
                    m.decay.as<uint8_t>(), m.Pb.as<bf16>(), m.stream);
-  m.tick(kOptimizer);
+  m.tick(kOptimizer, "AdamW");
 }
 
 void ModelCuda::set_profiling(bool on) {
@@ -601,6 +619,7 @@ void ModelCuda::set_profiling(bool on) {
   m.profiling = on;
   m.marks.clear();
   for (double& x : m.cat_ms) x = 0.0;
+  m.op_ms.clear();
   m.tick(kOther);
 }
 
@@ -610,6 +629,16 @@ std::vector<std::pair<std::string, double>> ModelCuda::take_profile() {
   std::vector<std::pair<std::string, double>> out;
   for (int c = 0; c < kCats; ++c) out.emplace_back(kCatNames[c], m.cat_ms[c]);
   for (double& x : m.cat_ms) x = 0.0;
+  return out;
+}
+
+std::vector<ModelCuda::OpProfile> ModelCuda::take_op_profile() {
+  Impl& m = *impl_;
+  m.collect_profile();
+  std::vector<OpProfile> out;
+  for (const auto& [op, t] : m.op_ms) out.push_back({op, kCatNames[t.cat], t.ms, t.count});
+  std::sort(out.begin(), out.end(), [](const OpProfile& a, const OpProfile& b) { return a.ms > b.ms; });
+  m.op_ms.clear();
   return out;
 }
 

@@ -95,6 +95,15 @@ class ModelCuda {
   // gate, layer kernels, optimizer, other) since the last call, then clears them.
   void set_profiling(bool on);
   std::vector<std::pair<std::string, double>> take_profile();
+  // The same intervals by operation (summed over layers; "fwd matmul qkv", "bwd rmsnorm
+  // (mlp)", ...), largest first, since the last call; then clears them (take_profile and
+  // take_op_profile each clear only their own sums).
+  struct OpProfile {
+    std::string op, category;
+    double ms = 0.0;
+    int64_t count = 0;  // intervals summed (layers x steps)
+  };
+  std::vector<OpProfile> take_op_profile();
   // Device memory this model holds now (parameters, state, activations, scratch), bytes.
   size_t device_bytes() const;
 
