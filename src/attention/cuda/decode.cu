@@ -365,7 +365,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attn_kernel(const AttnArgs
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(row_max[hh], mx);
       const float m_use = __fmul_rn(m_new == -INFINITY ? 0.f : m_new, sl2);
-      const float alpha = exp2f(__fmul_rn(row_max[hh], sl2) - m_use);  // see fwd_kernel.cuh
+      const float alpha =  // see fwd_kernel.cuh
+          m_new == row_max[hh] ? 1.f : exp2f(__fmul_rn(row_max[hh], sl2) - m_use);
       row_max[hh] = m_new;
       row_sum[hh] *= alpha;
 #pragma unroll

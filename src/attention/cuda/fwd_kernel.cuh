@@ -211,8 +211,10 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
         // (NaN) is never computed; its probabilities are exp2(-inf) = 0 either way.
         const float m_use = __fmul_rn(m_new == -INFINITY ? 0.f : m_new, p.scale_log2);
         // The rescale is exactly 1 while the max holds: the old max times scale_log2, rounded
-        // as m_use was when it was the new max, minus m_use (both products __fmul_rn, so that
-        // no fused multiply-add is contracted from them).
+        // as m_use was when it was the new max, minus m_use is exactly 0 (both products
+        // __fmul_rn, so that no fused multiply-add is contracted from them), and exp2f(0) = 1.
+        // (The wgmma step and the decode kernel also select 1 when the max holds; here that
+        // select cost the D 128 kMobaCurrent instance 100 bytes of spills at 255 registers.)
         // exp2f(fmaf(old, scale_log2, -m_use)) left fmaf's exact residual of m_use's rounding,
         // up to 1.7e-7 and of one sign while the max holds: row_sum and o gained that factor
         // per key tile, so o / row_sum stayed right but the lse drifted with the tile count

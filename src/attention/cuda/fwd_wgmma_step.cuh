@@ -119,7 +119,8 @@ __device__ __forceinline__ void wgfwd_key_tile(uint32_t q_addr, uint32_t k_addr,
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_new = fmaxf(row_max[h], mx);
     const float m_use = __fmul_rn(m_new == -INFINITY ? 0.f : m_new, scale_log2);
-    const float alpha = exp2f(__fmul_rn(row_max[h], scale_log2) - m_use);  // see fwd_kernel.cuh
+    const float alpha =  // see fwd_kernel.cuh
+        m_new == row_max[h] ? 1.f : exp2f(__fmul_rn(row_max[h], scale_log2) - m_use);
     row_max[h] = m_new;
     row_sum[h] *= alpha;
 #pragma unroll
