@@ -5,7 +5,8 @@
 # model; an Nsight Compute pass over the MoBA forward's kernels at D 64, 128K; the chunked
 # MoBA forward (v16: chunktest = its GPU tests and memcheck, chunk = time and peak memory
 # over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass); long = MoBA
-# alone from 128K to 2M tokens, dense1m = MoBA and dense at 1M; peer = PyTorch SDPA's cuDNN
+# alone from 128K to 2M tokens, dense1m = MoBA against our dense forward at 1M, prefill10m =
+# MoBA forwards at 1M-10M with Hq 8, Hkv 2 (S 512 K 3 and the paper's S 4096 K 12); peer = PyTorch SDPA's cuDNN
 # and flash at both shapes, which d128 and d64 then compare with.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
 #   STEPS="build test d128 d64 prefill ncu" bench/perf_session.sh
@@ -105,10 +106,29 @@ if has long; then
   "$MOBA" bench attention --device cuda --dtype bf16 -T 131072 262144 524288 1048576 2097152 \
     --heads 12 -D 64 -S 512 -K 3 --repeats 3 --skip-dense --out "$OUT/long-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
 fi
+if has prefill10m; then
+  log "prefill10m: MoBA forwards alone (--fwd-only) at 1M, 2M, 10M tokens, Hq 8, Hkv 2, D 128, S 512, K 3"
+  # One pass to 2M; at 10M the single pass's fp32 partials (82 GB at K 3, 450 GB at K 12)
+  # do not fit beside the tensors: chunks of 64K query tokens (the chunked forward, v16/v18).
+  timeout 300 "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
+    -T 1048576 2097152 --heads 8 --kv-heads 2 -D 128 -S 512 -K 3 --repeats 3 \
+    --out "$OUT/prefill10m-2m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+  timeout 300 "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
+    -T 10000000 --heads 8 --kv-heads 2 -D 128 -S 512 -K 3 --repeats 3 --fwd-chunk 65536 \
+    --out "$OUT/prefill10m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+  log "prefill10m: the paper's S 4096, K 12 at 1M and 10M (chunks of 64K)"
+  timeout 300 "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
+    -T 1048576 10000000 --heads 8 --kv-heads 2 -D 128 -S 4096 -K 12 --repeats 3 --fwd-chunk 65536 \
+    --out "$OUT/prefill10m-s4096-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+fi
 if has dense1m; then
-  log "dense1m: MoBA and our dense at 1M, D 128, H 16"
-  timeout 400 "$MOBA" bench attention --device cuda --dtype bf16 -T 1048576 --heads 16 -D 128 \
-    -S 512 -K 3 --repeats 1 --out "$OUT/dense1m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+  # Forwards (the paper's prefill comparison): our dense forward at 1M is ~8 s a call.
+  log "dense1m: MoBA (S 512, K 3 and S 4096, K 12) against our dense forward at 1M, D 128, H 16"
+  timeout 400 "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only -T 1048576 --heads 16 \
+    -D 128 -S 512 -K 3 --repeats 1 --out "$OUT/dense1m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+  timeout 400 "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only -T 1048576 --heads 16 \
+    -D 128 -S 4096 -K 12 --repeats 1 --fwd-chunk 262144 --out "$OUT/dense1m-s4096-$TAG.json" 2>&1 \
+    | grep -E "^\| [0-9]"
 fi
 # The peers (PyTorch SDPA: cuDNN and flash backends) at both shapes, before d128 / d64, which
 # then print our ratios to them (issue 16: dense at least 1.0x cuDNN at D 64 and 128).

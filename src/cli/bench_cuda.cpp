@@ -57,25 +57,28 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
   const MobaConfig cfg{o.block_size, o.top_k};
   const Options opt;
   const size_t nq = layout.q_elems(), nkv = layout.kv_elems(), nl = layout.lse_elems();
-  Dev<acu::bf16> q(nq), k(nkv), v(nkv), out(nq), dout(nq), dq(nq), dk(nkv), dv(nkv);
+  const size_t gq = o.fwd_only ? 0 : nq, gkv = o.fwd_only ? 0 : nkv;  // gradient buffers
+  Dev<acu::bf16> q(nq), k(nkv), v(nkv), out(nq), dout(gq), dq(gq), dk(gkv), dv(gkv);
   Dev<float> lse(nl);
   Dev<int32_t> sel(nl * cfg.top_k);
   acu::fill_random_bf16(q.p, nq, o.seed);
   acu::fill_random_bf16(k.p, nkv, o.seed + 1);
   acu::fill_random_bf16(v.p, nkv, o.seed + 2);
-  acu::fill_random_bf16(dout.p, nq, o.seed + 3);
-  const double tensors = double(q.bytes + k.bytes + v.bytes + out.bytes + dout.bytes + dq.bytes +
-                                dk.bytes + dv.bytes + lse.bytes);
+  if (!o.fwd_only) acu::fill_random_bf16(dout.p, nq, o.seed + 3);
+  const double tensors =
+      double(q.bytes + k.bytes + v.bytes + out.bytes + lse.bytes) +
+      (o.fwd_only ? 0.0 : double(dout.bytes + dq.bytes + dk.bytes + dv.bytes));
 
   double dense_fwd = 0, dense_fb = 0, dense_ws = 0;
   if (!o.skip_dense) {
     acu::Plan dense(layout, cfg, opt);
     dense_fwd = cuda_median_ms(kWarmup, o.repeats,
                                [&] { acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p); });
-    dense_fb = cuda_median_ms(kWarmup, o.repeats, [&] {
-      acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p);
-      acu::dense_backward(dense, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
-    });
+    if (!o.fwd_only)
+      dense_fb = cuda_median_ms(kWarmup, o.repeats, [&] {
+        acu::dense_forward(dense, q.p, k.p, v.p, out.p, lse.p);
+        acu::dense_backward(dense, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
+      });
     dense_ws = double(dense.peak_workspace_bytes());
   }
   Options moba_opt = opt;
@@ -91,17 +94,18 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
     acu::moba_gate(plan, q.p, k.p, sel.p);
     acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
   });
-  const double moba_fb = cuda_median_ms(kWarmup, o.repeats, [&] {
+  const double moba_fb = o.fwd_only ? 0.0 : cuda_median_ms(kWarmup, o.repeats, [&] {
     acu::moba_gate(plan, q.p, k.p, sel.p);
     acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
     acu::moba_backward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
   });
-  // One more MoBA fwd+bwd with a per-phase breakdown, and one dense fwd+bwd.
+  // One more MoBA fwd+bwd (forward only with fwd_only) with a per-phase breakdown.
   nlohmann::json phases = nlohmann::json::object();
   acu::enable_phase_timing(true);
   acu::moba_gate(plan, q.p, k.p, sel.p);
   acu::moba_forward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p);
-  acu::moba_backward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
+  if (!o.fwd_only)
+    acu::moba_backward(plan, sel.p, q.p, k.p, v.p, out.p, lse.p, dout.p, dq.p, dk.p, dv.p);
   for (const auto& [name, ms] : acu::take_phase_times()) phases[std::string("moba.") + name] = phases.value(std::string("moba.") + name, 0.0) + ms;
   acu::enable_phase_timing(false);
   size_t free_b = 0, total_b = 0;
@@ -118,12 +122,9 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
       {"gate_ms", gate},
       {"moba_attn_fwd_ms", attn_fwd},
       {"moba_fwd_ms", moba_fwd},
-      {"moba_fwd_bwd_ms", moba_fb},
       {"density", mp / dp},
       {"moba_dense_equiv_tflops_fwd", attention_fwd_flops(dp, D) / moba_fwd * 1e-9},
-      {"moba_dense_equiv_tflops_fwd_bwd", dense_fb_flops / moba_fb * 1e-9},
       {"moba_attended_tflops_fwd", attention_fwd_flops(mp, D) / moba_fwd * 1e-9},
-      {"moba_attended_tflops_fwd_bwd", attention_fwd_bwd_flops(mp, D) / moba_fb * 1e-9},
       {"gate_share_of_fwd", gate / moba_fwd},
       {"moba_peak_mib", (tensors + sel.bytes + double(plan.peak_workspace_bytes())) / 1048576.0},
       {"moba_workspace_mib", double(plan.peak_workspace_bytes()) / 1048576.0},
@@ -132,14 +133,23 @@ nlohmann::json bench_cuda_one(const CudaBenchShape& o, int64_t T) {
       {"device_used_mib", double(total_b - free_b) / 1048576.0},
       {"phases_ms", phases},
   };
+  if (o.fwd_only) {
+    r["fwd_only"] = true;
+  } else {
+    r["moba_fwd_bwd_ms"] = moba_fb;
+    r["moba_dense_equiv_tflops_fwd_bwd"] = dense_fb_flops / moba_fb * 1e-9;
+    r["moba_attended_tflops_fwd_bwd"] = attention_fwd_bwd_flops(mp, D) / moba_fb * 1e-9;
+  }
   if (!o.skip_dense) {
     r["dense_fwd_ms"] = dense_fwd;
-    r["dense_fwd_bwd_ms"] = dense_fb;
     r["dense_tflops_fwd"] = attention_fwd_flops(dp, D) / dense_fwd * 1e-9;
-    r["dense_tflops_fwd_bwd"] = dense_fb_flops / dense_fb * 1e-9;
     r["dense_peak_mib"] = (tensors + dense_ws) / 1048576.0;
     r["speedup_fwd"] = dense_fwd / moba_fwd;
-    r["speedup_fwd_bwd"] = dense_fb / moba_fb;
+    if (!o.fwd_only) {
+      r["dense_fwd_bwd_ms"] = dense_fb;
+      r["dense_tflops_fwd_bwd"] = dense_fb_flops / dense_fb * 1e-9;
+      r["speedup_fwd_bwd"] = dense_fb / moba_fb;
+    }
   }
   return r;
 }

@@ -17,6 +17,9 @@ struct CudaBenchShape {
   // The MoBA forward's query chunk (attention/fwd_chunks.h): tokens, 0 = single pass,
   // -1 = the environment's MOBA_FWD_CHUNK_TOKENS.
   int64_t fwd_chunk = -1;
+  // Forwards only: no dout, dq, dk, dv allocated, no backward timed (the row has no
+  // *_fwd_bwd_* keys and the phases are the forward's).
+  bool fwd_only = false;
 };
 
 // One row of the table: ms, TFLOP/s, density, speed-up and memory for sequence length T.

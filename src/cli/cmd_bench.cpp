@@ -40,6 +40,7 @@ struct BenchAttentionOptions {
   std::string json_path;
   std::string peer_path;  // JSON from bench/peer_sdpa.py, timed in the same device call
   bool skip_dense = false;
+  bool fwd_only = false;   // cuda: forwards only (prefill), no gradient buffers
   int64_t fwd_chunk = -1;  // MoBA forward's query chunk; -1: MOBA_FWD_CHUNK_TOKENS
 };
 
@@ -137,7 +138,7 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
   check_peer_shape(peer, o.peer_path, {{"batch", o.batch}, {"heads", o.heads}, {"head_dim", o.head_dim}});
   const CudaBenchShape shape{o.batch, o.heads, o.kv_heads ? o.kv_heads : o.heads, o.head_dim,
                              o.block_size, o.top_k, o.repeats, o.seed, o.skip_dense,
-                             o.fwd_chunk};
+                             o.fwd_chunk, o.fwd_only};
   std::printf("CUDA attention on %s: B=%lld Hq=%lld Hkv=%lld D=%lld S=%lld K=%lld bf16, causal, "
               "median of %d after 3 warm-ups (CUDA events)\n",
               cuda_device_name().c_str(), static_cast<long long>(o.batch),
@@ -157,17 +158,48 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
   std::printf("MoBA times include the gate. TFLOP/s: dense-equivalent = dense causal FLOPs / MoBA "
               "time; attended = FLOPs of the selected pairs / MoBA time. Peer ratios = peer ms / "
               "our ms (> 1: we are faster).\n\n");
+  auto measure = [&](int64_t T) { return bench_cuda_one(shape, T); };
+  auto num = [](const nlohmann::json& j, const char* key) {
+    return j.is_object() && j.contains(key) ? j[key].get<double>() : 0.0;
+  };
+  if (o.fwd_only) {
+    // Forwards only (a prefill's attention): no backward, no gradient buffers, so longer T
+    // fit (the 10M-token prefill with --kv-heads); MoBA's time includes its gate.
+    std::printf("Forwards only (--fwd-only): no backward is run or allocated.\n\n"
+                "| T | dense fwd ms | dense TFLOP/s fwd | MoBA fwd ms | gate ms (share) | "
+                "density | MoBA TFLOP/s dense-equiv / attended (fwd) | MoBA speed-up over our "
+                "dense (fwd) | peak MiB MoBA / dense |\n|---|---|---|---|---|---|---|---|---|\n");
+    auto print_fwd = [&](int64_t T, nlohmann::json& r) {
+      const bool dense = r.contains("dense_fwd_ms");
+      char d_ms[32] = "-", d_tf[32] = "-", sp[32] = "-", d_mib[32] = "-";
+      if (dense) {
+        std::snprintf(d_ms, sizeof d_ms, "%.3f", num(r, "dense_fwd_ms"));
+        std::snprintf(d_tf, sizeof d_tf, "%.0f", num(r, "dense_tflops_fwd"));
+        std::snprintf(sp, sizeof sp, "%.2fx", num(r, "speedup_fwd"));
+        std::snprintf(d_mib, sizeof d_mib, "%.0f", num(r, "dense_peak_mib"));
+      }
+      std::printf("| %lld | %s | %s | %.3f | %.3f (%.0f%%) | %.4f | %.0f / %.0f | %s | %.0f / %s |\n",
+                  static_cast<long long>(T), d_ms, d_tf, num(r, "moba_fwd_ms"), num(r, "gate_ms"),
+                  100.0 * num(r, "gate_share_of_fwd"), num(r, "density"),
+                  num(r, "moba_dense_equiv_tflops_fwd"), num(r, "moba_attended_tflops_fwd"), sp,
+                  num(r, "moba_peak_mib"), d_mib);
+    };
+    const nlohmann::json rows = bench_rows(o.seq_lens, measure, print_fwd);
+    if (!o.json_path.empty())
+      write_json_file(o.json_path,
+                      {{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
+                       {"heads", o.heads}, {"kv_heads", shape.kv_heads}, {"head_dim", o.head_dim},
+                       {"block_size", o.block_size}, {"top_k", o.top_k}, {"repeats", o.repeats},
+                       {"fwd_only", true}, {"rows", rows}});
+    return;
+  }
   std::printf("| T | dense fwd ms | dense fwd+bwd ms | dense TFLOP/s fwd / fwd+bwd | MoBA fwd ms "
               "| MoBA fwd+bwd ms | gate ms (share of fwd) | density | MoBA TFLOP/s dense-equiv / "
               "attended (fwd+bwd) | MoBA speed-up over our dense (fwd+bwd) | cuDNN fwd+bwd ms "
               "| MoBA vs cuDNN | dense vs cuDNN | dense vs FA2 | peak MiB MoBA / dense |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  auto measure = [&](int64_t T) { return bench_cuda_one(shape, T); };
   auto print = [&](int64_t T, nlohmann::json& r) {
     const nlohmann::json pr = peer_row(peer, T);
-    auto num = [](const nlohmann::json& j, const char* key) {
-      return j.is_object() && j.contains(key) ? j[key].get<double>() : 0.0;
-    };
     const double cudnn = num(pr, "cudnn_fwd_bwd_ms"), fa2 = num(pr, "flash_fwd_bwd_ms");
     const double dfb = num(r, "dense_fwd_bwd_ms"), mfb = num(r, "moba_fwd_bwd_ms");
     if (pr.is_object()) {
@@ -197,8 +229,9 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
   if (!o.json_path.empty())
     write_json_file(o.json_path,
                     {{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
-                     {"heads", o.heads}, {"head_dim", o.head_dim}, {"block_size", o.block_size},
-                     {"top_k", o.top_k}, {"repeats", o.repeats}, {"rows", rows}});
+                     {"heads", o.heads}, {"kv_heads", shape.kv_heads}, {"head_dim", o.head_dim},
+                     {"block_size", o.block_size}, {"top_k", o.top_k}, {"repeats", o.repeats},
+                     {"rows", rows}});
 }
 #endif
 
@@ -216,6 +249,7 @@ void run_bench_attention(const BenchAttentionOptions& o) {
              " or --device cuda"
 #endif
   );
+  MOBA_CHECK(!o.fwd_only, "--fwd-only times the CUDA kernels: add --device cuda");
   MOBA_CHECK(o.dtype == "float" || o.dtype == "double", "--dtype must be float or double, got '",
              o.dtype, "'");
   MOBA_CHECK(o.repeats >= 1, "--repeats must be >= 1, got ", o.repeats);
@@ -268,6 +302,9 @@ void add_bench(CLI::App& app) {
                   "cuda: JSON of bench/peer_sdpa.py (same shapes, same device call); the table "
                   "shows our ratio to it");
   cmd->add_flag("--skip-dense", o.skip_dense, "cuda: time MoBA only");
+  cmd->add_flag("--fwd-only", o.fwd_only,
+                "cuda: forwards only (a prefill's attention): no backward and no gradient "
+                "buffers, so longer T fit (e.g. -T 10000000 --heads 8 --kv-heads 2 --skip-dense)");
   cmd->add_option("--fwd-chunk", o.fwd_chunk,
                   "cuda: the MoBA forward in chunks of this many query tokens (a multiple of "
                   "max(S, 128); 0 = one pass; unset: MOBA_FWD_CHUNK_TOKENS, else one pass)");
