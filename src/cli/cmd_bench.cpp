@@ -159,6 +159,14 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
               "time; attended = FLOPs of the selected pairs / MoBA time. Peer ratios = peer ms / "
               "our ms (> 1: we are faster).\n\n");
   auto measure = [&](int64_t T) { return bench_cuda_one(shape, T); };
+  auto write_rows = [&](const nlohmann::json& rows) {  // -o: the shape, then the rows
+    if (o.json_path.empty()) return;
+    write_json_file(o.json_path,
+                    {{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
+                     {"heads", o.heads}, {"kv_heads", shape.kv_heads}, {"head_dim", o.head_dim},
+                     {"block_size", o.block_size}, {"top_k", o.top_k}, {"repeats", o.repeats},
+                     {"fwd_only", o.fwd_only}, {"rows", rows}});
+  };
   auto num = [](const nlohmann::json& j, const char* key) {
     return j.is_object() && j.contains(key) ? j[key].get<double>() : 0.0;
   };
@@ -184,13 +192,7 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
                   num(r, "moba_dense_equiv_tflops_fwd"), num(r, "moba_attended_tflops_fwd"), sp,
                   num(r, "moba_peak_mib"), d_mib);
     };
-    const nlohmann::json rows = bench_rows(o.seq_lens, measure, print_fwd);
-    if (!o.json_path.empty())
-      write_json_file(o.json_path,
-                      {{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
-                       {"heads", o.heads}, {"kv_heads", shape.kv_heads}, {"head_dim", o.head_dim},
-                       {"block_size", o.block_size}, {"top_k", o.top_k}, {"repeats", o.repeats},
-                       {"fwd_only", true}, {"rows", rows}});
+    write_rows(bench_rows(o.seq_lens, measure, print_fwd));
     return;
   }
   std::printf("| T | dense fwd ms | dense fwd+bwd ms | dense TFLOP/s fwd / fwd+bwd | MoBA fwd ms "
@@ -225,13 +227,7 @@ void run_bench_cuda(const BenchAttentionOptions& o) {
                 ratio("dense_vs_fa2_fwd_bwd").c_str(), num(r, "moba_peak_mib"),
                 num(r, "dense_peak_mib"));
   };
-  const nlohmann::json rows = bench_rows(o.seq_lens, measure, print);
-  if (!o.json_path.empty())
-    write_json_file(o.json_path,
-                    {{"device", cuda_device_name()}, {"dtype", "bf16"}, {"batch", o.batch},
-                     {"heads", o.heads}, {"kv_heads", shape.kv_heads}, {"head_dim", o.head_dim},
-                     {"block_size", o.block_size}, {"top_k", o.top_k}, {"repeats", o.repeats},
-                     {"rows", rows}});
+  write_rows(bench_rows(o.seq_lens, measure, print));
 }
 #endif
 
