@@ -12,6 +12,7 @@
 
 #include "attention/fwd_chunks.h"
 #include "core/error.h"
+#include "scoped_env.h"
 
 namespace moba::attn {
 namespace {
@@ -104,10 +105,8 @@ TEST(FwdChunks, RejectsSizesNotMultiplesOfTheGranule) {
 }
 
 TEST(FwdChunks, ChunkSizeFromOptionOrEnvironment) {
-  const char* prev = std::getenv(kFwdChunkEnv);
-  const std::string saved = prev ? prev : "";
+  test::ScopedEnv env(kFwdChunkEnv, nullptr);  // unset; the caller's value comes back after
   Options opt;
-  unsetenv(kFwdChunkEnv);
   EXPECT_EQ(fwd_chunk_tokens(opt), 0) << "unset: unchunked";
   setenv(kFwdChunkEnv, "8192", 1);
   EXPECT_EQ(fwd_chunk_tokens(opt), 8192);
@@ -122,8 +121,6 @@ TEST(FwdChunks, ChunkSizeFromOptionOrEnvironment) {
   expect_error([&] { fwd_chunk_tokens(opt); }, ">= 0");
   opt.fwd_chunk_tokens = -2;
   expect_error([&] { fwd_chunk_tokens(opt); }, "fwd_chunk_tokens");
-  if (prev) setenv(kFwdChunkEnv, saved.c_str(), 1);
-  else unsetenv(kFwdChunkEnv);
 }
 
 // Issue 16's case: 32K tokens, Hq 16, D 128, S 512, K 3. The partials shrink to the

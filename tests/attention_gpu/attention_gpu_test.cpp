@@ -25,6 +25,7 @@
 #include "core/cuda_check.cuh"
 #include "core/error.h"
 #include "core/random.h"
+#include "scoped_env.h"
 
 namespace moba::test {
 namespace {
@@ -34,14 +35,6 @@ using attn::MobaConfig;
 using attn::Selection;
 namespace acu = attn::cuda;
 
-bool have_device() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
 
 std::vector<float> from_bf16(const std::vector<acu::bf16>& x) {
   std::vector<float> y(x.size());
@@ -578,23 +571,6 @@ struct MobaFwdCase {
   int64_t Hq, Hkv, D, S, K;
 };
 
-// Sets an environment variable for a scope and restores the previous value (or its
-// absence), also when an assertion or an exception leaves the scope.
-struct ScopedEnv {
-  const char* name;
-  bool had;
-  std::string saved;
-  ScopedEnv(const char* n, const char* value) : name(n) {
-    const char* prev = std::getenv(n);
-    had = prev != nullptr;
-    saved = prev ? prev : "";
-    setenv(n, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had) setenv(name, saved.c_str(), 1);
-    else unsetenv(name);
-  }
-};
 
 class MobaWgmmaFwdGpu : public ::testing::TestWithParam<MobaFwdCase> {};
 

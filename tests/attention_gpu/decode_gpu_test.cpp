@@ -36,14 +36,6 @@ using attn::KVCache;
 using attn::MobaConfig;
 namespace acu = attn::cuda;
 
-bool have_device() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
 
 std::vector<acu::bf16> to_bf16(const std::vector<float>& x) {
   std::vector<acu::bf16> y(x.size());

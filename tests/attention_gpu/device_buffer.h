@@ -1,7 +1,7 @@
 // A device array for the GPU tests (attention_gpu_test, attention_long_gpu_test,
 // decode_gpu_test, and the model's through model_gpu/gpu_compare.h): owns cudaMalloc'd
 // memory, uploads and downloads whole or in part, and poisons itself so that anything a
-// kernel fails to write fails the comparison.
+// kernel fails to write fails the comparison. Beside it the suites' device checks.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,6 +13,24 @@
 #include "core/cuda_check.cuh"
 
 namespace moba::test {
+
+// Whether a CUDA device is present (the GPU tests skip, with a message, when not); clears
+// the error a failed query leaves.
+inline bool have_device() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+// Free device memory, bytes (tests that need tens of GiB skip, naming it, when short).
+inline size_t free_device_bytes() {
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return free_b;
+}
 
 template <typename T>
 struct DeviceBuffer {

@@ -41,6 +41,7 @@
 #include "attention_gpu/naive_bf16.h"
 #include "attention_gpu/sampled_reference.h"
 #include "core/cuda_check.cuh"
+#include "scoped_env.h"
 
 namespace moba::test {
 namespace {
@@ -49,39 +50,10 @@ using attn::Layout;
 using attn::MobaConfig;
 namespace acu = attn::cuda;
 
-bool have_device() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
 
-size_t free_device_bytes() {
-  size_t free_b = 0, total_b = 0;
-  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  return free_b;
-}
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
-// Sets an environment variable for a scope and restores the previous value (or absence).
-struct ScopedEnv {
-  const char* name;
-  bool had;
-  std::string saved;
-  ScopedEnv(const char* n, const char* value) : name(n) {
-    const char* prev = std::getenv(n);
-    had = prev != nullptr;
-    saved = prev ? prev : "";
-    setenv(n, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had) setenv(name, saved.c_str(), 1);
-    else unsetenv(name);
-  }
-};
 
 void expect_bound(const char* what, const ErrAcc& e) {
   ASSERT_GT(e.count, 0u) << what << ": nothing sampled";

@@ -15,16 +15,14 @@
 
 #include "core/cuda_check.cuh"
 #include "core/error.h"
+#include "attention_gpu/device_buffer.h"
 
 namespace moba::dist {
 namespace {
 
 using namespace std::chrono_literals;
 
-bool have_device() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
+using test::have_device;  // attention_gpu/device_buffer.h
 
 template <typename Real>
 std::vector<Real> round_trip(NcclCommunicator& c, const std::vector<Real>& host, bool reduce) {

@@ -20,14 +20,6 @@ namespace moba::test {
 
 using bf16 = model::cuda::bf16;
 
-inline bool have_device() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
 
 inline std::vector<float> from_bf16(const std::vector<bf16>& x) {
   std::vector<float> y(x.size());

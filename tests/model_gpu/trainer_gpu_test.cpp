@@ -23,6 +23,7 @@
 #include "train/run_dir.h"
 #include "train/json_lines.h"
 #include "train/trainer.h"
+#include "attention_gpu/device_buffer.h"
 
 namespace moba::train {
 namespace {
@@ -32,10 +33,7 @@ using testing::read_lines;
 using testing::read_json;
 using testing::message_of;
 
-bool have_device() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
+using test::have_device;  // attention_gpu/device_buffer.h
 
 #define REQUIRE_DEVICE() \
   if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU trainer tests skipped"
