@@ -22,6 +22,12 @@
 # ARCHIVE (data/books.tar.xz), JOBS (16), WAIT (30: seconds start watches the sweep),
 # SWEEP_SET (`;`-separated `--set` overrides of the preset, e.g. the lr-search's extension:
 # SWEEP_SET='ladder.layers=[4];search.lr_multipliers=[0.0625, 0.125]').
+# A later piece of the same preset on the same machine (another SWEEP_SET after a finished
+# sweep) needs its own RUNS_DIR: `start` does not restart a finished sweep, and the piece's
+# plan.json would replace the first one's. Rename the first archive before, e.g.
+#   cp out/h200-32k-runs.tar.xz out/h200-32k-p1-runs.tar.xz
+#   PRESET=h200-32k RUNS_DIR=runs/h200-32k-p2 SWEEP_SET='ladder.layers=[7]' bench/sweep_session.sh start
+# and give scripts/study-results.sh both archives.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-out}
