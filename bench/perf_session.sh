@@ -6,7 +6,8 @@
 # MoBA forward (v16: chunktest = its GPU tests and memcheck, chunk = time and peak memory
 # over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass); long = MoBA
 # alone from 128K to 2M tokens, dense1m = MoBA against our dense forward at 1M, prefill10m =
-# MoBA forwards at 1M-10M with Hq 8, Hkv 2 (S 512 K 3 and the paper's S 4096 K 12); peer = PyTorch SDPA's cuDNN
+# MoBA forwards at 1M-10M with Hq 8, Hkv 2 (S 512 K 3 and the paper's S 4096 K 12); ncubar
+# = ncu on every MoBA and dense kernel at 32K, D 128; peer = PyTorch SDPA's cuDNN
 # and flash at both shapes, which d128 and d64 then compare with.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
 #   STEPS="build test d128 d64 prefill ncu" bench/perf_session.sh
@@ -165,5 +166,27 @@ if has ncu; then
     "$MOBA" bench attention --device cuda --dtype bf16 -T 131072 --heads 12 -D 64 -S 512 -K 3 \
     --repeats 1 --skip-dense > "$OUT/ncu-$TAG.txt" 2>&1
   grep -E "moba_fwd_wgmma|gate_mma|block_means|bucket|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ|Stall" "$OUT/ncu-$TAG.txt" | head -120
+fi
+# The limiter per kernel at issue 16's bar shapes (D 128, H 16, S 512, K 3, 32K): every
+# kernel of MoBA's fwd+bwd (gate, index, past, current, delta, backward, dQ conversion) and
+# of dense fwd+bwd, one launch each, Speed of Light + occupancy + warp stalls.
+if has ncubar; then
+  log "ncubar: MoBA fwd+bwd kernels, D 128, H 16, T 32K"
+  timeout 300 ncu --clock-control none --launch-skip 0 --launch-count 14 \
+    -k 'regex:moba_fwd_wgmma|attn_bwd_moba_wgmma|gate_mma|block_means|bucket|wg_prep|dq_convert|delta' \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section MemoryWorkloadAnalysis \
+    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
+    --repeats 1 --skip-dense > "$OUT/ncubar-moba-$TAG.txt" 2>&1
+  grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ" \
+    "$OUT/ncubar-moba-$TAG.txt" | head -100
+  log "ncubar: dense fwd+bwd kernels, D 128, H 16, T 32K"
+  timeout 300 ncu --clock-control none --launch-count 4 \
+    -k 'regex:attn_fwd_wgmma|attn_bwd_wgmma|wg_prep|dq_convert' \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
+    --repeats 1 > "$OUT/ncubar-dense-$TAG.txt" 2>&1
+  grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ" \
+    "$OUT/ncubar-dense-$TAG.txt" | head -60
 fi
 log done
