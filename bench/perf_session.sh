@@ -172,7 +172,7 @@ fi
 # of dense fwd+bwd, one launch each, Speed of Light + occupancy + warp stalls.
 if has ncubar; then
   log "ncubar: MoBA fwd+bwd kernels, D 128, H 16, T 32K"
-  timeout 300 ncu --clock-control none --launch-skip 0 --launch-count 14 \
+  timeout 300 ncu --clock-control none --launch-count 60 \
     -k 'regex:moba_fwd_wgmma|attn_bwd_moba_wgmma|gate_mma|block_means|bucket|wg_prep|dq_convert|delta' \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
     --section MemoryWorkloadAnalysis \
@@ -181,7 +181,7 @@ if has ncubar; then
   grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ" \
     "$OUT/ncubar-moba-$TAG.txt" | head -100
   log "ncubar: dense fwd+bwd kernels, D 128, H 16, T 32K"
-  timeout 300 ncu --clock-control none --launch-count 4 \
+  timeout 300 ncu --clock-control none --launch-count 12 \
     -k 'regex:attn_fwd_wgmma|attn_bwd_wgmma|wg_prep|dq_convert' \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
     "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
