@@ -23,8 +23,8 @@
 # SWEEP_SET (`;`-separated `--set` overrides of the preset, e.g. the lr-search's extension:
 # SWEEP_SET='ladder.layers=[4];search.lr_multipliers=[0.0625, 0.125]').
 # A later piece of the same preset on the same machine (another SWEEP_SET after a finished
-# sweep) needs its own RUNS_DIR: `start` does not restart a finished sweep, and the piece's
-# plan.json would replace the first one's. Rename the first archive before, e.g.
+# sweep) needs its own RUNS_DIR: `start` does not restart a finished sweep (moba sweep itself
+# would: its plan.json keeps the earlier plan's other runs). Rename the first archive, e.g.
 #   cp out/h200-32k-runs.tar.xz out/h200-32k-p1-runs.tar.xz
 #   PRESET=h200-32k RUNS_DIR=runs/h200-32k-p2 SWEEP_SET='ladder.layers=[7]' bench/sweep_session.sh start
 # and give scripts/study-results.sh both archives.

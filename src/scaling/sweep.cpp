@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <set>
 #include <vector>
 
 #include "core/build_info.h"
@@ -20,6 +22,26 @@
 namespace moba::scaling {
 namespace fs = std::filesystem;
 namespace {
+
+// A later piece of a study in the same runs folder (another ladder or --set) plans other
+// runs: plan.json keeps the earlier plan's entries of runs this plan does not hold, marked
+// "from_earlier_plan", so that the report still compares every run folder's time with its
+// plan. An entry of the same name is replaced by this plan's. An earlier plan.json that is
+// not a plan (unreadable, no "runs" array) is left to be overwritten, as before.
+void keep_earlier_planned_runs(const fs::path& path, nlohmann::json& plan_doc) {
+  if (!fs::is_regular_file(path)) return;
+  std::ifstream f(path);
+  const nlohmann::json old = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (!old.is_object() || !old.contains("runs") || !old["runs"].is_array()) return;
+  std::set<std::string> names;
+  for (const auto& r : plan_doc["runs"]) names.insert(r["name"].get<std::string>());
+  for (nlohmann::json r : old["runs"]) {
+    if (!r.is_object() || !r.contains("name") || !r["name"].is_string()) continue;
+    if (names.count(r["name"].get<std::string>())) continue;
+    r["from_earlier_plan"] = true;
+    plan_doc["runs"].push_back(r);
+  }
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -176,6 +198,7 @@ SweepSummary run_sweep(const SweepConfig& sweep0, const SweepOptions& o) {
   fs::create_directories(runs_dir);
   nlohmann::json plan_doc = plan_json(plan);
   plan_doc["device"] = o.device;
+  keep_earlier_planned_runs(runs_dir / "plan.json", plan_doc);
   train::write_file_atomic((runs_dir / "plan.json").string(), plan_doc.dump(2) + "\n");
 
   const size_t n = plan.runs.size();

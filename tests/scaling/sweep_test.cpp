@@ -7,10 +7,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include "core/build_info.h"
 #include "data/prepare.h"
+#include "scaling/plan_times.h"
 #include "scaling/runs.h"
 #include "scaling/temp_dir.h"
 #include "train/shard_source.h"
@@ -147,6 +149,30 @@ TEST(Sweep, TrainsSkipsResumes) {
   SweepConfig changed = s;
   changed.lr.max = 1e-4;
   expect_error([&] { run_sweep(changed, quiet(dir.path() / "a")); }, "differs from the plan");
+}
+
+// A later piece of a study into the same folder (here the ladder's other size): plan.json
+// keeps the first piece's runs, marked, beside the second's; a run planned again is the new
+// plan's entry alone.
+TEST(Sweep, ALaterPieceKeepsTheEarlierPlannedRuns) {
+  TempDir dir;
+  SweepConfig first = micro("synthetic:assoc_recall");
+  first.ladder.layers = {1};
+  SweepConfig second = micro("synthetic:assoc_recall");
+  second.ladder.layers = {1, 2};
+  second.attention = {"moba"};
+  EXPECT_EQ(run_sweep(first, quiet(dir.path())).trained, 2);
+  EXPECT_EQ(run_sweep(second, quiet(dir.path())).trained, 1);  // micro-L1-moba is finished
+  const auto plan = nlohmann::json::parse(read_file(dir.path() / "plan.json"));
+  std::map<std::string, bool> earlier;
+  for (const auto& r : plan["runs"]) earlier[r["name"]] = r.value("from_earlier_plan", false);
+  EXPECT_EQ(earlier, (std::map<std::string, bool>{
+                         {"micro-L1-full", true}, {"micro-L1-moba", false}, {"micro-L2-moba", false}}));
+  // The report's time table names every run folder (none is "not in the plan").
+  const auto times = plan_times(read_runs(dir.path()), dir.path());
+  ASSERT_TRUE(times.has_value());
+  EXPECT_EQ(times->rows.size(), 3u);
+  EXPECT_EQ(times->not_in_plan, 0);
 }
 
 TEST(Sweep, StartedRunWithoutCheckpointStartsAnew) {
