@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const AttnParams p) {
         // exp2f(fmaf(old, scale_log2, -m_use)) left fmaf's exact residual of m_use's rounding,
         // up to 1.7e-7 and of one sign while the max holds: row_sum and o gained that factor
         // per key tile, so o / row_sum stayed right but the lse drifted with the tile count
-        // (2.2e-3 nats at 2M keys on the H200, 2026-12-03; 4.5e-7 after, in emulation).
+        // (2.2e-3 nats at 2M keys on the H200, 2026-12-03; 5e-7 after: scripts/softmax-drift.py).
         const float alpha = exp2f(__fmul_rn(row_max[x], p.scale_log2) - m_use);
         row_max[x] = m_new;
         row_sum[x] *= alpha;
