@@ -64,6 +64,24 @@ std::string size_label(const Run& r) {
 
 }  // namespace
 
+std::string law_sentence(const FitComparison& c) {
+  std::ostringstream o;
+  const Interval& a = c.alpha_diff_ci;
+  o << "LM loss against compute (6ND): MoBA's exponent minus full attention's is "
+    << num(c.alpha_diff, 3) << " [" << num(a.lo, 3) << ", " << num(a.hi, 3) << "]: ";
+  if (a.hi < 0) o << "MoBA's loss falls more slowly with compute (the interval excludes 0)";
+  else if (a.lo > 0) o << "MoBA's loss falls faster with compute (the interval excludes 0)";
+  else o << "the two exponents do not differ beyond their interval";
+  const Interval& r = c.loss_ratio_ci;
+  char cbuf[32];
+  std::snprintf(cbuf, sizeof cbuf, "%.3g", c.c_star);
+  o << ". At the largest compute of the runs (C* = " << cbuf << " PFLOP/s-days) MoBA's loss is "
+    << num(c.loss_ratio, 4) << " [" << num(r.lo, 4) << ", " << num(r.hi, 4) << "] of full's ("
+    << (r.contains(1.0) ? "the interval includes 1" : c.loss_ratio < 1 ? "lower" : "higher")
+    << "; " << c.replicas << " bootstrap replicas over the runs).";
+  return o.str();
+}
+
 std::string ratio_trend(const PowerLaw& full, const PowerLaw& moba, double c_lo, double c_hi) {
   auto ratio = [&](double c) { return moba(c) / full(c); };
   const double r_lo = ratio(c_lo), r_hi = ratio(c_hi);
@@ -239,6 +257,7 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
   }
 
   // The two fits compared, with intervals from their bootstraps.
+  std::optional<FitComparison> lm_6nd;  // the LM loss's under 6ND, for the verdict's law sentence
   {
     std::string rows;
     for (Compute c : s.options.computes)
@@ -252,6 +271,7 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
         const std::optional<FitComparison> cmp =
             compare_fits(m.fit->law, *m.bootstrap, f->fit->law, *f->bootstrap, c_star);
         if (!cmp) continue;
+        if (m.metric.kind == Metric::kLm && c == Compute::k6nd) lm_6nd = cmp;
         const auto ci = [](double v, const Interval& i, int d) {
           return num(v, d) + " [" + num(i.lo, d) + ", " + num(i.hi, d) + "]";
         };
@@ -351,6 +371,7 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
     md << "\n" << paired_rows;
   }
   if (!verdict.empty()) md << "\n**Verdict.** " << paired_verdict(verdict) << "\n";
+  if (lm_6nd) md << "\n**The laws.** " << law_sentence(*lm_6nd) << "\n";
   if (!not_paired.empty())
     md << (paired_rows.empty() && verdict.empty() ? "" : "\n") << "Not paired:\n\n" << not_paired;
 

@@ -46,6 +46,10 @@ std::string report_markdown(const Study& s, const std::string& runs_dir,
 // else whether the gap to 1 narrows or widens and which type is lower throughout.
 std::string ratio_trend(const PowerLaw& full, const PowerLaw& moba, double c_lo, double c_hi);
 
+// The sentence after the verdict: the LM-loss laws compared (6ND), the exponents' difference
+// and the loss ratio at the largest compute, each with its interval and what it excludes.
+std::string law_sentence(const FitComparison& c);
+
 // Text from run folders (names, statuses) as table cell text: a name holding '|' would cut
 // the table, one holding HTML would render as HTML. Markdown specials are escaped with a
 // backslash, HTML's with entities, line ends become spaces.

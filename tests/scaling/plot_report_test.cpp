@@ -165,6 +165,32 @@ TEST(Report, RatioTrendNamesACrossingOrTheGapsDirection) {
   EXPECT_EQ(widens.find("cross"), std::string::npos) << widens;
 }
 
+// The laws' sentence: which side of 0 the exponents' difference lies, whether the loss ratio's
+// interval includes 1.
+TEST(Report, LawSentenceSaysWhatTheIntervalsExclude) {
+  FitComparison c;
+  c.alpha_diff = -0.008;
+  c.alpha_diff_ci = {-0.012, -0.0004};
+  c.c_star = 9.17e-4;
+  c.loss_ratio = 1.0089;
+  c.loss_ratio_ci = {0.9944, 1.0218};
+  c.replicas = 1000;
+  EXPECT_EQ(law_sentence(c),
+            "LM loss against compute (6ND): MoBA's exponent minus full attention's is -0.008 "
+            "[-0.012, -0.000]: MoBA's loss falls more slowly with compute (the interval excludes "
+            "0). At the largest compute of the runs (C* = 0.000917 PFLOP/s-days) MoBA's loss is "
+            "1.0089 [0.9944, 1.0218] of full's (the interval includes 1; 1000 bootstrap "
+            "replicas over the runs).");
+  c.alpha_diff_ci = {-0.02, 0.002};
+  c.loss_ratio_ci = {1.002, 1.02};
+  const std::string s = law_sentence(c);
+  EXPECT_NE(s.find("the two exponents do not differ beyond their interval"), std::string::npos) << s;
+  EXPECT_NE(s.find("of full's (higher;"), std::string::npos) << s;
+  c.alpha_diff = 0.01;
+  c.alpha_diff_ci = {0.001, 0.02};
+  EXPECT_NE(law_sentence(c).find("falls faster"), std::string::npos);
+}
+
 // Losses in nats per token and bits per byte: the run table's LM and trailing losses, the
 // per-size LM losses, and the fits' conversion, from run.json's bytes_per_token (2 here,
 // as a BPE tokenizer would have; 1 for byte-level tokens).
