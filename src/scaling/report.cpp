@@ -69,8 +69,13 @@ std::string law_sentence(const FitComparison& c) {
   const Interval& a = c.alpha_diff_ci;
   o << "LM loss against compute (6ND): MoBA's exponent minus full attention's is "
     << num(c.alpha_diff, 3) << " [" << num(a.lo, 3) << ", " << num(a.hi, 3) << "]: ";
-  if (a.hi < 0) o << "MoBA's loss falls more slowly with compute (the interval excludes 0)";
-  else if (a.lo > 0) o << "MoBA's loss falls faster with compute (the interval excludes 0)";
+  // An end within half a unit of the third decimal prints as 0.000: say how narrowly.
+  const auto excludes = [](double end) {
+    return std::fabs(end) < 5e-4 ? " (the interval excludes 0, by less than 0.0005)"
+                                 : " (the interval excludes 0)";
+  };
+  if (a.hi < 0) o << "MoBA's loss falls more slowly with compute" << excludes(a.hi);
+  else if (a.lo > 0) o << "MoBA's loss falls faster with compute" << excludes(a.lo);
   else o << "the two exponents do not differ beyond their interval";
   const Interval& r = c.loss_ratio_ci;
   char cbuf[32];
