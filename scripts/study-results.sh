@@ -7,6 +7,8 @@
 # ignored DEST/runs/ to be analysed.
 #   scripts/study-results.sh DEST ARCHIVE[:GLOB] [ARCHIVE[:GLOB] ...]
 #   scripts/study-results.sh --add DEST ARCHIVE[:GLOB] ...   (a later piece of the same study)
+#   scripts/study-results.sh --replace DEST ARCHIVE[:GLOB] ... (start DEST anew: its committed
+#                                                              runs are dropped)
 # Each ARCHIVE is a <preset>-runs.tar.xz from the device; GLOB (default *) picks its run
 # folders by name. Runs of every archive go into DEST/runs/; a name met twice is an error.
 # Runs that an archive holds but GLOB leaves out go into DEST/runs-aside/ (packed with the
@@ -29,16 +31,22 @@
 # planned twice takes its latest plan's entry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-add=0
-if [[ ${1:-} == --add ]]; then add=1; shift; fi
-dest=${1:?usage: scripts/study-results.sh [--add] DEST [ARCHIVE[:GLOB] ...]}
+add=0 replace=0
+if [[ ${1:-} == --add ]]; then add=1; shift
+elif [[ ${1:-} == --replace ]]; then replace=1; shift; fi
+dest=${1:?usage: scripts/study-results.sh [--add|--replace] DEST [ARCHIVE[:GLOB] ...]}
 shift
-((add == 0 || $# > 0)) || { echo "study-results: --add needs archives" >&2; exit 1; }
+((add + replace == 0 || $# > 0)) || { echo "study-results: --add and --replace need archives" >&2; exit 1; }
 moba=${MOBA:-build/src/cli/moba}
 [[ -x $moba ]] || { echo "study-results: no moba binary at $moba (set MOBA)" >&2; exit 1; }
 die() { echo "study-results: $*" >&2; exit 1; }
 
 mkdir -p "$dest"
+# Archives into a folder that already holds a study: its runs would be dropped for the
+# archives' alone. Say so and ask which was meant.
+if (($#)) && ((!add && !replace)) && [[ -f $dest/runs.tar.xz ]]; then
+  die "$dest already holds a study (runs.tar.xz, $(tar -tJf "$dest/runs.tar.xz" | grep -c '/run.json$') runs): pass --add to add these archives' runs to it, or --replace to start it anew from them alone"
+fi
 if (($#)); then
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
