@@ -30,6 +30,9 @@ constexpr KernelSwitch kSwitches[] = {
     {"MOBA_FWD_CHUNK_TOKENS", "0", "a positive multiple of max(S, 128)",
      "0, the MoBA forward in one pass (n: in chunks of n query tokens)", true},
     {"MOBA_MOBA_BWD", "mma", "wgmma", "wgmma where it runs"},
+    {"MOBA_GATHER_BINS", "smem", "global",
+     "smem, the gather index's counts in shared memory where the full blocks fit (global: "
+     "global atomics, a test knob)"},
     {"MOBA_RMSNORM_BWD", "fused", "split", "fused"},
 };
 
