@@ -307,7 +307,8 @@ void add_bench_train(CLI::App* bench) {
   o.m.add_options(cmd);
   cmd->add_flag("--profile", o.profile,
                 "cuda: 3 more steps with an event after every operation; prints ms per step "
-                "for matmuls, attention, gate, layer kernels, optimizer");
+                "for matmuls, attention, gate, layer kernels, optimizer, then a table per "
+                "operation (summed over layers)");
   cmd->add_option("--steps", o.steps, "Timed steps (mean reported)")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed steps first")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed of weights and tokens")->capture_default_str();
