@@ -87,9 +87,10 @@ RingTraffic dense_forward_context_parallel(Communicator& comm, const attn::Layou
 
 // Gradients of sum(out * dout) over all ranks with respect to this rank's q, k and v; dq,
 // dk, dv (the shard's shapes) are overwritten. q, k, v, out, lse are the forward's, `saved`
-// what it filled on this rank. Collective over the same group: R all_to_all_v calls (R - 1
-// ring steps, each also carrying the finished gradient of one shard from rank R - 1 to its
-// owner, then one last return). Throws moba::Error when `saved` is empty or from another
+// what it filled on this rank. Collective over the same group: with R >= 2 ranks, R
+// all_to_all_v calls (R - 1 ring steps, from step 2 each also carrying the finished
+// gradient of one shard from rank R - 1 to its owner, then one last return; none with one
+// rank). Throws moba::Error when `saved` is empty or from another
 // rank or group size, or a buffer does not match its shard.
 template <typename Real>
 RingTraffic dense_backward_context_parallel(Communicator& comm, const RingSaved& saved,
