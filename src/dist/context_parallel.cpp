@@ -11,6 +11,7 @@
 #include "attention/attend_row.h"
 #include "attention/gate.h"
 #include "core/error.h"
+#include "dist/shard_checks.h"
 
 namespace moba::dist {
 namespace {
@@ -25,27 +26,19 @@ constexpr const char* kFieldNames[kFields] = {"shard length", "block size S", "t
                                               "query heads Hq", "kv heads Hkv", "head dim D"};
 
 int32_t narrow(int64_t x, const char* what) {
-  MOBA_CHECK(x <= std::numeric_limits<int32_t>::max(), "context parallel: ", what, " ", x,
-             " does not fit the int32 header");
-  return static_cast<int32_t>(x);
+  return detail::narrow_header(x, "context parallel", what);
 }
 
 // The same verdict on every rank, since every rank checks all the headers.
 void check_headers(const std::vector<int32_t>& all, int R) {
+  detail::check_headers("context parallel", all, R, kFields, kBlockSize, kFieldNames);
   auto at = [&](int r, int f) { return all[static_cast<size_t>(r * kFields + f)]; };
-  for (int r = 1; r < R; ++r)
-    for (int f = kBlockSize; f < kFields; ++f)
-      MOBA_CHECK(at(r, f) == at(0, f), "context parallel: the ranks disagree on the ",
-                 kFieldNames[f], ": rank 0 has ", at(0, f), ", rank ", r, " has ", at(r, f));
   const int32_t S = at(0, kBlockSize);
   for (int r = 0; r < R; ++r)
     MOBA_CHECK(at(r, kTokens) % S == 0, "context parallel: rank ", r, "'s shard of ",
                at(r, kTokens), " tokens is not a whole number of MoBA blocks of S = ", S,
                " tokens (every rank must hold whole blocks)");
-  for (int r = 1; r < R; ++r)
-    MOBA_CHECK(at(r, kTokens) == at(0, kTokens), "context parallel: the shards differ in "
-               "length: rank 0 holds ", at(0, kTokens), " tokens, rank ", r, " holds ",
-               at(r, kTokens), " (rank r must hold positions [r T_r, (r + 1) T_r))");
+  detail::check_shard_lengths("context parallel", all, R, kFields);
 }
 
 // A query row's keys in moba_forward's order: each selected block of `sel` (ids in the
@@ -66,14 +59,6 @@ std::vector<int32_t> slots_of(const std::vector<int32_t>& ids, int64_t blocks, i
 }
 
 // A buffer of the backward against the shard the forward saw.
-void check_saved_size(const char* what, size_t got, size_t want, const attn::Layout& shard,
-                      const char* shape) {
-  MOBA_CHECK(got == want, "context parallel backward: ", what, " has ", got,
-             " elements, but the forward's shard of ", shard.tokens(), " tokens (Hq = ",
-             shard.num_q_heads, ", Hkv = ", shard.num_kv_heads, ", D = ", shard.head_dim,
-             ") needs ", shape, " = ", want);
-}
-
 }  // namespace
 
 int64_t context_parallel_shard_tokens(int64_t T, int ranks, int64_t block_size) {
@@ -91,15 +76,8 @@ ContextParallelTraffic moba_forward_context_parallel(
     const attn::Options& opt, std::span<const Real> q, std::span<const Real> k,
     std::span<const Real> v, std::span<Real> out, std::span<Real> lse,
     ContextParallelSaved<Real>* saved) {
-  shard.validate();
   cfg.validate();
-  MOBA_CHECK(shard.batch() == 1, "context parallel: a rank's shard is part of one sequence, "
-             "got a layout of ", shard.batch(), " sequences");
-  attn::check_size("q", q.size(), shard.q_elems());
-  attn::check_size("k", k.size(), shard.kv_elems());
-  attn::check_size("v", v.size(), shard.kv_elems());
-  attn::check_size("out", out.size(), shard.q_elems());
-  attn::check_size("lse", lse.size(), shard.lse_elems());
+  detail::check_forward_args<Real>("context parallel", shard, q, k, v, out, lse);
   const double scale = opt.scale_for(shard);
   const int R = comm.size(), me = comm.rank();
   const auto Rz = static_cast<size_t>(R);
@@ -234,22 +212,11 @@ ContextParallelTraffic moba_backward_context_parallel(
     std::span<const Real> k, std::span<const Real> v, std::span<const Real> out,
     std::span<const Real> lse, std::span<const Real> dout, std::span<Real> dq,
     std::span<Real> dk, std::span<Real> dv) {
-  MOBA_CHECK(saved.ranks > 0, "context parallel backward: the saved state is empty; pass the "
-             "ContextParallelSaved that moba_forward_context_parallel filled on this rank");
+  detail::check_backward_args<Real>("context parallel backward", "ContextParallelSaved",
+                                    "moba_forward_context_parallel", saved.rank, saved.ranks, comm,
+                                    saved.shard, q, k, v, out, lse, dout, dq, dk, dv);
   const int R = comm.size(), me = comm.rank();
-  MOBA_CHECK(saved.ranks == R && saved.rank == me, "context parallel backward: the saved "
-             "state is rank ", saved.rank, "'s of a group of ", saved.ranks,
-             ", but this is rank ", me, " of ", R);
   const attn::Layout& shard = saved.shard;
-  check_saved_size("q", q.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("k", k.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
-  check_saved_size("v", v.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
-  check_saved_size("out", out.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("lse", lse.size(), shard.lse_elems(), shard, "T_r x Hq");
-  check_saved_size("dout", dout.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("dq", dq.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("dk", dk.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
-  check_saved_size("dv", dv.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
   const auto Rz = static_cast<size_t>(R);
   const int64_t T_r = shard.tokens(), S = saved.cfg.block_size, K = saved.cfg.top_k;
   const int64_t Hq = shard.num_q_heads, Hkv = shard.num_kv_heads, D = shard.head_dim;

@@ -8,6 +8,7 @@
 
 #include "attention/attend_row.h"
 #include "core/error.h"
+#include "dist/shard_checks.h"
 
 namespace moba::dist {
 namespace {
@@ -18,22 +19,13 @@ constexpr const char* kFieldNames[kFields] = {"shard length", "query heads Hq", 
                                               "head dim D"};
 
 int32_t narrow(int64_t x, const char* what) {
-  MOBA_CHECK(x <= std::numeric_limits<int32_t>::max(), "ring attention: ", what, " ", x,
-             " does not fit the int32 header");
-  return static_cast<int32_t>(x);
+  return detail::narrow_header(x, "ring attention", what);
 }
 
 // The same verdict on every rank, since every rank checks all the headers.
 void check_headers(const std::vector<int32_t>& all, int R) {
-  auto at = [&](int r, int f) { return all[static_cast<size_t>(r * kFields + f)]; };
-  for (int r = 1; r < R; ++r)
-    for (int f = kQHeads; f < kFields; ++f)
-      MOBA_CHECK(at(r, f) == at(0, f), "ring attention: the ranks disagree on the ",
-                 kFieldNames[f], ": rank 0 has ", at(0, f), ", rank ", r, " has ", at(r, f));
-  for (int r = 1; r < R; ++r)
-    MOBA_CHECK(at(r, kTokens) == at(0, kTokens), "ring attention: the shards differ in "
-               "length: rank 0 holds ", at(0, kTokens), " tokens, rank ", r, " holds ",
-               at(r, kTokens), " (rank r must hold positions [r T_r, (r + 1) T_r))");
+  detail::check_headers("ring attention", all, R, kFields, kQHeads, kFieldNames);
+  detail::check_shard_lengths("ring attention", all, R, kFields);
 }
 
 struct Shape {
@@ -160,14 +152,6 @@ void exchange(Communicator& comm, std::span<const Real> send, int to, std::span<
 }
 
 // A buffer of the backward against the shard the forward saw.
-void check_saved_size(const char* what, size_t got, size_t want, const attn::Layout& shard,
-                      const char* shape) {
-  MOBA_CHECK(got == want, "ring attention backward: ", what, " has ", got,
-             " elements, but the forward's shard of ", shard.tokens(), " tokens (Hq = ",
-             shard.num_q_heads, ", Hkv = ", shard.num_kv_heads, ", D = ", shard.head_dim,
-             ") needs ", shape, " = ", want);
-}
-
 }  // namespace
 
 template <typename Real>
@@ -176,14 +160,7 @@ RingTraffic dense_forward_context_parallel(Communicator& comm, const attn::Layou
                                            std::span<const Real> k, std::span<const Real> v,
                                            std::span<Real> out, std::span<Real> lse,
                                            RingSaved* saved) {
-  shard.validate();
-  MOBA_CHECK(shard.batch() == 1, "ring attention: a rank's shard is part of one sequence, "
-             "got a layout of ", shard.batch(), " sequences");
-  attn::check_size("q", q.size(), shard.q_elems());
-  attn::check_size("k", k.size(), shard.kv_elems());
-  attn::check_size("v", v.size(), shard.kv_elems());
-  attn::check_size("out", out.size(), shard.q_elems());
-  attn::check_size("lse", lse.size(), shard.lse_elems());
+  detail::check_forward_args<Real>("ring attention", shard, q, k, v, out, lse);
   const int R = comm.size(), me = comm.rank();
   const Shape sh = shape_of(shard, opt.scale_for(shard));
   RingTraffic traffic;
@@ -240,22 +217,11 @@ RingTraffic dense_backward_context_parallel(Communicator& comm, const RingSaved&
                                             std::span<const Real> lse,
                                             std::span<const Real> dout, std::span<Real> dq,
                                             std::span<Real> dk, std::span<Real> dv) {
-  MOBA_CHECK(saved.ranks > 0, "ring attention backward: the saved state is empty; pass the "
-             "RingSaved that dense_forward_context_parallel filled on this rank");
+  detail::check_backward_args<Real>("ring attention backward", "RingSaved",
+                                    "dense_forward_context_parallel", saved.rank, saved.ranks, comm,
+                                    saved.shard, q, k, v, out, lse, dout, dq, dk, dv);
   const int R = comm.size(), me = comm.rank();
-  MOBA_CHECK(saved.ranks == R && saved.rank == me, "ring attention backward: the saved "
-             "state is rank ", saved.rank, "'s of a group of ", saved.ranks,
-             ", but this is rank ", me, " of ", R);
   const attn::Layout& shard = saved.shard;
-  check_saved_size("q", q.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("k", k.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
-  check_saved_size("v", v.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
-  check_saved_size("out", out.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("lse", lse.size(), shard.lse_elems(), shard, "T_r x Hq");
-  check_saved_size("dout", dout.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("dq", dq.size(), shard.q_elems(), shard, "T_r x Hq x D");
-  check_saved_size("dk", dk.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
-  check_saved_size("dv", dv.size(), shard.kv_elems(), shard, "T_r x Hkv x D");
   const Shape sh = shape_of(shard, saved.scale);
   const size_t n = sh.kv(), D = static_cast<size_t>(sh.D);
   RingTraffic traffic;

@@ -283,24 +283,10 @@ TEST(ContextParallelBackward, FiniteDifferencesOfTheLoss) {
     for (size_t i = 0; i < x.dout.size(); ++i) l += r.all.out[i] * x.dout[i];
     return l;
   };
-  const double eps = 1e-6;
-  double worst = 0.0;
-  auto check = [&](std::vector<double>& x, const std::vector<double>& grad, const char* what) {
-    for (size_t i = 0; i < x.size(); ++i) {
-      const double x0 = x[i];
-      x[i] = x0 + eps;
-      const double up = loss(in);
-      x[i] = x0 - eps;
-      const double down = loss(in);
-      x[i] = x0;
-      const double fd = (up - down) / (2 * eps);
-      EXPECT_NEAR(grad[i], fd, 1e-8 * (1.0 + std::abs(fd))) << what << "[" << i << "]";
-      worst = std::max(worst, std::abs(grad[i] - fd));
-    }
-  };
-  check(in.q, base.all.dq, "dq");
-  check(in.k, base.all.dk, "dk");
-  check(in.v, base.all.dv, "dv");
+  const std::function<double()> at_in = [&] { return loss(in); };
+  double worst = cptest::check_central_differences(in.q, base.all.dq, "dq", at_in);
+  worst = std::max(worst, cptest::check_central_differences(in.k, base.all.dk, "dk", at_in));
+  worst = std::max(worst, cptest::check_central_differences(in.v, base.all.dv, "dv", at_in));
   int64_t fetched = 0;
   for (const auto& t : base.bwd) fetched += t.blocks_fetched;
   EXPECT_GT(fetched, 0);  // the fetched pairs' gradients are among those checked

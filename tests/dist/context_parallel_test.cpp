@@ -198,32 +198,8 @@ TEST(ContextParallel, TiedScoresGoToTheMoreRecentBlock) {
     EXPECT_EQ(traffic[static_cast<size_t>(r)].blocks_fetched, r == 0 ? 0 : 2 * p.Hkv) << r;
 }
 
-// Runs fn on every rank and returns each rank's error message ("" when it returned) and
-// run()'s.
-struct Failure {
-  std::vector<std::string> ranks;
-  std::string group;
-};
-Failure run_failing(int R, const std::function<void(Communicator&)>& fn,
-                    std::chrono::milliseconds timeout = 60000ms) {
-  Failure f{std::vector<std::string>(static_cast<size_t>(R)), {}};
-  std::mutex mu;
-  FakeGroup group(R, timeout);
-  try {
-    group.run([&](Communicator& c) {
-      try {
-        fn(c);
-      } catch (const Error& e) {
-        std::lock_guard lk(mu);
-        f.ranks[static_cast<size_t>(c.rank())] = e.what();
-        throw;
-      }
-    });
-  } catch (const Error& e) {
-    f.group = e.what();
-  }
-  return f;
-}
+using cptest::Failure;
+using cptest::run_failing;
 
 // Rank r calls the forward on a shard of tokens[r] tokens with top-k topk[r], random data.
 void call_with(Communicator& c, const std::vector<int64_t>& tokens,

@@ -1,14 +1,23 @@
 // Shared by the context-parallel tests (context_parallel_test.cpp, the forward;
-// context_parallel_backward_test.cpp): one sequence of whole MoBA blocks and its random
-// inputs.
+// context_parallel_backward_test.cpp; ring_attention_test.cpp): one sequence of whole MoBA
+// blocks and its random inputs, a group whose ranks fail, and the central-difference check.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attention/layout.h"
+#include "core/error.h"
+#include "dist/fake_communicator.h"
 
 namespace moba::dist::cptest {
 
@@ -47,6 +56,54 @@ Inputs<Real> random_inputs(const attn::Layout& l, uint64_t seed, bool with_dout 
   in.v = fill(l.kv_elems());
   if (with_dout) in.dout = fill(l.q_elems());
   return in;
+}
+
+// Runs fn on every rank of a FakeGroup and returns each rank's error message ("" when it
+// returned) and run()'s.
+struct Failure {
+  std::vector<std::string> ranks;
+  std::string group;
+};
+inline Failure run_failing(int R, const std::function<void(Communicator&)>& fn,
+                           std::chrono::milliseconds timeout = std::chrono::milliseconds(60000)) {
+  Failure f{std::vector<std::string>(static_cast<size_t>(R)), {}};
+  std::mutex mu;
+  FakeGroup group(R, timeout);
+  try {
+    group.run([&](Communicator& c) {
+      try {
+        fn(c);
+      } catch (const Error& e) {
+        std::lock_guard lk(mu);
+        f.ranks[static_cast<size_t>(c.rank())] = e.what();
+        throw;
+      }
+    });
+  } catch (const Error& e) {
+    f.group = e.what();
+  }
+  return f;
+}
+
+// grad against the central difference of loss() (which reads x) at every element of x, step
+// eps, within 1e-8 x (1 + |difference|); x is left as it was. Returns the largest |grad -
+// difference|.
+inline double check_central_differences(std::vector<double>& x, const std::vector<double>& grad,
+                                        const char* what, const std::function<double()>& loss,
+                                        double eps = 1e-6) {
+  double worst = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i];
+    x[i] = x0 + eps;
+    const double up = loss();
+    x[i] = x0 - eps;
+    const double down = loss();
+    x[i] = x0;
+    const double fd = (up - down) / (2 * eps);
+    EXPECT_NEAR(grad[i], fd, 1e-8 * (1.0 + std::abs(fd))) << what << "[" << i << "]";
+    worst = std::max(worst, std::abs(grad[i] - fd));
+  }
+  return worst;
 }
 
 }  // namespace moba::dist::cptest

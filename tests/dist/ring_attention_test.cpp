@@ -281,53 +281,15 @@ TEST(RingAttention, FiniteDifferencesOfTheLoss) {
     for (size_t i = 0; i < x.dout.size(); ++i) l += r.all.out[i] * x.dout[i];
     return l;
   };
-  const double eps = 1e-6;
-  double worst = 0.0;
-  auto check = [&](std::vector<double>& x, const std::vector<double>& grad, const char* what) {
-    for (size_t i = 0; i < x.size(); ++i) {
-      const double x0 = x[i];
-      x[i] = x0 + eps;
-      const double up = loss(in);
-      x[i] = x0 - eps;
-      const double down = loss(in);
-      x[i] = x0;
-      const double fd = (up - down) / (2 * eps);
-      EXPECT_NEAR(grad[i], fd, 1e-8 * (1.0 + std::abs(fd))) << what << "[" << i << "]";
-      worst = std::max(worst, std::abs(grad[i] - fd));
-    }
-  };
-  check(in.q, base.all.dq, "dq");
-  check(in.k, base.all.dk, "dk");
-  check(in.v, base.all.dv, "dv");
+  const std::function<double()> at_in = [&] { return loss(in); };
+  double worst = cptest::check_central_differences(in.q, base.all.dq, "dq", at_in);
+  worst = std::max(worst, cptest::check_central_differences(in.k, base.all.dk, "dk", at_in));
+  worst = std::max(worst, cptest::check_central_differences(in.v, base.all.dv, "dv", at_in));
   std::printf("largest |gradient - central difference|: %.3g\n", worst);
 }
 
-// Runs fn on every rank and returns each rank's error message ("" when it returned) and
-// run()'s.
-struct Failure {
-  std::vector<std::string> ranks;
-  std::string group;
-};
-Failure run_failing(int R, const std::function<void(Communicator&)>& fn,
-                    std::chrono::milliseconds timeout = 60000ms) {
-  Failure f{std::vector<std::string>(static_cast<size_t>(R)), {}};
-  std::mutex mu;
-  FakeGroup group(R, timeout);
-  try {
-    group.run([&](Communicator& c) {
-      try {
-        fn(c);
-      } catch (const Error& e) {
-        std::lock_guard lk(mu);
-        f.ranks[static_cast<size_t>(c.rank())] = e.what();
-        throw;
-      }
-    });
-  } catch (const Error& e) {
-    f.group = e.what();
-  }
-  return f;
-}
+using cptest::Failure;
+using cptest::run_failing;
 
 // Rank r calls the forward on a shard of tokens[r] tokens with heads[r] = (Hq, Hkv) and head
 // dim dims[r], random data.
