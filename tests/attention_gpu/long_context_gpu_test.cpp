@@ -19,6 +19,9 @@
 // The sampled tokens spread over the sequence and include its last ones (the largest
 // offsets). Each MoBA test runs the default kernels (wgmma on sm_90) and the mma.sync ones
 // (MOBA_MOBA_FWD / MOBA_MOBA_BWD = mma) on the same inputs.
+// Cases: MoBA training at 2M tokens; MoBA prefill at 10M (S 512, K 3, one pass) and the
+// paper's S 4096, K 12 at 1M and 10M (chunked forward); the dense forward's lse at 1M keys;
+// dense training at 2M.
 // Needs a GPU with about 115 GiB (2M-token training) or 127 GiB (10M-token prefill) free
 // (an H200): with less the test skips and says how much it needed; without a device it
 // skips as the other GPU tests. Host memory: about 40 GiB.
@@ -285,20 +288,22 @@ TEST(LongContextGpu, MobaTrain2MTokens) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Prefill of one sequence of 10,000,000 tokens (not a multiple of S: the last block is
-// partial) with grouped-query attention, Hq 8, Hkv 2, D 128, S 512, K 3: gate and forward.
-// The gate's 78,125 row tiles exceed gridDim.y (65,535): two launches.
-TEST(LongContextGpu, MobaPrefill10MTokensGqa) {
-  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU long-context tests skipped";
-  const int64_t N = 10000000, Hq = 8, Hkv = 2, D = 128, S = 512, K = 3;
+// A MoBA prefill (gate and forward) of one sequence of N tokens, Hq query heads on Hkv, the
+// forward in chunks of `chunk` query tokens (0: one pass): ~56 sampled tokens' gate against
+// the CPU gate and their rows (every head) against the fp64 reference over the GPU's
+// selection, on the default (wgmma) and the mma.sync kernels.
+void prefill_check(int64_t N, int64_t Hq, int64_t Hkv, int64_t D, int64_t S, int64_t K,
+                   int64_t chunk) {
   const Layout l = Layout::batched(1, N, Hq, Hkv, D);
   const MobaConfig cfg{S, K};
-  const attn::Options opt;
+  attn::Options opt;
+  opt.fwd_chunk_tokens = chunk;
   const double scale = opt.scale_for(l);
   const size_t qn = l.q_elems(), kvn = l.kv_elems(), rows = l.lse_elems();
-  // q out k v (bf16), fp32 partial outputs, selection, lse, lists, 2 GiB of slack.
-  const double need = 2.0 * (qn * 2 + kvn * 2) + 4.0 * qn * (K - 1) + 4.0 * rows * (K + 1 + 4) +
-                      2.0 * kGiB;
+  // q out k v (bf16), fp32 partial outputs (one chunk's), selection, lse, lists, 2 GiB slack.
+  const double part_rows = static_cast<double>(chunk > 0 ? std::min(chunk, N) : N) * Hq;
+  const double need = 2.0 * (qn * 2 + kvn * 2) + 4.0 * part_rows * D * (K - 1) +
+                      4.0 * rows * (K + 1 + 4) + 2.0 * kGiB;
   if (static_cast<double>(free_device_bytes()) < need)
     GTEST_SKIP() << "needs about " << need / kGiB << " GiB of device memory, "
                  << free_device_bytes() / kGiB << " GiB free";
@@ -328,7 +333,7 @@ TEST(LongContextGpu, MobaPrefill10MTokensGqa) {
     const std::vector<float> q_row = to_float(q.download<uint16_t>(t * Hq * D, Hq * D).data(), Hq * D);
     const std::vector<int32_t> slots = sel.download<int32_t>(t * Hq * K, Hq * K);
     check_gate_token(l, cfg, means, t, q_row, slots.data());
-    if (HasFatalFailure()) return;
+    if (::testing::Test::HasFatalFailure()) return;
     for (int64_t h = 0; h < Hq; ++h)
       samples.push_back({t, h, std::vector<int32_t>(slots.begin() + h * K, slots.begin() + (h + 1) * K),
                          std::vector<float>(q_row.begin() + h * D, q_row.begin() + (h + 1) * D), {}});
@@ -368,6 +373,27 @@ TEST(LongContextGpu, MobaPrefill10MTokensGqa) {
     ScopedEnv f("MOBA_MOBA_FWD", "mma");
     run_and_check("mma.sync");
   }
+}
+
+// Prefill of one sequence of 10,000,000 tokens (not a multiple of S: the last block is
+// partial) with grouped-query attention, Hq 8, Hkv 2, D 128, S 512, K 3: gate and forward.
+// The gate's 78,125 row tiles exceed gridDim.y (65,535): two launches.
+TEST(LongContextGpu, MobaPrefill10MTokensGqa) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU long-context tests skipped";
+  prefill_check(10000000, 8, 2, 128, 512, 3, 0);
+}
+
+// The paper's long-context MoBA (S 4096, K 12: 11 past blocks of 4096 keys a query) on the
+// chunked forward, as `bench/perf_session.sh`'s prefill10m times it: 1M tokens (256 blocks)
+// and 10M (2442 blocks, the last partial), Hq 8, Hkv 2, D 128, chunks of 64K query tokens
+// (the single pass's fp32 partials would be 45 and 450 GB).
+TEST(LongContextGpu, MobaPrefillPaperBlocksChunked) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU long-context tests skipped";
+  std::printf("  1M tokens:\n");
+  prefill_check(1048576, 8, 2, 128, 4096, 12, 65536);
+  if (HasFatalFailure() || IsSkipped()) return;
+  std::printf("  10M tokens:\n");
+  prefill_check(10000000, 8, 2, 128, 4096, 12, 65536);
 }
 
 // ---------------------------------------------------------------------------------------
