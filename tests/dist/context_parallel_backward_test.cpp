@@ -112,15 +112,7 @@ Whole<Real> reference(const Problem& p, const Inputs<Real>& in) {
   return w;
 }
 
-// -1 when equal bit for bit (equal values of equal sign; no NaN here), else the first index.
-template <typename Real>
-int64_t first_difference(std::span<const Real> a, std::span<const Real> b) {
-  if (a.size() != b.size()) return 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!(a[i] == b[i]) || std::signbit(a[i]) != std::signbit(b[i]))
-      return static_cast<int64_t>(i);
-  return -1;
-}
+using cptest::first_difference;
 
 template <typename Real>
 double max_abs_diff(std::span<const Real> a, std::span<const Real> b) {

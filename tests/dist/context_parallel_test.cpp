@@ -83,15 +83,7 @@ std::set<std::pair<int32_t, int64_t>> remote_selected(const Selection& sel, cons
   return want;
 }
 
-// -1 when equal bit for bit (equal values of equal sign; no NaN here), else the first index.
-template <typename Real>
-int64_t first_difference(std::span<const Real> a, std::span<const Real> b) {
-  if (a.size() != b.size()) return 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!(a[i] == b[i]) || std::signbit(a[i]) != std::signbit(b[i]))
-      return static_cast<int64_t>(i);
-  return -1;
-}
+using cptest::first_difference;
 
 // The whole check for one problem, inputs and rank count: returns the per-rank traffic.
 template <typename Real>

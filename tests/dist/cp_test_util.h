@@ -12,6 +12,7 @@
 #include <functional>
 #include <mutex>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,16 @@ Inputs<Real> random_inputs(const attn::Layout& l, uint64_t seed, bool with_dout 
   in.v = fill(l.kv_elems());
   if (with_dout) in.dout = fill(l.q_elems());
   return in;
+}
+
+// -1 when equal bit for bit (equal values of equal sign; no NaN here), else the first index.
+template <typename Real>
+int64_t first_difference(std::span<const Real> a, std::span<const Real> b) {
+  if (a.size() != b.size()) return 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(a[i] == b[i]) || std::signbit(a[i]) != std::signbit(b[i]))
+      return static_cast<int64_t>(i);
+  return -1;
 }
 
 // Runs fn on every rank of a FakeGroup and returns each rank's error message ("" when it
