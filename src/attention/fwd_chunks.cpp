@@ -58,11 +58,18 @@ std::vector<std::pair<int64_t, int64_t>> fwd_chunks(const Layout& layout, const 
   return out;
 }
 
+int64_t fwd_index_piece_count(const std::vector<std::pair<int64_t, int64_t>>& chunks) {
+  int64_t n = 0;
+  for (const auto& [a, z] : chunks) n += (z - a + kIndexPieceTokens - 1) / kIndexPieceTokens;
+  return n;
+}
+
 std::vector<int32_t> fwd_index_pieces(const std::vector<std::pair<int64_t, int64_t>>& chunks) {
   MOBA_CHECK(!chunks.empty(), "fwd_index_pieces: no chunks");
   MOBA_CHECK(chunks.back().second <= std::numeric_limits<int32_t>::max(),
              "fwd_index_pieces: ", chunks.back().second, " tokens do not fit int32");
   std::vector<int32_t> out;
+  out.reserve(static_cast<size_t>(2 * (fwd_index_piece_count(chunks) + 1)));
   int64_t at = 0;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const auto [a, z] = chunks[c];

@@ -49,6 +49,8 @@ inline constexpr int64_t kIndexPieceTokens = 2048;
 // moba::Error naming the problem where the ranges are empty, not contiguous from 0 or past
 // int32.
 std::vector<int32_t> fwd_index_pieces(const std::vector<std::pair<int64_t, int64_t>>& chunks);
+// How many pieces fwd_index_pieces cuts (the count and fill kernels' CTAs per head).
+int64_t fwd_index_piece_count(const std::vector<std::pair<int64_t, int64_t>>& chunks);
 
 // The MoBA forward's scratch (attention/cuda/internal.h's slots), bytes, for one plan. The
 // partials are sized by the longest chunk's tokens (N unchunked); the gather index is the

@@ -240,8 +240,7 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
   }
   // The count and fill kernels' CTAs: pieces of <= kIndexTokens tokens of one chunk (read
   // from the plan's device copy when chunked; computed from blockIdx.x for one chunk).
-  int64_t n_pieces = 0;
-  for (const auto& [a, z] : chunks) n_pieces += (z - a + kIndexTokens - 1) / kIndexTokens;
+  const int64_t n_pieces = fwd_index_piece_count(chunks);
   const int2* pieces =
       ix.chunks > 1 ? reinterpret_cast<const int2*>(plan.index_pieces(chunk_tokens)) : nullptr;
   const int threads = 256;
