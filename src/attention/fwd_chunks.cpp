@@ -106,7 +106,7 @@ FwdScratch fwd_scratch_bytes(const Layout& layout, const MobaConfig& cfg, int64_
   // entries / 128 + the non-empty buckets.
   s.tiles = buf(16 * (all / 128 + buckets + 1));
   s.buckets = 2 * buf(4 * (buckets + 1));
-  s.chunk_tiles = buf(4 * (s.chunks + 1));
+  s.chunk_tiles = buf(4 * chunk_tiles_ints(s.chunks, buckets));
   return s;
 }
 

@@ -41,6 +41,21 @@ std::vector<std::pair<int64_t, int64_t>> fwd_chunks(const Layout& layout, const 
 // (attention/cuda/gather_index.cu): a CTA bins the entries of this many tokens of one head.
 inline constexpr int64_t kIndexPieceTokens = 2048;
 
+// Buckets per CTA of the gather index's scan (docs/kernel_notes.md, "v19"): the scan over
+// chunks x full blocks x kv heads buckets runs on index_scan_ctas(buckets) CTAs; beyond one,
+// a first kernel writes each CTA's sums (entries, tiles: two int32) after chunk_tiles' chunks
+// + 1 int32, in the same scratch buffer (FwdScratch::chunk_tiles counts them).
+inline constexpr int64_t kIndexScanBuckets = 4096;
+inline constexpr int64_t index_scan_ctas(int64_t buckets) {
+  return buckets <= kIndexScanBuckets ? 1 : (buckets + kIndexScanBuckets - 1) / kIndexScanBuckets;
+}
+// The int32 the chunk_tiles buffer holds: chunks + 1 tile starts, then 2 per scan CTA where
+// there are several.
+inline constexpr int64_t chunk_tiles_ints(int64_t chunks, int64_t buckets) {
+  const int64_t ctas = index_scan_ctas(buckets);
+  return chunks + 1 + (ctas > 1 ? 2 * ctas : 0);
+}
+
 // The gather index's CTA pieces of a chunking (docs/kernel_notes.md, "v18"): each chunk of
 // `chunks` (fwd_chunks' ranges, contiguous from 0) cut into pieces of at most
 // kIndexPieceTokens tokens, in order, so that a CTA's tokens lie in one chunk. Flattened
@@ -64,7 +79,8 @@ struct FwdScratch {
   int64_t entries = 0;       // int32 (N, Hq, K-1): the whole batch's
   int64_t tiles = 0;         // int4 work list: entries / 128 + chunks x buckets + 1
   int64_t buckets = 0;       // counts and offsets: int32 (chunks x full blocks x Hkv + 1) each
-  int64_t chunk_tiles = 0;   // int32 (chunks + 1): each chunk's first tile, then the total
+  int64_t chunk_tiles = 0;   // int32 (chunks + 1): each chunk's first tile, then the total;
+                             // then the scan's CTA sums (chunk_tiles_ints)
   int64_t total() const {
     return part_o + part_lse + entries + tiles + buckets + chunk_tiles;
   }

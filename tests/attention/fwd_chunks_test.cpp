@@ -172,7 +172,41 @@ TEST(FwdChunks, ScratchAt2MTokens) {
   EXPECT_EQ(c.entries, 256 * MiB);
   EXPECT_EQ(c.buckets, 2 * 4 * (32 * 4096 * 16 + 1));           // 16 MiB + 8
   EXPECT_EQ(c.tiles, 16 * ((int64_t{1} << 26) / 128 + 32 * 4096 * 16 + 1));  // 40 MiB + 16
-  EXPECT_EQ(c.chunk_tiles, 4 * 33);
+  // chunk_tiles: 32 chunks + 1, then the scan's sums: 2^21 buckets on 512 CTAs, 2 int32 each.
+  EXPECT_EQ(c.chunk_tiles, 4 * (33 + 2 * 512));
+  EXPECT_EQ(whole.chunk_tiles, 4 * (2 + 2 * 16));  // 65536 buckets: 16 scan CTAs
+}
+
+// v19: the gather index's scan runs on one CTA up to kIndexScanBuckets buckets, on
+// ceil(buckets / kIndexScanBuckets) beyond; the CTAs' sums (two int32 each) follow the
+// chunks' tile starts in the chunk_tiles buffer only where there are several CTAs.
+TEST(FwdChunks, IndexScanCtas) {
+  EXPECT_EQ(kIndexScanBuckets, 4096);
+  EXPECT_EQ(index_scan_ctas(1), 1);
+  EXPECT_EQ(index_scan_ctas(4096), 1);
+  EXPECT_EQ(index_scan_ctas(4097), 2);
+  EXPECT_EQ(index_scan_ctas(8192), 2);
+  EXPECT_EQ(index_scan_ctas(8648), 3);
+  EXPECT_EQ(chunk_tiles_ints(1, 4096), 2);
+  EXPECT_EQ(chunk_tiles_ints(3, 4097), 4 + 4);
+  EXPECT_EQ(chunk_tiles_ints(47, 8648), 48 + 6);
+  // 10M tokens, Hq 8, Hkv 2, S 512, C 64K: 153 chunks x 19531 full blocks x 2 kv heads.
+  const Layout l = Layout::batched(1, 10000000, 8, 2, 128);
+  const FwdScratch s = fwd_scratch_bytes(l, {512, 3}, 65536);
+  EXPECT_EQ(s.chunks, 153);
+  const int64_t buckets = 153 * int64_t{19531} * 2;
+  EXPECT_EQ(s.buckets, 2 * 4 * (buckets + 1));
+  EXPECT_EQ(s.chunk_tiles, 4 * (154 + 2 * ((buckets + 4095) / 4096)));
+  // The GPU test's chunk_scan_ctas cases (attention_gpu_test.cpp) reach several scan CTAs.
+  auto ctas = [](const Layout& lay, const MobaConfig& cfg, int64_t C) {
+    const FwdScratch f = fwd_scratch_bytes(lay, cfg, C);
+    return index_scan_ctas(f.buckets / 8 - 1);
+  };
+  const Layout v64 = Layout::varlen({0, 3000, 6000}, 2, 2, 64);
+  EXPECT_EQ(ctas(v64, {64, 3}, 128), 3);
+  EXPECT_EQ(ctas(v64, {64, 3}, 256), 2);
+  EXPECT_EQ(ctas(v64, {64, 3}, 384), 1);
+  EXPECT_EQ(ctas(Layout::varlen({0, 12000}, 2, 2, 128), {128, 3}, 128), 5);
 }
 
 TEST(FwdChunks, IndexPiecesStayInsideTheirChunk) {

@@ -692,7 +692,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MobaWgmmaFwdGpu, ::testing::ValuesIn(kMobaFwdCa
 // its count and fill CTAs on pieces of <= kIndexPieceTokens tokens of one chunk): chunks of
 // kIndexPieceTokens + G (two pieces in a chunk), the global-atomics count and fill
 // (MOBA_GATHER_BINS=global) unchunked and chunked, and one plan whose chunk size changes
-// between forwards (its pieces re-uploaded).
+// between forwards (its pieces re-uploaded). v19 (the index's scan on several CTAs beyond
+// kIndexScanBuckets buckets): the two chunk_scan_ctas cases.
 struct ChunkCase {
   const char* name;
   std::vector<int64_t> cu;
@@ -848,6 +849,12 @@ const ChunkCase kChunkCases[] = {
     // outside perf_session.sh's memcheck filter *varlen_d64*, for time: chunk_varlen_d64's
     // chunks of 2048 + G hold two pieces too).
     {"chunk_long_varlen_s128_d64_k3", {0, 5, 2100, 2101, 6000}, 2, 1, 64, 128, 3},
+    // v19: more than kIndexScanBuckets (4096) chunks x full blocks x kv heads, so that the
+    // index's scan runs on several CTAs: 8648 buckets at C = G = 128 (3 CTAs), 4416 at 2G
+    // (2), one CTA from 3G (mma.sync only: S 64; memcheck's *varlen_s64* filter takes it);
+    // 17484 at C = G on both families (5 CTAs).
+    {"chunk_scan_ctas_varlen_s64_d64_k3", {0, 3000, 6000}, 2, 2, 64, 64, 3},
+    {"chunk_scan_ctas_s128_d128_k3", {0, 12000}, 2, 2, 128, 128, 3},
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MobaChunkFwdGpu, ::testing::ValuesIn(kChunkCases),

@@ -71,38 +71,123 @@ __global__ void bucket_kernel(const int32_t* __restrict__ sel, const int32_t* __
   }
 }
 
-// One CTA: offsets = exclusive scan of counts over all chunks' buckets, cursors = offsets,
-// the tile list (in bucket order, so chunk by chunk) and chunk_tiles: each chunk's first
-// tile (written by the thread holding the chunk's first bucket), then the total.
-__global__ void __launch_bounds__(1024) bucket_scan_kernel(
+// The scan over all chunks' buckets (docs/kernel_notes.md, "v19"): offsets = the exclusive
+// scan of counts, cursors = offsets, the tile list (in bucket order, so chunk by chunk) and
+// chunk_tiles: each chunk's first tile (written by the thread holding the chunk's first
+// bucket), then the total. kIndexScanBuckets buckets per CTA, kScanItems consecutive ones
+// per thread. One CTA when the buckets fit (the single pass: full blocks x kv heads);
+// beyond, bucket_scan_sums_kernel first writes each CTA's (entries, tiles) sums after
+// chunk_tiles' chunks + 1 int32, and each CTA of bucket_scan_kernel adds those of the CTAs
+// before it. (v18 ran all of it on one CTA: at 128K with chunks of 4096, 131072 buckets of
+// 128 a thread, its strided loads and stores took ~0.6 ms.)
+constexpr int kScanThreads = 1024;
+constexpr int kScanItems = static_cast<int>(kIndexScanBuckets / kScanThreads);
+static_assert(kScanItems * kScanThreads == kIndexScanBuckets, "a CTA's buckets");
+
+__device__ __forceinline__ int tiles_of(int cnt, int tile_rows) {
+  return (cnt + tile_rows - 1) / tile_rows;
+}
+
+// Exclusive scan of v (entries, tiles) over the CTA's threads in thread order; *total gets
+// the CTA's sum. Every thread must call it; it may be called again after a __syncthreads.
+__device__ __forceinline__ int2 cta_exclusive_scan(int2 v, int2* total) {
+  __shared__ int2 warp_sums[kScanThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int2 x = v;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int ye = __shfl_up_sync(0xffffffffu, x.x, d), yt = __shfl_up_sync(0xffffffffu, x.y, d);
+    if (lane >= d) {
+      x.x += ye;
+      x.y += yt;
+    }
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    int2 w = warp_sums[lane];  // kScanThreads / 32 == 32 warps
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int ye = __shfl_up_sync(0xffffffffu, w.x, d), yt = __shfl_up_sync(0xffffffffu, w.y, d);
+      if (lane >= d) {
+        w.x += ye;
+        w.y += yt;
+      }
+    }
+    warp_sums[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  const int2 before = warp > 0 ? warp_sums[warp - 1] : make_int2(0, 0);
+  *total = warp_sums[kScanThreads / 32 - 1];
+  return make_int2(before.x + x.x - v.x, before.y + x.y - v.y);
+}
+static_assert(kScanThreads == 32 * 32, "cta_exclusive_scan: one warp scans the warp sums");
+
+// The thread's buckets [lo, hi) of CTA blockIdx.x and their counts.
+struct ScanItems {
+  int lo, hi;
+  int cnt[kScanItems];
+};
+__device__ __forceinline__ ScanItems scan_items(const int32_t* counts, int num_buckets) {
+  ScanItems it;
+  it.lo = min(num_buckets, static_cast<int>(blockIdx.x) * static_cast<int>(kIndexScanBuckets) +
+                               static_cast<int>(threadIdx.x) * kScanItems);
+  it.hi = min(num_buckets, it.lo + kScanItems);
+#pragma unroll
+  for (int k = 0; k < kScanItems; ++k) it.cnt[k] = it.lo + k < it.hi ? counts[it.lo + k] : 0;
+  return it;
+}
+
+__global__ void __launch_bounds__(kScanThreads)
+    bucket_scan_sums_kernel(const int32_t* __restrict__ counts, int num_buckets, int tile_rows,
+                            int32_t* __restrict__ sums) {
+  const ScanItems it = scan_items(counts, num_buckets);
+  int2 v = make_int2(0, 0);
+#pragma unroll
+  for (int k = 0; k < kScanItems; ++k) {
+    v.x += it.cnt[k];
+    v.y += tiles_of(it.cnt[k], tile_rows);
+  }
+  int2 total;
+  cta_exclusive_scan(v, &total);
+  if (threadIdx.x == 0) {
+    sums[2 * blockIdx.x] = total.x;
+    sums[2 * blockIdx.x + 1] = total.y;
+  }
+}
+
+__global__ void __launch_bounds__(kScanThreads) bucket_scan_kernel(
     int32_t* __restrict__ counts, int num_buckets, int buckets, int Hkv, int tile_rows,
     const int32_t* __restrict__ block_start, int32_t* __restrict__ offsets,
-    int4* __restrict__ tiles, int32_t* __restrict__ chunk_tiles) {
-  __shared__ int s_e[1024], s_t[1024];
-  const int tid = threadIdx.x;
-  const int per = (num_buckets + 1023) / 1024;
-  const int lo = min(num_buckets, tid * per), hi = min(num_buckets, lo + per);
-  int e = 0, t = 0;
-  for (int i = lo; i < hi; ++i) {
-    e += counts[i];
-    t += (counts[i] + tile_rows - 1) / tile_rows;
+    int4* __restrict__ tiles, int32_t* __restrict__ chunk_tiles, const int32_t* __restrict__ sums) {
+  // The sums of the CTAs before this one (none for CTA 0 or a single CTA).
+  int2 base = make_int2(0, 0);
+  if (blockIdx.x > 0) {
+    int2 v = make_int2(0, 0);
+    for (int c = threadIdx.x; c < static_cast<int>(blockIdx.x); c += kScanThreads) {
+      v.x += sums[2 * c];
+      v.y += sums[2 * c + 1];
+    }
+    cta_exclusive_scan(v, &base);
+    __syncthreads();  // warp_sums is read again below
   }
-  s_e[tid] = e;
-  s_t[tid] = t;
-  __syncthreads();
-  for (int step = 1; step < 1024; step *= 2) {  // inclusive Hillis-Steele scan
-    const int ae = tid >= step ? s_e[tid - step] : 0, at = tid >= step ? s_t[tid - step] : 0;
-    __syncthreads();
-    s_e[tid] += ae;
-    s_t[tid] += at;
-    __syncthreads();
+  const ScanItems it = scan_items(counts, num_buckets);
+  int2 v = make_int2(0, 0);
+#pragma unroll
+  for (int k = 0; k < kScanItems; ++k) {
+    v.x += it.cnt[k];
+    v.y += tiles_of(it.cnt[k], tile_rows);
   }
-  e = s_e[tid] - e;
-  t = s_t[tid] - t;
-  int chunk = lo / buckets, local = lo % buckets;  // bucket lo = chunk x buckets + local
-  for (int i = lo; i < hi; ++i) {
+  int2 total;
+  const int2 pre = cta_exclusive_scan(v, &total);
+  int e = base.x + pre.x, t = base.y + pre.y;
+  int chunk = it.lo / buckets, local = it.lo % buckets;  // bucket lo = chunk x buckets + local
+#pragma unroll
+  for (int k = 0; k < kScanItems; ++k) {
+    const int i = it.lo + k;
+    if (i >= it.hi) break;
     if (local == 0) chunk_tiles[chunk] = t;
-    const int cnt = counts[i];
+    const int cnt = it.cnt[k];
     offsets[i] = e;
     for (int x = 0; x < cnt; x += tile_rows)
       tiles[t++] = make_int4(block_start[local / Hkv], e + x, min(tile_rows, cnt - x), local % Hkv);
@@ -113,9 +198,9 @@ __global__ void __launch_bounds__(1024) bucket_scan_kernel(
       ++chunk;
     }
   }
-  if (tid == 1023) {
-    offsets[num_buckets] = s_e[1023];
-    chunk_tiles[num_buckets / buckets] = s_t[1023];
+  if (blockIdx.x == gridDim.x - 1 && threadIdx.x == kScanThreads - 1) {
+    offsets[num_buckets] = base.x + total.x;
+    chunk_tiles[num_buckets / buckets] = base.y + total.y;
   }
 }
 
@@ -230,8 +315,8 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
       plan.scratch(kSlotEntries, sizeof(int32_t) * std::max<int64_t>(1, num_entries)));
   ix.tiles = static_cast<int4*>(
       plan.scratch(kSlotTiles, sizeof(int4) * (num_entries / tile_rows + num_buckets + 1)));
-  ix.chunk_tiles = static_cast<int32_t*>(
-      plan.scratch(kSlotChunkTiles, sizeof(int32_t) * (ix.chunks + 1)));
+  ix.chunk_tiles = static_cast<int32_t*>(plan.scratch(
+      kSlotChunkTiles, sizeof(int32_t) * chunk_tiles_ints(ix.chunks, num_buckets)));
   CUDA_CHECK(cudaMemsetAsync(ix.counts, 0, sizeof(int32_t) * (num_buckets + 1), stream));
   if (kp == 0 || ix.buckets == 0) {
     CUDA_CHECK(cudaMemsetAsync(ix.offsets, 0, sizeof(int32_t) * (num_buckets + 1), stream));
@@ -262,9 +347,16 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
                                                          nullptr);
   }
   CUDA_CHECK_LAUNCH();
-  bucket_scan_kernel<<<1, 1024, 0, stream>>>(ix.counts, static_cast<int>(num_buckets), nb, Hkv,
-                                             tile_rows, d.block_start, ix.offsets, ix.tiles,
-                                             ix.chunk_tiles);
+  const int64_t scan_ctas = index_scan_ctas(num_buckets);
+  int32_t* scan_sums = ix.chunk_tiles + ix.chunks + 1;  // chunk_tiles_ints: after the chunks'
+  if (scan_ctas > 1) {
+    bucket_scan_sums_kernel<<<static_cast<unsigned>(scan_ctas), kScanThreads, 0, stream>>>(
+        ix.counts, static_cast<int>(num_buckets), tile_rows, scan_sums);
+    CUDA_CHECK_LAUNCH();
+  }
+  bucket_scan_kernel<<<static_cast<unsigned>(scan_ctas), kScanThreads, 0, stream>>>(
+      ix.counts, static_cast<int>(num_buckets), nb, Hkv, tile_rows, d.block_start, ix.offsets,
+      ix.tiles, ix.chunk_tiles, scan_sums);
   CUDA_CHECK_LAUNCH();
   if (smem_bins)
     bucket_smem_kernel<true><<<sgrid, threads, sbytes, stream>>>(
