@@ -7,10 +7,14 @@
 # over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass); long = MoBA
 # alone from 128K to 2M tokens, dense1m = MoBA against our dense forward at 1M, prefill10m =
 # MoBA forwards at 1M-10M with Hq 8, Hkv 2 (S 512 K 3 and the paper's S 4096 K 12); ncubar
-# = ncu on every MoBA and dense kernel at 32K, D 128; peer = PyTorch SDPA's cuDNN
-# and flash at both shapes, which d128 and d64 then compare with.
+# = ncu on every MoBA and dense kernel at 32K, D 128; ncugate = ncu on the gate and the
+# gather index at 1M (one pass) and at 128K (chunked forward); peer = PyTorch SDPA's cuDNN
+# and flash at both shapes, which d128 and d64 then compare with. Each ncu step keeps its raw
+# dump (NAME-TAG.txt) and writes issue 16's limiter per kernel beside it, NAME-limiters-TAG.md
+# (scripts/ncu-limiters.py: the rule in its docstring), and prints that table.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
 #   STEPS="build test d128 d64 prefill ncu" bench/perf_session.sh
+#   STEPS="build ncubar ncugate" TAG=s24 bench/perf_session.sh
 # Carry .deps (header-only libraries, GoogleTest sources).
 set -uo pipefail
 OUT=${OUT:-out}
@@ -22,6 +26,12 @@ MOBA="$BUILD/src/cli/moba"
 TAG=${TAG:-run}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 log() { echo "== $(date +%T) $*"; }
+# limiters NAME: the limiter table of the ncu dump $OUT/NAME-$TAG.txt, printed and written to
+# $OUT/NAME-limiters-$TAG.md; the dump's tail when it holds no kernel (ncu failed).
+limiters() {
+  python3 scripts/ncu-limiters.py "$OUT/$1-$TAG.txt" --md "$OUT/$1-limiters-$TAG.md" \
+    || tail -20 "$OUT/$1-$TAG.txt"
+}
 
 if has build; then
   log build
@@ -165,28 +175,55 @@ if has ncu; then
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
     "$MOBA" bench attention --device cuda --dtype bf16 -T 131072 --heads 12 -D 64 -S 512 -K 3 \
     --repeats 1 --skip-dense > "$OUT/ncu-$TAG.txt" 2>&1
-  grep -E "moba_fwd_wgmma|gate_mma|block_means|bucket|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ|Stall" "$OUT/ncu-$TAG.txt" | head -120
+  limiters ncu
 fi
 # The limiter per kernel at issue 16's bar shapes (D 128, H 16, S 512, K 3, 32K): every
 # kernel of MoBA's fwd+bwd (gate, index, past, current, delta, backward, dQ conversion) and
-# of dense fwd+bwd, one launch each, Speed of Light + occupancy + warp stalls.
+# of dense fwd+bwd, one launch each, Speed of Light + occupancy + warp stalls + compute
+# workload (pipes); each dump's limiter table in ncubar-{moba,dense}-limiters-TAG.md.
 if has ncubar; then
   log "ncubar: MoBA fwd+bwd kernels, D 128, H 16, T 32K"
   timeout 300 ncu --clock-control none --launch-count 60 \
     -k 'regex:moba_fwd_wgmma|attn_bwd_moba_wgmma|gate_mma|block_means|bucket|wg_prep|dq_convert|delta' \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
     --repeats 1 --skip-dense > "$OUT/ncubar-moba-$TAG.txt" 2>&1
-  grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ" \
-    "$OUT/ncubar-moba-$TAG.txt" | head -100
+  limiters ncubar-moba
   log "ncubar: dense fwd+bwd kernels, D 128, H 16, T 32K"
   timeout 300 ncu --clock-control none --launch-count 12 \
     -k 'regex:attn_fwd_wgmma|attn_bwd_wgmma|wg_prep|dq_convert' \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section ComputeWorkloadAnalysis \
     "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
     --repeats 1 > "$OUT/ncubar-dense-$TAG.txt" 2>&1
-  grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occ" \
-    "$OUT/ncubar-dense-$TAG.txt" | head -60
+  limiters ncubar-dense
+fi
+# The gate and the gather index at long T (issue 16: the gate <= 10% of MoBA's forward): ncu
+# on block_means, gate_mma and the bucket kernels (count, scan, fill) at 1M tokens, one pass
+# (--fwd-only), and at 128K with the chunked forward (--fwd-chunk 4096), D 128, H 16, S 512,
+# K 3; limiter tables ncugate-{1m,chunk}-limiters-TAG.md. Launch order (src/cli/bench_cuda.cpp,
+# --skip-dense): the gate timing's 3 warm-ups + 1 call, then the forward timing's 3 + 1, ...;
+# a moba_gate is block_means + gate_mma (2 launches), a moba_forward builds one gather index
+# (3 bucket launches: count, scan, fill). --launch-skip / --launch-count count only the
+# launches -k matches: skip 4 (the first two gate calls), profile 10 = gate calls 3 and 4,
+# then the first two forwards' index builds: every kernel twice.
+if has ncugate; then
+  for which in 1m chunk; do
+    if [[ $which == 1m ]]; then
+      shape="--fwd-only -T 1048576"
+      log "ncugate: gate and gather-index kernels, one pass at 1M, D 128, H 16"
+    else
+      shape="-T 131072 --fwd-chunk 4096"
+      log "ncugate: gate and gather-index kernels, 128K, chunked forward (C 4096), D 128, H 16"
+    fi
+    timeout 300 ncu --clock-control none -k 'regex:gate_mma|block_means|bucket' \
+      --launch-skip 4 --launch-count 10 \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+      "$MOBA" bench attention --device cuda --dtype bf16 $shape --heads 16 -D 128 -S 512 -K 3 \
+      --repeats 1 --skip-dense > "$OUT/ncugate-$which-$TAG.txt" 2>&1
+    limiters "ncugate-$which"
+  done
 fi
 log done
