@@ -9,7 +9,8 @@
 # MoBA forwards at 1M-10M with Hq 8, Hkv 2 (S 512 K 3 and the paper's S 4096 K 12); ncubar
 # = ncu on every MoBA and dense kernel at 32K, D 128; ncugate = ncu on the gate and the
 # gather index at 1M (one pass) and at 128K (chunked forward); peer = PyTorch SDPA's cuDNN
-# and flash at both shapes, which d128 and d64 then compare with. Each ncu step keeps its raw
+# and flash at both shapes, which d128 and d64 then compare with; pp = the dense wgmma
+# forward with and without MOBA_FWD_PINGPONG, alternately (ROUNDS). Each ncu step keeps its raw
 # dump (NAME-TAG.txt) and writes issue 16's limiter per kernel beside it, NAME-limiters-TAG.md
 # (scripts/ncu-limiters.py: the rule in its docstring), and prints that table.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
@@ -104,6 +105,21 @@ if has ab; then
         -S 512 -K 3 --repeats 10 --out "$OUT/ab-$which-$round-d128.json" 2>&1 | grep -E "^\| [0-9]"
       "$m" bench attention --device cuda --dtype bf16 -T 8192 32768 131072 --heads 12 -D 64 \
         -S 512 -K 3 --repeats 10 --out "$OUT/ab-$which-$round-d64.json" 2>&1 | grep -E "^\| [0-9]"
+    done
+  done
+fi
+# v20: the dense wgmma forward with and without the consumer warpgroups' ping-pong
+# (MOBA_FWD_PINGPONG), forwards only, alternately, D 128 (H 16) and D 64 (H 12).
+if has pp; then
+  for round in $(seq 1 ${ROUNDS:-2}); do
+    for v in 0 1; do
+      log "pp round $round: MOBA_FWD_PINGPONG=$v"
+      MOBA_FWD_PINGPONG=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only \
+        -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 \
+        --out "$OUT/pp$v-$round-d128-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+      MOBA_FWD_PINGPONG=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only \
+        -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10 \
+        --out "$OUT/pp$v-$round-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
     done
   done
 fi

@@ -322,6 +322,39 @@ TEST_P(DenseWgmmaGpu, MatchesReference) {
   expect_close("lse", lse_def.download(), lse, nv.lse);
   std::printf("    |wgmma - mma.sync| out %.3e\n",
               max_rel_err(g_out, std::vector<double>(d_out.begin(), d_out.end())));
+
+  // v20: MOBA_FWD_PINGPONG=1 (the consumer warpgroups take turns issuing their MMAs) only
+  // reorders the issue of the same MMAs: out and lse bit for bit the plain kernel's. A bad
+  // value is an error naming it, before any launch.
+  {
+    ScopedEnv fam("MOBA_DENSE_FWD", "wgmma"), pp("MOBA_FWD_PINGPONG", "1");
+    DeviceBuffer<acu::bf16> o_pp(q.size());
+    DeviceBuffer<float> lse_pp(l.lse_elems());
+    o_pp.poison();
+    lse_pp.poison();
+    acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_pp.ptr, lse_pp.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto pp_out = o_pp.download(), wg_out = o_wg.download();
+    const auto pp_lse = lse_pp.download(), wg_lse = lse_wg.download();
+    const bool same_out =
+        std::memcmp(pp_out.data(), wg_out.data(), sizeof(pp_out[0]) * pp_out.size()) == 0;
+    const bool same_lse =
+        std::memcmp(pp_lse.data(), wg_lse.data(), sizeof(pp_lse[0]) * pp_lse.size()) == 0;
+    EXPECT_TRUE(same_out) << "ping-pong out differs from the plain wgmma forward's";
+    EXPECT_TRUE(same_lse) << "ping-pong lse differs from the plain wgmma forward's";
+    std::printf("    ping-pong forward: bit-equal to the plain one: %s\n",
+                same_out && same_lse ? "yes" : "NO");
+  }
+  {
+    ScopedEnv fam("MOBA_DENSE_FWD", "wgmma"), bad("MOBA_FWD_PINGPONG", "yes");
+    try {
+      acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_def.ptr, lse_def.ptr);
+      ADD_FAILURE() << "MOBA_FWD_PINGPONG=yes accepted";
+    } catch (const moba::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("MOBA_FWD_PINGPONG=yes"), std::string::npos) << e.what();
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
 }
 
 const DenseCase kDenseCases[] = {

@@ -28,18 +28,36 @@ static_assert(WgFwdTraits<64>::kBr == kQueryTile && WgFwdTraits<128>::kBr == kQu
                   WgMobaFwdTraits<128, WgMobaMode::kCurrent>::kBr == kQueryTile,
               "the contiguous grid's tiles are the kernels' query tiles");
 
+// MOBA_FWD_PINGPONG, read on every call: unset, empty or 0 = off (the default until it is
+// measured; docs/kernel_notes.md, "v20"), 1 = the dense kernel's consumer warpgroups
+// ping-pong their MMAs (fwd_wgmma_step.cuh); anything else is an error naming the value.
+bool pingpong_on() {
+  const char* e = std::getenv("MOBA_FWD_PINGPONG");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "0") == 0) return false;
+  MOBA_CHECK(std::strcmp(e, "1") == 0, "MOBA_FWD_PINGPONG=", e, ": expected 0 or 1");
+  return true;
+}
+
 // The dense kernel: grid (Hq, query tiles, B) heads fastest, else (tiles, Hq, B).
-template <int D>
-void launch_dense(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
+template <int D, bool PP>
+void launch_dense_pp(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
   using T = WgFwdTraits<D>;
   const int64_t N = plan.layout().tokens();
   const CUtensorMap tq = wg_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
   const CUtensorMap tk = wg_map_bf16(p.k, N, p.Hkv, D, T::kBc, "k");
   const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
-  constexpr auto kernel = attn_fwd_wgmma_kernel<D>;
-  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes, "MOBA_DENSE_FWD=wgmma");
+  constexpr auto kernel = attn_fwd_wgmma_kernel<D, PP>;
+  wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes,
+                            PP ? "MOBA_DENSE_FWD=wgmma, MOBA_FWD_PINGPONG=1" : "MOBA_DENSE_FWD=wgmma");
   kernel<<<tile_grid(plan, p, p.Hq, kQueryTile), T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
   CUDA_CHECK_LAUNCH();
+}
+template <int D>
+void launch_dense(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
+  if (pingpong_on())
+    launch_dense_pp<D, true>(plan, p, stream);
+  else
+    launch_dense_pp<D, false>(plan, p, stream);
 }
 
 // One launch of a MoBA kernel on a 1-D grid of persistent CTAs. kPast gathers Q itself

@@ -65,7 +65,8 @@ struct WgFwdTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
 
-template <int D>
+// PP: the consumer warpgroups' ping-pong (fwd_wgmma_step.cuh; MOBA_FWD_PINGPONG=1).
+template <int D, bool PP = false>
 __global__ void __launch_bounds__(384, 1)
     attn_fwd_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                           const __grid_constant__ CUtensorMap tm_k,
@@ -146,11 +147,14 @@ __global__ void __launch_bounds__(384, 1)
   float s[Bc / 2];
 
   mbar_wait(full_q, 0);
-  // The key tiles; the ring position from the loop counter (fwd_wgmma_step.cuh).
+  // The key tiles; the ring position from the loop counter (fwd_wgmma_step.cuh). Both
+  // warpgroups run the same n_tiles (the ping-pong's token needs it).
+  if (PP) wgfwd_pingpong_begin(wgi);
   for (int j = 0; j < n_tiles; ++j)
-    wgfwd_key_tile<D, Br, Bc, true>(q_addr, k_addr, v_addr, full_k, full_v, empty, j % ST, (j / ST) & 1,
-                                    seq_start + j * Bc, first_tok + wg_row0, tok, qd, p.scale_log2, s,
-                                    o, row_max, row_sum);
+    wgfwd_key_tile<D, Br, Bc, true, PP>(q_addr, k_addr, v_addr, full_k, full_v, empty, j % ST,
+                                        (j / ST) & 1, seq_start + j * Bc, first_tok + wg_row0, tok,
+                                        qd, p.scale_log2, s, o, row_max, row_sum, PP ? wgi : 0);
+  if (PP) wgfwd_pingpong_end(wgi);
 
   // Epilogue: normalise and write the rows of the sequence; lse in natural log.
   constexpr float kLn2 = 0.6931471805599453f;

@@ -359,6 +359,13 @@ __device__ __forceinline__ void named_bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 #endif
 }
+// Arrive on barrier `id` without waiting: counts toward `count` for the threads that
+// bar.sync on it (a producer / consumer hand-off between warpgroups).
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+#if MOBA_WGMMA_ENABLED
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#endif
+}
 
 // ---- Register reallocation ("setmaxnreg", sm_90a) ---------------------------------------
 // Every warp of a warpgroup executes it; the kernel needs a register cap at entry
