@@ -130,8 +130,9 @@ struct ScanItems {
 };
 __device__ __forceinline__ ScanItems scan_items(const int32_t* counts, int num_buckets) {
   ScanItems it;
-  it.lo = min(num_buckets, static_cast<int>(blockIdx.x) * static_cast<int>(kIndexScanBuckets) +
-                               static_cast<int>(threadIdx.x) * kScanItems);
+  it.lo = static_cast<int>(min(static_cast<int64_t>(num_buckets),
+                              static_cast<int64_t>(blockIdx.x) * kIndexScanBuckets +
+                                  static_cast<int64_t>(threadIdx.x) * kScanItems));
   it.hi = min(num_buckets, it.lo + kScanItems);
 #pragma unroll
   for (int k = 0; k < kScanItems; ++k) it.cnt[k] = it.lo + k < it.hi ? counts[it.lo + k] : 0;
