@@ -8,8 +8,8 @@
 # alone from 128K to 2M tokens, dense1m = MoBA against our dense forward at 1M, prefill10m =
 # MoBA forwards at 1M-10M with Hq 8, Hkv 2 (S 512 K 3 and the paper's S 4096 K 12); ncubar
 # = ncu on every MoBA and dense kernel at 32K, D 128; ncugate = ncu on the gate and the
-# gather index at 1M (one pass) and at 128K (chunked forward); peer = PyTorch SDPA's cuDNN
-# and flash at both shapes, which d128 and d64 then compare with; pp = the dense wgmma
+# gather index at 1M (one pass), at 128K (chunked forward) and at 8K, D 64 (the
+# trainer's); peer = PyTorch SDPA's cuDNN and flash at both shapes, which d128 and d64 then compare with; pp = the dense wgmma
 # forward with and without MOBA_FWD_PINGPONG, alternately (ROUNDS). Each ncu step keeps its raw
 # dump (NAME-TAG.txt) and writes issue 16's limiter per kernel beside it, NAME-limiters-TAG.md
 # (scripts/ncu-limiters.py: the rule in its docstring), and prints that table.
@@ -218,26 +218,33 @@ fi
 # The gate and the gather index at long T (issue 16: the gate <= 10% of MoBA's forward): ncu
 # on block_means, gate_mma and the bucket kernels (count, scan, fill) at 1M tokens, one pass
 # (--fwd-only), and at 128K with the chunked forward (--fwd-chunk 4096), D 128, H 16, S 512,
-# K 3; limiter tables ncugate-{1m,chunk}-limiters-TAG.md. Launch order (src/cli/bench_cuda.cpp,
+# K 3, and at 8K, D 64, H 12; limiter tables ncugate-{1m,chunk,8k}-limiters-TAG.md. Launch order (src/cli/bench_cuda.cpp,
 # --skip-dense): the gate timing's 3 warm-ups + 1 call, then the forward timing's 3 + 1, ...;
 # a moba_gate is block_means + gate_mma (2 launches), a moba_forward builds one gather index
 # (3 bucket launches: count, scan, fill). --launch-skip / --launch-count count only the
 # launches -k matches: skip 4 (the first two gate calls), profile 10 = gate calls 3 and 4,
 # then the first two forwards' index builds: every kernel twice.
 if has ncugate; then
-  for which in 1m chunk; do
+  for which in 1m chunk 8k; do
+    heads="--heads 16 -D 128"
     if [[ $which == 1m ]]; then
       shape="--fwd-only -T 1048576"
       log "ncugate: gate and gather-index kernels, one pass at 1M, D 128, H 16"
-    else
+    elif [[ $which == chunk ]]; then
       shape="-T 131072 --fwd-chunk 4096"
       log "ncugate: gate and gather-index kernels, 128K, chunked forward (C 4096), D 128, H 16"
+    else
+      # The trainer's shape, where the gate and the index are ~1/3 of MoBA's forward
+      # (results/attention/v17: 0.076 of 0.214 ms): launch-bound or not?
+      shape="-T 8192"
+      heads="--heads 12 -D 64"
+      log "ncugate: gate and gather-index kernels, 8K, D 64, H 12 (the trainer's shape)"
     fi
     timeout 300 ncu --clock-control none -k 'regex:gate_mma|block_means|bucket' \
       --launch-skip 4 --launch-count 10 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
-      "$MOBA" bench attention --device cuda --dtype bf16 $shape --heads 16 -D 128 -S 512 -K 3 \
+      "$MOBA" bench attention --device cuda --dtype bf16 $shape $heads -S 512 -K 3 \
       --repeats 1 --skip-dense > "$OUT/ncugate-$which-$TAG.txt" 2>&1
     limiters "ncugate-$which"
   done
