@@ -88,12 +88,9 @@ __device__ __forceinline__ int tiles_of(int cnt, int tile_rows) {
   return (cnt + tile_rows - 1) / tile_rows;
 }
 
-// Exclusive scan of v (entries, tiles) over the CTA's threads in thread order; *total gets
-// the CTA's sum. Every thread must call it; it may be called again after a __syncthreads.
-__device__ __forceinline__ int2 cta_exclusive_scan(int2 v, int2* total) {
-  __shared__ int2 warp_sums[kScanThreads / 32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  int2 x = v;
+// Inclusive scan of x over the warp's lanes (lane order).
+__device__ __forceinline__ int2 warp_inclusive_scan(int2 x) {
+  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int d = 1; d < 32; d *= 2) {
     const int ye = __shfl_up_sync(0xffffffffu, x.x, d), yt = __shfl_up_sync(0xffffffffu, x.y, d);
@@ -102,20 +99,18 @@ __device__ __forceinline__ int2 cta_exclusive_scan(int2 v, int2* total) {
       x.y += yt;
     }
   }
+  return x;
+}
+
+// Exclusive scan of v (entries, tiles) over the CTA's threads in thread order; *total gets
+// the CTA's sum. Every thread must call it; it may be called again after a __syncthreads.
+__device__ __forceinline__ int2 cta_exclusive_scan(int2 v, int2* total) {
+  __shared__ int2 warp_sums[kScanThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int2 x = warp_inclusive_scan(v);
   if (lane == 31) warp_sums[warp] = x;
   __syncthreads();
-  if (warp == 0) {
-    int2 w = warp_sums[lane];  // kScanThreads / 32 == 32 warps
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-      const int ye = __shfl_up_sync(0xffffffffu, w.x, d), yt = __shfl_up_sync(0xffffffffu, w.y, d);
-      if (lane >= d) {
-        w.x += ye;
-        w.y += yt;
-      }
-    }
-    warp_sums[lane] = w;  // inclusive over warps
-  }
+  if (warp == 0) warp_sums[lane] = warp_inclusive_scan(warp_sums[lane]);  // 32 warps
   __syncthreads();
   const int2 before = warp > 0 ? warp_sums[warp - 1] : make_int2(0, 0);
   *total = warp_sums[kScanThreads / 32 - 1];
@@ -123,12 +118,15 @@ __device__ __forceinline__ int2 cta_exclusive_scan(int2 v, int2* total) {
 }
 static_assert(kScanThreads == 32 * 32, "cta_exclusive_scan: one warp scans the warp sums");
 
-// The thread's buckets [lo, hi) of CTA blockIdx.x and their counts.
+// The thread's buckets [lo, hi) of CTA blockIdx.x, their counts, and sum = (entries, tiles)
+// over them.
 struct ScanItems {
   int lo, hi;
   int cnt[kScanItems];
+  int2 sum;
 };
-__device__ __forceinline__ ScanItems scan_items(const int32_t* counts, int num_buckets) {
+__device__ __forceinline__ ScanItems scan_items(const int32_t* counts, int num_buckets,
+                                                int tile_rows) {
   ScanItems it;
   it.lo = static_cast<int>(min(static_cast<int64_t>(num_buckets),
                               static_cast<int64_t>(blockIdx.x) * kIndexScanBuckets +
@@ -136,21 +134,21 @@ __device__ __forceinline__ ScanItems scan_items(const int32_t* counts, int num_b
   it.hi = min(num_buckets, it.lo + kScanItems);
 #pragma unroll
   for (int k = 0; k < kScanItems; ++k) it.cnt[k] = it.lo + k < it.hi ? counts[it.lo + k] : 0;
+  it.sum = make_int2(0, 0);
+#pragma unroll
+  for (int k = 0; k < kScanItems; ++k) {
+    it.sum.x += it.cnt[k];
+    it.sum.y += tiles_of(it.cnt[k], tile_rows);
+  }
   return it;
 }
 
 __global__ void __launch_bounds__(kScanThreads)
     bucket_scan_sums_kernel(const int32_t* __restrict__ counts, int num_buckets, int tile_rows,
                             int32_t* __restrict__ sums) {
-  const ScanItems it = scan_items(counts, num_buckets);
-  int2 v = make_int2(0, 0);
-#pragma unroll
-  for (int k = 0; k < kScanItems; ++k) {
-    v.x += it.cnt[k];
-    v.y += tiles_of(it.cnt[k], tile_rows);
-  }
+  const ScanItems it = scan_items(counts, num_buckets, tile_rows);
   int2 total;
-  cta_exclusive_scan(v, &total);
+  cta_exclusive_scan(it.sum, &total);
   if (threadIdx.x == 0) {
     sums[2 * blockIdx.x] = total.x;
     sums[2 * blockIdx.x + 1] = total.y;
@@ -172,15 +170,9 @@ __global__ void __launch_bounds__(kScanThreads) bucket_scan_kernel(
     cta_exclusive_scan(v, &base);
     __syncthreads();  // warp_sums is read again below
   }
-  const ScanItems it = scan_items(counts, num_buckets);
-  int2 v = make_int2(0, 0);
-#pragma unroll
-  for (int k = 0; k < kScanItems; ++k) {
-    v.x += it.cnt[k];
-    v.y += tiles_of(it.cnt[k], tile_rows);
-  }
+  const ScanItems it = scan_items(counts, num_buckets, tile_rows);
   int2 total;
-  const int2 pre = cta_exclusive_scan(v, &total);
+  const int2 pre = cta_exclusive_scan(it.sum, &total);
   int e = base.x + pre.x, t = base.y + pre.y;
   int chunk = it.lo / buckets, local = it.lo % buckets;  // bucket lo = chunk x buckets + local
 #pragma unroll
