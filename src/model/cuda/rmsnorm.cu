@@ -273,9 +273,10 @@ __global__ void __launch_bounds__(kDwVecThreads)
 // No block-wide barrier but the last: the warps of a block run independently.
 constexpr int kFusedThreads = kGroupsPerChunk * 32;
 // Shared memory: a row of x and dy per warp, 4 C bytes, 32 C per block, within the
-// default 48 KB up to C = 1536. Registers: 4 uint4 (x, dy, dx) and 8 fp32 sums per vector
-// of a lane, 20 J + the addressing: J = 6 (C = 1536) takes ~170 (one block per SM: 8 warps,
-// 9 KB each in flight), J <= 3 (C <= 768) within 128 (two blocks per SM).
+// default 48 KB up to C = 1536. Registers: 3 uint4 (x, dy, old dx) and 8 fp32 sums per
+// vector of a lane, 20 J + the addressing; ptxas (sm_90a, CUDA 13) gives J = 1 ... 6 72,
+// 102, 122, 144, 166, 191, no spills: J <= 3 (C <= 768) within 128, two blocks per SM;
+// J = 6 (C = 1536) one block per SM, its 8 warps with 9 KB each in flight.
 constexpr int64_t kFusedMaxC = 1536;
 constexpr int kFusedMaxJ = static_cast<int>(kFusedMaxC / 256);
 size_t fused_smem_bytes(int64_t C) { return static_cast<size_t>(kGroupsPerChunk * 4 * C); }
@@ -412,7 +413,7 @@ void launch_fused(const RmsNormParams& p, int64_t chunks, const bf16* x, const f
 constexpr int kReduceSlots = 32;
 constexpr int kReduceCols = 8;
 constexpr int kReduceBatch = 16;
-__global__ void __launch_bounds__(kReduceSlots* kReduceCols)
+__global__ void __launch_bounds__(kReduceSlots * kReduceCols)
     rmsnorm_bwd_dw_reduce_kernel(int64_t C, int64_t chunks, const float* __restrict__ partial,
                                  float* dw) {
   __shared__ float slot_sum[kReduceSlots][kReduceCols];
@@ -509,9 +510,9 @@ void rmsnorm_backward(const RmsNormParams& p, const bf16* x, const float* w, con
     rmsnorm_bwd_dw_partial_kernel<<<grid, 256, 0, stream>>>(p, x, rstd, dy, partial);
   }
   CUDA_CHECK_LAUNCH();
-  rmsnorm_bwd_dw_reduce_kernel<<<static_cast<unsigned>((p.C + kReduceCols - 1) / kReduceCols),
-                                 kReduceSlots * kReduceCols, 0, stream>>>(p.C, chunks, partial,
-                                                                          dw);
+  const unsigned reduce_blocks = static_cast<unsigned>((p.C + kReduceCols - 1) / kReduceCols);
+  rmsnorm_bwd_dw_reduce_kernel<<<reduce_blocks, kReduceSlots * kReduceCols, 0, stream>>>(
+      p.C, chunks, partial, dw);
   CUDA_CHECK_LAUNCH();
 }
 
