@@ -101,7 +101,20 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RmsNormGpu,
                                            NormCase{3, 8, true}, NormCase{33, 264, false},
                                            NormCase{129, 768, false},
                                            NormCase{1029, 2048, true},
-                                           NormCase{1, 768, true}, NormCase{200, 1360, false}),
+                                           NormCase{1, 768, true}, NormCase{200, 1360, false},
+                                           // dw's order (rmsnorm.cu): 32-row chunks of 4-row
+                                           // groups, chunk k in reduce slot k % 32, 16 loads a
+                                           // slot per round. M 33: a last chunk of one row
+                                           // (groups 1-7 empty); 1031: 33 chunks (slot 0 takes
+                                           // two); 16417: 514 chunks (a second round, ragged);
+                                           // 8192 x 768: the trainer's T 8K layer.
+                                           NormCase{33, 768, false}, NormCase{1031, 768, true},
+                                           NormCase{16417, 64, true}, NormCase{16417, 7, false},
+                                           NormCase{8192, 768, false}, NormCase{8192, 768, true},
+                                           // the one-pass kernel's widest (C 1536, 6 vectors a
+                                           // lane), past it (two kernels), and C 4096
+                                           NormCase{70, 1536, true}, NormCase{45, 1544, false},
+                                           NormCase{40, 4096, true}),
                          [](const auto& i) {
                            return "M" + std::to_string(i.param.M) + "_C" + std::to_string(i.param.C) +
                                   (i.param.accumulate ? "_acc" : "");
@@ -509,15 +522,17 @@ int64_t bits_differ(const std::vector<T>& a, const std::vector<T>& b) {
 
 TEST(VectorPathGpu, RmsNorm) {
   SKIP_WITHOUT_DEVICE();
-  // C <= 1360: the one-pass backward (dx and the dw partials together); 1368, 2048: the
+  // C <= 1536: the one-pass backward (dx and the dw partials together); 1544, 2048: the
   // vector dx and dw-partial kernels apart. The scalar path (misaligned) is the reference:
   // equal bits mean the vector paths keep the dw summation order.
-  // M 77: two dw chunks, the second ragged (one whole sub-chunk of 8 rows and one of 5);
-  // M 1: one row; M 200: four chunks, the last of 8 rows.
-  for (const int64_t M : {77, 1, 200})
-    for (const int64_t C : {8, 264, 768, 1360, 1368, 2048})
+  // M 77: three 32-row dw chunks, the last of 13 rows (three 4-row groups, one of 1 row,
+  // 4 empty); M 1: one row; M 200: seven chunks, the last of 8 rows; M 1031: 33 chunks (the
+  // reduce's slot 0 takes two); M 16417: 514 chunks (two rounds of the reduce's loads).
+  for (const int64_t M : {77, 1, 200, 1031, 16417})
+    for (const int64_t C : {8, 264, 768, 1536, 1544, 2048})
       for (const bool acc : {false, true}) {
-        if (M != 77 && C != 768 && C != 1360) continue;
+        if (M != 77 && C != 768 && C != 1536) continue;
+        if (M == 16417 && (C != 768 || !acc)) continue;
         SCOPED_TRACE("M = " + std::to_string(M) + ", C = " + std::to_string(C) +
                      (acc ? ", dx +=" : ""));
         const size_t n = static_cast<size_t>(M * C);
@@ -552,13 +567,17 @@ TEST(VectorPathGpu, RmsNorm) {
       }
 }
 
-// The one-pass RMSNorm backward (vector path, C <= 1360) against the vector path's two
+// The one-pass RMSNorm backward (vector path, C <= 1536) against the vector path's two
 // kernels (MOBA_RMSNORM_BWD=split): the same bits, dw's fixed summation order included.
+// C 8, 264, 768, 1024, 1280, 1536: 1, 2, ..., 6 vectors a lane (each instantiation of the
+// one-pass kernel); M 33, 77: ragged last chunks; 1031: 33 chunks; 16417: 514 (two rounds of
+// the reduce's loads).
 TEST(VectorPathGpu, RmsNormOnePassEqualsTwoKernels) {
   SKIP_WITHOUT_DEVICE();
-  for (const int64_t M : {1, 77, 1000})
-    for (const int64_t C : {8, 768, 1360})
+  for (const int64_t M : {1, 33, 77, 1000, 1031, 16417})
+    for (const int64_t C : {8, 264, 768, 1024, 1280, 1536})
       for (const bool acc : {false, true}) {
+        if (M == 16417 && C != 8 && C != 768) continue;
         SCOPED_TRACE("M = " + std::to_string(M) + ", C = " + std::to_string(C) +
                      (acc ? ", dx +=" : ""));
         const size_t n = static_cast<size_t>(M * C);
@@ -585,6 +604,95 @@ TEST(VectorPathGpu, RmsNormOnePassEqualsTwoKernels) {
         EXPECT_SAME_BITS(dwa.download(), dwb.download(), "dw");
         EXPECT_TRUE(all_finite(from_bf16(dxa.download())));
       }
+}
+
+// Pseudo-random bf16 values in [-2, 2) from a hash (splitmix64): the trainer-size cases
+// below take 25M elements a tensor, where random_bf16's normal draws would be slow.
+std::vector<bf16> hashed_bf16(size_t n, uint64_t seed) {
+  std::vector<float> f(n);
+  uint64_t z = seed * 0x9e3779b97f4a7c15ull;
+  for (float& v : f) {
+    uint64_t t = (z += 0x9e3779b97f4a7c15ull);
+    t = (t ^ (t >> 30)) * 0xbf58476d1ce4e5b9ull;
+    t = (t ^ (t >> 27)) * 0x94d049bb133111ebull;
+    t ^= t >> 31;
+    v = static_cast<float>(static_cast<double>(t >> 11) * 0x1.0p-53 * 4.0 - 2.0);
+  }
+  return to_bf16(f);
+}
+
+// The trainer's layer at T 8K and 32K (C 768; 256 and 1024 dw chunks, the latter two
+// rounds of the reduce's loads): the one-pass backward twice gives the same dx and dw
+// bits, the two vector kernels (MOBA_RMSNORM_BWD=split) and the scalar kernels
+// (misaligned copies) give them too, and dw is checked against a host sum in double.
+TEST(VectorPathGpu, RmsNormTrainerSizes) {
+  SKIP_WITHOUT_DEVICE();
+  const int64_t C = 768;
+  for (const int64_t M : {8192, 32768})
+    for (const bool acc : {false, true}) {
+      SCOPED_TRACE("M = " + std::to_string(M) + (acc ? ", dx +=" : ""));
+      const size_t n = static_cast<size_t>(M * C);
+      const uint64_t s = next_seed();
+      const auto x = hashed_bf16(n, s), dy = hashed_bf16(n, s + 1), dx0 = hashed_bf16(n, s + 2);
+      const auto w = random_normal<float>(static_cast<size_t>(C), s + 3);
+      const auto dw0 = random_normal<float>(static_cast<size_t>(C), s + 4);
+      const mc::RmsNormParams p{M, C, 1e-5f};
+      DeviceBuffer<float> gw(w), rstd(M), gdw(dw0);
+      DeviceBuffer<bf16> gx(x), gdy(dy), gy(n), gdx(n);
+      DeviceBuffer<char> ws(mc::rmsnorm_backward_workspace(p));
+      mc::rmsnorm_forward(p, gx.ptr, gw.ptr, gy.ptr, rstd.ptr);
+      auto aligned = [&] {
+        if (acc)
+          gdx.upload(dx0);
+        else
+          gdx.poison();
+        gdw.upload(dw0);
+        ws.poison();
+        mc::rmsnorm_backward(p, gx.ptr, gw.ptr, rstd.ptr, gdy.ptr, gdx.ptr, gdw.ptr, acc, ws.ptr);
+      };
+      aligned();
+      const auto dx1 = gdx.download();
+      const auto dw1 = gdw.download();
+      ASSERT_TRUE(all_finite(from_bf16(dx1)));
+      aligned();
+      EXPECT_EQ(bits_differ(gdx.download(), dx1), 0) << "dx differs between two identical runs";
+      EXPECT_EQ(bits_differ(gdw.download(), dw1), 0) << "dw differs between two identical runs";
+      setenv("MOBA_RMSNORM_BWD", "split", 1);
+      aligned();
+      unsetenv("MOBA_RMSNORM_BWD");
+      EXPECT_EQ(bits_differ(gdx.download(), dx1), 0) << "dx: one pass vs two kernels";
+      EXPECT_EQ(bits_differ(gdw.download(), dw1), 0) << "dw: one pass vs two kernels";
+      {
+        Misaligned<bf16> sx(x), sdy(dy), sdx(n);
+        if (acc)
+          sdx.upload(dx0);
+        else
+          sdx.poison();
+        DeviceBuffer<float> sdw(dw0);
+        mc::rmsnorm_backward(p, sx.ptr(), gw.ptr, rstd.ptr, sdy.ptr(), sdx.ptr(), sdw.ptr, acc,
+                             ws.ptr);
+        EXPECT_SAME_BITS(dx1, sdx.download(), "dx");
+        EXPECT_SAME_BITS(dw1, sdw.download(), "dw");
+      }
+      // dw = dw0 + sum over rows of dy x rstd: in double, and naively (in row order, float).
+      const auto r = rstd.download();
+      std::vector<double> sd(static_cast<size_t>(C), 0.0);
+      std::vector<float> sf(static_cast<size_t>(C), 0.f);
+      const auto xf = from_bf16(x), dyf = from_bf16(dy);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t c = 0; c < C; ++c) {
+          const size_t i = static_cast<size_t>(m * C + c);
+          sd[c] += static_cast<double>(dyf[i]) * xf[i] * r[m];
+          sf[c] += dyf[i] * xf[i] * r[m];
+        }
+      std::vector<double> dwd(static_cast<size_t>(C));
+      std::vector<float> dwf(static_cast<size_t>(C));
+      for (int64_t c = 0; c < C; ++c) {
+        dwd[c] = dw0[c] + sd[c];
+        dwf[c] = dw0[c] + sf[c];
+      }
+      compare("dw", Out::kFp32, dw1, dwd, dwf);
+    }
 }
 
 template <typename T>
