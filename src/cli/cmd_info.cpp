@@ -24,7 +24,7 @@ struct KernelSwitch {
 constexpr KernelSwitch kSwitches[] = {
     {"MOBA_DENSE_FWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
     {"MOBA_FWD_PINGPONG", "0", "1",
-     "0, off (1: the sm_90a dense forward's consumer warpgroups ping-pong their MMAs)"},
+     "0, off (1: the sm_90a dense and MoBA forwards' consumer warpgroups ping-pong their MMAs)"},
     {"MOBA_DENSE_BWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
     {"MOBA_MOBA_FWD", "mma", "wgmma", "wgmma where it runs and S is a multiple of 128"},
     {"MOBA_MOBA_FWD_GRID", "persistent", "tiles",

@@ -271,6 +271,11 @@ struct DenseCase {
 
 class DenseWgmmaGpu : public ::testing::TestWithParam<DenseCase> {};
 
+template <typename A, typename B>
+bool same_bytes(const A& a, const B& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
+}
+
 bool is_sm90() {
   int dev = 0, major = 0, minor = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -322,39 +327,6 @@ TEST_P(DenseWgmmaGpu, MatchesReference) {
   expect_close("lse", lse_def.download(), lse, nv.lse);
   std::printf("    |wgmma - mma.sync| out %.3e\n",
               max_rel_err(g_out, std::vector<double>(d_out.begin(), d_out.end())));
-
-  // v20: MOBA_FWD_PINGPONG=1 (the consumer warpgroups take turns issuing their MMAs) only
-  // reorders the issue of the same MMAs: out and lse bit for bit the plain kernel's. A bad
-  // value is an error naming it, before any launch.
-  {
-    ScopedEnv fam("MOBA_DENSE_FWD", "wgmma"), pp("MOBA_FWD_PINGPONG", "1");
-    DeviceBuffer<acu::bf16> o_pp(q.size());
-    DeviceBuffer<float> lse_pp(l.lse_elems());
-    o_pp.poison();
-    lse_pp.poison();
-    acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_pp.ptr, lse_pp.ptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    const auto pp_out = o_pp.download(), wg_out = o_wg.download();
-    const auto pp_lse = lse_pp.download(), wg_lse = lse_wg.download();
-    const bool same_out =
-        std::memcmp(pp_out.data(), wg_out.data(), sizeof(pp_out[0]) * pp_out.size()) == 0;
-    const bool same_lse =
-        std::memcmp(pp_lse.data(), wg_lse.data(), sizeof(pp_lse[0]) * pp_lse.size()) == 0;
-    EXPECT_TRUE(same_out) << "ping-pong out differs from the plain wgmma forward's";
-    EXPECT_TRUE(same_lse) << "ping-pong lse differs from the plain wgmma forward's";
-    std::printf("    ping-pong forward: bit-equal to the plain one: %s\n",
-                same_out && same_lse ? "yes" : "NO");
-  }
-  {
-    ScopedEnv fam("MOBA_DENSE_FWD", "wgmma"), bad("MOBA_FWD_PINGPONG", "yes");
-    try {
-      acu::dense_forward(plan, dq_in.ptr, dk_in.ptr, dv_in.ptr, o_def.ptr, lse_def.ptr);
-      ADD_FAILURE() << "MOBA_FWD_PINGPONG=yes accepted";
-    } catch (const moba::Error& e) {
-      EXPECT_NE(std::string(e.what()).find("MOBA_FWD_PINGPONG=yes"), std::string::npos) << e.what();
-    }
-    CUDA_CHECK(cudaDeviceSynchronize());
-  }
 }
 
 const DenseCase kDenseCases[] = {
@@ -365,6 +337,48 @@ const DenseCase kDenseCases[] = {
     {"wg_long_d64", {0, 4096}, 4, 2, 64},
     {"wg_odd_d128", {0, 127, 128, 385}, 1, 1, 128},
 };
+
+// v20: MOBA_FWD_PINGPONG=1 (the consumer warpgroups take turns issuing their MMAs: FA3's
+// ping-pong, fwd_wgmma_step.cuh) only reorders the issue of the same MMAs, so out and lse
+// are bit for bit the plain kernels': the dense forward, and the MoBA forward (past and
+// current-block kernels) on the default grid and on 1 and 3 persistent CTAs (the token
+// carried across a CTA's items and passed on by idle warpgroups). A bad value is an error
+// naming it. Separate tests so that a hang here (a barrier count wrong) does not stop the
+// others: bench/perf_session.sh's test step runs them last, under their own timeout.
+TEST_P(DenseWgmmaGpu, PingPongBitEqual) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  if (!is_sm90()) GTEST_SKIP() << "wgmma forward needs an sm_90 device";
+  const DenseCase& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  Bf16Inputs in(l, 501);
+  acu::Plan plan(l, MobaConfig{64, 1}, attn::Options{});
+  std::vector<std::vector<acu::bf16>> outs;
+  std::vector<std::vector<float>> lses;
+  for (const char* pp : {"0", "1"}) {
+    ScopedEnv fam("MOBA_DENSE_FWD", "wgmma"), ping("MOBA_FWD_PINGPONG", pp);
+    DeviceBuffer<acu::bf16> o(in.q.size());
+    DeviceBuffer<float> lse(l.lse_elems());
+    o.poison();
+    lse.poison();
+    acu::dense_forward(plan, in.dq_in.ptr, in.dk_in.ptr, in.dv_in.ptr, o.ptr, lse.ptr);
+    const cudaError_t err = cudaDeviceSynchronize();
+    ASSERT_EQ(err, cudaSuccess) << "MOBA_FWD_PINGPONG=" << pp << ": " << cudaGetErrorString(err);
+    outs.push_back(o.download());
+    lses.push_back(lse.download());
+  }
+  EXPECT_TRUE(same_bytes(outs[1], outs[0])) << "ping-pong out differs from the plain kernel's";
+  EXPECT_TRUE(same_bytes(lses[1], lses[0])) << "ping-pong lse differs from the plain kernel's";
+  ScopedEnv fam("MOBA_DENSE_FWD", "wgmma"), bad("MOBA_FWD_PINGPONG", "yes");
+  DeviceBuffer<acu::bf16> o(in.q.size());
+  DeviceBuffer<float> lse(l.lse_elems());
+  try {
+    acu::dense_forward(plan, in.dq_in.ptr, in.dk_in.ptr, in.dv_in.ptr, o.ptr, lse.ptr);
+    ADD_FAILURE() << "MOBA_FWD_PINGPONG=yes accepted";
+  } catch (const moba::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MOBA_FWD_PINGPONG=yes"), std::string::npos) << e.what();
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DenseWgmmaGpu, ::testing::ValuesIn(kDenseCases),
                          [](const auto& info) { return std::string(info.param.name); });
@@ -648,9 +662,6 @@ TEST_P(MobaWgmmaFwdGpu, MatchesReference) {
     acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o2.ptr, lse2.ptr);
     const cudaError_t err = cudaDeviceSynchronize();
     ASSERT_EQ(err, cudaSuccess) << "MOBA_MOBA_FWD_GRID=" << grid << ": " << cudaGetErrorString(err);
-    auto same_bytes = [](const auto& a, const auto& b) {
-      return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
-    };
     EXPECT_TRUE(same_bytes(o2.download(), o_wg.download())) << "MOBA_MOBA_FWD_GRID=" << grid << ": out differs";
     EXPECT_TRUE(same_bytes(lse2.download(), lse_wg.download())) << "MOBA_MOBA_FWD_GRID=" << grid << ": lse differs";
   }
@@ -710,6 +721,40 @@ const MobaFwdCase kMobaFwdCases[] = {
     {"mw_s64_fallback_d128", {0, 500}, 2, 1, 128, 64, 3},
 };
 
+// v20 on the MoBA forward kernels (see DenseWgmmaGpu.PingPongBitEqual).
+TEST_P(MobaWgmmaFwdGpu, PingPongBitEqual) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU attention tests skipped";
+  if (!is_sm90()) GTEST_SKIP() << "wgmma MoBA forward needs an sm_90 device";
+  const MobaFwdCase& cs = GetParam();
+  const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+  const MobaConfig cfg{cs.S, cs.K};
+  Bf16Inputs in(l, 701);
+  DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+  acu::Plan plan(l, cfg, attn::Options{});
+  acu::moba_gate(plan, in.dq_in.ptr, in.dk_in.ptr, dsel.ptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  for (const char* grid : {"", "3", "1"}) {
+    std::vector<std::vector<acu::bf16>> outs;
+    std::vector<std::vector<float>> lses;
+    for (const char* pp : {"0", "1"}) {
+      ScopedEnv fam("MOBA_MOBA_FWD", "wgmma"), g("MOBA_MOBA_FWD_GRID", grid),
+          ping("MOBA_FWD_PINGPONG", pp);
+      DeviceBuffer<acu::bf16> o(in.q.size());
+      DeviceBuffer<float> lse(l.lse_elems());
+      o.poison();
+      lse.poison();
+      acu::moba_forward(plan, dsel.ptr, in.dq_in.ptr, in.dk_in.ptr, in.dv_in.ptr, o.ptr, lse.ptr);
+      const cudaError_t err = cudaDeviceSynchronize();
+      ASSERT_EQ(err, cudaSuccess) << "MOBA_MOBA_FWD_GRID=" << grid << " MOBA_FWD_PINGPONG=" << pp
+                                  << ": " << cudaGetErrorString(err);
+      outs.push_back(o.download());
+      lses.push_back(lse.download());
+    }
+    EXPECT_TRUE(same_bytes(outs[1], outs[0])) << "MOBA_MOBA_FWD_GRID=" << grid << ": ping-pong out differs";
+    EXPECT_TRUE(same_bytes(lses[1], lses[0])) << "MOBA_MOBA_FWD_GRID=" << grid << ": ping-pong lse differs";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, MobaWgmmaFwdGpu, ::testing::ValuesIn(kMobaFwdCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
@@ -758,9 +803,6 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
   attn::cpu::moba_forward<double>(l, cfg, sel, opt, qd, kd, vd, out, lse);
   attn::cpu::moba_backward<double>(l, cfg, sel, opt, qd, kd, vd, out, lse, dod, rdq, rdk, rdv);
   const NaiveResult nv = naive_bf16(l, cfg.block_size, &sel, scale, q, k, v, dout);
-  auto same_bytes = [](const auto& a, const auto& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
-  };
   const int64_t N = l.tokens(), G = attn::fwd_chunk_granule(cfg);
   const int64_t whole = (N + G - 1) / G * G;  // the batch rounded up: N itself where G divides it
   const int64_t sizes[] = {G, 2 * G, 3 * G, attn::kIndexPieceTokens + G, whole, whole + G};

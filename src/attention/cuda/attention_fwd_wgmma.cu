@@ -29,8 +29,9 @@ static_assert(WgFwdTraits<64>::kBr == kQueryTile && WgFwdTraits<128>::kBr == kQu
               "the contiguous grid's tiles are the kernels' query tiles");
 
 // MOBA_FWD_PINGPONG, read on every call: unset, empty or 0 = off (the default until it is
-// measured; docs/kernel_notes.md, "v20"), 1 = the dense kernel's consumer warpgroups
-// ping-pong their MMAs (fwd_wgmma_step.cuh); anything else is an error naming the value.
+// measured; docs/kernel_notes.md, "v20"), 1 = the consumer warpgroups of the dense and the
+// MoBA forward kernels ping-pong their MMAs (fwd_wgmma_step.cuh); anything else is an error
+// naming the value.
 bool pingpong_on() {
   const char* e = std::getenv("MOBA_FWD_PINGPONG");
   if (e == nullptr || *e == '\0' || std::strcmp(e, "0") == 0) return false;
@@ -62,10 +63,10 @@ void launch_dense(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
 
 // One launch of a MoBA kernel on a 1-D grid of persistent CTAs. kPast gathers Q itself
 // (cp.async): its tm_q parameter is unused (the K map stands in).
-template <int D, WgMobaMode MODE>
-void launch_moba(const Plan& plan, const AttnParams& p, unsigned ctas, cudaStream_t stream) {
+template <int D, WgMobaMode MODE, bool PP>
+void launch_moba_pp(const Plan& plan, const AttnParams& p, unsigned ctas, cudaStream_t stream) {
   using T = WgMobaFwdTraits<D, MODE>;
-  constexpr auto kernel = moba_fwd_wgmma_kernel<D, MODE>;
+  constexpr auto kernel = moba_fwd_wgmma_kernel<D, MODE, PP>;
   wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes,
                             T::kPast ? "MOBA_MOBA_FWD=wgmma (past-block kernel)"
                                      : "MOBA_MOBA_FWD=wgmma (current-block kernel)");
@@ -75,6 +76,13 @@ void launch_moba(const Plan& plan, const AttnParams& p, unsigned ctas, cudaStrea
   const CUtensorMap tq = T::kPast ? tk : wg_map_bf16(p.q, N, p.Hq, D, T::kBr, "q");
   kernel<<<ctas, T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
   CUDA_CHECK_LAUNCH();
+}
+template <int D, WgMobaMode MODE>
+void launch_moba(const Plan& plan, const AttnParams& p, unsigned ctas, cudaStream_t stream) {
+  if (pingpong_on())
+    launch_moba_pp<D, MODE, true>(plan, p, ctas, stream);
+  else
+    launch_moba_pp<D, MODE, false>(plan, p, ctas, stream);
 }
 
 template <WgMobaMode MODE>

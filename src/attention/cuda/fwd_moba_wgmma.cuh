@@ -250,7 +250,14 @@ __device__ __forceinline__ void cp_async_ca(void* smem_dst, const void* src) {
                : "memory");
 }
 
-template <int D, WgMobaMode MODE>
+// PP: the consumer warpgroups' ping-pong (fwd_wgmma_step.cuh; MOBA_FWD_PINGPONG=1), with
+// the token carried across the CTA's work items as FA3's persistent kernels carry it: each
+// warpgroup syncs for the token when it starts an item and hands it over when it has issued
+// the item's last O += P V (before its epilogue, which then overlaps the other's MMAs);
+// warpgroup 0 gives itself the first token once. Per item each barrier sees n + 1 syncs and
+// n + 1 arrival groups; the first token leaves one arrival group on barrier kPingPongBar
+// (warpgroup 1's last hand-over) pending when the CTA exits, as in FA3.
+template <int D, WgMobaMode MODE, bool PP = false>
 __global__ void __launch_bounds__(384, 1)
     moba_fwd_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                           const __grid_constant__ CUtensorMap tm_k,
@@ -410,22 +417,28 @@ __global__ void __launch_bounds__(384, 1)
   const uint32_t v_addr = smem_addr(sV);
   int ring = 0;  // key tiles consumed so far (the producer's count)
   int qi = 0;    // items with rows so far (the producer's count): Q buffer qi % QB
+  if (PP && wgi == 0) named_bar_arrive(kPingPongBar, 256);  // the first token
 
   for (int i = 0; i < n_items; ++i) {
     if (!next_item(i, item)) continue;  // kCurrent: a tile past its sequence's end
     const int qb = qi % QB;
     const uint32_t q_par = (qi / QB) & 1;
     ++qi;
+    if (PP) named_bar_sync(kPingPongBar + wgi, 256);  // the token for this item's first S
     if (wg_row0 >= item.count) {
       // No row of this warpgroup exists: no MMA, but every tile's slot must be freed by
       // both warpgroups. Waiting for the tile first keeps each arrival in its own phase.
+      // With PP the token still passes as if the MMAs were issued.
       for (int j = 0; j < item.n_tiles; ++j, ++ring) {
         const int st = ring % ST;
         const uint32_t par = (ring / ST) & 1;
         mbar_wait(&full_k[st], par);
+        if (PP) named_bar_arrive(kPingPongBar + (1 - wgi), 256);
         mbar_wait(&full_v[st], par);
+        if (PP) named_bar_sync(kPingPongBar + wgi, 256);
         mbar_arrive(&empty[st]);
       }
+      if (PP) named_bar_arrive(kPingPongBar + (1 - wgi), 256);
       mbar_arrive(&q_empty[qb]);
       continue;
     }
@@ -484,9 +497,11 @@ __global__ void __launch_bounds__(384, 1)
     // The key tiles (fwd_wgmma_step.cuh). Past blocks lie entirely before their queries: no
     // mask; kCurrent masks the diagonal (last) tile.
     for (int j = 0; j < item.n_tiles; ++j, ++ring)
-      wgfwd_key_tile<D, Br, Bc, !PAST>(q_addr, k_addr, v_addr, full_k, full_v, empty, ring % ST,
-                                       (ring / ST) & 1, item.k_begin + j * Bc, item.first_tok + wg_row0,
-                                       tok, qd, p.scale_log2, s, o, row_max, row_sum);
+      wgfwd_key_tile<D, Br, Bc, !PAST, PP>(q_addr, k_addr, v_addr, full_k, full_v, empty,
+                                           ring % ST, (ring / ST) & 1, item.k_begin + j * Bc,
+                                           item.first_tok + wg_row0, tok, qd, p.scale_log2, s, o,
+                                           row_max, row_sum, PP ? wgi : 0);
+    if (PP) named_bar_arrive(kPingPongBar + (1 - wgi), 256);  // the token, for the other's last P V
     // The last S MMA has read this item's Q rows: the buffer may be refilled (item qi + 2).
     mbar_arrive(&q_empty[qb]);
 
