@@ -250,13 +250,9 @@ __device__ __forceinline__ void cp_async_ca(void* smem_dst, const void* src) {
                : "memory");
 }
 
-// PP: the consumer warpgroups' ping-pong (fwd_wgmma_step.cuh; MOBA_FWD_PINGPONG=1), with
-// the token carried across the CTA's work items as FA3's persistent kernels carry it: each
-// warpgroup syncs for the token when it starts an item and hands it over when it has issued
-// the item's last O += P V (before its epilogue, which then overlaps the other's MMAs);
-// warpgroup 0 gives itself the first token once. Per item each barrier sees n + 1 syncs and
-// n + 1 arrival groups; the first token leaves one arrival group on barrier kPingPongBar
-// (warpgroup 1's last hand-over) pending when the CTA exits, as in FA3.
+// PP: the consumer warpgroups' ping-pong (fwd_wgmma_step.cuh; MOBA_FWD_PINGPONG=1), its
+// token carried across the CTA's work items; a warpgroup without rows in an item passes it
+// at the same points without MMAs.
 template <int D, WgMobaMode MODE, bool PP = false>
 __global__ void __launch_bounds__(384, 1)
     moba_fwd_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
@@ -417,14 +413,14 @@ __global__ void __launch_bounds__(384, 1)
   const uint32_t v_addr = smem_addr(sV);
   int ring = 0;  // key tiles consumed so far (the producer's count)
   int qi = 0;    // items with rows so far (the producer's count): Q buffer qi % QB
-  if (PP && wgi == 0) named_bar_arrive(kPingPongBar, 256);  // the first token
+  if (PP) wgfwd_pp_first_token(wgi);
 
   for (int i = 0; i < n_items; ++i) {
     if (!next_item(i, item)) continue;  // kCurrent: a tile past its sequence's end
     const int qb = qi % QB;
     const uint32_t q_par = (qi / QB) & 1;
     ++qi;
-    if (PP) named_bar_sync(kPingPongBar + wgi, 256);  // the token for this item's first S
+    if (PP) wgfwd_pp_take(wgi);  // the token for this item's first S
     if (wg_row0 >= item.count) {
       // No row of this warpgroup exists: no MMA, but every tile's slot must be freed by
       // both warpgroups. Waiting for the tile first keeps each arrival in its own phase.
@@ -433,12 +429,12 @@ __global__ void __launch_bounds__(384, 1)
         const int st = ring % ST;
         const uint32_t par = (ring / ST) & 1;
         mbar_wait(&full_k[st], par);
-        if (PP) named_bar_arrive(kPingPongBar + (1 - wgi), 256);
+        if (PP) wgfwd_pp_pass(wgi);
         mbar_wait(&full_v[st], par);
-        if (PP) named_bar_sync(kPingPongBar + wgi, 256);
+        if (PP) wgfwd_pp_take(wgi);
         mbar_arrive(&empty[st]);
       }
-      if (PP) named_bar_arrive(kPingPongBar + (1 - wgi), 256);
+      if (PP) wgfwd_pp_pass(wgi);
       mbar_arrive(&q_empty[qb]);
       continue;
     }
@@ -501,7 +497,7 @@ __global__ void __launch_bounds__(384, 1)
                                            ring % ST, (ring / ST) & 1, item.k_begin + j * Bc,
                                            item.first_tok + wg_row0, tok, qd, p.scale_log2, s, o,
                                            row_max, row_sum, PP ? wgi : 0);
-    if (PP) named_bar_arrive(kPingPongBar + (1 - wgi), 256);  // the token, for the other's last P V
+    if (PP) wgfwd_pp_pass(wgi);  // the token, for the other's last P V
     // The last S MMA has read this item's Q rows: the buffer may be refilled (item qi + 2).
     mbar_arrive(&q_empty[qb]);
 

@@ -149,12 +149,15 @@ __global__ void __launch_bounds__(384, 1)
   mbar_wait(full_q, 0);
   // The key tiles; the ring position from the loop counter (fwd_wgmma_step.cuh). Both
   // warpgroups run the same n_tiles (the ping-pong's token needs it).
-  if (PP) wgfwd_pingpong_begin(wgi);
+  if (PP) {
+    wgfwd_pp_first_token(wgi);
+    wgfwd_pp_take(wgi);
+  }
   for (int j = 0; j < n_tiles; ++j)
     wgfwd_key_tile<D, Br, Bc, true, PP>(q_addr, k_addr, v_addr, full_k, full_v, empty, j % ST,
                                         (j / ST) & 1, seq_start + j * Bc, first_tok + wg_row0, tok,
                                         qd, p.scale_log2, s, o, row_max, row_sum, PP ? wgi : 0);
-  if (PP) wgfwd_pingpong_end(wgi);
+  if (PP) wgfwd_pp_pass(wgi);
 
   // Epilogue: normalise and write the rows of the sequence; lse in natural log.
   constexpr float kLn2 = 0.6931471805599453f;

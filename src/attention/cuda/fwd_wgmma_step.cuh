@@ -75,14 +75,26 @@ __device__ __forceinline__ void wgfwd_load_kv(int& n, __nv_bfloat16* sK, __nv_bf
 // q_addr: this warpgroup's Q rows (shared address); k_addr / v_addr: ring slot 0 of K / V;
 // st, par: the ring slot and the full barriers' parity of this tile. s is the scores'
 // register array, kept by the caller across tiles (as are o, row_max, row_sum).
-// PP (the dense kernel with MOBA_FWD_PINGPONG=1; docs/kernel_notes.md, "v20"): FA3's
-// ping-pong of the two consumer warpgroups. Named barriers kPingPongBar + w (w = pp_wg,
-// the warpgroup) pass a token: a warpgroup issues its MMAs [O += P V of this tile, then
-// S = Q K^T of the next] only while it holds the token, and hands it over as soon as S is
-// issued, so that its softmax runs while the other warpgroup's MMAs do. The caller gives
-// warpgroup 0 the first token before its first tile and takes the last one after
-// (wgfwd_pingpong_begin / _end); both warpgroups must run the same number of tiles.
+// PP (MOBA_FWD_PINGPONG=1; docs/kernel_notes.md, "v20"): FA3's ping-pong of the two
+// consumer warpgroups. Named barriers kPingPongBar + w (w the warpgroup) pass a token: a
+// warpgroup issues its MMAs [O += P V of this tile, then S = Q K^T of the next] only while
+// it holds the token, and passes it as soon as S is issued, so that its softmax runs while
+// the other warpgroup's MMAs do. The protocol, the same in every forward kernel: warpgroup
+// 0 gets the first token once (wgfwd_pp_first_token); around each work item's key tiles a
+// warpgroup takes the token before the first (wgfwd_pp_take) and passes it after its last
+// O += P V (wgfwd_pp_pass), before its epilogue. Per item each barrier sees n + 1 syncs and
+// n + 1 arrival groups; the first token leaves one arrival group (warpgroup 1's last pass)
+// pending on barrier kPingPongBar when the CTA exits, as in FA3. Both warpgroups must run
+// the same items and tiles.
 constexpr int kPingPongBar = 3;  // ids 3 and 4 (0 is __syncthreads)
+
+__device__ __forceinline__ void wgfwd_pp_first_token(int wg) {
+  if (wg == 0) wg::named_bar_arrive(kPingPongBar, 256);
+}
+__device__ __forceinline__ void wgfwd_pp_take(int wg) { wg::named_bar_sync(kPingPongBar + wg, 256); }
+__device__ __forceinline__ void wgfwd_pp_pass(int wg) {
+  wg::named_bar_arrive(kPingPongBar + (1 - wg), 256);
+}
 
 template <int D, int Br, int Bc, bool MASK, bool PP = false>
 __device__ __forceinline__ void wgfwd_key_tile(uint32_t q_addr, uint32_t k_addr, uint32_t v_addr,
@@ -106,7 +118,7 @@ __device__ __forceinline__ void wgfwd_key_tile(uint32_t q_addr, uint32_t k_addr,
     wgmma_ss<Bc>(s, da, db, kk > 0);
   }
   wgmma_commit();
-  if (PP) named_bar_arrive(kPingPongBar + (1 - pp_wg), 256);  // the other warpgroup's turn
+  if (PP) wgfwd_pp_pass(pp_wg);  // the other warpgroup's turn
   wgmma_wait<0>();
   fence_regs(s);
 
@@ -158,7 +170,7 @@ __device__ __forceinline__ void wgfwd_key_tile(uint32_t q_addr, uint32_t k_addr,
 
   // O += P V.
   mbar_wait(&full_v[st], par);
-  if (PP) named_bar_sync(kPingPongBar + pp_wg, 256);  // this warpgroup's turn again
+  if (PP) wgfwd_pp_take(pp_wg);  // this warpgroup's turn again
   fence_regs(o);
   wgmma_fence();
 #pragma unroll
@@ -170,21 +182,6 @@ __device__ __forceinline__ void wgfwd_key_tile(uint32_t q_addr, uint32_t k_addr,
   wgmma_wait<0>();
   fence_regs(o);
   mbar_arrive(&empty[st]);  // this thread is done with slot st (K and V)
-}
-
-// The ping-pong's token around a warpgroup's key tiles (PP above): warpgroup 0 gives itself
-// the first token; each then waits for its turn. After the last tile, warpgroup 0 hands
-// the token to warpgroup 1 for its last O += P V; warpgroup 1's would-be last hand-over
-// has no taker and is left out, so that every bar.sync meets exactly one arrival group
-// (n + 1 syncs and n + 1 arrivals on each barrier for n tiles).
-__device__ __forceinline__ void wgfwd_pingpong_begin(int pp_wg) {
-  using namespace wg;
-  if (pp_wg == 0) named_bar_arrive(kPingPongBar, 256);
-  named_bar_sync(kPingPongBar + pp_wg, 256);
-}
-__device__ __forceinline__ void wgfwd_pingpong_end(int pp_wg) {
-  using namespace wg;
-  if (pp_wg == 0) named_bar_arrive(kPingPongBar + 1, 256);
 }
 
 }  // namespace moba::attn::cuda
