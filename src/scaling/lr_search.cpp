@@ -230,9 +230,11 @@ double warmup_fraction_of(int64_t warmup_steps, int64_t steps) {
   return raw;
 }
 
+// plan.json beside the runs or one folder up (a results folder keeps it beside runs/), as the
+// report's planned-time section finds it.
 std::map<int64_t, double> read_rule_lrs(const fs::path& runs_dir) {
   std::map<int64_t, double> out;
-  const json j = read_plan_json(runs_dir / "plan.json");
+  const json j = read_plan_json(find_plan_json(runs_dir));
   if (!j.is_object() || !j.contains("runs") || !j["runs"].is_array()) return out;
   for (const json& r : j["runs"])
     if (r.is_object() && r.contains("layers") && r.contains("lr_rule") &&
@@ -242,7 +244,7 @@ std::map<int64_t, double> read_rule_lrs(const fs::path& runs_dir) {
 }
 
 double read_rule_exponent(const fs::path& runs_dir) {
-  const json j = read_plan_json(runs_dir / "plan.json");
+  const json j = read_plan_json(find_plan_json(runs_dir));
   if (!j.is_object() || !j.contains("lr_rule") || !j["lr_rule"].is_object()) return kNaN;
   const json& e = j["lr_rule"].value("exponent", json());
   return e.is_number() ? e.get<double>() : kNaN;

@@ -79,6 +79,19 @@ std::vector<Tick> log_ticks(double lo, double hi) {
     if (t.major) t.base = plain(std::round(q) * step, d);
     ticks.push_back(t);
   }
+  // Linear steps crowd toward the top of a log axis (0.0030, 0.0035, 0.0040 on an axis from
+  // 0.0009): from the top down, a label closer than a tenth of the span (in log) to the last
+  // one kept becomes a minor tick.
+  double kept = 0;
+  for (auto it = ticks.rbegin(); it != ticks.rend(); ++it) {
+    if (!it->major) continue;
+    if (kept > 0 && std::log10(kept / it->value) < decades / 10) {
+      it->major = false;
+      it->base.clear();
+    } else {
+      kept = it->value;
+    }
+  }
   return ticks;
 }
 

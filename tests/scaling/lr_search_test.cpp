@@ -280,6 +280,14 @@ TEST(LrSearch, RuleFromPlanJson) {
   write_file(tmp.path() / "plan.json", "not json");
   EXPECT_TRUE(read_rule_lrs(tmp.path()).empty());
   EXPECT_TRUE(std::isnan(read_rule_exponent(tmp.path())));
+  // A results folder keeps plan.json one folder above runs/ (scripts/study-results.sh, the
+  // device's packed sweeps): found there, as the report's planned-time section finds it.
+  std::filesystem::remove(tmp.path() / "plan.json");
+  std::filesystem::create_directories(tmp.path() / "runs");
+  write_file(tmp.path() / "plan.json",
+             R"({"runs": [{"layers": 3, "lr_rule": 0.005}], "lr_rule": {"exponent": 0.125}})");
+  EXPECT_DOUBLE_EQ(read_rule_lrs(tmp.path() / "runs").at(3), 0.005);
+  EXPECT_DOUBLE_EQ(read_rule_exponent(tmp.path() / "runs"), 0.125);
 }
 
 TEST(LrSearch, WritesTableJsonAndFigure) {

@@ -53,6 +53,13 @@ TEST(Ticks, NiceStepsOnALossAxis) {
   for (const Tick& t : log_ticks(2.31, 2.62))
     if (t.major) labels.push_back(t.base);
   EXPECT_EQ(labels, (std::vector<std::string>{"2.35", "2.40", "2.45", "2.50", "2.55", "2.60"}));
+  // A learning-rate axis of 0.67 decades: the linear steps crowd at the top, and the labels
+  // too close to the one above them go (0.0035 beside 0.0040), from the top down.
+  labels.clear();
+  for (const Tick& t : log_ticks(0.00085, 0.0040))
+    if (t.major) labels.push_back(t.base);
+  EXPECT_EQ(labels, (std::vector<std::string>{"0.0010", "0.0015", "0.0020", "0.0025", "0.0030",
+                                              "0.0040"}));
   EXPECT_TRUE(log_ticks(2, 1).empty());
   EXPECT_EQ(signed_number(-0.063, 3), kMinus + "0.063");
   EXPECT_EQ(signed_number(-0.0001, 3), "0.000");
