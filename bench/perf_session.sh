@@ -202,7 +202,7 @@ fi
 # The limiter per kernel at issue 16's bar shapes (D 128, H 16, S 512, K 3, 32K): every
 # kernel of MoBA's fwd+bwd (gate, index, past, current, delta, backward, dQ conversion) and
 # of dense fwd+bwd, one launch each, Speed of Light + occupancy + warp stalls + compute
-# workload (pipes); each dump's limiter table in ncubar-{moba,dense}-limiters-TAG.md.
+# workload (pipes); each dump's limiter table in ncubar-{moba,mobabwd,dense}-limiters-TAG.md.
 if has ncubar; then
   log "ncubar: MoBA fwd+bwd kernels, D 128, H 16, T 32K"
   timeout 300 ncu --clock-control none --launch-count 60 \
@@ -212,6 +212,17 @@ if has ncubar; then
     "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
     --repeats 1 --skip-dense > "$OUT/ncubar-moba-$TAG.txt" 2>&1
   limiters ncubar-moba
+  # The 60 launches above end inside the forward timing's warm-ups (seen in s24: no backward
+  # kernel in the dump), so the backward's kernels get their own pass: -k matches only them,
+  # and they first run in the fwd+bwd timing, so the first 12 matches are its first calls.
+  log "ncubar: MoBA backward kernels, D 128, H 16, T 32K"
+  timeout 300 ncu --clock-control none --launch-count 12 \
+    -k 'regex:attn_bwd_moba_wgmma|wg_prep|dq_convert|delta' \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
+    --repeats 1 --skip-dense > "$OUT/ncubar-mobabwd-$TAG.txt" 2>&1
+  limiters ncubar-mobabwd
   log "ncubar: dense fwd+bwd kernels, D 128, H 16, T 32K"
   timeout 300 ncu --clock-control none --launch-count 12 \
     -k 'regex:attn_fwd_wgmma|attn_bwd_wgmma|wg_prep|dq_convert' \
