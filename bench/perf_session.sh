@@ -7,7 +7,7 @@
 # over MOBA_FWD_CHUNK_TOKENS, CHUNKS="2048 4096 8192 16384" against one pass); long = MoBA
 # alone from 128K to 2M tokens, dense1m = MoBA against our dense forward at 1M, prefill10m =
 # MoBA forwards at 1M-10M with Hq 8, Hkv 2 (S 512 K 3 and the paper's S 4096 K 12); ncubar
-# = ncu on every MoBA and dense kernel at 32K, D 128; ncugate = ncu on the gate and the
+# = ncu on every MoBA and dense kernel at 32K, D 128 (ncubwd = its MoBA backward pass alone); ncugate = ncu on the gate and the
 # gather index at 1M (one pass), at 128K (chunked forward) and at 8K, D 64 (the
 # trainer's); peer = PyTorch SDPA's cuDNN and flash at both shapes, which d128 and d64 then compare with; pp = the dense wgmma
 # forward with and without MOBA_FWD_PINGPONG, alternately (ROUNDS). Each ncu step keeps its raw
@@ -212,17 +212,6 @@ if has ncubar; then
     "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
     --repeats 1 --skip-dense > "$OUT/ncubar-moba-$TAG.txt" 2>&1
   limiters ncubar-moba
-  # The 60 launches above end inside the forward timing's warm-ups (seen in s24: no backward
-  # kernel in the dump), so the backward's kernels get their own pass: -k matches only them,
-  # and they first run in the fwd+bwd timing, so the first 12 matches are its first calls.
-  log "ncubar: MoBA backward kernels, D 128, H 16, T 32K"
-  timeout 300 ncu --clock-control none --launch-count 12 \
-    -k 'regex:attn_bwd_moba_wgmma|wg_prep|dq_convert|delta' \
-    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
-    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
-    --repeats 1 --skip-dense > "$OUT/ncubar-mobabwd-$TAG.txt" 2>&1
-  limiters ncubar-mobabwd
   log "ncubar: dense fwd+bwd kernels, D 128, H 16, T 32K"
   timeout 300 ncu --clock-control none --launch-count 12 \
     -k 'regex:attn_fwd_wgmma|attn_bwd_wgmma|wg_prep|dq_convert' \
@@ -231,6 +220,20 @@ if has ncubar; then
     "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
     --repeats 1 > "$OUT/ncubar-dense-$TAG.txt" 2>&1
   limiters ncubar-dense
+fi
+# The 60 launches of ncubar's MoBA pass end inside the forward timing's warm-ups (seen in s24:
+# no backward kernel in the dump), so MoBA's backward kernels get their own pass, in ncubar
+# and alone as ncubwd: -k matches only them, and they first run in the fwd+bwd timing, so
+# the first 12 matches are its first calls. Table: ncubar-mobabwd-limiters-TAG.md.
+if has ncubar || has ncubwd; then
+  log "ncubar: MoBA backward kernels, D 128, H 16, T 32K"
+  timeout 300 ncu --clock-control none --launch-count 12 \
+    -k 'regex:attn_bwd_moba_wgmma|wg_prep|dq_convert|delta' \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
+    --repeats 1 --skip-dense > "$OUT/ncubar-mobabwd-$TAG.txt" 2>&1
+  limiters ncubar-mobabwd
 fi
 # The gate and the gather index at long T (issue 16: the gate <= 10% of MoBA's forward): ncu
 # on block_means, gate_mma and the bucket kernels (count, scan, fill) at 1M tokens, one pass
