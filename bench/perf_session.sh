@@ -10,7 +10,8 @@
 # = ncu on every MoBA and dense kernel at 32K, D 128 (ncubwd = its MoBA backward pass alone); ncugate = ncu on the gate and the
 # gather index at 1M (one pass), at 128K (chunked forward) and at 8K, D 64 (the
 # trainer's); peer = PyTorch SDPA's cuDNN and flash at both shapes, which d128 and d64 then compare with; pp = the dense wgmma
-# forward with and without MOBA_FWD_PINGPONG, alternately (ROUNDS). Each ncu step keeps its raw
+# forward with and without MOBA_FWD_PINGPONG, alternately (ROUNDS); gaterows = the gate with
+# MOBA_GATE_ROWS 128 and 256, alternately (ROUNDS). Each ncu step keeps its raw
 # dump (NAME-TAG.txt) and writes issue 16's limiter per kernel beside it, NAME-limiters-TAG.md
 # (scripts/ncu-limiters.py: the rule in its docstring), and prints that table.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
@@ -126,6 +127,25 @@ if has pp; then
       MOBA_FWD_PINGPONG=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only \
         -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10 \
         --out "$OUT/pp$v-$round-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+    done
+  done
+fi
+# v21 (docs/kernel_notes.md): the gate with MOBA_GATE_ROWS=128 (default) and 256 (two m-tiles
+# per warp), alternately (ROUNDS), MoBA's forward alone (--skip-dense) at D 128, H 16 (8K,
+# 32K, 128K; then 1M one pass, one repeat) and D 64, H 12 (8K..128K): gate_ms per row.
+if has gaterows; then
+  for round in $(seq 1 ${ROUNDS:-2}); do
+    for v in 128 256; do
+      log "gaterows round $round: MOBA_GATE_ROWS=$v"
+      MOBA_GATE_ROWS=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
+        -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 \
+        --out "$OUT/gaterows$v-$round-d128-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+      MOBA_GATE_ROWS=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
+        -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10 \
+        --out "$OUT/gaterows$v-$round-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+      MOBA_GATE_ROWS=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
+        -T 1048576 --heads 16 -D 128 -S 512 -K 3 --repeats 1 \
+        --out "$OUT/gaterows$v-$round-1m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
     done
   done
 fi

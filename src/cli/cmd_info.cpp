@@ -32,6 +32,9 @@ constexpr KernelSwitch kSwitches[] = {
     {"MOBA_FWD_CHUNK_TOKENS", "0", "a positive multiple of max(S, 128)",
      "0, the MoBA forward in one pass (n: in chunks of n query tokens)", true},
     {"MOBA_MOBA_BWD", "mma", "wgmma", "wgmma where it runs"},
+    {"MOBA_GATE_ROWS", "128", "256",
+     "128 query tokens a gate CTA (256: two m-tiles per warp where K <= 5, fewer shared-memory "
+     "reads per score)"},
     {"MOBA_GATHER_BINS", "smem", "global",
      "smem, the gather index's counts in shared memory where the full blocks fit (global: "
      "global atomics, a test knob)"},

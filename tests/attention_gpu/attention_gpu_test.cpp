@@ -604,6 +604,68 @@ TEST(GateGpu, MatchesCpuGate) {
   check_gate(l, cfg, q, k, sel);
 }
 
+// v21: MOBA_GATE_ROWS=256 (two m-tiles of 16 query rows per warp, 256 rows a CTA; the same
+// MMAs on the same operands in the same order) selects exactly what the default does, on
+// every list length (K 2..5 have the two-tile instance, K 8 and 16 fall back to one tile),
+// head dims 64 and 128, block sizes 64..512, varlen with odd lengths, GQA, and sequences
+// shorter than one 256-row tile; each selection also against the CPU gate. A bad value is
+// an error naming it.
+TEST(GateGpu, TwoMtilesPerWarpSameSelection) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU gate test skipped";
+  struct Case {
+    std::vector<int64_t> cu;
+    int64_t Hq, Hkv, D, S, K;
+  };
+  const Case cases[] = {
+      {{0, 8192}, 4, 2, 128, 128, 3},         {{0, 8192}, 2, 2, 64, 128, 3},
+      {{0, 4100}, 2, 1, 128, 64, 2},          {{0, 5000}, 3, 1, 64, 256, 5},
+      {{0, 6000}, 2, 2, 128, 128, 4},         {{0, 1, 300, 2900, 3160}, 4, 2, 128, 64, 3},
+      {{0, 127, 5000, 5255}, 2, 1, 64, 128, 5}, {{0, 3000}, 2, 1, 128, 128, 8},
+      {{0, 9000}, 2, 1, 64, 512, 3},          {{0, 2500}, 2, 1, 64, 64, 16},
+  };
+  int n = 0;
+  for (const Case& cs : cases) {
+    const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
+    const MobaConfig cfg{cs.S, cs.K};
+    std::vector<float> q = random_normal<float>(l.q_elems(), 300 + n),
+                       k = random_normal<float>(l.kv_elems(), 400 + n);
+    ++n;
+    for (float& e : q) e = round_bf16(e);
+    for (float& e : k) e = round_bf16(e);
+    DeviceBuffer<acu::bf16> dq(q.size()), dk(k.size());
+    dq.upload(to_bf16(q));
+    dk.upload(to_bf16(k));
+    acu::Plan plan(l, cfg, attn::Options{});
+    std::vector<std::vector<int32_t>> sels;
+    for (const char* rows : {"128", "256"}) {
+      ScopedEnv env("MOBA_GATE_ROWS", rows);
+      DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+      dsel.poison();
+      acu::moba_gate(plan, dq.ptr, dk.ptr, dsel.ptr);
+      const cudaError_t err = cudaDeviceSynchronize();
+      ASSERT_EQ(err, cudaSuccess) << "MOBA_GATE_ROWS=" << rows << ": " << cudaGetErrorString(err);
+      sels.push_back(dsel.download());
+    }
+    SCOPED_TRACE("case " + std::to_string(n) + ": D " + std::to_string(cs.D) + ", S " +
+                 std::to_string(cs.S) + ", K " + std::to_string(cs.K));
+    EXPECT_TRUE(same_bytes(sels[1], sels[0])) << "MOBA_GATE_ROWS=256 selects differently";
+    check_gate(l, cfg, q, k, Selection{cfg.top_k, l.num_q_heads, sels[1]});
+  }
+  const Layout l = Layout::varlen({0, 1000}, 2, 1, 64);
+  const MobaConfig cfg{128, 3};
+  acu::Plan plan(l, cfg, attn::Options{});
+  DeviceBuffer<acu::bf16> dq(l.q_elems()), dk(l.kv_elems());
+  DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
+  ScopedEnv bad("MOBA_GATE_ROWS", "512");
+  try {
+    acu::moba_gate(plan, dq.ptr, dk.ptr, dsel.ptr);
+    ADD_FAILURE() << "MOBA_GATE_ROWS=512 accepted";
+  } catch (const moba::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MOBA_GATE_ROWS=512"), std::string::npos) << e.what();
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 // The sm_90a MoBA forward (wgmma + TMA, fwd_wgmma.cuh; MOBA_MOBA_FWD=wgmma) against the
 // mma.sync one (fwd_kernel.cuh, MOBA_MOBA_FWD=mma; wgmma is the default on sm_90) on one selection (the GPU
 // gate's, computed once): out and lse of each against the fp64 CPU MoBA reference with the

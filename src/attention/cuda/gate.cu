@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
@@ -16,12 +18,19 @@
 #include "attention/cuda/block_mean.cuh"
 #include "attention/cuda/mma.cuh"
 #include "core/cuda_check.cuh"
+#include "core/error.h"
 
 namespace moba::attn::cuda {
 namespace {
 
-constexpr int kGateRows = 128;   // query tokens per gate CTA (8 warps x 16 rows)
+constexpr int kGateRows = 128;   // query tokens per gate CTA at MT = 1 (8 warps x 16 rows)
 constexpr int kGateThreads = 256;
+// MT, m-tiles (of 16 query rows) per warp: 1 (the default), or 2 with MOBA_GATE_ROWS=256
+// (docs/kernel_notes.md, "v21"): each B fragment of the means read from shared memory then
+// feeds two MMAs per warp instead of one, halving the shared-memory reads per score, at
+// twice the Q tile (256 rows a CTA) and twice the Q fragments in registers. Only the list
+// lengths KM <= 4 (K <= 5) have an MT = 2 instance; longer lists keep MT = 1 (registers).
+constexpr int kGateMaxMt = 2;
 constexpr int kMaxPast = kMaxTopK - 1;
 
 // Block means of K, kept as three bf16 terms hi + mid + lo (rows, Hkv, 3, D): the fp32
@@ -118,14 +127,15 @@ constexpr int gate_chunk_blocks() {
 }
 // Q tile + two chunk buffers (3 terms each), padded rows: 45 KB at D 64, 61 KB at D 128
 // with 16-block chunks, 85 KB with 32.
-template <int D, int KM>
+template <int D, int KM, int MT = 1>
 constexpr int gate_smem_bytes() {
-  return (kGateRows + 2 * 3 * gate_chunk_blocks<D, KM>()) * (D + 8) * 2;
+  return (kGateRows * MT + 2 * 3 * gate_chunk_blocks<D, KM>()) * (D + 8) * 2;
 }
 // CTAs per SM asked of ptxas (registers <= 65536 / (256 x this)): the most each instance
 // reaches without spills (checked with ptxas -v), within what shared memory allows.
-template <int D, int KM>
+template <int D, int KM, int MT = 1>
 constexpr int gate_min_ctas() {
+  if (MT > 1) return 2;  // 96 KB (D 128) / 64.5 KB (D 64) of shared memory; 128 registers
   if (KM > 8) return 1;
   if (KM > 4) return 2;
   return D == 64 ? 4 : 3;
@@ -137,51 +147,60 @@ constexpr int gate_min_ctas() {
 // the four lists of a row are merged by warp shuffles at the end. The (T, T/S) score matrix
 // never exists in memory. The chunks are double-buffered: chunk c+1 is copied (cp.async)
 // while chunk c is scored, and chunks 0 and 1 are both in flight with the Q tile.
-template <int D, int KM>
-__global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_mma_kernel(
+template <int D, int KM, int MT>
+__global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM, MT>())) gate_mma_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ msplit,
     const int32_t* __restrict__ cu_seqlens, const int32_t* __restrict__ block_offset, int Hq,
     int Hkv, int S, int K, int32_t* __restrict__ sel, int m_last) {
   using namespace detail;
+  static_assert(MT >= 1 && MT <= kGateMaxMt, "gate: 1 or 2 m-tiles per warp");
+  constexpr int kRows = kGateRows * MT;  // query tokens per CTA
   constexpr int NB = gate_chunk_blocks<D, KM>();
   constexpr int LD = D + 8;          // padded rows: conflict-free ldmatrix
   constexpr int kBuf = 3 * NB * LD;  // one chunk: [3 terms][NB blocks][LD]
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [128][LD]
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kRows][LD]
   __nv_bfloat16* sM = sQ + kGateRows * LD;                          // [2][kBuf]
   // Grid (Hq, row tiles, B): heads fastest, last tiles (most past blocks) first. One launch
   // covers at most 65535 row tiles (gridDim.y's limit): tiles m_last, m_last - 1, ...
   const int b = blockIdx.z, h = blockIdx.x, m = m_last - static_cast<int>(blockIdx.y);
   const int seq_start = cu_seqlens[b], len = cu_seqlens[b + 1] - seq_start;
-  if (m * kGateRows >= len) return;
+  if (m * kRows >= len) return;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, qd = lane % 4;
   const int kp = K - 1;
-  const int last = min(len, (m + 1) * kGateRows) - 1;
+  const int last = min(len, (m + 1) * kRows) - 1;
   const int cmax = last / S;  // the largest current block among the CTA's rows
-  // This thread's rows g and g + 8 of the warp's 16 (x = 0, 1).
-  int cur[2];
+  // The warp's m-tile t covers CTA rows (warp * MT + t) * 16 + [0, 16); this thread's rows
+  // in it are g and g + 8 (x = 0, 1).
+  int cur[MT][2];
 #pragma unroll
-  for (int x = 0; x < 2; ++x) cur[x] = (m * kGateRows + warp * 16 + g + 8 * x) / S;
-  float val[2][KM];
-  int idx[2][KM];
+  for (int t = 0; t < MT; ++t)
 #pragma unroll
-  for (int x = 0; x < 2; ++x)
+    for (int x = 0; x < 2; ++x) cur[t][x] = (m * kRows + (warp * MT + t) * 16 + g + 8 * x) / S;
+  float val[MT][2][KM];
+  int idx[MT][2][KM];
 #pragma unroll
-    for (int i = 0; i < KM; ++i) {
-      val[x][i] = -INFINITY;
-      idx[x][i] = -1;
-    }
-  // Scores of row x are inserted for blocks j < lim[x]: its past blocks, none where the row
-  // selects densely (current block <= K-1, below).
-  int lim[2];
+  for (int t = 0; t < MT; ++t)
 #pragma unroll
-  for (int x = 0; x < 2; ++x) lim[x] = cur[x] > kp ? cur[x] : 0;
+    for (int x = 0; x < 2; ++x)
+#pragma unroll
+      for (int i = 0; i < KM; ++i) {
+        val[t][x][i] = -INFINITY;
+        idx[t][x][i] = -1;
+      }
+  // Scores of row (t, x) are inserted for blocks j < lim[t][x]: its past blocks, none where
+  // the row selects densely (current block <= K-1, below).
+  int lim[MT][2];
+#pragma unroll
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int x = 0; x < 2; ++x) lim[t][x] = cur[t][x] > kp ? cur[t][x] : 0;
   // Scores only where some row of the CTA has a past block to choose (current block > K-1;
   // never with K = 1). The selections are all written at the end, from one address.
   if (cmax > kp && kp > 0) {
     const int kvh = h / (Hq / Hkv);
-    load_rows<D, LD, kGateThreads>(sQ, kGateRows, q, [&](int r) -> const __nv_bfloat16* {
-      const int p = m * kGateRows + r;
+    load_rows<D, LD, kGateThreads>(sQ, kRows, q, [&](int r) -> const __nv_bfloat16* {
+      const int p = m * kRows + r;
       return p < len ? q + (static_cast<size_t>(seq_start + p) * Hq + h) * D : nullptr;
     });
     // Chunk copies: thread tid moves the 16 bytes at column c8 of buffer rows r0 + k * kStep
@@ -217,10 +236,13 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_m
     }
     __syncthreads();
 
-    uint32_t qa[D / 16][4];
+    uint32_t qa[MT][D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      ldmatrix_x4(qa[kk], sQ + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        ldmatrix_x4(qa[t][kk],
+                    sQ + ((warp * MT + t) * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
 
     for (int c = 0; c < nchunks; ++c) {
       if (c > 0) {
@@ -234,9 +256,14 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_m
         }
       }
       const __nv_bfloat16* sB = sM + (c & 1) * kBuf;
-      float acc[NB / 8][4];
+      float acc[MT][NB / 8][4];
 #pragma unroll
-      for (int i = 0; i < NB / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int i = 0; i < NB / 8; ++i)
+          acc[t][i][0] = acc[t][i][1] = acc[t][i][2] = acc[t][i][3] = 0.f;
+      // Each score is the same sum in the same order whatever MT (the m-tile only picks
+      // which A fragment a product takes): MT = 2 selects exactly what MT = 1 does.
 #pragma unroll
       for (int part = 2; part >= 0; --part)  // smallest term first
 #pragma unroll
@@ -246,82 +273,96 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM>())) gate_m
             uint32_t bm[4];
             ldmatrix_x4(bm, sB + (part * NB + np * 16 + lane % 8 + (lane / 16) * 8) * LD +
                                 kk * 16 + ((lane / 8) % 2) * 8);
-            mma_bf16(acc[2 * np], qa[kk], bm[0], bm[1]);
-            mma_bf16(acc[2 * np + 1], qa[kk], bm[2], bm[3]);
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+              mma_bf16(acc[t][2 * np], qa[t][kk], bm[0], bm[1]);
+              mma_bf16(acc[t][2 * np + 1], qa[t][kk], bm[2], bm[3]);
+            }
           }
       const int j0 = c * NB + 2 * qd;
 #pragma unroll
-      for (int nt = 0; nt < NB / 8; ++nt)
+      for (int t = 0; t < MT; ++t)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = j0 + nt * 8 + (e & 1), x = e / 2;
-          topk_push<KM>(val[x], idx[x], j < lim[x], acc[nt][e], j);
-        }
+        for (int nt = 0; nt < NB / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = j0 + nt * 8 + (e & 1), x = e / 2;
+            topk_push<KM>(val[t][x], idx[t][x], j < lim[t][x], acc[t][nt][e], j);
+          }
     }
     // Merge the quad's four lists of each row: after the xor-1 and xor-2 exchanges every
     // thread of the quad holds the row's top-(K-1).
 #pragma unroll
-    for (int x = 0; x < 2; ++x)
+    for (int t = 0; t < MT; ++t)
 #pragma unroll
-      for (int step = 1; step <= 2; step *= 2) {
-        float ov[KM];
-        int oi[KM];
+      for (int x = 0; x < 2; ++x)
 #pragma unroll
-        for (int i = 0; i < KM; ++i) {
-          ov[i] = __shfl_xor_sync(0xffffffffu, val[x][i], step);
-          oi[i] = __shfl_xor_sync(0xffffffffu, idx[x][i], step);
+        for (int step = 1; step <= 2; step *= 2) {
+          float ov[KM];
+          int oi[KM];
+#pragma unroll
+          for (int i = 0; i < KM; ++i) {
+            ov[i] = __shfl_xor_sync(0xffffffffu, val[t][x][i], step);
+            oi[i] = __shfl_xor_sync(0xffffffffu, idx[t][x][i], step);
+          }
+#pragma unroll
+          for (int i = 0; i < KM; ++i) topk_insert<KM>(val[t][x], idx[t][x], kp, ov[i], oi[i]);
+        }
+  }
+  // Thread qd = x < 2 writes row x of each of its m-tiles.
+  if (qd >= 2) return;
+#pragma unroll
+  for (int t = 0; t < MT; ++t) {
+    const int my_pos = m * kRows + (warp * MT + t) * 16 + g + 8 * qd, my_cur = my_pos / S;
+    if (my_pos >= len) continue;
+    int32_t* out = sel + (static_cast<size_t>(seq_start + my_pos) * Hq + h) * K;
+    // Rows whose current block is <= K-1 select every block up to it (MoBA = dense there);
+    // with K = 1 every row selects its current block alone.
+    if (kp == 0) {
+      out[0] = my_cur;
+      continue;
+    }
+    if (my_cur <= kp) {
+      for (int i = 0; i < K; ++i) out[i] = i <= my_cur ? i : -1;
+      continue;
+    }
+    int ids[KM];
+#pragma unroll
+    for (int i = 0; i < KM; ++i)
+      ids[i] = qd == 0 ? idx[t][0][i] : idx[t][1][i];  // not idx[t][qd]: registers
+    // Slots: the K-1 winners in ascending block order, then the current block.
+#pragma unroll
+    for (int i = 1; i < KM; ++i)
+#pragma unroll
+      for (int j2 = i; j2 > 0; --j2)
+        if (j2 < kp && ids[j2 - 1] > ids[j2]) {
+          const int tmp = ids[j2];
+          ids[j2] = ids[j2 - 1];
+          ids[j2 - 1] = tmp;
         }
 #pragma unroll
-        for (int i = 0; i < KM; ++i) topk_insert<KM>(val[x], idx[x], kp, ov[i], oi[i]);
-      }
+    for (int i = 0; i < KM; ++i)
+      if (i < kp) out[i] = ids[i];
+    out[kp] = my_cur;
   }
-  // Thread qd = x < 2 writes row x.
-  const int my_pos = m * kGateRows + warp * 16 + g + 8 * qd, my_cur = my_pos / S;
-  if (qd >= 2 || my_pos >= len) return;
-  int32_t* out = sel + (static_cast<size_t>(seq_start + my_pos) * Hq + h) * K;
-  // Rows whose current block is <= K-1 select every block up to it (MoBA = dense there);
-  // with K = 1 every row selects its current block alone.
-  if (kp == 0) {
-    out[0] = my_cur;
-    return;
-  }
-  if (my_cur <= kp) {
-    for (int i = 0; i < K; ++i) out[i] = i <= my_cur ? i : -1;
-    return;
-  }
-  int ids[KM];
-#pragma unroll
-  for (int i = 0; i < KM; ++i) ids[i] = qd == 0 ? idx[0][i] : idx[1][i];  // not idx[qd]: registers
-  // Slots: the K-1 winners in ascending block order, then the current block.
-#pragma unroll
-  for (int i = 1; i < KM; ++i)
-#pragma unroll
-    for (int j2 = i; j2 > 0; --j2)
-      if (j2 < kp && ids[j2 - 1] > ids[j2]) {
-        const int t = ids[j2];
-        ids[j2] = ids[j2 - 1];
-        ids[j2 - 1] = t;
-      }
-#pragma unroll
-  for (int i = 0; i < KM; ++i)
-    if (i < kp) out[i] = ids[i];
-  out[kp] = my_cur;
 }
 
 // gridDim.y's limit: the row tiles of one gate launch.
 constexpr int64_t kMaxGridY = 65535;
 
-// The gate over grid (Hq, row tiles, B), the row tiles in slices of at most kMaxGridY per
-// launch (more only past 8M tokens in one sequence), the last tiles (most work) first.
-template <int D, int KM>
-void launch_gate(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* msplit, const Plan& plan,
-                 int Hq, int Hkv, int S, int K, int32_t* sel) {
-  constexpr int smem = gate_smem_bytes<D, KM>();
-  constexpr auto kernel = gate_mma_kernel<D, KM>;
+// The gate over grid (Hq, row tiles of 128 x MT tokens, B), the row tiles in slices of at
+// most kMaxGridY per launch (more only past 8M tokens in one sequence at MT = 1), the last
+// tiles (most work) first.
+template <int D, int KM, int MT>
+void launch_gate(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,
+                 const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
+  constexpr int smem = gate_smem_bytes<D, KM, MT>();
+  constexpr auto kernel = gate_mma_kernel<D, KM, MT>;
   set_smem_once<kernel>(smem);
-  const int64_t tiles = grid.y;
+  const int64_t tiles = (max_len + kGateRows * MT - 1) / (kGateRows * MT);
   for (int64_t done = 0; done < tiles; done += kMaxGridY) {
-    const dim3 g(grid.x, static_cast<unsigned>(std::min(kMaxGridY, tiles - done)), grid.z);
+    const dim3 g(static_cast<unsigned>(Hq), static_cast<unsigned>(std::min(kMaxGridY, tiles - done)),
+                 static_cast<unsigned>(B));
     kernel<<<g, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
                                               plan.dev().block_offset, Hq, Hkv, S, K, sel,
                                               static_cast<int>(tiles - 1 - done));
@@ -329,15 +370,33 @@ void launch_gate(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* mspl
   }
 }
 
+// MOBA_GATE_ROWS, read on every call: unset, empty or 128 = 128 query tokens a CTA (MT = 1,
+// the default until the A/B of docs/kernel_notes.md "v21" runs); 256 = MT = 2 where the list
+// length has that instance (K <= 5); anything else is an error naming the value.
+int gate_mtiles() {
+  const char* e = std::getenv("MOBA_GATE_ROWS");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "128") == 0) return 1;
+  MOBA_CHECK(std::strcmp(e, "256") == 0, "MOBA_GATE_ROWS=", e, ": expected 128 or 256");
+  return 2;
+}
+
 template <int D>
-void launch_gate_d(dim3 grid, cudaStream_t stream, const bf16* q, const bf16* msplit,
-                   const Plan& plan, int Hq, int Hkv, int S, int K, int32_t* sel) {
+void launch_gate_d(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,
+                   const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
   // The list length is compiled in buckets so that K = 3 keeps two registers per row.
   const int kp = K - 1;
-  if (kp <= 2) launch_gate<D, 2>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
-  else if (kp <= 4) launch_gate<D, 4>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
-  else if (kp <= 8) launch_gate<D, 8>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
-  else launch_gate<D, kMaxPast>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
+  const bool two = gate_mtiles() == 2;
+  if (kp <= 2) {
+    if (two) launch_gate<D, 2, 2>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+    else launch_gate<D, 2, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  } else if (kp <= 4) {
+    if (two) launch_gate<D, 4, 2>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+    else launch_gate<D, 4, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  } else if (kp <= 8) {
+    launch_gate<D, 8, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  } else {
+    launch_gate<D, kMaxPast, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  }
 }
 
 }  // namespace
@@ -357,10 +416,10 @@ bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
         blocks_per_seq);
     CUDA_CHECK_LAUNCH();
   }
-  const dim3 grid(Hq, static_cast<unsigned>((plan.max_seq_len() + kGateRows - 1) / kGateRows), B);
   mark_phase("gate_means", stream);
-  if (D == 64) launch_gate_d<64>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
-  else launch_gate_d<128>(grid, stream, q, msplit, plan, Hq, Hkv, S, K, sel);
+  const int64_t max_len = plan.max_seq_len();
+  if (D == 64) launch_gate_d<64>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  else launch_gate_d<128>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
   mark_phase("gate_scores_topk", stream);
   return K > 1;  // every full block's mean (none when there is no full block)
 }
