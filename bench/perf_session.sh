@@ -223,23 +223,24 @@ fi
 # kernel of MoBA's fwd+bwd (gate, index, past, current, delta, backward, dQ conversion) and
 # of dense fwd+bwd, one launch each, Speed of Light + occupancy + warp stalls + compute
 # workload (pipes); each dump's limiter table in ncubar-{moba,mobabwd,dense}-limiters-TAG.md.
-if has ncubar; then
-  log "ncubar: MoBA fwd+bwd kernels, D 128, H 16, T 32K"
-  timeout 300 ncu --clock-control none --launch-count 60 \
-    -k 'regex:moba_fwd_wgmma|attn_bwd_moba_wgmma|gate_mma|block_means|bucket|wg_prep|dq_convert|delta' \
+# ncubar_pass NAME COUNT REGEX [bench args...]: ncu on the first COUNT launches that REGEX
+# matches, `moba bench attention` at the bar shape, dump NAME-TAG.txt, then its limiter table.
+ncubar_pass() {
+  local name=$1 count=$2 regex=$3
+  shift 3
+  timeout 300 ncu --clock-control none --launch-count "$count" -k "regex:$regex" \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
-    --repeats 1 --skip-dense > "$OUT/ncubar-moba-$TAG.txt" 2>&1
-  limiters ncubar-moba
+    --repeats 1 "$@" > "$OUT/$name-$TAG.txt" 2>&1
+  limiters "$name"
+}
+if has ncubar; then
+  log "ncubar: MoBA fwd+bwd kernels, D 128, H 16, T 32K"
+  ncubar_pass ncubar-moba 60 \
+    'moba_fwd_wgmma|attn_bwd_moba_wgmma|gate_mma|block_means|bucket|wg_prep|dq_convert|delta' --skip-dense
   log "ncubar: dense fwd+bwd kernels, D 128, H 16, T 32K"
-  timeout 300 ncu --clock-control none --launch-count 12 \
-    -k 'regex:attn_fwd_wgmma|attn_bwd_wgmma|wg_prep|dq_convert' \
-    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-    --section ComputeWorkloadAnalysis \
-    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
-    --repeats 1 > "$OUT/ncubar-dense-$TAG.txt" 2>&1
-  limiters ncubar-dense
+  ncubar_pass ncubar-dense 12 'attn_fwd_wgmma|attn_bwd_wgmma|wg_prep|dq_convert'
 fi
 # The 60 launches of ncubar's MoBA pass end inside the forward timing's warm-ups (seen in s24:
 # no backward kernel in the dump), so MoBA's backward kernels get their own pass, in ncubar
@@ -247,13 +248,7 @@ fi
 # the first 12 matches are its first calls. Table: ncubar-mobabwd-limiters-TAG.md.
 if has ncubar || has ncubwd; then
   log "ncubar: MoBA backward kernels, D 128, H 16, T 32K"
-  timeout 300 ncu --clock-control none --launch-count 12 \
-    -k 'regex:attn_bwd_moba_wgmma|wg_prep|dq_convert|delta' \
-    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
-    "$MOBA" bench attention --device cuda --dtype bf16 -T 32768 --heads 16 -D 128 -S 512 -K 3 \
-    --repeats 1 --skip-dense > "$OUT/ncubar-mobabwd-$TAG.txt" 2>&1
-  limiters ncubar-mobabwd
+  ncubar_pass ncubar-mobabwd 12 'attn_bwd_moba_wgmma|wg_prep|dq_convert|delta' --skip-dense
 fi
 # The gate and the gather index at long T (issue 16: the gate <= 10% of MoBA's forward): ncu
 # on block_means, gate_mma and the bucket kernels (count, scan, fill) at 1M tokens, one pass
