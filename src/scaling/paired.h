@@ -45,8 +45,11 @@ struct VerdictInterval {
 
 // One sentence stating what the intervals support across the sizes compared, e.g.
 // "MoBA's LM loss is within 1.3% of full attention's at every size compared (3 sizes, 95%
-// bootstrap intervals over 16 validation windows)". Where sizes have seed replicas it says
-// which interval each size used. Empty when `sizes` is empty.
+// bootstrap intervals over 16 validation windows)"; where every size's interval excludes
+// equality on the same side it first says so, with the range of the point estimates
+// ("MoBA's LM loss is lower than full attention's by 2.1% to 19.8% (point estimates), and
+// within 21.0% ..."). Where sizes have seed replicas it says which interval each size
+// used. Empty when `sizes` is empty.
 std::string paired_verdict(const std::vector<VerdictInterval>& sizes);
 // The same with the window bootstrap at every size (no seeds).
 std::string paired_verdict(const std::vector<PairedStats>& stats);

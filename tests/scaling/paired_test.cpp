@@ -48,6 +48,11 @@ TEST(Paired, AConstantShiftIsExactAndDecided) {
   EXPECT_NEAR(st->bucket_diff[1].value, 0.02, 1e-12);
   const std::string v = paired_verdict({*st});
   EXPECT_NE(v.find("at 0 sizes where MoBA is lower and 1 where it is higher"), std::string::npos) << v;
+  // Every interval on one side: said first, with the point estimates' range.
+  char lead[128];
+  std::snprintf(lead, sizeof lead, "MoBA's LM loss is higher than full attention's by %.1f%% to %.1f%%",
+                100 * (st->ratio.value - 1), 100 * (st->ratio.value - 1));
+  EXPECT_EQ(v.rfind(lead, 0), 0u) << v << "\n" << lead;
 }
 
 TEST(Paired, NoiseGivesAnIntervalAroundZero) {

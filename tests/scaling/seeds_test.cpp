@@ -168,6 +168,14 @@ TEST(VerdictInterval, TheSentenceSaysWhichIntervalEachSizeUsed) {
                          "where it is higher"))
       << mixed;
   EXPECT_TRUE(has(mixed, "in the intervals of the 1 size with seed replicas only")) << mixed;
+  EXPECT_EQ(mixed.rfind("MoBA's LM loss is within ", 0), 0u) << mixed;  // not one-sided everywhere
+  // Both sizes lower beyond their intervals: said first, with the point estimates' range.
+  const std::string lower = paired_verdict(std::vector<VerdictInterval>{
+      verdict_interval("L3", window_stats(-0.30, -0.20), nullptr),
+      verdict_interval("L4", window_stats(-0.06, -0.04), nullptr)});
+  EXPECT_EQ(lower.rfind("MoBA's LM loss is lower than full attention's by ", 0), 0u) << lower;
+  EXPECT_TRUE(has(lower, "(point estimates), and within ")) << lower;
+  EXPECT_TRUE(has(lower, "at 2 sizes where MoBA is lower and 0 where it is higher")) << lower;
   // No seeds anywhere: the sentence as before seeds existed.
   const std::string none = paired_verdict(std::vector<PairedStats>{window_stats(0.01, 0.03)});
   EXPECT_TRUE(has(none, "(1 size, 95% bootstrap intervals over 16 validation windows, paired by "
