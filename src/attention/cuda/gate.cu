@@ -141,11 +141,11 @@ constexpr int gate_min_ctas() {
   return D == 64 ? 4 : 3;
 }
 
-// One CTA scores 128 query tokens of one head against every past block of their sequence
+// One CTA scores 128 x MT query tokens of one head against every past block of their sequence
 // (tensor cores, the means in chunks of NB blocks through shared memory), keeping per row
-// a top-(K-1) list in registers: each thread sees two rows and a quarter of the columns;
-// the four lists of a row are merged by warp shuffles at the end. The (T, T/S) score matrix
-// never exists in memory. The chunks are double-buffered: chunk c+1 is copied (cp.async)
+// a top-(K-1) list in registers: each thread sees two rows per m-tile and a quarter of the
+// columns; the four lists of a row are merged by warp shuffles at the end. The (T, T/S)
+// score matrix never exists in memory. The chunks are double-buffered: chunk c+1 is copied (cp.async)
 // while chunk c is scored, and chunks 0 and 1 are both in flight with the Q tile.
 template <int D, int KM, int MT>
 __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM, MT>())) gate_mma_kernel(
@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM, MT>())) ga
   constexpr int kBuf = 3 * NB * LD;  // one chunk: [3 terms][NB blocks][LD]
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kRows][LD]
-  __nv_bfloat16* sM = sQ + kGateRows * LD;                          // [2][kBuf]
+  __nv_bfloat16* sM = sQ + kRows * LD;                              // [2][kBuf]
   // Grid (Hq, row tiles, B): heads fastest, last tiles (most past blocks) first. One launch
   // covers at most 65535 row tiles (gridDim.y's limit): tiles m_last, m_last - 1, ...
   const int b = blockIdx.z, h = blockIdx.x, m = m_last - static_cast<int>(blockIdx.y);
