@@ -11,7 +11,8 @@
 # gather index at 1M (one pass), at 128K (chunked forward) and at 8K, D 64 (the
 # trainer's); peer = PyTorch SDPA's cuDNN and flash at both shapes, which d128 and d64 then compare with; pp = the dense wgmma
 # forward with and without MOBA_FWD_PINGPONG, alternately (ROUNDS); gaterows = the gate with
-# MOBA_GATE_ROWS 128 and 256, alternately (ROUNDS). Each ncu step keeps its raw
+# MOBA_GATE_ROWS 128 and 256, alternately (ROUNDS); pieces = the single pass's gather index
+# with MOBA_INDEX_PIECE_TOKENS 2048 and auto, alternately (ROUNDS). Each ncu step keeps its raw
 # dump (NAME-TAG.txt) and writes issue 16's limiter per kernel beside it, NAME-limiters-TAG.md
 # (scripts/ncu-limiters.py: the rule in its docstring), and prints that table.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
@@ -146,6 +147,23 @@ if has gaterows; then
       MOBA_GATE_ROWS=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
         -T 1048576 --heads 16 -D 128 -S 512 -K 3 --repeats 1 \
         --out "$OUT/gaterows$v-$round-1m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+    done
+  done
+fi
+# v22 (docs/kernel_notes.md): the single pass's gather index on pieces of 2048 tokens (the
+# default) and on MOBA_INDEX_PIECE_TOKENS=auto's, alternately (ROUNDS): MoBA fwd and fwd+bwd
+# (--skip-dense) at the trainer's shape (D 64, H 12) and at D 128, H 16, 8K and 32K; the
+# gather_index phase and the totals.
+if has pieces; then
+  for round in $(seq 1 ${ROUNDS:-2}); do
+    for v in 2048 auto; do
+      log "pieces round $round: MOBA_INDEX_PIECE_TOKENS=$v"
+      MOBA_INDEX_PIECE_TOKENS=$v "$MOBA" bench attention --device cuda --dtype bf16 --skip-dense \
+        -T 8192 32768 --heads 12 -D 64 -S 512 -K 3 --repeats 10 \
+        --out "$OUT/pieces$v-$round-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+      MOBA_INDEX_PIECE_TOKENS=$v "$MOBA" bench attention --device cuda --dtype bf16 --skip-dense \
+        -T 8192 32768 --heads 16 -D 128 -S 512 -K 3 --repeats 10 \
+        --out "$OUT/pieces$v-$round-d128-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
     done
   done
 fi

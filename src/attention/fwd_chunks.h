@@ -41,6 +41,25 @@ std::vector<std::pair<int64_t, int64_t>> fwd_chunks(const Layout& layout, const 
 // (attention/cuda/gather_index.cu): a CTA bins the entries of this many tokens of one head.
 inline constexpr int64_t kIndexPieceTokens = 2048;
 
+// v22 (docs/kernel_notes.md; `MOBA_INDEX_PIECE_TOKENS=auto`, off by default): the single
+// pass's pieces sized to the launch. At the trainer's shapes (8K tokens, 12 heads) pieces
+// of 2048 tokens give 4 x 12 = 48 CTAs for 132 SMs, each walking its 4096 (token, slot)
+// pairs in a chain of dependent loads: latency-bound (ncu, results/attention/v19). The rule
+// halves the piece, down to kIndexPieceMin, while the CTAs (pieces x query heads) number
+// fewer than kIndexPieceCtas (about 8 resident 256-thread CTAs on each SM) and a CTA still
+// has at least one pair per bin (piece x (K - 1) >= full blocks: its `rows` shared bins are
+// zeroed and flushed by every CTA). Long inputs keep kIndexPieceTokens.
+inline constexpr int64_t kIndexPieceMin = 256;
+inline constexpr int64_t kIndexPieceCtas = 1024;
+inline constexpr int64_t index_piece_tokens_auto(int64_t tokens, int64_t q_heads,
+                                                 int64_t full_blocks, int64_t kp) {
+  int64_t piece = kIndexPieceTokens;
+  while (piece > kIndexPieceMin && (tokens + piece - 1) / piece * q_heads < kIndexPieceCtas &&
+         (piece / 2) * kp >= full_blocks)
+    piece /= 2;
+  return piece;
+}
+
 // Buckets per CTA of the gather index's scan (docs/kernel_notes.md, "v19"): the scan over
 // chunks x full blocks x kv heads buckets runs on index_scan_ctas(buckets) CTAs; beyond one,
 // a first kernel writes each CTA's sums (entries, tiles: two int32) after chunk_tiles' chunks

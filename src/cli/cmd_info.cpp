@@ -35,6 +35,9 @@ constexpr KernelSwitch kSwitches[] = {
     {"MOBA_GATE_ROWS", "128", "256",
      "128 query tokens a gate CTA (256: two m-tiles per warp where K <= 5, fewer shared-memory "
      "reads per score)"},
+    {"MOBA_INDEX_PIECE_TOKENS", "2048", "auto",
+     "2048 tokens per count / fill CTA of the single pass's gather index (auto: fewer where "
+     "the launch is small; also 256, 512, 1024)"},
     {"MOBA_GATHER_BINS", "smem", "global",
      "smem, the gather index's counts in shared memory where the full blocks fit (global: "
      "global atomics, a test knob)"},

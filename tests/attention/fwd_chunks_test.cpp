@@ -248,6 +248,29 @@ TEST(FwdChunks, IndexPiecesStayInsideTheirChunk) {
   expect_error([] { fwd_index_pieces({{0, int64_t{1} << 32}}); }, "do not fit int32");
 }
 
+// v22's rule (MOBA_INDEX_PIECE_TOKENS=auto): halve the piece while the CTAs are fewer than
+// kIndexPieceCtas and a CTA keeps at least one (token, slot) pair per full block's bin.
+TEST(FwdChunks, IndexPieceTokensAuto) {
+  // The trainer at 8K (12 heads, 16 full blocks of 512, K 3): 2048 -> 256, 32 x 12 CTAs.
+  EXPECT_EQ(index_piece_tokens_auto(8192, 12, 16, 2), 256);
+  // 32K, 12 heads: 512 would give 64 x 12 = 768 CTAs, so 256 (1536).
+  EXPECT_EQ(index_piece_tokens_auto(32768, 12, 64, 2), 256);
+  // 32K, 16 heads: 512 gives 64 x 16 = 1024, enough.
+  EXPECT_EQ(index_piece_tokens_auto(32768, 16, 64, 2), 512);
+  // 128K and longer: 2048 already gives >= 1024 CTAs.
+  EXPECT_EQ(index_piece_tokens_auto(131072, 16, 256, 2), 2048);
+  EXPECT_EQ(index_piece_tokens_auto(1 << 20, 16, 2048, 2), 2048);
+  // Few heads at 64K: small pieces are wanted, but a CTA must cover its 1024 bins
+  // (piece x 2 >= 1024): 512.
+  EXPECT_EQ(index_piece_tokens_auto(65536, 1, 1024, 2), 512);
+  // K = 2 (one slot), many blocks of 64: piece >= blocks.
+  EXPECT_EQ(index_piece_tokens_auto(8192, 4, 128, 1), 256);
+  EXPECT_EQ(index_piece_tokens_auto(8192, 4, 600, 1), 1024);
+  // Never below the minimum, nor above the default.
+  EXPECT_EQ(index_piece_tokens_auto(100, 1, 0, 2), kIndexPieceMin);
+  EXPECT_EQ(index_piece_tokens_auto(1 << 24, 64, 1 << 15, 15), kIndexPieceTokens);
+}
+
 TEST(FwdChunks, ScratchIsSizedByTheLongestChunk) {
   const Layout l = Layout::varlen({0, 1, 78, 1077, 3000, 3001, 4500}, 2, 1, 64);
   const MobaConfig cfg{256, 3};

@@ -905,6 +905,20 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
       EXPECT_TRUE(same_bytes(o.download(), ref_o)) << "out differs from the single pass";
       EXPECT_TRUE(same_bytes(ls.download(), ref_lse)) << "lse differs from the single pass";
     };
+    // The backward on plan, after its forward (o, ls), against the reference.
+    auto backward_matches_reference = [&](acu::Plan& plan, const std::string& what) {
+      DeviceBuffer<acu::bf16> gq(q.size()), gk(k.size()), gv(v.size());
+      gq.poison();
+      gk.poison();
+      gv.poison();
+      acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, ls.ptr, ddo.ptr,
+                         gq.ptr, gk.ptr, gv.ptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      std::printf("    %s %s:\n", family, what.c_str());
+      expect_close("dq", from_bf16(gq.download()), rdq, nv.dq);
+      expect_close("dk", from_bf16(gk.download()), rdk, nv.dk);
+      expect_close("dv", from_bf16(gv.download()), rdv, nv.dv);
+    };
     auto chunked = [&](int64_t C, bool by_env, const char* grid, bool global_bins = false) {
       SCOPED_TRACE("chunk " + std::to_string(C) + (by_env ? " (environment)" : " (option)") +
                    (grid ? std::string(" MOBA_MOBA_FWD_GRID=") + grid : std::string()) +
@@ -936,39 +950,45 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
       }
       if (C != G || by_env || grid || global_bins) return;
       // The backward after a chunked forward (its own gather index) against the reference.
-      DeviceBuffer<acu::bf16> gq(q.size()), gk(k.size()), gv(v.size());
-      gq.poison();
-      gk.poison();
-      gv.poison();
-      acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, ls.ptr, ddo.ptr,
-                         gq.ptr, gk.ptr, gv.ptr);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      std::printf("    backward after the chunked forward:\n");
-      expect_close("dq", from_bf16(gq.download()), rdq, nv.dq);
-      expect_close("dk", from_bf16(gk.download()), rdk, nv.dk);
-      expect_close("dv", from_bf16(gv.download()), rdv, nv.dv);
+      backward_matches_reference(plan, "backward after the chunked forward");
     };
     for (int64_t C : sizes) chunked(C, false, nullptr);
     chunked(G, true, nullptr);
     for (int64_t C : {int64_t{0}, G, attn::kIndexPieceTokens + G}) chunked(C, false, nullptr, true);
-    if (cfg.top_k > 1) {
-      // A bad knob is an error naming its value, raised before any launch. (At K 1 no
-      // query has a past block: the forward builds no gather index and reads no knob.)
-      ScopedEnv bad("MOBA_GATHER_BINS", "atomics");
+    // A bad knob is an error naming its value, raised before any launch. (At K 1 no query
+    // has a past block: the forward builds no gather index and reads no knob.)
+    auto bad_knob = [&](const char* name, const char* value, int64_t chunk) {
+      if (cfg.top_k <= 1) return;
+      ScopedEnv bad(name, value);
       attn::Options oc;
-      oc.fwd_chunk_tokens = G;
+      oc.fwd_chunk_tokens = chunk;
       acu::Plan plan(l, cfg, oc);
+      const std::string said = std::string(name) + "=" + value;
       try {
         acu::moba_forward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, ls.ptr);
-        ADD_FAILURE() << "MOBA_GATHER_BINS=atomics accepted";
+        ADD_FAILURE() << said << " accepted";
       } catch (const moba::Error& e) {
-        EXPECT_NE(std::string(e.what()).find("MOBA_GATHER_BINS=atomics"), std::string::npos)
-            << e.what();
+        EXPECT_NE(std::string(e.what()).find(said), std::string::npos) << e.what();
       }
       CUDA_CHECK(cudaDeviceSynchronize());
-    }
+    };
+    bad_knob("MOBA_GATHER_BINS", "atomics", G);
     if (std::strcmp(family, "wgmma") == 0)
       for (const char* grid : {"1", "3"}) chunked(2 * G, false, grid);
+    // v22: the single pass's index on pieces of 256 tokens and on the `auto` rule's, out and
+    // lse bit for bit the default's (each row's arithmetic does not depend on where its
+    // entries sit in a bucket); then the backward on 256-token pieces against the
+    // reference. A bad value is an error naming it.
+    for (const char* piece : {"256", "auto"}) {
+      SCOPED_TRACE(std::string("MOBA_INDEX_PIECE_TOKENS=") + piece);
+      ScopedEnv knob("MOBA_INDEX_PIECE_TOKENS", piece);
+      acu::Plan plan(l, cfg, o0);
+      forward_equals_single_pass(plan);
+      if (::testing::Test::HasFatalFailure()) return;
+      if (std::strcmp(piece, "256") == 0)
+        backward_matches_reference(plan, "backward on 256-token index pieces");
+    }
+    bad_knob("MOBA_INDEX_PIECE_TOKENS", "300", 0);
   }
 }
 

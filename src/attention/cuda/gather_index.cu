@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
@@ -202,14 +203,14 @@ __global__ void __launch_bounds__(kScanThreads) bucket_scan_kernel(
 // fall in the buckets of one (chunk, kv head), one bin per full block (`rows` bins).
 // Global atomics drop from one per entry to one per (CTA, non-empty bin): the buckets of
 // early blocks receive thousands of entries, and same-address global atomics serialise.
-// Without pieces (one chunk): CTA x takes tokens [x kIndexTokens, (x + 1) kIndexTokens).
-constexpr int kIndexTokens = static_cast<int>(kIndexPieceTokens);
+// Without pieces (one chunk): CTA x takes tokens [x piece, (x + 1) piece), piece =
+// kIndexPieceTokens or, with MOBA_INDEX_PIECE_TOKENS, smaller (v22; index_piece_tokens).
 
 template <bool FILL>
 __global__ void bucket_smem_kernel(const int32_t* __restrict__ sel, const int32_t* __restrict__ cu,
                                    const int32_t* __restrict__ block_offset, int B, int N,
-                                   const int2* __restrict__ pieces, int Hq, int Hkv, int S,
-                                   int K, int rows, int32_t* __restrict__ counts,
+                                   const int2* __restrict__ pieces, int piece, int Hq, int Hkv,
+                                   int S, int K, int rows, int32_t* __restrict__ counts,
                                    int32_t* __restrict__ entries) {
   extern __shared__ int bins[];  // (rows)
   const int h = blockIdx.y, kvh = h / (Hq / Hkv), kp = K - 1;
@@ -220,8 +221,8 @@ __global__ void bucket_smem_kernel(const int32_t* __restrict__ sel, const int32_
     chunk = a.y;
     tok1 = pieces[blockIdx.x + 1].x;
   } else {
-    tok0 = static_cast<int>(blockIdx.x) * kIndexTokens;
-    tok1 = min(N, tok0 + kIndexTokens);
+    tok0 = static_cast<int>(blockIdx.x) * piece;
+    tok1 = min(N, tok0 + piece);
   }
   int32_t* chunk_counts = counts + static_cast<size_t>(chunk) * rows * Hkv;
   for (int i = threadIdx.x; i < rows; i += blockDim.x) bins[i] = 0;
@@ -272,6 +273,21 @@ bool force_global_bins() {
   return true;
 }
 
+// MOBA_INDEX_PIECE_TOKENS, read on every call: the single pass's tokens per count / fill
+// CTA. Unset, empty or 2048 = kIndexPieceTokens (the default until the A/B of
+// docs/kernel_notes.md "v22" runs); `auto` = index_piece_tokens_auto; 256, 512 or 1024 =
+// that; anything else is an error naming the value. A chunked index keeps its pieces
+// (Plan::index_pieces, kIndexPieceTokens).
+int64_t index_piece_tokens(int64_t tokens, int64_t q_heads, int64_t full_blocks, int64_t kp) {
+  const char* e = std::getenv("MOBA_INDEX_PIECE_TOKENS");
+  if (e == nullptr || *e == '\0') return kIndexPieceTokens;
+  if (std::strcmp(e, "auto") == 0) return index_piece_tokens_auto(tokens, q_heads, full_blocks, kp);
+  for (int64_t v : {int64_t{256}, int64_t{512}, int64_t{1024}, kIndexPieceTokens})
+    if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
+  MOBA_CHECK(false, "MOBA_INDEX_PIECE_TOKENS=", e, ": expected auto, 256, 512, 1024 or 2048");
+  return kIndexPieceTokens;
+}
+
 }  // namespace
 
 int64_t GatherIndex::max_tiles(const Plan& plan, int64_t t0, int64_t t1) const {
@@ -295,6 +311,9 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
   const auto chunks = fwd_chunks(l, plan.config(), chunk_tokens);
   GatherIndex ix;
   ix.chunks = static_cast<int64_t>(chunks.size());
+  // The single pass's tokens per count / fill CTA (validates MOBA_INDEX_PIECE_TOKENS before
+  // any launch); a chunked index keeps the plan's pieces of kIndexPieceTokens.
+  const int64_t piece = ix.chunks > 1 ? kIndexPieceTokens : index_piece_tokens(N, Hq, rows, kp);
   ix.buckets = static_cast<int64_t>(rows) * Hkv;
   ix.tile_rows = tile_rows;
   const int64_t num_buckets = ix.chunks * ix.buckets;
@@ -318,7 +337,7 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
   }
   // The count and fill kernels' CTAs: pieces of <= kIndexTokens tokens of one chunk (read
   // from the plan's device copy when chunked; computed from blockIdx.x for one chunk).
-  const int64_t n_pieces = fwd_index_piece_count(chunks);
+  const int64_t n_pieces = ix.chunks > 1 ? fwd_index_piece_count(chunks) : (N + piece - 1) / piece;
   const int2* pieces =
       ix.chunks > 1 ? reinterpret_cast<const int2*>(plan.index_pieces(chunk_tokens)) : nullptr;
   const int threads = 256;
@@ -333,7 +352,8 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
     set_smem_once<bucket_smem_kernel<false>>(4 * kMaxSmemBins);
     set_smem_once<bucket_smem_kernel<true>>(4 * kMaxSmemBins);
     bucket_smem_kernel<false><<<sgrid, threads, sbytes, stream>>>(
-        sel, d.cu_seqlens, d.block_offset, B, N, pieces, Hq, Hkv, S, K, rows, ix.counts, nullptr);
+        sel, d.cu_seqlens, d.block_offset, B, N, pieces, static_cast<int>(piece), Hq, Hkv, S, K,
+        rows, ix.counts, nullptr);
   } else {
     bucket_kernel<false><<<blocks, threads, 0, stream>>>(sel, d.cu_seqlens, d.block_offset, B, N,
                                                          pieces, np, Hq, Hkv, S, K, nb, ix.counts,
@@ -353,8 +373,8 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
   CUDA_CHECK_LAUNCH();
   if (smem_bins)
     bucket_smem_kernel<true><<<sgrid, threads, sbytes, stream>>>(
-        sel, d.cu_seqlens, d.block_offset, B, N, pieces, Hq, Hkv, S, K, rows, ix.counts,
-        ix.entries);
+        sel, d.cu_seqlens, d.block_offset, B, N, pieces, static_cast<int>(piece), Hq, Hkv, S, K,
+        rows, ix.counts, ix.entries);
   else
     bucket_kernel<true><<<blocks, threads, 0, stream>>>(sel, d.cu_seqlens, d.block_offset, B, N,
                                                         pieces, np, Hq, Hkv, S, K, nb, ix.counts,
