@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(kScanThreads) bucket_scan_kernel(
 }
 
 // The same counting sort with the counts first gathered in shared memory: a CTA takes
-// kIndexTokens tokens of one query head, all in one chunk (its piece), so all its entries
+// `piece` tokens of one query head, all in one chunk (its piece), so all its entries
 // fall in the buckets of one (chunk, kv head), one bin per full block (`rows` bins).
 // Global atomics drop from one per entry to one per (CTA, non-empty bin): the buckets of
 // early blocks receive thousands of entries, and same-address global atomics serialise.
@@ -335,7 +335,7 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
     CUDA_CHECK(cudaMemsetAsync(ix.chunk_tiles, 0, sizeof(int32_t) * (ix.chunks + 1), stream));
     return ix;
   }
-  // The count and fill kernels' CTAs: pieces of <= kIndexTokens tokens of one chunk (read
+  // The count and fill kernels' CTAs: pieces of <= kIndexPieceTokens (or `piece`) tokens of one chunk (read
   // from the plan's device copy when chunked; computed from blockIdx.x for one chunk).
   const int64_t n_pieces = ix.chunks > 1 ? fwd_index_piece_count(chunks) : (N + piece - 1) / piece;
   const int2* pieces =
