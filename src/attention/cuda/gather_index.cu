@@ -335,8 +335,9 @@ GatherIndex build_gather_index(Plan& plan, const int32_t* sel, int tile_rows, cu
     CUDA_CHECK(cudaMemsetAsync(ix.chunk_tiles, 0, sizeof(int32_t) * (ix.chunks + 1), stream));
     return ix;
   }
-  // The count and fill kernels' CTAs: pieces of <= kIndexPieceTokens (or `piece`) tokens of one chunk (read
-  // from the plan's device copy when chunked; computed from blockIdx.x for one chunk).
+  // The count and fill kernels' CTAs: pieces of <= kIndexPieceTokens tokens of one chunk
+  // (read from the plan's device copy when chunked), or of `piece` tokens from blockIdx.x
+  // for one chunk.
   const int64_t n_pieces = ix.chunks > 1 ? fwd_index_piece_count(chunks) : (N + piece - 1) / piece;
   const int2* pieces =
       ix.chunks > 1 ? reinterpret_cast<const int2*>(plan.index_pieces(chunk_tokens)) : nullptr;
