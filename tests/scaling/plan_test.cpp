@@ -891,11 +891,14 @@ TEST(Seeds, BadSeedListsAreRefused) {
                "got neither");
 }
 
-// sweeps/h200-seeds.toml: h200's two smallest sizes and recipe, three seeds, 12 runs.
-TEST(Seeds, H200SeedsPreset) {
+// sweeps/h200-seeds.toml and h200-32k-seeds.toml: their ladder's (h200.toml's,
+// h200-32k.toml's) two smallest sizes and recipe, three seeds, 12 runs, each its ladder's run
+// but for the name and seed, and the same time model.
+void expect_seeds_preset_of(const std::string& seeds_preset, const std::string& ladder_preset) {
+  SCOPED_TRACE(seeds_preset);
   const std::filesystem::path sweeps = std::filesystem::path(MOBA_SOURCE_DIR) / "sweeps";
-  const Plan p = make_plan(load_sweep_config((sweeps / "h200-seeds.toml").string()));
-  const Plan h = make_plan(load_sweep_config((sweeps / "h200.toml").string()));
+  const Plan p = make_plan(load_sweep_config((sweeps / (seeds_preset + ".toml")).string()));
+  const Plan h = make_plan(load_sweep_config((sweeps / (ladder_preset + ".toml")).string()));
   ASSERT_EQ(p.runs.size(), 12u);
   EXPECT_EQ(p.sweep.search.seeds, (std::vector<int64_t>{1, 2, 3}));
   EXPECT_NO_THROW(check_data_reuse(p, false));
@@ -912,7 +915,7 @@ TEST(Seeds, H200SeedsPreset) {
     same.train.seed = ladder.config.train.seed;
     same.data = ladder.config.data;
     EXPECT_EQ(train::run_config_diff(same, ladder.config), std::vector<std::string>{});
-    EXPECT_EQ(r.config.name, "h200-seeds-L" + std::to_string(r.config.model.layers) + "-" +
+    EXPECT_EQ(r.config.name, seeds_preset + "-L" + std::to_string(r.config.model.layers) + "-" +
                                  r.attention + "-s" + std::to_string(r.seed));
   }
   EXPECT_EQ(names.size(), 12u);
@@ -930,6 +933,9 @@ TEST(Seeds, H200SeedsPreset) {
     if (r.config.model.layers <= 4) ladder_l3_l4 += r.seconds;
   EXPECT_NEAR(p.total_seconds(), 3 * ladder_l3_l4, 1e-6 * p.total_seconds());
 }
+
+TEST(Seeds, H200SeedsPreset) { expect_seeds_preset_of("h200-seeds", "h200"); }
+TEST(Seeds, H200_32kSeedsPreset) { expect_seeds_preset_of("h200-32k-seeds", "h200-32k"); }
 
 }  // namespace
 }  // namespace moba::scaling
