@@ -116,56 +116,47 @@ if has ab; then
     done
   done
 fi
+# knob_ab STEP VAR "VALUES" SUFFIX:ARGS...: ROUNDS rounds (default 2); in each, every value
+# of VAR in turn runs `moba bench attention --device cuda --dtype bf16 ARGS` once per
+# SUFFIX:ARGS, into $OUT/STEP<value>-<round>-SUFFIX-TAG.json, and prints its table rows.
+knob_ab() {
+  local step=$1 var=$2 values=$3 round v spec
+  shift 3
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    for v in $values; do
+      log "$step round $round: $var=$v"
+      for spec in "$@"; do
+        # shellcheck disable=SC2086  # ARGS split into words on purpose
+        env "$var=$v" "$MOBA" bench attention --device cuda --dtype bf16 ${spec#*:} \
+          --out "$OUT/$step$v-$round-${spec%%:*}-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
+      done
+    done
+  done
+}
 # v20: the dense wgmma forward with and without the consumer warpgroups' ping-pong
 # (MOBA_FWD_PINGPONG), forwards only, alternately, D 128 (H 16) and D 64 (H 12).
 if has pp; then
-  for round in $(seq 1 ${ROUNDS:-2}); do
-    for v in 0 1; do
-      log "pp round $round: MOBA_FWD_PINGPONG=$v"
-      MOBA_FWD_PINGPONG=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only \
-        -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 \
-        --out "$OUT/pp$v-$round-d128-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
-      MOBA_FWD_PINGPONG=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only \
-        -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10 \
-        --out "$OUT/pp$v-$round-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
-    done
-  done
+  knob_ab pp MOBA_FWD_PINGPONG "0 1" \
+    "d128:--fwd-only -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10" \
+    "d64:--fwd-only -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10"
 fi
 # v21 (docs/kernel_notes.md): the gate with MOBA_GATE_ROWS=128 (default) and 256 (two m-tiles
 # per warp), alternately (ROUNDS), MoBA's forward alone (--skip-dense) at D 128, H 16 (8K,
 # 32K, 128K; then 1M one pass, one repeat) and D 64, H 12 (8K..128K): gate_ms per row.
 if has gaterows; then
-  for round in $(seq 1 ${ROUNDS:-2}); do
-    for v in 128 256; do
-      log "gaterows round $round: MOBA_GATE_ROWS=$v"
-      MOBA_GATE_ROWS=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
-        -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10 \
-        --out "$OUT/gaterows$v-$round-d128-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
-      MOBA_GATE_ROWS=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
-        -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10 \
-        --out "$OUT/gaterows$v-$round-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
-      MOBA_GATE_ROWS=$v "$MOBA" bench attention --device cuda --dtype bf16 --fwd-only --skip-dense \
-        -T 1048576 --heads 16 -D 128 -S 512 -K 3 --repeats 1 \
-        --out "$OUT/gaterows$v-$round-1m-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
-    done
-  done
+  knob_ab gaterows MOBA_GATE_ROWS "128 256" \
+    "d128:--fwd-only --skip-dense -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10" \
+    "d64:--fwd-only --skip-dense -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10" \
+    "1m:--fwd-only --skip-dense -T 1048576 --heads 16 -D 128 -S 512 -K 3 --repeats 1"
 fi
 # v22 (docs/kernel_notes.md): the single pass's gather index on pieces of 2048 tokens (the
 # default) and on MOBA_INDEX_PIECE_TOKENS=auto's, alternately (ROUNDS): MoBA fwd and fwd+bwd
 # (--skip-dense) at the trainer's shape (D 64, H 12) and at D 128, H 16, 8K and 32K; the
 # gather_index phase and the totals.
 if has pieces; then
-  for round in $(seq 1 ${ROUNDS:-2}); do
-    for v in 2048 auto; do
-      log "pieces round $round: MOBA_INDEX_PIECE_TOKENS=$v"
-      MOBA_INDEX_PIECE_TOKENS=$v "$MOBA" bench attention --device cuda --dtype bf16 --skip-dense \
-        -T 8192 32768 --heads 12 -D 64 -S 512 -K 3 --repeats 10 \
-        --out "$OUT/pieces$v-$round-d64-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
-      MOBA_INDEX_PIECE_TOKENS=$v "$MOBA" bench attention --device cuda --dtype bf16 --skip-dense \
-        -T 8192 32768 --heads 16 -D 128 -S 512 -K 3 --repeats 10 \
-        --out "$OUT/pieces$v-$round-d128-$TAG.json" 2>&1 | grep -E "^\| [0-9]"
-    done
-  done
+  knob_ab pieces MOBA_INDEX_PIECE_TOKENS "2048 auto" \
+    "d64:--skip-dense -T 8192 32768 --heads 12 -D 64 -S 512 -K 3 --repeats 10" \
+    "d128:--skip-dense -T 8192 32768 --heads 16 -D 128 -S 512 -K 3 --repeats 10"
 fi
 # MoBA alone at long T (issue 16: time growing no faster than T log T), D 128 (H 16) and
 # D 64 (H 12), 128K to 2M; then MoBA against our dense at 1M (one repeat: dense fwd+bwd is
