@@ -15,6 +15,7 @@
 #include "attention/cuda/fwd_wgmma.cuh"
 #include "attention/cuda/internal.h"
 #include "core/cuda_check.cuh"
+#include "core/env_choice.h"
 #include "core/error.h"
 
 namespace moba::attn::cuda {
@@ -32,12 +33,7 @@ static_assert(WgFwdTraits<64>::kBr == kQueryTile && WgFwdTraits<128>::kBr == kQu
 // measured; docs/kernel_notes.md, "v20"), 1 = the consumer warpgroups of the dense and the
 // MoBA forward kernels ping-pong their MMAs (fwd_wgmma_step.cuh); anything else is an error
 // naming the value.
-bool pingpong_on() {
-  const char* e = std::getenv("MOBA_FWD_PINGPONG");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "0") == 0) return false;
-  MOBA_CHECK(std::strcmp(e, "1") == 0, "MOBA_FWD_PINGPONG=", e, ": expected 0 or 1");
-  return true;
-}
+bool pingpong_on() { return env_choice("MOBA_FWD_PINGPONG", {"0", "1"}) == 1; }
 
 // The dense kernel: grid (Hq, query tiles, B) heads fastest, else (tiles, Hq, B).
 template <int D, bool PP>

@@ -9,8 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
@@ -18,7 +16,7 @@
 #include "attention/cuda/block_mean.cuh"
 #include "attention/cuda/mma.cuh"
 #include "core/cuda_check.cuh"
-#include "core/error.h"
+#include "core/env_choice.h"
 
 namespace moba::attn::cuda {
 namespace {
@@ -373,12 +371,7 @@ void launch_gate(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16
 // MOBA_GATE_ROWS, read on every call: unset, empty or 128 = 128 query tokens a CTA (MT = 1,
 // the default until the A/B of docs/kernel_notes.md "v21" runs); 256 = MT = 2 where the list
 // length has that instance (K <= 5); anything else is an error naming the value.
-int gate_mtiles() {
-  const char* e = std::getenv("MOBA_GATE_ROWS");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "128") == 0) return 1;
-  MOBA_CHECK(std::strcmp(e, "256") == 0, "MOBA_GATE_ROWS=", e, ": expected 128 or 256");
-  return 2;
-}
+int gate_mtiles() { return static_cast<int>(env_choice("MOBA_GATE_ROWS", {"128", "256"})) + 1; }
 
 template <int D>
 void launch_gate_d(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,

@@ -9,15 +9,13 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
-#include <string>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/cuda/internal.h"
 #include "attention/fwd_chunks.h"
 #include "core/cuda_check.cuh"
+#include "core/env_choice.h"
 #include "core/error.h"
 
 namespace moba::attn::cuda {
@@ -265,13 +263,7 @@ constexpr int kMaxSmemBins = 32768;  // 128 KB
 // otherwise reached only beyond kMaxSmemBins full blocks, ~16M tokens at S 512): unset,
 // empty or `smem` = the default (shared-memory bins where the full blocks fit); `global` =
 // global atomics always; anything else is an error naming the value.
-bool force_global_bins() {
-  const char* e = std::getenv("MOBA_GATHER_BINS");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "smem") == 0) return false;
-  MOBA_CHECK(std::strcmp(e, "global") == 0, "MOBA_GATHER_BINS=", e,
-             ": expected smem (the default) or global");
-  return true;
-}
+bool force_global_bins() { return env_choice("MOBA_GATHER_BINS", {"smem", "global"}) == 1; }
 
 // MOBA_INDEX_PIECE_TOKENS, read on every call: the single pass's tokens per count / fill
 // CTA. Unset, empty or 2048 = kIndexPieceTokens (the default until the A/B of
@@ -279,13 +271,14 @@ bool force_global_bins() {
 // that; anything else is an error naming the value. A chunked index keeps its pieces
 // (Plan::index_pieces, kIndexPieceTokens).
 int64_t index_piece_tokens(int64_t tokens, int64_t q_heads, int64_t full_blocks, int64_t kp) {
-  const char* e = std::getenv("MOBA_INDEX_PIECE_TOKENS");
-  if (e == nullptr || *e == '\0') return kIndexPieceTokens;
-  if (std::strcmp(e, "auto") == 0) return index_piece_tokens_auto(tokens, q_heads, full_blocks, kp);
-  for (int64_t v : {int64_t{256}, int64_t{512}, int64_t{1024}, kIndexPieceTokens})
-    if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
-  MOBA_CHECK(false, "MOBA_INDEX_PIECE_TOKENS=", e, ": expected auto, 256, 512, 1024 or 2048");
-  return kIndexPieceTokens;
+  static_assert(kIndexPieceTokens == 2048, "the knob's default value");
+  switch (env_choice("MOBA_INDEX_PIECE_TOKENS", {"2048", "auto", "256", "512", "1024"})) {
+    case 1: return index_piece_tokens_auto(tokens, q_heads, full_blocks, kp);
+    case 2: return 256;
+    case 3: return 512;
+    case 4: return 1024;
+    default: return kIndexPieceTokens;
+  }
 }
 
 }  // namespace

@@ -5,9 +5,8 @@
 // kernel. Rows of
 // a width C multiple of 8 (pointers 16-byte aligned) go through 16-byte accesses, with the
 // scalar kernels' results bit for bit (see the vector kernels).
-#include <cstdlib>
-#include <cstring>
 
+#include "core/env_choice.h"
 #include "core/error.h"
 #include "model/cuda/common.cuh"
 #include "model/cuda/layers_cuda.h"
@@ -444,12 +443,7 @@ __global__ void __launch_bounds__(kReduceSlots * kReduceCols)
 
 // MOBA_RMSNORM_BWD=split takes the vector path's two kernels (dx, then the dw partials)
 // where the one-pass kernel would run: the same bits, for timing one against the other.
-bool fused_backward_on() {
-  const char* e = std::getenv("MOBA_RMSNORM_BWD");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "fused") == 0) return true;
-  MOBA_CHECK(std::strcmp(e, "split") == 0, "MOBA_RMSNORM_BWD=", e, ": expected fused or split");
-  return false;
-}
+bool fused_backward_on() { return env_choice("MOBA_RMSNORM_BWD", {"fused", "split"}) == 0; }
 
 void check(const RmsNormParams& p) {
   MOBA_CHECK(p.M >= 0 && p.C >= 1, "rmsnorm: need M >= 0 rows and C >= 1 columns, got M = ", p.M,
