@@ -143,8 +143,8 @@ constexpr int gate_min_ctas() {
 // (tensor cores, the means in chunks of NB blocks through shared memory), keeping per row
 // a top-(K-1) list in registers: each thread sees two rows per m-tile and a quarter of the
 // columns; the four lists of a row are merged by warp shuffles at the end. The (T, T/S)
-// score matrix never exists in memory. The chunks are double-buffered: chunk c+1 is copied (cp.async)
-// while chunk c is scored, and chunks 0 and 1 are both in flight with the Q tile.
+// score matrix never exists in memory. The chunks are double-buffered: chunk c+1 is copied
+// (cp.async) while chunk c is scored, and chunks 0 and 1 are both in flight with the Q tile.
 template <int D, int KM, int MT>
 __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM, MT>())) gate_mma_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ msplit,
@@ -359,8 +359,8 @@ void launch_gate(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16
   set_smem_once<kernel>(smem);
   const int64_t tiles = (max_len + kGateRows * MT - 1) / (kGateRows * MT);
   for (int64_t done = 0; done < tiles; done += kMaxGridY) {
-    const dim3 g(static_cast<unsigned>(Hq), static_cast<unsigned>(std::min(kMaxGridY, tiles - done)),
-                 static_cast<unsigned>(B));
+    const unsigned slice = static_cast<unsigned>(std::min(kMaxGridY, tiles - done));
+    const dim3 g(static_cast<unsigned>(Hq), slice, static_cast<unsigned>(B));
     kernel<<<g, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
                                               plan.dev().block_offset, Hq, Hkv, S, K, sel,
                                               static_cast<int>(tiles - 1 - done));
@@ -373,23 +373,27 @@ void launch_gate(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16
 // length has that instance (K <= 5); anything else is an error naming the value.
 int gate_mtiles() { return static_cast<int>(env_choice("MOBA_GATE_ROWS", {"128", "256"})) + 1; }
 
+// One list length: MT 2 where asked for and it has that instance (KM <= 4), else MT 1.
+template <int D, int KM>
+void launch_gate_km(bool mt2, int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,
+                    const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
+  if constexpr (KM <= 4)
+    if (mt2) return launch_gate<D, KM, 2>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  launch_gate<D, KM, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+}
+
 template <int D>
 void launch_gate_d(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,
                    const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
   // The list length is compiled in buckets so that K = 3 keeps two registers per row.
   const int kp = K - 1;
-  const bool two = gate_mtiles() == 2;
-  if (kp <= 2) {
-    if (two) launch_gate<D, 2, 2>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-    else launch_gate<D, 2, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  } else if (kp <= 4) {
-    if (two) launch_gate<D, 4, 2>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-    else launch_gate<D, 4, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  } else if (kp <= 8) {
-    launch_gate<D, 8, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  } else {
-    launch_gate<D, kMaxPast, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  }
+  const bool mt2 = gate_mtiles() == 2;
+  if (kp <= 2) launch_gate_km<D, 2>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  else if (kp <= 4)
+    launch_gate_km<D, 4>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  else if (kp <= 8)
+    launch_gate_km<D, 8>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  else launch_gate_km<D, kMaxPast>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
 }
 
 }  // namespace
