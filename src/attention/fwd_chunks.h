@@ -41,7 +41,7 @@ std::vector<std::pair<int64_t, int64_t>> fwd_chunks(const Layout& layout, const 
 // (attention/cuda/gather_index.cu): a CTA bins the entries of this many tokens of one head.
 inline constexpr int64_t kIndexPieceTokens = 2048;
 
-// v22 (docs/kernel_notes.md; `MOBA_INDEX_PIECE_TOKENS=auto`, off by default): the single
+// v22 (docs/kernel_notes.md; the default, `MOBA_INDEX_PIECE_TOKENS=auto`): the single
 // pass's pieces sized to the launch. At the trainer's shapes (8K tokens, 12 heads) pieces
 // of 2048 tokens give 4 x 12 = 48 CTAs for 132 SMs, each walking its 4096 (token, slot)
 // pairs in a chain of dependent loads: latency-bound (ncu, results/attention/v19). The rule

@@ -28,6 +28,19 @@ struct Selection {
   }
 };
 
+// Query tokens per CTA of the CUDA gate (attention/cuda/gate.cu; docs/kernel_notes.md, "v21"):
+// 128 (one m-tile of 16 rows per warp) or 256 (two m-tiles: each block-mean fragment read
+// from shared memory feeds two MMAs; only lists of K <= 5 have that instance). With
+// MOBA_GATE_ROWS unset or `auto`, 256 where the 128-row grid (query heads x 128-token tiles
+// of the longest sequence x batch) has at least kGateTwoTileCtas CTAs: on the H200 256 rows
+// made the gate 5% faster at 128K and 13% at 1M, 2% at 32K with 16 heads (4096 CTAs), but
+// 2-4% slower at 8K, where half the CTAs leave SMs idle.
+inline constexpr int64_t kGateTwoTileCtas = 4096;
+inline constexpr int gate_rows_auto(int64_t max_len, int64_t q_heads, int64_t batch,
+                                    int64_t top_k) {
+  return top_k <= 5 && (max_len + 127) / 128 * q_heads * batch >= kGateTwoTileCtas ? 256 : 128;
+}
+
 // Index of sequence b's first full block among all sequences' full blocks.
 int64_t full_block_offset(const Layout& layout, const MobaConfig& cfg, int64_t b);
 

@@ -1,5 +1,6 @@
 // moba info: version, build configuration, visible CUDA devices and the kernel switches
 // (environment variables the CUDA kernels read).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,33 +17,50 @@ namespace {
 // kernels within one process), so this shows what the next call would see.
 struct KernelSwitch {
   const char* name;
-  const char* first;   // accepted values; unset or empty = the default
-  const char* second;
+  const char* accepted;  // the accepted values, as an error names them; unset or empty = the default
   const char* default_meaning;
   bool count_ok = false;  // a positive whole number is accepted too
 };
 constexpr KernelSwitch kSwitches[] = {
-    {"MOBA_DENSE_FWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
-    {"MOBA_FWD_PINGPONG", "0", "1",
-     "0, off (1: the sm_90a dense and MoBA forwards' consumer warpgroups ping-pong their MMAs)"},
-    {"MOBA_DENSE_BWD", "mma", "wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
-    {"MOBA_MOBA_FWD", "mma", "wgmma", "wgmma where it runs and S is a multiple of 128"},
-    {"MOBA_MOBA_FWD_GRID", "persistent", "tiles",
+    {"MOBA_DENSE_FWD", "mma or wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
+    {"MOBA_FWD_PINGPONG", "auto, 0 or 1",
+     "auto (the sm_90a forwards' consumer warpgroups ping-pong their MMAs in the dense forward "
+     "and in the MoBA forward at D 128; 0: nowhere, 1: everywhere)"},
+    {"MOBA_DENSE_BWD", "mma or wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
+    {"MOBA_MOBA_FWD", "mma or wgmma", "wgmma where it runs and S is a multiple of 128"},
+    {"MOBA_MOBA_FWD_GRID", "persistent or tiles",
      "persistent (sm_90a MoBA forward: one CTA per SM over the tiles; a number n: n CTAs)", true},
-    {"MOBA_FWD_CHUNK_TOKENS", "0", "a positive multiple of max(S, 128)",
+    {"MOBA_FWD_CHUNK_TOKENS", "0",
      "0, the MoBA forward in one pass (n: in chunks of n query tokens)", true},
-    {"MOBA_MOBA_BWD", "mma", "wgmma", "wgmma where it runs"},
-    {"MOBA_GATE_ROWS", "128", "256",
-     "128 query tokens a gate CTA (256: two m-tiles per warp where K <= 5, fewer shared-memory "
-     "reads per score)"},
-    {"MOBA_INDEX_PIECE_TOKENS", "2048", "auto",
-     "2048 tokens per count / fill CTA of the single pass's gather index (auto: fewer where "
-     "the launch is small; also 256, 512, 1024)"},
-    {"MOBA_GATHER_BINS", "smem", "global",
+    {"MOBA_MOBA_BWD", "mma or wgmma", "wgmma where it runs"},
+    {"MOBA_GATE_ROWS", "auto, 128 or 256",
+     "auto (256 query tokens a gate CTA, two m-tiles per warp, where K <= 5 and the 128-row "
+     "grid has >= 4096 CTAs; else 128)"},
+    {"MOBA_INDEX_PIECE_TOKENS", "auto, 2048, 256, 512 or 1024",
+     "auto (the single pass's gather index on pieces sized to the launch: fewer tokens per "
+     "count / fill CTA where the launch is small)"},
+    {"MOBA_GATHER_BINS", "smem or global",
      "smem, the gather index's counts in shared memory where the full blocks fit (global: "
      "global atomics, a test knob)"},
-    {"MOBA_RMSNORM_BWD", "fused", "split", "fused"},
+    {"MOBA_RMSNORM_BWD", "fused or split", "fused"},
 };
+
+// Whether v is one of the values of `accepted` ("a, b or c").
+bool accepted_value(const char* accepted, const char* v) {
+  std::string words(accepted);
+  for (char& c : words)
+    if (c == ',') c = ' ';
+  size_t at = 0;
+  while (at < words.size()) {
+    const size_t b = words.find_first_not_of(' ', at);
+    if (b == std::string::npos) break;
+    const size_t e = std::min(words.find(' ', b), words.size());
+    const std::string w = words.substr(b, e - b);
+    if (w != "or" && w == v) return true;
+    at = e;
+  }
+  return false;
+}
 
 void print_switches() {
   std::printf("kernel switches%s:\n",
@@ -56,11 +74,11 @@ void print_switches() {
     char* end = nullptr;
     const long long n = std::strtoll(v, &end, 10);
     const bool count = s.count_ok && end != v && *end == '\0' && n > 0;
-    if (std::strcmp(v, s.first) == 0 || std::strcmp(v, s.second) == 0 || count)
+    if (accepted_value(s.accepted, v) || count)
       std::printf("  %s=%s\n", s.name, v);
     else
-      std::printf("  %s=%s (invalid: expected %s or %s; the kernels stop with an error)\n",
-                  s.name, v, s.first, s.second);
+      std::printf("  %s=%s (invalid: expected %s%s; the kernels stop with an error)\n", s.name, v,
+                  s.accepted, s.count_ok ? " or a positive whole number" : "");
   }
 }
 

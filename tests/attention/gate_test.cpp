@@ -130,5 +130,23 @@ TEST(Gate, NaNInputIsAnError) {
   }
 }
 
+// v21's default (MOBA_GATE_ROWS unset or auto): 256 query rows a gate CTA where K <= 5 and
+// the 128-row grid (heads x 128-token tiles of the longest sequence x batch) has at least
+// kGateTwoTileCtas CTAs; the shapes of the H200 A/B (docs/kernel_notes.md, session 25).
+TEST(Gate, RowsAutoFollowsTheMeasuredShapes) {
+  EXPECT_EQ(gate_rows_auto(8192, 16, 1, 3), 128);     // 1024 CTAs: 256 rows were 2% slower
+  EXPECT_EQ(gate_rows_auto(8192, 12, 1, 3), 128);     // 768: 4% slower
+  EXPECT_EQ(gate_rows_auto(32768, 12, 1, 3), 128);    // 3072: within 0.5%
+  EXPECT_EQ(gate_rows_auto(32768, 16, 1, 3), 256);    // 4096: 2% faster
+  EXPECT_EQ(gate_rows_auto(131072, 12, 1, 3), 256);   // 4% faster
+  EXPECT_EQ(gate_rows_auto(1 << 20, 16, 1, 3), 256);  // 13% faster
+  EXPECT_EQ(gate_rows_auto(8192, 16, 4, 3), 256);     // the batch counts: 4096 CTAs
+  EXPECT_EQ(gate_rows_auto(32767, 16, 1, 3), 256);    // a partial last tile is a CTA
+  EXPECT_EQ(gate_rows_auto(32640, 16, 1, 3), 128);    // 255 tiles x 16 = 4080
+  EXPECT_EQ(gate_rows_auto(1 << 20, 16, 1, 5), 256);  // the longest list with two m-tiles
+  EXPECT_EQ(gate_rows_auto(1 << 20, 16, 1, 6), 128);  // K > 5 has no two-tile instance
+  EXPECT_EQ(gate_rows_auto(1 << 20, 16, 1, 12), 128);
+}
+
 }  // namespace
 }  // namespace moba::attn

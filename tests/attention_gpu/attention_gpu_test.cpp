@@ -605,7 +605,8 @@ TEST(GateGpu, MatchesCpuGate) {
 }
 
 // v21: MOBA_GATE_ROWS=256 (two m-tiles of 16 query rows per warp, 256 rows a CTA; the same
-// MMAs on the same operands in the same order) selects exactly what the default does, on
+// MMAs on the same operands in the same order) selects exactly what 128 rows and the default
+// (`auto`, gate_rows_auto) do, on
 // every list length (K 2..5 have the two-tile instance, K 8 and 16 fall back to one tile),
 // head dims 64 and 128, block sizes 64..512, varlen with odd lengths, GQA, and sequences
 // shorter than one 256-row tile; each selection also against the CPU gate. A bad value is
@@ -637,7 +638,7 @@ TEST(GateGpu, TwoMtilesPerWarpSameSelection) {
     dk.upload(to_bf16(k));
     acu::Plan plan(l, cfg, attn::Options{});
     std::vector<std::vector<int32_t>> sels;
-    for (const char* rows : {"128", "256"}) {
+    for (const char* rows : {"128", "256", "auto"}) {
       ScopedEnv env("MOBA_GATE_ROWS", rows);
       DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
       dsel.poison();
@@ -649,6 +650,7 @@ TEST(GateGpu, TwoMtilesPerWarpSameSelection) {
     SCOPED_TRACE("case " + std::to_string(n) + ": D " + std::to_string(cs.D) + ", S " +
                  std::to_string(cs.S) + ", K " + std::to_string(cs.K));
     EXPECT_TRUE(same_bytes(sels[1], sels[0])) << "MOBA_GATE_ROWS=256 selects differently";
+    EXPECT_TRUE(same_bytes(sels[2], sels[0])) << "MOBA_GATE_ROWS=auto selects differently";
     check_gate(l, cfg, q, k, Selection{cfg.top_k, l.num_q_heads, sels[1]});
   }
   const Layout l = Layout::varlen({0, 1000}, 2, 1, 64);
@@ -975,11 +977,11 @@ TEST_P(MobaChunkFwdGpu, EqualsSinglePass) {
     bad_knob("MOBA_GATHER_BINS", "atomics", G);
     if (std::strcmp(family, "wgmma") == 0)
       for (const char* grid : {"1", "3"}) chunked(2 * G, false, grid);
-    // v22: the single pass's index on pieces of 256 tokens and on the `auto` rule's, out and
-    // lse bit for bit the default's (each row's arithmetic does not depend on where its
-    // entries sit in a bucket); then the backward on 256-token pieces against the
-    // reference. A bad value is an error naming it.
-    for (const char* piece : {"256", "auto"}) {
+    // v22: the single pass's index on pieces of 256 and of 2048 tokens, out and lse bit for
+    // bit the default's (`auto`, index_piece_tokens_auto: each row's arithmetic does not
+    // depend on where its entries sit in a bucket); then the backward on 256-token pieces
+    // against the reference. A bad value is an error naming it.
+    for (const char* piece : {"256", "2048"}) {
       SCOPED_TRACE(std::string("MOBA_INDEX_PIECE_TOKENS=") + piece);
       ScopedEnv knob("MOBA_INDEX_PIECE_TOKENS", piece);
       acu::Plan plan(l, cfg, o0);

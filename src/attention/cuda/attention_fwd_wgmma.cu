@@ -29,11 +29,21 @@ static_assert(WgFwdTraits<64>::kBr == kQueryTile && WgFwdTraits<128>::kBr == kQu
                   WgMobaFwdTraits<128, WgMobaMode::kCurrent>::kBr == kQueryTile,
               "the contiguous grid's tiles are the kernels' query tiles");
 
-// MOBA_FWD_PINGPONG, read on every call: unset, empty or 0 = off (the default until it is
-// measured; docs/kernel_notes.md, "v20"), 1 = the consumer warpgroups of the dense and the
-// MoBA forward kernels ping-pong their MMAs (fwd_wgmma_step.cuh); anything else is an error
+// MOBA_FWD_PINGPONG, read on every call: the consumer warpgroups of the dense and the MoBA
+// forward kernels ping-pong their MMAs (fwd_wgmma_step.cuh; docs/kernel_notes.md, "v20").
+// Unset, empty or `auto` = where the H200 A/B measured it faster: the dense forward always
+// (6-13% at D 64 and 128, 8K-128K), the MoBA forward kernels at D 128 (1.3-2.5%) but not at
+// D 64 (4% slower at 32K); 0 = off everywhere; 1 = on everywhere; anything else is an error
 // naming the value.
-bool pingpong_on() { return env_choice("MOBA_FWD_PINGPONG", {"0", "1"}) == 1; }
+enum class PingPong { kAuto, kOff, kOn };
+PingPong pingpong_choice() {
+  return static_cast<PingPong>(env_choice("MOBA_FWD_PINGPONG", {"auto", "0", "1"}));
+}
+bool pingpong_dense() { return pingpong_choice() != PingPong::kOff; }
+bool pingpong_moba(int D) {
+  const PingPong c = pingpong_choice();
+  return c == PingPong::kOn || (c == PingPong::kAuto && D == 128);
+}
 
 // The dense kernel: grid (Hq, query tiles, B) heads fastest, else (tiles, Hq, B).
 template <int D, bool PP>
@@ -45,13 +55,13 @@ void launch_dense_pp(const Plan& plan, const AttnParams& p, cudaStream_t stream)
   const CUtensorMap tv = wg_map_bf16(p.v, N, p.Hkv, D, T::kBc, "v");
   constexpr auto kernel = attn_fwd_wgmma_kernel<D, PP>;
   wg_configure_once<kernel>(T::kThreads, T::kRegPoolNeeded, T::kSmemBytes,
-                            PP ? "MOBA_DENSE_FWD=wgmma, MOBA_FWD_PINGPONG=1" : "MOBA_DENSE_FWD=wgmma");
+                            PP ? "MOBA_DENSE_FWD=wgmma (ping-pong)" : "MOBA_DENSE_FWD=wgmma, MOBA_FWD_PINGPONG=0");
   kernel<<<tile_grid(plan, p, p.Hq, kQueryTile), T::kThreads, T::kSmemBytes, stream>>>(tq, tk, tv, p);
   CUDA_CHECK_LAUNCH();
 }
 template <int D>
 void launch_dense(const Plan& plan, const AttnParams& p, cudaStream_t stream) {
-  if (pingpong_on())
+  if (pingpong_dense())
     launch_dense_pp<D, true>(plan, p, stream);
   else
     launch_dense_pp<D, false>(plan, p, stream);
@@ -75,7 +85,7 @@ void launch_moba_pp(const Plan& plan, const AttnParams& p, unsigned ctas, cudaSt
 }
 template <int D, WgMobaMode MODE>
 void launch_moba(const Plan& plan, const AttnParams& p, unsigned ctas, cudaStream_t stream) {
-  if (pingpong_on())
+  if (pingpong_moba(D))
     launch_moba_pp<D, MODE, true>(plan, p, ctas, stream);
   else
     launch_moba_pp<D, MODE, false>(plan, p, ctas, stream);

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "attention/cuda/attention_cuda.h"
+#include "attention/gate.h"
 #include "attention/cuda/internal.h"
 #include "attention/cuda/fwd_kernel.cuh"
 #include "attention/cuda/block_mean.cuh"
@@ -23,8 +24,8 @@ namespace {
 
 constexpr int kGateRows = 128;   // query tokens per gate CTA at MT = 1 (8 warps x 16 rows)
 constexpr int kGateThreads = 256;
-// MT, m-tiles (of 16 query rows) per warp: 1 (the default), or 2 with MOBA_GATE_ROWS=256
-// (docs/kernel_notes.md, "v21"): each B fragment of the means read from shared memory then
+// MT, m-tiles (of 16 query rows) per warp: 1, or 2 (gate_rows_auto in attention/gate.h, or
+// MOBA_GATE_ROWS=256; docs/kernel_notes.md, "v21"): each B fragment of the means read from shared memory then
 // feeds two MMAs per warp instead of one, halving the shared-memory reads per score, at
 // twice the Q tile (256 rows a CTA) and twice the Q fragments in registers. Only the list
 // lengths KM <= 4 (K <= 5) have an MT = 2 instance; longer lists keep MT = 1 (registers).
@@ -368,10 +369,17 @@ void launch_gate(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16
   }
 }
 
-// MOBA_GATE_ROWS, read on every call: unset, empty or 128 = 128 query tokens a CTA (MT = 1,
-// the default until the A/B of docs/kernel_notes.md "v21" runs); 256 = MT = 2 where the list
-// length has that instance (K <= 5); anything else is an error naming the value.
-int gate_mtiles() { return static_cast<int>(env_choice("MOBA_GATE_ROWS", {"128", "256"})) + 1; }
+// MOBA_GATE_ROWS, read on every call: unset, empty or `auto` = gate_rows_auto (attention/
+// gate.h: 256 rows a CTA on large grids, 128 on small ones); 128 or 256 = that (256 only
+// where the list length has that instance, K <= 5); anything else is an error naming the
+// value.
+bool gate_two_mtiles(int64_t max_len, int Hq, int B, int K) {
+  switch (env_choice("MOBA_GATE_ROWS", {"auto", "128", "256"})) {
+    case 1: return false;
+    case 2: return true;
+    default: return gate_rows_auto(max_len, Hq, B, K) == 256;
+  }
+}
 
 // One list length: MT 2 where asked for and it has that instance (KM <= 4), else MT 1.
 template <int D, int KM>
@@ -387,7 +395,7 @@ void launch_gate_d(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf
                    const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
   // The list length is compiled in buckets so that K = 3 keeps two registers per row.
   const int kp = K - 1;
-  const bool mt2 = gate_mtiles() == 2;
+  const bool mt2 = gate_two_mtiles(max_len, Hq, B, K);
   if (kp <= 2) launch_gate_km<D, 2>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
   else if (kp <= 4)
     launch_gate_km<D, 4>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);

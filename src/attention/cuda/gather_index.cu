@@ -266,18 +266,18 @@ constexpr int kMaxSmemBins = 32768;  // 128 KB
 bool force_global_bins() { return env_choice("MOBA_GATHER_BINS", {"smem", "global"}) == 1; }
 
 // MOBA_INDEX_PIECE_TOKENS, read on every call: the single pass's tokens per count / fill
-// CTA. Unset, empty or 2048 = kIndexPieceTokens (the default until the A/B of
-// docs/kernel_notes.md "v22" runs); `auto` = index_piece_tokens_auto; 256, 512 or 1024 =
-// that; anything else is an error naming the value. A chunked index keeps its pieces
-// (Plan::index_pieces, kIndexPieceTokens).
+// CTA. Unset, empty or `auto` = index_piece_tokens_auto (docs/kernel_notes.md, "v22": on the
+// H200 it halved the index at 8K and cut it 15-18% at 32K); 2048 (kIndexPieceTokens), 256,
+// 512 or 1024 = that; anything else is an error naming the value. A chunked index keeps its
+// pieces (Plan::index_pieces, kIndexPieceTokens).
 int64_t index_piece_tokens(int64_t tokens, int64_t q_heads, int64_t full_blocks, int64_t kp) {
-  static_assert(kIndexPieceTokens == 2048, "the knob's default value");
-  switch (env_choice("MOBA_INDEX_PIECE_TOKENS", {"2048", "auto", "256", "512", "1024"})) {
-    case 1: return index_piece_tokens_auto(tokens, q_heads, full_blocks, kp);
+  static_assert(kIndexPieceTokens == 2048, "the knob's value 2048");
+  switch (env_choice("MOBA_INDEX_PIECE_TOKENS", {"auto", "2048", "256", "512", "1024"})) {
+    case 1: return kIndexPieceTokens;
     case 2: return 256;
     case 3: return 512;
     case 4: return 1024;
-    default: return kIndexPieceTokens;
+    default: return index_piece_tokens_auto(tokens, q_heads, full_blocks, kp);
   }
 }
 
