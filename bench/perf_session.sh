@@ -134,14 +134,14 @@ knob_ab() {
   done
 }
 # v20: the dense wgmma forward with and without the consumer warpgroups' ping-pong
-# (MOBA_FWD_PINGPONG), forwards only, alternately, D 128 (H 16) and D 64 (H 12).
+# (MOBA_FWD_PINGPONG 0 and 1; the default, auto, is 1 for the dense forward), forwards only, alternately, D 128 (H 16) and D 64 (H 12).
 if has pp; then
   knob_ab pp MOBA_FWD_PINGPONG "0 1" \
     "d128:--fwd-only -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10" \
     "d64:--fwd-only -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10"
 fi
-# v21 (docs/kernel_notes.md): the gate with MOBA_GATE_ROWS=128 (default) and 256 (two m-tiles
-# per warp), alternately (ROUNDS), MoBA's forward alone (--skip-dense) at D 128, H 16 (8K,
+# v21 (docs/kernel_notes.md): the gate with MOBA_GATE_ROWS=128 and 256 (two m-tiles per warp;
+# the default, auto, picks 256 on large grids), alternately (ROUNDS), MoBA's forward alone (--skip-dense) at D 128, H 16 (8K,
 # 32K, 128K; then 1M one pass, one repeat) and D 64, H 12 (8K..128K): gate_ms per row.
 if has gaterows; then
   knob_ab gaterows MOBA_GATE_ROWS "128 256" \
@@ -149,8 +149,8 @@ if has gaterows; then
     "d64:--fwd-only --skip-dense -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10" \
     "1m:--fwd-only --skip-dense -T 1048576 --heads 16 -D 128 -S 512 -K 3 --repeats 1"
 fi
-# v22 (docs/kernel_notes.md): the single pass's gather index on pieces of 2048 tokens (the
-# default) and on MOBA_INDEX_PIECE_TOKENS=auto's, alternately (ROUNDS): MoBA fwd and fwd+bwd
+# v22 (docs/kernel_notes.md): the single pass's gather index on pieces of 2048 tokens (the old
+# default) and on MOBA_INDEX_PIECE_TOKENS=auto's (the default since session 25), alternately (ROUNDS): MoBA fwd and fwd+bwd
 # (--skip-dense) at the trainer's shape (D 64, H 12) and at D 128, H 16, 8K and 32K; the
 # gather_index phase and the totals.
 if has pieces; then
