@@ -12,7 +12,8 @@
 # trainer's); peer = PyTorch SDPA's cuDNN and flash at both shapes, which d128 and d64 then compare with; pp = the dense wgmma
 # forward with and without MOBA_FWD_PINGPONG, alternately (ROUNDS); gaterows = the gate with
 # MOBA_GATE_ROWS 128 and 256, alternately (ROUNDS); pieces = the single pass's gather index
-# with MOBA_INDEX_PIECE_TOKENS 2048 and auto, alternately (ROUNDS). Each ncu step keeps its raw
+# with MOBA_INDEX_PIECE_TOKENS 2048 and auto, alternately (ROUNDS); dqbulk = the MoBA backward
+# with MOBA_MOBA_BWD_DQ red and bulk, alternately (ROUNDS). Each ncu step keeps its raw
 # dump (NAME-TAG.txt) and writes issue 16's limiter per kernel beside it, NAME-limiters-TAG.md
 # (scripts/ncu-limiters.py: the rule in its docstring), and prints that table.
 # Runs from the repository root on the GPU machine; logs and JSON go to $OUT (or ./out).
@@ -153,6 +154,14 @@ fi
 # default) and on MOBA_INDEX_PIECE_TOKENS=auto's (the default since session 25), alternately (ROUNDS): MoBA fwd and fwd+bwd
 # (--skip-dense) at the trainer's shape (D 64, H 12) and at D 128, H 16, 8K and 32K; the
 # gather_index phase and the totals.
+# v23 (docs/kernel_notes.md): the MoBA backward's gathered dQ by red.global.add.v2 (default)
+# and by the bulk reduce (MOBA_MOBA_BWD_DQ=bulk), alternately (ROUNDS): MoBA fwd+bwd alone at
+# D 128, H 16 and D 64, H 12, 8K..128K; the bwd_moba_wgmma phase per row.
+if has dqbulk; then
+  knob_ab dqbulk MOBA_MOBA_BWD_DQ "red bulk" \
+    "d128:--skip-dense -T 8192 32768 131072 --heads 16 -D 128 -S 512 -K 3 --repeats 10" \
+    "d64:--skip-dense -T 8192 32768 131072 --heads 12 -D 64 -S 512 -K 3 --repeats 10"
+fi
 if has pieces; then
   knob_ab pieces MOBA_INDEX_PIECE_TOKENS "2048 auto" \
     "d64:--skip-dense -T 8192 32768 --heads 12 -D 64 -S 512 -K 3 --repeats 10" \

@@ -33,6 +33,9 @@ constexpr KernelSwitch kSwitches[] = {
     {"MOBA_FWD_CHUNK_TOKENS", "0",
      "0, the MoBA forward in one pass (n: in chunks of n query tokens)", true},
     {"MOBA_MOBA_BWD", "mma or wgmma", "wgmma where it runs"},
+    {"MOBA_MOBA_BWD_DQ", "red or bulk",
+     "red (the sm_90a MoBA backward adds gathered dQ rows with red.global.add.v2.f32; bulk: "
+     "staged, then the bulk reduce by rows, compile-only until measured)"},
     {"MOBA_GATE_ROWS", "auto, 128 or 256",
      "auto (256 query tokens a gate CTA, two m-tiles per warp, where K <= 5 and the 128-row "
      "grid has >= 4096 CTAs; else 128)"},

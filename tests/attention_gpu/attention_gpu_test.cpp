@@ -548,6 +548,30 @@ TEST_P(MobaWgmmaBwdGpu, MatchesReference) {
   }
   ASSERT_EQ(wg_err, cudaSuccess) << "wgmma MoBA backward: CUDA error " << cudaGetErrorString(wg_err);
   CUDA_CHECK(cudaDeviceSynchronize());
+  // v23: the gathered tiles' dQ by the bulk reduce (MOBA_MOBA_BWD_DQ=bulk). dK and dV do not
+  // depend on it: bit for bit the default's. dQ sums the same fp32 terms in another order
+  // (both are atomic adds): against the reference below. A bad value is an error naming it.
+  DeviceBuffer<acu::bf16> dq_bulk(q.size()), dk_bulk(k.size()), dv_bulk(v.size());
+  for (auto* b : {&dq_bulk, &dk_bulk, &dv_bulk}) b->poison();
+  const bool wgmma_ran = cs.S >= 128;  // S = 64 stays on the mma.sync kernel
+  if (wgmma_ran) {
+    ScopedEnv fam("MOBA_MOBA_BWD", "wgmma"), bulk("MOBA_MOBA_BWD_DQ", "bulk");
+    acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr,
+                       dq_bulk.ptr, dk_bulk.ptr, dv_bulk.ptr);
+    const cudaError_t err = cudaDeviceSynchronize();
+    ASSERT_EQ(err, cudaSuccess) << "MOBA_MOBA_BWD_DQ=bulk: " << cudaGetErrorString(err);
+    EXPECT_TRUE(same_bytes(dk_bulk.download(), dk_wg.download())) << "MOBA_MOBA_BWD_DQ=bulk: dk differs";
+    EXPECT_TRUE(same_bytes(dv_bulk.download(), dv_wg.download())) << "MOBA_MOBA_BWD_DQ=bulk: dv differs";
+    ScopedEnv bad("MOBA_MOBA_BWD_DQ", "atomics");
+    try {
+      acu::moba_backward(plan, dsel.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, o.ptr, lse.ptr, ddo.ptr,
+                         dq_bulk.ptr, dk_bulk.ptr, dv_bulk.ptr);
+      ADD_FAILURE() << "MOBA_MOBA_BWD_DQ=atomics accepted";
+    } catch (const moba::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("MOBA_MOBA_BWD_DQ=atomics"), std::string::npos) << e.what();
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
 
   Selection sel;
   sel.top_k = cfg.top_k;
@@ -562,6 +586,10 @@ TEST_P(MobaWgmmaBwdGpu, MatchesReference) {
   std::printf("    forward (default path):\n");
   expect_close("out", from_bf16(o.download()), out, nv.out);
   compare_backwards(dq_wg, dk_wg, dv_wg, dq_mma, dk_mma, dv_mma, rdq, rdk, rdv, nv);
+  if (wgmma_ran) {
+    std::printf("    wgmma backward, MOBA_MOBA_BWD_DQ=bulk:\n");
+    expect_close("dq", from_bf16(dq_bulk.download()), rdq, nv.dq);
+  }
 }
 
 const MobaBwdCase kMobaBwdCases[] = {

@@ -9,6 +9,7 @@
 #include "attention/cuda/bwd_moba_wgmma.cuh"
 #include "attention/cuda/internal.h"
 #include "core/cuda_check.cuh"
+#include "core/env_choice.h"
 #include "core/error.h"
 
 namespace moba::attn::cuda {
@@ -16,10 +17,21 @@ namespace {
 
 constexpr const char* kWhat = "MOBA_MOBA_BWD=wgmma";
 
+// MOBA_MOBA_BWD_DQ, read on every call: unset, empty or `red` = the gathered tiles' dQ rows
+// added from registers with red.global.add.v2.f32 (the default); `bulk` = staged in shared
+// memory and added by rows with the bulk reduce (v23, docs/kernel_notes.md: compile-only
+// until its GPU tests and A/B run); anything else is an error naming the value.
+bool bulk_dq() { return env_choice("MOBA_MOBA_BWD_DQ", {"red", "bulk"}) == 1; }
+
 template <int D>
 void launch_moba(const Plan& plan, const AttnParams& p, const WgBwdPrep& r, cudaStream_t stream) {
-  wgbwd_launch<WgMobaBwdTraits<D>, attn_bwd_moba_wgmma_kernel<D>>(
-      plan, p, r, kWhat, stream, r.lse_t, r.delta_t, static_cast<int>(r.n_pad));
+  if (bulk_dq())
+    wgbwd_launch<WgMobaBwdTraits<D>, attn_bwd_moba_wgmma_kernel<D, true>>(
+        plan, p, r, "MOBA_MOBA_BWD=wgmma, MOBA_MOBA_BWD_DQ=bulk", stream, r.lse_t, r.delta_t,
+        static_cast<int>(r.n_pad));
+  else
+    wgbwd_launch<WgMobaBwdTraits<D>, attn_bwd_moba_wgmma_kernel<D, false>>(
+        plan, p, r, kWhat, stream, r.lse_t, r.delta_t, static_cast<int>(r.n_pad));
 }
 
 }  // namespace
@@ -29,6 +41,7 @@ void moba_backward_wgmma(Plan& plan, AttnParams p, cudaStream_t stream) {
   if (S < WgBwdTraits<64>::kBc || S % WgBwdTraits<64>::kBc != 0)
     ::moba::detail::fail(__FILE__, __LINE__, kWhat, ": block size ", S,
                          " (a multiple of 128; moba_backward keeps S = 64 on the mma.sync kernel)");
+  (void)bulk_dq();  // a bad MOBA_MOBA_BWD_DQ is an error before any launch
   wgbwd_run(plan, p, kWhat, "bwd_moba_wgmma", launch_moba<64>, launch_moba<128>, stream);
 }
 

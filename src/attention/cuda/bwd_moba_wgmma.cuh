@@ -21,7 +21,12 @@
 //       cp.async from the same transposed arrays. Padding rows past e_hi are zero-filled
 //       (src-size 0) and masked by index, so they contribute exact zeros. dQ rows are
 //       scattered: added from registers with red.global.add.v2.f32 (as the mma.sync
-//       kernel). Every key of the block precedes every gathered query: no causal mask.
+//       kernel), or, with kBulkDq (v23, MOBA_MOBA_BWD_DQ=bulk; docs/kernel_notes.md),
+//       staged in the warpgroup's dQ buffer unswizzled (row r of each 32-column box at
+//       r x 128 bytes) and added by rows with the non-tensor bulk reduce, one 128-byte piece
+//       (a row's 32 columns of one box) per thread: 128 pieces per warpgroup and tile
+//       instead of 16 red.v2 per thread. Every key of the block precedes every gathered
+//       query: no causal mask.
 //
 // Ring slot protocol (kStages slots of Q, dO, lse, delta, row ids; mbarriers full[s] with
 // 128 arrivals = every producer thread once per use, empty[s] with 256 = every consumer
@@ -64,7 +69,7 @@ struct WgMobaBwdTraits : WgBwdTraits<D> {
   static constexpr int kFullArrivals = 128;
 };
 
-template <int D>
+template <int D, bool kBulkDq>
 __global__ void __launch_bounds__(384, 1)
     attn_bwd_moba_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q,
                                const __grid_constant__ CUtensorMap tm_k,
@@ -218,11 +223,16 @@ __global__ void __launch_bounds__(384, 1)
     float dq[32];
     wgbwd_dq_mma<Bc>(dq, c.ds_addr + (it & 1) * T::kDsBytes + c.dq_a_off, c.k_addr + c.dq_b_off);
     wgmma_wait<1>();          // dV / dK done: slot s (Q, dO, lse, delta) no longer read
-    // Row ids of this thread's dQ rows (gathered tiles), read before the slot is released.
+    // Row ids of this thread's dQ rows (gathered tiles), read before the slot is released:
+    // its two accumulator rows (red.v2), or with kBulkDq the row of the piece it sends.
     int rid0 = 0, rid1 = 0;
     if (!causal) {
-      rid0 = sRowId[s * Br + dq_r0];
-      rid1 = sRowId[s * Br + dq_r0 + 8];
+      if constexpr (kBulkDq) {
+        rid0 = sRowId[s * Br + c.dq_row_off + (c.wg_tid & 63)];
+      } else {
+        rid0 = sRowId[s * Br + dq_r0];
+        rid1 = sRowId[s * Br + dq_r0 + 8];
+      }
     }
     mbar_arrive(&sm.empty[s]);
     wgmma_wait<0>();
@@ -232,6 +242,30 @@ __global__ void __launch_bounds__(384, 1)
       // As the dense kernel; rows at or past q_hi hold exact zeros, a box starting there
       // is not sent.
       wgbwd_dq_reduce_add<D>(c, dq, &tm_dq, h, q0 + c.dq_row_off, q0 + c.dq_row_off < q_hi);
+    } else if constexpr (kBulkDq) {
+      // The warpgroup's 64 tile rows (dq_row_off..+63) x 64 columns (dq_col0..+63) into its
+      // dQ buffer, unswizzled: box b = columns 32b..32b+31, row r at r x 128 bytes. Every
+      // thread first waits until the copy engine has read what it sent from the buffer
+      // (the previous gathered tile's piece; wg_tid 0 also the causal tiles' boxes).
+      bulk_wait_read<0>();
+      named_bar_sync(2 + c.w, 128);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int r = 16 * c.wi + c.g + 8 * hh;
+          const int off = (i / 4) * T::kDqBoxBytes + r * 128 + (8 * (i % 4) + 2 * qd) * 4;
+          *reinterpret_cast<float2*>(c.sDq + off) = make_float2(dq[4 * i + 2 * hh], dq[4 * i + 2 * hh + 1]);
+        }
+      fence_proxy_async();  // generic-proxy writes -> visible to the bulk copy (async proxy)
+      named_bar_sync(2 + c.w, 128);
+      // Thread t sends row t % 64, box t / 64, unless the row is padding (>= cnt).
+      const int r = c.wg_tid & 63, box = c.wg_tid >> 6;
+      if (c.dq_row_off + r < cnt) {
+        bulk_reduce_add_f32(p.dq_acc + static_cast<size_t>(rid0) * D + c.dq_col0 + 32 * box,
+                            c.sDq + box * T::kDqBoxBytes + r * 128, 128);
+        bulk_commit();
+      }
     } else {
       // Scattered rows: dq[4i + 2hh + e] = (tile row dq_r0 + 8hh, column dq_col0 + 8i +
       // 2qd + e); padding rows (>= cnt) are skipped.
@@ -245,8 +279,8 @@ __global__ void __launch_bounds__(384, 1)
     }
   }
   // The reductions must be complete (their shared-memory source alive) before the CTA
-  // exits.
-  if (c.wg_tid == 0) bulk_wait<0>();
+  // exits: wg_tid 0's (the causal tiles'), with kBulkDq every thread's.
+  if (kBulkDq || c.wg_tid == 0) bulk_wait<0>();
 
   wgbwd_epilogue<D>(dv, dk, p, c.krow0, seq_end, kvh, qd);
 #else

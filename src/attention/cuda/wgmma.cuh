@@ -321,6 +321,17 @@ __device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, int c0
       : "memory");
 #endif
 }
+// Non-tensor bulk reduce-add (PTX "cp.reduce.async.bulk", .global.shared::cta, .add.f32):
+// `bytes` (a multiple of 16) of fp32 at src (shared, 16-byte aligned) added element by
+// element into dst (global, 16-byte aligned), each element's add atomic; for scattered rows,
+// which a tensor map cannot address. Completion as tma_reduce_add_3d (bulk async-groups).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const void* src, uint32_t bytes) {
+#if MOBA_WGMMA_ENABLED
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(smem_addr(src)), "r"(bytes)
+               : "memory");
+#endif
+}
 __device__ __forceinline__ void bulk_commit() {
 #if MOBA_WGMMA_ENABLED
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
