@@ -2,7 +2,7 @@
 # CPU model of attn_bwd_moba_wgmma_kernel's bookkeeping (src/attention/cuda/bwd_moba_wgmma.cuh)
 # in fp64, against an fp64 MoBA reference backward on a random selection. Not part of CI
 # (needs numpy): run it by hand after changing the kernel's tile sources, masks, gathered-row
-# placement or dQ scatter:  python3 tests/attention_gpu/wgmma_moba_bwd_sim.py
+# placement or dQ scatter:  python3 tests/attention_gpu/wgmma_moba_bwd_sim.py [--bulk] [N cases]
 # Modelled as the hardware does (as documented in wgmma.cuh and validated on the H100 by the
 # dense wgmma kernels): the TMA 128-byte swizzle of a box (chunk c of row r at c ^ (r % 8)),
 # zero fill past N, the K-major / MN-major operand reads of the descriptors, the accumulator
@@ -19,7 +19,9 @@
 # id of the wrong tile row in the dQ scatter, the wrong head in the lse index. (Masking
 # causal tiles at the sequence end instead of the block end does not change anything: a
 # causal tile starts 128k tokens into its block and Br divides 128, so it crosses the
-# block end only where the block ends the sequence.)
+# block end only where the block ends the sequence.) With --bulk (v23's staged dQ), these
+# fail too: the row id of the next tile row for a thread's piece; the two floats of a pair
+# swapped in the staged row.
 import numpy as np, sys
 
 def swz(a): return a ^ (((a >> 7) & 7) << 4)
@@ -190,6 +192,29 @@ def sim(q, k, v, do, o, lse, cu, Hq, Hkv, D, S, K, scale, block_offset, bucket_o
                             tok = q0 + rofs + r
                             if tok >= N: continue
                             dq_acc[tok, h, col0:col0 + 64] += DQ[rofs + r, col0:col0 + 64]
+                elif BULK:
+                    # v23 (MOBA_MOBA_BWD_DQ=bulk): each thread (wi, g, qd) of warpgroup w
+                    # stores its accumulator pairs dq[4i + 2hh + e] (tile row rofs + 16wi +
+                    # g + 8hh, column col0 + 8i + 2qd + e) unswizzled: box i // 4, row r,
+                    # float 8 (i % 4) + 2qd + e of the row's 128 bytes; then thread t sends
+                    # row t % 64 of box t // 64 (32 floats) to its row id, padding rows skipped.
+                    for w in range(2):
+                        split_cols = D == 128
+                        col0 = 64 * w if split_cols else 0; rofs = 0 if split_cols else 64 * w
+                        buf = np.full((2, 64, 32), np.nan)
+                        for wi in range(4):
+                            for g in range(8):
+                                for qd in range(4):
+                                    for i in range(8):
+                                        for hh in range(2):
+                                            r = 16 * wi + g + 8 * hh
+                                            for e in range(2):
+                                                buf[i // 4, r, 8 * (i % 4) + 2 * qd + e] = DQ[rofs + r, col0 + 8 * i + 2 * qd + e]
+                        for t in range(128):
+                            r, box = t & 63, t >> 6
+                            if rofs + r >= cnt: continue
+                            rid = sRow[s, rofs + (t & 63)]
+                            dq_acc[rid // Hq, rid % Hq, col0 + 32 * box:col0 + 32 * box + 32] += buf[box, r]
                 else:
                     for w in range(2):
                         split_cols = D == 128
@@ -221,7 +246,11 @@ def run(cu, Hq, Hkv, D, S, K, seed=0):
 
 cases = [([0, 300], 2, 1, 128, 128, 3), ([0, 450], 2, 2, 64, 128, 2), ([0, 1, 78, 390, 700], 2, 1, 128, 128, 3),
          ([0, 127, 128, 385], 1, 1, 64, 128, 16), ([0, 600], 1, 1, 64, 256, 3), ([0, 200], 2, 1, 128, 128, 1)]
-if len(sys.argv) > 1: cases = cases[:int(sys.argv[1])]
+# --bulk: the gathered tiles' dQ as v23 sends it (staged, then by rows and boxes).
+BULK = "--bulk" in sys.argv
+args = [a for a in sys.argv[1:] if a != "--bulk"]
+if args: cases = cases[:int(args[0])]
+print("gathered dQ:", "bulk (v23)" if BULK else "red.v2")
 ok = all([run(*c) for c in cases])
 print("ALL OK" if ok else "MISMATCH")
 sys.exit(0 if ok else 1)
