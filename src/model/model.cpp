@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "attention/stats.h"
@@ -87,6 +88,15 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
              " tokens, more than model.seq_len = ", c.seq_len);
   batch.validate(c.vocab_size);
   counted_ = batch.counted_positions();
+  cp_forward_ = cp_;
+  if (cp_) {  // collective: the same verdict on every rank
+    const bool any_moba = [&] {
+      for (int64_t l = 0; l < c.layers; ++l)
+        if (layer_uses_moba(c, l, moba_phase)) return true;
+      return false;
+    }();
+    counted_ = context_parallel_setup(batch, counted_, !forced.empty(), any_moba);
+  }
   MOBA_CHECK(counted_ > 0, "the batch's loss_mask is all zeros (every target starts another "
              "document): no position to average the loss over");
   loss_mask_ = batch.loss_mask;
@@ -107,6 +117,8 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
   const std::vector<int64_t> cu = batch.boundaries();
   for (size_t d = 0; d + 1 < cu.size(); ++d)
     for (int64_t m = cu[d]; m < cu[d + 1]; ++m) pos_[m] = static_cast<int32_t>(m - cu[d]);
+  if (cp_)  // one document per shard: global positions r T_r + t
+    for (int64_t m = 0; m < M; ++m) pos_[m] = static_cast<int32_t>(cp_->rank() * T + m);
   attn_layout_ = attn::Layout::varlen(cu, c.heads, c.kv_heads, c.head_dim);
   const attn::MobaConfig moba{c.attention.block_size, c.attention.top_k};
 
@@ -139,7 +151,7 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
     attention_forward(
         attn_layout_, layer_moba_[l] ? &moba : nullptr, rope_, pos_.data(), C, P,
         AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), y.data(), lc.attn,
-        forced_sel.empty() || forced_sel[l].blocks.empty() ? nullptr : &forced_sel[l]);
+        forced_sel.empty() || forced_sel[l].blocks.empty() ? nullptr : &forced_sel[l], cp_);
     attn_flops += attn::attention_fwd_bwd_flops(lc.attn.pairs, c.head_dim);
     for (int64_t i = 0; i < M * C; ++i) x[i] += y[i];
     lc.x_mid = x;
@@ -174,7 +186,61 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
       if (loss_mask_[m]) sum += static_cast<double>(losses_[m]);
   }
   last_flops_ = matmul_flops_per_token(c) * static_cast<double>(M) + attn_flops;
+  if (cp_) return context_parallel_loss(sum, counted_);
   return sum / static_cast<double>(counted_);
+}
+
+template <typename Real>
+int64_t Model<Real>::context_parallel_setup(const Batch& batch, int64_t local_counted,
+                                            bool forced, bool any_moba) {
+  dist::Communicator& comm = *cp_;
+  const int R = comm.size();
+  auto narrow = [](int64_t x) {
+    return static_cast<int32_t>(std::min<int64_t>(x, std::numeric_limits<int32_t>::max()));
+  };
+  // Every rank's header: B, T_r, documents in the shard, force_selections set, counted.
+  enum { kB, kT, kDocs, kForced, kCounted, kFields };
+  const int32_t header[kFields] = {narrow(batch.B), narrow(batch.T),
+                                   narrow(static_cast<int64_t>(batch.boundaries().size()) - 1),
+                                   forced ? 1 : 0, narrow(local_counted)};
+  std::vector<int32_t> all(static_cast<size_t>(R) * kFields);
+  comm.all_gather(std::span<const int32_t>(header), all);
+  auto at = [&](int r, int f) {
+    return static_cast<int64_t>(all[static_cast<size_t>(r * kFields + f)]);
+  };
+  for (int r = 0; r < R; ++r) {
+    MOBA_CHECK(at(r, kB) == 1, "context parallel: rank ", r, "'s batch holds B = ", at(r, kB),
+               " rows; each rank holds one row, its shard of one sequence");
+    MOBA_CHECK(at(r, kDocs) == 1, "context parallel: rank ", r, "'s shard holds ",
+               at(r, kDocs), " documents (cu_seqlens); a shard is part of one sequence: "
+               "packed documents are not supported");
+    MOBA_CHECK(at(r, kForced) == 0, "context parallel: rank ", r, " set force_selections, "
+               "which is not supported under context parallel");
+    MOBA_CHECK(at(r, kT) == at(0, kT), "context parallel: the shards differ in length: rank 0 "
+               "holds ", at(0, kT), " tokens, rank ", r, " holds ", at(r, kT),
+               " (rank r must hold positions [r T_r, (r + 1) T_r))");
+  }
+  const int64_t T_r = at(0, kT), S = cfg_.attention.block_size;
+  MOBA_CHECK(!any_moba || T_r % S == 0, "context parallel: a shard of T_r = ", T_r,
+             " tokens is not a whole number of MoBA blocks of S = ", S,
+             " tokens (every rank must hold whole blocks)");
+  MOBA_CHECK(R * T_r <= cfg_.seq_len, "context parallel: the whole sequence, R x T_r = ", R,
+             " x ", T_r, " = ", R * T_r, " tokens, is longer than model.seq_len = ",
+             cfg_.seq_len);
+  int64_t counted = 0;
+  for (int r = 0; r < R; ++r) counted += at(r, kCounted);
+  MOBA_CHECK(counted > 0, "context parallel: the loss_mask is all zeros on every rank: no "
+             "position to average the loss over");
+  return counted;
+}
+
+template <typename Real>
+double Model<Real>::context_parallel_loss(double local_sum, int64_t counted) {
+  std::vector<double> sums(static_cast<size_t>(cp_->size()));
+  cp_->all_gather(std::span<const double>(&local_sum, 1), sums);
+  double total = 0.0;  // in rank order: the same on every rank
+  for (double x : sums) total += x;
+  return total / static_cast<double>(counted);
 }
 
 template <typename Real>
@@ -216,7 +282,7 @@ void Model<Real>::backward(std::span<const Real> params_span, std::span<Real> gr
     // x_mid = x_in + attn(rmsnorm(x_in)).
     attention_backward(attn_layout_, layer_moba_[l] ? &moba : nullptr, rope_, pos_.data(), C, P,
                        AttentionWeights{o.wq, o.wk, o.wv, o.wo}, lc.xn1.data(), lc.attn, dx.data(),
-                       dxn.data(), G);
+                       dxn.data(), G, cp_forward_);
     rmsnorm_backward(M, C, lc.x_in.data(), P + o.attn_norm, lc.rstd1.data(), dxn.data(), dx.data(),
                      G + o.attn_norm, true);
   }

@@ -8,6 +8,9 @@
 //   logits = rmsnorm(x) lm_head^T                       (M, V)
 //   loss = mean of cross_entropy(logits, targets) over the M positions, or over those
 //          the batch's loss_mask keeps
+//
+// Context parallel (set_context_parallel; docs/distributed.md): the R ranks of a group
+// each hold a contiguous shard of one sequence and together compute its loss and gradients.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "attention/layout.h"
+#include "dist/communicator.h"
 #include "model/attention_layer.h"
 #include "model/batch.h"
 #include "model/config.h"
@@ -47,8 +51,39 @@ class Model {
   std::span<const Real> logits() const { return logits_; }
 
   // FLOPs of the last forward's batch, forward + backward: matmuls (6 per weight and
-  // token, LM head included) plus attention over the pairs actually attended.
+  // token, LM head included) plus attention over the pairs actually attended. Under
+  // context parallel, this rank's part (the ranks' sum is the whole sequence's).
   double last_flops() const { return last_flops_; }
+
+  // Context parallel (issue 14; docs/distributed.md, "Context parallel"): with a group
+  // `comm` of R ranks (null: off, the default), one sequence of T = R x T_r tokens is
+  // split over them, rank r = comm->rank() holding positions [r T_r, (r + 1) T_r). Then:
+  //  - forward() takes a Batch of B = 1 row holding this rank's shard, T_r inputs and
+  //    targets (its T_r + 1 tokens: the next shard's first input is its last target) and
+  //    its part of the loss mask; one document (cu_seqlens empty or {0, T_r}): packed
+  //    documents are not supported. RoPE positions are global, r T_r + t; T_r is a whole
+  //    number of MoBA blocks when a layer runs MoBA, and R x T_r <= model.seq_len.
+  //  - forward() and backward() are collective: every rank calls them, in the same order,
+  //    with its own shard. MoBA layers fetch the blocks their queries select
+  //    (dist/context_parallel.h), full layers run ring attention (dist/ring_attention.h),
+  //    each keeping its saved state per layer until the backward.
+  //  - forward() returns, on every rank alike, the mean loss over ALL ranks' counted
+  //    positions (the ranks all-gather their counts and loss sums); token_losses() is this
+  //    rank's T_r. backward() scales by 1 / (all ranks' counted positions), so that the
+  //    SUM over the ranks of their gradients is the whole sequence's: grads holds this
+  //    rank's part and is not reduced here; the caller sums it over the ranks (as the
+  //    data-parallel gradient reduction does, without its 1 / R).
+  //  - Bad inputs throw moba::Error on every rank alike (a header all-gathered first):
+  //    B != 1, packed documents, shards of different lengths or not of whole blocks, the
+  //    whole sequence longer than model.seq_len, no counted position on any rank, and
+  //    force_selections (not supported under context parallel). An error on one rank only
+  //    (a token id out of range, a parameter array of the wrong size) is thrown there and
+  //    the others fail at their next collective (communicator.h).
+  // The CPU model passes host buffers: the group must take host memory (FakeGroup). A group
+  // of one rank runs the single-process attention, so it equals the plain model bit for
+  // bit. The Communicator is not owned; it must outlive its use.
+  void set_context_parallel(dist::Communicator* comm) { cp_ = comm; }
+  dist::Communicator* context_parallel() const { return cp_; }
 
   // Test hook (the CPU-vs-GPU whole-model test): the next forward() attends the given MoBA
   // selections instead of running the gate, so that the CPU model can follow a GPU forward
@@ -87,7 +122,7 @@ class Model {
   int64_t M_ = 0;
   std::vector<int32_t> inputs_, targets_, pos_;  // (M) each
   std::vector<uint8_t> loss_mask_;                // (M), or empty: every position counts
-  int64_t counted_ = 0;                           // positions in the loss
+  int64_t counted_ = 0;  // positions in the loss (context parallel: over all ranks)
   attn::Layout attn_layout_;
   std::vector<bool> layer_moba_;  // (L)
   std::vector<LayerCache> caches_;
@@ -98,6 +133,15 @@ class Model {
   std::vector<Real> logits_;  // (M, V) when keep_logits_
   double last_flops_ = 0.0;
   std::vector<std::vector<int32_t>> forced_;  // (L) or empty: force_selections()
+  dist::Communicator* cp_ = nullptr;          // set_context_parallel(); not owned
+  dist::Communicator* cp_forward_ = nullptr;  // the group of the last forward
+
+  // Context parallel: the group-wide checks of the ranks' batches (a header all-gather,
+  // collective); returns the positions counted on all ranks.
+  int64_t context_parallel_setup(const Batch& batch, int64_t local_counted, bool forced,
+                                 bool any_moba);
+  // Context parallel: the mean of all ranks' loss sums over `counted` (collective).
+  double context_parallel_loss(double local_sum, int64_t counted);
 };
 
 extern template class Model<float>;
