@@ -9,6 +9,11 @@
 #                                                        list to end; print each command's
 #                                                        state and its log's last lines
 #   bench/background.sh logs NAME                        pack the logs into $OUT/NAME-logs.tar.xz
+#   bench/background.sh collect NAME DIR [S]             poll S s, then pack the logs and DIR
+#                                                        (its *.tar.xz copied as they are) into
+#                                                        $OUT: what every polling call should
+#                                                        end with, since a machine can be gone
+#                                                        by the next call (seen 2026-12-03)
 # To stop a sweep, kill its process group from its pid file (bench/sweep_session.sh writes
 # runs/<preset>.pid), never `pkill -f PATTERN` with a pattern that the `run` call's own command
 # line contains: that kills the call itself (seen 2026-12-03).
@@ -24,7 +29,7 @@ OUT=${OUT:-out}
 action=${1:-}
 name=${2:-}
 [[ -n $action && -n $name && $name =~ ^[A-Za-z0-9_-]+$ ]] ||
-  { echo "usage: bench/background.sh start|poll|logs NAME [...] (NAME: letters, digits, - and _)" >&2; exit 2; }
+  { echo "usage: bench/background.sh start|poll|logs|collect NAME [...] (NAME: letters, digits, - and _)" >&2; exit 2; }
 shift 2
 dir=/tmp/bg/$name
 
@@ -69,5 +74,22 @@ case $action in
     mkdir -p "$OUT"
     tar -cJf "$OUT/$name-logs.tar.xz" -C /tmp/bg "$name" && ls -la "$OUT/$name-logs.tar.xz"
     ;;
-  *) echo "background.sh: unknown action $action (start, poll, logs)" >&2; exit 2 ;;
+  collect)
+    [[ -d $dir ]] || { echo "background.sh: nothing named $name here (a fresh machine?)" >&2; exit 1; }
+    src=${1:?background.sh: collect needs a folder}
+    wait_s=${2:-0}
+    t=$SECONDS
+    while running && ((SECONDS - t < wait_s)); do sleep 2; done
+    show
+    mkdir -p "$OUT"
+    tar -cJf "$OUT/$name-logs.tar.xz" -C /tmp/bg "$name"
+    if [[ -d $src ]]; then
+      tar -cJf "$OUT/$name-$(basename "$src").tar.xz" --exclude='*.tar.xz' -C "$(dirname "$src")" "$(basename "$src")"
+      find "$src" -name '*.tar.xz' -exec cp {} "$OUT"/ \;
+    else
+      echo "background.sh: $src is not there yet"
+    fi
+    ls -la "$OUT"
+    ;;
+  *) echo "background.sh: unknown action $action (start, poll, logs, collect)" >&2; exit 2 ;;
 esac
