@@ -8,10 +8,12 @@
 // Skips (passes) with a message when no CUDA device is present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -612,17 +614,31 @@ const MobaBwdCase kMobaBwdCases[] = {
 INSTANTIATE_TEST_SUITE_P(Shapes, MobaWgmmaBwdGpu, ::testing::ValuesIn(kMobaBwdCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// The gate's inputs: random q, k rounded to bf16 (so the CPU gate sees what the GPU reads),
+// on the host and on the device.
+struct GateInputs {
+  std::vector<float> q, k;
+  DeviceBuffer<acu::bf16> dq, dk;
+  GateInputs(const Layout& l, uint64_t q_seed, uint64_t k_seed)
+      : q(rounded(random_normal<float>(l.q_elems(), q_seed))),
+        k(rounded(random_normal<float>(l.kv_elems(), k_seed))), dq(q.size()), dk(k.size()) {
+    dq.upload(to_bf16(q));
+    dk.upload(to_bf16(k));
+  }
+  static std::vector<float> rounded(std::vector<float> x) {
+    for (float& e : x) e = round_bf16(e);
+    return x;
+  }
+};
+
 // The gate alone at a larger size (the CPU gate is cheap): many blocks, GQA, K = 8.
 TEST(GateGpu, MatchesCpuGate) {
   if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU gate test skipped";
   const Layout l = Layout::varlen({0, 8192, 8192 + 3001}, 4, 2, 128);
   const MobaConfig cfg{128, 8};
-  std::vector<float> q = random_normal<float>(l.q_elems(), 99), k = random_normal<float>(l.kv_elems(), 98);
-  for (float& e : q) e = round_bf16(e);
-  for (float& e : k) e = round_bf16(e);
-  DeviceBuffer<acu::bf16> dq(q.size()), dk(k.size());
-  dq.upload(to_bf16(q));
-  dk.upload(to_bf16(k));
+  GateInputs in(l, 99, 98);
+  const auto &q = in.q, &k = in.k;
+  auto &dq = in.dq, &dk = in.dk;
   DeviceBuffer<int32_t> dsel(l.lse_elems() * cfg.top_k);
   dsel.poison();
   acu::Plan plan(l, cfg, attn::Options{});
@@ -630,6 +646,85 @@ TEST(GateGpu, MatchesCpuGate) {
   CUDA_CHECK(cudaDeviceSynchronize());
   Selection sel{cfg.top_k, l.num_q_heads, dsel.download()};
   check_gate(l, cfg, q, k, sel);
+}
+
+// Context parallel's shard gate (moba_gate_shard_means, moba_gate_shard; docs/distributed.md,
+// "The GPU path"): one sequence cut into R shards of whole blocks; each shard's split means
+// gathered in rank order, then each shard's queries gated against all of them at its pos0.
+// Every shard's selection equals the whole sequence's moba_gate rows for its tokens, bit
+// for bit (the same means, products and order; the grid may differ in rows per CTA, which
+// selects the same, TwoMtilesPerWarpSameSelection). Errors name a shard of two sequences,
+// one not of whole blocks, and a pos0 that is not a multiple of S.
+TEST(GateGpu, ShardGateEqualsTheWholeSequencesRows) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device: GPU gate test skipped";
+  struct Case {
+    int64_t R, Tr, Hq, Hkv, D, S, K;
+  };
+  const Case cases[] = {
+      {2, 4096, 4, 2, 128, 128, 3}, {4, 1024, 2, 1, 64, 256, 5}, {3, 2048, 2, 2, 128, 512, 8},
+      {2, 512, 4, 1, 64, 64, 2},    {2, 256, 2, 1, 128, 128, 1}, {4, 8192, 16, 4, 128, 512, 3},
+  };
+  int n = 0;
+  for (const Case& cs : cases) {
+    SCOPED_TRACE("case " + std::to_string(n) + ": R " + std::to_string(cs.R) + ", T_r " +
+                 std::to_string(cs.Tr) + ", D " + std::to_string(cs.D) + ", S " +
+                 std::to_string(cs.S) + ", K " + std::to_string(cs.K));
+    const int64_t T = cs.R * cs.Tr;
+    const Layout whole = Layout::varlen({0, T}, cs.Hq, cs.Hkv, cs.D);
+    const MobaConfig cfg{cs.S, cs.K};
+    GateInputs in(whole, 500 + n, 600 + n);
+    ++n;
+    auto &dq = in.dq, &dk = in.dk;
+    DeviceBuffer<int32_t> dsel(whole.lse_elems() * cfg.top_k);
+    dsel.poison();
+    acu::Plan wplan(whole, cfg, attn::Options{});
+    acu::moba_gate(wplan, dq.ptr, dk.ptr, dsel.ptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<int32_t> wsel = dsel.download();
+
+    const Layout shard = Layout::varlen({0, cs.Tr}, cs.Hq, cs.Hkv, cs.D);
+    const size_t qs = static_cast<size_t>(cs.Tr * cs.Hq * cs.D), ks = static_cast<size_t>(cs.Tr * cs.Hkv * cs.D);
+    const size_t ms = static_cast<size_t>(cs.Tr / cs.S * cs.Hkv * 3 * cs.D);  // one shard's split means
+    DeviceBuffer<acu::bf16> mall(ms * static_cast<size_t>(cs.R));
+    std::vector<std::unique_ptr<acu::Plan>> plans;
+    for (int64_t r = 0; r < cs.R; ++r) {
+      plans.push_back(std::make_unique<acu::Plan>(shard, cfg, attn::Options{}));
+      const acu::bf16* m = acu::moba_gate_shard_means(*plans.back(), dk.ptr + r * ks);
+      if (cs.K > 1)
+        CUDA_CHECK(cudaMemcpy(mall.ptr + r * ms, m, ms * sizeof(acu::bf16), cudaMemcpyDeviceToDevice));
+    }
+    const size_t ss = static_cast<size_t>(cs.Tr * cs.Hq * cs.K);
+    for (int64_t r = 0; r < cs.R; ++r) {
+      DeviceBuffer<int32_t> ssel(ss);
+      ssel.poison();
+      acu::moba_gate_shard(*plans[static_cast<size_t>(r)], dq.ptr + r * qs, mall.ptr, r * cs.Tr, ssel.ptr);
+      const cudaError_t err = cudaDeviceSynchronize();
+      ASSERT_EQ(err, cudaSuccess) << "rank " << r << ": " << cudaGetErrorString(err);
+      const std::vector<int32_t> got = ssel.download();
+      EXPECT_TRUE(std::equal(got.begin(), got.end(), wsel.begin() + static_cast<ptrdiff_t>(r * ss)))
+          << "rank " << r << "'s shard selects other blocks than the whole sequence's gate";
+    }
+  }
+  auto expect_error = [](auto&& call, const std::string& needle) {
+    try {
+      call();
+      ADD_FAILURE() << "accepted; expected an error naming: " << needle;
+    } catch (const moba::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  const MobaConfig cfg{128, 3};
+  DeviceBuffer<acu::bf16> dq(4096 * 2 * 64), dk(4096 * 64), mall(64 * 3 * 64);
+  DeviceBuffer<int32_t> dsel(4096 * 2 * 3);
+  acu::Plan two(Layout::varlen({0, 1024, 2048}, 2, 1, 64), cfg, attn::Options{});
+  expect_error([&] { acu::moba_gate_shard_means(two, dk.ptr); }, "one sequence, got 2");
+  acu::Plan partial(Layout::varlen({0, 1000}, 2, 1, 64), cfg, attn::Options{});
+  expect_error([&] { acu::moba_gate_shard(partial, dq.ptr, mall.ptr, 0, dsel.ptr); },
+               "not a whole number of MoBA blocks of S = 128");
+  acu::Plan ok(Layout::varlen({0, 1024}, 2, 1, 64), cfg, attn::Options{});
+  expect_error([&] { acu::moba_gate_shard(ok, dq.ptr, mall.ptr, 1000, dsel.ptr); },
+               "first position 1000 is not a non-negative multiple of S = 128");
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 // v21: MOBA_GATE_ROWS=256 (two m-tiles of 16 query rows per warp, 256 rows a CTA; the same
@@ -656,14 +751,10 @@ TEST(GateGpu, TwoMtilesPerWarpSameSelection) {
   for (const Case& cs : cases) {
     const Layout l = Layout::varlen(cs.cu, cs.Hq, cs.Hkv, cs.D);
     const MobaConfig cfg{cs.S, cs.K};
-    std::vector<float> q = random_normal<float>(l.q_elems(), 300 + n),
-                       k = random_normal<float>(l.kv_elems(), 400 + n);
+    GateInputs in(l, 300 + n, 400 + n);
     ++n;
-    for (float& e : q) e = round_bf16(e);
-    for (float& e : k) e = round_bf16(e);
-    DeviceBuffer<acu::bf16> dq(q.size()), dk(k.size());
-    dq.upload(to_bf16(q));
-    dk.upload(to_bf16(k));
+    const auto &q = in.q, &k = in.k;
+    auto &dq = in.dq, &dk = in.dk;
     acu::Plan plan(l, cfg, attn::Options{});
     std::vector<std::vector<int32_t>> sels;
     for (const char* rows : {"128", "256", "auto"}) {

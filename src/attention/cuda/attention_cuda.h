@@ -123,6 +123,19 @@ void moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel,
 // own kernel computes (both sum in double, exact for bf16). Returns whether it wrote them.
 bool moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, float* means_out,
                int64_t blocks_per_seq, cudaStream_t stream = nullptr);
+// Context parallel's gate (docs/distributed.md, "The GPU path"): a shard, the plan's one
+// sequence of whole blocks at positions [pos0, pos0 + T_r) of a longer one, selects among
+// all earlier blocks of the whole sequence. moba_gate_shard_means writes the shard's block
+// means, split in three bf16 terms, (T_r / S, Hkv, 3, D), into the plan's scratch and returns
+// it (valid until the plan's next gate); the ranks all-gather these in rank order (= block
+// order) into msplit_all, (pos0 + T_r) / S rows at least, and moba_gate_shard selects for
+// the shard's queries against them: block ids of the whole sequence, the rows
+// moba_gate would write for these tokens over the whole sequence, bit for bit (the same
+// means, products and order). Errors name a shard that is not one sequence of whole blocks,
+// or a pos0 that is not a multiple of S.
+const bf16* moba_gate_shard_means(Plan& plan, const bf16* k, cudaStream_t stream = nullptr);
+void moba_gate_shard(Plan& plan, const bf16* q, const bf16* msplit_all, int64_t pos0,
+                     int32_t* sel, cudaStream_t stream = nullptr);
 // MoBA attention over a given selection (from moba_gate or the CPU gate).
 void moba_forward(Plan& plan, const int32_t* sel, const bf16* q, const bf16* k, const bf16* v,
                   bf16* out, float* lse, cudaStream_t stream = nullptr);

@@ -115,6 +115,16 @@ bool moba_gate(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, float* me
   return gate_launch(plan, q, k, sel, stream, means_out, blocks_per_seq);
 }
 
+const bf16* moba_gate_shard_means(Plan& plan, const bf16* k, cudaStream_t stream) {
+  return gate_shard_means(plan, k, stream);
+}
+
+void moba_gate_shard(Plan& plan, const bf16* q, const bf16* msplit_all, int64_t pos0,
+                     int32_t* sel, cudaStream_t stream) {
+  plan.set_indexed_selection(nullptr);  // the selection's contents change
+  gate_shard_launch(plan, q, msplit_all, pos0, sel, stream);
+}
+
 namespace {
 
 // A partials buffer addressed by absolute slot: base - first slot x width floats, so that

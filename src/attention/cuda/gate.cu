@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/gate.h"
@@ -150,7 +152,7 @@ template <int D, int KM, int MT>
 __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM, MT>())) gate_mma_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ msplit,
     const int32_t* __restrict__ cu_seqlens, const int32_t* __restrict__ block_offset, int Hq,
-    int Hkv, int S, int K, int32_t* __restrict__ sel, int m_last) {
+    int Hkv, int S, int K, int32_t* __restrict__ sel, int m_last, int pos0) {
   using namespace detail;
   static_assert(MT >= 1 && MT <= kGateMaxMt, "gate: 1 or 2 m-tiles per warp");
   constexpr int kRows = kGateRows * MT;  // query tokens per CTA
@@ -168,14 +170,15 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM, MT>())) ga
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, qd = lane % 4;
   const int kp = K - 1;
   const int last = min(len, (m + 1) * kRows) - 1;
-  const int cmax = last / S;  // the largest current block among the CTA's rows
+  const int cmax = (pos0 + last) / S;  // the largest current block among the CTA's rows
   // The warp's m-tile t covers CTA rows (warp * MT + t) * 16 + [0, 16); this thread's rows
   // in it are g and g + 8 (x = 0, 1).
   int cur[MT][2];
 #pragma unroll
   for (int t = 0; t < MT; ++t)
 #pragma unroll
-    for (int x = 0; x < 2; ++x) cur[t][x] = (m * kRows + (warp * MT + t) * 16 + g + 8 * x) / S;
+    for (int x = 0; x < 2; ++x)
+      cur[t][x] = (pos0 + m * kRows + (warp * MT + t) * 16 + g + 8 * x) / S;
   float val[MT][2][KM];
   int idx[MT][2][KM];
 #pragma unroll
@@ -312,7 +315,7 @@ __global__ void __launch_bounds__(kGateThreads, (gate_min_ctas<D, KM, MT>())) ga
   if (qd >= 2) return;
 #pragma unroll
   for (int t = 0; t < MT; ++t) {
-    const int my_pos = m * kRows + (warp * MT + t) * 16 + g + 8 * qd, my_cur = my_pos / S;
+    const int my_pos = m * kRows + (warp * MT + t) * 16 + g + 8 * qd, my_cur = (pos0 + my_pos) / S;
     if (my_pos >= len) continue;
     int32_t* out = sel + (static_cast<size_t>(seq_start + my_pos) * Hq + h) * K;
     // Rows whose current block is <= K-1 select every block up to it (MoBA = dense there);
@@ -354,7 +357,8 @@ constexpr int64_t kMaxGridY = 65535;
 // tiles (most work) first.
 template <int D, int KM, int MT>
 void launch_gate(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,
-                 const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
+                 const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel,
+                 int pos0) {
   constexpr int smem = gate_smem_bytes<D, KM, MT>();
   constexpr auto kernel = gate_mma_kernel<D, KM, MT>;
   set_smem_once<kernel>(smem);
@@ -364,7 +368,7 @@ void launch_gate(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16
     const dim3 g(static_cast<unsigned>(Hq), slice, static_cast<unsigned>(B));
     kernel<<<g, kGateThreads, smem, stream>>>(q, msplit, plan.dev().cu_seqlens,
                                               plan.dev().block_offset, Hq, Hkv, S, K, sel,
-                                              static_cast<int>(tiles - 1 - done));
+                                              static_cast<int>(tiles - 1 - done), pos0);
     CUDA_CHECK_LAUNCH();
   }
 }
@@ -384,34 +388,53 @@ bool gate_two_mtiles(int64_t max_len, int Hq, int B, int K) {
 // One list length: MT 2 where asked for and it has that instance (KM <= 4), else MT 1.
 template <int D, int KM>
 void launch_gate_km(bool mt2, int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,
-                    const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
+                    const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel,
+                    int pos0) {
   if constexpr (KM <= 4)
-    if (mt2) return launch_gate<D, KM, 2>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  launch_gate<D, KM, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+    if (mt2)
+      return launch_gate<D, KM, 2>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel, pos0);
+  launch_gate<D, KM, 1>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel, pos0);
 }
 
 template <int D>
 void launch_gate_d(int64_t max_len, int Hq, int B, cudaStream_t stream, const bf16* q,
-                   const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel) {
+                   const bf16* msplit, const Plan& plan, int Hkv, int S, int K, int32_t* sel,
+                   int pos0) {
   // The list length is compiled in buckets so that K = 3 keeps two registers per row.
   const int kp = K - 1;
   const bool mt2 = gate_two_mtiles(max_len, Hq, B, K);
-  if (kp <= 2) launch_gate_km<D, 2>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  else if (kp <= 4)
-    launch_gate_km<D, 4>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  else if (kp <= 8)
-    launch_gate_km<D, 8>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  else launch_gate_km<D, kMaxPast>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  auto go = [&](auto km) {
+    launch_gate_km<D, decltype(km)::value>(mt2, max_len, Hq, B, stream, q, msplit, plan, Hkv, S,
+                                           K, sel, pos0);
+  };
+  if (kp <= 2) go(std::integral_constant<int, 2>{});
+  else if (kp <= 4) go(std::integral_constant<int, 4>{});
+  else if (kp <= 8) go(std::integral_constant<int, 8>{});
+  else go(std::integral_constant<int, kMaxPast>{});
 }
 
-}  // namespace
-
-bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream,
-                 float* means_out, int64_t blocks_per_seq) {
+// The scores and top-k of the plan's queries against the split means `msplit` (rows of
+// (blocks, Hkv, 3, D) from block_offset[b] for sequence b), query positions shifted by pos0.
+void launch_scores(const Plan& plan, const bf16* q, const bf16* msplit, int32_t* sel,
+                   int64_t pos0, cudaStream_t stream) {
   const Layout& l = plan.layout();
   const int S = static_cast<int>(plan.config().block_size), K = static_cast<int>(plan.config().top_k);
   const int Hq = static_cast<int>(l.num_q_heads), Hkv = static_cast<int>(l.num_kv_heads);
-  const int D = static_cast<int>(l.head_dim), B = static_cast<int>(l.batch());
+  const int B = static_cast<int>(l.batch());
+  const int64_t max_len = plan.max_seq_len();
+  const int p0 = static_cast<int>(pos0);
+  if (l.head_dim == 64) launch_gate_d<64>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel, p0);
+  else launch_gate_d<128>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel, p0);
+}
+
+// Block means of k into the plan's scratch, split in three bf16 terms: (full blocks, Hkv, 3,
+// D); the fp32 means too where means_out is given (attention_cuda.h, moba_gate).
+bf16* launch_means(Plan& plan, const bf16* k, cudaStream_t stream, float* means_out,
+                   int64_t blocks_per_seq) {
+  const Layout& l = plan.layout();
+  const int S = static_cast<int>(plan.config().block_size), K = static_cast<int>(plan.config().top_k);
+  const int Hkv = static_cast<int>(l.num_kv_heads), D = static_cast<int>(l.head_dim);
+  const int B = static_cast<int>(l.batch());
   const int rows = static_cast<int>(plan.full_blocks());
   bf16* msplit = static_cast<bf16*>(
       plan.scratch(kSlotMeans, sizeof(bf16) * 3 * std::max<int64_t>(1, rows) * Hkv * D));
@@ -422,11 +445,46 @@ bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStr
     CUDA_CHECK_LAUNCH();
   }
   mark_phase("gate_means", stream);
-  const int64_t max_len = plan.max_seq_len();
-  if (D == 64) launch_gate_d<64>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
-  else launch_gate_d<128>(max_len, Hq, B, stream, q, msplit, plan, Hkv, S, K, sel);
+  return msplit;
+}
+
+}  // namespace
+
+bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream,
+                 float* means_out, int64_t blocks_per_seq) {
+  const int K = static_cast<int>(plan.config().top_k);
+  const bf16* msplit = launch_means(plan, k, stream, means_out, blocks_per_seq);
+  launch_scores(plan, q, msplit, sel, 0, stream);
   mark_phase("gate_scores_topk", stream);
   return K > 1;  // every full block's mean (none when there is no full block)
+}
+
+namespace {
+// Context parallel's shard: one sequence of whole blocks (docs/distributed.md).
+void check_shard(const Plan& plan, const char* what) {
+  const Layout& l = plan.layout();
+  const int64_t S = plan.config().block_size;
+  MOBA_CHECK(l.batch() == 1, what, ": a context-parallel shard is one sequence, got ", l.batch());
+  MOBA_CHECK(l.tokens() % S == 0, what, ": the shard's ", l.tokens(),
+             " tokens are not a whole number of MoBA blocks of S = ", S);
+}
+}  // namespace
+
+const bf16* gate_shard_means(Plan& plan, const bf16* k, cudaStream_t stream) {
+  check_shard(plan, "moba_gate_shard_means");
+  return launch_means(plan, k, stream, nullptr, 0);
+}
+
+void gate_shard_launch(const Plan& plan, const bf16* q, const bf16* msplit_all, int64_t pos0,
+                       int32_t* sel, cudaStream_t stream) {
+  check_shard(plan, "moba_gate_shard");
+  const int64_t S = plan.config().block_size, T = plan.layout().tokens();
+  MOBA_CHECK(pos0 >= 0 && pos0 % S == 0, "moba_gate_shard: the shard's first position ", pos0,
+             " is not a non-negative multiple of S = ", S);
+  MOBA_CHECK(pos0 + T <= std::numeric_limits<int32_t>::max(), "moba_gate_shard: positions up to ",
+             pos0 + T, " do not fit int32");
+  launch_scores(plan, q, msplit_all, sel, pos0, stream);
+  mark_phase("gate_scores_topk", stream);
 }
 
 }  // namespace moba::attn::cuda

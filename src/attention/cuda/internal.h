@@ -65,6 +65,10 @@ struct GatherIndex {
 // whether they were computed (K > 1; with K = 1 the gate needs no means and writes none).
 bool gate_launch(Plan& plan, const bf16* q, const bf16* k, int32_t* sel, cudaStream_t stream,
                  float* means_out = nullptr, int64_t blocks_per_seq = 0);
+// Context parallel's shard gate (attention_cuda.h, moba_gate_shard_means / moba_gate_shard).
+const bf16* gate_shard_means(Plan& plan, const bf16* k, cudaStream_t stream);
+void gate_shard_launch(const Plan& plan, const bf16* q, const bf16* msplit_all, int64_t pos0,
+                       int32_t* sel, cudaStream_t stream);
 // The gather index of the selection's past slots, for the chunks of `chunk_tokens` (0 = one
 // chunk, the single pass and the backward's layout: bucket (full block, kv head)). One
 // memset, one count, one scan and one fill kernel for all chunks. The count and fill
