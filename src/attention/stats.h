@@ -8,10 +8,14 @@
 
 namespace moba::attn {
 
-// (query, key) pairs dense causal attention computes, summed over query heads.
-double dense_pairs(const Layout& layout);
-// Pairs MoBA attends to for the given selection, summed over query heads.
-double moba_pairs(const Layout& layout, const MobaConfig& cfg, const Selection& sel);
+// (query, key) pairs dense causal attention computes, summed over query heads. pos0: the
+// position of every sequence's first token in a longer one (a context-parallel shard,
+// whose queries also see the pos0 keys before it); 0 on one process.
+double dense_pairs(const Layout& layout, int64_t pos0 = 0);
+// Pairs MoBA attends to for the given selection, summed over query heads; with pos0 as
+// above (the selection then holds block ids of the longer sequence, pos0 a multiple of S).
+double moba_pairs(const Layout& layout, const MobaConfig& cfg, const Selection& sel,
+                  int64_t pos0 = 0);
 
 // FLOPs of attention over `pairs` (query, key) pairs with head dim D: the forward does two
 // products (QK^T and PV), 2 FLOPs per multiply-add each; the backward five, i.e. 2.5x.

@@ -1,13 +1,16 @@
 // moba info: version, build configuration, visible CUDA devices and the kernel switches
 // (environment variables the CUDA kernels read).
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
 
 #include "cli/commands.h"
 #include "core/build_info.h"
+#include "core/env_choice.h"
 
 namespace moba::cli {
 namespace {
@@ -17,53 +20,43 @@ namespace {
 // kernels within one process), so this shows what the next call would see.
 struct KernelSwitch {
   const char* name;
-  const char* accepted;  // the accepted values, as an error names them; unset or empty = the default
+  // The accepted values, the default's first (unset or empty = the default), null-padded.
+  std::array<const char*, 5> values;
   const char* default_meaning;
   bool count_ok = false;  // a positive whole number is accepted too
+
+  std::span<const char* const> accepted() const {
+    size_t n = 0;
+    while (n < values.size() && values[n] != nullptr) ++n;
+    return {values.data(), n};
+  }
 };
 constexpr KernelSwitch kSwitches[] = {
-    {"MOBA_DENSE_FWD", "mma or wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
-    {"MOBA_FWD_PINGPONG", "auto, 0 or 1",
+    {"MOBA_DENSE_FWD", {"mma", "wgmma"}, "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
+    {"MOBA_FWD_PINGPONG", {"auto", "0", "1"},
      "auto (the sm_90a forwards' consumer warpgroups ping-pong their MMAs in the dense forward "
      "and in the MoBA forward at D 128; 0: nowhere, 1: everywhere)"},
-    {"MOBA_DENSE_BWD", "mma or wgmma", "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
-    {"MOBA_MOBA_FWD", "mma or wgmma", "wgmma where it runs and S is a multiple of 128"},
-    {"MOBA_MOBA_FWD_GRID", "persistent or tiles",
+    {"MOBA_DENSE_BWD", {"mma", "wgmma"}, "wgmma where it runs (sm_90a build, sm_90, D 64/128)"},
+    {"MOBA_MOBA_FWD", {"mma", "wgmma"}, "wgmma where it runs and S is a multiple of 128"},
+    {"MOBA_MOBA_FWD_GRID", {"persistent", "tiles"},
      "persistent (sm_90a MoBA forward: one CTA per SM over the tiles; a number n: n CTAs)", true},
-    {"MOBA_FWD_CHUNK_TOKENS", "0",
+    {"MOBA_FWD_CHUNK_TOKENS", {"0"},
      "0, the MoBA forward in one pass (n: in chunks of n query tokens)", true},
-    {"MOBA_MOBA_BWD", "mma or wgmma", "wgmma where it runs"},
-    {"MOBA_MOBA_BWD_DQ", "red or bulk",
+    {"MOBA_MOBA_BWD", {"mma", "wgmma"}, "wgmma where it runs"},
+    {"MOBA_MOBA_BWD_DQ", {"red", "bulk"},
      "red (the sm_90a MoBA backward adds gathered dQ rows with red.global.add.v2.f32; bulk: "
      "staged, then the bulk reduce by rows, compile-only until measured)"},
-    {"MOBA_GATE_ROWS", "auto, 128 or 256",
+    {"MOBA_GATE_ROWS", {"auto", "128", "256"},
      "auto (256 query tokens a gate CTA, two m-tiles per warp, where K <= 5 and the 128-row "
      "grid has >= 4096 CTAs; else 128)"},
-    {"MOBA_INDEX_PIECE_TOKENS", "auto, 2048, 256, 512 or 1024",
+    {"MOBA_INDEX_PIECE_TOKENS", {"auto", "2048", "256", "512", "1024"},
      "auto (the single pass's gather index on pieces sized to the launch: fewer tokens per "
      "count / fill CTA where the launch is small)"},
-    {"MOBA_GATHER_BINS", "smem or global",
+    {"MOBA_GATHER_BINS", {"smem", "global"},
      "smem, the gather index's counts in shared memory where the full blocks fit (global: "
      "global atomics, a test knob)"},
-    {"MOBA_RMSNORM_BWD", "fused or split", "fused"},
+    {"MOBA_RMSNORM_BWD", {"fused", "split"}, "fused"},
 };
-
-// Whether v is one of the values of `accepted` ("a, b or c").
-bool accepted_value(const char* accepted, const char* v) {
-  std::string words(accepted);
-  for (char& c : words)
-    if (c == ',') c = ' ';
-  size_t at = 0;
-  while (at < words.size()) {
-    const size_t b = words.find_first_not_of(' ', at);
-    if (b == std::string::npos) break;
-    const size_t e = std::min(words.find(' ', b), words.size());
-    const std::string w = words.substr(b, e - b);
-    if (w != "or" && w == v) return true;
-    at = e;
-  }
-  return false;
-}
 
 void print_switches() {
   std::printf("kernel switches%s:\n",
@@ -77,11 +70,14 @@ void print_switches() {
     char* end = nullptr;
     const long long n = std::strtoll(v, &end, 10);
     const bool count = s.count_ok && end != v && *end == '\0' && n > 0;
-    if (accepted_value(s.accepted, v) || count)
+    const auto accepted = s.accepted();
+    const bool listed = std::any_of(accepted.begin(), accepted.end(),
+                                    [&](const char* a) { return std::strcmp(a, v) == 0; });
+    if (listed || count)
       std::printf("  %s=%s\n", s.name, v);
     else
       std::printf("  %s=%s (invalid: expected %s%s; the kernels stop with an error)\n", s.name, v,
-                  s.accepted, s.count_ok ? " or a positive whole number" : "");
+                  choice_list(accepted).c_str(), s.count_ok ? " or a positive whole number" : "");
   }
 }
 

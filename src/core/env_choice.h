@@ -8,24 +8,33 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <span>
 #include <string>
 
 #include "core/error.h"
 
 namespace moba {
 
+// "a, b or c": the accepted values as env_choice's errors (and `moba info`) name them.
+inline std::string choice_list(std::span<const char* const> values) {
+  std::string list;
+  for (size_t i = 0; i < values.size(); ++i) {
+    list += i == 0 ? "" : (i + 1 == values.size() ? " or " : ", ");
+    list += values[i];
+  }
+  return list;
+}
+
 inline size_t env_choice(const char* var, std::initializer_list<const char*> values) {
   const char* e = std::getenv(var);
   if (e == nullptr || *e == '\0') return 0;
   size_t i = 0;
-  std::string accepted;
   for (const char* v : values) {
     if (std::strcmp(e, v) == 0) return i;
-    accepted += i == 0 ? "" : (i + 1 == values.size() ? " or " : ", ");
-    accepted += v;
     ++i;
   }
-  ::moba::detail::fail(__FILE__, __LINE__, var, "=", e, ": expected ", accepted);
+  ::moba::detail::fail(__FILE__, __LINE__, var, "=", e, ": expected ",
+                       choice_list({values.begin(), values.size()}));
 }
 
 }  // namespace moba

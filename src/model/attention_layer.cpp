@@ -10,29 +10,6 @@
 namespace moba::model {
 namespace {
 
-// (query, key) pairs rank r's shard attends under context parallel, all heads: MoBA's over
-// its selection (block ids of the whole sequence; the shard starts at block pos0 / S, a
-// whole number), dense's over every key up to the query.
-double shard_pairs(const attn::Layout& shard, const attn::MobaConfig* moba,
-                   const attn::Selection& sel, int64_t pos0) {
-  const int64_t T_r = shard.tokens(), Hq = shard.num_q_heads;
-  if (!moba) {
-    const double before = static_cast<double>(pos0), n = static_cast<double>(T_r);
-    return (before * n + n * (n + 1.0) / 2.0) * static_cast<double>(Hq);
-  }
-  const int64_t S = moba->block_size;
-  double pairs = 0.0;
-  for (int64_t t = 0; t < T_r; ++t) {
-    const int64_t p = pos0 + t, c = p / S;
-    for (int64_t h = 0; h < Hq; ++h)
-      for (int32_t j : sel.at(t, h)) {
-        if (j < 0) continue;
-        pairs += j == c ? static_cast<double>(p - c * S + 1) : static_cast<double>(S);
-      }
-  }
-  return pairs;
-}
-
 bool collective(const dist::Communicator* cp) { return cp && cp->size() > 1; }
 
 }  // namespace
@@ -73,7 +50,9 @@ void attention_forward(const attn::Layout& layout, const attn::MobaConfig* moba,
       cache.sel = {};
     }
     cache.gate_sel = {};
-    cache.pairs = shard_pairs(layout, moba, cache.sel, cp->rank() * layout.tokens());
+    const int64_t pos0 = cp->rank() * layout.tokens();  // the shard's first position
+    cache.pairs = moba ? attn::moba_pairs(layout, *moba, cache.sel, pos0)
+                       : attn::dense_pairs(layout, pos0);
   } else {
     if (moba) {
       if (forced) {

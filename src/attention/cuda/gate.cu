@@ -13,11 +13,11 @@
 #include <type_traits>
 
 #include "attention/cuda/attention_cuda.h"
-#include "attention/gate.h"
 #include "attention/cuda/internal.h"
 #include "attention/cuda/fwd_kernel.cuh"
 #include "attention/cuda/block_mean.cuh"
 #include "attention/cuda/mma.cuh"
+#include "attention/gate.h"
 #include "core/cuda_check.cuh"
 #include "core/env_choice.h"
 
