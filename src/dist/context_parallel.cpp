@@ -20,27 +20,6 @@ struct KeyRange {
   int64_t begin, end;  // positions in the whole sequence, end exclusive
 };
 
-// The header every rank sends first: its shard's length, then what must be the same on all.
-enum Field { kTokens, kBlockSize, kTopK, kQHeads, kKvHeads, kHeadDim, kFields };
-constexpr const char* kFieldNames[kFields] = {"shard length", "block size S", "top-k K",
-                                              "query heads Hq", "kv heads Hkv", "head dim D"};
-
-int32_t narrow(int64_t x, const char* what) {
-  return detail::narrow_header(x, "context parallel", what);
-}
-
-// The same verdict on every rank, since every rank checks all the headers.
-void check_headers(const std::vector<int32_t>& all, int R) {
-  detail::check_headers("context parallel", all, R, kFields, kBlockSize, kFieldNames);
-  auto at = [&](int r, int f) { return all[static_cast<size_t>(r * kFields + f)]; };
-  const int32_t S = at(0, kBlockSize);
-  for (int r = 0; r < R; ++r)
-    MOBA_CHECK(at(r, kTokens) % S == 0, "context parallel: rank ", r, "'s shard of ",
-               at(r, kTokens), " tokens is not a whole number of MoBA blocks of S = ", S,
-               " tokens (every rank must hold whole blocks)");
-  detail::check_shard_lengths("context parallel", all, R, kFields);
-}
-
 // A query row's keys in moba_forward's order: each selected block of `sel` (ids in the
 // whole sequence) in full, the current one up to the query at position pos.
 void key_ranges(std::span<const int32_t> sel, int64_t S, int64_t pos,
@@ -86,13 +65,11 @@ ContextParallelTraffic moba_forward_context_parallel(
   ContextParallelTraffic traffic;
 
   // 1. The header: all ranks agree on the shape, or all throw the same error.
-  const int32_t header[kFields] = {narrow(T_r, "shard length"), narrow(S, "block size"),
-                                   narrow(K, "top-k"), narrow(Hq, "Hq"), narrow(Hkv, "Hkv"),
-                                   narrow(D, "D")};
-  std::vector<int32_t> headers(Rz * kFields);
+  const auto header = detail::block_fetch_header(T_r, S, K, Hq, Hkv, D);
+  std::vector<int32_t> headers(Rz * header.size());
   comm.all_gather(std::span<const int32_t>(header), headers);
   traffic.control_sent = traffic.control_received = (Rz - 1) * sizeof(header);
-  check_headers(headers, R);
+  detail::check_block_fetch_headers(headers, R);
   const int64_t per_rank = T_r / S, blocks = per_rank * R;  // blocks of a shard, of all
   MOBA_CHECK(blocks * Hkv <= std::numeric_limits<int32_t>::max(), "context parallel: ",
              blocks, " blocks x ", Hkv, " kv heads overflow the int32 block ids");

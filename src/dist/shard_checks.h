@@ -5,6 +5,7 @@
 // `what` prefixes the messages ("context parallel", "ring attention backward").
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -41,6 +42,31 @@ inline void check_shard_lengths(const char* what, const std::vector<int32_t>& al
                "length: rank 0 holds ", all[0], " tokens, rank ", r, " holds ",
                all[static_cast<size_t>(r * fields)],
                " (rank r must hold positions [r T_r, (r + 1) T_r))");
+}
+
+// The block fetch's header (context_parallel.h; its GPU path, context_parallel_cuda.h): the
+// shard's length, then what must be the same on every rank. Checked alike on every rank: the
+// same fields agree, every shard is whole blocks, the shards are equally long.
+enum BlockFetchField { kFetchTokens, kFetchBlockSize, kFetchTopK, kFetchQHeads, kFetchKvHeads,
+                       kFetchHeadDim, kFetchFields };
+inline std::array<int32_t, kFetchFields> block_fetch_header(int64_t T_r, int64_t S, int64_t K,
+                                                            int64_t Hq, int64_t Hkv, int64_t D) {
+  const char* what = "context parallel";
+  return {narrow_header(T_r, what, "shard length"), narrow_header(S, what, "block size"),
+          narrow_header(K, what, "top-k"), narrow_header(Hq, what, "Hq"),
+          narrow_header(Hkv, what, "Hkv"), narrow_header(D, what, "D")};
+}
+inline void check_block_fetch_headers(const std::vector<int32_t>& all, int R) {
+  static constexpr const char* kNames[kFetchFields] = {
+      "shard length", "block size S", "top-k K", "query heads Hq", "kv heads Hkv", "head dim D"};
+  check_headers("context parallel", all, R, kFetchFields, kFetchBlockSize, kNames);
+  auto at = [&](int r, int f) { return all[static_cast<size_t>(r * kFetchFields + f)]; };
+  const int32_t S = at(0, kFetchBlockSize);
+  for (int r = 0; r < R; ++r)
+    MOBA_CHECK(at(r, kFetchTokens) % S == 0, "context parallel: rank ", r, "'s shard of ",
+               at(r, kFetchTokens), " tokens is not a whole number of MoBA blocks of S = ", S,
+               " tokens (every rank must hold whole blocks)");
+  check_shard_lengths("context parallel", all, R, kFetchFields);
 }
 
 inline void check_saved_size(const char* what, const char* name, size_t got, size_t want,

@@ -19,8 +19,8 @@ constexpr const char* kWhat = "MOBA_MOBA_BWD=wgmma";
 
 // MOBA_MOBA_BWD_DQ, read on every call: unset, empty or `red` = the gathered tiles' dQ rows
 // added from registers with red.global.add.v2.f32 (the default); `bulk` = staged in shared
-// memory and added by rows with the bulk reduce (v23, docs/kernel_notes.md: compile-only
-// until its GPU tests and A/B run); anything else is an error naming the value.
+// memory and added by rows with the bulk reduce (v23, docs/kernel_notes.md: tested, and
+// measured 10-15% slower, results/attention/v23); anything else is an error naming the value.
 bool bulk_dq() { return env_choice("MOBA_MOBA_BWD_DQ", {"red", "bulk"}) == 1; }
 
 template <int D>
