@@ -3,12 +3,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
+#include <span>
 
 #include "attention/cuda/attention_cuda.h"
 #include "attention/stats.h"
 #include "core/cuda_check.cuh"
 #include "core/error.h"
+#include "dist/communicator.h"
+#include "dist/context_parallel_cuda.h"
 #include "model/cuda/dev_buf.h"
 #include "model/cuda/layers_cuda.h"
 #include "model/cuda/matmul.h"
@@ -22,10 +26,12 @@ namespace {
 // (query, key) pairs MoBA attends for one query head over documents `cu`: for the query at
 // position t of its document, the keys of its own block up to t, plus min(K-1, t/S) past
 // blocks of S keys each (the gate always fills its K-1 past slots when that many exist).
-double moba_pairs_per_head(const std::vector<int64_t>& cu, int64_t S, int64_t K) {
+// pos0: the position of every sequence's first token in a longer one (a context-parallel
+// shard); 0 on one process.
+double moba_pairs_per_head(const std::vector<int64_t>& cu, int64_t S, int64_t K, int64_t pos0 = 0) {
   double pairs = 0.0;
   for (size_t d = 0; d + 1 < cu.size(); ++d)
-    for (int64_t t = 0; t < cu[d + 1] - cu[d]; ++t)
+    for (int64_t t = pos0; t < pos0 + cu[d + 1] - cu[d]; ++t)
       pairs += static_cast<double>(t % S + 1 + std::min(K - 1, t / S) * S);
   return pairs;
 }
@@ -142,6 +148,13 @@ struct ModelCuda::Impl : ModelDims {
   double flops = 0.0;
   std::unique_ptr<attn::cuda::Plan> plan;
   std::vector<int64_t> plan_cu;
+  int64_t plan_pos0 = 0;  // the pairs' counts are for a shard starting there
+  // Context parallel (set_context_parallel): the group (on when it has R > 1 ranks), each
+  // MoBA layer's fetch state from its forward to its backward, the all-ranks count of the
+  // last forward.
+  dist::Communicator* cp = nullptr;
+  std::vector<std::unique_ptr<dist::cuda::MobaContextParallelState>> cp_states;
+  bool cp_on() const { return cp && cp->size() > 1; }
   double dense_pairs = 0.0, moba_pairs = 0.0;  // attended pairs per layer, for plan_cu
 
   // Host staging: batch upload (pinned, guarded by an event) and the per-token losses of
@@ -282,11 +295,62 @@ struct ModelCuda::Impl : ModelDims {
     s.pending = false;
   }
 
+  // Context parallel's header (model.h's Model::context_parallel_setup, the same checks and
+  // messages): every rank all-gathers B, T_r, documents in the shard and counted positions,
+  // and checks all of them, so that all ranks fail alike; then every layer of this forward
+  // must run MoBA. Returns all ranks' counted positions.
+  int64_t context_parallel_setup(const Batch& batch, int64_t local_counted, bool moba_phase) {
+    const int R = cp->size();
+    auto narrow = [](int64_t x) {
+      return static_cast<int32_t>(std::min<int64_t>(x, std::numeric_limits<int32_t>::max()));
+    };
+    enum { kB, kT, kDocs, kCounted, kFields };
+    const int32_t header[kFields] = {narrow(batch.B), narrow(batch.T),
+                                     narrow(static_cast<int64_t>(batch.boundaries().size()) - 1),
+                                     narrow(local_counted)};
+    std::vector<int32_t> all(static_cast<size_t>(R) * kFields);
+    cp->all_gather_host(std::span<const int32_t>(header), all);
+    auto at = [&](int r, int f) { return static_cast<int64_t>(all[static_cast<size_t>(r * kFields + f)]); };
+    for (int r = 0; r < R; ++r) {
+      MOBA_CHECK(at(r, kB) == 1, "context parallel: rank ", r, "'s batch holds B = ", at(r, kB),
+                 " rows; each rank holds one row, its shard of one sequence");
+      MOBA_CHECK(at(r, kDocs) == 1, "context parallel: rank ", r, "'s shard holds ",
+                 at(r, kDocs), " documents (cu_seqlens); a shard is part of one sequence: "
+                 "packed documents are not supported");
+      MOBA_CHECK(at(r, kT) == at(0, kT), "context parallel: the shards differ in length: rank 0 "
+                 "holds ", at(0, kT), " tokens, rank ", r, " holds ", at(r, kT),
+                 " (rank r must hold positions [r T_r, (r + 1) T_r))");
+    }
+    const int64_t T_r = at(0, kT), S = moba.block_size;
+    for (int64_t l = 0; l < L; ++l)
+      MOBA_CHECK(layer_uses_moba(cfg, l, moba_phase), "context parallel on the GPU: layer ", l,
+                 " runs full attention in this forward (",
+                 moba_phase ? "model.attention.full_attention_last_layers" : "the MoBA-to-full switch",
+                 "), and full layers need ring attention, which the GPU model does not have yet "
+                 "(docs/distributed.md); every layer must run MoBA");
+    MOBA_CHECK(T_r % S == 0, "context parallel: a shard of T_r = ", T_r,
+               " tokens is not a whole number of MoBA blocks of S = ", S,
+               " tokens (every rank must hold whole blocks)");
+    MOBA_CHECK(R * T_r <= cfg.seq_len, "context parallel: the whole sequence, R x T_r = ", R,
+               " x ", T_r, " = ", R * T_r, " tokens, is longer than model.seq_len = ", cfg.seq_len);
+    int64_t counted = 0;
+    for (int r = 0; r < R; ++r) counted += at(r, kCounted);
+    MOBA_CHECK(counted > 0, "context parallel: the loss_mask is all zeros on every rank: no "
+               "position to average the loss over");
+    while (cp_states.size() < static_cast<size_t>(L))
+      cp_states.push_back(std::make_unique<dist::cuda::MobaContextParallelState>());
+    return counted;
+  }
+
   void forward(const Batch& batch, bool moba_phase, const double* loss_scale) {
     MOBA_CHECK(batch.T <= cfg.seq_len, "batch rows hold T = ", batch.T,
                " tokens, more than model.seq_len = ", cfg.seq_len);
     batch.validate(V);
-    const int64_t counted = batch.counted_positions();
+    const int64_t local_counted = batch.counted_positions();
+    // The loss's denominator: this batch's counted positions, or all ranks' (context
+    // parallel, after the header every rank checks).
+    const int64_t counted =
+        cp_on() ? context_parallel_setup(batch, local_counted, moba_phase) : local_counted;
     MOBA_CHECK(counted > 0, "the batch's loss_mask is all zeros (every target starts another "
                "document): no position to average the loss over");
     const int64_t B = batch.B, T = batch.T, M = B * T;
@@ -311,6 +375,9 @@ struct ModelCuda::Impl : ModelDims {
     cu = batch.boundaries();
     for (size_t d = 0; d + 1 < cu.size(); ++d)
       for (int64_t m = cu[d]; m < cu[d + 1]; ++m) h_pos[m] = static_cast<int32_t>(m - cu[d]);
+    const int64_t pos0 = cp_on() ? cp->rank() * T : 0;  // the shard's first global position
+    if (pos0)
+      for (int64_t m = 0; m < M; ++m) h_pos[m] = static_cast<int32_t>(pos0 + m);
     if (has_mask) std::memcpy(h_mask, batch.loss_mask.data(), static_cast<size_t>(M));
     CUDA_CHECK(cudaMemcpyAsync(inputs.p, h_in, 4 * M, cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(targets.p, h_tg, 4 * M, cudaMemcpyHostToDevice, stream));
@@ -318,14 +385,16 @@ struct ModelCuda::Impl : ModelDims {
     if (has_mask) CUDA_CHECK(cudaMemcpyAsync(mask.p, h_mask, M, cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaEventRecord(stage_done, stream));
 
-    if (!plan || plan_cu != cu) {  // the attention plan depends on the document boundaries
+    if (!plan || plan_cu != cu || plan_pos0 != pos0) {  // the plan: the document boundaries
       CUDA_CHECK(cudaStreamSynchronize(stream));
       plan.reset();
       plan = std::make_unique<attn::cuda::Plan>(attn::Layout::varlen(cu, Hq, Hkv, D), moba,
                                                 attn::Options{});
       plan_cu = cu;
+      plan_pos0 = pos0;
       dense_pairs = attn::dense_pairs(plan->layout());
-      moba_pairs = moba_pairs_per_head(cu, moba.block_size, moba.top_k) * static_cast<double>(Hq);
+      moba_pairs = moba_pairs_per_head(cu, moba.block_size, moba.top_k, pos0) * static_cast<double>(Hq);
+      if (pos0) dense_pairs = attn::dense_pairs(plan->layout(), pos0);
     }
 
     const float eps = static_cast<float>(cfg.norm_eps);
@@ -351,7 +420,15 @@ struct ModelCuda::Impl : ModelDims {
       rope_split({M, Hq, Hkv}, *rope, pos.as<int32_t>(), rows.as<bf16>(), ly.q.as<bf16>(),
                  ly.k.as<bf16>(), ly.v.as<bf16>(), stream);
       tick(kLayers, "fwd rope + split");
-      if (use_moba) {
+      if (use_moba && cp_on()) {
+        dist::cuda::moba_forward_context_parallel_cuda(
+            *cp, plan->layout(), moba, attn::Options{}, ly.q.as<bf16>(), ly.k.as<bf16>(),
+            ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(), *cp_states[li], stream);
+        CUDA_CHECK(cudaMemcpyAsync(ly.sel.p, cp_states[li]->selection(),
+                                   sizeof(int32_t) * static_cast<size_t>(M * Hq * moba.top_k),
+                                   cudaMemcpyDeviceToDevice, stream));
+        tick(kAttention, "fwd attention (MoBA, context parallel)");
+      } else if (use_moba) {
         attn::cuda::moba_gate(*plan, ly.q.as<bf16>(), ly.k.as<bf16>(), ly.sel.as<int32_t>(), stream);
         tick(kGate, "fwd MoBA gate");
         attn::cuda::moba_forward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
@@ -455,7 +532,12 @@ struct ModelCuda::Impl : ModelDims {
       tick(kMatmul, "bwd matmul wo (data)");
       mm->backward_weight(M, Hq * D, C, ly.o.as<bf16>(), dx_, Gf + o.wo);
       tick(kMatmul, "bwd matmul wo (weight)");
-      if (layer_moba[li]) {
+      if (layer_moba[li] && cp_on()) {
+        dist::cuda::moba_backward_context_parallel_cuda(*cp, *cp_states[li], dout.as<bf16>(),
+                                                        dq.as<bf16>(), dk.as<bf16>(),
+                                                        dv.as<bf16>(), stream);
+        tick(kAttention, "bwd attention (MoBA, context parallel)");
+      } else if (layer_moba[li]) {
         attn::cuda::moba_backward(*plan, ly.sel.as<int32_t>(), ly.q.as<bf16>(), ly.k.as<bf16>(),
                                   ly.v.as<bf16>(), ly.o.as<bf16>(), ly.lse.as<float>(),
                                   dout.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(),
@@ -573,8 +655,27 @@ std::vector<double> ModelCuda::take_losses() {
   }
   std::vector<double> out;
   out.swap(m.ready_losses);
+  if (m.cp_on()) {  // each rank's part of the global mean: summed over the ranks
+    std::vector<int32_t> counts(static_cast<size_t>(m.cp->size()));
+    const int32_t mine = static_cast<int32_t>(out.size());
+    m.cp->all_gather_host(std::span<const int32_t>(&mine, 1), counts);
+    for (int32_t c : counts)
+      MOBA_CHECK(c == mine, "context parallel: take_losses: the ranks hold different numbers of "
+                 "losses (", mine, " here, ", c, " on another rank): every rank must run the same "
+                 "micro-batches");
+    if (!out.empty()) m.cp->all_reduce_sum_host(out);
+  }
   return out;
 }
+
+void ModelCuda::set_context_parallel(dist::Communicator* comm) {
+  Impl& m = *impl_;
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  m.cp = comm;
+  m.cp_states.clear();
+  m.plan.reset();  // its pairs' counts may be a shard's
+}
+dist::Communicator* ModelCuda::context_parallel() const { return impl_->cp; }
 
 std::vector<float> ModelCuda::token_losses() {
   Impl& m = *impl_;

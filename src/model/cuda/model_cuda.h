@@ -25,6 +25,10 @@
 #include "model/config.h"
 #include "model/params.h"
 
+namespace moba::dist {
+class Communicator;
+}
+
 namespace moba::model::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -106,6 +110,30 @@ class ModelCuda {
   std::vector<OpProfile> take_op_profile();
   // Device memory this model holds now (parameters, state, activations, scratch), bytes.
   size_t device_bytes() const;
+
+  // Context parallel (docs/distributed.md, "The GPU model"): with a group `comm` of R > 1
+  // ranks (null, or one rank: off, the plain model), one sequence of T = R x T_r tokens is
+  // split over them, rank r holding positions [r T_r, (r + 1) T_r), as the CPU model's
+  // Model::set_context_parallel:
+  //  - forward() and train_micro_batch() take a Batch of one row, this rank's shard (T_r
+  //    inputs and targets, its part of the loss mask, one document); RoPE at the global
+  //    positions r T_r + t; every layer that runs must run MoBA (full layers need ring
+  //    attention, which the GPU model does not have yet: an error naming the layer);
+  //  - MoBA layers fetch the blocks their queries select from the earlier ranks
+  //    (dist/context_parallel_cuda.h) and send the gradients back in the backward;
+  //  - the loss is over ALL ranks' counted positions: the backward scales by 1 / (all
+  //    ranks' counted positions), so that the SUM over the ranks of their gradients is the
+  //    whole sequence's (the caller sums device_grads() over the group, without 1 / R), and
+  //    take_losses() returns the global mean on every rank (it all-reduces, so it is
+  //    collective too); token_losses() is this rank's T_r; last_flops() this rank's part;
+  //  - forward, train_micro_batch and take_losses are collective: every rank calls them in
+  //    the same order. Bad inputs throw moba::Error on every rank alike (a header is
+  //    all-gathered first): B != 1, packed documents, shards of different lengths or not of
+  //    whole blocks, the whole sequence longer than model.seq_len, no counted position.
+  // `comm` takes device memory (dist::NcclCommunicator on this GPU, or a
+  // dist::HostStagedCommunicator); not owned, it must outlive its use.
+  void set_context_parallel(dist::Communicator* comm);
+  dist::Communicator* context_parallel() const;
 
   // Data parallel (train/data_parallel_cuda.h): while set, the backward calls
   // hook(first, stream) each time the gradient elements at flat offsets >= first (the layout's
