@@ -36,9 +36,10 @@ __global__ void mark_wanted_kernel(const int32_t* __restrict__ sel, size_t n, in
   }
 }
 
-// The compact sequence's selection, (F S + T_r, Hq, K): the F S leading rows select their own
-// block only; the shard's rows their selection with block j < b0 at remap[j] (its index among
-// the fetched) and block j >= b0 at F + j - b0. Ascending order and the current block last
+// The compact sequence's selection, (F S + T_r, Hq, K), F the leading blocks (fetched, and
+// zero blocks before them): the F S leading rows select their own block only; the shard's
+// rows their selection with block j < b0 at remap[j] (its place among the leading blocks)
+// and block j >= b0 at F + j - b0. Ascending order and the current block last
 // are kept; -1 padding stays -1.
 __global__ void remap_selection_kernel(const int32_t* __restrict__ sel,
                                        const int32_t* __restrict__ remap, int32_t b0, int32_t F,
@@ -144,6 +145,7 @@ struct MobaContextParallelState::Impl {
   DevBuf add_blocks, add_offs, add_slots;
   std::vector<int32_t> asked_host;  // the served blocks' ids, by asking rank in its order
   int64_t b0 = 0;                   // this shard's first block
+  int64_t pad = 0;                  // zero blocks before the fetched ones in the compact sequence
 
   size_t bytes() const {
     size_t n = 0;
@@ -225,11 +227,20 @@ ContextParallelTraffic moba_forward_context_parallel_cuda(
   std::vector<size_t> want(Rz, 0);
   for (int64_t j = 0; j < b0; ++j)
     if (wanted[static_cast<size_t>(j)]) {
-      remap[static_cast<size_t>(j)] = static_cast<int32_t>(fetched.size());
+      remap[static_cast<size_t>(j)] = static_cast<int32_t>(fetched.size());  // + pad, below
       fetched.push_back(static_cast<int32_t>(j));
       ++want[static_cast<size_t>(j / per_rank)];
     }
   const auto F = static_cast<int64_t>(fetched.size());
+  // The compact sequence's leading blocks: the F fetched, after `pad` blocks of zeros that
+  // round their number up to a multiple of b0 / 16 (at most b0), so that the compact plan
+  // (its layout, scratch) is reused from one forward to the next while F moves a little.
+  const int64_t quantum = std::max<int64_t>(1, (b0 + 15) / 16);
+  const int64_t Fp = F == 0 ? 0 : std::min(b0, (F + quantum - 1) / quantum * quantum);
+  const int64_t pad = Fp - F;
+  for (int32_t& x : remap)
+    if (x >= 0) x += static_cast<int32_t>(pad);
+  m.pad = pad;
   std::vector<int32_t> want32(Rz), wants(Rz * Rz);  // wants: (asking rank, owner)
   for (size_t p = 0; p < Rz; ++p) want32[p] = static_cast<int32_t>(want[p]);
   comm.all_gather_host(std::span<const int32_t>(want32), wants);
@@ -254,7 +265,8 @@ ContextParallelTraffic moba_forward_context_parallel_cuda(
   // 5. Serve: the asked blocks' K rows, then their V rows; received straight into the front
   // of the compact sequence's k and v.
   const int64_t blk = S * Hkv * D;  // elements of one block's K (or V), all kv heads
-  const int64_t Tc = F * S + T_r, lead = F * S;
+  const int64_t Tc = Fp * S + T_r, lead = Fp * S;
+  const size_t pad_kv = static_cast<size_t>(pad * blk);  // the zero blocks' elements
   const size_t qn = static_cast<size_t>(Tc * Hq * D), kvn = static_cast<size_t>(Tc * Hkv * D);
   bf16* qc = grow<bf16>(m.qc, qn);
   bf16* kc = grow<bf16>(m.kc, kvn);
@@ -274,9 +286,9 @@ ContextParallelTraffic moba_forward_context_parallel_cuda(
   const size_t wpb = static_cast<size_t>(blk) / 2;  // int32 words per block
   const std::vector<size_t> send_w = times(asked_by, wpb), recv_w = times(want, wpb);
   comm.all_to_all_v(words(reply_k, n_asked * static_cast<size_t>(blk)), send_w,
-                    words(kc, static_cast<size_t>(lead * Hkv * D)), recv_w);
+                    words(kc + pad_kv, static_cast<size_t>(F * blk)), recv_w);
   comm.all_to_all_v(words(reply_v, n_asked * static_cast<size_t>(blk)), send_w,
-                    words(vc, static_cast<size_t>(lead * Hkv * D)), recv_w);
+                    words(vc + pad_kv, static_cast<size_t>(F * blk)), recv_w);
   traffic.blocks_fetched = F * Hkv;
   traffic.blocks_served = static_cast<int64_t>(n_asked) * Hkv;
   traffic.kv_received = static_cast<size_t>(2 * F * blk) * sizeof(bf16);
@@ -285,6 +297,10 @@ ContextParallelTraffic moba_forward_context_parallel_cuda(
   // 6. The compact sequence and MoBA's forward on it.
   const size_t shard_q = shard.q_elems(), shard_kv = shard.kv_elems();
   CUDA_CHECK(cudaMemsetAsync(qc, 0, (qn - shard_q) * sizeof(bf16), stream));
+  if (pad_kv) {  // zeros, not whatever the buffer held (a NaN there would reach the softmax)
+    CUDA_CHECK(cudaMemsetAsync(kc, 0, pad_kv * sizeof(bf16), stream));
+    CUDA_CHECK(cudaMemsetAsync(vc, 0, pad_kv * sizeof(bf16), stream));
+  }
   CUDA_CHECK(cudaMemcpyAsync(qc + (qn - shard_q), q, shard_q * sizeof(bf16),
                              cudaMemcpyDeviceToDevice, stream));
   CUDA_CHECK(cudaMemcpyAsync(kc + (kvn - shard_kv), k, shard_kv * sizeof(bf16),
@@ -295,7 +311,7 @@ ContextParallelTraffic moba_forward_context_parallel_cuda(
   const size_t selc_n = static_cast<size_t>(Tc * Hq * K);
   int32_t* selc = grow<int32_t>(m.selc, selc_n);
   remap_selection_kernel<<<blocks_for(selc_n, 256), 256, 0, stream>>>(
-      sel, m.remap.as<int32_t>(), static_cast<int32_t>(b0), static_cast<int32_t>(F), S, lead,
+      sel, m.remap.as<int32_t>(), static_cast<int32_t>(b0), static_cast<int32_t>(Fp), S, lead,
       Hq * K, K, selc_n, selc);
   CUDA_CHECK_LAUNCH();
   const attn::Layout compact = attn::Layout::batched(1, Tc, Hq, Hkv, D);
@@ -336,7 +352,8 @@ ContextParallelTraffic moba_backward_context_parallel_cuda(
   const int64_t S = state.cfg_.block_size, Hq = shard.num_q_heads, Hkv = shard.num_kv_heads,
                 D = shard.head_dim;
   const auto F = static_cast<int64_t>(state.fetched_.size());
-  const int64_t lead = F * S, Tc = m.compact_tokens, blk = S * Hkv * D;
+  const int64_t Tc = m.compact_tokens, blk = S * Hkv * D;
+  const size_t pad_kv = static_cast<size_t>(m.pad * blk);
   const size_t qn = static_cast<size_t>(Tc * Hq * D), kvn = static_cast<size_t>(Tc * Hkv * D);
   const size_t shard_q = shard.q_elems(), shard_kv = shard.kv_elems();
   ContextParallelTraffic traffic;
@@ -367,9 +384,9 @@ ContextParallelTraffic moba_backward_context_parallel_cuda(
   const std::vector<size_t> send_w = times(state.fetched_per_owner_, wpb),
                             recv_w = times(state.served_per_rank_, wpb);
   sync(stream);
-  comm.all_to_all_v(words(static_cast<const bf16*>(dkc), static_cast<size_t>(lead * Hkv * D)),
+  comm.all_to_all_v(words(static_cast<const bf16*>(dkc + pad_kv), static_cast<size_t>(F * blk)),
                     send_w, words(ret_k, n_asked * static_cast<size_t>(blk)), recv_w);
-  comm.all_to_all_v(words(static_cast<const bf16*>(dvc), static_cast<size_t>(lead * Hkv * D)),
+  comm.all_to_all_v(words(static_cast<const bf16*>(dvc + pad_kv), static_cast<size_t>(F * blk)),
                     send_w, words(ret_v, n_asked * static_cast<size_t>(blk)), recv_w);
   traffic.blocks_fetched = F * Hkv;
   traffic.blocks_served = static_cast<int64_t>(n_asked) * Hkv;

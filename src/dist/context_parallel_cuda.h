@@ -17,8 +17,9 @@
 //   5. serving: each owner copies the asked blocks' K rows and V rows (S x Hkv x D each) into
 //      two reply buffers; two all_to_all_v deliver them, in owner order = block order,
 //      straight into the front of a **compact sequence**;
-//   6. attention: the compact sequence is the F fetched blocks, then the shard (F S + T_r
-//      tokens); the selection is remapped block by block (a fetched block to its index among
+//   6. attention: the compact sequence is the F fetched blocks (after a few zero blocks that
+//      round their number up to a multiple of b0 / 16, b0 the blocks before the shard, so
+//      that its plan is reused from one forward to the next), then the shard; the selection is remapped block by block (a fetched block to its index among
 //      the F, the shard's block j to F + j: order kept, the current block last), the F S
 //      leading rows get q = 0 and their own block only, and moba_forward runs unchanged on
 //      it; the shard's out and lse are its last T_r rows.
