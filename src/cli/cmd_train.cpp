@@ -1,6 +1,7 @@
 // moba train: trains a model from a TOML configuration into a run folder
 // (docs/trainer.md; the folder's format is docs/run_format.md).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -9,7 +10,9 @@
 #include "cli/commands.h"
 #include "cli/launcher.h"
 #include "core/error.h"
+#include "dist/fake_communicator.h"
 #include "train/config.h"
+#include "train/context_parallel.h"
 #include "train/data_parallel.h"
 #include "train/trainer.h"
 #ifdef MOBA_WITH_NCCL
@@ -32,6 +35,8 @@ struct TrainOptions {
   std::vector<std::string> sets;  // --set key=value, in order
   bool schema = false;
   int gpus = 0;                  // --gpus N: N ranks (processes), one per GPU; 0: one process
+  int context_parallel = 0;      // --context-parallel R: R ranks (threads) per sequence
+  bool context_parallel_given = false;
   int64_t dist_check_every = 100;
   double dist_timeout_s = 600;   // a collective waiting longer fails the job
   bool device_given = false;
@@ -77,6 +82,21 @@ void run_rank(const TrainOptions& o, const train::RunConfig& cfg, const RankEnv&
 #endif
 }
 
+// `moba train --context-parallel R` on the CPU: R ranks in this process, one thread each
+// over the fake group (its collectives wait up to --dist-timeout), each with its own
+// Trainer; rank 0 prints and writes, the others are silent (the Trainer sees to it).
+void run_context_parallel(const TrainOptions& o, const train::RunConfig& cfg) {
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.dist_timeout_s * 1000));
+  dist::FakeGroup group(o.context_parallel, timeout);
+  group.run([&](dist::Communicator& comm) {
+    train::TrainerOptions t{o.out, o.data, o.resume, stderr, o.device, o.verbose, stdout};
+    t.cp_comm = &comm;
+    t.dist_check_every = o.dist_check_every;
+    train::Trainer trainer(cfg, t);
+    trainer.run();
+  });
+}
+
 void run_train(const TrainOptions& o) {
   if (o.schema) {  // docs/trainer.md's table of keys
     std::fputs(train::config_markdown().c_str(), stdout);
@@ -93,6 +113,12 @@ void run_train(const TrainOptions& o) {
   MOBA_CHECK(o.dist_check_every >= 0, "--dist-check-every must be >= 0, got ",
              o.dist_check_every);
   MOBA_CHECK(o.dist_timeout_s > 0, "--dist-timeout must be > 0 seconds, got ", o.dist_timeout_s);
+  if (o.context_parallel_given) {  // refused before any rank starts, as the ranks would
+    train::check_context_parallel(cfg, o.context_parallel, o.device,
+                                  o.gpus > 0 || rank_env().has_value());
+    run_context_parallel(o, cfg);
+    return;
+  }
   if (const std::optional<RankEnv> env = rank_env()) {
     MOBA_CHECK(o.gpus == 0, "--gpus inside a rank of `moba train --gpus` (",
                kIdFileEnv, " is set): a rank does not launch ranks");
@@ -152,13 +178,22 @@ void add_train(CLI::App& app) {
                   "training on its rows of every batch (train.batch_size a multiple of N); "
                   "implies --device cuda (docs/distributed.md)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--context-parallel", o.context_parallel,
+                  "Context parallel over R ranks (CPU): every sequence split into R shards of "
+                  "model.seq_len / R positions, one rank (thread) each, the gradients summed "
+                  "over the ranks; model.seq_len a multiple of R x attention.block_size, one "
+                  "document per row (docs/distributed.md)")
+      ->type_name("R")
+      ->each([](const std::string&) { o.context_parallel_given = true; });
   cmd->add_option("--dist-check-every", o.dist_check_every,
-                  "With --gpus: compare the ranks' parameter checksums every this many steps "
-                  "(also before each checkpoint and at the end; 0: only then)")
+                  "With --gpus or --context-parallel: compare the ranks' parameter checksums "
+                  "every this many steps (also before each checkpoint and at the end; 0: only "
+                  "then)")
       ->capture_default_str();
   cmd->add_option("--dist-timeout", o.dist_timeout_s,
-                  "With --gpus: seconds a rank waits for the others in a collective before "
-                  "the job stops (must cover a validation and a checkpoint by rank 0)")
+                  "With --gpus or --context-parallel: seconds a rank waits for the others in a "
+                  "collective before the job stops (must cover a validation and a checkpoint by "
+                  "rank 0)")
       ->capture_default_str();
   cmd->add_flag("--verbose,-v", o.verbose,
                 "Print the whole configuration at the start (default: one line naming "

@@ -70,7 +70,8 @@ uint64_t params_checksum(std::span<const Real> params) {
 template uint64_t params_checksum<float>(std::span<const float>);
 template uint64_t params_checksum<double>(std::span<const double>);
 
-void check_same_params(dist::Communicator& comm, uint64_t checksum, int64_t step) {
+void check_same_params(dist::Communicator& comm, uint64_t checksum, int64_t step,
+                       const std::string& what) {
   const int n = comm.size();
   const int32_t mine[2] = {static_cast<int32_t>(checksum & 0xffffffffu),
                            static_cast<int32_t>(checksum >> 32)};
@@ -85,7 +86,7 @@ void check_same_params(dist::Communicator& comm, uint64_t checksum, int64_t step
     if (sums[r] != sums[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
   if (differ.empty()) return;
   std::ostringstream os;
-  os << "data parallel: step " << step
+  os << what << ": step " << step
      << ": the parameters differ across ranks (checksums:";
   for (size_t r = 0; r < sums.size(); ++r)
     os << (r ? ", " : " ") << "rank " << r << ' ' << data::hex64(sums[r]);

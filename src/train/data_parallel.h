@@ -49,10 +49,11 @@ template <typename Real>
 uint64_t params_checksum(std::span<const Real> params);
 
 // Collective: gathers every rank's checksum and throws moba::Error on every rank when they
-// differ, naming the step and the ranks whose parameters differ from rank 0's ("step 4:
-// the parameters differ across ranks (checksums: rank 0 ..., rank 1 ...); ranks 1 differ
-// from rank 0").
-void check_same_params(dist::Communicator& comm, uint64_t checksum, int64_t step);
+// differ, naming the step and the ranks whose parameters differ from rank 0's ("data
+// parallel: step 4: the parameters differ across ranks (checksums: rank 0 ..., rank 1 ...);
+// ranks 1 differ from rank 0"); `what` names the kind of group first.
+void check_same_params(dist::Communicator& comm, uint64_t checksum, int64_t step,
+                       const std::string& what = "data parallel");
 
 // The gradients' mean over the ranks, bucket by bucket (dist::GradBuckets, one bucket of
 // at most bucket_bytes per message), on host arrays laid out by a ParamLayout. With the

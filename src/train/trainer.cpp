@@ -11,6 +11,7 @@
 #include "core/safe_io.h"
 #include "core/timing.h"
 #include "data/dataset.h"
+#include "train/context_parallel.h"
 #include "train/data_parallel.h"
 #ifdef MOBA_WITH_CUDA
 #include "model/cuda/model_cuda.h"
@@ -52,6 +53,13 @@ std::string attention_signature(const model::ModelConfig& m) {
   return os.str();
 }
 
+// Context parallel's refusals (train/context_parallel.h), before anything else is checked,
+// allocated or written.
+void check_parallel_options(const TrainerOptions& opt, const RunConfig& cfg) {
+  if (opt.cp_comm)
+    check_context_parallel(cfg, opt.cp_comm->size(), opt.device, opt.comm != nullptr);
+}
+
 }  // namespace
 
 void check_same_tokenizer(const std::string& train_data, const std::string& eval_data,
@@ -90,7 +98,8 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
     // `cfg` was validated where it entered (the TOML reader, the sweep planner). What this
     // device can run (the GPU kernels' limits, the memory) is checked before the first
     // allocation below (model, parameters, moments) and before RUN_DIR is touched.
-    : cfg_((check_supported(cfg, opt.device), cfg.resolved())),
+    : cfg_((check_parallel_options(opt, cfg), check_supported(cfg, opt.device),
+            cfg.resolved())),
       opt_(std::move(opt)),
       data_(data ? std::move(data) : make_batch_source(cfg_, opt_.data_dir)),
       model_(cfg_.model),
@@ -107,6 +116,14 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
     MOBA_CHECK(opt_.dist_check_every >= 0, "dist_check_every must be >= 0, got ",
                opt_.dist_check_every);
     if (!writer()) opt_.progress = opt_.result = nullptr;  // rank 0 speaks for the job
+  }
+  if (opt_.cp_comm) {  // checked above: not with comm, on the CPU
+    rank_ = opt_.cp_comm->rank();
+    world_ = opt_.cp_comm->size();
+    MOBA_CHECK(opt_.dist_check_every >= 0, "dist_check_every must be >= 0, got ",
+               opt_.dist_check_every);
+    if (!writer()) opt_.progress = opt_.result = nullptr;  // rank 0 speaks for the job
+    model_.set_context_parallel(opt_.cp_comm);
   }
   if (opt_.device == "cuda") {
 #ifdef MOBA_WITH_CUDA
@@ -213,11 +230,13 @@ void Trainer::finish_setup() {
       host_reducer_ = std::make_unique<HostGradReducer>(model_.layout(), sizeof(float),
                                                         opt_.dist_bucket_bytes);
     }
-    // Every rank starts from the same weights (the same seed, or the same checkpoint): also
-    // the first meeting of the ranks, so that one that cannot start stops them all here.
-    check_ranks_agree(state_.step);
   }
-  if (!writer()) return;  // validation and run.json are rank 0's
+  // Every rank starts from the same weights (the same seed, or the same checkpoint): also
+  // the first meeting of the ranks, so that one that cannot start stops them all here.
+  if (group()) check_ranks_agree(state_.step);
+  // Validation is rank 0's under data parallel; under context parallel every rank takes
+  // part in its forward. run.json is rank 0's.
+  if (!writer() && !opt_.cp_comm) return;
   if (cfg_.eval.data.empty()) {
     val_windows_ = data_->validation();
     validation_data_ = data_->describe();
@@ -343,13 +362,8 @@ double Trainer::cpu_train_step(int64_t step, double lr, bool moba, double& loss,
                                double& flops) {
   std::fill(grads_.begin(), grads_.end(), 0.0f);
   const int64_t accum = cfg_.train.grad_accum;
-  for (int64_t micro = 0; micro < accum; ++micro) {
-    double w = 1.0;
-    const model::Batch batch = micro_batch(state_.next_batch, w);
-    if (w == 0.0) {  // a slice whose mask counts nothing has no loss and no gradient
-      ++state_.next_batch;
-      continue;
-    }
+  // One forward and backward, its mean loss weighted w in the step's.
+  auto train_on = [&](const model::Batch& batch, double w) {
     double l = 0.0;
     try {
       l = model_.forward(params_, batch, moba);
@@ -359,15 +373,38 @@ double Trainer::cpu_train_step(int64_t step, double lr, bool moba, double& loss,
     }
     MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
                std::isnan(l) ? "NaN" : "inf", " (micro-batch ", state_.next_batch,
-               world_ > 1 ? ", rank " + std::to_string(rank_) : std::string(),
+               opt_.comm && world_ > 1 ? ", rank " + std::to_string(rank_) : std::string(),
                "); the run stopped, the last checkpoint is intact");
     model_.backward(params_, grads_, w / static_cast<double>(accum));
     loss += w * l / static_cast<double>(accum);
     flops += model_.last_flops();
+  };
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    if (opt_.cp_comm) {
+      // Context parallel: every rank holds the whole global micro-batch and trains each row
+      // (one sequence) on its shard, the rows weighted by the positions they count; the
+      // model's forward and backward are collective, the same rows in the same order on
+      // every rank. The loss it returns is the row's, over all ranks.
+      const model::Batch global = data_->train_batch(state_.next_batch);
+      check_context_parallel_batch(global, step, state_.next_batch);
+      for (int64_t row = 0; row < global.B; ++row) {
+        const double w = row_weight(global, row);
+        if (w > 0.0) train_on(row_shard(global, row, rank_, world_), w);  // else no loss
+      }
+    } else {
+      double w = 1.0;
+      const model::Batch batch = micro_batch(state_.next_batch, w);
+      // A slice whose mask counts nothing has no loss and no gradient.
+      if (w != 0.0) train_on(batch, w);
+    }
     ++state_.next_batch;
   }
   // Data parallel: every rank ends with the ranks' mean gradient, then takes the same step.
   if (host_reducer_) host_reducer_->reduce<float>(*opt_.comm, grads_);
+  // Context parallel: each rank holds its shards' part of the gradient, scaled by the model
+  // so that the sum over the ranks (no division) is the step's gradient; with the fake
+  // group summed in rank order, so bit for bit the same on every rank.
+  if (opt_.cp_comm) opt_.cp_comm->all_reduce_sum(std::span<float>(grads_));
   reduce_step_values(loss, flops);
   check_finite_gradients(model_.layout(), grads_, step);
   const double gnorm = grad_norm(grads_);
@@ -387,6 +424,12 @@ model::Batch Trainer::micro_batch(uint64_t index, double& weight) {
 }
 
 void Trainer::reduce_step_values(double& loss, double& flops) {
+  if (opt_.cp_comm) {  // the loss is already the group's, the same on every rank
+    double f[1] = {flops};
+    opt_.cp_comm->all_reduce_sum_host(f);
+    flops = f[0];
+    return;
+  }
   if (!opt_.comm) return;
   double v[2] = {loss, flops};
   opt_.comm->all_reduce_sum_host(v);
@@ -395,11 +438,12 @@ void Trainer::reduce_step_values(double& loss, double& flops) {
 }
 
 void Trainer::check_ranks_agree(int64_t step) {
-  if (!opt_.comm) return;
+  if (!group()) return;
 #ifdef MOBA_WITH_CUDA
   if (gpu_) gpu_->download_params(params_);
 #endif
-  check_same_params(*opt_.comm, params_checksum<float>(params_), step);
+  check_same_params(*group(), params_checksum<float>(params_), step,
+                    opt_.cp_comm ? "context parallel" : "data parallel");
 }
 
 double Trainer::train_step(double lr, bool moba) {
@@ -437,6 +481,14 @@ void Trainer::validate_now() {
     return;
   }
 #endif
+  if (opt_.cp_comm) {  // collective: every rank runs its shards of every window
+    last_eval_ = evaluate(
+        [&](const model::Batch& b) {
+          return context_parallel_token_losses(model_, params_, b, moba, *opt_.cp_comm);
+        },
+        val_windows_, cfg_.eval.batch_size, cfg_.eval.bucket_size);
+    return;
+  }
   last_eval_ = evaluate(model_, params_, val_windows_, cfg_.eval.batch_size, cfg_.eval.bucket_size,
                         moba);
 }
@@ -458,11 +510,15 @@ void Trainer::run(int64_t stop_after) {
     std::fprintf(
         opt_.progress,
         "model: %s non-embedding parameters, %s in total; attention %s\n"
-        "data: %s\nrun: %s, %lld steps of %lld tokens%s\n\n",
+        "data: %s\nrun: %s, %lld steps of %lld tokens%s%s\n\n",
         format_count(static_cast<double>(pc.non_embedding)).c_str(),
         format_count(static_cast<double>(pc.total)).c_str(),
         model::attention_label(cfg_.model).c_str(), data_->describe().c_str(), opt_.run_dir.c_str(),
         static_cast<long long>(steps), static_cast<long long>(tokens_per_step),
+        opt_.cp_comm ? (", context parallel: every sequence over " + std::to_string(world_) +
+                        " ranks of " + std::to_string(cfg_.model.seq_len / world_) + " positions")
+                           .c_str()
+                     : "",
         opt_.resume ? (", resumed after step " + std::to_string(state_.step)).c_str() : "");
     std::fflush(opt_.progress);
   }
@@ -514,14 +570,17 @@ void Trainer::run(int64_t stop_after) {
       }
       // Data parallel: the other ranks go on to the next step's collectives and wait there
       // while rank 0 validates and writes (the communicator's timeout must cover both).
-      if (due(cfg_.eval.every) && writer()) {
+      // Context parallel: every rank takes part in the validation, rank 0 records it.
+      if (due(cfg_.eval.every) && (writer() || opt_.cp_comm)) {
         validate_now();
-        log->write(val_record(last_eval_, state_, last_eval_moba_));
-        print_eval(opt_.progress, s, last_eval_);
+        if (writer()) {
+          log->write(val_record(last_eval_, state_, last_eval_moba_));
+          print_eval(opt_.progress, s, last_eval_);
+        }
       }
       const bool checkpoint = due(cfg_.checkpoint_every);
-      if (opt_.comm && (checkpoint || s == steps ||
-                        (opt_.dist_check_every > 0 && s % opt_.dist_check_every == 0)))
+      if (group() && (checkpoint || s == steps ||
+                      (opt_.dist_check_every > 0 && s % opt_.dist_check_every == 0)))
         check_ranks_agree(s);  // what rank 0 saves is every rank's state
       if (checkpoint && writer()) {
         state_.elapsed_s = session_start_elapsed_ + seconds_since(session_t0);

@@ -49,9 +49,21 @@ struct TrainerOptions {
   // lines (the others' progress and result are ignored). nullptr: a single process. On
   // the GPU path the communicator must be a dist::NcclCommunicator on this GPU.
   dist::Communicator* comm = nullptr;
+  // Context parallel (docs/distributed.md, "In the trainer"): this process is rank
+  // cp_comm->rank() of a group of R = cp_comm->size() ranks that train every sequence
+  // together. Each rank reads the same global micro-batches as a single process and, row by
+  // row, runs the model (Model::set_context_parallel) on its shard of the row, positions
+  // [r T / R, (r + 1) T / R); the gradients are summed over the group (the model's scale
+  // makes the sum the gradient) and every rank takes the same step. Only rank 0 writes, as
+  // for `comm`; every rank validates (the forward is collective), rank 0 records it. The CPU
+  // model only, over a group that takes host memory (dist::FakeGroup); not with `comm`, not
+  // with --device cuda, not with packed documents (moba::Error: train/context_parallel.h).
+  // nullptr: off.
+  dist::Communicator* cp_comm = nullptr;
   // Every this many steps (and at the last step, and before every checkpoint) the ranks
-  // compare a checksum of their parameters; a difference stops the job on every rank with
-  // an error naming the step and the ranks. 0: only at the start and before checkpoints.
+  // compare a checksum of their parameters (data or context parallel); a difference stops the
+  // job on every rank with an error naming the step and the ranks. 0: only at the start and
+  // before checkpoints.
   int64_t dist_check_every = 100;
   size_t dist_bucket_bytes = size_t{25} << 20;  // the gradient buckets' cap (grad_buckets.h)
 };
@@ -97,18 +109,21 @@ class Trainer {
   // The micro-batch `index` as this rank trains it: the whole global batch in a single
   // process, else this rank's rows, with its loss weight (data_parallel.h; 1 alone).
   model::Batch micro_batch(uint64_t index, double& weight);
-  // Data parallel: sums the step's (weighted) loss and FLOPs over the ranks.
+  // Data parallel: sums the step's (weighted) loss and FLOPs over the ranks. Context
+  // parallel: the FLOPs (the loss is the group's already).
   void reduce_step_values(double& loss, double& flops);
-  // Data parallel: the ranks compare their parameters' checksum (data_parallel.h).
+  // Data or context parallel: the ranks compare their parameters' checksum (data_parallel.h).
   void check_ranks_agree(int64_t step);
   bool writer() const { return rank_ == 0; }  // the rank that writes RUN_DIR
+  // The group this rank trains in (TrainerOptions::comm or cp_comm); null alone.
+  dist::Communicator* group() const { return opt_.comm ? opt_.comm : opt_.cp_comm; }
   RunConfig cfg_;
   TrainerOptions opt_;
   std::unique_ptr<FolderLock> lock_;  // RUN_DIR/.lock, held while the trainer lives
   std::unique_ptr<BatchSource> data_;
   model::Model<float> model_;
   std::unique_ptr<model::cuda::ModelCuda> gpu_;  // the CUDA path (TrainerOptions::device)
-  int rank_ = 0, world_ = 1;                     // TrainerOptions::comm's
+  int rank_ = 0, world_ = 1;                     // group()'s
   std::unique_ptr<HostGradReducer> host_reducer_;      // data parallel, CPU
   std::unique_ptr<DeviceGradReducer> device_reducer_;  // data parallel, GPU (NCCL)
   double peak_flops_ = 0.0;  // the device's dense bf16 peak for MFU; 0: unknown (CPU)
