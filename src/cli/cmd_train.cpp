@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/commands.h"
@@ -14,6 +15,7 @@
 #include "train/config.h"
 #include "train/context_parallel.h"
 #include "train/data_parallel.h"
+#include "train/supports.h"
 #include "train/trainer.h"
 #ifdef MOBA_WITH_NCCL
 #include <cuda_runtime.h>
@@ -82,11 +84,64 @@ void run_rank(const TrainOptions& o, const train::RunConfig& cfg, const RankEnv&
 #endif
 }
 
+// `moba train --context-parallel R --device cuda`: R ranks in this process, rank r a thread
+// on GPU r, over NCCL (NVLink multicast off); each with its own Trainer (ModelCuda set
+// context parallel); rank 0 prints and writes. A rank that fails outside a collective leaves
+// the others waiting in their next one until --dist-timeout; the first failure that is not
+// such a timeout is the one reported.
+void run_context_parallel_gpus(const TrainOptions& o, const train::RunConfig& cfg,
+                               std::chrono::milliseconds timeout) {
+#ifdef MOBA_WITH_NCCL
+  const int R = o.context_parallel;
+  // The kernels' limits and one rank's memory first (each rank's Trainer checks them again).
+  train::check_supported(train::context_parallel_rank_config(cfg, R, "cuda"), "cuda");
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+  MOBA_CHECK(devices >= R, "--context-parallel ", R, " --device cuda: one GPU per rank, but "
+             "this machine shows ", devices, " CUDA device(s)");
+  setenv("NCCL_NVLS_ENABLE", "0", 1);  // never NVLink multicast
+  const dist::NcclId id = dist::nccl_unique_id();
+  std::vector<std::string> errors(static_cast<size_t>(R));
+  std::vector<char> waited(static_cast<size_t>(R), 0);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < R; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        MOBA_CHECK(cudaSetDevice(r) == cudaSuccess, "cannot use CUDA device ", r);
+        dist::NcclCommunicator comm(id, r, R, r, timeout);
+        train::TrainerOptions t{o.out, o.data, o.resume, stderr, o.device, o.verbose, stdout};
+        t.cp_comm = &comm;
+        t.dist_check_every = o.dist_check_every;
+        train::Trainer trainer(cfg, t);
+        trainer.run();
+      } catch (const dist::CollectiveTimeout& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+        waited[static_cast<size_t>(r)] = 1;
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  for (int pass = 0; pass < 2; ++pass)  // a failure first, then a timeout
+    for (int r = 0; r < R; ++r)
+      if (!errors[static_cast<size_t>(r)].empty() && waited[static_cast<size_t>(r)] == pass) {
+        const std::string what = "rank " + std::to_string(r) + ": " + errors[static_cast<size_t>(r)];
+        if (pass) throw dist::CollectiveTimeout(what);
+        throw Error(what);
+      }
+#else
+  (void)o, (void)cfg, (void)timeout;
+  MOBA_CHECK(false, "--context-parallel --device cuda: this build of moba has no NCCL (it "
+             "needs a CUDA build that found NCCL; docs/distributed.md)");
+#endif
+}
+
 // `moba train --context-parallel R` on the CPU: R ranks in this process, one thread each
 // over the fake group (its collectives wait up to --dist-timeout), each with its own
 // Trainer; rank 0 prints and writes, the others are silent (the Trainer sees to it).
 void run_context_parallel(const TrainOptions& o, const train::RunConfig& cfg) {
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.dist_timeout_s * 1000));
+  if (o.device == "cuda") return run_context_parallel_gpus(o, cfg, timeout);
   dist::FakeGroup group(o.context_parallel, timeout);
   group.run([&](dist::Communicator& comm) {
     train::TrainerOptions t{o.out, o.data, o.resume, stderr, o.device, o.verbose, stdout};
@@ -179,10 +234,11 @@ void add_train(CLI::App& app) {
                   "implies --device cuda (docs/distributed.md)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--context-parallel", o.context_parallel,
-                  "Context parallel over R ranks (CPU): every sequence split into R shards of "
+                  "Context parallel over R ranks: every sequence split into R shards of "
                   "model.seq_len / R positions, one rank (thread) each, the gradients summed "
                   "over the ranks; model.seq_len a multiple of R x attention.block_size, one "
-                  "document per row (docs/distributed.md)")
+                  "document per row. --device cpu: R threads; --device cuda: one GPU per "
+                  "rank over NCCL, every layer MoBA (docs/distributed.md)")
       ->type_name("R")
       ->each([](const std::string&) { o.context_parallel_given = true; });
   cmd->add_option("--dist-check-every", o.dist_check_every,

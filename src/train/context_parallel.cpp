@@ -1,6 +1,7 @@
 #include "train/context_parallel.h"
 
 #include <algorithm>
+#include <string>
 
 #include "core/error.h"
 
@@ -13,9 +14,22 @@ void check_context_parallel(const RunConfig& cfg, int ranks, const std::string& 
   MOBA_CHECK(!data_parallel, "data parallel and context parallel at once are not supported "
              "yet (docs/distributed.md): train with --gpus N or with --context-parallel R, "
              "not both");
-  MOBA_CHECK(device != "cuda", "context parallel on the GPU is not built yet "
-             "(docs/distributed.md): --context-parallel trains on the CPU (--device cpu)");
   const model::ModelConfig& m = cfg.model;
+  if (device == "cuda" && ranks > 1) {
+    // The GPU model's context parallel runs MoBA layers only (ring attention, for full
+    // layers, is not on the GPU yet): every layer must run MoBA in every step.
+    std::string why;
+    if (m.attention.kind != model::AttentionKind::moba) why = "attention.kind is \"full\"";
+    else if (m.attention.full_attention_last_layers > 0)
+      why = "attention.full_attention_last_layers = " +
+            std::to_string(m.attention.full_attention_last_layers);
+    else if (m.attention.moba_to_full_at < 1.0)
+      why = "attention.moba_to_full_at = " + std::to_string(m.attention.moba_to_full_at) +
+            " switches to full attention";
+    MOBA_CHECK(why.empty(), "--context-parallel ", ranks, " --device cuda: every layer must "
+               "run MoBA in every step, but ", why, ": full-attention layers need ring "
+               "attention, which runs on the CPU only so far (docs/distributed.md)");
+  }
   const int64_t T = m.seq_len, R = ranks;
   MOBA_CHECK(T % R == 0, "--context-parallel ", R, ": model.seq_len = ", T,
              " is not a multiple of ", R, " ranks (rank r holds positions [r T / R, (r + 1) "
@@ -32,6 +46,14 @@ void check_context_parallel(const RunConfig& cfg, int ranks, const std::string& 
              ": data_packing = \"packed\" puts several documents in a row, and context "
              "parallel trains on one document per row (a shard of a sequence holds no document "
              "boundary; docs/distributed.md); use data_packing = \"document\"");
+}
+
+RunConfig context_parallel_rank_config(const RunConfig& cfg, int ranks, const std::string& device) {
+  if (ranks <= 1 || device != "cuda") return cfg;
+  RunConfig r = cfg;
+  r.model.seq_len = cfg.model.seq_len / ranks;
+  r.train.batch_size = 1;
+  return r;
 }
 
 void check_context_parallel_batch(const model::Batch& global, int64_t step, uint64_t index) {

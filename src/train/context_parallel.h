@@ -26,13 +26,21 @@ namespace moba::train {
 // allocates or writes anything; throws moba::Error naming the problem:
 //  - ranks >= 1;
 //  - data_parallel (a group for data parallel too): not supported yet;
-//  - device "cuda": the GPU model has no context parallel yet;
+//  - device "cuda" with R > 1: every layer must run MoBA in every step (the GPU model's
+//    context parallel has no ring attention for full layers yet);
 //  - model.seq_len a multiple of R (rank r holds positions [r T / R, (r + 1) T / R) of every
 //    row), and of R x attention.block_size when a layer ever runs MoBA (every rank holds
 //    whole MoBA blocks);
 //  - data_packing = "packed": rows of several documents, which a shard cannot hold.
 void check_context_parallel(const RunConfig& cfg, int ranks, const std::string& device,
                             bool data_parallel);
+
+// What one rank of a context-parallel run on GPUs holds at a time, for the memory check
+// (train/supports.h): `cfg` with model.seq_len = seq_len / ranks and train.batch_size = 1
+// (a rank trains one row's shard at a time, on its own GPU). The compact sequence of the
+// block fetch (dist/context_parallel_cuda.h: up to twice the shard's attention tensors more)
+// is not in the estimate. ranks = 1, or device "cpu" (all ranks share the machine): `cfg`.
+RunConfig context_parallel_rank_config(const RunConfig& cfg, int ranks, const std::string& device);
 
 // Throws moba::Error naming the step, the micro-batch and the row when a row of `global`
 // holds several documents (cu_seqlens inside it: context parallel trains one document per

@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -14,6 +15,8 @@
 #include "train/context_parallel.h"
 #include "train/data_parallel.h"
 #ifdef MOBA_WITH_CUDA
+#include "core/cuda_check.cuh"
+#include "model/cuda/dev_buf.h"
 #include "model/cuda/model_cuda.h"
 #else
 // A build without CUDA never makes one, but Trainer's unique_ptr needs a complete type.
@@ -60,6 +63,22 @@ void check_parallel_options(const TrainerOptions& opt, const RunConfig& cfg) {
     check_context_parallel(cfg, opt.cp_comm->size(), opt.device, opt.comm != nullptr);
 }
 
+#ifdef MOBA_WITH_CUDA
+// Collective: every rank's `mine` (the same length on all) concatenated in rank order,
+// through device buffers (a group of the GPU path takes device memory).
+std::vector<float> gather_on_device(dist::Communicator& comm, const std::vector<float>& mine) {
+  model::cuda::DevBuf send, recv;
+  const size_t n = mine.size(), all = n * static_cast<size_t>(comm.size());
+  send.resize(std::max<size_t>(n, 1) * sizeof(float));
+  recv.resize(std::max<size_t>(all, 1) * sizeof(float));
+  if (n) CUDA_CHECK(cudaMemcpy(send.p, mine.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+  comm.all_gather(std::span<const float>(send.as<float>(), n), std::span<float>(recv.as<float>(), all));
+  std::vector<float> out(all);
+  if (all) CUDA_CHECK(cudaMemcpy(out.data(), recv.p, all * sizeof(float), cudaMemcpyDeviceToHost));
+  return out;
+}
+#endif
+
 }  // namespace
 
 void check_same_tokenizer(const std::string& train_data, const std::string& eval_data,
@@ -98,7 +117,11 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
     // `cfg` was validated where it entered (the TOML reader, the sweep planner). What this
     // device can run (the GPU kernels' limits, the memory) is checked before the first
     // allocation below (model, parameters, moments) and before RUN_DIR is touched.
-    : cfg_((check_parallel_options(opt, cfg), check_supported(cfg, opt.device),
+    : cfg_((check_parallel_options(opt, cfg),
+            check_supported(opt.cp_comm ? context_parallel_rank_config(cfg, opt.cp_comm->size(),
+                                                                       opt.device)
+                                        : cfg,
+                            opt.device),
             cfg.resolved())),
       opt_(std::move(opt)),
       data_(data ? std::move(data) : make_batch_source(cfg_, opt_.data_dir)),
@@ -128,6 +151,9 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
   if (opt_.device == "cuda") {
 #ifdef MOBA_WITH_CUDA
     gpu_ = std::make_unique<model::cuda::ModelCuda>(cfg_.model);
+    // Context parallel on the GPU: the group must take device memory (NcclCommunicator, or a
+    // HostStagedCommunicator in tests).
+    if (opt_.cp_comm) gpu_->set_context_parallel(opt_.cp_comm);
     // The FLOPs logged are the job's, summed over the ranks: so is the peak.
     peak_flops_ = model::cuda::device_peak_bf16_flops() * world_;
 #else
@@ -309,19 +335,35 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& loss,
   // 1 / world (and its slice's weight); the buckets are all-reduced during the last
   // micro-batch's backward (DeviceGradReducer).
   std::vector<std::pair<uint64_t, double>> ran;  // (micro-batch, weight) of each backward
-  for (int64_t micro = 0; micro < accum; ++micro) {
+  auto train_on = [&](const model::Batch& batch, double scale) {
+    try {
+      gpu_->train_micro_batch(batch, moba, scale);
+    } catch (const Error& e) {
+      MOBA_CHECK(false, "step ", step, ": ", e.what(),
+                 "; the run stopped, the last checkpoint is intact");
+    }
+    flops += gpu_->last_flops();
+  };
+  for (int64_t micro = 0; micro < accum && opt_.cp_comm; ++micro) {
+    // Context parallel (as cpu_train_step): each row of the global micro-batch on this
+    // rank's shard, weighted by the positions it counts; collective, the same rows in the
+    // same order on every rank.
+    const model::Batch global = data_->train_batch(state_.next_batch);
+    check_context_parallel_batch(global, step, state_.next_batch);
+    for (int64_t row = 0; row < global.B; ++row) {
+      const double w = row_weight(global, row);
+      if (w <= 0.0) continue;  // no loss, on every rank alike
+      train_on(row_shard(global, row, rank_, world_), w / static_cast<double>(accum));
+      ran.emplace_back(state_.next_batch, w);
+    }
+    ++state_.next_batch;
+  }
+  for (int64_t micro = 0; micro < accum && !opt_.cp_comm; ++micro) {
     double w = 1.0;
     const model::Batch batch = micro_batch(state_.next_batch, w);
     if (device_reducer_ && micro == accum - 1) device_reducer_->arm();
     if (w > 0.0) {  // a slice whose mask counts nothing has no loss and no gradient
-      try {
-        gpu_->train_micro_batch(batch, moba,
-                                w / (static_cast<double>(accum) * static_cast<double>(world_)));
-      } catch (const Error& e) {
-        MOBA_CHECK(false, "step ", step, ": ", e.what(),
-                   "; the run stopped, the last checkpoint is intact");
-      }
-      flops += gpu_->last_flops();
+      train_on(batch, w / (static_cast<double>(accum) * static_cast<double>(world_)));
       ran.emplace_back(state_.next_batch, w);
     }
     ++state_.next_batch;
@@ -329,6 +371,13 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& loss,
 #ifdef MOBA_WITH_NCCL
   if (device_reducer_) device_reducer_->finish();
 #endif
+  // Context parallel: the ranks' parts summed (no division: the model's scale makes the sum
+  // the step's gradient), in place on the device, once the backwards are done.
+  if (opt_.cp_comm && world_ > 1) {
+    CUDA_CHECK(cudaStreamSynchronize(gpu_->stream()));
+    opt_.cp_comm->all_reduce_sum(std::span<float>(gpu_->device_grads(), model_.layout().total));
+  }
+  // Collective under context parallel: each rank's parts summed into the rows' global means.
   const std::vector<double> losses = gpu_->take_losses();
   MOBA_CHECK(losses.size() == ran.size(), "internal: ", losses.size(), " losses for ",
              ran.size(), " micro-batches");
@@ -336,7 +385,7 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& loss,
     const double l = losses[i];
     MOBA_CHECK(std::isfinite(l), "step ", step, ": the training loss is ",
                std::isnan(l) ? "NaN" : "inf", " (micro-batch ", ran[i].first,
-               world_ > 1 ? ", rank " + std::to_string(rank_) : std::string(),
+               opt_.comm && world_ > 1 ? ", rank " + std::to_string(rank_) : std::string(),
                "); the run stopped, the last checkpoint is intact");
     loss += ran[i].second * l / static_cast<double>(accum);
   }
@@ -470,6 +519,22 @@ void Trainer::validate_now() {
                     last_step_used_moba(cfg_, state_);
   last_eval_moba_ = moba;
 #ifdef MOBA_WITH_CUDA
+  if (gpu_ && opt_.cp_comm && world_ > 1) {  // collective, as on the CPU below
+    last_eval_ = evaluate(
+        [&](const model::Batch& b) {
+          std::vector<float> all;  // (B*T), row after row
+          for (int64_t row = 0; row < b.B; ++row) {
+            gpu_->forward(row_shard(b, row, rank_, world_), moba);
+            gpu_->take_losses();  // collective; validation reads the per-token losses
+            const std::vector<float> mine = gpu_->token_losses();
+            const std::vector<float> gathered = gather_on_device(*opt_.cp_comm, mine);
+            all.insert(all.end(), gathered.begin(), gathered.end());
+          }
+          return all;
+        },
+        val_windows_, cfg_.eval.batch_size, cfg_.eval.bucket_size);
+    return;
+  }
   if (gpu_) {
     last_eval_ = evaluate(
         [&](const model::Batch& b) {
