@@ -6,6 +6,7 @@
 
 #include "attention/stats.h"
 #include "core/error.h"
+#include "model/context_parallel_header.h"
 #include "model/cross_entropy.h"
 #include "model/linear.h"
 #include "model/rmsnorm.h"
@@ -95,7 +96,8 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
         if (layer_uses_moba(c, l, moba_phase)) return true;
       return false;
     }();
-    counted_ = context_parallel_setup(batch, counted_, !forced.empty(), any_moba);
+    counted_ = check_context_parallel_shards(*cp_, batch, counted_, !forced.empty(), any_moba,
+                                             c.attention.block_size, c.seq_len);
   }
   MOBA_CHECK(counted_ > 0, "the batch's loss_mask is all zeros (every target starts another "
              "document): no position to average the loss over");
@@ -188,50 +190,6 @@ double Model<Real>::forward(std::span<const Real> params_span, const Batch& batc
   last_flops_ = matmul_flops_per_token(c) * static_cast<double>(M) + attn_flops;
   if (cp_) return context_parallel_loss(sum, counted_);
   return sum / static_cast<double>(counted_);
-}
-
-template <typename Real>
-int64_t Model<Real>::context_parallel_setup(const Batch& batch, int64_t local_counted,
-                                            bool forced, bool any_moba) {
-  dist::Communicator& comm = *cp_;
-  const int R = comm.size();
-  auto narrow = [](int64_t x) {
-    return static_cast<int32_t>(std::min<int64_t>(x, std::numeric_limits<int32_t>::max()));
-  };
-  // Every rank's header: B, T_r, documents in the shard, force_selections set, counted.
-  enum { kB, kT, kDocs, kForced, kCounted, kFields };
-  const int32_t header[kFields] = {narrow(batch.B), narrow(batch.T),
-                                   narrow(static_cast<int64_t>(batch.boundaries().size()) - 1),
-                                   forced ? 1 : 0, narrow(local_counted)};
-  std::vector<int32_t> all(static_cast<size_t>(R) * kFields);
-  comm.all_gather(std::span<const int32_t>(header), all);
-  auto at = [&](int r, int f) {
-    return static_cast<int64_t>(all[static_cast<size_t>(r * kFields + f)]);
-  };
-  for (int r = 0; r < R; ++r) {
-    MOBA_CHECK(at(r, kB) == 1, "context parallel: rank ", r, "'s batch holds B = ", at(r, kB),
-               " rows; each rank holds one row, its shard of one sequence");
-    MOBA_CHECK(at(r, kDocs) == 1, "context parallel: rank ", r, "'s shard holds ",
-               at(r, kDocs), " documents (cu_seqlens); a shard is part of one sequence: "
-               "packed documents are not supported");
-    MOBA_CHECK(at(r, kForced) == 0, "context parallel: rank ", r, " set force_selections, "
-               "which is not supported under context parallel");
-    MOBA_CHECK(at(r, kT) == at(0, kT), "context parallel: the shards differ in length: rank 0 "
-               "holds ", at(0, kT), " tokens, rank ", r, " holds ", at(r, kT),
-               " (rank r must hold positions [r T_r, (r + 1) T_r))");
-  }
-  const int64_t T_r = at(0, kT), S = cfg_.attention.block_size;
-  MOBA_CHECK(!any_moba || T_r % S == 0, "context parallel: a shard of T_r = ", T_r,
-             " tokens is not a whole number of MoBA blocks of S = ", S,
-             " tokens (every rank must hold whole blocks)");
-  MOBA_CHECK(R * T_r <= cfg_.seq_len, "context parallel: the whole sequence, R x T_r = ", R,
-             " x ", T_r, " = ", R * T_r, " tokens, is longer than model.seq_len = ",
-             cfg_.seq_len);
-  int64_t counted = 0;
-  for (int r = 0; r < R; ++r) counted += at(r, kCounted);
-  MOBA_CHECK(counted > 0, "context parallel: the loss_mask is all zeros on every rank: no "
-             "position to average the loss over");
-  return counted;
 }
 
 template <typename Real>

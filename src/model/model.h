@@ -136,10 +136,6 @@ class Model {
   dist::Communicator* cp_ = nullptr;          // set_context_parallel(); not owned
   dist::Communicator* cp_forward_ = nullptr;  // the group of the last forward
 
-  // Context parallel: the group-wide checks of the ranks' batches (a header all-gather,
-  // collective); returns the positions counted on all ranks.
-  int64_t context_parallel_setup(const Batch& batch, int64_t local_counted, bool forced,
-                                 bool any_moba);
   // Context parallel: the mean of all ranks' loss sums over `counted` (collective).
   double context_parallel_loss(double local_sum, int64_t counted);
 };

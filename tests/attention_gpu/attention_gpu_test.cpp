@@ -21,6 +21,7 @@
 #include "attention/cuda/attention_cuda.h"
 #include "attention/fwd_chunks.h"
 #include "attention/gate.h"
+#include "attention_gpu/bf16_vectors.h"
 #include "attention_gpu/device_buffer.h"
 #include "attention_gpu/naive_bf16.h"
 #include "attention/brute_force.h"
@@ -38,26 +39,8 @@ using attn::Selection;
 namespace acu = attn::cuda;
 
 
-std::vector<float> from_bf16(const std::vector<acu::bf16>& x) {
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = bf16_value(reinterpret_cast<const uint16_t&>(x[i]));
-  return y;
-}
-std::vector<acu::bf16> to_bf16(const std::vector<float>& x) {
-  std::vector<acu::bf16> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t b = bf16_bits(x[i]);
-    std::memcpy(static_cast<void*>(&y[i]), &b, 2);
-  }
-  return y;
-}
 
 // bf16-valued normal numbers: the GPU, the naive version and the reference see the same.
-std::vector<float> bf16_normal(size_t n, uint64_t seed) {
-  std::vector<float> x = random_normal<float>(n, seed);
-  for (float& e : x) e = round_bf16(e);
-  return x;
-}
 
 // A test's q, k, v and dout (the loss's weights), drawn from seeds seed .. seed + 3, on the
 // host and, as bf16, on the device.

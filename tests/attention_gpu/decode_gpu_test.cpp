@@ -23,6 +23,7 @@
 #include "attention/cuda/attention_cuda.h"  // fill_random_bf16
 #include "attention/cuda/decode_cuda.h"
 #include "attention/decode.h"
+#include "attention_gpu/bf16_vectors.h"
 #include "attention_gpu/device_buffer.h"
 #include "attention_gpu/naive_bf16.h"
 #include "core/cuda_check.cuh"
@@ -37,28 +38,6 @@ using attn::MobaConfig;
 namespace acu = attn::cuda;
 
 
-std::vector<acu::bf16> to_bf16(const std::vector<float>& x) {
-  std::vector<acu::bf16> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t b = bf16_bits(x[i]);
-    std::memcpy(static_cast<void*>(&y[i]), &b, 2);
-  }
-  return y;
-}
-std::vector<float> from_bf16(const std::vector<acu::bf16>& x) {
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    uint16_t b;
-    std::memcpy(&b, static_cast<const void*>(&x[i]), 2);
-    y[i] = bf16_value(b);
-  }
-  return y;
-}
-std::vector<float> random_bf16(size_t n, uint64_t seed) {
-  std::vector<float> x = random_normal<float>(n, seed);
-  for (float& e : x) e = round_bf16(e);
-  return x;
-}
 
 double bound_for(double naive_err) { return 2.0 * naive_err + 1e-5; }
 
@@ -102,14 +81,14 @@ TEST_P(DecodeGpu, MatchesReference) {
   // Prefill (packed) and the rows of each append step, bf16-valued.
   std::vector<int64_t> cu{0};
   for (int64_t L : cs.lens) cu.push_back(cu.back() + L - A);
-  const auto pk = random_bf16(static_cast<size_t>(cu.back() * row), seed);
-  const auto pv = random_bf16(static_cast<size_t>(cu.back() * row), seed + 1);
+  const auto pk = bf16_normal(static_cast<size_t>(cu.back() * row), seed);
+  const auto pv = bf16_normal(static_cast<size_t>(cu.back() * row), seed + 1);
   std::vector<std::vector<float>> ak, av;
   for (int64_t a = 0; a < A; ++a) {
-    ak.push_back(random_bf16(static_cast<size_t>(B * row), seed + 10 + 2 * a));
-    av.push_back(random_bf16(static_cast<size_t>(B * row), seed + 11 + 2 * a));
+    ak.push_back(bf16_normal(static_cast<size_t>(B * row), seed + 10 + 2 * a));
+    av.push_back(bf16_normal(static_cast<size_t>(B * row), seed + 11 + 2 * a));
   }
-  const auto q = random_bf16(static_cast<size_t>(B * Hq * D), seed + 2);
+  const auto q = bf16_normal(static_cast<size_t>(B * Hq * D), seed + 2);
 
   // CPU reference cache, in double, the same values in the same order.
   KVCache<double> ref(B, T, Hkv, D, S);

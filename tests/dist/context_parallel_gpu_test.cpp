@@ -34,8 +34,8 @@
 #include "attention/attention_cpu.h"
 #include "attention/cuda/attention_cuda.h"
 #include "attention/gate.h"
+#include "attention_gpu/bf16_vectors.h"
 #include "attention_gpu/device_buffer.h"
-#include "attention_gpu/naive_bf16.h"
 #include "core/cuda_check.cuh"
 #include "core/error.h"
 #include "core/random.h"
@@ -54,28 +54,6 @@ using attn::MobaConfig;
 namespace acu = attn::cuda;
 namespace dcu = dist::cuda;
 
-std::vector<float> from_bf16(const std::vector<acu::bf16>& x) {
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    uint16_t b;
-    std::memcpy(&b, static_cast<const void*>(&x[i]), 2);
-    y[i] = bf16_value(b);
-  }
-  return y;
-}
-std::vector<acu::bf16> to_bf16(const std::vector<float>& x) {
-  std::vector<acu::bf16> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t b = bf16_bits(x[i]);
-    std::memcpy(static_cast<void*>(&y[i]), &b, 2);
-  }
-  return y;
-}
-std::vector<float> bf16_normal(size_t n, uint64_t seed) {
-  std::vector<float> x = random_normal<float>(n, seed);
-  for (float& e : x) e = round_bf16(e);
-  return x;
-}
 double max_abs(const std::vector<double>& x) {
   double m = 0;
   for (double e : x) m = std::max(m, std::abs(e));

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "attention_gpu/bf16_vectors.h"  // from_bf16, to_bf16
 #include "attention_gpu/device_buffer.h"
 #include "attention_gpu/naive_bf16.h"  // round_bf16, bf16_bits, bf16_value
 #include "core/cuda_check.cuh"
@@ -20,24 +21,6 @@ namespace moba::test {
 
 using bf16 = model::cuda::bf16;
 
-
-inline std::vector<float> from_bf16(const std::vector<bf16>& x) {
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    uint16_t b;
-    std::memcpy(&b, static_cast<const void*>(&x[i]), 2);
-    y[i] = bf16_value(b);
-  }
-  return y;
-}
-inline std::vector<bf16> to_bf16(const std::vector<float>& x) {
-  std::vector<bf16> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint16_t b = bf16_bits(x[i]);
-    std::memcpy(static_cast<void*>(&y[i]), &b, 2);
-  }
-  return y;
-}
 // Rounds in place: what a bf16 tensor holds after a float computation stores it.
 inline std::vector<float> rounded(std::vector<float> x) {
   for (float& e : x) e = round_bf16(e);

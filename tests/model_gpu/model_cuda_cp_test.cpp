@@ -37,6 +37,7 @@
 #include "model/config.h"
 #include "model/cuda/model_cuda.h"
 #include "model/params.h"
+#include "train/context_parallel.h"
 
 namespace moba::test {
 namespace {
@@ -83,18 +84,6 @@ Batch sequence(int64_t T, int64_t V, uint64_t seed, bool masked) {
   return b;
 }
 
-// Rank r's shard of a one-row batch: inputs and targets of positions [r T_r, (r + 1) T_r).
-Batch shard_of(const Batch& whole, int r, int R) {
-  const int64_t Tr = whole.T / R;
-  Batch s;
-  s.B = 1;
-  s.T = Tr;
-  s.tokens.assign(whole.tokens.begin() + r * Tr, whole.tokens.begin() + (r + 1) * Tr + 1);
-  if (!whole.loss_mask.empty())
-    s.loss_mask.assign(whole.loss_mask.begin() + r * Tr, whole.loss_mask.begin() + (r + 1) * Tr);
-  return s;
-}
-
 struct Run {
   double loss = 0.0, flops = 0.0;
   std::vector<float> grads;
@@ -130,7 +119,7 @@ void check_against_whole(int R, int64_t T, bool masked) {
     dist::HostStagedCommunicator comm(host);
     mc::ModelCuda m(cfg);
     m.set_context_parallel(&comm);
-    ranks[static_cast<size_t>(comm.rank())] = train_one(m, P, shard_of(whole, comm.rank(), R));
+    ranks[static_cast<size_t>(comm.rank())] = train_one(m, P, train::row_shard(whole, 0, comm.rank(), R));
   });
 
   for (int r = 1; r < R; ++r)

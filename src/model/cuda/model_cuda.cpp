@@ -18,6 +18,7 @@
 #include "model/cuda/matmul.h"
 #include "model/cuda/model_dims.h"
 #include "model/cuda/model_kernels.h"
+#include "model/context_parallel_header.h"
 #include "model/rope.h"
 
 namespace moba::model::cuda {
@@ -295,48 +296,19 @@ struct ModelCuda::Impl : ModelDims {
     s.pending = false;
   }
 
-  // Context parallel's header (model.h's Model::context_parallel_setup, the same checks and
-  // messages): every rank all-gathers B, T_r, documents in the shard and counted positions,
-  // and checks all of them, so that all ranks fail alike; then every layer of this forward
-  // must run MoBA. Returns all ranks' counted positions.
+  // Context parallel's checks before a forward: every layer must run MoBA (the same verdict
+  // on every rank: it depends on the configuration only), then the shards' header, checked
+  // on every rank alike (model/context_parallel_header.h). Returns all ranks' counted
+  // positions.
   int64_t context_parallel_setup(const Batch& batch, int64_t local_counted, bool moba_phase) {
-    const int R = cp->size();
-    auto narrow = [](int64_t x) {
-      return static_cast<int32_t>(std::min<int64_t>(x, std::numeric_limits<int32_t>::max()));
-    };
-    enum { kB, kT, kDocs, kCounted, kFields };
-    const int32_t header[kFields] = {narrow(batch.B), narrow(batch.T),
-                                     narrow(static_cast<int64_t>(batch.boundaries().size()) - 1),
-                                     narrow(local_counted)};
-    std::vector<int32_t> all(static_cast<size_t>(R) * kFields);
-    cp->all_gather_host(std::span<const int32_t>(header), all);
-    auto at = [&](int r, int f) { return static_cast<int64_t>(all[static_cast<size_t>(r * kFields + f)]); };
-    for (int r = 0; r < R; ++r) {
-      MOBA_CHECK(at(r, kB) == 1, "context parallel: rank ", r, "'s batch holds B = ", at(r, kB),
-                 " rows; each rank holds one row, its shard of one sequence");
-      MOBA_CHECK(at(r, kDocs) == 1, "context parallel: rank ", r, "'s shard holds ",
-                 at(r, kDocs), " documents (cu_seqlens); a shard is part of one sequence: "
-                 "packed documents are not supported");
-      MOBA_CHECK(at(r, kT) == at(0, kT), "context parallel: the shards differ in length: rank 0 "
-                 "holds ", at(0, kT), " tokens, rank ", r, " holds ", at(r, kT),
-                 " (rank r must hold positions [r T_r, (r + 1) T_r))");
-    }
-    const int64_t T_r = at(0, kT), S = moba.block_size;
     for (int64_t l = 0; l < L; ++l)
       MOBA_CHECK(layer_uses_moba(cfg, l, moba_phase), "context parallel on the GPU: layer ", l,
                  " runs full attention in this forward (",
                  moba_phase ? "model.attention.full_attention_last_layers" : "the MoBA-to-full switch",
                  "), and full layers need ring attention, which the GPU model does not have yet "
                  "(docs/distributed.md); every layer must run MoBA");
-    MOBA_CHECK(T_r % S == 0, "context parallel: a shard of T_r = ", T_r,
-               " tokens is not a whole number of MoBA blocks of S = ", S,
-               " tokens (every rank must hold whole blocks)");
-    MOBA_CHECK(R * T_r <= cfg.seq_len, "context parallel: the whole sequence, R x T_r = ", R,
-               " x ", T_r, " = ", R * T_r, " tokens, is longer than model.seq_len = ", cfg.seq_len);
-    int64_t counted = 0;
-    for (int r = 0; r < R; ++r) counted += at(r, kCounted);
-    MOBA_CHECK(counted > 0, "context parallel: the loss_mask is all zeros on every rank: no "
-               "position to average the loss over");
+    const int64_t counted = check_context_parallel_shards(*cp, batch, local_counted, false, true,
+                                                          moba.block_size, cfg.seq_len);
     while (cp_states.size() < static_cast<size_t>(L))
       cp_states.push_back(std::make_unique<dist::cuda::MobaContextParallelState>());
     return counted;
