@@ -22,8 +22,8 @@
 // fixed order. The gate has no gradient (docs/moba.md), as on one process.
 //
 // This is the CPU reference: q, k, v, out and lse in host memory, run over the fake group
-// (FakeGroup). The GPU path (the same protocol on device buffers over NCCL, with kernels
-// for the packing and the attention) is not written.
+// (FakeGroup). The GPU path, the same protocol on device buffers over a device-memory
+// communicator, is dist/context_parallel_cuda.h.
 #pragma once
 
 #include <cstddef>
