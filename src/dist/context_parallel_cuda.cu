@@ -134,7 +134,6 @@ bool plan_fits(const acu::Plan* plan, const attn::Layout& l, const attn::MobaCon
 
 struct MobaContextParallelState::Impl {
   std::unique_ptr<acu::Plan> shard_plan, compact_plan;
-  int64_t compact_tokens = -1;
   // The forward's: the gathered split means, the shard's selection, the wanted map and the
   // remap table (b0 entries), the fetched and the asked ids, the replies.
   DevBuf means_all, sel, wanted, remap, ids, asked, reply_k, reply_v;
@@ -320,7 +319,6 @@ ContextParallelTraffic moba_forward_context_parallel_cuda(
     m.compact_plan.reset();
     m.compact_plan = std::make_unique<acu::Plan>(compact, cfg, opt);
   }
-  m.compact_tokens = Tc;
   bf16* outc = grow<bf16>(m.outc, qn);
   float* lsec = grow<float>(m.lsec, static_cast<size_t>(Tc * Hq));
   acu::moba_forward(*m.compact_plan, selc, qc, kc, vc, outc, lsec, stream);
@@ -352,7 +350,7 @@ ContextParallelTraffic moba_backward_context_parallel_cuda(
   const int64_t S = state.cfg_.block_size, Hq = shard.num_q_heads, Hkv = shard.num_kv_heads,
                 D = shard.head_dim;
   const auto F = static_cast<int64_t>(state.fetched_.size());
-  const int64_t Tc = m.compact_tokens, blk = S * Hkv * D;
+  const int64_t Tc = m.compact_plan->layout().tokens(), blk = S * Hkv * D;
   const size_t pad_kv = static_cast<size_t>(m.pad * blk);
   const size_t qn = static_cast<size_t>(Tc * Hq * D), kvn = static_cast<size_t>(Tc * Hkv * D);
   const size_t shard_q = shard.q_elems(), shard_kv = shard.kv_elems();

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "core/error.h"
@@ -130,24 +131,18 @@ Trainer::Trainer(const RunConfig& cfg, TrainerOptions opt, std::unique_ptr<Batch
       grads_(model_.layout().total),
       adam_(model_.layout(), cfg_.train) {
   MOBA_CHECK(!opt_.run_dir.empty(), "--out RUN_DIR is required");
-  if (opt_.comm) {
-    rank_ = opt_.comm->rank();
-    world_ = opt_.comm->size();
-    MOBA_CHECK(cfg_.train.batch_size % world_ == 0, "data parallel: train.batch_size = ",
-               cfg_.train.batch_size, " rows cannot be split evenly over ", world_,
+  if (dist::Communicator* g = group()) {  // data or context parallel (not both: checked above)
+    rank_ = g->rank();
+    world_ = g->size();
+    MOBA_CHECK(!opt_.comm || cfg_.train.batch_size % world_ == 0,
+               "data parallel: train.batch_size = ", cfg_.train.batch_size,
+               " rows cannot be split evenly over ", world_,
                " ranks; choose a batch size that is a multiple of the number of GPUs");
     MOBA_CHECK(opt_.dist_check_every >= 0, "dist_check_every must be >= 0, got ",
                opt_.dist_check_every);
     if (!writer()) opt_.progress = opt_.result = nullptr;  // rank 0 speaks for the job
   }
-  if (opt_.cp_comm) {  // checked above: not with comm, on the CPU
-    rank_ = opt_.cp_comm->rank();
-    world_ = opt_.cp_comm->size();
-    MOBA_CHECK(opt_.dist_check_every >= 0, "dist_check_every must be >= 0, got ",
-               opt_.dist_check_every);
-    if (!writer()) opt_.progress = opt_.result = nullptr;  // rank 0 speaks for the job
-    model_.set_context_parallel(opt_.cp_comm);
-  }
+  if (opt_.cp_comm) model_.set_context_parallel(opt_.cp_comm);
   if (opt_.device == "cuda") {
 #ifdef MOBA_WITH_CUDA
     gpu_ = std::make_unique<model::cuda::ModelCuda>(cfg_.model);
@@ -345,17 +340,10 @@ double Trainer::gpu_train_step(int64_t step, double lr, bool moba, double& loss,
     flops += gpu_->last_flops();
   };
   for (int64_t micro = 0; micro < accum && opt_.cp_comm; ++micro) {
-    // Context parallel (as cpu_train_step): each row of the global micro-batch on this
-    // rank's shard, weighted by the positions it counts; collective, the same rows in the
-    // same order on every rank.
-    const model::Batch global = data_->train_batch(state_.next_batch);
-    check_context_parallel_batch(global, step, state_.next_batch);
-    for (int64_t row = 0; row < global.B; ++row) {
-      const double w = row_weight(global, row);
-      if (w <= 0.0) continue;  // no loss, on every rank alike
-      train_on(row_shard(global, row, rank_, world_), w / static_cast<double>(accum));
+    context_parallel_rows(step, [&](const model::Batch& shard, double w) {
+      train_on(shard, w / static_cast<double>(accum));
       ran.emplace_back(state_.next_batch, w);
-    }
+    });
     ++state_.next_batch;
   }
   for (int64_t micro = 0; micro < accum && !opt_.cp_comm; ++micro) {
@@ -430,16 +418,7 @@ double Trainer::cpu_train_step(int64_t step, double lr, bool moba, double& loss,
   };
   for (int64_t micro = 0; micro < accum; ++micro) {
     if (opt_.cp_comm) {
-      // Context parallel: every rank holds the whole global micro-batch and trains each row
-      // (one sequence) on its shard, the rows weighted by the positions they count; the
-      // model's forward and backward are collective, the same rows in the same order on
-      // every rank. The loss it returns is the row's, over all ranks.
-      const model::Batch global = data_->train_batch(state_.next_batch);
-      check_context_parallel_batch(global, step, state_.next_batch);
-      for (int64_t row = 0; row < global.B; ++row) {
-        const double w = row_weight(global, row);
-        if (w > 0.0) train_on(row_shard(global, row, rank_, world_), w);  // else no loss
-      }
+      context_parallel_rows(step, train_on);
     } else {
       double w = 1.0;
       const model::Batch batch = micro_batch(state_.next_batch, w);
@@ -460,6 +439,16 @@ double Trainer::cpu_train_step(int64_t step, double lr, bool moba, double& loss,
   clip_grads(grads_, gnorm, cfg_.train.grad_clip);
   adam_.step(params_, grads_, lr);
   return gnorm;
+}
+
+void Trainer::context_parallel_rows(
+    int64_t step, const std::function<void(const model::Batch&, double)>& train) {
+  const model::Batch global = data_->train_batch(state_.next_batch);
+  check_context_parallel_batch(global, step, state_.next_batch);
+  for (int64_t row = 0; row < global.B; ++row) {
+    const double w = row_weight(global, row);
+    if (w > 0.0) train(row_shard(global, row, rank_, world_), w);  // else no loss, on every rank
+  }
 }
 
 model::Batch Trainer::micro_batch(uint64_t index, double& weight) {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -109,6 +110,13 @@ class Trainer {
   // The micro-batch `index` as this rank trains it: the whole global batch in a single
   // process, else this rank's rows, with its loss weight (data_parallel.h; 1 alone).
   model::Batch micro_batch(uint64_t index, double& weight);
+  // Context parallel: the global micro-batch `state_.next_batch` as every rank reads it,
+  // checked (one document per row), then train(shard, w) for each row that counts a
+  // position: this rank's shard of the row and the row's weight in the batch's mean loss
+  // (train/context_parallel.h). Collective through `train`: the same rows in the same order
+  // on every rank. Does not move state_.next_batch.
+  void context_parallel_rows(int64_t step,
+                             const std::function<void(const model::Batch&, double)>& train);
   // Data parallel: sums the step's (weighted) loss and FLOPs over the ranks. Context
   // parallel: the FLOPs (the loss is the group's already).
   void reduce_step_values(double& loss, double& flops);
